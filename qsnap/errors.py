@@ -1,0 +1,49 @@
+"""Exceptions raised by qsnap's public API.
+
+Every error a user can cause is a :class:`QsnapError` whose ``str()`` is a complete,
+human-readable sentence naming what was wrong; the CLI prints exactly that after ``error:``.
+Subclasses let embedders branch on the kind of failure the way libvirt's error codes do,
+without parsing messages.
+"""
+
+from __future__ import annotations
+
+
+class QsnapError(Exception):
+    """Base class of every error qsnap reports on purpose."""
+
+
+class XMLError(QsnapError):
+    """The XML is malformed, or has an element, attribute or value qsnap does not accept."""
+
+
+class InvalidArgumentError(QsnapError):
+    """A request is well-formed but breaks a rule (conflicting flags, wrong UUID, a cycle...)."""
+
+
+class NotFoundError(QsnapError):
+    """A named domain or snapshot does not exist."""
+
+
+class NoDomainError(NotFoundError):
+    """The domain is not defined."""
+
+
+class NoSnapshotError(NotFoundError):
+    """The snapshot does not exist (or the domain has no current snapshot)."""
+
+
+class AlreadyExistsError(QsnapError):
+    """Something with that name already exists and would be overwritten."""
+
+
+class OperationInvalidError(QsnapError):
+    """The operation is not valid in the object's present state (libvirt's OPERATION_INVALID)."""
+
+
+class NotSupportedError(QsnapError):
+    """qsnap does not (yet) implement this; nothing was changed."""
+
+
+class CorruptMetadataError(QsnapError):
+    """A file in the state directory cannot be read back; it is named in the message."""

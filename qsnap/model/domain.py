@@ -1,0 +1,192 @@
+"""Domain definitions: libvirt ``<domain>`` XML kept verbatim, plus the facts snapshots need.
+
+qsnap never rewrites what it does not understand: the whole element is kept and written back as
+it came. What snapshots and the launcher need (name, UUID, memory, vCPUs, direct kernel boot, and
+each disk's target, source, format and ``snapshot`` attribute, the serial console) is read into
+:class:`DomainDef`. The supported subset is documented in ``docs/domain-xml.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+
+from lxml import etree
+
+from qsnap.errors import XMLError
+from qsnap.model.units import parse_scaled_integer
+from qsnap.model.xmltext import format_element, parse_document, strip_blank_text
+
+DISK_LOCATIONS = ("no", "internal", "external", "manual")
+DISK_TYPES = ("file", "block", "network", "volume", "dir", "nvme", "vhostuser")
+DISK_DEVICES = ("disk", "cdrom", "floppy", "lun")
+_UUID_RE = re.compile(r"[a-fA-F0-9]{32}|[a-fA-F0-9]{8}-([a-fA-F0-9]{4}-){3}[a-fA-F0-9]{12}")
+
+
+@dataclass
+class DomainDisk:
+    """One ``<disk>`` of a domain, as far as snapshots care."""
+
+    target: str
+    bus: str | None = None
+    type: str = "file"
+    device: str = "disk"
+    source: str | None = None  # file path, block device, or network volume name
+    driver_type: str | None = None
+    snapshot: str | None = None
+    readonly: bool = False
+
+    @property
+    def is_empty(self) -> bool:
+        """A drive without media (an empty CD-ROM) is never snapshotted."""
+        return self.source is None
+
+
+@dataclass
+class SerialConsole:
+    type: str
+    path: str | None = None
+
+
+@dataclass
+class DomainDef:
+    """A domain definition: its verbatim element and the parsed facts."""
+
+    element: etree._Element
+    name: str
+    uuid: str | None
+    type: str | None = None
+    memory_kib: int | None = None
+    vcpus: int = 1
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str | None = None
+    disks: list[DomainDisk] = field(default_factory=list)
+    serials: list[SerialConsole] = field(default_factory=list)
+
+    def disk_by_name(self, name: str) -> DomainDisk | None:
+        """libvirt's virDomainDiskByName: a target such as ``vda``, or a disk's source path."""
+        for disk in self.disks:
+            if disk.target == name:
+                return disk
+        for disk in self.disks:
+            if disk.source is not None and disk.source == name:
+                return disk
+        return None
+
+    def to_xml(self, secure: bool = True) -> str:
+        return format_element(self.element if secure else redact_secrets(self.element))
+
+
+def _leaf_text(parent: etree._Element, tag: str) -> str | None:
+    node = parent.find(tag)
+    if node is None or node.text is None or not node.text.strip():
+        return None
+    return node.text.strip()
+
+
+def _parse_disk(node: etree._Element, index: int) -> DomainDisk:
+    where = f"disk #{index + 1} of the domain"
+    disk_type = node.get("type", "file")
+    if disk_type not in DISK_TYPES:
+        raise XMLError(f"unknown type '{disk_type}' of {where}")
+    device = node.get("device", "disk")
+    if device not in DISK_DEVICES:
+        raise XMLError(f"unknown device '{device}' of {where}")
+    target = node.find("target")
+    if target is None or not target.get("dev"):
+        raise XMLError(f"missing <target dev=...> in {where}")
+    snapshot = node.get("snapshot")
+    if snapshot is not None and snapshot not in DISK_LOCATIONS:
+        raise XMLError(f"invalid snapshot='{snapshot}' of disk '{target.get('dev')}': "
+                       f"expected one of {', '.join(DISK_LOCATIONS)}")
+    source_node = node.find("source")
+    source = None
+    if source_node is not None:
+        source = (source_node.get("file") or source_node.get("dev")
+                  or source_node.get("name") or source_node.get("dir")) or None
+    driver = node.find("driver")
+    return DomainDisk(
+        target=target.get("dev"), bus=target.get("bus"), type=disk_type, device=device,
+        source=source, driver_type=driver.get("type") if driver is not None else None,
+        snapshot=snapshot, readonly=node.find("readonly") is not None,
+    )
+
+
+def parse_domain_element(element: etree._Element, what: str = "domain XML",
+                         require_memory: bool = False) -> DomainDef:
+    """Read the facts of a ``<domain>`` (or ``<inactiveDomain>``) element, keeping it whole."""
+    name = _leaf_text(element, "name")
+    if name is None:
+        raise XMLError(f"missing <name> in {what}")
+    uuid = _leaf_text(element, "uuid")
+    if uuid is not None and not _UUID_RE.fullmatch(uuid):
+        raise XMLError(f"invalid UUID '{uuid}' in {what}")
+    memory_node = element.find("memory")
+    memory_kib = None
+    if memory_node is not None:
+        memory_kib = parse_scaled_integer(memory_node.text, memory_node.get("unit"),
+                                          f"<memory> of {what}", default=1024) // 1024
+    elif require_memory:
+        raise XMLError(f"missing <memory> in {what}")
+    vcpu_text = _leaf_text(element, "vcpu") or "1"
+    if not vcpu_text.isdigit() or int(vcpu_text) < 1:
+        raise XMLError(f"invalid <vcpu> '{vcpu_text}' in {what}")
+    os_node = element.find("os")
+    kernel = initrd = cmdline = None
+    if os_node is not None:
+        kernel, initrd = _leaf_text(os_node, "kernel"), _leaf_text(os_node, "initrd")
+        cmdline = _leaf_text(os_node, "cmdline")
+    devices = element.find("devices")
+    disks: list[DomainDisk] = []
+    serials: list[SerialConsole] = []
+    if devices is not None:
+        disks = [_parse_disk(d, i) for i, d in enumerate(devices.findall("disk"))]
+        seen: set[str] = set()
+        for disk in disks:
+            if disk.target in seen:
+                raise XMLError(f"target '{disk.target}' is used by two disks in {what}")
+            seen.add(disk.target)
+        for serial in devices.findall("serial"):
+            source = serial.find("source")
+            serials.append(SerialConsole(serial.get("type", "pty"),
+                                         source.get("path") if source is not None else None))
+    return DomainDef(element=element, name=name, uuid=uuid, type=element.get("type"),
+                     memory_kib=memory_kib, vcpus=int(vcpu_text), kernel=kernel, initrd=initrd,
+                     cmdline=cmdline, disks=disks, serials=serials)
+
+
+def parse_domain(text: str | bytes, what: str = "domain XML") -> DomainDef:
+    """Parse a domain definition document (as given to ``qsnap define``)."""
+    root = parse_document(text, what)
+    if root.tag != "domain":
+        raise XMLError(f"expected a <domain> document in {what}, found <{root.tag}>")
+    strip_blank_text(root)
+    return parse_domain_element(root, what, require_memory=True)
+
+
+def with_uuid(domain: DomainDef, uuid: str) -> DomainDef:
+    """A copy of *domain* that carries *uuid* (inserted after ``<name>``, where libvirt puts it)."""
+    element = copy.deepcopy(domain.element)
+    node = element.find("uuid")
+    if node is None:
+        node = etree.Element("uuid")
+        name = element.find("name")
+        name.addnext(node)
+    node.text = uuid
+    return parse_domain_element(element)
+
+
+# Attributes that hold secrets in libvirt domain XML, by element: shown only with --security-info.
+_SECRET_ATTRIBUTES = {"graphics": ("passwd",)}
+
+
+def redact_secrets(element: etree._Element) -> etree._Element:
+    """A copy of a domain element without secrets, as libvirt formats it without XML_SECURE."""
+    clone = copy.deepcopy(element)
+    for tag, attrs in _SECRET_ATTRIBUTES.items():
+        for node in clone.iter(tag):
+            for attr in attrs:
+                node.attrib.pop(attr, None)
+    return clone

@@ -1,0 +1,59 @@
+"""Shared test helpers: the libvirt conformance data, and a picture of a directory tree."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_DEFAULT_CONFORMANCE = REPO.parent / "shared" / "conformance" / "libvirt"
+
+
+def conformance_dir() -> Path:
+    """libvirt's snapshot test data, or a skip that says where it was looked for."""
+    path = Path(os.environ.get("QSNAP_CONFORMANCE_DIR", _DEFAULT_CONFORMANCE))
+    if not (path / "manifest.tsv").is_file():
+        pytest.skip(f"libvirt conformance data not found at {path}: it ships only with the "
+                    "qsnap workplace (../shared/conformance/libvirt); set QSNAP_CONFORMANCE_DIR "
+                    "to a copy to run these tests")
+    return path
+
+
+@dataclass(frozen=True)
+class Case:
+    case: str
+    input: str
+    expected: str | None
+    uuid: str | None
+    creation_time: int
+    flags: frozenset[str]
+
+
+def manifest_cases(base: Path) -> list[Case]:
+    cases = []
+    header_seen = False
+    for line in (base / "manifest.tsv").read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        if not header_seen:
+            header_seen = True
+            continue
+        case, inp, exp, uuid, ctime, flags, _notes = line.split("\t")
+        cases.append(Case(case, inp, None if exp == "-" else exp, None if uuid == "-" else uuid,
+                          int(ctime), frozenset(f for f in flags.split(",") if f != "-")))
+    return cases
+
+
+def tree_picture(root: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file under *root* with its mode and content: equal pictures mean nothing changed."""
+    picture = {}
+    if root.exists():
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                picture[str(path.relative_to(root))] = (path.stat().st_mode, path.read_bytes())
+            else:
+                picture[str(path.relative_to(root)) + "/"] = (path.stat().st_mode, b"")
+    return picture
