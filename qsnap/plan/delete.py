@@ -1,0 +1,46 @@
+"""Which metadata a delete removes, who inherits the children, and what becomes current."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from qsnap.model.tree import SnapshotTree
+from qsnap.plan.flags import DeleteFlags
+
+
+@dataclass(frozen=True)
+class MetadataDeletePlan:
+    """The outcome of deleting snapshot metadata.
+
+    ``remove`` lists the snapshots whose metadata goes (children before parents);
+    ``reparent`` maps each surviving child of a removed snapshot to its new parent;
+    ``current`` is the new current snapshot when the old one is removed (``None``: no current),
+    and ``current_changes`` says whether it changes at all.
+    """
+
+    target: str
+    remove: list[str]
+    reparent: dict[str, str | None] = field(default_factory=dict)
+    current: str | None = None
+    current_changes: bool = False
+
+
+def plan_delete_metadata(tree: SnapshotTree, name: str, flags: DeleteFlags) -> MetadataDeletePlan:
+    """libvirt's metadata rules: children move up to the deleted snapshot's parent; with
+    ``children``/``children_only`` the subtree goes; a removed current passes to the nearest
+    surviving ancestor (the snapshot itself with ``children_only``, else its parent)."""
+    flags.check()
+    tree.get(name)
+    parent = tree.parent(name)
+    subtree = tree.descendants(name) if (flags.children or flags.children_only) else []
+    remove = list(reversed(subtree))
+    if not flags.children_only:
+        remove.append(name)
+    reparent: dict[str, str | None] = {}
+    if not (flags.children or flags.children_only):
+        reparent = {child: parent for child in tree.children(name)}
+    removed = set(remove)
+    if tree.current is not None and tree.current in removed:
+        new_current = name if flags.children_only else parent
+        return MetadataDeletePlan(name, remove, reparent, new_current, True)
+    return MetadataDeletePlan(name, remove, reparent)

@@ -1,0 +1,49 @@
+"""Rules for snapshot and domain names.
+
+Both become file or folder names in the state directory, so besides libvirt's rules (no ``/``,
+no leading ``.``) a name must fit in one path component and can never step out of its folder.
+"""
+
+from __future__ import annotations
+
+from qsnap.errors import InvalidArgumentError
+
+#: Bytes a single file name may take on Linux file systems.
+NAME_MAX = 255
+#: Room kept for the ``.xml`` suffix of metadata files.
+_SUFFIX = len(".xml")
+
+
+def _check(kind: str, name: str | None) -> str:
+    if name is None or name == "":
+        raise InvalidArgumentError(f"invalid {kind} name '': a name can't be empty")
+    if "\0" in name:
+        raise InvalidArgumentError(f"invalid {kind} name {name!r}: name can't contain NUL")
+    if "/" in name:
+        raise InvalidArgumentError(f"invalid {kind} name '{name}': name can't contain '/'")
+    if name.startswith("."):
+        raise InvalidArgumentError(f"invalid {kind} name '{name}': name can't start with '.'")
+    if len(name.encode("utf-8")) + _SUFFIX > NAME_MAX:
+        raise InvalidArgumentError(
+            f"invalid {kind} name '{name[:40]}...': name is longer than "
+            f"{NAME_MAX - _SUFFIX} bytes, too long for a file name")
+    return name
+
+
+def check_snapshot_name(name: str | None) -> str:
+    """Return *name* if it can name a snapshot; otherwise raise a clear error.
+
+    libvirt refuses ``/`` and a leading ``.`` (which also covers ``.`` and ``..``); qsnap adds
+    empty names, NUL and names too long to be a file name.
+    """
+    return _check("snapshot", name)
+
+
+def check_domain_name(name: str | None) -> str:
+    """Return *name* if it can name a domain folder; otherwise raise a clear error."""
+    return _check("domain", name)
+
+
+def default_snapshot_name(creation_time: int) -> str:
+    """libvirt's default: the creation time in seconds, as a decimal string."""
+    return str(creation_time)

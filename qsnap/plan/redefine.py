@@ -1,0 +1,90 @@
+"""Redefining snapshot metadata (``snapshot-create --redefine``): libvirt's checks, then the result.
+
+Redefinition touches no image. It adds a snapshot's metadata, or replaces an existing snapshot's,
+and may make it current. The rules are libvirt's (virDomainSnapshotRedefinePrep and
+virDomainSnapshotRedefineValidate); qsnap also checks the UUID of a bare ``<domain><uuid>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from qsnap.errors import InvalidArgumentError
+from qsnap.model.domain import DomainDef, parse_domain_element
+from qsnap.model.snapshot import SnapshotDef
+from qsnap.model.tree import SnapshotTree
+from qsnap.plan.disks import align_disks
+from qsnap.plan.flags import CreateFlags
+from qsnap.plan.names import check_snapshot_name
+
+_ONLINE = ("running", "paused")
+
+
+@dataclass(frozen=True)
+class RedefinePlan:
+    """The snapshot to store, and whether it becomes the domain's current snapshot."""
+
+    snapshot: SnapshotDef
+    make_current: bool
+    replaces: bool
+
+
+def _check_parent(snap: SnapshotDef, tree: SnapshotTree) -> None:
+    name, parent = snap.name, snap.parent
+    if parent is None:
+        return
+    if parent == name:
+        raise InvalidArgumentError(f"cannot set moment {name} as its own parent")
+    if parent not in tree:
+        raise InvalidArgumentError(f"parent {parent} for moment {name} not found")
+    if name in tree and name in tree.ancestors(parent):
+        raise InvalidArgumentError(f"parent {parent} would create cycle to {name}")
+
+
+def _check_replacement(snap: SnapshotDef, existing: SnapshotDef) -> None:
+    if (existing.state in _ONLINE) != (snap.state in _ONLINE):
+        raise InvalidArgumentError(
+            f"cannot change between online and offline snapshot state in snapshot {snap.name}")
+    if (existing.state == "disk-snapshot") != (snap.state == "disk-snapshot"):
+        raise InvalidArgumentError(
+            f"cannot change between disk only and full system in snapshot {snap.name}")
+
+
+def plan_redefine(snap: SnapshotDef, domain: DomainDef, tree: SnapshotTree,
+                  existing: SnapshotDef | None, flags: CreateFlags,
+                  regular_files: Collection[str] = ()) -> RedefinePlan:
+    """Check a redefinition of *snap* for *domain* and return what to store.
+
+    *snap* was parsed in redefine mode; *existing* is the stored snapshot of the same name, if
+    any; *regular_files* lists the domain's disk sources that are regular files (needed only to
+    name overlays that the XML leaves unnamed).
+    """
+    check_snapshot_name(snap.name)
+    if flags.disk_only and snap.state != "disk-snapshot":
+        raise InvalidArgumentError(
+            f"disk-only flag for snapshot {snap.name} requires disk-snapshot state")
+    if snap.uuid is not None and domain.uuid is not None and \
+            snap.uuid.lower().replace("-", "") != domain.uuid.lower().replace("-", ""):
+        raise InvalidArgumentError(
+            f"definition for snapshot {snap.name} must use uuid {domain.uuid}")
+    _check_parent(snap, tree)
+
+    result = snap.copy(active=None)
+    if existing is not None:
+        _check_replacement(snap, existing)
+        if result.domain is None and existing.domain is not None:
+            result.domain = existing.domain
+            result.domain_uuid = None
+
+    if result.domain is not None:
+        snapshot_domain = parse_domain_element(result.domain, f"the <domain> of snapshot "
+                                                              f"'{snap.name}'")
+        location = "external" if (snap.state == "disk-snapshot" or snap.is_external) \
+            else "internal"
+        result.disks = align_disks(result, snapshot_domain, location, uniform_internal=True,
+                                   regular_files=regular_files)
+
+    was_current = existing is not None and tree.current == snap.name
+    return RedefinePlan(snapshot=result, make_current=flags.current or was_current,
+                        replaces=existing is not None)
