@@ -1,0 +1,84 @@
+"""Durable, atomic file operations: a crash leaves the old content or the new, never a torn file.
+
+A write goes to a temporary file in the same folder, is fsynced, renamed over the target, and
+the folder is fsynced so the rename itself survives a power cut. Temporary files start with
+``.tmp-`` (a prefix no snapshot or domain name may have) and are removed by recovery.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from qsnap.faults import crash_point
+
+TEMP_PREFIX = ".tmp-"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace *path* with *data* atomically and durably (see the module docstring)."""
+    temp = path.parent / f"{TEMP_PREFIX}{secrets.token_hex(6)}-{path.name}"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        crash_point(f"write {path.name}: data written, not synced")
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        temp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    crash_point(f"write {path.name}: temp synced, not renamed")
+    os.replace(temp, path)
+    crash_point(f"write {path.name}: renamed, folder not synced")
+    fsync_dir(path.parent)
+
+
+def remove_durably(path: Path) -> None:
+    """Unlink *path* (if present) and make the removal durable."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return
+    crash_point(f"remove {path.name}: unlinked, folder not synced")
+    fsync_dir(path.parent)
+
+
+def make_dirs(path: Path, mode: int = 0o700) -> None:
+    """Create *path* and its missing parents, each durably linked into its parent."""
+    missing = []
+    probe = path
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=mode)
+        except FileExistsError:
+            continue
+        fsync_dir(folder.parent)
+
+
+def remove_temp_files(folder: Path) -> list[Path]:
+    """Delete temporary files a crashed writer left in *folder*; return what was removed."""
+    removed = []
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            if entry.name.startswith(TEMP_PREFIX) and entry.is_file():
+                entry.unlink(missing_ok=True)
+                removed.append(entry)
+    if removed:
+        fsync_dir(folder)
+    return removed

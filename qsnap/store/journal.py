@@ -1,0 +1,94 @@
+"""Multi-file metadata changes that happen all at once or not at all.
+
+A change that touches several files (a new current snapshot rewrites two snapshot files and the
+marker; a delete re-parents children) is first written whole to ``journal.json`` in the domain
+folder. That atomic write is the commit point. The files are then changed one by one and the
+journal removed. After a crash, :func:`replay` (run under the domain lock before any read) finds
+the journal and applies it again; every step is idempotent, so replaying twice is harmless.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from qsnap.errors import CorruptMetadataError
+from qsnap.faults import crash_point
+from qsnap.store.atomic import atomic_write, remove_durably
+
+JOURNAL_NAME = "journal.json"
+
+
+@dataclass
+class Batch:
+    """File changes inside one folder: paths relative to it, written first, then removed."""
+
+    writes: dict[str, bytes] = field(default_factory=dict)
+    removals: list[str] = field(default_factory=list)
+
+    def write(self, relative: str, data: bytes) -> None:
+        self.writes[_checked(relative)] = data
+        if relative in self.removals:
+            self.removals.remove(relative)
+
+    def remove(self, relative: str) -> None:
+        self.writes.pop(relative, None)
+        if relative not in self.removals:
+            self.removals.append(_checked(relative))
+
+    def __len__(self) -> int:
+        return len(self.writes) + len(self.removals)
+
+
+def _checked(relative: str) -> str:
+    path = PurePosixPath(relative)
+    if path.is_absolute() or ".." in path.parts or not path.parts:
+        raise ValueError(f"journal path must stay inside its folder: {relative!r}")
+    return relative
+
+
+def _apply(folder: Path, batch: Batch) -> None:
+    for relative, data in batch.writes.items():
+        atomic_write(folder / relative, data)
+        crash_point(f"journal: applied write {relative}")
+    for relative in batch.removals:
+        remove_durably(folder / relative)
+        crash_point(f"journal: applied removal {relative}")
+
+
+def commit(folder: Path, batch: Batch) -> None:
+    """Apply *batch* to *folder* atomically (see the module docstring)."""
+    if len(batch) == 0:
+        return
+    if len(batch) == 1:  # one file changes: its own atomic write or unlink is enough
+        _apply(folder, batch)
+        return
+    record = {"writes": {k: v.decode("utf-8") for k, v in batch.writes.items()},
+              "removals": batch.removals}
+    atomic_write(folder / JOURNAL_NAME, json.dumps(record).encode("utf-8"))
+    crash_point("journal: committed, nothing applied")
+    _apply(folder, batch)
+    remove_durably(folder / JOURNAL_NAME)
+
+
+def replay(folder: Path) -> bool:
+    """Finish a change a crash interrupted; True if there was one."""
+    path = folder / JOURNAL_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return False
+    try:
+        record = json.loads(text)
+        batch = Batch()
+        for relative, data in record["writes"].items():
+            batch.write(relative, data.encode("utf-8"))
+        for relative in record["removals"]:
+            batch.remove(relative)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CorruptMetadataError(f"unfinished-change journal '{path}' is corrupt ({exc}); "
+                                   "move it away to continue") from None
+    _apply(folder, batch)
+    remove_durably(path)
+    return True

@@ -1,0 +1,74 @@
+"""One lock per domain, so qsnap processes on the same domain serialise and others do not wait.
+
+The lock is ``flock`` on ``locks/<domain>.lock`` in the state directory. Lock files are never
+deleted (deleting one while another process waits on it would let two holders in), and live
+outside the domain folder so undefine can remove that folder while holding the lock. The kernel
+drops an ``flock`` when its holder dies, so a killed qsnap never leaves a stale lock. flock locks
+belong to an open file, so two tasks in one process also exclude each other.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+from types import TracebackType
+
+from qsnap.errors import OperationInvalidError
+
+DEFAULT_TIMEOUT = 300.0
+
+
+def lock_timeout() -> float:
+    """Seconds to wait for a busy domain: ``$QSNAP_LOCK_TIMEOUT`` or 300."""
+    value = os.environ.get("QSNAP_LOCK_TIMEOUT")
+    try:
+        return float(value) if value else DEFAULT_TIMEOUT
+    except ValueError:
+        return DEFAULT_TIMEOUT
+
+
+class DomainLock:
+    """An exclusive lock held for the duration of a ``with`` block."""
+
+    def __init__(self, path: Path, domain: str, timeout: float | None = None) -> None:
+        self.path = path
+        self.domain = domain
+        self.timeout = lock_timeout() if timeout is None else timeout
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        deadline = time.monotonic() + self.timeout
+        delay = 0.005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                    os.close(fd)
+                    raise OperationInvalidError(
+                        f"domain '{self.domain}' is busy: another qsnap process (pid {holder}) "
+                        f"has held its lock for over {self.timeout:g} s") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> DomainLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.release()
