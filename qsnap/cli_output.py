@@ -1,0 +1,65 @@
+"""virsh's output formats: its column table, its ``--tree`` drawing, its ``Key:  value`` lines.
+
+Reproduced from virsh's own layout rules (vshTable, vshTreePrint), so scripts that read virsh
+output read qsnap's too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], header: bool = True) -> str:
+    """A virsh table: each cell is `` cell``, padded two past its column's widest cell, and a
+    dashed line as wide as the sum of the column widths plus three each."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+
+    def line(cells: Sequence[str]) -> str:
+        parts = []
+        for i, cell in enumerate(cells):
+            parts.append(f" {cell}")
+            if i < len(cells) - 1:
+                parts.append(" " * (widths[i] - len(cell) + 2))
+        return "".join(parts) + "\n"
+
+    out = []
+    if header:
+        out.append(line(headers))
+        out.append("-" * sum(w + 3 for w in widths) + "\n")
+    out.extend(line(row) for row in rows)
+    return "".join(out)
+
+
+def tree(roots: Sequence[str], children: Callable[[str], Sequence[str]]) -> str:
+    """virsh's ``--tree`` drawing of every root and its descendants."""
+    out: list[str] = []
+
+    def draw(name: str, indent: str, is_root: bool, is_last: bool) -> None:
+        out.append(f"{indent}{'' if is_root else '+- '}{name}\n")
+        if not is_root:
+            indent += (" " if is_last else "|") + " "
+        kids = children(name)
+        if kids:
+            out.append(f"{indent}  |\n")
+        for i, kid in enumerate(kids):
+            draw(kid, indent + "  ", False, i == len(kids) - 1)
+        if not kids and is_last:
+            out.append(f"{indent}\n")
+
+    for root in roots:
+        draw(root, "", True, True)
+    return "".join(out)
+
+
+def key_values(pairs: Sequence[tuple[str, object]]) -> str:
+    """``Name:           value`` lines (the label padded to 15 columns, as virsh does)."""
+    return "".join(f"{label + ':':<15} {value}\n" for label, value in pairs)
+
+
+def local_time(seconds: int) -> str:
+    """A creation time as virsh shows it: local time with the UTC offset."""
+    return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(seconds))

@@ -1,0 +1,338 @@
+"""qsnap's public asyncio API: one :class:`Engine` per state directory.
+
+Every method takes the domain's lock, finishes anything a crashed process left half-done, and
+then works on that domain alone, so concurrent calls on one domain run one after another while
+calls on different domains run side by side. Metadata work is file I/O, so it runs in a worker
+thread and never blocks the caller's event loop.
+
+Snapshot arguments named ``snapshot`` accept ``None`` to mean the current snapshot, resolved under
+the same lock as the rest of the call (virsh's ``--current``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid as uuidlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from qsnap.errors import (
+    AlreadyExistsError,
+    InvalidArgumentError,
+    NoDomainError,
+    NoSnapshotError,
+    NotSupportedError,
+    OperationInvalidError,
+)
+from qsnap.model.domain import DomainDef, parse_domain, parse_domain_element, with_uuid
+from qsnap.model.snapshot import SnapshotDef, format_snapshot, parse_snapshot
+from qsnap.model.tree import SnapshotSummary, SnapshotTree
+from qsnap.plan.create import check_create_request
+from qsnap.plan.delete import MetadataDeletePlan, plan_delete_metadata
+from qsnap.plan.flags import CreateFlags, DeleteFlags, ListFilter, RevertFlags
+from qsnap.plan.listing import select_snapshots
+from qsnap.plan.names import check_domain_name
+from qsnap.plan.redefine import plan_redefine
+from qsnap.store import KEEP, DomainFolder, StateDir, resolve_state_dir
+
+log = logging.getLogger("qsnap")
+T = TypeVar("T")
+
+_NEEDS_QEMU = ("needs a running QEMU, which this version of qsnap does not drive yet; "
+               "only metadata operations (--redefine, --metadata, listing) are available")
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    name: str
+    uuid: str | None
+    state: str
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """What ``snapshot-info`` shows."""
+
+    name: str
+    domain: str
+    current: bool
+    state: str
+    location: str
+    parent: str | None
+    children: int
+    descendants: int
+    metadata: bool = True
+
+
+class Engine:
+    """Snapshot operations on the domains of one state directory.
+
+    *state_dir* defaults to ``$QSNAP_STATE_DIR``, else ``$XDG_STATE_HOME/qsnap``.
+    """
+
+    def __init__(self, state_dir: str | os.PathLike[str] | None = None) -> None:
+        self.state = StateDir(resolve_state_dir(state_dir))
+
+    @property
+    def state_dir(self) -> Path:
+        return self.state.root
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _locked(self, domain: str, work: Callable[[DomainFolder], T], *,
+                must_exist: bool = True) -> T:
+        if must_exist and not self.state.folder(domain).exists():
+            # Checked before locking too, so a mistyped name leaves no lock file behind.
+            raise NoDomainError(f"domain '{domain}' is not defined")
+        with self.state.locked(domain) as (folder, recovered):
+            for line in recovered:
+                log.warning("recovered: %s", line)
+            if must_exist:
+                _ = folder.definition  # raises NoDomainError with the domain's name
+            return work(folder)
+
+    async def _run(self, domain: str, work: Callable[[DomainFolder], T], *,
+                   must_exist: bool = True) -> T:
+        return await asyncio.to_thread(self._locked, domain, work, must_exist=must_exist)
+
+    @staticmethod
+    def _tree(folder: DomainFolder) -> SnapshotTree:
+        tree = folder.load_tree()
+        for problem in tree.problems:
+            log.warning("domain '%s': %s", folder.name, problem)
+        return tree
+
+    @staticmethod
+    def _resolve(folder: DomainFolder, snapshot: str | None) -> str:
+        if snapshot is not None:
+            if not folder.has_snapshot(snapshot):
+                raise NoSnapshotError(
+                    f"domain '{folder.name}' has no snapshot named '{snapshot}'")
+            return snapshot
+        current = folder.read_current()
+        if current is None:
+            raise NoSnapshotError(f"domain '{folder.name}' has no current snapshot")
+        return current
+
+    # -- domains ----------------------------------------------------------------------------
+
+    async def define(self, xml: str | bytes) -> str:
+        """Define (or update) a domain from libvirt domain XML; returns its name.
+
+        A definition without a UUID gets a new one; an existing domain keeps its UUID, and a
+        UUID that another domain already uses is refused.
+        """
+        domain = parse_domain(xml)
+        check_domain_name(domain.name)
+
+        def work(folder: DomainFolder) -> str:
+            nonlocal domain
+            if folder.exists():
+                existing = folder.definition
+                if domain.uuid is None:
+                    domain = with_uuid(domain, existing.uuid or str(uuidlib.uuid4()))
+                elif existing.uuid and not _same_uuid(existing.uuid, domain.uuid):
+                    raise AlreadyExistsError(
+                        f"domain '{domain.name}' already exists with uuid {existing.uuid}")
+            else:
+                if domain.uuid is None:
+                    domain = with_uuid(domain, str(uuidlib.uuid4()))
+                self._refuse_duplicate_uuid(domain)
+            folder.write_definition(domain)
+            return domain.name
+
+        def define_locked() -> str:
+            # Defines also hold a state-wide lock, so two of them cannot claim one UUID at once.
+            with self.state.defining():
+                return self._locked(domain.name, work, must_exist=False)
+
+        return await asyncio.to_thread(define_locked)
+
+    def _refuse_duplicate_uuid(self, domain: DomainDef) -> None:
+        for other in self.state.domain_names():
+            if other == domain.name:
+                continue
+            other_uuid = self.state.folder(other).definition.uuid
+            if other_uuid and domain.uuid and _same_uuid(other_uuid, domain.uuid):
+                raise AlreadyExistsError(
+                    f"domain '{other}' is already defined with uuid {domain.uuid}")
+
+    async def undefine(self, domain: str, *, snapshots_metadata: bool = False) -> None:
+        """Remove a domain's definition; with *snapshots_metadata* also its snapshot metadata
+        (images are never touched). Without it, a domain with snapshots is refused."""
+
+        def work(folder: DomainFolder) -> None:
+            count = len(folder.snapshot_names())
+            if count and not snapshots_metadata:
+                raise OperationInvalidError(
+                    f"cannot delete inactive domain with {count} snapshots")
+            self.state.remove_folder(folder)
+
+        await self._run(domain, work)
+
+    async def domains(self) -> list[DomainInfo]:
+        def work() -> list[DomainInfo]:
+            self.state.sweep_trash()
+            result = []
+            for name in self.state.domain_names():
+                definition = self.state.folder(name).definition
+                result.append(DomainInfo(name, definition.uuid, "shut off"))
+            return result
+
+        return await asyncio.to_thread(work)
+
+    async def domain_xml(self, domain: str, *, secure: bool = False) -> str:
+        return await self._run(domain, lambda f: f.definition.to_xml(secure=secure))
+
+    # -- creating ---------------------------------------------------------------------------
+
+    async def create(self, domain: str, xml: str | bytes | None = None,
+                     flags: CreateFlags = CreateFlags()) -> str:
+        """virDomainSnapshotCreateXML: take a snapshot, or with ``flags.redefine`` store given
+        metadata. Returns the snapshot's name."""
+        flags.check()
+        if flags.redefine:
+            if xml is None:
+                raise InvalidArgumentError("--redefine requires an XML description of the "
+                                           "snapshot")
+            return await self.redefine(domain, xml, current=flags.current,
+                                       disk_only=flags.disk_only, validate=flags.validate)
+        # Check the request fully, so bad input is reported as such, before saying what is missing.
+        snap = parse_snapshot(xml if xml is not None else "<domainsnapshot/>",
+                              validate=flags.validate, offline=flags.disk_only)
+
+        def work(folder: DomainFolder) -> str:
+            name_taken = snap.name is not None and folder.has_snapshot(snap.name)
+            check_create_request(snap, flags, domain, name_taken)
+            raise NotSupportedError(f"creating a snapshot of domain '{domain}' {_NEEDS_QEMU}")
+
+        return await self._run(domain, work)
+
+    async def redefine(self, domain: str, xml: str | bytes, *, current: bool = False,
+                       disk_only: bool = False, validate: bool = False) -> str:
+        """Add or replace snapshot metadata without touching any image (``--redefine``)."""
+        snap = parse_snapshot(xml, redefine=True, validate=validate)
+        flags = CreateFlags(redefine=True, current=current, disk_only=disk_only,
+                            validate=validate).check()
+
+        def work(folder: DomainFolder) -> str:
+            tree = self._tree(folder)
+            existing = folder.read_snapshot(snap.name) if snap.name in tree else None
+            plan = plan_redefine(snap, folder.definition, tree, existing, flags,
+                                 regular_files=_regular_files(folder.definition, snap))
+            folder.save(put=[plan.snapshot],
+                        current=plan.snapshot.name if plan.make_current else KEEP)
+            return plan.snapshot.name or ""
+
+        return await self._run(domain, work)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def list(self, domain: str, flt: ListFilter = ListFilter()) -> list[SnapshotSummary]:
+        """virDomainListAllSnapshots / virDomainSnapshotListAllChildren with their filters."""
+        flt.check()
+        return await self._run(domain, lambda f: select_snapshots(self._tree(f), flt))
+
+    async def tree(self, domain: str) -> SnapshotTree:
+        """The whole snapshot tree, for drawing or walking."""
+        return await self._run(domain, self._tree)
+
+    async def get_xml(self, domain: str, snapshot: str | None, *, secure: bool = False) -> str:
+        """virDomainSnapshotGetXMLDesc; *secure* includes passwords (``--security-info``)."""
+
+        def work(folder: DomainFolder) -> str:
+            snap = folder.read_snapshot(self._resolve(folder, snapshot))
+            return format_snapshot(snap, uuid=folder.definition.uuid, secure=secure)
+
+        return await self._run(domain, work)
+
+    async def get(self, domain: str, snapshot: str | None) -> SnapshotDef:
+        """The parsed definition of a snapshot."""
+        return await self._run(domain, lambda f: f.read_snapshot(self._resolve(f, snapshot)))
+
+    async def info(self, domain: str, snapshot: str | None) -> SnapshotInfo:
+        def work(folder: DomainFolder) -> SnapshotInfo:
+            name = self._resolve(folder, snapshot)
+            tree = self._tree(folder)
+            summary = tree.get(name)
+            return SnapshotInfo(name=name, domain=folder.name, current=tree.current == name,
+                                state=summary.state, location=summary.location,
+                                parent=tree.parent(name), children=len(tree.children(name)),
+                                descendants=len(tree.descendants(name)))
+
+        return await self._run(domain, work)
+
+    async def current(self, domain: str) -> str | None:
+        """The current snapshot's name, or None."""
+
+        def work(folder: DomainFolder) -> str | None:
+            name = folder.read_current()
+            return name if name is not None and folder.has_snapshot(name) else None
+
+        return await self._run(domain, work)
+
+    async def set_current(self, domain: str, snapshot: str) -> None:
+        """Make an existing snapshot current without reverting to it."""
+
+        def work(folder: DomainFolder) -> None:
+            folder.save(current=self._resolve(folder, snapshot))
+
+        await self._run(domain, work)
+
+    async def parent(self, domain: str, snapshot: str | None) -> str | None:
+        def work(folder: DomainFolder) -> str | None:
+            return folder.read_snapshot(self._resolve(folder, snapshot)).parent
+
+        return await self._run(domain, work)
+
+    # -- changing state ---------------------------------------------------------------------
+
+    async def revert(self, domain: str, snapshot: str | None,
+                     flags: RevertFlags = RevertFlags()) -> None:
+        """virDomainRevertToSnapshot (needs QEMU; refused with a clear error until it lands)."""
+        flags.check()
+
+        def work(folder: DomainFolder) -> None:
+            name = self._resolve(folder, snapshot)
+            raise NotSupportedError(f"reverting domain '{domain}' to snapshot '{name}' "
+                                    f"{_NEEDS_QEMU}")
+
+        await self._run(domain, work)
+
+    async def delete(self, domain: str, snapshot: str | None,
+                     flags: DeleteFlags = DeleteFlags()) -> MetadataDeletePlan:
+        """virDomainSnapshotDelete. Returns what was removed and who became current."""
+        flags.check()
+
+        def work(folder: DomainFolder) -> MetadataDeletePlan:
+            name = self._resolve(folder, snapshot)
+            tree = self._tree(folder)
+            plan = plan_delete_metadata(tree, name, flags)
+            if not flags.metadata_only:
+                raise NotSupportedError(
+                    f"deleting the data of snapshot '{name}' {_NEEDS_QEMU}; --metadata removes "
+                    "only qsnap's metadata and leaves the images as they are")
+            moved = []
+            for child, parent in plan.reparent.items():
+                moved.append(folder.read_snapshot(child).copy(parent=parent))
+            folder.save(put=moved, drop=plan.remove,
+                        current=plan.current if plan.current_changes else KEEP)
+            return plan
+
+        return await self._run(domain, work)
+
+
+def _same_uuid(a: str, b: str) -> bool:
+    return a.replace("-", "").lower() == b.replace("-", "").lower()
+
+
+def _regular_files(domain: DomainDef, snap: SnapshotDef) -> set[str]:
+    """Disk sources that are regular files (the one fact overlay naming needs from disk)."""
+    sources = {d.source for d in domain.disks if d.source}
+    if snap.domain is not None:
+        sources |= {d.source for d in parse_domain_element(snap.domain).disks if d.source}
+    return {s for s in sources if os.path.isfile(s)}

@@ -1,0 +1,346 @@
+"""The ``qsnap`` command end to end, on a tree redefined from libvirt's own snapshot XML.
+
+Output formats are virsh's (table, tree, info); every bad input gets ``error: ...`` with exit 1
+and leaves the state directory byte-for-byte as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from helpers import tree_picture
+from lxml import etree
+
+from qsnap.cli import main
+from qsnap.model.snapshot import format_snapshot, parse_snapshot
+
+OUT = "qemudomainsnapshotxml2xmlout"
+
+
+class Cli:
+    def __init__(self, state: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        self.state = state
+        self.capsys = capsys
+
+    def __call__(self, *args: str, rc: int = 0) -> str:
+        self.capsys.readouterr()
+        code = main(["--state-dir", str(self.state), *args])
+        out, err = self.capsys.readouterr()
+        assert code == rc, f"qsnap {' '.join(args)} -> {code}: {err}"
+        if rc:
+            assert err.startswith("error: ") and "Traceback" not in err
+            return err
+        assert err == ""
+        return out
+
+
+def renamed(source: Path, dest: Path, name: str, parent: str | None) -> Path:
+    """A copy of a libvirt snapshot XML file with another name and parent."""
+    root = etree.parse(str(source)).getroot()
+    root.find("name").text = name
+    parent_node = root.find("parent")
+    if parent is None and parent_node is not None:
+        root.remove(parent_node)
+    elif parent is not None:
+        if parent_node is None:
+            parent_node = etree.SubElement(root, "parent")
+            etree.SubElement(parent_node, "name")
+        parent_node.find("name").text = parent
+    dest.write_bytes(etree.tostring(root))
+    return dest
+
+
+@pytest.fixture
+def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> Cli:
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    return Cli(tmp_path / "state", capsys)
+
+
+@pytest.fixture
+def libvirt_tree(cli: Cli, conformance: Path, tmp_path: Path) -> dict[str, Path]:
+    """QEMUGuest1 with five snapshots redefined from libvirt's test data::
+
+        earlier_snap ── disk-snap ── ext (current)
+                     └─ full ── meta
+    """
+    out = conformance / OUT
+    domain = etree.parse(str(out / "disk_snapshot_redefine.xml")).getroot().find("domain")
+    (tmp_path / "QEMUGuest1.xml").write_bytes(etree.tostring(domain))
+    assert cli("define", str(tmp_path / "QEMUGuest1.xml")) == \
+        f"Domain 'QEMUGuest1' defined from {tmp_path / 'QEMUGuest1.xml'}\n"
+    files = {}
+    for name, source, parent in [
+            ("earlier_snap", "noparent_nodescription_noactive.xml", None),
+            ("disk-snap", "disk_snapshot_redefine.xml", "earlier_snap"),
+            ("full", "full_domain.xml", "earlier_snap"),
+            ("meta", "metadata.xml", "full"),
+            ("ext", "external_vm_redefine.xml", "disk-snap")]:
+        files[name] = renamed(out / source, tmp_path / f"{name}.xml", name, parent)
+        flags = ["--current"] if name == "ext" else []
+        assert cli("snapshot-create", "QEMUGuest1", str(files[name]), "--redefine", "--validate",
+                   *flags) == f"Domain snapshot {name} created from '{files[name]}'\n"
+    return files
+
+
+def test_listing_commands(cli: Cli, libvirt_tree: dict[str, Path]) -> None:
+    assert cli("snapshot-list", "QEMUGuest1") == (
+        " Name           Creation Time               State\n"
+        + "-" * (12 + 25 + 13 + 3 * 3) + "\n"
+        " disk-snap      2010-05-03 20:13:51 +0000   disk-snapshot\n"
+        " earlier_snap   2010-05-03 20:13:51 +0000   running\n"
+        " ext            2010-05-03 20:13:51 +0000   running\n"
+        " full           2010-05-03 20:13:51 +0000   running\n"
+        " meta           2010-05-03 20:13:51 +0000   running\n")
+    assert cli("snapshot-list", "QEMUGuest1", "--parent", "--external").splitlines()[2:] == [
+        " disk-snap   2010-05-03 20:13:51 +0000   disk-snapshot   earlier_snap",
+        " ext         2010-05-03 20:13:51 +0000   running         disk-snap"]
+    assert cli("snapshot-list", "QEMUGuest1", "--tree") == (
+        "earlier_snap\n  |\n  +- disk-snap\n  |   |\n  |   +- ext\n  |     \n"
+        "  +- full\n      |\n      +- meta\n        \n")
+    assert cli("snapshot-list", "QEMUGuest1", "--tree", "--from", "full") == \
+        "full\n  |\n  +- meta\n    \n"
+    assert cli("snapshot-list", "QEMUGuest1", "--name", "--roots") == "earlier_snap\n"
+    assert cli("snapshot-list", "QEMUGuest1", "--name", "--leaves") == "ext\nmeta\n"
+    assert cli("snapshot-list", "QEMUGuest1", "--name", "--no-leaves") == \
+        "disk-snap\nearlier_snap\nfull\n"
+    assert cli("snapshot-list", "QEMUGuest1", "--name", "--from", "earlier_snap") == \
+        "disk-snap\nfull\n"
+    assert cli("snapshot-list", "QEMUGuest1", "earlier_snap", "--name", "--descendants") == \
+        "disk-snap\next\nfull\nmeta\n"
+    assert cli("snapshot-list", "QEMUGuest1", "--name", "--topological") == \
+        "earlier_snap\ndisk-snap\next\nfull\nmeta\n"
+    assert cli("snapshot-list", "QEMUGuest1", "--name", "--parent", "--internal") == \
+        "earlier_snap\t\nfull\tearlier_snap\nmeta\tfull\n"
+    assert cli("snapshot-list", "QEMUGuest1", "--name", "--disk-only") == "disk-snap\n"
+    assert cli("snapshot-list", "QEMUGuest1", "--name", "--no-metadata") == ""
+    listed = json.loads(cli("snapshot-list", "QEMUGuest1", "--json"))
+    assert [s["name"] for s in listed if s["current"]] == ["ext"]
+    assert {s["name"]: s["location"] for s in listed}["disk-snap"] == "external"
+    assert cli("-q", "snapshot-list", "QEMUGuest1", "--leaves") == \
+        " ext    2010-05-03 20:13:51 +0000   running\n meta   2010-05-03 20:13:51 +0000   running\n"
+
+
+def test_info_current_parent_dumpxml(cli: Cli, libvirt_tree: dict[str, Path],
+                                     conformance: Path) -> None:
+    assert cli("snapshot-info", "QEMUGuest1", "--current") == (
+        "Name:           ext\nDomain:         QEMUGuest1\nCurrent:        yes\n"
+        "State:          running\nLocation:       external\nParent:         disk-snap\n"
+        "Children:       0\nDescendants:    0\nMetadata:       yes\n")
+    info = json.loads(cli("snapshot-info", "QEMUGuest1", "earlier_snap", "--json"))
+    assert (info["children"], info["descendants"], info["location"], info["current"]) == \
+        (2, 4, "internal", False)
+    assert cli("snapshot-current", "QEMUGuest1", "--name") == "ext\n"
+    assert cli("snapshot-parent", "QEMUGuest1", "meta") == "full\n"
+    assert cli("snapshot-parent", "QEMUGuest1", "--current") == "disk-snap\n"
+
+    # dumpxml gives back libvirt's own text (without the internal <active> marker).
+    expected = (conformance / OUT / "disk_snapshot_redefine.xml").read_text()
+    expected = expected.replace("<name>my snap name</name>", "<name>disk-snap</name>", 1)
+    expected = expected.replace("  <active>1</active>\n", "")
+    assert cli("snapshot-dumpxml", "QEMUGuest1", "disk-snap") == expected
+    # The stored file is libvirt's metadata format: <active> agrees with the current marker.
+    stored = cli.state / "domains" / "QEMUGuest1" / "snapshots"
+    assert "<active>0</active>" in (stored / "disk-snap.xml").read_text()
+    assert "<active>1</active>" in (stored / "ext.xml").read_text()
+
+    assert cli("snapshot-current", "QEMUGuest1", "full") == "Snapshot full set as current\n"
+    assert cli("snapshot-current", "QEMUGuest1", "--name") == "full\n"
+    assert "<active>0</active>" in (stored / "ext.xml").read_text()
+    current_xml = cli("snapshot-current", "QEMUGuest1")
+    assert parse_snapshot(current_xml, redefine=True).name == "full"
+
+
+def test_delete_metadata(cli: Cli, libvirt_tree: dict[str, Path]) -> None:
+    assert cli("snapshot-delete", "QEMUGuest1", "full", "--metadata") == \
+        "Domain snapshot full deleted\n"
+    assert cli("snapshot-parent", "QEMUGuest1", "meta") == "earlier_snap\n"
+    assert cli("snapshot-delete", "QEMUGuest1", "--current", "--metadata") == \
+        "Domain snapshot ext deleted\n"
+    assert cli("snapshot-current", "QEMUGuest1", "--name") == "disk-snap\n"
+    assert cli("snapshot-delete", "QEMUGuest1", "earlier_snap", "--children-only",
+               "--metadata") == "Domain snapshot earlier_snap children deleted\n"
+    assert cli("snapshot-list", "QEMUGuest1", "--name") == "earlier_snap\n"
+    assert cli("snapshot-current", "QEMUGuest1", "--name") == "earlier_snap\n"
+    assert cli("snapshot-delete", "QEMUGuest1", "earlier_snap", "--children", "--metadata") == \
+        "Domain snapshot earlier_snap deleted\n"
+    assert cli("snapshot-list", "QEMUGuest1", "--name") == ""
+    assert "has no current snapshot" in cli("snapshot-current", "QEMUGuest1", rc=1)
+    assert cli("undefine", "QEMUGuest1") == "Domain 'QEMUGuest1' has been undefined\n"
+    assert cli("list", "--all", "--name") == ""
+
+
+def test_undefine_with_snapshots(cli: Cli, libvirt_tree: dict[str, Path]) -> None:
+    assert "cannot delete inactive domain with 5 snapshots" in cli("undefine", "QEMUGuest1", rc=1)
+    assert cli("undefine", "QEMUGuest1", "--snapshots-metadata") == \
+        "Domain 'QEMUGuest1' has been undefined\n"
+    assert not (cli.state / "domains" / "QEMUGuest1").exists()
+
+
+def test_print_xml(cli: Cli, libvirt_tree: dict[str, Path]) -> None:
+    out = cli("snapshot-create-as", "QEMUGuest1", "--print-xml", "--name", "n",
+              "--diskspec", "hda,snapshot=external,file=/new.qcow2")
+    assert out == ("<domainsnapshot>\n  <name>n</name>\n  <disks>\n"
+                   "    <disk name='hda' snapshot='external'>\n"
+                   "      <source file='/new.qcow2'/>\n    </disk>\n  </disks>\n"
+                   "</domainsnapshot>\n")
+    assert cli("snapshot-create-as", "QEMUGuest1", "n", "desc", "--print-xml").startswith(
+        "<domainsnapshot>\n  <name>n</name>\n  <description>desc</description>\n")
+
+
+def _write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def _cycle(tmp: Path, files: dict[str, Path], _conformance: Path) -> list[str]:
+    bad = renamed(files["earlier_snap"], tmp / "cycle.xml", "earlier_snap", "meta")
+    return ["snapshot-create", "QEMUGuest1", str(bad), "--redefine"]
+
+
+def _orphan(tmp: Path, files: dict[str, Path], _conformance: Path) -> list[str]:
+    bad = renamed(files["meta"], tmp / "orphan.xml", "orphan", "nobody")
+    return ["snapshot-create", "QEMUGuest1", str(bad), "--redefine"]
+
+
+def _duplicate_disk(tmp: Path, files: dict[str, Path], _conformance: Path) -> list[str]:
+    root = etree.parse(str(files["disk-snap"])).getroot()
+    disks = root.find("disks")
+    disks.remove(disks.find("disk[@name='hdf']"))  # keep the count, so the duplicate is what fails
+    disks.append(etree.fromstring("<disk name='hde' snapshot='no'/>"))
+    root.find("name").text = "dup"
+    (tmp / "dup.xml").write_bytes(etree.tostring(root))
+    return ["snapshot-create", "QEMUGuest1", str(tmp / "dup.xml"), "--redefine"]
+
+
+def _wrong_uuid(tmp: Path, files: dict[str, Path], conformance: Path) -> list[str]:
+    source = conformance / OUT / "memory-snapshot-inactivedomain.xml"
+    return ["snapshot-create", "QEMUGuest1", str(source), "--redefine"]
+
+
+BAD_INPUTS = {
+    "malformed XML": (lambda t, f, c: ["snapshot-create", "QEMUGuest1",
+                                       _write(t, "bad.xml", "<domainsnapshot><name>x"),
+                                       "--redefine"], "is not well-formed XML"),
+    "unknown element": (lambda t, f, c: ["snapshot-create", "QEMUGuest1",
+                                         _write(t, "bad.xml", "<domainsnapshot><name>x</name>"
+                                                "<colour/></domainsnapshot>"), "--redefine"],
+                        "unsupported element <colour> in <domainsnapshot>"),
+    "wrong enum value": (lambda t, f, c: ["snapshot-create", "QEMUGuest1",
+                                          _write(t, "bad.xml", "<domainsnapshot><name>x</name>"
+                                                 "<state>napping</state><creationTime>1"
+                                                 "</creationTime></domainsnapshot>"),
+                                          "--redefine"],
+                         "Invalid state 'napping' in domain snapshot XML"),
+    "schema-invalid with --validate": (
+        lambda t, f, c: ["snapshot-create", "QEMUGuest1", str(
+            c / "qemudomainsnapshotxml2xmlin" / "disk-network-seclabel-invalid.xml"),
+            "--validate"], "unsupported element <seclabel>"),
+    "wrong domain UUID": (_wrong_uuid, "definition for snapshot test-snap must use uuid "
+                                       "c7a5fdbd-edaf-9455-926a-d65c16db1809"),
+    "duplicate disk": (_duplicate_disk, "disk 'hde' specified twice"),
+    "cycle": (_cycle, "parent meta would create cycle to earlier_snap"),
+    "missing parent": (_orphan, "parent nobody for moment orphan not found"),
+    "name collision on create": (lambda t, f, c: ["snapshot-create-as", "QEMUGuest1", "full"],
+                                 "domain 'QEMUGuest1' already has a snapshot named 'full'"),
+    "bad name on create": (lambda t, f, c: ["snapshot-create-as", "QEMUGuest1", "a/b"],
+                           "invalid snapshot name 'a/b': name can't contain '/'"),
+    "bad name on redefine": (lambda t, f, c: ["snapshot-create", "QEMUGuest1",
+                                              str(renamed(f["meta"], t / "dots.xml", "..",
+                                                          "full")), "--redefine"],
+                             "invalid snapshot name '..': name can't start with '.'"),
+    "create needs QEMU": (lambda t, f, c: ["snapshot-create-as", "QEMUGuest1", "new"],
+                          "creating a snapshot of domain 'QEMUGuest1' needs a running QEMU"),
+    "revert needs QEMU": (lambda t, f, c: ["snapshot-revert", "QEMUGuest1", "full"],
+                          "reverting domain 'QEMUGuest1' to snapshot 'full' needs a running"),
+    "delete data needs QEMU": (lambda t, f, c: ["snapshot-delete", "QEMUGuest1", "meta"],
+                               "deleting the data of snapshot 'meta' needs a running QEMU"),
+    "unknown domain": (lambda t, f, c: ["snapshot-list", "nope"],
+                       "domain 'nope' is not defined"),
+    "unknown snapshot": (lambda t, f, c: ["snapshot-info", "QEMUGuest1", "nope"],
+                         "domain 'QEMUGuest1' has no snapshot named 'nope'"),
+    "unknown --from": (lambda t, f, c: ["snapshot-list", "QEMUGuest1", "--from", "nope"],
+                       "has no snapshot named 'nope'"),
+    "missing file": (lambda t, f, c: ["snapshot-create", "QEMUGuest1", "/no/such.xml"],
+                     "failed to read '/no/such.xml': No such file or directory"),
+    "redefine without XML": (lambda t, f, c: ["snapshot-create", "QEMUGuest1", "--redefine"],
+                             "--redefine requires an XML description"),
+    "name and --current": (lambda t, f, c: ["snapshot-info", "QEMUGuest1", "full", "--current"],
+                           "--snapshotname and --current are mutually exclusive"),
+    "neither name nor --current": (lambda t, f, c: ["snapshot-delete", "QEMUGuest1"],
+                                   "--snapshotname or --current is required"),
+    "children and children-only": (lambda t, f, c: ["snapshot-delete", "QEMUGuest1", "full",
+                                                    "--children", "--children-only"],
+                                   "--children and --children-only are mutually exclusive"),
+    "tree with a filter": (lambda t, f, c: ["snapshot-list", "QEMUGuest1", "--tree", "--leaves"],
+                           "--leaves and --tree are mutually exclusive"),
+    "root has no parent": (lambda t, f, c: ["snapshot-parent", "QEMUGuest1", "earlier_snap"],
+                           "snapshot 'earlier_snap' has no parent"),
+    "unknown option": (lambda t, f, c: ["snapshot-list", "QEMUGuest1", "--colour"],
+                       "unrecognized arguments: --colour"),
+    "define, name taken by another UUID": (
+        lambda t, f, c: ["define", _write(t, "d.xml", "<domain type='qemu'><name>QEMUGuest1"
+                                          "</name><uuid>" + "1" * 32 + "</uuid><memory>1"
+                                          "</memory></domain>")],
+        "domain 'QEMUGuest1' already exists with uuid c7a5fdbd-edaf-9455-926a-d65c16db1809"),
+    "define, UUID taken by another name": (
+        lambda t, f, c: ["define", _write(t, "d.xml", "<domain type='qemu'><name>twin</name>"
+                                          "<uuid>c7a5fdbd-edaf-9455-926a-d65c16db1809</uuid>"
+                                          "<memory>1</memory></domain>")],
+        "domain 'QEMUGuest1' is already defined with uuid"),
+    "define, bad domain name": (
+        lambda t, f, c: ["define", _write(t, "d.xml", "<domain type='qemu'><name>.x</name>"
+                                          "<memory>1</memory></domain>")],
+        "invalid domain name '.x'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_named_and_changes_nothing(cli: Cli, libvirt_tree: dict[str, Path],
+                                                conformance: Path, tmp_path: Path,
+                                                case: str) -> None:
+    build_args, message = BAD_INPUTS[case]
+    args = build_args(tmp_path, libvirt_tree, conformance)
+    before = tree_picture(cli.state)
+    err = cli(*args, rc=1)
+    assert message in err
+    after = tree_picture(cli.state)
+    # Lock files are runtime state, not metadata: one may appear for a domain being defined.
+    assert {k: v for k, v in after.items() if not k.startswith("locks/")} == \
+        {k: v for k, v in before.items() if not k.startswith("locks/")}
+    assert not {k for k in after if k.startswith("locks/")} - set(before) - {
+        "locks/twin.lock", "locks/.define.lock"}
+
+
+def test_redefine_replaces_and_keeps_current(cli: Cli, libvirt_tree: dict[str, Path],
+                                             tmp_path: Path) -> None:
+    edited = parse_snapshot(cli("snapshot-dumpxml", "QEMUGuest1", "ext"), redefine=True)
+    edited.description = "edited"
+    path = tmp_path / "edited.xml"
+    path.write_text(format_snapshot(edited))
+    cli("snapshot-create", "QEMUGuest1", str(path), "--redefine")
+    assert cli("snapshot-current", "QEMUGuest1", "--name") == "ext\n"
+    assert "<description>edited</description>" in cli("snapshot-dumpxml", "QEMUGuest1", "ext")
+
+
+def test_list_and_dumpxml_domains(cli: Cli, libvirt_tree: dict[str, Path]) -> None:
+    assert cli("list") == " Id   Name   State\n" + "-" * (2 + 4 + 5 + 3 * 3) + "\n"
+    assert cli("list", "--all") == (" Id   Name         State\n"
+                                     "-----------------------------\n"
+                                     " -    QEMUGuest1   shut off\n")
+    assert json.loads(cli("list", "--all", "--json")) == [
+        {"name": "QEMUGuest1", "uuid": "c7a5fdbd-edaf-9455-926a-d65c16db1809",
+         "state": "shut off"}]
+    assert cli("dumpxml", "QEMUGuest1").startswith("<domain type='qemu'>\n  <name>QEMUGuest1")
+
+
+def test_help_exits_cleanly(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["snapshot-list", "--help"])
+    assert info.value.code == 0
+    assert "--topological" in capsys.readouterr().out
