@@ -220,7 +220,7 @@ class Engine:
                             validate=validate).check()
 
         def work(folder: DomainFolder) -> str:
-            tree = self._tree(folder)
+            tree = folder.lazy_tree()
             existing = folder.read_snapshot(snap.name) if snap.name in tree else None
             plan = plan_redefine(snap, folder.definition, tree, existing, flags,
                                  regular_files=_regular_files(folder.definition, snap))

@@ -290,3 +290,17 @@ def test_create_request_refuses_taken_and_bad_names() -> None:
     with pytest.raises(InvalidArgumentError, match=r"can't start with '\.'"):
         check_create_request(parse_snapshot("<domainsnapshot><name>.x</name></domainsnapshot>"),
                              CreateFlags(), "g", name_taken=False)
+
+
+def test_redefine_checks_work_on_the_lazy_store_view(tmp_path) -> None:
+    """The store's file-by-file view gives plan_redefine the same answers as the full tree."""
+    from qsnap.store import StateDir
+    state = StateDir(tmp_path)
+    with state.locked("g") as (folder, _):
+        folder.write_definition(DOMAIN)
+        folder.save(put=[redefined("a"), redefined("b", "a"), redefined("c", "b")], current="c")
+        lazy = folder.lazy_tree()
+        assert "b" in lazy and "zz" not in lazy and lazy.current == "c"
+        assert lazy.ancestors("c") == ["b", "a"] == folder.load_tree().ancestors("c")
+        with pytest.raises(InvalidArgumentError, match="parent c would create cycle to a"):
+            plan_redefine(redefined("a", "c"), DOMAIN, lazy, redefined("a"), REDEFINE)

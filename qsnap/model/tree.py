@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from qsnap.errors import CorruptMetadataError, NoSnapshotError
 from qsnap.model.snapshot import SnapshotDef
@@ -38,6 +39,20 @@ class SnapshotSummary:
     @property
     def location(self) -> str:
         return "external" if self.external else "internal"
+
+
+class TreeView(Protocol):
+    """The part of a tree that checks on one new snapshot need: membership, ancestry, current.
+
+    :class:`SnapshotTree` is one; the store offers another that reads only the files it is asked
+    about, so adding a snapshot costs the same with ten thousand siblings as with none.
+    """
+
+    current: str | None
+
+    def __contains__(self, name: object) -> bool: ...
+
+    def ancestors(self, name: str) -> list[str]: ...
 
 
 class SnapshotTree:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from qsnap.errors import InvalidArgumentError
 from qsnap.model.domain import DomainDef, parse_domain_element
 from qsnap.model.snapshot import SnapshotDef
-from qsnap.model.tree import SnapshotTree
+from qsnap.model.tree import TreeView
 from qsnap.plan.disks import align_disks
 from qsnap.plan.flags import CreateFlags
 from qsnap.plan.names import check_snapshot_name
@@ -30,7 +30,7 @@ class RedefinePlan:
     replaces: bool
 
 
-def _check_parent(snap: SnapshotDef, tree: SnapshotTree) -> None:
+def _check_parent(snap: SnapshotDef, tree: TreeView) -> None:
     name, parent = snap.name, snap.parent
     if parent is None:
         return
@@ -51,7 +51,7 @@ def _check_replacement(snap: SnapshotDef, existing: SnapshotDef) -> None:
             f"cannot change between disk only and full system in snapshot {snap.name}")
 
 
-def plan_redefine(snap: SnapshotDef, domain: DomainDef, tree: SnapshotTree,
+def plan_redefine(snap: SnapshotDef, domain: DomainDef, tree: TreeView,
                   existing: SnapshotDef | None, flags: CreateFlags,
                   regular_files: Collection[str] = ()) -> RedefinePlan:
     """Check a redefinition of *snap* for *domain* and return what to store.

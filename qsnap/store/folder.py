@@ -131,6 +131,10 @@ class DomainFolder:
         name = text.rstrip("\n")
         return name or None
 
+    def lazy_tree(self) -> LazyTree:
+        """A :class:`~qsnap.model.tree.TreeView` that reads only the files it is asked about."""
+        return LazyTree(self)
+
     def load_tree(self) -> SnapshotTree:
         summaries = [SnapshotSummary.of(self.read_snapshot(n)) for n in self.snapshot_names()]
         return SnapshotTree(summaries, self.read_current(), domain=self.name)
@@ -168,3 +172,30 @@ class DomainFolder:
         for name in drop:
             batch.remove(self._relative(name))
         commit(self.path, batch)
+
+
+class LazyTree:
+    """Membership, ancestry and current of a domain's snapshots, read file by file on demand.
+
+    Follows the same rules as :class:`~qsnap.model.tree.SnapshotTree`: a missing parent ends the
+    ancestry as a root would; a parent loop (only possible in hand-edited files) is an error.
+    """
+
+    def __init__(self, folder: DomainFolder) -> None:
+        self._folder = folder
+        self.current = folder.read_current()
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self._folder.has_snapshot(name)
+
+    def ancestors(self, name: str) -> list[str]:
+        result: list[str] = []
+        parent = self._folder.read_snapshot(name).parent
+        while parent is not None and self._folder.has_snapshot(parent):
+            if parent in result or parent == name:
+                raise CorruptMetadataError(
+                    f"snapshot metadata of domain '{self._folder.name}' is inconsistent: the "
+                    f"parents of '{name}' form a cycle")
+            result.append(parent)
+            parent = self._folder.read_snapshot(parent).parent
+        return result
