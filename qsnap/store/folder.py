@@ -61,9 +61,10 @@ class DomainFolder:
             return done
         if replay(self.path):
             done.append(f"domain '{self.name}': finished a metadata change interrupted by a crash")
-        for folder in (self.path, self.snapshots_dir):
-            for temp in remove_temp_files(folder):
-                done.append(f"domain '{self.name}': removed unfinished write {temp.name}")
+        # Temporary files live in the domain folder itself (see journal._apply), never among
+        # the snapshots, so this sweep does not grow with the number of snapshots.
+        for temp in remove_temp_files(self.path):
+            done.append(f"domain '{self.name}': removed unfinished write {temp.name}")
         return done
 
     # -- the definition ---------------------------------------------------------------------

@@ -50,7 +50,7 @@ def _checked(relative: str) -> str:
 
 def _apply(folder: Path, batch: Batch) -> None:
     for relative, data in batch.writes.items():
-        atomic_write(folder / relative, data)
+        atomic_write(folder / relative, data, temp_dir=folder)
         crash_point(f"journal: applied write {relative}")
     for relative in batch.removals:
         remove_durably(folder / relative)
