@@ -1,0 +1,42 @@
+# Shared set-up for scripts/demo and scripts/test; source it, don't run it.
+# Creates the virtualenv (default .venv in the repository, or $QSNAP_VENV), installs qsnap with its
+# test tools into it, and installs Debian's QEMU packages where they are missing and we can.
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv=${QSNAP_VENV:-$repo/.venv}
+
+install_qemu() {
+    local missing=()
+    command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
+    command -v qemu-img >/dev/null 2>&1 || missing+=(qemu-utils)
+    [ ${#missing[@]} -eq 0 ] && return 0
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; else
+            echo "setup: ${missing[*]} missing and not root; install them to use QEMU features" >&2
+            return 0
+        fi
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "setup: ${missing[*]} missing and no apt-get here; install QEMU by hand" >&2
+        return 0
+    fi
+    echo "setup: installing ${missing[*]} from Debian" >&2
+    $sudo apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
+}
+
+setup_venv() {
+    if [ ! -x "$venv/bin/python" ]; then
+        python3 -m venv "$venv"
+    fi
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$repo[test]"
+}
+
+if [ "${QSNAP_SKIP_SETUP:-}" = 1 ]; then
+    return 0  # the caller (the test suite) already runs inside a prepared environment
+fi
+install_qemu
+setup_venv
+export PATH="$venv/bin:$PATH"
