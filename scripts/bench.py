@@ -102,8 +102,8 @@ def main() -> int:
         print(f"{op:<30} {small[op] * 1e3:>8.2f}ms {large[op] * 1e3:>11.2f}ms {ratio:>7.1f}x  "
               f"{per:>7.1f} us")
     print("\nratio ~1x: cost independent of the tree's size (current, create, set current);")
-    print(f"list/tree/info read every snapshot file once (they grow with N; 'per snapshot' is "
-          f"the marginal cost).")
+    print("list/tree/info read every snapshot file once (they grow with N; 'per snapshot' is "
+          "the marginal cost).")
     print("libvirt reference: not run by this version; side-by-side virsh figures arrive with "
           "the QEMU benchmark (scripts/bench grows with the performance work).")
     return 0
