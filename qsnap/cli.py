@@ -15,12 +15,20 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import NoReturn
 
-from qsnap import cli_output
-from qsnap.engine import Engine
-from qsnap.errors import InvalidArgumentError, NoSnapshotError, QsnapError
-from qsnap.model.snapshot import format_snapshot, parse_snapshot
-from qsnap.plan.create_as import snapshot_xml_from_args
-from qsnap.plan.flags import CreateFlags, DeleteFlags, ListFilter, RevertFlags
+from qsnap import (
+    CreateFlags,
+    DeleteFlags,
+    Engine,
+    InvalidArgumentError,
+    ListFilter,
+    NoSnapshotError,
+    QsnapError,
+    RevertFlags,
+    cli_output,
+    format_snapshot,
+    parse_snapshot,
+    snapshot_xml_from_args,
+)
 
 MAX_XML_FILE = 10 * 1024 * 1024  # virsh's limit for XML files
 
@@ -230,8 +238,8 @@ async def cmd_snapshot_revert(engine: Engine, args: argparse.Namespace, out: _Ou
     snapshot = _snapshot_arg(args)
     flags = RevertFlags(running=args.running, paused=args.paused, force=args.force,
                         reset_nvram=args.reset_nvram).check()
-    await engine.revert(args.domain, snapshot, flags)
-    out.extra(f"Domain snapshot {snapshot} reverted")
+    name = await engine.revert(args.domain, snapshot, flags)
+    out.extra(f"Domain snapshot {name} reverted")
 
 
 async def cmd_snapshot_delete(engine: Engine, args: argparse.Namespace, out: _Output) -> None:

@@ -215,9 +215,9 @@ class Engine:
     async def redefine(self, domain: str, xml: str | bytes, *, current: bool = False,
                        disk_only: bool = False, validate: bool = False) -> str:
         """Add or replace snapshot metadata without touching any image (``--redefine``)."""
-        snap = parse_snapshot(xml, redefine=True, validate=validate)
         flags = CreateFlags(redefine=True, current=current, disk_only=disk_only,
                             validate=validate).check()
+        snap = parse_snapshot(xml, redefine=True, validate=validate)
 
         def work(folder: DomainFolder) -> str:
             tree = folder.lazy_tree()
@@ -292,16 +292,17 @@ class Engine:
     # -- changing state ---------------------------------------------------------------------
 
     async def revert(self, domain: str, snapshot: str | None,
-                     flags: RevertFlags = RevertFlags()) -> None:
-        """virDomainRevertToSnapshot (needs QEMU; refused with a clear error until it lands)."""
+                     flags: RevertFlags = RevertFlags()) -> str:
+        """virDomainRevertToSnapshot; returns the snapshot's name (needs QEMU: until that lands
+        it checks the request, then refuses with a clear error)."""
         flags.check()
 
-        def work(folder: DomainFolder) -> None:
+        def work(folder: DomainFolder) -> str:
             name = self._resolve(folder, snapshot)
             raise NotSupportedError(f"reverting domain '{domain}' to snapshot '{name}' "
                                     f"{_NEEDS_QEMU}")
 
-        await self._run(domain, work)
+        return await self._run(domain, work)
 
     async def delete(self, domain: str, snapshot: str | None,
                      flags: DeleteFlags = DeleteFlags()) -> MetadataDeletePlan:
