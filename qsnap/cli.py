@@ -95,8 +95,23 @@ async def cmd_dumpxml(engine: Engine, args: argparse.Namespace, out: _Output) ->
     out.print(await engine.domain_xml(args.domain, secure=args.security_info))
 
 
+async def cmd_start(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
+    info = await engine.start(args.domain)
+    out.extra(f"Domain '{args.domain}' started (accelerator: {info.accel})")
+
+
+async def cmd_destroy(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
+    await engine.destroy(args.domain)
+    out.extra(f"Domain '{args.domain}' destroyed")
+
+
+async def cmd_domstate(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
+    out.print(await engine.domstate(args.domain))
+
+
 async def cmd_list(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
-    domains = [d for d in await engine.domains() if args.all or d.state != "shut off"]
+    domains = [d for d in await engine.domains()
+               if args.all or (d.state == "shut off") == args.inactive]
     if args.json:
         out.print(json.dumps([asdict(d) for d in domains], indent=2))
     elif args.name:
@@ -295,9 +310,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("dumpxml", cmd_dumpxml, "domain information in XML")
     sub.add_argument("domain")
     _flag(sub, "--security-info", help="include security sensitive information in XML dump")
+    sub = command("start", cmd_start, "start a (previously defined) inactive domain")
+    sub.add_argument("domain")
+    sub = command("destroy", cmd_destroy, "stop a domain at once (its QEMU is ended)")
+    sub.add_argument("domain")
+    sub = command("domstate", cmd_domstate, "domain state")
+    sub.add_argument("domain")
     sub = command("list", cmd_list, "list domains")
     _flag(sub, "--all", help="list inactive and active domains")
-    _flag(sub, "--inactive", help="list inactive domains (same as --all for now)")
+    _flag(sub, "--inactive", help="list inactive domains")
     _flag(sub, "--name", help="list domain names only")
     _flag(sub, "--json", help="machine-readable output")
 

@@ -12,10 +12,11 @@ the same lock as the rest of the call (virsh's ``--current``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import uuid as uuidlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -27,10 +28,24 @@ from qsnap.errors import (
     NoSnapshotError,
     NotSupportedError,
     OperationInvalidError,
+    QsnapError,
+)
+from qsnap.launcher.accel import choose_accel
+from qsnap.launcher.command import RuntimePaths
+from qsnap.launcher.process import (
+    RuntimeInfo,
+    clear_runtime,
+    kill_qemu,
+    pid_alive,
+    read_runtime,
+    runtime_paths,
+    start_qemu,
+    wait_gone,
 )
 from qsnap.model.domain import DomainDef, parse_domain, parse_domain_element, with_uuid
 from qsnap.model.snapshot import SnapshotDef, format_snapshot, parse_snapshot
 from qsnap.model.tree import SnapshotSummary, SnapshotTree
+from qsnap.monitor import Monitor
 from qsnap.plan.create import check_create_request
 from qsnap.plan.delete import MetadataDeletePlan, plan_delete_metadata
 from qsnap.plan.flags import CreateFlags, DeleteFlags, ListFilter, RevertFlags
@@ -41,6 +56,9 @@ from qsnap.store import KEEP, DomainFolder, StateDir, resolve_state_dir
 
 log = logging.getLogger("qsnap")
 T = TypeVar("T")
+
+#: QEMU run states as virsh names them.
+_VIRSH_STATES = {"running": "running", "shutdown": "shut off", "guest-panicked": "crashed"}
 
 _NEEDS_QEMU = ("needs a running QEMU, which this version of qsnap does not drive yet; "
                "only metadata operations (--redefine, --metadata, listing) are available")
@@ -98,6 +116,36 @@ class Engine:
     async def _run(self, domain: str, work: Callable[[DomainFolder], T], *,
                    must_exist: bool = True) -> T:
         return await asyncio.to_thread(self._locked, domain, work, must_exist=must_exist)
+
+    @contextlib.asynccontextmanager
+    async def _session(self, domain: str) -> AsyncIterator[DomainFolder]:
+        """Hold *domain*'s lock across awaits (QEMU work); file work is brief and stays inline."""
+        folder = self.state.folder(domain)
+        if not folder.exists():
+            raise NoDomainError(f"domain '{domain}' is not defined")
+        lock = self.state.lock(domain)
+        await asyncio.to_thread(lock.acquire)
+        try:
+            for line in folder.recover():
+                log.warning("recovered: %s", line)
+            _ = folder.definition
+            yield folder
+        finally:
+            lock.release()
+
+    def _runtime(self, domain: str) -> tuple[RuntimePaths, RuntimeInfo | None]:
+        paths = runtime_paths(self.state_dir, domain)
+        return paths, read_runtime(paths)
+
+    async def _state_of(self, info: RuntimeInfo | None) -> str:
+        if info is None:
+            return "shut off"
+        try:
+            async with await Monitor.connect(info.qmp, timeout=5) as monitor:
+                status = (await monitor.execute("query-status"))["status"]
+        except QsnapError:
+            return "shut off" if not pid_alive(info.pid) else "unknown"
+        return _VIRSH_STATES.get(status, "paused")
 
     @staticmethod
     def _tree(folder: DomainFolder) -> SnapshotTree:
@@ -175,15 +223,46 @@ class Engine:
         await self._run(domain, work)
 
     async def domains(self) -> list[DomainInfo]:
-        def work() -> list[DomainInfo]:
+        def work() -> list[tuple[str, str | None]]:
             self.state.sweep_trash()
-            result = []
-            for name in self.state.domain_names():
-                definition = self.state.folder(name).definition
-                result.append(DomainInfo(name, definition.uuid, "shut off"))
-            return result
+            return [(name, self.state.folder(name).definition.uuid)
+                    for name in self.state.domain_names()]
 
-        return await asyncio.to_thread(work)
+        result = []
+        for name, uuid in await asyncio.to_thread(work):
+            result.append(DomainInfo(name, uuid, await self._state_of(self._runtime(name)[1])))
+        return result
+
+    # -- running guests ---------------------------------------------------------------------
+
+    async def start(self, domain: str) -> RuntimeInfo:
+        """Start the domain's QEMU (virsh start); returns how to reach it, accelerator included."""
+        async with self._session(domain) as folder:
+            paths, info = self._runtime(domain)
+            if info is not None:
+                raise OperationInvalidError(f"domain '{domain}' is already running "
+                                            f"(QEMU pid {info.pid})")
+            definition = folder.definition
+            return await start_qemu(definition, paths, choose_accel(definition.type))
+
+    async def destroy(self, domain: str) -> None:
+        """Stop the domain's QEMU at once (virsh destroy): ``quit``, else SIGTERM, SIGKILL."""
+        async with self._session(domain):
+            paths, info = self._runtime(domain)
+            if info is None:
+                raise OperationInvalidError(f"domain '{domain}' is not running")
+            with contextlib.suppress(QsnapError):
+                async with await Monitor.connect(info.qmp, timeout=5) as monitor:
+                    with contextlib.suppress(QsnapError):
+                        await monitor.execute("quit", timeout=5)
+            if not await wait_gone(info.pid, 5):
+                await kill_qemu(info)
+            clear_runtime(paths)
+
+    async def domstate(self, domain: str) -> str:
+        """virsh domstate: running, paused or shut off."""
+        async with self._session(domain):
+            return await self._state_of(self._runtime(domain)[1])
 
     async def domain_xml(self, domain: str, *, secure: bool = False) -> str:
         return await self._run(domain, lambda f: f.definition.to_xml(secure=secure))

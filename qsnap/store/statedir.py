@@ -48,6 +48,12 @@ class StateDir:
         return sorted(entry.name for entry in self.domains_dir.iterdir()
                       if not entry.name.startswith(".") and (entry / DEFINITION).is_file())
 
+    def lock(self, name: str) -> DomainLock:
+        """*name*'s lock, not yet taken (for callers that acquire it off the event loop)."""
+        check_domain_name(name)
+        make_dirs(self.locks_dir)
+        return DomainLock(self.locks_dir / f"{name}.lock", name)
+
     @contextmanager
     def locked(self, name: str) -> Iterator[tuple[DomainFolder, list[str]]]:
         """Hold *name*'s lock; yield its folder, recovered, and what recovery did."""

@@ -1,0 +1,1 @@
+"""Starting QEMU from a domain definition, and finding or stopping it later."""

@@ -1,0 +1,131 @@
+"""Starting, finding and stopping a domain's QEMU process.
+
+QEMU runs with ``-daemonize``: it returns once its monitor socket listens (or fails with its own
+error on stderr), and the daemon is nobody's child, so no zombie outlives a ``qsnap`` command.
+Each running domain has a runtime folder with its QMP socket, pid file and ``runtime.json``. The
+folder lives under ``$XDG_RUNTIME_DIR/qsnap`` or ``/tmp/qsnap-UID``, named by a hash of the state
+directory and domain name, because a unix socket path must stay under 108 bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from qsnap.errors import OperationInvalidError, QsnapError
+from qsnap.launcher.command import RuntimePaths, qemu_command
+from qsnap.model.domain import DomainDef
+
+
+class LaunchError(QsnapError):
+    """QEMU would not start; the message carries QEMU's own error."""
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    """How to reach a running domain: its QEMU's pid, QMP socket and accelerator."""
+
+    pid: int
+    qmp: str
+    accel: str
+    owner: str = "qsnap"  # or "attached": launched by someone else
+
+
+def runtime_paths(state_dir: Path, domain: str) -> RuntimePaths:
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(xdg) / "qsnap" if xdg else Path(f"/tmp/qsnap-{os.getuid()}")
+    digest = hashlib.sha256(f"{state_dir}\0{domain}".encode()).hexdigest()[:16]
+    return RuntimePaths(base / digest)
+
+
+def read_runtime(paths: RuntimePaths) -> RuntimeInfo | None:
+    """The runtime record, if the domain's QEMU is still alive; a stale record is removed."""
+    try:
+        info = RuntimeInfo(**json.loads(paths.info.read_text()))
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
+    if pid_alive(info.pid, info.qmp):
+        return info
+    clear_runtime(paths)
+    return None
+
+
+def write_runtime(paths: RuntimePaths, info: RuntimeInfo) -> None:
+    temp = paths.info.with_suffix(".tmp")
+    temp.write_text(json.dumps(asdict(info)))
+    os.replace(temp, paths.info)
+
+
+def clear_runtime(paths: RuntimePaths) -> None:
+    for path in (paths.info, paths.pidfile, paths.qmp):
+        path.unlink(missing_ok=True)
+
+
+def pid_alive(pid: int, marker: str | None = None) -> bool:
+    """True while *pid* runs and is not a zombie; with *marker*, its command line must contain
+    it (so a recycled pid is not mistaken for our QEMU)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+            return False
+        if marker is not None:
+            return marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return True
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+async def start_qemu(domain: DomainDef, paths: RuntimePaths, accel: str) -> RuntimeInfo:
+    """Start *domain*'s QEMU; return once its monitor listens."""
+    paths.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    paths.folder.parent.chmod(0o700)
+    clear_runtime(paths)
+    emulator = domain.element.findtext("devices/emulator") or "qemu-system-x86_64"
+    argv = qemu_command(domain, paths, accel, emulator=emulator.strip())
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+    except FileNotFoundError:
+        raise LaunchError(f"cannot start domain '{domain.name}': emulator '{argv[0]}' not found "
+                          "(install Debian's qemu-system-x86)") from None
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    except TimeoutError:
+        proc.kill()
+        raise LaunchError(f"QEMU for domain '{domain.name}' did not finish starting in 60 s") \
+            from None
+    if proc.returncode != 0:
+        message = err.decode(errors="replace").strip() or f"exit status {proc.returncode}"
+        raise LaunchError(f"QEMU failed to start domain '{domain.name}': {message}")
+    pid = int(paths.pidfile.read_text().strip())
+    info = RuntimeInfo(pid=pid, qmp=str(paths.qmp), accel=accel)
+    write_runtime(paths, info)
+    return info
+
+
+async def wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def kill_qemu(info: RuntimeInfo) -> None:
+    """SIGTERM, then SIGKILL if QEMU has not gone within 5 s."""
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 10.0)):
+        try:
+            os.kill(info.pid, sig)
+        except ProcessLookupError:
+            return
+        if await wait_gone(info.pid, wait):
+            return
+    raise OperationInvalidError(f"QEMU (pid {info.pid}) survived SIGKILL")

@@ -1,0 +1,20 @@
+"""What a QEMU offers, as plans see it: its version and the QMP commands its schema lists."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class QemuCapabilities:
+    """Probed once per connection (``query-version``, ``query-qmp-schema``)."""
+
+    version: tuple[int, int, int] = (0, 0, 0)
+    commands: frozenset[str] = field(default_factory=frozenset)
+    events: frozenset[str] = field(default_factory=frozenset)
+
+    def has(self, command: str) -> bool:
+        return command in self.commands
+
+    def at_least(self, major: int, minor: int = 0) -> bool:
+        return self.version[:2] >= (major, minor)

@@ -1,0 +1,151 @@
+"""The only code that talks QMP: commands with timeouts, jobs awaited through events, fd passing.
+
+Built on ``qemu.qmp``'s :class:`~qemu.qmp.QMPClient`, which has no timeouts of its own: every call
+here has one, so a hung or dead QEMU becomes an error instead of a wait without end. QEMU's own
+error text is kept in the qsnap error, prefixed with the command that failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from qemu.qmp import ConnectError, EventListener, ExecInterruptedError, ExecuteError, QMPClient
+from qemu.qmp.protocol import StateError
+
+from qsnap.errors import QsnapError
+from qsnap.model.capabilities import QemuCapabilities
+
+log = logging.getLogger("qsnap.monitor")
+
+DEFAULT_TIMEOUT = 30.0
+
+
+class MonitorError(QsnapError):
+    """QEMU refused a command; ``qmp_class`` and ``desc`` are QEMU's own."""
+
+    def __init__(self, command: str, qmp_class: str, desc: str) -> None:
+        super().__init__(f"QEMU refused {command}: {desc}")
+        self.command = command
+        self.qmp_class = qmp_class
+        self.desc = desc
+
+
+class MonitorClosedError(QsnapError):
+    """The connection to QEMU broke (QEMU exited or closed its monitor)."""
+
+
+class MonitorTimeoutError(QsnapError):
+    """QEMU did not answer in time."""
+
+
+class Monitor:
+    """One QMP connection to one QEMU process."""
+
+    def __init__(self, client: QMPClient, capabilities: QemuCapabilities) -> None:
+        self._client = client
+        self.capabilities = capabilities
+        self._job_ids = 0
+
+    @classmethod
+    async def connect(cls, socket_path: str, timeout: float = 10.0) -> Monitor:
+        """Connect to the QMP socket at *socket_path* and probe what this QEMU offers."""
+        client = QMPClient("qsnap")
+        try:
+            await asyncio.wait_for(client.connect(socket_path), timeout)
+        except (ConnectError, OSError) as exc:
+            raise MonitorClosedError(f"cannot connect to QMP socket {socket_path}: "
+                                     f"{getattr(exc, 'exc', exc)}") from None
+        except TimeoutError:
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+            raise MonitorTimeoutError(f"QMP socket {socket_path} did not greet within "
+                                      f"{timeout:g} s (is it a QEMU monitor?)") from None
+        monitor = cls(client, QemuCapabilities())
+        try:
+            monitor.capabilities = await monitor._probe()
+        except BaseException:
+            await monitor.close()
+            raise
+        return monitor
+
+    async def _probe(self) -> QemuCapabilities:
+        version = await self.execute("query-version")
+        qemu = version["qemu"]  # type: ignore[index]
+        schema = await self.execute("query-qmp-schema")
+        commands = frozenset(e["name"] for e in schema if e.get("meta-type") == "command")  # type: ignore[union-attr]
+        events = frozenset(e["name"] for e in schema if e.get("meta-type") == "event")  # type: ignore[union-attr]
+        return QemuCapabilities((qemu["major"], qemu["minor"], qemu["micro"]), commands, events)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._client.disconnect(), 5)
+
+    async def __aenter__(self) -> Monitor:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def execute(self, command: str, arguments: Mapping[str, object] | None = None, *,
+                      timeout: float = DEFAULT_TIMEOUT) -> Any:
+        """Run one QMP command and return its result."""
+        try:
+            return await asyncio.wait_for(self._client.execute(command, arguments), timeout)
+        except ExecuteError as exc:
+            error = exc.error.error
+            raise MonitorError(command, error.class_, error.desc) from None
+        except (ExecInterruptedError, StateError, ConnectionError, EOFError) as exc:
+            raise MonitorClosedError(f"QEMU closed its monitor during {command} "
+                                     f"(it may have exited): {exc}") from None
+        except TimeoutError:
+            raise MonitorTimeoutError(f"QEMU did not answer {command} within {timeout:g} s") \
+                from None
+
+    async def send_fd(self, fd: int, name: str) -> None:
+        """Pass *fd* to QEMU (SCM_RIGHTS) under *name*, for ``fd:NAME`` URIs."""
+        try:
+            self._client.send_fd_scm(fd)
+        except (StateError, OSError) as exc:
+            raise MonitorClosedError(f"cannot pass a file to QEMU: {exc}") from None
+        await self.execute("getfd", {"fdname": name})
+
+    @contextlib.asynccontextmanager
+    async def events(self, *names: str) -> AsyncIterator[EventListener]:
+        """Listen for *names* inside the block (enter it before the command that causes them)."""
+        listener = EventListener(names)
+        with self._client.listen(listener):
+            yield listener
+
+    def job_id(self, prefix: str) -> str:
+        self._job_ids += 1
+        return f"qsnap-{prefix}-{os.getpid()}-{self._job_ids}"
+
+    async def run_job(self, command: str, arguments: Mapping[str, object], job_id: str, *,
+                      timeout: float = 600.0) -> None:
+        """Start a generic QMP job, wait until it concludes, dismiss it, raise if it failed."""
+        async with self.events("JOB_STATUS_CHANGE") as listener:
+            await self.execute(command, {**arguments, "job-id": job_id})
+            try:
+                await asyncio.wait_for(self._wait_concluded(listener, job_id), timeout)
+            except TimeoutError:
+                with contextlib.suppress(QsnapError):
+                    await self.execute("job-cancel", {"id": job_id})
+                raise MonitorTimeoutError(f"QEMU job {command} did not finish within "
+                                          f"{timeout:g} s; it was cancelled") from None
+        jobs = await self.execute("query-jobs")
+        error = next((j.get("error") for j in jobs if j["id"] == job_id), None)
+        await self.execute("job-dismiss", {"id": job_id})
+        if error:
+            raise MonitorError(command, "GenericError", error)
+
+    async def _wait_concluded(self, listener: EventListener, job_id: str) -> None:
+        while True:
+            event = await listener.get()
+            data = event.get("data", {})
+            if data.get("id") == job_id and data.get("status") == "concluded":
+                return
