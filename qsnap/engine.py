@@ -15,12 +15,15 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
+import time
 import uuid as uuidlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from qsnap import images
 from qsnap.errors import (
     AlreadyExistsError,
     InvalidArgumentError,
@@ -48,6 +51,13 @@ from qsnap.model.tree import SnapshotSummary, SnapshotTree
 from qsnap.monitor import Monitor
 from qsnap.plan.create import check_create_request
 from qsnap.plan.delete import MetadataDeletePlan, plan_delete_metadata
+from qsnap.plan.disk_snapshot import (
+    DiskSnapshotPlan,
+    Overlay,
+    check_overlay_targets,
+    plan_disk_snapshot,
+    transaction_actions,
+)
 from qsnap.plan.flags import CreateFlags, DeleteFlags, ListFilter, RevertFlags
 from qsnap.plan.listing import select_snapshots
 from qsnap.plan.names import check_domain_name
@@ -60,8 +70,7 @@ T = TypeVar("T")
 #: QEMU run states as virsh names them.
 _VIRSH_STATES = {"running": "running", "shutdown": "shut off", "guest-panicked": "crashed"}
 
-_NEEDS_QEMU = ("needs a running QEMU, which this version of qsnap does not drive yet; "
-               "only metadata operations (--redefine, --metadata, listing) are available")
+_NOT_YET = "is not implemented in qsnap yet; nothing was changed"
 
 
 @dataclass(frozen=True)
@@ -251,13 +260,7 @@ class Engine:
             paths, info = self._runtime(domain)
             if info is None:
                 raise OperationInvalidError(f"domain '{domain}' is not running")
-            with contextlib.suppress(QsnapError):
-                async with await Monitor.connect(info.qmp, timeout=5) as monitor:
-                    with contextlib.suppress(QsnapError):
-                        await monitor.execute("quit", timeout=5)
-            if not await wait_gone(info.pid, 5):
-                await kill_qemu(info)
-            clear_runtime(paths)
+            await _stop(paths, info)
 
     async def domstate(self, domain: str) -> str:
         """virsh domstate: running, paused or shut off."""
@@ -280,16 +283,62 @@ class Engine:
                                            "snapshot")
             return await self.redefine(domain, xml, current=flags.current,
                                        disk_only=flags.disk_only, validate=flags.validate)
-        # Check the request fully, so bad input is reported as such, before saying what is missing.
-        snap = parse_snapshot(xml if xml is not None else "<domainsnapshot/>",
-                              validate=flags.validate, offline=flags.disk_only)
+        async with self._session(domain) as folder:
+            paths, info = self._runtime(domain)
+            active = info is not None
+            request = parse_snapshot(xml if xml is not None else "<domainsnapshot/>",
+                                     validate=flags.validate,
+                                     offline=flags.disk_only or not active)
+            definition = folder.definition
+            now = int(time.time())
+            name = request.name if request.name is not None else str(now)
+            check_create_request(request.copy(name=name), flags, domain,
+                                 name_taken=folder.has_snapshot(name))
+            current = folder.read_current()
+            if current is not None and not folder.has_snapshot(current):
+                current = None
+            plan = plan_disk_snapshot(request, definition, flags, active=active,
+                                      current=current, now=now,
+                                      regular_files=_regular_files(definition, request))
+            await asyncio.to_thread(_check_overlay_files, plan, definition)
+            if plan.external and info is not None:
+                await self._switch_overlays(info, plan)
+            elif plan.external:
+                await _create_overlays_offline(plan)
+            else:
+                await _internal_snapshots_offline(plan)
+            name = plan.snapshot.name or name
+            if flags.no_metadata:
+                folder.save(definition=plan.domain_after)
+            else:
+                folder.save(put=[plan.snapshot], current=name, definition=plan.domain_after)
+            if flags.halt and info is not None:
+                await _stop(paths, info)
+            return name
 
-        def work(folder: DomainFolder) -> str:
-            name_taken = snap.name is not None and folder.has_snapshot(snap.name)
-            check_create_request(snap, flags, domain, name_taken)
-            raise NotSupportedError(f"creating a snapshot of domain '{domain}' {_NEEDS_QEMU}")
-
-        return await self._run(domain, work)
+    async def _switch_overlays(self, info: RuntimeInfo, plan: DiskSnapshotPlan) -> None:
+        """Create and switch every overlay in one QMP transaction: all disks or none."""
+        async with await Monitor.connect(info.qmp) as monitor:
+            tops = await monitor.block_tops()
+            for overlay in plan.overlays:
+                if overlay.target not in tops:
+                    raise OperationInvalidError(
+                        f"the running QEMU has no disk '{overlay.target}': it does not match "
+                        "the domain definition")
+            for overlay in plan.overlays:
+                if overlay.reuse:
+                    await _check_reused_overlay(overlay)
+            new_nodes = {o.target: f"qs-{o.target}-{secrets.token_hex(4)}" for o in plan.overlays}
+            existed = {o.path for o in plan.overlays if os.path.lexists(o.path)}
+            try:
+                await monitor.execute("transaction", {
+                    "actions": transaction_actions(plan.overlays, tops, new_nodes)})
+            except QsnapError:
+                for overlay in plan.overlays:
+                    if not overlay.reuse and overlay.path not in existed:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(overlay.path)
+                raise
 
     async def redefine(self, domain: str, xml: str | bytes, *, current: bool = False,
                        disk_only: bool = False, validate: bool = False) -> str:
@@ -372,14 +421,14 @@ class Engine:
 
     async def revert(self, domain: str, snapshot: str | None,
                      flags: RevertFlags = RevertFlags()) -> str:
-        """virDomainRevertToSnapshot; returns the snapshot's name (needs QEMU: until that lands
-        it checks the request, then refuses with a clear error)."""
+        """virDomainRevertToSnapshot; returns the snapshot's name (not implemented yet: it checks
+        the request, then refuses with a clear error)."""
         flags.check()
 
         def work(folder: DomainFolder) -> str:
             name = self._resolve(folder, snapshot)
             raise NotSupportedError(f"reverting domain '{domain}' to snapshot '{name}' "
-                                    f"{_NEEDS_QEMU}")
+                                    f"{_NOT_YET}")
 
         return await self._run(domain, work)
 
@@ -394,7 +443,7 @@ class Engine:
             plan = plan_delete_metadata(tree, name, flags)
             if not flags.metadata_only:
                 raise NotSupportedError(
-                    f"deleting the data of snapshot '{name}' {_NEEDS_QEMU}; --metadata removes "
+                    f"deleting the data of snapshot '{name}' {_NOT_YET}; --metadata removes "
                     "only qsnap's metadata and leaves the images as they are")
             moved = []
             for child, parent in plan.reparent.items():
@@ -416,3 +465,71 @@ def _regular_files(domain: DomainDef, snap: SnapshotDef) -> set[str]:
     if snap.domain is not None:
         sources |= {d.source for d in parse_domain_element(snap.domain).disks if d.source}
     return {s for s in sources if os.path.isfile(s)}
+
+
+async def _stop(paths: RuntimePaths, info: RuntimeInfo) -> None:
+    with contextlib.suppress(QsnapError):
+        async with await Monitor.connect(info.qmp, timeout=5) as monitor:
+            with contextlib.suppress(QsnapError):
+                await monitor.execute("quit", timeout=5)
+    if not await wait_gone(info.pid, 5):
+        await kill_qemu(info)
+    clear_runtime(paths)
+
+
+def _check_overlay_files(plan: DiskSnapshotPlan, domain: DomainDef) -> None:
+    """Gather what the overlay checks need from the file system, then apply them."""
+    paths = [o.path for o in plan.overlays]
+    folders = {os.path.dirname(p) for p in paths}
+    check_overlay_targets(
+        plan.overlays,
+        nonempty={p for p in paths if os.path.isfile(p) and os.path.getsize(p) > 0},
+        existing={p for p in paths if os.path.exists(p)},
+        unwritable_dirs={f for f in folders if not (os.path.isdir(f) and os.access(f, os.W_OK))},
+        disk_images={d.source for d in domain.disks if d.source})
+
+
+async def _check_reused_overlay(overlay: Overlay) -> None:
+    """--reuse-external: the file must be a valid image whose backing is the disk's image."""
+    details = await images.info(overlay.path)
+    backing = details.get("full-backing-filename") or details.get("backing-filename")
+    if details.get("format") != overlay.format:
+        raise InvalidArgumentError(f"existing overlay '{overlay.path}' for disk {overlay.target} "
+                                   f"is {details.get('format')}, not {overlay.format}")
+    if backing is not None and os.path.realpath(str(backing)) != \
+            os.path.realpath(overlay.backing):
+        raise InvalidArgumentError(f"existing overlay '{overlay.path}' for disk {overlay.target} "
+                                   f"has backing file '{backing}', not '{overlay.backing}'")
+
+
+async def _create_overlays_offline(plan: DiskSnapshotPlan) -> None:
+    """qemu-img overlays for a stopped guest; on failure the ones made so far are removed."""
+    created: list[str] = []
+    try:
+        for overlay in plan.overlays:
+            if overlay.reuse:
+                await _check_reused_overlay(overlay)
+                continue
+            await images.create_overlay(overlay.path, overlay.format, overlay.backing,
+                                        overlay.backing_format)
+            created.append(overlay.path)
+    except BaseException:
+        for path in created:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        raise
+
+
+async def _internal_snapshots_offline(plan: DiskSnapshotPlan) -> None:
+    """qemu-img snapshot -c on every image; on failure the ones made so far are deleted."""
+    name = plan.snapshot.name or ""
+    done: list[str] = []
+    try:
+        for image in plan.internal_images:
+            await images.snapshot_create(image, name)
+            done.append(image)
+    except BaseException:
+        for image in done:
+            with contextlib.suppress(QsnapError):
+                await images.snapshot_delete(image, name)
+        raise

@@ -190,3 +190,29 @@ def redact_secrets(element: etree._Element) -> etree._Element:
             for attr in attrs:
                 node.attrib.pop(attr, None)
     return clone
+
+
+def with_disk_images(domain: DomainDef, images: dict[str, tuple[str, str]]) -> DomainDef:
+    """A copy of *domain* whose disks (by target) use new images: ``{target: (path, format)}``.
+
+    This is how a definition looks after an external snapshot: the overlay is the disk's source
+    and qcow2 its format (the documentation's example shows exactly this change).
+    """
+    element = copy.deepcopy(domain.element)
+    for disk in element.iterfind("devices/disk"):
+        target = disk.find("target")
+        if target is None or target.get("dev") not in images:
+            continue
+        path, fmt = images[target.get("dev")]
+        source = disk.find("source")
+        if source is None:
+            source = etree.SubElement(disk, "source")
+        key = "dev" if disk.get("type") == "block" else "file"
+        source.attrib.clear()
+        source.set(key, path)
+        driver = disk.find("driver")
+        if driver is None:
+            driver = etree.Element("driver", name="qemu")
+            disk.insert(0, driver)
+        driver.set("type", fmt)
+    return parse_domain_element(element)

@@ -25,6 +25,14 @@ log = logging.getLogger("qsnap.monitor")
 DEFAULT_TIMEOUT = 30.0
 
 
+def command_timeout() -> float:
+    """Seconds to wait for one QMP command: ``$QSNAP_QMP_TIMEOUT`` or 30."""
+    try:
+        return float(os.environ.get("QSNAP_QMP_TIMEOUT") or DEFAULT_TIMEOUT)
+    except ValueError:
+        return DEFAULT_TIMEOUT
+
+
 class MonitorError(QsnapError):
     """QEMU refused a command; ``qmp_class`` and ``desc`` are QEMU's own."""
 
@@ -92,8 +100,9 @@ class Monitor:
         await self.close()
 
     async def execute(self, command: str, arguments: Mapping[str, object] | None = None, *,
-                      timeout: float = DEFAULT_TIMEOUT) -> Any:
-        """Run one QMP command and return its result."""
+                      timeout: float | None = None) -> Any:
+        """Run one QMP command and return its result (*timeout*: see :func:`command_timeout`)."""
+        timeout = command_timeout() if timeout is None else timeout
         try:
             return await asyncio.wait_for(self._client.execute(command, arguments), timeout)
         except ExecuteError as exc:
@@ -105,6 +114,18 @@ class Monitor:
         except TimeoutError:
             raise MonitorTimeoutError(f"QEMU did not answer {command} within {timeout:g} s") \
                 from None
+
+    async def block_tops(self) -> dict[str, str]:
+        """The node each disk device writes to now, by device id (qsnap's ids are the targets)."""
+        tops: dict[str, str] = {}
+        for entry in await self.execute("query-block"):
+            inserted = entry.get("inserted")
+            qdev = entry.get("qdev") or ""
+            if not inserted or "/peripheral/" not in qdev:
+                continue
+            device = qdev.split("/peripheral/", 1)[1].split("/", 1)[0]
+            tops[device] = inserted["node-name"]
+        return tops
 
     async def send_fd(self, fd: int, name: str) -> None:
         """Pass *fd* to QEMU (SCM_RIGHTS) under *name*, for ``fd:NAME`` URIs."""

@@ -144,8 +144,9 @@ class DomainFolder:
         return format_snapshot(snap, uuid=self.definition.uuid, active=current).encode("utf-8")
 
     def save(self, *, put: Sequence[SnapshotDef] = (), drop: Sequence[str] = (),
-             current: str | _Keep | None = KEEP) -> None:
-        """Store *put*, remove *drop*, and set the current snapshot, all in one atomic change.
+             current: str | _Keep | None = KEEP, definition: DomainDef | None = None) -> None:
+        """Store *put*, remove *drop*, set the current snapshot and (if given) a new domain
+        definition, all in one atomic change.
 
         When the current snapshot changes, the old and new current files are rewritten too, so
         their ``<active>`` markers agree with the ``current`` file as libvirt expects.
@@ -172,7 +173,11 @@ class DomainFolder:
                 batch.write(CURRENT, f"{new}\n".encode())
         for name in drop:
             batch.remove(self._relative(name))
+        if definition is not None:
+            batch.write(DEFINITION, format_element(definition.element).encode("utf-8"))
         commit(self.path, batch)
+        if definition is not None:
+            self.__dict__.pop("definition", None)
 
 
 class LazyTree:

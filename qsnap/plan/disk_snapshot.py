@@ -1,0 +1,177 @@
+"""Disk snapshots (``--disk-only``, and any snapshot of a stopped guest): libvirt's rules, the
+fully populated definition, and the steps: one QMP ``transaction`` for a running guest, qemu-img
+for a stopped one.
+
+libvirt's logic (qemuSnapshotCreateAlignDisks, qemuSnapshotPrepare): a running guest gets an
+external snapshot with ``--disk-only``; without it the snapshot is full-system (memory). A stopped
+guest gets an external snapshot when ``--disk-only`` is given or a disk asks for ``external``,
+otherwise an internal one made with ``qemu-img snapshot -c``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+
+from qsnap.errors import InvalidArgumentError, NotSupportedError
+from qsnap.model.domain import DomainDef, with_disk_images
+from qsnap.model.snapshot import SnapshotDef
+from qsnap.plan.disks import align_disks
+from qsnap.plan.flags import CreateFlags
+from qsnap.plan.names import check_snapshot_name, default_snapshot_name
+
+OVERLAY_FORMATS = ("qcow2", "qed")
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """One external disk: its new overlay and the image that becomes its backing file."""
+
+    target: str
+    path: str
+    format: str
+    backing: str
+    backing_format: str
+    reuse: bool
+
+
+@dataclass(frozen=True)
+class DiskSnapshotPlan:
+    snapshot: SnapshotDef
+    external: bool
+    overlays: list[Overlay]
+    internal_images: list[str]  # qcow2 images that get an internal snapshot (stopped guest)
+    domain_after: DomainDef
+
+
+def _location(request: SnapshotDef, flags: CreateFlags, active: bool) -> str:
+    if active:
+        if not flags.disk_only:
+            kind = "external" if request.memory == "external" else "internal"
+            if kind == "internal" and request.memory == "no":
+                raise InvalidArgumentError(
+                    "internal snapshot of a running VM must include the memory state")
+            raise NotSupportedError(
+                f"{kind} full-system snapshots (guest memory) are not implemented in qsnap yet; "
+                "use --disk-only for a disk snapshot of the running guest")
+        return "external"
+    if flags.live:
+        raise InvalidArgumentError("live snapshot creation is supported only during full "
+                                   "system snapshots")
+    explicit_external = any(d.snapshot == "external" for d in request.disks)
+    return "external" if flags.disk_only or explicit_external else "internal"
+
+
+def plan_disk_snapshot(request: SnapshotDef, domain: DomainDef, flags: CreateFlags, *,
+                       active: bool, current: str | None, now: int,
+                       regular_files: Collection[str]) -> DiskSnapshotPlan:
+    """Validate a disk snapshot request and return everything needed to carry it out."""
+    flags.check()
+    if flags.live and active:
+        raise InvalidArgumentError("live snapshot creation is supported only during full "
+                                   "system snapshots")
+    if flags.quiesce:
+        raise NotSupportedError(f"--quiesce needs the QEMU guest agent, and qsnap cannot talk to "
+                                f"it yet (domain '{domain.name}')")
+    location = _location(request, flags, active)
+    name = request.name if request.name is not None else default_snapshot_name(now)
+    if not flags.no_metadata:
+        check_snapshot_name(name)
+    snap = request.copy(name=name, creation_time=now, parent=current, memory="no",
+                        state="disk-snapshot" if active else "shutoff",
+                        domain=domain.element, domain_uuid=None, active=None)
+    snap.disks = align_disks(snap, domain, location, uniform_internal=True,
+                             regular_files=regular_files)
+
+    overlays: list[Overlay] = []
+    internal_images: list[str] = []
+    for disk, domain_disk in zip(snap.disks, domain.disks, strict=True):
+        if disk.snapshot == "manual":
+            raise NotSupportedError(f"disk '{disk.name}': snapshot mode 'manual' is not "
+                                    "supported by qsnap yet")
+        if disk.snapshot == "internal":
+            if active:
+                raise InvalidArgumentError(f"active qemu domains require external disk "
+                                           f"snapshots; disk {disk.name} requested internal")
+            if domain_disk.type not in ("file", "block"):
+                raise NotSupportedError(f"internal inactive snapshots are not supported on "
+                                        f"'{domain_disk.type}' disks")
+            if domain_disk.driver_type != "qcow2":
+                raise NotSupportedError(f"internal snapshot for disk {disk.name} unsupported "
+                                        f"for storage type {domain_disk.driver_type or 'raw'}")
+            internal_images.append(domain_disk.source or "")
+        elif disk.snapshot == "external":
+            disk.driver_type = disk.driver_type or "qcow2"
+            if disk.driver_type not in OVERLAY_FORMATS:
+                raise NotSupportedError(f"external snapshot format for disk {disk.name} is "
+                                        f"unsupported: {disk.driver_type}")
+            if disk.metadata_cache_max_size and disk.driver_type != "qcow2":
+                raise NotSupportedError("metadata cache max size control is supported only "
+                                        "with qcow2 images")
+            if disk.type == "network" or domain_disk.type not in ("file", "block"):
+                raise NotSupportedError(f"disk '{disk.name}': external snapshots of "
+                                        f"'{disk.type}' storage are not supported by qsnap yet")
+            overlays.append(Overlay(disk.name, disk.source.path or "", disk.driver_type,
+                                    domain_disk.source or "", domain_disk.driver_type or "raw",
+                                    flags.reuse_external))
+
+    if overlays and internal_images:
+        raise NotSupportedError("mixing internal and external targets for a snapshot is not "
+                                "yet supported")
+    if not overlays and not internal_images:
+        raise InvalidArgumentError(
+            "disk-only snapshots require at least one disk to be selected for snapshot"
+            if flags.disk_only else "nothing selected for snapshot")
+    if internal_images:
+        for disk, domain_disk in zip(snap.disks, domain.disks, strict=True):
+            if disk.snapshot == "no" and not domain_disk.readonly and not domain_disk.is_empty:
+                raise InvalidArgumentError("internal and full system snapshots require all "
+                                           "disks to be selected for snapshot")
+
+    domain_after = with_disk_images(domain, {o.target: (o.path, o.format) for o in overlays}) \
+        if overlays else domain
+    return DiskSnapshotPlan(snap, bool(overlays), overlays, internal_images, domain_after)
+
+
+def check_overlay_targets(overlays: list[Overlay], *, nonempty: Collection[str],
+                          existing: Collection[str], unwritable_dirs: Collection[str],
+                          disk_images: Collection[str]) -> None:
+    """Refuse overlays that would overwrite data, collide, or cannot be created.
+
+    *nonempty*/*existing*: overlay paths that exist (with data / at all); *unwritable_dirs*:
+    overlay folders that are missing or not writable; *disk_images*: every image the domain uses.
+    """
+    seen: dict[str, str] = {}
+    for overlay in overlays:
+        if overlay.path in seen:
+            raise InvalidArgumentError(f"disks '{seen[overlay.path]}' and '{overlay.target}' "
+                                       f"would both use the overlay '{overlay.path}'")
+        seen[overlay.path] = overlay.target
+        if overlay.path in disk_images:
+            raise InvalidArgumentError(f"overlay '{overlay.path}' for disk {overlay.target} is "
+                                       "an image the domain already uses")
+        folder = os.path.dirname(overlay.path)
+        if overlay.reuse:
+            if overlay.path not in existing:
+                raise InvalidArgumentError(
+                    f"missing existing file for disk {overlay.target}: {overlay.path}")
+            continue
+        if overlay.path in nonempty:
+            raise InvalidArgumentError(f"external snapshot file for disk {overlay.target} "
+                                       f"already exists and is not a block device: "
+                                       f"{overlay.path}")
+        if folder in unwritable_dirs:
+            raise InvalidArgumentError(f"cannot create the overlay '{overlay.path}' for disk "
+                                       f"{overlay.target}: folder '{folder}' does not exist or "
+                                       "is not writable")
+
+
+def transaction_actions(overlays: list[Overlay], top_nodes: Mapping[str, str],
+                        new_nodes: Mapping[str, str]) -> list[dict[str, object]]:
+    """One ``blockdev-snapshot-sync`` per disk, for a single atomic QMP ``transaction``."""
+    return [{"type": "blockdev-snapshot-sync",
+             "data": {"node-name": top_nodes[o.target], "snapshot-file": o.path,
+                      "snapshot-node-name": new_nodes[o.target], "format": o.format,
+                      "mode": "existing" if o.reuse else "absolute-paths"}}
+            for o in overlays]

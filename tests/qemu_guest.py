@@ -1,0 +1,44 @@
+"""Booting the tiny guest (fixtures/guest.py) under real QEMU for integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import shutil
+import time
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from helpers import REPO
+
+
+def guest_module() -> ModuleType:
+    """fixtures/guest.py, imported by path (it is a standalone script, not a package)."""
+    spec = importlib.util.spec_from_file_location("qsnap_fixture_guest",
+                                                  REPO / "fixtures" / "guest.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def require_qemu() -> None:
+    missing = [t for t in ("qemu-system-x86_64", "qemu-img", "qemu-io") if not shutil.which(t)]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed: scripts/test installs Debian's "
+                    "qemu-system-x86 and qemu-utils when it can (as root)")
+
+
+async def wait_for_counter(serial: Path, above: int, timeout: float = 60.0) -> int:
+    """Wait until the guest's serial counter passes *above*; return it."""
+    guest = guest_module()
+    deadline = time.monotonic() + timeout
+    while True:
+        value = guest.last_serial_counter(serial) or 0
+        if value > above:
+            return value
+        if time.monotonic() > deadline:
+            tail = serial.read_bytes()[-300:] if serial.exists() else b"(no serial output)"
+            raise AssertionError(f"guest counter stuck at {value} (wanted > {above}): {tail!r}")
+        await asyncio.sleep(0.1)

@@ -1,0 +1,330 @@
+"""Disk snapshots with real QEMU and the tiny guest: running (one QMP transaction) and stopped
+(qemu-img), the metadata they leave, and every bad input leaving guest, images and store alone.
+
+The guest writes ``qsnap-counter N`` to the start of every disk a few times a second, so an
+image's counter says which moment it holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from helpers import conformance_dir, tree_picture
+from lxml import etree
+from qemu_guest import guest_module, require_qemu, wait_for_counter
+
+import qsnap
+from qsnap import CreateFlags, Engine, snapshot_xml_from_args
+from qsnap.model.snapshot import parse_snapshot
+from qsnap.monitor import Monitor, MonitorClosedError
+
+GUEST = guest_module()
+
+
+@dataclass
+class Guest:
+    engine: Engine
+    name: str
+    dir: Path
+    xml: Path
+
+    @property
+    def serial(self) -> Path:
+        return self.dir / "serial.log"
+
+    def image(self, target: str, suffix: str = "qcow2") -> Path:
+        return self.dir / f"{self.name}-{target}.{suffix}"
+
+    def counter(self, image: Path) -> int | None:
+        return GUEST.read_disk_counter(image)
+
+    async def sources(self) -> list[str | None]:
+        domain = qsnap.model.domain.parse_domain(await self.engine.domain_xml(self.name))
+        return [d.source for d in domain.disks]
+
+    async def live_files(self) -> dict[str, str]:
+        """The file each disk writes to now, as QEMU itself reports it."""
+        info = self.engine._runtime(self.name)[1]
+        assert info is not None, "guest is not running"
+        async with await Monitor.connect(info.qmp) as monitor:
+            blocks = await monitor.execute("query-block")
+        return {b["qdev"].split("/peripheral/")[1].split("/")[0]: b["inserted"]["file"]
+                for b in blocks if b.get("inserted")}
+
+
+async def make_guest(tmp_path: Path, disks: int = 3, start: bool = True) -> Guest:
+    require_qemu()
+    engine = Engine(tmp_path / "state")
+    xml = GUEST.make_guest("g", disks, 128, tmp_path / "g")
+    await engine.define(xml.read_text())
+    guest = Guest(engine, "g", tmp_path / "g", xml)
+    if start:
+        await engine.start("g")
+        await wait_for_counter(guest.serial, 10)
+    return guest
+
+
+@pytest.fixture
+async def running(tmp_path: Path) -> AsyncIterator[Guest]:
+    guest = await make_guest(tmp_path)
+    yield guest
+    if await guest.engine.domstate("g") != "shut off":
+        await guest.engine.destroy("g")
+
+
+@pytest.fixture
+async def stopped(tmp_path: Path) -> Guest:
+    return await make_guest(tmp_path, start=False)
+
+
+DISK_ONLY = CreateFlags(disk_only=True)
+
+
+async def test_external_snapshot_of_three_running_disks(running: Guest) -> None:
+    g = running
+    before = await g.sources()
+    name = await g.engine.create("g", snapshot_xml_from_args("s1", "first"), DISK_ONLY)
+    assert name == "s1"
+
+    # One transaction: every old image stopped at the same moment.
+    frozen = [g.counter(g.image(t)) for t in ("vda", "vdb", "vdc")]
+    assert frozen[0] is not None and frozen == [frozen[0]] * 3
+
+    # The guest keeps writing, now into the overlays; the old images stay as they were.
+    now = await wait_for_counter(g.serial, frozen[0] + 25)
+    await wait_for_counter(g.serial, now + 10)
+    for target in ("vda", "vdb", "vdc"):
+        assert g.counter(g.image(target, "s1")) > frozen[0]
+        assert g.counter(g.image(target)) == frozen[0]
+    assert await g.live_files() == {t: str(g.image(t, "s1")) for t in ("vda", "vdb", "vdc")}
+
+    chain = json.loads(subprocess.run(
+        ["qemu-img", "info", "-U", "--backing-chain", "--output=json", str(g.image("vda", "s1"))],
+        check=True, capture_output=True, text=True).stdout)
+    assert [c["filename"] for c in chain] == [str(g.image("vda", "s1")), str(g.image("vda"))]
+    assert chain[0]["backing-filename-format"] == "qcow2"
+
+    # Metadata shaped like the documentation's example; the definition now shows the overlays.
+    snap = parse_snapshot(await g.engine.get_xml("g", "s1"), redefine=True)
+    assert (snap.state, snap.memory, snap.description, snap.parent) == \
+        ("disk-snapshot", "no", "first", None)
+    assert [(d.name, d.snapshot, d.driver_type, d.source.file) for d in snap.disks] == \
+        [(t, "external", "qcow2", str(g.image(t, "s1"))) for t in ("vda", "vdb", "vdc")]
+    embedded = qsnap.model.domain.parse_domain_element(snap.domain)
+    assert [d.source for d in embedded.disks] == before
+    assert await g.sources() == [str(g.image(t, "s1")) for t in ("vda", "vdb", "vdc")]
+    assert await g.engine.current("g") == "s1"
+
+    # A second snapshot stacks on the first and names it as parent.
+    await g.engine.create("g", snapshot_xml_from_args("s2"), DISK_ONLY)
+    assert (await g.engine.info("g", "s2")).parent == "s1"
+    chain = subprocess.run(["qemu-img", "info", "-U", "--backing-chain", "--output=json",
+                            str(g.image("vda", "s2"))], check=True, capture_output=True,
+                           text=True).stdout
+    assert len(json.loads(chain)) == 3
+
+
+async def test_snapshot_metadata_validates_against_libvirt_schema(running: Guest) -> None:
+    rng = etree.RelaxNG(etree.parse(str(conformance_dir() / "schemas" / "domainsnapshot.rng")))
+    await running.engine.create("g", None, CreateFlags(disk_only=True))
+    name = await running.engine.current("g")
+    assert name is not None and name.isdigit()  # default name: the creation time
+    xml = await running.engine.get_xml("g", name)
+    assert rng.validate(etree.fromstring(xml.encode())), rng.error_log
+
+
+async def _refused(g: Guest, xml: str, flags: CreateFlags, message: str) -> None:
+    """The request fails with *message*; guest, images, metadata and folder are untouched."""
+    files = sorted(os.listdir(g.dir))
+    store = tree_picture(g.engine.state_dir / "domains")
+    live = await g.live_files()
+    with pytest.raises(qsnap.QsnapError) as info:
+        await g.engine.create("g", xml, flags)
+    assert message in str(info.value)
+    assert sorted(os.listdir(g.dir)) == files
+    assert tree_picture(g.engine.state_dir / "domains") == store
+    assert await g.live_files() == live
+    assert await g.engine.domstate("g") == "running"
+
+
+async def test_bad_requests_change_nothing(running: Guest, tmp_path: Path) -> None:
+    g = running
+    vda = str(g.image("vda"))
+    cases = [
+        (snapshot_xml_from_args("x", diskspecs=["vdz"]), DISK_ONLY, "no disk named 'vdz'"),
+        (snapshot_xml_from_args("x", diskspecs=["vda", vda]), DISK_ONLY,
+         f"disk '{vda}' specified twice"),
+        (snapshot_xml_from_args("x", diskspecs=["vda,snapshot=internal"]), DISK_ONLY,
+         "active qemu domains require external disk snapshots; disk vda requested internal"),
+        (snapshot_xml_from_args("x"), CreateFlags(),
+         "internal full-system snapshots (guest memory) are not implemented in qsnap yet"),
+        (snapshot_xml_from_args("x", diskspecs=["vda,file=/nonexistent/o.qcow2"]), DISK_ONLY,
+         "folder '/nonexistent' does not exist or is not writable"),
+        (snapshot_xml_from_args("x", diskspecs=[f"vda,file={g.xml}"]), DISK_ONLY,
+         f"external snapshot file for disk vda already exists and is not a block device: {g.xml}"),
+        (snapshot_xml_from_args("x", diskspecs=["vda,driver=raw,file=/tmp/o.raw"]), DISK_ONLY,
+         "external snapshot format for disk vda is unsupported: raw"),
+        (snapshot_xml_from_args("x", diskspecs=["vda,file=" + str(tmp_path / "no.qcow2")]),
+         CreateFlags(disk_only=True, reuse_external=True), "missing existing file for disk vda"),
+        (snapshot_xml_from_args("x", diskspecs=[f"vda,file={g.image('vdb')}"]), DISK_ONLY,
+         "is an image the domain already uses"),
+        (snapshot_xml_from_args("a/b"), DISK_ONLY, "invalid snapshot name 'a/b'"),
+        (snapshot_xml_from_args("x"), CreateFlags(disk_only=True, quiesce=True),
+         "--quiesce needs the QEMU guest agent"),
+        (snapshot_xml_from_args("x"), CreateFlags(disk_only=True, live=True),
+         "live snapshot creation is supported only during full system snapshots"),
+    ]
+    for xml, flags, message in cases:
+        await _refused(g, xml, flags, message)
+    await g.engine.create("g", snapshot_xml_from_args("taken"), DISK_ONLY)
+    await _refused(g, snapshot_xml_from_args("taken"), DISK_ONLY,
+                   "domain 'g' already has a snapshot named 'taken'")
+
+
+async def test_qemu_refusing_one_disk_switches_none(running: Guest) -> None:
+    """A directory where vdc's overlay should go makes QEMU fail that disk: the transaction
+    aborts, the overlays QEMU already made for vda and vdb are removed, the guest writes on."""
+    g = running
+    (g.dir / "g-vdc.s1").mkdir()
+    files = sorted(os.listdir(g.dir))
+    store = tree_picture(g.engine.state_dir / "domains")
+    with pytest.raises(qsnap.QsnapError, match="QEMU refused transaction"):
+        await g.engine.create("g", snapshot_xml_from_args("s1"), DISK_ONLY)
+    assert sorted(os.listdir(g.dir)) == files
+    assert tree_picture(g.engine.state_dir / "domains") == store
+    assert await g.live_files() == {t: str(g.image(t)) for t in ("vda", "vdb", "vdc")}
+    seen = g.counter(g.image("vda")) or 0
+    await wait_for_counter(g.serial, seen + 20)
+    assert (g.counter(g.image("vda")) or 0) > seen
+
+
+async def test_qemu_dying_before_the_switch(running: Guest,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """QEMU killed (for real) between reading the disks and switching them: a clear error, no
+    snapshot, no overlay, the definition unchanged, and the domain seen as shut off."""
+    g = running
+    original = Monitor.block_tops
+    info = g.engine._runtime("g")[1]
+    assert info is not None
+
+    async def tops_then_kill(self: Monitor) -> dict[str, str]:
+        tops = await original(self)
+        os.kill(info.pid, signal.SIGKILL)
+        return tops
+
+    monkeypatch.setattr(Monitor, "block_tops", tops_then_kill)
+    files = sorted(os.listdir(g.dir))
+    store = tree_picture(g.engine.state_dir / "domains")
+    with pytest.raises(MonitorClosedError, match="QEMU closed its monitor during transaction"):
+        await g.engine.create("g", snapshot_xml_from_args("s1"), DISK_ONLY)
+    assert sorted(os.listdir(g.dir)) == files
+    assert tree_picture(g.engine.state_dir / "domains") == store
+    assert await g.engine.domstate("g") == "shut off"
+
+
+async def test_halt_and_no_metadata(running: Guest) -> None:
+    g = running
+    await g.engine.create("g", snapshot_xml_from_args("ghost"),
+                          CreateFlags(disk_only=True, no_metadata=True))
+    assert await g.engine.list("g") == []
+    assert (await g.sources())[0] == str(g.image("vda", "ghost"))
+    await g.engine.create("g", snapshot_xml_from_args("last"),
+                          CreateFlags(disk_only=True, halt=True))
+    assert await g.engine.domstate("g") == "shut off"
+    assert [s.name for s in await g.engine.list("g")] == ["last"]
+
+
+async def test_reuse_external(running: Guest) -> None:
+    g = running
+    prepared = g.dir / "prepared.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+                    str(g.image("vda")), str(prepared)], check=True)
+    wrong = g.dir / "wrong.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+                    str(g.image("vdb")), str(wrong)], check=True)
+    reuse = CreateFlags(disk_only=True, reuse_external=True)
+    await _refused(g, snapshot_xml_from_args("r", diskspecs=[f"vda,file={wrong}",
+                                                             "vdb,snapshot=no",
+                                                             "vdc,snapshot=no"]),
+                   reuse, f"has backing file '{g.image('vdb')}', not '{g.image('vda')}'")
+    await g.engine.create("g", snapshot_xml_from_args(
+        "r", diskspecs=[f"vda,file={prepared}", "vdb,snapshot=no", "vdc,snapshot=no"]), reuse)
+    assert (await g.live_files())["vda"] == str(prepared)
+    assert (await g.live_files())["vdb"] == str(g.image("vdb"))
+
+
+async def test_stopped_guest_external_and_internal(stopped: Guest) -> None:
+    g = stopped
+    await g.engine.create("g", snapshot_xml_from_args("ext"), DISK_ONLY)
+    assert (await g.engine.info("g", "ext")).state == "shutoff"
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json",
+                                      str(g.image("vda", "ext"))],
+                                     check=True, capture_output=True, text=True).stdout)
+    assert info["full-backing-filename"] == str(g.image("vda"))
+    await g.engine.create("g", snapshot_xml_from_args("int"), CreateFlags())
+    snap = parse_snapshot(await g.engine.get_xml("g", "int"), redefine=True)
+    assert (snap.state, snap.memory, [d.snapshot for d in snap.disks]) == \
+        ("shutoff", "no", ["internal"] * 3)
+    listing = subprocess.run(["qemu-img", "snapshot", "-l", str(g.image("vda", "ext"))],
+                             check=True, capture_output=True, text=True).stdout
+    assert " int " in listing
+    assert (await g.engine.info("g", "int")).parent == "ext"
+    # The guest boots from the new overlays.
+    await g.engine.start("g")
+    try:
+        await wait_for_counter(g.serial, 5)
+    finally:
+        await g.engine.destroy("g")
+
+
+async def test_stopped_guest_bad_requests(stopped: Guest, tmp_path: Path) -> None:
+    g = stopped
+    store = tree_picture(g.engine.state_dir / "domains")
+    files = sorted(os.listdir(g.dir))
+    raw = tmp_path / "raw.img"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(raw), "1M"], check=True)
+    cases = [
+        (snapshot_xml_from_args("m", diskspecs=["vda,snapshot=internal",
+                                                "vdb,snapshot=external"]), CreateFlags(),
+         "mixing internal and external targets for a snapshot is not yet supported"),
+        (snapshot_xml_from_args("x", memspec="/tmp/m.mem"), CreateFlags(),
+         "memory state cannot be saved with offline or disk-only snapshot"),
+        (snapshot_xml_from_args("x", diskspecs=["vdz"]), CreateFlags(), "no disk named 'vdz'"),
+    ]
+    for xml, flags, message in cases:
+        with pytest.raises(qsnap.QsnapError) as info:
+            await g.engine.create("g", xml, flags)
+        assert message in str(info.value)
+    assert tree_picture(g.engine.state_dir / "domains") == store
+    assert sorted(os.listdir(g.dir)) == files
+
+    domain = (f"<domain type='qemu'><name>r</name><memory unit='MiB'>64</memory><devices>"
+              f"<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+              f"<source file='{raw}'/><target dev='vda' bus='virtio'/></disk></devices></domain>")
+    await g.engine.define(domain)
+    with pytest.raises(qsnap.NotSupportedError,
+                       match="internal snapshot for disk vda unsupported for storage type raw"):
+        await g.engine.create("r", snapshot_xml_from_args("i"), CreateFlags())
+    assert await g.engine.list("r") == []
+
+
+async def test_dead_qemu_is_detected_not_waited_on(running: Guest) -> None:
+    g = running
+    info = g.engine._runtime("g")[1]
+    assert info is not None
+    with pytest.raises(qsnap.OperationInvalidError, match="already running"):
+        await g.engine.start("g")
+    os.kill(info.pid, signal.SIGKILL)
+    assert await g.engine.domstate("g") == "shut off"
+    assert [(d.name, d.state) for d in await g.engine.domains()] == [("g", "shut off")]
+    with pytest.raises(qsnap.OperationInvalidError, match="domain 'g' is not running"):
+        await g.engine.destroy("g")
+    await g.engine.start("g")
+    assert await g.engine.domstate("g") == "running"
