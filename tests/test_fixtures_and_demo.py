@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import REPO
 from lxml import etree
+from qemu_guest import require_qemu
 
 FIXTURES = REPO / "fixtures" / "demo"
 
@@ -26,11 +28,16 @@ def test_demo_guest_is_valid_for_libvirt(conformance: Path) -> None:
 
 
 def test_demo_runs(tmp_path: Path) -> None:
+    require_qemu()
     env = {**os.environ, "QSNAP_SKIP_SETUP": "1", "TMPDIR": str(tmp_path),
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     result = subprocess.run(["bash", str(REPO / "scripts" / "demo")], capture_output=True,
                             text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "Domain snapshot before-upgrade created" in result.stdout
+    old = re.findall(r"counter in the old image of vd[ab] \(.*?\): +(\d+)", result.stdout)
+    new = re.search(r"counter in the new overlay of vda \(.*?\): +(\d+)", result.stdout)
+    assert len(old) == 2 and old[0] == old[1] and new and int(new.group(1)) > int(old[0])
     assert "Snapshot experiment-a set as current" in result.stdout
     assert "every metadata file is byte-for-byte unchanged" in result.stdout
     assert "error: parent experiment-b would create cycle to installed" in result.stderr
