@@ -105,6 +105,16 @@ async def cmd_destroy(engine: Engine, args: argparse.Namespace, out: _Output) ->
     out.extra(f"Domain '{args.domain}' destroyed")
 
 
+async def cmd_attach(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
+    info = await engine.attach(args.domain, args.qmp)
+    out.extra(f"Domain '{args.domain}' attached (QEMU pid {info.pid}, accelerator: {info.accel})")
+
+
+async def cmd_shutdown(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
+    await engine.shutdown(args.domain)
+    out.extra(f"Domain '{args.domain}' is being shutdown")
+
+
 async def cmd_domstate(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
     out.print(await engine.domstate(args.domain))
 
@@ -313,6 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("start", cmd_start, "start a (previously defined) inactive domain")
     sub.add_argument("domain")
     sub = command("destroy", cmd_destroy, "stop a domain at once (its QEMU is ended)")
+    sub.add_argument("domain")
+    sub = command("attach", cmd_attach, "adopt a QEMU launched by someone else, via its QMP socket")
+    sub.add_argument("domain")
+    sub.add_argument("--qmp", required=True, metavar="SOCKET", help="path of its QMP unix socket")
+    sub = command("shutdown", cmd_shutdown, "gracefully shutdown a domain (ACPI power button)")
     sub.add_argument("domain")
     sub = command("domstate", cmd_domstate, "domain state")
     sub.add_argument("domain")

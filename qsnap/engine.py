@@ -44,8 +44,17 @@ from qsnap.launcher.process import (
     runtime_paths,
     start_qemu,
     wait_gone,
+    write_runtime,
 )
-from qsnap.model.domain import DomainDef, parse_domain, parse_domain_element, with_uuid
+from qsnap.model.domain import (
+    DomainDef,
+    RunningDisk,
+    domain_from_qemu,
+    parse_domain,
+    parse_domain_element,
+    with_disk_images,
+    with_uuid,
+)
 from qsnap.model.snapshot import SnapshotDef, format_snapshot, parse_snapshot
 from qsnap.model.tree import SnapshotSummary, SnapshotTree
 from qsnap.monitor import Monitor
@@ -261,6 +270,70 @@ class Engine:
             if info is None:
                 raise OperationInvalidError(f"domain '{domain}' is not running")
             await _stop(paths, info)
+
+    async def attach(self, domain: str, qmp: str) -> RuntimeInfo:
+        """Adopt a QEMU someone else launched, through its QMP socket (``qsnap attach``).
+
+        An undefined domain is defined from what QEMU reports (name, UUID, memory, vCPUs, and
+        each disk's current file and format); a defined one must have QEMU's UUID, and its disk
+        sources are updated to the files QEMU uses now.
+        """
+        check_domain_name(domain)
+        async with await Monitor.connect(os.path.abspath(qmp)) as monitor:
+            uuid = (await monitor.execute("query-uuid"))["UUID"]
+            devices = await monitor.block_devices()
+            memory = (await monitor.execute("query-memory-size-summary"))["base-memory"]
+            vcpus = len(await monitor.execute("query-cpus-fast"))
+            kvm = (await monitor.execute("query-kvm"))["enabled"]
+            pid = monitor.peer_pid()
+        if pid is None:
+            raise OperationInvalidError(f"cannot tell which process serves {qmp}")
+        running = [RunningDisk(name, d["file"], d["drv"], d.get("ro", False))
+                   for name, d in devices.items()]
+        if uuid == "00000000-0000-0000-0000-000000000000":
+            uuid = None
+        info = RuntimeInfo(pid=pid, qmp=os.path.abspath(qmp), accel="kvm" if kvm else "tcg",
+                           owner="attached")
+
+        def work(folder: DomainFolder) -> RuntimeInfo:
+            if folder.exists():
+                definition = folder.definition
+                if uuid and definition.uuid and not _same_uuid(uuid, definition.uuid):
+                    raise InvalidArgumentError(f"QEMU at {qmp} runs uuid {uuid}, but domain "
+                                               f"'{domain}' has uuid {definition.uuid}")
+                by_target = {d.target: d for d in running}
+                missing = [d.target for d in definition.disks if d.target not in by_target]
+                if missing:
+                    raise InvalidArgumentError(
+                        f"QEMU at {qmp} has no disk {', '.join(missing)} of domain '{domain}'")
+                updated = with_disk_images(definition, {
+                    d.target: (by_target[d.target].path, by_target[d.target].format)
+                    for d in definition.disks})
+            else:
+                updated = domain_from_qemu(domain, uuid or str(uuidlib.uuid4()), memory,
+                                           vcpus, kvm, running)
+                self._refuse_duplicate_uuid(updated)
+            if self._runtime(domain)[1] is not None:
+                raise OperationInvalidError(f"domain '{domain}' is already running")
+            folder.write_definition(updated)
+            write_runtime(runtime_paths(self.state_dir, domain), info)
+            return info
+
+        def define_locked() -> RuntimeInfo:
+            with self.state.defining():
+                return self._locked(domain, work, must_exist=False)
+
+        return await asyncio.to_thread(define_locked)
+
+    async def shutdown(self, domain: str) -> None:
+        """Ask the guest to power off (ACPI power button), as virsh shutdown does; returns at
+        once, and the guest decides when (or whether) it stops."""
+        async with self._session(domain):
+            info = self._runtime(domain)[1]
+            if info is None:
+                raise OperationInvalidError(f"domain '{domain}' is not running")
+            async with await Monitor.connect(info.qmp) as monitor:
+                await monitor.execute("system_powerdown")
 
     async def domstate(self, domain: str) -> str:
         """virsh domstate: running, paused or shut off."""

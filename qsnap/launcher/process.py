@@ -50,13 +50,16 @@ def read_runtime(paths: RuntimePaths) -> RuntimeInfo | None:
         info = RuntimeInfo(**json.loads(paths.info.read_text()))
     except (FileNotFoundError, ValueError, TypeError):
         return None
-    if pid_alive(info.pid, info.qmp):
+    # A QEMU qsnap launched has its socket path on its command line: that guards against a
+    # recycled pid. One that was attached may have been given its socket some other way.
+    if pid_alive(info.pid, info.qmp if info.owner == "qsnap" else None):
         return info
     clear_runtime(paths)
     return None
 
 
 def write_runtime(paths: RuntimePaths, info: RuntimeInfo) -> None:
+    paths.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     temp = paths.info.with_suffix(".tmp")
     temp.write_text(json.dumps(asdict(info)))
     os.replace(temp, paths.info)

@@ -216,3 +216,35 @@ def with_disk_images(domain: DomainDef, images: dict[str, tuple[str, str]]) -> D
             disk.insert(0, driver)
         driver.set("type", fmt)
     return parse_domain_element(element)
+
+
+@dataclass(frozen=True)
+class RunningDisk:
+    """A disk as a running QEMU reports it: the name qsnap calls it by, its file and format."""
+
+    target: str
+    path: str
+    format: str
+    readonly: bool = False
+
+
+def domain_from_qemu(name: str, uuid: str, memory_bytes: int, vcpus: int, kvm: bool,
+                     disks: list[RunningDisk]) -> DomainDef:
+    """A libvirt domain definition describing a QEMU that someone else launched."""
+    root = etree.Element("domain", type="kvm" if kvm else "qemu")
+    etree.SubElement(root, "name").text = name
+    etree.SubElement(root, "uuid").text = uuid
+    etree.SubElement(root, "memory", unit="KiB").text = str(memory_bytes // 1024)
+    etree.SubElement(root, "vcpu").text = str(vcpus)
+    os_node = etree.SubElement(root, "os")
+    etree.SubElement(os_node, "type", arch="x86_64").text = "hvm"
+    devices = etree.SubElement(root, "devices")
+    for disk in disks:
+        kind = "block" if disk.path.startswith("/dev/") else "file"
+        node = etree.SubElement(devices, "disk", type=kind, device="disk")
+        etree.SubElement(node, "driver", name="qemu", type=disk.format)
+        etree.SubElement(node, "source", {"dev" if kind == "block" else "file": disk.path})
+        etree.SubElement(node, "target", dev=disk.target)
+        if disk.readonly:
+            etree.SubElement(node, "readonly")
+    return parse_domain_element(root)

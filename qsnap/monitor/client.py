@@ -60,19 +60,31 @@ class Monitor:
         self._job_ids = 0
 
     @classmethod
-    async def connect(cls, socket_path: str, timeout: float = 10.0) -> Monitor:
+    async def connect(cls, socket_path: str, timeout: float | None = None) -> Monitor:
         """Connect to the QMP socket at *socket_path* and probe what this QEMU offers."""
+        timeout = min(command_timeout(), 10.0) if timeout is None else timeout
         client = QMPClient("qsnap")
         try:
             await asyncio.wait_for(client.connect(socket_path), timeout)
-        except (ConnectError, OSError) as exc:
-            raise MonitorClosedError(f"cannot connect to QMP socket {socket_path}: "
-                                     f"{getattr(exc, 'exc', exc)}") from None
+        except ConnectError as exc:
+            cause = exc.exc
+            if isinstance(cause, TimeoutError | asyncio.CancelledError):
+                raise MonitorTimeoutError(f"QMP socket {socket_path} did not greet within "
+                                          f"{timeout:g} s (is it a QEMU monitor?)") from None
+            if isinstance(cause, OSError):
+                raise MonitorClosedError(f"cannot connect to QMP socket {socket_path}: "
+                                         f"{cause.strerror or cause}") from None
+            reason = str(cause or exc).splitlines()[0] if str(cause or exc) else "no reason"
+            raise MonitorClosedError(f"{socket_path} is not a QEMU monitor (QMP handshake "
+                                     f"failed: {reason})") from None
         except TimeoutError:
             with contextlib.suppress(Exception):
                 await client.disconnect()
             raise MonitorTimeoutError(f"QMP socket {socket_path} did not greet within "
                                       f"{timeout:g} s (is it a QEMU monitor?)") from None
+        except OSError as exc:  # after TimeoutError, which is an OSError too
+            raise MonitorClosedError(f"cannot connect to QMP socket {socket_path}: "
+                                     f"{exc.strerror or exc}") from None
         monitor = cls(client, QemuCapabilities())
         try:
             monitor.capabilities = await monitor._probe()
@@ -115,17 +127,39 @@ class Monitor:
             raise MonitorTimeoutError(f"QEMU did not answer {command} within {timeout:g} s") \
                 from None
 
-    async def block_tops(self) -> dict[str, str]:
-        """The node each disk device writes to now, by device id (qsnap's ids are the targets)."""
-        tops: dict[str, str] = {}
+    async def block_devices(self) -> dict[str, dict[str, Any]]:
+        """Each disk with a medium, by name: the guest device's id (qsnap launches disks with
+        id = target), else the legacy drive id. Values are ``query-block``'s ``inserted``."""
+        devices: dict[str, dict[str, Any]] = {}
         for entry in await self.execute("query-block"):
             inserted = entry.get("inserted")
-            qdev = entry.get("qdev") or ""
-            if not inserted or "/peripheral/" not in qdev:
+            if not inserted:
                 continue
-            device = qdev.split("/peripheral/", 1)[1].split("/", 1)[0]
-            tops[device] = inserted["node-name"]
-        return tops
+            qdev = entry.get("qdev") or ""
+            if "/peripheral/" in qdev:
+                name = qdev.split("/peripheral/", 1)[1].split("/", 1)[0]
+            elif entry.get("device"):
+                name = entry["device"]
+            else:
+                continue  # an anonymous device: nothing stable to call it by
+            devices[name] = inserted
+        return devices
+
+    async def block_tops(self) -> dict[str, str]:
+        """The node each disk writes to now, by the names of :meth:`block_devices`."""
+        return {name: inserted["node-name"]
+                for name, inserted in (await self.block_devices()).items()}
+
+    def peer_pid(self) -> int | None:
+        """The pid of the process on the other end of the QMP socket (SO_PEERCRED)."""
+        import socket
+        import struct
+        transport = getattr(self._client, "_writer", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None or sock.family != socket.AF_UNIX:
+            return None
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        return struct.unpack("3i", creds)[0]
 
     async def send_fd(self, fd: int, name: str) -> None:
         """Pass *fd* to QEMU (SCM_RIGHTS) under *name*, for ``fd:NAME`` URIs."""
