@@ -5,26 +5,34 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${QSNAP_VENV:-$repo/.venv}
 
-install_qemu() {
+install_debian_packages() {
+    # Usage: install_debian_packages COMMAND PACKAGE [COMMAND PACKAGE]...
+    # Installs each PACKAGE whose COMMAND is missing, where we are root (or have sudo) and apt.
     local missing=()
-    command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
-    command -v qemu-img >/dev/null 2>&1 || missing+=(qemu-utils)
+    while [ $# -ge 2 ]; do
+        command -v "$1" >/dev/null 2>&1 || missing+=("$2")
+        shift 2
+    done
     [ ${#missing[@]} -eq 0 ] && return 0
     local sudo=""
     if [ "$(id -u)" -ne 0 ]; then
         if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; else
-            echo "setup: ${missing[*]} missing and not root; install them to use QEMU features" >&2
+            echo "setup: ${missing[*]} missing and not root; install them by hand" >&2
             return 0
         fi
     fi
     if ! command -v apt-get >/dev/null 2>&1; then
-        echo "setup: ${missing[*]} missing and no apt-get here; install QEMU by hand" >&2
+        echo "setup: ${missing[*]} missing and no apt-get here; install them by hand" >&2
         return 0
     fi
     echo "setup: installing ${missing[*]} from Debian" >&2
     $sudo apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
         "${missing[@]}" >/dev/null
+}
+
+install_qemu() {
+    install_debian_packages qemu-system-x86_64 qemu-system-x86 qemu-img qemu-utils
 }
 
 setup_venv() {
