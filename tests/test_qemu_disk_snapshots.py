@@ -176,6 +176,10 @@ async def test_bad_requests_change_nothing(running: Guest, tmp_path: Path) -> No
         (snapshot_xml_from_args("x", diskspecs=[f"vda,file={g.image('vdb')}"]), DISK_ONLY,
          "is an image the domain already uses"),
         (snapshot_xml_from_args("a/b"), DISK_ONLY, "invalid snapshot name 'a/b'"),
+        # /sys passes the access() check even for root, but nothing can be created there:
+        # QEMU refuses, and the transaction switches nothing.
+        (snapshot_xml_from_args("x", diskspecs=["vda,file=/sys/qsnap-o.qcow2"]), DISK_ONLY,
+         "QEMU refused transaction: Could not create '/sys/qsnap-o.qcow2'"),
         (snapshot_xml_from_args("x"), CreateFlags(disk_only=True, quiesce=True),
          "--quiesce needs the QEMU guest agent"),
         (snapshot_xml_from_args("x"), CreateFlags(disk_only=True, live=True),
@@ -297,6 +301,11 @@ async def test_stopped_guest_bad_requests(stopped: Guest, tmp_path: Path) -> Non
         (snapshot_xml_from_args("x", memspec="/tmp/m.mem"), CreateFlags(),
          "memory state cannot be saved with offline or disk-only snapshot"),
         (snapshot_xml_from_args("x", diskspecs=["vdz"]), CreateFlags(), "no disk named 'vdz'"),
+        (snapshot_xml_from_args("x", diskspecs=["vda,file=/sys/qsnap-o.qcow2"]), DISK_ONLY,
+         "qemu-img create failed"),
+        (snapshot_xml_from_args("x", diskspecs=[f"vda,file={tmp_path}/o.qcow2",
+                                                "vdb,file=/sys/qsnap-o.qcow2"]), DISK_ONLY,
+         "qemu-img create failed"),
     ]
     for xml, flags, message in cases:
         with pytest.raises(qsnap.QsnapError) as info:
@@ -304,6 +313,7 @@ async def test_stopped_guest_bad_requests(stopped: Guest, tmp_path: Path) -> Non
         assert message in str(info.value)
     assert tree_picture(g.engine.state_dir / "domains") == store
     assert sorted(os.listdir(g.dir)) == files
+    assert not (tmp_path / "o.qcow2").exists(), "the overlay made before the failure stayed"
 
     domain = (f"<domain type='qemu'><name>r</name><memory unit='MiB'>64</memory><devices>"
               f"<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
