@@ -34,7 +34,7 @@ from qsnap.errors import (
     QsnapError,
 )
 from qsnap.launcher.accel import choose_accel
-from qsnap.launcher.command import RuntimePaths
+from qsnap.launcher.command import RuntimePaths, agent_socket
 from qsnap.launcher.process import (
     RuntimeInfo,
     clear_runtime,
@@ -58,6 +58,7 @@ from qsnap.model.domain import (
 from qsnap.model.snapshot import SnapshotDef, format_snapshot, parse_snapshot
 from qsnap.model.tree import SnapshotSummary, SnapshotTree
 from qsnap.monitor import Monitor
+from qsnap.monitor.agent import GuestAgent
 from qsnap.plan.create import check_create_request
 from qsnap.plan.delete import MetadataDeletePlan, plan_delete_metadata
 from qsnap.plan.disk_snapshot import (
@@ -375,7 +376,8 @@ class Engine:
                                       regular_files=_regular_files(definition, request))
             await asyncio.to_thread(_check_overlay_files, plan, definition)
             if plan.external and info is not None:
-                await self._switch_overlays(info, plan)
+                agent = agent_socket(definition, paths) if flags.quiesce else None
+                await self._switch_overlays(info, plan, agent)
             elif plan.external:
                 await _create_overlays_offline(plan)
             else:
@@ -389,8 +391,13 @@ class Engine:
                 await _stop(paths, info)
             return name
 
-    async def _switch_overlays(self, info: RuntimeInfo, plan: DiskSnapshotPlan) -> None:
-        """Create and switch every overlay in one QMP transaction: all disks or none."""
+    async def _switch_overlays(self, info: RuntimeInfo, plan: DiskSnapshotPlan,
+                               agent: str | None = None) -> None:
+        """Create and switch every overlay in one QMP transaction: all disks or none.
+
+        With *agent* (``--quiesce``), guest file systems are frozen through the guest agent
+        just before the transaction and thawed right after, whatever happened.
+        """
         async with await Monitor.connect(info.qmp) as monitor:
             tops = await monitor.block_tops()
             for overlay in plan.overlays:
@@ -404,8 +411,9 @@ class Engine:
             new_nodes = {o.target: f"qs-{o.target}-{secrets.token_hex(4)}" for o in plan.overlays}
             existed = {o.path for o in plan.overlays if os.path.lexists(o.path)}
             try:
-                await monitor.execute("transaction", {
-                    "actions": transaction_actions(plan.overlays, tops, new_nodes)})
+                async with _frozen(agent):
+                    await monitor.execute("transaction", {
+                        "actions": transaction_actions(plan.overlays, tops, new_nodes)})
             except QsnapError:
                 for overlay in plan.overlays:
                     if not overlay.reuse and overlay.path not in existed:
@@ -606,3 +614,18 @@ async def _internal_snapshots_offline(plan: DiskSnapshotPlan) -> None:
             with contextlib.suppress(QsnapError):
                 await images.snapshot_delete(image, name)
         raise
+
+
+@contextlib.asynccontextmanager
+async def _frozen(agent_path: str | None) -> AsyncIterator[None]:
+    """Guest file systems frozen through the guest agent for the block (no-op without one)."""
+    if agent_path is None:
+        yield
+        return
+    async with await GuestAgent.connect(agent_path) as agent:
+        frozen = await agent.execute("guest-fsfreeze-freeze")
+        log.debug("guest agent froze %s file systems", frozen)
+        try:
+            yield
+        finally:
+            await agent.execute("guest-fsfreeze-thaw")

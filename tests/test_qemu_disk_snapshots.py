@@ -24,6 +24,7 @@ import qsnap
 from qsnap import CreateFlags, Engine, snapshot_xml_from_args
 from qsnap.model.snapshot import parse_snapshot
 from qsnap.monitor import Monitor, MonitorClosedError
+from qsnap.monitor.agent import GuestAgent, GuestAgentError
 
 GUEST = guest_module()
 
@@ -180,8 +181,6 @@ async def test_bad_requests_change_nothing(running: Guest, tmp_path: Path) -> No
         # QEMU refuses, and the transaction switches nothing.
         (snapshot_xml_from_args("x", diskspecs=["vda,file=/sys/qsnap-o.qcow2"]), DISK_ONLY,
          "QEMU refused transaction: Could not create '/sys/qsnap-o.qcow2'"),
-        (snapshot_xml_from_args("x"), CreateFlags(disk_only=True, quiesce=True),
-         "--quiesce needs the QEMU guest agent"),
         (snapshot_xml_from_args("x"), CreateFlags(disk_only=True, live=True),
          "live snapshot creation is supported only during full system snapshots"),
     ]
@@ -338,3 +337,61 @@ async def test_dead_qemu_is_detected_not_waited_on(running: Guest) -> None:
         await g.engine.destroy("g")
     await g.engine.start("g")
     assert await g.engine.domstate("g") == "running"
+
+
+async def test_quiesce_freezes_and_thaws_through_the_real_guest_agent(
+        running: Guest, monkeypatch: pytest.MonkeyPatch) -> None:
+    g = running
+    sent: list[str] = []
+    original = GuestAgent.execute
+
+    async def record(self: GuestAgent, command: str, *args: object, **kw: object) -> object:
+        sent.append(command)
+        return await original(self, command, *args, **kw)
+
+    monkeypatch.setattr(GuestAgent, "execute", record)
+    quiesce = CreateFlags(disk_only=True, quiesce=True)
+    await g.engine.create("g", snapshot_xml_from_args("q1"), quiesce)
+    assert sent == ["guest-fsfreeze-freeze", "guest-fsfreeze-thaw"]
+
+    # QEMU refusing the switch still thaws the guest.
+    (g.dir / "g-vdc.q2").mkdir()
+    sent.clear()
+    with pytest.raises(qsnap.QsnapError, match="QEMU refused transaction"):
+        await g.engine.create("g", snapshot_xml_from_args("q2"), quiesce)
+    assert sent == ["guest-fsfreeze-freeze", "guest-fsfreeze-thaw"]
+    paths = g.engine._runtime("g")[0]
+    async with await GuestAgent.connect(str(paths.agent)) as agent:
+        assert await agent.execute("guest-fsfreeze-status") == "thawed"
+
+
+async def test_quiesce_without_an_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    require_qemu()
+    monkeypatch.setenv("QSNAP_QMP_TIMEOUT", "3")
+    engine = Engine(tmp_path / "state")
+    text = GUEST.make_guest("g", 1, 128, tmp_path / "g").read_text()
+    no_channel = text[:text.index("    <channel")] + text[text.index("    <serial"):]
+    silent = GUEST.make_guest("s", 1, 128, tmp_path / "s").read_text().replace(
+        "panic=-1", "panic=-1 qsnap.agent=0")
+    await engine.define(no_channel)
+    await engine.define(silent)
+    quiesce = CreateFlags(disk_only=True, quiesce=True)
+    with pytest.raises(qsnap.InvalidArgumentError, match="--quiesce needs a running guest"):
+        await engine.create("g", snapshot_xml_from_args("q"), quiesce)
+    for name in ("g", "s"):
+        await engine.start(name)
+    try:
+        await wait_for_counter(tmp_path / "g" / "serial.log", 5)
+        store = tree_picture(engine.state_dir / "domains")
+        files = sorted(os.listdir(tmp_path / "g"))
+        with pytest.raises(qsnap.InvalidArgumentError,
+                           match="QEMU guest agent is not configured: domain 'g' has no"):
+            await engine.create("g", snapshot_xml_from_args("q"), quiesce)
+        with pytest.raises(GuestAgentError, match="guest agent is not responding"):
+            await engine.create("s", snapshot_xml_from_args("q"), quiesce)
+        assert tree_picture(engine.state_dir / "domains") == store
+        assert sorted(os.listdir(tmp_path / "g")) == files
+        assert await engine.domstate("s") == "running"
+    finally:
+        for name in ("g", "s"):
+            await engine.destroy(name)

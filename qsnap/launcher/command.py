@@ -35,6 +35,17 @@ class RuntimePaths:
     def info(self) -> Path:
         return self.folder / "runtime.json"
 
+    @property
+    def agent(self) -> Path:
+        return self.folder / "agent.sock"
+
+
+def agent_socket(domain: DomainDef, runtime: RuntimePaths) -> str | None:
+    """The guest agent's host socket: the definition's path, else one in the runtime folder."""
+    if domain.agent_socket is None:
+        return None
+    return domain.agent_socket or str(runtime.agent)
+
 
 def file_node(target: str) -> str:
     return f"qs-{target}-file"
@@ -87,6 +98,12 @@ def qemu_command(domain: DomainDef, runtime: RuntimePaths, accel: str,
             argv += ["-append", domain.cmdline]
     for disk in domain.disks:
         argv += _disk_args(disk)
+    agent = agent_socket(domain, runtime)
+    if agent is not None:
+        argv += ["-device", "virtio-serial-pci,id=qs-serial",
+                 "-chardev", f"socket,id=qs-agent,path={agent},server=on,wait=off",
+                 "-device", "virtserialport,bus=qs-serial.0,chardev=qs-agent,"
+                            "name=org.qemu.guest_agent.0"]
     for index, serial in enumerate(domain.serials):
         if serial.type == "file" and serial.path:
             argv += ["-chardev", f"file,id=serial{index},path={serial.path}",

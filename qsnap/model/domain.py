@@ -19,6 +19,7 @@ from qsnap.model.units import parse_scaled_integer
 from qsnap.model.xmltext import format_element, parse_document, strip_blank_text
 
 DISK_LOCATIONS = ("no", "internal", "external", "manual")
+GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
 DISK_TYPES = ("file", "block", "network", "volume", "dir", "nvme", "vhostuser")
 DISK_DEVICES = ("disk", "cdrom", "floppy", "lun")
 _UUID_RE = re.compile(r"[a-fA-F0-9]{32}|[a-fA-F0-9]{8}-([a-fA-F0-9]{4}-){3}[a-fA-F0-9]{12}")
@@ -64,6 +65,9 @@ class DomainDef:
     cmdline: str | None = None
     disks: list[DomainDisk] = field(default_factory=list)
     serials: list[SerialConsole] = field(default_factory=list)
+    #: The guest agent channel (``<channel type='unix'>`` to ``org.qemu.guest_agent.0``):
+    #: None without one; "" when the host may choose the socket path.
+    agent_socket: str | None = None
 
     def disk_by_name(self, name: str) -> DomainDisk | None:
         """libvirt's virDomainDiskByName: a target such as ``vda``, or a disk's source path."""
@@ -141,6 +145,7 @@ def parse_domain_element(element: etree._Element, what: str = "domain XML",
     devices = element.find("devices")
     disks: list[DomainDisk] = []
     serials: list[SerialConsole] = []
+    agent_socket = None
     if devices is not None:
         disks = [_parse_disk(d, i) for i, d in enumerate(devices.findall("disk"))]
         seen: set[str] = set()
@@ -148,13 +153,19 @@ def parse_domain_element(element: etree._Element, what: str = "domain XML",
             if disk.target in seen:
                 raise XMLError(f"target '{disk.target}' is used by two disks in {what}")
             seen.add(disk.target)
+        for channel in devices.findall("channel"):
+            target = channel.find("target")
+            if channel.get("type") == "unix" and target is not None and \
+                    target.get("name") == GUEST_AGENT_CHANNEL:
+                source = channel.find("source")
+                agent_socket = (source.get("path") if source is not None else None) or ""
         for serial in devices.findall("serial"):
             source = serial.find("source")
             serials.append(SerialConsole(serial.get("type", "pty"),
                                          source.get("path") if source is not None else None))
     return DomainDef(element=element, name=name, uuid=uuid, type=element.get("type"),
                      memory_kib=memory_kib, vcpus=int(vcpu_text), kernel=kernel, initrd=initrd,
-                     cmdline=cmdline, disks=disks, serials=serials)
+                     cmdline=cmdline, disks=disks, serials=serials, agent_socket=agent_socket)
 
 
 def parse_domain(text: str | bytes, what: str = "domain XML") -> DomainDef:

@@ -72,8 +72,13 @@ def plan_disk_snapshot(request: SnapshotDef, domain: DomainDef, flags: CreateFla
         raise InvalidArgumentError("live snapshot creation is supported only during full "
                                    "system snapshots")
     if flags.quiesce:
-        raise NotSupportedError(f"--quiesce needs the QEMU guest agent, and qsnap cannot talk to "
-                                f"it yet (domain '{domain.name}')")
+        if not active:
+            raise InvalidArgumentError(f"--quiesce needs a running guest, and domain "
+                                       f"'{domain.name}' is shut off")
+        if domain.agent_socket is None:
+            raise InvalidArgumentError(
+                f"QEMU guest agent is not configured: domain '{domain.name}' has no <channel> "
+                "to org.qemu.guest_agent.0, which --quiesce needs")
     location = _location(request, flags, active)
     name = request.name if request.name is not None else default_snapshot_name(now)
     if not flags.no_metadata:
