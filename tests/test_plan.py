@@ -304,3 +304,16 @@ def test_redefine_checks_work_on_the_lazy_store_view(tmp_path) -> None:
         assert lazy.ancestors("c") == ["b", "a"] == folder.load_tree().ancestors("c")
         with pytest.raises(InvalidArgumentError, match="parent c would create cycle to a"):
             plan_redefine(redefined("a", "c"), DOMAIN, lazy, redefined("a"), REDEFINE)
+
+
+def test_a_source_path_shared_by_two_disks_is_ambiguous() -> None:
+    from qsnap.errors import XMLError
+    shared = parse_domain("""<domain type='qemu'><name>g</name><memory>1024</memory><devices>
+      <disk type='file'><source file='/img/s.qcow2'/><target dev='vda'/></disk>
+      <disk type='file'><readonly/><source file='/img/s.qcow2'/><target dev='vdb'/></disk>
+      </devices></domain>""")
+    snap = parse_snapshot("<domainsnapshot><name>s</name><disks><disk name='/img/s.qcow2'/>"
+                          "</disks></domainsnapshot>")
+    with pytest.raises(XMLError, match=r"disk name ./img/s\.qcow2. is ambiguous: it is the "
+                                       "source of disks vda, vdb"):
+        align_disks(snap, shared, "external", uniform_internal=True, regular_files=())

@@ -395,3 +395,52 @@ async def test_quiesce_without_an_agent(tmp_path: Path, monkeypatch: pytest.Monk
     finally:
         for name in ("g", "s"):
             await engine.destroy(name)
+
+
+async def test_domain_disk_marked_no_is_left_alone(tmp_path: Path) -> None:
+    require_qemu()
+    xml = GUEST.make_guest("g", 2, 128, tmp_path / "g").read_text()
+    second = xml.index("<disk type='file' device='disk'>", xml.index("<disk ") + 1)
+    xml = xml[:second] + "<disk type='file' device='disk' snapshot='no'>" + \
+        xml[second + len("<disk type='file' device='disk'>"):]
+    engine = Engine(tmp_path / "state")
+    await engine.define(xml)
+    g = Guest(engine, "g", tmp_path / "g", tmp_path / "g" / "g.xml")
+    await engine.start("g")
+    try:
+        await wait_for_counter(g.serial, 5)
+        await engine.create("g", snapshot_xml_from_args("s1"), DISK_ONLY)
+        assert await g.live_files() == {"vda": str(g.image("vda", "s1")),
+                                        "vdb": str(g.image("vdb"))}
+        snap = parse_snapshot(await engine.get_xml("g", "s1"), redefine=True)
+        assert [(d.name, d.snapshot) for d in snap.disks] == [("vda", "external"), ("vdb", "no")]
+        assert not g.image("vdb", "s1").exists()
+    finally:
+        await engine.destroy("g")
+
+
+async def test_monitor_runs_generic_jobs_through_events(running: Guest) -> None:
+    """blockdev-create is a generic QMP job: awaited through JOB_STATUS_CHANGE, then dismissed;
+    a failing one raises QEMU's own error and is dismissed too."""
+    g = running
+    info = g.engine._runtime("g")[1]
+    assert info is not None
+    target = g.dir / "job.qcow2"
+    target.touch()
+    async with await Monitor.connect(info.qmp) as monitor:
+        await monitor.execute("blockdev-add", {"driver": "file", "filename": str(target),
+                                               "node-name": "job-file"})
+        await monitor.run_job("blockdev-create", {"options": {
+            "driver": "qcow2", "file": "job-file", "size": 1 << 20}}, monitor.job_id("create"))
+        assert await monitor.execute("query-jobs") == []
+        # Accepted as a command; the job itself concludes with this error.
+        with pytest.raises(qsnap.QsnapError, match="QEMU refused blockdev-create: Image size "
+                                                   "must be a multiple of 512 bytes"):
+            await monitor.run_job("blockdev-create", {"options": {
+                "driver": "qcow2", "file": "job-file", "size": 1000,
+                "cluster-size": 3}}, monitor.job_id("bad"))
+        assert await monitor.execute("query-jobs") == []
+        await monitor.execute("blockdev-del", {"node-name": "job-file"})
+    details = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(target)],
+                                        check=True, capture_output=True, text=True).stdout)
+    assert (details["format"], details["virtual-size"]) == ("qcow2", 1 << 20)

@@ -70,14 +70,16 @@ class DomainDef:
     agent_socket: str | None = None
 
     def disk_by_name(self, name: str) -> DomainDisk | None:
-        """libvirt's virDomainDiskByName: a target such as ``vda``, or a disk's source path."""
+        """libvirt's virDomainDiskByName: a target such as ``vda``, or the source path of
+        exactly one disk (a path two disks share names neither)."""
         for disk in self.disks:
             if disk.target == name:
                 return disk
-        for disk in self.disks:
-            if disk.source is not None and disk.source == name:
-                return disk
-        return None
+        matches = [d for d in self.disks if d.source is not None and d.source == name]
+        if len(matches) > 1:
+            raise XMLError(f"disk name '{name}' is ambiguous: it is the source of disks "
+                           f"{', '.join(d.target for d in matches)}; name the disk by target")
+        return matches[0] if matches else None
 
     def to_xml(self, secure: bool = True) -> str:
         return format_element(self.element if secure else redact_secrets(self.element))
