@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import time
 import uuid as uuidlib
 from collections.abc import AsyncIterator, Callable
@@ -23,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from qsnap import images
+from qsnap.engine.disk_snapshot import take_disk_snapshot
+from qsnap.engine.guests import state_of, stop
 from qsnap.errors import (
     AlreadyExistsError,
     InvalidArgumentError,
@@ -31,19 +31,14 @@ from qsnap.errors import (
     NoSnapshotError,
     NotSupportedError,
     OperationInvalidError,
-    QsnapError,
 )
 from qsnap.launcher.accel import choose_accel
 from qsnap.launcher.command import RuntimePaths, agent_socket
 from qsnap.launcher.process import (
     RuntimeInfo,
-    clear_runtime,
-    kill_qemu,
-    pid_alive,
     read_runtime,
     runtime_paths,
     start_qemu,
-    wait_gone,
     write_runtime,
 )
 from qsnap.model.domain import (
@@ -58,15 +53,10 @@ from qsnap.model.domain import (
 from qsnap.model.snapshot import SnapshotDef, format_snapshot, parse_snapshot
 from qsnap.model.tree import SnapshotSummary, SnapshotTree
 from qsnap.monitor import Monitor
-from qsnap.monitor.agent import GuestAgent
 from qsnap.plan.create import check_create_request
 from qsnap.plan.delete import MetadataDeletePlan, plan_delete_metadata
 from qsnap.plan.disk_snapshot import (
-    DiskSnapshotPlan,
-    Overlay,
-    check_overlay_targets,
     plan_disk_snapshot,
-    transaction_actions,
 )
 from qsnap.plan.flags import CreateFlags, DeleteFlags, ListFilter, RevertFlags
 from qsnap.plan.listing import select_snapshots
@@ -76,9 +66,6 @@ from qsnap.store import KEEP, DomainFolder, StateDir, resolve_state_dir
 
 log = logging.getLogger("qsnap")
 T = TypeVar("T")
-
-#: QEMU run states as virsh names them.
-_VIRSH_STATES = {"running": "running", "shutdown": "shut off", "guest-panicked": "crashed"}
 
 _NOT_YET = "is not implemented in qsnap yet; nothing was changed"
 
@@ -155,16 +142,6 @@ class Engine:
     def _runtime(self, domain: str) -> tuple[RuntimePaths, RuntimeInfo | None]:
         paths = runtime_paths(self.state_dir, domain)
         return paths, read_runtime(paths)
-
-    async def _state_of(self, info: RuntimeInfo | None) -> str:
-        if info is None:
-            return "shut off"
-        try:
-            async with await Monitor.connect(info.qmp, timeout=5) as monitor:
-                status = (await monitor.execute("query-status"))["status"]
-        except QsnapError:
-            return "shut off" if not pid_alive(info.pid) else "unknown"
-        return _VIRSH_STATES.get(status, "paused")
 
     @staticmethod
     def _tree(folder: DomainFolder) -> SnapshotTree:
@@ -249,7 +226,7 @@ class Engine:
 
         result = []
         for name, uuid in await asyncio.to_thread(work):
-            result.append(DomainInfo(name, uuid, await self._state_of(self._runtime(name)[1])))
+            result.append(DomainInfo(name, uuid, await state_of(self._runtime(name)[1])))
         return result
 
     # -- running guests ---------------------------------------------------------------------
@@ -270,7 +247,7 @@ class Engine:
             paths, info = self._runtime(domain)
             if info is None:
                 raise OperationInvalidError(f"domain '{domain}' is not running")
-            await _stop(paths, info)
+            await stop(paths, info)
 
     async def attach(self, domain: str, qmp: str) -> RuntimeInfo:
         """Adopt a QEMU someone else launched, through its QMP socket (``qsnap attach``).
@@ -339,7 +316,7 @@ class Engine:
     async def domstate(self, domain: str) -> str:
         """virsh domstate: running, paused or shut off."""
         async with self._session(domain):
-            return await self._state_of(self._runtime(domain)[1])
+            return await state_of(self._runtime(domain)[1])
 
     async def domain_xml(self, domain: str, *, secure: bool = False) -> str:
         return await self._run(domain, lambda f: f.definition.to_xml(secure=secure))
@@ -374,52 +351,16 @@ class Engine:
             plan = plan_disk_snapshot(request, definition, flags, active=active,
                                       current=current, now=now,
                                       regular_files=_regular_files(definition, request))
-            await asyncio.to_thread(_check_overlay_files, plan, definition)
-            if plan.external and info is not None:
-                agent = agent_socket(definition, paths) if flags.quiesce else None
-                await self._switch_overlays(info, plan, agent)
-            elif plan.external:
-                await _create_overlays_offline(plan)
-            else:
-                await _internal_snapshots_offline(plan)
+            agent = agent_socket(definition, paths) if flags.quiesce else None
+            await take_disk_snapshot(plan, definition, info, agent)
             name = plan.snapshot.name or name
             if flags.no_metadata:
                 folder.save(definition=plan.domain_after)
             else:
                 folder.save(put=[plan.snapshot], current=name, definition=plan.domain_after)
             if flags.halt and info is not None:
-                await _stop(paths, info)
+                await stop(paths, info)
             return name
-
-    async def _switch_overlays(self, info: RuntimeInfo, plan: DiskSnapshotPlan,
-                               agent: str | None = None) -> None:
-        """Create and switch every overlay in one QMP transaction: all disks or none.
-
-        With *agent* (``--quiesce``), guest file systems are frozen through the guest agent
-        just before the transaction and thawed right after, whatever happened.
-        """
-        async with await Monitor.connect(info.qmp) as monitor:
-            tops = await monitor.block_tops()
-            for overlay in plan.overlays:
-                if overlay.target not in tops:
-                    raise OperationInvalidError(
-                        f"the running QEMU has no disk '{overlay.target}': it does not match "
-                        "the domain definition")
-            for overlay in plan.overlays:
-                if overlay.reuse:
-                    await _check_reused_overlay(overlay)
-            new_nodes = {o.target: f"qs-{o.target}-{secrets.token_hex(4)}" for o in plan.overlays}
-            existed = {o.path for o in plan.overlays if os.path.lexists(o.path)}
-            try:
-                async with _frozen(agent):
-                    await monitor.execute("transaction", {
-                        "actions": transaction_actions(plan.overlays, tops, new_nodes)})
-            except QsnapError:
-                for overlay in plan.overlays:
-                    if not overlay.reuse and overlay.path not in existed:
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(overlay.path)
-                raise
 
     async def redefine(self, domain: str, xml: str | bytes, *, current: bool = False,
                        disk_only: bool = False, validate: bool = False) -> str:
@@ -548,84 +489,3 @@ def _regular_files(domain: DomainDef, snap: SnapshotDef) -> set[str]:
     return {s for s in sources if os.path.isfile(s)}
 
 
-async def _stop(paths: RuntimePaths, info: RuntimeInfo) -> None:
-    with contextlib.suppress(QsnapError):
-        async with await Monitor.connect(info.qmp, timeout=5) as monitor:
-            with contextlib.suppress(QsnapError):
-                await monitor.execute("quit", timeout=5)
-    if not await wait_gone(info.pid, 5):
-        await kill_qemu(info)
-    clear_runtime(paths)
-
-
-def _check_overlay_files(plan: DiskSnapshotPlan, domain: DomainDef) -> None:
-    """Gather what the overlay checks need from the file system, then apply them."""
-    paths = [o.path for o in plan.overlays]
-    folders = {os.path.dirname(p) for p in paths}
-    check_overlay_targets(
-        plan.overlays,
-        nonempty={p for p in paths if os.path.isfile(p) and os.path.getsize(p) > 0},
-        existing={p for p in paths if os.path.exists(p)},
-        unwritable_dirs={f for f in folders if not (os.path.isdir(f) and os.access(f, os.W_OK))},
-        disk_images={d.source for d in domain.disks if d.source})
-
-
-async def _check_reused_overlay(overlay: Overlay) -> None:
-    """--reuse-external: the file must be a valid image whose backing is the disk's image."""
-    details = await images.info(overlay.path)
-    backing = details.get("full-backing-filename") or details.get("backing-filename")
-    if details.get("format") != overlay.format:
-        raise InvalidArgumentError(f"existing overlay '{overlay.path}' for disk {overlay.target} "
-                                   f"is {details.get('format')}, not {overlay.format}")
-    if backing is not None and os.path.realpath(str(backing)) != \
-            os.path.realpath(overlay.backing):
-        raise InvalidArgumentError(f"existing overlay '{overlay.path}' for disk {overlay.target} "
-                                   f"has backing file '{backing}', not '{overlay.backing}'")
-
-
-async def _create_overlays_offline(plan: DiskSnapshotPlan) -> None:
-    """qemu-img overlays for a stopped guest; on failure the ones made so far are removed."""
-    created: list[str] = []
-    try:
-        for overlay in plan.overlays:
-            if overlay.reuse:
-                await _check_reused_overlay(overlay)
-                continue
-            await images.create_overlay(overlay.path, overlay.format, overlay.backing,
-                                        overlay.backing_format)
-            created.append(overlay.path)
-    except BaseException:
-        for path in created:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-        raise
-
-
-async def _internal_snapshots_offline(plan: DiskSnapshotPlan) -> None:
-    """qemu-img snapshot -c on every image; on failure the ones made so far are deleted."""
-    name = plan.snapshot.name or ""
-    done: list[str] = []
-    try:
-        for image in plan.internal_images:
-            await images.snapshot_create(image, name)
-            done.append(image)
-    except BaseException:
-        for image in done:
-            with contextlib.suppress(QsnapError):
-                await images.snapshot_delete(image, name)
-        raise
-
-
-@contextlib.asynccontextmanager
-async def _frozen(agent_path: str | None) -> AsyncIterator[None]:
-    """Guest file systems frozen through the guest agent for the block (no-op without one)."""
-    if agent_path is None:
-        yield
-        return
-    async with await GuestAgent.connect(agent_path) as agent:
-        frozen = await agent.execute("guest-fsfreeze-freeze")
-        log.debug("guest agent froze %s file systems", frozen)
-        try:
-            yield
-        finally:
-            await agent.execute("guest-fsfreeze-thaw")

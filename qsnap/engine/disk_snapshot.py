@@ -1,0 +1,143 @@
+"""Carrying out a disk-snapshot plan: one QMP transaction for a running guest, qemu-img for a
+stopped one. Whatever fails, files this step created are removed and nothing is half-switched."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator
+
+from qsnap import images
+from qsnap.errors import InvalidArgumentError, OperationInvalidError, QsnapError
+from qsnap.launcher.process import RuntimeInfo
+from qsnap.model.domain import DomainDef
+from qsnap.monitor import Monitor
+from qsnap.monitor.agent import GuestAgent
+from qsnap.plan.disk_snapshot import (
+    DiskSnapshotPlan,
+    Overlay,
+    check_overlay_targets,
+    transaction_actions,
+)
+
+log = logging.getLogger("qsnap")
+
+
+async def take_disk_snapshot(plan: DiskSnapshotPlan, domain: DomainDef,
+                             running: RuntimeInfo | None, agent: str | None) -> None:
+    """Make the images of *plan* exist: overlays switched in (running) or created (stopped),
+    or internal snapshots in every qcow2 image (stopped)."""
+    await asyncio.to_thread(_check_overlay_files, plan, domain)
+    if plan.external and running is not None:
+        await _switch_overlays(running, plan, agent)
+    elif plan.external:
+        await _create_overlays_offline(plan)
+    else:
+        await _internal_snapshots_offline(plan)
+
+
+async def _switch_overlays(info: RuntimeInfo, plan: DiskSnapshotPlan,
+                           agent: str | None = None) -> None:
+    """Create and switch every overlay in one QMP transaction: all disks or none.
+
+    With *agent* (``--quiesce``), guest file systems are frozen through the guest agent
+    just before the transaction and thawed right after, whatever happened.
+    """
+    async with await Monitor.connect(info.qmp) as monitor:
+        tops = await monitor.block_tops()
+        for overlay in plan.overlays:
+            if overlay.target not in tops:
+                raise OperationInvalidError(
+                    f"the running QEMU has no disk '{overlay.target}': it does not match "
+                    "the domain definition")
+        for overlay in plan.overlays:
+            if overlay.reuse:
+                await _check_reused_overlay(overlay)
+        new_nodes = {o.target: f"qs-{o.target}-{secrets.token_hex(4)}" for o in plan.overlays}
+        existed = {o.path for o in plan.overlays if os.path.lexists(o.path)}
+        try:
+            async with _frozen(agent):
+                await monitor.execute("transaction", {
+                    "actions": transaction_actions(plan.overlays, tops, new_nodes)})
+        except QsnapError:
+            for overlay in plan.overlays:
+                if not overlay.reuse and overlay.path not in existed:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(overlay.path)
+            raise
+
+
+def _check_overlay_files(plan: DiskSnapshotPlan, domain: DomainDef) -> None:
+    """Gather what the overlay checks need from the file system, then apply them."""
+    paths = [o.path for o in plan.overlays]
+    folders = {os.path.dirname(p) for p in paths}
+    check_overlay_targets(
+        plan.overlays,
+        nonempty={p for p in paths if os.path.isfile(p) and os.path.getsize(p) > 0},
+        existing={p for p in paths if os.path.exists(p)},
+        unwritable_dirs={f for f in folders if not (os.path.isdir(f) and os.access(f, os.W_OK))},
+        disk_images={d.source for d in domain.disks if d.source})
+
+
+async def _check_reused_overlay(overlay: Overlay) -> None:
+    """--reuse-external: the file must be a valid image whose backing is the disk's image."""
+    details = await images.info(overlay.path)
+    backing = details.get("full-backing-filename") or details.get("backing-filename")
+    if details.get("format") != overlay.format:
+        raise InvalidArgumentError(f"existing overlay '{overlay.path}' for disk {overlay.target} "
+                                   f"is {details.get('format')}, not {overlay.format}")
+    if backing is not None and os.path.realpath(str(backing)) != \
+            os.path.realpath(overlay.backing):
+        raise InvalidArgumentError(f"existing overlay '{overlay.path}' for disk {overlay.target} "
+                                   f"has backing file '{backing}', not '{overlay.backing}'")
+
+
+async def _create_overlays_offline(plan: DiskSnapshotPlan) -> None:
+    """qemu-img overlays for a stopped guest; on failure the ones made so far are removed."""
+    created: list[str] = []
+    try:
+        for overlay in plan.overlays:
+            if overlay.reuse:
+                await _check_reused_overlay(overlay)
+                continue
+            await images.create_overlay(overlay.path, overlay.format, overlay.backing,
+                                        overlay.backing_format)
+            created.append(overlay.path)
+    except BaseException:
+        for path in created:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        raise
+
+
+async def _internal_snapshots_offline(plan: DiskSnapshotPlan) -> None:
+    """qemu-img snapshot -c on every image; on failure the ones made so far are deleted."""
+    name = plan.snapshot.name or ""
+    done: list[str] = []
+    try:
+        for image in plan.internal_images:
+            await images.snapshot_create(image, name)
+            done.append(image)
+    except BaseException:
+        for image in done:
+            with contextlib.suppress(QsnapError):
+                await images.snapshot_delete(image, name)
+        raise
+
+
+@contextlib.asynccontextmanager
+async def _frozen(agent_path: str | None) -> AsyncIterator[None]:
+    """Guest file systems frozen through the guest agent for the block (no-op without one)."""
+    if agent_path is None:
+        yield
+        return
+    async with await GuestAgent.connect(agent_path) as agent:
+        frozen = await agent.execute("guest-fsfreeze-freeze")
+        log.debug("guest agent froze %s file systems", frozen)
+        try:
+            yield
+        finally:
+            await agent.execute("guest-fsfreeze-thaw")

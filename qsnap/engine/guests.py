@@ -1,0 +1,37 @@
+"""A domain's QEMU process as the engine sees it: its state in virsh's words, and stopping it."""
+
+from __future__ import annotations
+
+import contextlib
+
+from qsnap.errors import QsnapError
+from qsnap.launcher.command import RuntimePaths
+from qsnap.launcher.process import RuntimeInfo, clear_runtime, kill_qemu, pid_alive, wait_gone
+from qsnap.monitor import Monitor
+
+#: QEMU run states as virsh names them (all others read as paused).
+VIRSH_STATES = {"running": "running", "shutdown": "shut off", "guest-panicked": "crashed"}
+
+
+async def state_of(info: RuntimeInfo | None) -> str:
+    """running, paused, crashed or shut off; a QEMU that stopped answering reads as shut off
+    once its process is gone."""
+    if info is None:
+        return "shut off"
+    try:
+        async with await Monitor.connect(info.qmp, timeout=5) as monitor:
+            status = (await monitor.execute("query-status"))["status"]
+    except QsnapError:
+        return "shut off" if not pid_alive(info.pid) else "unknown"
+    return VIRSH_STATES.get(status, "paused")
+
+
+async def stop(paths: RuntimePaths, info: RuntimeInfo) -> None:
+    """QMP quit, then SIGTERM, then SIGKILL; the runtime record goes with it."""
+    with contextlib.suppress(QsnapError):
+        async with await Monitor.connect(info.qmp, timeout=5) as monitor:
+            with contextlib.suppress(QsnapError):
+                await monitor.execute("quit", timeout=5)
+    if not await wait_gone(info.pid, 5):
+        await kill_qemu(info)
+    clear_runtime(paths)
