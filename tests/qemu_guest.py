@@ -42,3 +42,19 @@ async def wait_for_counter(serial: Path, above: int, timeout: float = 60.0) -> i
             tail = serial.read_bytes()[-300:] if serial.exists() else b"(no serial output)"
             raise AssertionError(f"guest counter stuck at {value} (wanted > {above}): {tail!r}")
         await asyncio.sleep(0.1)
+
+
+#: The guest writes its counter to each disk in turn every 5 ticks.
+WRITE_ROUND = 5
+
+
+def assert_one_moment(counters: list[int | None]) -> int:
+    """Counters read from images switched at one instant: the guest writes vda, vdb, ... in turn,
+    so a single cut may fall between two of those writes. A consistent cut is therefore
+    non-increasing in disk order and at most one write round apart; switching disks at
+    different moments would break one or the other. Returns the first disk's counter."""
+    assert all(c is not None for c in counters), counters
+    values = [c for c in counters if c is not None]
+    assert values == sorted(values, reverse=True), f"not one moment: {values}"
+    assert values[0] - values[-1] <= WRITE_ROUND, f"not one moment: {values}"
+    return values[0]

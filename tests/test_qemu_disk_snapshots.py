@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from helpers import conformance_dir, tree_picture
 from lxml import etree
-from qemu_guest import guest_module, require_qemu, wait_for_counter
+from qemu_guest import assert_one_moment, guest_module, require_qemu, wait_for_counter
 
 import qsnap
 from qsnap import CreateFlags, Engine, snapshot_xml_from_args
@@ -96,14 +96,14 @@ async def test_external_snapshot_of_three_running_disks(running: Guest) -> None:
 
     # One transaction: every old image stopped at the same moment.
     frozen = [g.counter(g.image(t)) for t in ("vda", "vdb", "vdc")]
-    assert frozen[0] is not None and frozen == [frozen[0]] * 3
+    moment = assert_one_moment(frozen)
 
     # The guest keeps writing, now into the overlays; the old images stay as they were.
-    now = await wait_for_counter(g.serial, frozen[0] + 25)
+    now = await wait_for_counter(g.serial, moment + 25)
     await wait_for_counter(g.serial, now + 10)
-    for target in ("vda", "vdb", "vdc"):
-        assert g.counter(g.image(target, "s1")) > frozen[0]
-        assert g.counter(g.image(target)) == frozen[0]
+    for target, old in zip(("vda", "vdb", "vdc"), frozen, strict=True):
+        assert g.counter(g.image(target, "s1")) > moment
+        assert g.counter(g.image(target)) == old
     assert await g.live_files() == {t: str(g.image(t, "s1")) for t in ("vda", "vdb", "vdc")}
 
     chain = json.loads(subprocess.run(

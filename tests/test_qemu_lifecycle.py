@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from helpers import tree_picture
-from qemu_guest import guest_module, require_qemu, wait_for_counter
+from qemu_guest import assert_one_moment, guest_module, require_qemu, wait_for_counter
 
 import qsnap
 from qsnap import CreateFlags, Engine, snapshot_xml_from_args
@@ -107,8 +107,7 @@ async def test_attach_adopts_a_foreign_qemu(tmp_path: Path) -> None:
         assert await engine.domstate("ext") == "running"
         await wait_for_counter(tmp_path / "ext" / "serial.log", 5)
         await engine.create("ext", snapshot_xml_from_args("s1"), CreateFlags(disk_only=True))
-        frozen = GUEST.read_disk_counter(Path(domain.disks[0].source))
-        assert frozen == GUEST.read_disk_counter(Path(domain.disks[1].source))
+        assert_one_moment([GUEST.read_disk_counter(Path(d.source)) for d in domain.disks])
         with pytest.raises(qsnap.OperationInvalidError, match="already running"):
             await engine.attach("ext", str(sock))
         await engine.destroy("ext")

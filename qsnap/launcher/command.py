@@ -73,6 +73,8 @@ def _disk_args(disk: DomainDisk) -> list[str]:
     fmt = {"driver": disk.driver_type or "raw", "file": file_node(disk.target),
            "node-name": format_node(disk.target), "read-only": disk.readonly}
     device = f"{_DEVICE_FOR_BUS[disk.bus]},drive={format_node(disk.target)},id={disk.target}"
+    if disk.pci_address and disk.bus in (None, "virtio"):
+        device += f",addr={disk.pci_address}"
     return ["-blockdev", json.dumps(protocol), "-blockdev", json.dumps(fmt), "-device", device]
 
 
@@ -83,8 +85,13 @@ def qemu_command(domain: DomainDef, runtime: RuntimePaths, accel: str,
     os_type = domain.element.find("os/type")
     if os_type is not None and os_type.get("machine"):
         machine = os_type.get("machine")
+    # Only the devices the definition lists, at the PCI slots it gives, with ACPI only when it
+    # asks (as libvirt does): the same definition then makes the same machine under both, which
+    # is what lets memory images move between qsnap and libvirt.
+    acpi = "on" if domain.acpi else "off"
     argv = [emulator, "-name", f"guest={domain.name},debug-threads=on",
-            "-machine", f"{machine},accel={accel}", "-m", f"{domain.memory_kib or 131072}k",
+            "-machine", f"{machine},accel={accel},acpi={acpi}",
+            "-m", f"{domain.memory_kib or 131072}k",
             "-smp", str(domain.vcpus), "-nodefaults", "-no-user-config", "-display", "none",
             "-qmp", f"unix:{runtime.qmp},server=on,wait=off",
             "-pidfile", str(runtime.pidfile), "-daemonize"]
@@ -100,13 +107,16 @@ def qemu_command(domain: DomainDef, runtime: RuntimePaths, accel: str,
         argv += _disk_args(disk)
     agent = agent_socket(domain, runtime)
     if agent is not None:
-        argv += ["-device", "virtio-serial-pci,id=qs-serial",
+        serial_bus = "virtio-serial-pci,id=qs-serial"
+        if domain.virtio_serial_address:
+            serial_bus += f",addr={domain.virtio_serial_address}"
+        argv += ["-device", serial_bus,
                  "-chardev", f"socket,id=qs-agent,path={agent},server=on,wait=off",
                  "-device", "virtserialport,bus=qs-serial.0,chardev=qs-agent,"
                             "name=org.qemu.guest_agent.0"]
     for index, serial in enumerate(domain.serials):
         if serial.type == "file" and serial.path:
-            argv += ["-chardev", f"file,id=serial{index},path={serial.path}",
+            argv += ["-chardev", f"file,id=serial{index},path={serial.path},append=on",
                      "-serial", f"chardev:serial{index}"]
         elif serial.type == "null":
             argv += ["-serial", "null"]

@@ -37,6 +37,7 @@ class DomainDisk:
     driver_type: str | None = None
     snapshot: str | None = None
     readonly: bool = False
+    pci_address: str | None = None  # QEMU's "slot.function" form, from <address type='pci'>
 
     @property
     def is_empty(self) -> bool:
@@ -68,6 +69,10 @@ class DomainDef:
     #: The guest agent channel (``<channel type='unix'>`` to ``org.qemu.guest_agent.0``):
     #: None without one; "" when the host may choose the socket path.
     agent_socket: str | None = None
+    #: ``<features><acpi/>``: without it libvirt starts the guest with ACPI off.
+    acpi: bool = False
+    #: PCI address of the virtio-serial controller (``<controller type='virtio-serial'>``).
+    virtio_serial_address: str | None = None
 
     def disk_by_name(self, name: str) -> DomainDisk | None:
         """libvirt's virDomainDiskByName: a target such as ``vda``, or the source path of
@@ -90,6 +95,21 @@ def _leaf_text(parent: etree._Element, tag: str) -> str | None:
     if node is None or node.text is None or not node.text.strip():
         return None
     return node.text.strip()
+
+
+def _pci_address(node: etree._Element | None) -> str | None:
+    """An ``<address type='pci'>`` child as QEMU's ``addr=`` value (``0x3.0x0``)."""
+    address = node.find("address") if node is not None else None
+    if address is None or address.get("type") != "pci":
+        return None
+    try:
+        slot, function = int(address.get("slot", "0"), 16), int(address.get("function", "0"), 16)
+    except ValueError:
+        raise XMLError(f"invalid PCI address slot='{address.get('slot')}' function="
+                       f"'{address.get('function')}'") from None
+    if (address.get("bus") or "0x00") not in ("0x00", "0x0", "0"):
+        raise XMLError("only PCI bus 0 is supported in <address>")
+    return f"{slot:#x}.{function:#x}"
 
 
 def _parse_disk(node: etree._Element, index: int) -> DomainDisk:
@@ -117,6 +137,7 @@ def _parse_disk(node: etree._Element, index: int) -> DomainDisk:
         target=target.get("dev"), bus=target.get("bus"), type=disk_type, device=device,
         source=source, driver_type=driver.get("type") if driver is not None else None,
         snapshot=snapshot, readonly=node.find("readonly") is not None,
+        pci_address=_pci_address(node),
     )
 
 
@@ -148,7 +169,11 @@ def parse_domain_element(element: etree._Element, what: str = "domain XML",
     disks: list[DomainDisk] = []
     serials: list[SerialConsole] = []
     agent_socket = None
+    virtio_serial_address = None
     if devices is not None:
+        for controller in devices.findall("controller"):
+            if controller.get("type") == "virtio-serial" and controller.get("index", "0") == "0":
+                virtio_serial_address = _pci_address(controller)
         disks = [_parse_disk(d, i) for i, d in enumerate(devices.findall("disk"))]
         seen: set[str] = set()
         for disk in disks:
@@ -167,7 +192,9 @@ def parse_domain_element(element: etree._Element, what: str = "domain XML",
                                          source.get("path") if source is not None else None))
     return DomainDef(element=element, name=name, uuid=uuid, type=element.get("type"),
                      memory_kib=memory_kib, vcpus=int(vcpu_text), kernel=kernel, initrd=initrd,
-                     cmdline=cmdline, disks=disks, serials=serials, agent_socket=agent_socket)
+                     cmdline=cmdline, disks=disks, serials=serials, agent_socket=agent_socket,
+                     acpi=element.find("features/acpi") is not None,
+                     virtio_serial_address=virtio_serial_address)
 
 
 def parse_domain(text: str | bytes, what: str = "domain XML") -> DomainDef:

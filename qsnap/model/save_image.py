@@ -1,0 +1,107 @@
+"""libvirt's save-image header (qemu_saveimage.h, version 2): pure encoding and decoding.
+
+Layout, native byte order (x86-64: little-endian), 92 bytes::
+
+    magic[16]      "LibvirtQemudSave", or "LibvirtQemudPart" while the image is being written
+    version        2
+    data_len       bytes of domain XML + cookie + padding that follow the header
+    was_running    1 when the guest should run after restore
+    compressed     0 raw (the only format qsnap writes), 1 gzip, 2 bzip2, 3 xz, 4 lzop, 5 zstd
+    cookieOffset   offset of the cookie inside the data area, 0 without one
+    unused[14]     zero
+
+Then the domain XML (NUL-terminated), the cookie XML (NUL-terminated) and zero padding, then the
+QEMU migration stream at offset ``92 + data_len``. Using libvirt's layout means ``virsh restore``
+and ``virsh save-image-dumpxml`` read qsnap's images, and qsnap reads libvirt's.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from qsnap.errors import XMLError
+
+MAGIC = b"LibvirtQemudSave"
+PARTIAL_MAGIC = b"LibvirtQemudPart"
+VERSION = 2
+HEADER = struct.Struct("=16s5I56s")
+assert HEADER.size == 92
+#: Room left after the XML so it can be edited in place later, as libvirt leaves.
+PADDING = 64 * 1024
+COMPRESSION = {0: "raw", 1: "gzip", 2: "bzip2", 3: "xz", 4: "lzop", 5: "zstd"}
+
+
+class SaveImageError(XMLError):
+    """The file is not a (complete, readable) save image; the message says which part."""
+
+
+@dataclass(frozen=True)
+class SaveImage:
+    """The header and XML of a save image; the migration stream starts at ``stream_offset``."""
+
+    domain_xml: str
+    cookie: str | None
+    was_running: bool
+    compressed: int = 0
+    data_len: int = 0
+
+    @property
+    def stream_offset(self) -> int:
+        return HEADER.size + self.data_len
+
+
+def encode(domain_xml: str, cookie: str | None, was_running: bool,
+           partial: bool) -> bytes:
+    """Header plus data area for a new image (*partial*: the still-being-written magic)."""
+    xml = domain_xml.encode("utf-8") + b"\0"
+    cookie_bytes = cookie.encode("utf-8") + b"\0" if cookie else b""
+    data = xml + cookie_bytes
+    data_len = len(data) + PADDING
+    header = HEADER.pack(PARTIAL_MAGIC if partial else MAGIC, VERSION, data_len,
+                         int(was_running), 0, len(xml) if cookie else 0, bytes(56))
+    return header + data + bytes(PADDING)
+
+
+def final_magic() -> bytes:
+    return MAGIC
+
+
+def decode_header(raw: bytes, what: str) -> tuple[int, int, int, int]:
+    """(data_len, was_running, compressed, cookie_offset) of a header, or a clear error."""
+    if len(raw) < HEADER.size:
+        raise SaveImageError(f"failed to read qemu header of {what}: the file is too short")
+    magic, version, data_len, was_running, compressed, cookie_offset, _ = HEADER.unpack(
+        raw[:HEADER.size])
+    if magic == PARTIAL_MAGIC:
+        raise SaveImageError(f"save image is incomplete: {what} was still being written")
+    if magic != MAGIC:
+        raise SaveImageError(f"image magic is incorrect: {what} is not a save image")
+    if version > VERSION:
+        swapped = struct.unpack(">5I", struct.pack("<5I", version, data_len, was_running,
+                                                   compressed, cookie_offset))
+        version, data_len, was_running, compressed, cookie_offset = swapped
+        if version > VERSION:
+            raise SaveImageError(f"image version is not supported ({version} > {VERSION}) "
+                                 f"in {what}")
+    if data_len <= 0:
+        raise SaveImageError(f"invalid header data length in {what}")
+    return data_len, was_running, compressed, cookie_offset
+
+
+def decode(header: bytes, data: bytes, what: str) -> SaveImage:
+    """The image described by *header* and its *data* area."""
+    data_len, was_running, compressed, cookie_offset = decode_header(header, what)
+    if len(data) < data_len:
+        raise SaveImageError(f"failed to read domain XML of {what}: the file is truncated")
+    xml_end = data.find(b"\0")
+    if xml_end <= 0:
+        raise SaveImageError(f"failed to read domain XML of {what}")
+    cookie = None
+    if cookie_offset:
+        cookie_end = data.find(b"\0", cookie_offset)
+        if cookie_end < 0:
+            raise SaveImageError(f"failed to read cookie of {what}")
+        cookie = data[cookie_offset:cookie_end].decode("utf-8", errors="replace") or None
+    return SaveImage(data[:xml_end].decode("utf-8"), cookie, bool(was_running), compressed,
+                     data_len)
