@@ -110,6 +110,34 @@ async def cmd_attach(engine: Engine, args: argparse.Namespace, out: _Output) -> 
     out.extra(f"Domain '{args.domain}' attached (QEMU pid {info.pid}, accelerator: {info.accel})")
 
 
+def _run_state(args: argparse.Namespace) -> bool | None:
+    """virsh's {--running | --paused}: None keeps the state recorded in the image."""
+    if args.running and args.paused:
+        raise InvalidArgumentError("--running and --paused are mutually exclusive")
+    return True if args.running else False if args.paused else None
+
+
+async def cmd_save(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
+    xml = _read_file(args.xml) if args.xml else None
+    await engine.save(args.domain, args.file, running=_run_state(args), xml=xml)
+    out.extra(f"Domain '{args.domain}' saved to {args.file}")
+
+
+async def cmd_restore(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
+    xml = _read_file(args.xml) if args.xml else None
+    await engine.restore(args.file, running=_run_state(args), xml=xml)
+    out.extra(f"Domain restored from {args.file}")
+
+
+async def cmd_managedsave(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
+    await engine.managedsave(args.domain, running=_run_state(args))
+    out.extra(f"Domain '{args.domain}' state saved by qsnap")
+
+
+async def cmd_save_image_dumpxml(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
+    out.print(await engine.save_image_xml(args.file, secure=args.security_info))
+
+
 async def cmd_shutdown(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
     await engine.shutdown(args.domain)
     out.extra(f"Domain '{args.domain}' is being shutdown")
@@ -327,6 +355,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("attach", cmd_attach, "adopt a QEMU launched by someone else, via its QMP socket")
     sub.add_argument("domain")
     sub.add_argument("--qmp", required=True, metavar="SOCKET", help="path of its QMP unix socket")
+    for name, handler, text in (
+            ("save", cmd_save, "save a domain's state to a file, and stop it"),
+            ("restore", cmd_restore, "restore a domain from a saved state file"),
+            ("managedsave", cmd_managedsave, "save a domain's state so 'start' resumes it")):
+        sub = command(name, handler, text)
+        if name == "restore":
+            sub.add_argument("file")
+        else:
+            sub.add_argument("domain")
+        if name == "save":
+            sub.add_argument("file")
+        if name != "managedsave":
+            sub.add_argument("--xml", metavar="FILE", help="domain XML to store/use instead")
+        _flag(sub, "--running", help="run the guest after restore")
+        _flag(sub, "--paused", help="leave the guest paused after restore")
+        _flag(sub, "--bypass-cache", help="accepted for virsh compatibility; no effect yet")
+        _flag(sub, "--verbose", help="accepted for virsh compatibility; no effect yet")
+    sub = command("save-image-dumpxml", cmd_save_image_dumpxml,
+                  "the domain XML inside a saved state file")
+    sub.add_argument("file")
+    _flag(sub, "--security-info", help="include security sensitive information in XML dump")
     sub = command("shutdown", cmd_shutdown, "gracefully shutdown a domain (ACPI power button)")
     sub.add_argument("domain")
     sub = command("domstate", cmd_domstate, "domain state")

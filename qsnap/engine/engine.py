@@ -24,6 +24,7 @@ from typing import TypeVar
 
 from qsnap.engine.disk_snapshot import take_disk_snapshot
 from qsnap.engine.guests import state_of, stop
+from qsnap.engine.memory import load_image, read_image, write_image
 from qsnap.errors import (
     AlreadyExistsError,
     InvalidArgumentError,
@@ -31,6 +32,7 @@ from qsnap.errors import (
     NoSnapshotError,
     NotSupportedError,
     OperationInvalidError,
+    QsnapError,
 )
 from qsnap.launcher.accel import choose_accel
 from qsnap.launcher.command import RuntimePaths, agent_socket
@@ -50,9 +52,10 @@ from qsnap.model.domain import (
     with_disk_images,
     with_uuid,
 )
+from qsnap.model.save_image import SaveImage, SaveImageError
 from qsnap.model.snapshot import SnapshotDef, format_snapshot, parse_snapshot
 from qsnap.model.tree import SnapshotSummary, SnapshotTree
-from qsnap.monitor import Monitor
+from qsnap.monitor import Monitor, MonitorClosedError
 from qsnap.plan.create import check_create_request
 from qsnap.plan.delete import MetadataDeletePlan, plan_delete_metadata
 from qsnap.plan.disk_snapshot import (
@@ -232,12 +235,22 @@ class Engine:
     # -- running guests ---------------------------------------------------------------------
 
     async def start(self, domain: str) -> RuntimeInfo:
-        """Start the domain's QEMU (virsh start); returns how to reach it, accelerator included."""
+        """Start the domain's QEMU (virsh start); returns how to reach it, accelerator included.
+        A managed save image is resumed instead, and removed once the guest runs from it."""
         async with self._session(domain) as folder:
             paths, info = self._runtime(domain)
             if info is not None:
                 raise OperationInvalidError(f"domain '{domain}' is already running "
                                             f"(QEMU pid {info.pid})")
+            managed = folder.managed_save
+            if managed.exists():
+                image = await asyncio.to_thread(read_image, managed)
+                saved = parse_domain(image.domain_xml, f"managed save image '{managed}'")
+                await self._restore_locked(saved, managed, image, None)
+                managed.unlink()
+                info = self._runtime(domain)[1]
+                assert info is not None
+                return info
             definition = folder.definition
             return await start_qemu(definition, paths, choose_accel(definition.type))
 
@@ -302,6 +315,88 @@ class Engine:
                 return self._locked(domain, work, must_exist=False)
 
         return await asyncio.to_thread(define_locked)
+
+    # -- memory: save and restore ------------------------------------------------------------
+
+    async def save(self, domain: str, path: str | os.PathLike[str], *,
+                   running: bool | None = None, xml: str | None = None) -> None:
+        """virDomainSave: write the guest's memory and device state to *path*, then stop it.
+
+        The guest is paused for the save; it restores running if it was running, unless
+        *running* says otherwise (``--running``/``--paused``). *xml* replaces the domain
+        definition stored in the image (same name and UUID). If the save fails, the guest
+        goes on as it was and no file is left.
+        """
+        target = Path(path).absolute()
+        async with self._session(domain) as folder:
+            paths, info = self._runtime(domain)
+            if info is None:
+                raise OperationInvalidError(f"domain '{domain}' is not running")
+            domain_xml = _image_xml(folder.definition, xml)
+            async with await Monitor.connect(info.qmp) as monitor:
+                was_running = (await monitor.execute("query-status"))["status"] == "running"
+                if was_running:
+                    await monitor.execute("stop")
+                try:
+                    await write_image(monitor, target, domain_xml,
+                                      was_running if running is None else running)
+                except BaseException:
+                    if was_running:
+                        with contextlib.suppress(QsnapError):
+                            await monitor.execute("cont")
+                    raise
+            await stop(paths, info)
+
+    async def managedsave(self, domain: str, *, running: bool | None = None) -> None:
+        """virDomainManagedSave: save into the domain's own folder; ``start`` resumes from it."""
+        await self.save(domain, self.state.folder(domain).managed_save, running=running)
+
+    async def restore(self, path: str | os.PathLike[str], *, running: bool | None = None,
+                      xml: str | None = None) -> str:
+        """virDomainRestore: start the domain saved in *path* and load its state; returns the
+        domain's name. A domain qsnap does not know yet is defined from the image. If loading
+        fails, its QEMU is stopped again: a guest is never left half-restored."""
+        source = Path(path).absolute()
+        image = await asyncio.to_thread(read_image, source)
+        domain = parse_domain(_image_xml(parse_domain(image.domain_xml), xml),
+                              f"domain XML of save image '{source}'")
+        folder = self.state.folder(domain.name)
+        if folder.exists():
+            known = folder.definition.uuid
+            if known and domain.uuid and not _same_uuid(known, domain.uuid):
+                raise InvalidArgumentError(f"save image '{source}' is of a domain '{domain.name}' "
+                                           f"with uuid {domain.uuid}, not {known}")
+        else:
+            await self.define(domain.to_xml())
+        async with self._session(domain.name):
+            await self._restore_locked(domain, source, image, running)
+        return domain.name
+
+    async def _restore_locked(self, domain: DomainDef, source: Path, image: SaveImage,
+                              running: bool | None) -> None:
+        paths, info = self._runtime(domain.name)
+        if info is not None:
+            raise OperationInvalidError(f"domain '{domain.name}' is already running")
+        info = await start_qemu(domain, paths, choose_accel(domain.type), incoming=True)
+        try:
+            async with await Monitor.connect(info.qmp) as monitor:
+                try:
+                    await load_image(monitor, source, image)
+                except MonitorClosedError:
+                    raise SaveImageError(
+                        f"restoring from '{source}' failed: QEMU exited while loading the saved "
+                        "state (the image is truncated or damaged, or does not match the "
+                        "domain's devices)") from None
+                if image.was_running if running is None else running:
+                    await monitor.execute("cont")
+        except BaseException:
+            await stop(paths, info)
+            raise
+
+    async def save_image_xml(self, path: str | os.PathLike[str], *, secure: bool = False) -> str:
+        """virDomainSaveImageGetXMLDesc: the domain definition inside a save image."""
+        image = await asyncio.to_thread(read_image, Path(path).absolute())
+        return parse_domain(image.domain_xml, f"save image '{path}'").to_xml(secure=secure)
 
     async def shutdown(self, domain: str) -> None:
         """Ask the guest to power off (ACPI power button), as virsh shutdown does; returns at
@@ -489,3 +584,15 @@ def _regular_files(domain: DomainDef, snap: SnapshotDef) -> set[str]:
     return {s for s in sources if os.path.isfile(s)}
 
 
+
+
+def _image_xml(domain: DomainDef, replacement: str | None) -> str:
+    """The domain XML for a save image: the definition, or a replacement for the same domain."""
+    if replacement is None:
+        return domain.to_xml(secure=True)
+    other = parse_domain(replacement, "--xml")
+    if other.name != domain.name or (other.uuid and domain.uuid and
+                                     not _same_uuid(other.uuid, domain.uuid)):
+        raise InvalidArgumentError(f"--xml must describe domain '{domain.name}' with uuid "
+                                   f"{domain.uuid}, not '{other.name}' with uuid {other.uuid}")
+    return other.to_xml(secure=True)

@@ -79,8 +79,9 @@ def _disk_args(disk: DomainDisk) -> list[str]:
 
 
 def qemu_command(domain: DomainDef, runtime: RuntimePaths, accel: str,
-                 emulator: str = "qemu-system-x86_64") -> list[str]:
-    """argv that starts *domain* daemonized, with its QMP socket in *runtime*."""
+                 emulator: str = "qemu-system-x86_64", incoming: bool = False) -> list[str]:
+    """argv that starts *domain* daemonized, with its QMP socket in *runtime*; with *incoming*,
+    paused and waiting for a saved state (``-incoming defer``)."""
     machine = "pc"
     os_type = domain.element.find("os/type")
     if os_type is not None and os_type.get("machine"):
@@ -95,6 +96,8 @@ def qemu_command(domain: DomainDef, runtime: RuntimePaths, accel: str,
             "-smp", str(domain.vcpus), "-nodefaults", "-no-user-config", "-display", "none",
             "-qmp", f"unix:{runtime.qmp},server=on,wait=off",
             "-pidfile", str(runtime.pidfile), "-daemonize"]
+    if incoming:
+        argv += ["-S", "-incoming", "defer"]
     if domain.uuid:
         argv += ["-uuid", domain.uuid]
     if domain.kernel:

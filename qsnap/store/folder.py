@@ -72,6 +72,11 @@ class DomainFolder:
     def exists(self) -> bool:
         return (self.path / DEFINITION).is_file()
 
+    @property
+    def managed_save(self) -> Path:
+        """Where ``managedsave`` keeps the domain's memory image until the next ``start``."""
+        return self.path / "managed.save"
+
     @cached_property
     def definition(self) -> DomainDef:
         path = self.path / DEFINITION

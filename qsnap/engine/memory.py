@@ -1,0 +1,77 @@
+"""Memory images in libvirt's save-image format: written from a paused guest, read, and loaded
+into a QEMU that waits for them. Used by save/restore/managedsave (and, later, by external
+memory snapshots).
+
+Crash safety of the file itself: it is created exclusively (an existing file is never
+overwritten) with mode 0600 (it holds guest RAM), starts with the "still being written" magic,
+and gets the final magic only after the whole stream is on disk and fsynced. A torn image is
+therefore always recognised as incomplete.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from qsnap.errors import AlreadyExistsError, NotSupportedError
+from qsnap.model import save_image
+from qsnap.model.save_image import HEADER, SaveImage, SaveImageError
+from qsnap.monitor import Monitor
+from qsnap.store.atomic import fsync_dir
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+async def write_image(monitor: Monitor, path: Path, domain_xml: str, was_running: bool) -> None:
+    """Save the (paused) guest behind *monitor* into a new image at *path*."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        raise AlreadyExistsError(f"refusing to overwrite existing file '{path}'") from None
+    except OSError as exc:
+        raise AlreadyExistsError(f"cannot create '{path}': {exc.strerror}") from None
+    try:
+        _write_all(fd, save_image.encode(domain_xml, None, was_running, partial=True))
+        await monitor.save_to_fd(fd)
+        os.fsync(fd)
+        os.pwrite(fd, save_image.final_magic(), 0)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    fsync_dir(path.parent)
+
+
+def read_image(path: Path) -> SaveImage:
+    """The header and domain XML of the image at *path*, or a clear error."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(HEADER.size)
+            data_len = save_image.decode_header(header, f"'{path}'")[0]
+            image = save_image.decode(header, handle.read(data_len), f"'{path}'")
+            size = os.fstat(handle.fileno()).st_size
+    except OSError as exc:
+        raise SaveImageError(f"cannot read save image '{path}': {exc.strerror}") from None
+    if image.compressed:
+        raise NotSupportedError(f"save image '{path}' is compressed with "
+                                f"{save_image.COMPRESSION.get(image.compressed, '?')}; qsnap "
+                                "reads raw images only")
+    if size <= image.stream_offset:
+        raise SaveImageError(f"save image '{path}' has no migration stream after its header")
+    return image
+
+
+async def load_image(monitor: Monitor, path: Path, image: SaveImage) -> None:
+    """Feed the stream of *image* into the QEMU behind *monitor* (started ``-incoming defer``)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.lseek(fd, image.stream_offset, os.SEEK_SET)
+        await monitor.load_from_fd(fd)
+    finally:
+        os.close(fd)
