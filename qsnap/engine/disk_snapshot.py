@@ -46,36 +46,45 @@ async def _switch_overlays(info: RuntimeInfo, plan: DiskSnapshotPlan,
     With *agent* (``--quiesce``), guest file systems are frozen through the guest agent
     just before the transaction and thawed right after, whatever happened.
     """
-    async with await Monitor.connect(info.qmp) as monitor:
-        tops = await monitor.block_tops()
-        for overlay in plan.overlays:
-            if overlay.target not in tops:
-                raise OperationInvalidError(
-                    f"the running QEMU has no disk '{overlay.target}': it does not match "
-                    "the domain definition")
-        for overlay in plan.overlays:
-            if overlay.reuse:
-                await _check_reused_overlay(overlay)
-        new_nodes = {o.target: f"qs-{o.target}-{secrets.token_hex(4)}" for o in plan.overlays}
-        existed = {o.path for o in plan.overlays if os.path.lexists(o.path)}
-        try:
-            async with _frozen(agent):
-                await monitor.execute("transaction", {
-                    "actions": transaction_actions(plan.overlays, tops, new_nodes)})
-        except QsnapError:
-            for overlay in plan.overlays:
-                if not overlay.reuse and overlay.path not in existed:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(overlay.path)
-            raise
+    async with await Monitor.connect(info.qmp) as monitor, _frozen(agent):
+        await switch_overlays(monitor, plan.overlays)
+
+
+async def switch_overlays(monitor: Monitor, overlays: list[Overlay]) -> None:
+    """One ``transaction`` that puts every overlay on top of its disk; if QEMU refuses any, the
+    overlay files it had already created are removed and no disk is switched."""
+    tops = await monitor.block_tops()
+    for overlay in overlays:
+        if overlay.target not in tops:
+            raise OperationInvalidError(
+                f"the running QEMU has no disk '{overlay.target}': it does not match "
+                "the domain definition")
+    for overlay in overlays:
+        if overlay.reuse:
+            await _check_reused_overlay(overlay)
+    new_nodes = {o.target: f"qs-{o.target}-{secrets.token_hex(4)}" for o in overlays}
+    existed = {o.path for o in overlays if os.path.lexists(o.path)}
+    try:
+        await monitor.execute("transaction", {
+            "actions": transaction_actions(overlays, tops, new_nodes)})
+    except QsnapError:
+        for overlay in overlays:
+            if not overlay.reuse and overlay.path not in existed:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(overlay.path)
+        raise
 
 
 def _check_overlay_files(plan: DiskSnapshotPlan, domain: DomainDef) -> None:
+    check_overlay_files(plan.overlays, domain)
+
+
+def check_overlay_files(overlays: list[Overlay], domain: DomainDef) -> None:
     """Gather what the overlay checks need from the file system, then apply them."""
-    paths = [o.path for o in plan.overlays]
+    paths = [o.path for o in overlays]
     folders = {os.path.dirname(p) for p in paths}
     check_overlay_targets(
-        plan.overlays,
+        overlays,
         nonempty={p for p in paths if os.path.isfile(p) and os.path.getsize(p) > 0},
         existing={p for p in paths if os.path.exists(p)},
         unwritable_dirs={f for f in folders if not (os.path.isdir(f) and os.access(f, os.W_OK))},

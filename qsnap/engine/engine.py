@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from qsnap.engine.disk_snapshot import take_disk_snapshot
+from qsnap.engine.full_snapshot import take_full_snapshot
 from qsnap.engine.guests import state_of, stop
 from qsnap.engine.memory import load_image, read_image, write_image
 from qsnap.errors import (
@@ -58,10 +59,9 @@ from qsnap.model.tree import SnapshotSummary, SnapshotTree
 from qsnap.monitor import Monitor, MonitorClosedError
 from qsnap.plan.create import check_create_request
 from qsnap.plan.delete import MetadataDeletePlan, plan_delete_metadata
-from qsnap.plan.disk_snapshot import (
-    plan_disk_snapshot,
-)
+from qsnap.plan.disk_snapshot import DiskSnapshotPlan, plan_disk_snapshot
 from qsnap.plan.flags import CreateFlags, DeleteFlags, ListFilter, RevertFlags
+from qsnap.plan.full_snapshot import FullSnapshotPlan, plan_full_snapshot
 from qsnap.plan.listing import select_snapshots
 from qsnap.plan.names import check_domain_name
 from qsnap.plan.redefine import plan_redefine
@@ -443,11 +443,18 @@ class Engine:
             current = folder.read_current()
             if current is not None and not folder.has_snapshot(current):
                 current = None
-            plan = plan_disk_snapshot(request, definition, flags, active=active,
-                                      current=current, now=now,
-                                      regular_files=_regular_files(definition, request))
-            agent = agent_socket(definition, paths) if flags.quiesce else None
-            await take_disk_snapshot(plan, definition, info, agent)
+            regular_files = _regular_files(definition, request)
+            plan: DiskSnapshotPlan | FullSnapshotPlan
+            if info is not None and not flags.disk_only:
+                state = await state_of(info)
+                plan = plan_full_snapshot(request, definition, flags, state=state,
+                                          current=current, now=now, regular_files=regular_files)
+                await take_full_snapshot(plan, definition, info, flags.live)
+            else:
+                plan = plan_disk_snapshot(request, definition, flags, active=active,
+                                          current=current, now=now, regular_files=regular_files)
+                agent = agent_socket(definition, paths) if flags.quiesce else None
+                await take_disk_snapshot(plan, definition, info, agent)
             name = plan.snapshot.name or name
             if flags.no_metadata:
                 folder.save(definition=plan.domain_after)

@@ -48,13 +48,8 @@ class DiskSnapshotPlan:
 def _location(request: SnapshotDef, flags: CreateFlags, active: bool) -> str:
     if active:
         if not flags.disk_only:
-            kind = "external" if request.memory == "external" else "internal"
-            if kind == "internal" and request.memory == "no":
-                raise InvalidArgumentError(
-                    "internal snapshot of a running VM must include the memory state")
-            raise NotSupportedError(
-                f"{kind} full-system snapshots (guest memory) are not implemented in qsnap yet; "
-                "use --disk-only for a disk snapshot of the running guest")
+            raise InvalidArgumentError("a running guest's snapshot without --disk-only is a "
+                                       "full-system snapshot (see plan_full_snapshot)")
         return "external"
     if flags.live:
         raise InvalidArgumentError("live snapshot creation is supported only during full "
