@@ -96,7 +96,7 @@ async def test_bad_saves_change_nothing(guest: tuple[Engine, Path], tmp_path: Pa
     with pytest.raises(qsnap.AlreadyExistsError, match="refusing to overwrite existing file"):
         await engine.save("g", existing)
     assert existing.read_bytes() == b"precious"
-    with pytest.raises(qsnap.AlreadyExistsError, match="No such file or directory"):
+    with pytest.raises(qsnap.InvalidArgumentError, match="No such file or directory"):
         await engine.save("g", tmp_path / "missing" / "g.save")
     other = (await engine.domain_xml("g")).replace("<name>g</name>", "<name>h</name>")
     with pytest.raises(qsnap.InvalidArgumentError, match="--xml must describe domain 'g'"):

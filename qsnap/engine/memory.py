@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from qsnap.errors import AlreadyExistsError, NotSupportedError
+from qsnap.errors import AlreadyExistsError, InvalidArgumentError, NotSupportedError
 from qsnap.model import save_image
 from qsnap.model.save_image import HEADER, SaveImage, SaveImageError
 from qsnap.monitor import Monitor
@@ -33,7 +33,7 @@ async def write_image(monitor: Monitor, path: Path, domain_xml: str, was_running
     except FileExistsError:
         raise AlreadyExistsError(f"refusing to overwrite existing file '{path}'") from None
     except OSError as exc:
-        raise AlreadyExistsError(f"cannot create '{path}': {exc.strerror}") from None
+        raise InvalidArgumentError(f"cannot create '{path}': {exc.strerror}") from None
     try:
         _write_all(fd, save_image.encode(domain_xml, None, was_running, partial=True))
         await monitor.save_to_fd(fd)
