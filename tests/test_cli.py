@@ -258,9 +258,9 @@ BAD_INPUTS = {
                                                         "new"],
                                        "internal snapshot for disk hda unsupported for storage "
                                        "type raw"),
-    "revert not implemented": (lambda t, f, c: ["snapshot-revert", "QEMUGuest1", "full"],
-                               "reverting domain 'QEMUGuest1' to snapshot 'full' is not "
-                               "implemented in qsnap yet"),
+    "revert to missing images": (lambda t, f, c: ["snapshot-revert", "QEMUGuest1", "full"],
+                                 "cannot revert to snapshot 'full': its image "
+                                 "'/dev/HostVG/QEMUGuest1' no longer exists"),
     "delete data not implemented": (lambda t, f, c: ["snapshot-delete", "QEMUGuest1", "meta"],
                                     "deleting the data of snapshot 'meta' is not implemented"),
     "unknown domain": (lambda t, f, c: ["snapshot-list", "nope"],

@@ -38,7 +38,7 @@ async def test_embedding_round_trip(tmp_path: Path) -> None:
     plan = await engine.delete("vm", "base", DeleteFlags(metadata_only=True))
     assert plan.remove == ["base"] and plan.reparent == {"next": None}
     assert await engine.parent("vm", "next") is None
-    with pytest.raises(qsnap.NotSupportedError):
+    with pytest.raises(qsnap.OperationInvalidError, match="lacks domain 'vm' rollback info"):
         await engine.revert("vm", "next")
     with pytest.raises(qsnap.NoDomainError):
         await engine.list("missing")

@@ -76,11 +76,12 @@ async def switch_overlays(monitor: Monitor, overlays: list[Overlay]) -> None:
 
 
 def _check_overlay_files(plan: DiskSnapshotPlan, domain: DomainDef) -> None:
-    check_overlay_files(plan.overlays, domain)
+    check_overlay_files(plan.overlays, {d.source for d in domain.disks if d.source})
 
 
-def check_overlay_files(overlays: list[Overlay], domain: DomainDef) -> None:
-    """Gather what the overlay checks need from the file system, then apply them."""
+def check_overlay_files(overlays: list[Overlay], disk_images: set[str]) -> None:
+    """Gather what the overlay checks need from the file system, then apply them.
+    *disk_images* are the images in use, which no overlay may be."""
     paths = [o.path for o in overlays]
     folders = {os.path.dirname(p) for p in paths}
     check_overlay_targets(
@@ -88,7 +89,7 @@ def check_overlay_files(overlays: list[Overlay], domain: DomainDef) -> None:
         nonempty={p for p in paths if os.path.isfile(p) and os.path.getsize(p) > 0},
         existing={p for p in paths if os.path.exists(p)},
         unwritable_dirs={f for f in folders if not (os.path.isdir(f) and os.access(f, os.W_OK))},
-        disk_images={d.source for d in domain.disks if d.source})
+        disk_images=disk_images)
 
 
 async def _check_reused_overlay(overlay: Overlay) -> None:

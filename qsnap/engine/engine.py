@@ -26,6 +26,7 @@ from qsnap.engine.disk_snapshot import take_disk_snapshot
 from qsnap.engine.full_snapshot import take_full_snapshot
 from qsnap.engine.guests import state_of, stop
 from qsnap.engine.memory import load_image, read_image, write_image
+from qsnap.engine.revert import carry_out_revert, check_revert
 from qsnap.errors import (
     AlreadyExistsError,
     InvalidArgumentError,
@@ -65,6 +66,7 @@ from qsnap.plan.full_snapshot import FullSnapshotPlan, plan_full_snapshot
 from qsnap.plan.listing import select_snapshots
 from qsnap.plan.names import check_domain_name
 from qsnap.plan.redefine import plan_redefine
+from qsnap.plan.revert import plan_revert
 from qsnap.store import KEEP, DomainFolder, StateDir, resolve_state_dir
 
 log = logging.getLogger("qsnap")
@@ -545,16 +547,23 @@ class Engine:
 
     async def revert(self, domain: str, snapshot: str | None,
                      flags: RevertFlags = RevertFlags()) -> str:
-        """virDomainRevertToSnapshot; returns the snapshot's name (not implemented yet: it checks
-        the request, then refuses with a clear error)."""
+        """virDomainRevertToSnapshot; returns the snapshot's name, which becomes current."""
         flags.check()
-
-        def work(folder: DomainFolder) -> str:
+        async with self._session(domain) as folder:
             name = self._resolve(folder, snapshot)
-            raise NotSupportedError(f"reverting domain '{domain}' to snapshot '{name}' "
-                                    f"{_NOT_YET}")
-
-        return await self._run(domain, work)
+            snap = folder.read_snapshot(name)
+            now = int(time.time())
+            plan = plan_revert(snap, folder.definition, flags, now=now)
+            for later in range(1, 100):  # overlays are named by the second: take a free one
+                if not any(os.path.lexists(o.path) for o in plan.overlays):
+                    break
+                plan = plan_revert(snap, folder.definition, flags, now=now + later)
+            shared = await asyncio.to_thread(_shared_bases, folder, name)
+            memory = await asyncio.to_thread(check_revert, plan, shared)
+            paths, info = self._runtime(domain)
+            await carry_out_revert(plan, paths, info, memory)
+            folder.save(current=name, definition=plan.domain)
+            return name
 
     async def delete(self, domain: str, snapshot: str | None,
                      flags: DeleteFlags = DeleteFlags()) -> MetadataDeletePlan:
@@ -603,3 +612,19 @@ def _image_xml(domain: DomainDef, replacement: str | None) -> str:
         raise InvalidArgumentError(f"--xml must describe domain '{domain.name}' with uuid "
                                    f"{domain.uuid}, not '{other.name}' with uuid {other.uuid}")
     return other.to_xml(secure=True)
+
+
+def _shared_bases(folder: DomainFolder, target: str) -> dict[str, str]:
+    """Images that external snapshots (other than *target*) keep as their read-only base."""
+    bases: dict[str, str] = {}
+    for name in folder.snapshot_names():
+        if name == target:
+            continue
+        snap = folder.read_snapshot(name)
+        if snap.domain is None or not any(d.snapshot == "external" for d in snap.disks):
+            continue
+        sources = {d.target: d.source for d in parse_domain_element(snap.domain).disks}
+        for disk in snap.disks:
+            if disk.snapshot == "external" and sources.get(disk.name):
+                bases.setdefault(sources[disk.name] or "", name)
+    return bases

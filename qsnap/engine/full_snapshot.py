@@ -58,7 +58,7 @@ async def _external(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDef,
     if os.path.lexists(memory):
         raise AlreadyExistsError(f"refusing to overwrite existing file '{memory}' (the "
                                  "snapshot's memory file)")
-    check_overlay_files(plan.overlays, domain)
+    check_overlay_files(plan.overlays, {d.source for d in domain.disks if d.source})
     was_running = (await monitor.execute("query-status"))["status"] == "running"
     if was_running and not live:
         await monitor.execute("stop")

@@ -79,7 +79,8 @@ def _disk_args(disk: DomainDisk) -> list[str]:
 
 
 def qemu_command(domain: DomainDef, runtime: RuntimePaths, accel: str,
-                 emulator: str = "qemu-system-x86_64", incoming: bool = False) -> list[str]:
+                 emulator: str = "qemu-system-x86_64", incoming: bool = False,
+                 paused: bool = False) -> list[str]:
     """argv that starts *domain* daemonized, with its QMP socket in *runtime*; with *incoming*,
     paused and waiting for a saved state (``-incoming defer``)."""
     machine = "pc"
@@ -98,6 +99,8 @@ def qemu_command(domain: DomainDef, runtime: RuntimePaths, accel: str,
             "-pidfile", str(runtime.pidfile), "-daemonize"]
     if incoming:
         argv += ["-S", "-incoming", "defer"]
+    elif paused:
+        argv += ["-S"]
     if domain.uuid:
         argv += ["-uuid", domain.uuid]
     if domain.kernel:

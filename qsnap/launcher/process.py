@@ -85,14 +85,15 @@ def pid_alive(pid: int, marker: str | None = None) -> bool:
 
 
 async def start_qemu(domain: DomainDef, paths: RuntimePaths, accel: str,
-                     incoming: bool = False) -> RuntimeInfo:
+                     incoming: bool = False, paused: bool = False) -> RuntimeInfo:
     """Start *domain*'s QEMU; return once its monitor listens (with *incoming*: paused,
     waiting for ``migrate-incoming``)."""
     paths.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     paths.folder.parent.chmod(0o700)
     clear_runtime(paths)
     emulator = domain.element.findtext("devices/emulator") or "qemu-system-x86_64"
-    argv = qemu_command(domain, paths, accel, emulator=emulator.strip(), incoming=incoming)
+    argv = qemu_command(domain, paths, accel, emulator=emulator.strip(), incoming=incoming,
+                        paused=paused)
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
