@@ -41,5 +41,10 @@ def test_demo_runs(tmp_path: Path) -> None:
     moment = assert_one_moment([int(c) for c in old])
     assert int(new.group(1)) > moment
     assert "Snapshot experiment-a set as current" in result.stdout
+    taken = int(re.search(r"the snapshot was taken at about (\d+)", result.stdout).group(1))
+    resumed = int(re.search(r"after the revert the guest resumed at (\d+)",
+                            result.stdout).group(1))
+    assert 1 < resumed <= taken + 1
+    assert "Domain restored from" in result.stdout
     assert "every metadata file is byte-for-byte unchanged" in result.stdout
     assert "error: parent experiment-b would create cycle to installed" in result.stderr

@@ -191,3 +191,15 @@ async def test_bad_reverts_leave_the_guest_alone(lab: Lab) -> None:
         await lab.engine.revert("g", "bare", RevertFlags(force=True))
     assert await lab.engine.domstate("g") == "shut off"
     assert await lab.engine.current("g") == "ext"
+
+
+async def test_live_external_snapshot_captures_the_end_point(lab: Lab) -> None:
+    """--live copies memory while the guest runs; QEMU pauses it only for the rest, so the
+    saved moment is the END of the copy (libvirt's --live), still between our two readings."""
+    memory = lab.folder / "live.mem"
+    before, after = await lab.snapshot("live", memspec=f"file={memory}",
+                                       flags=CreateFlags(live=True))
+    assert await lab.engine.domstate("g") == "running"
+    await wait_for_counter(lab.serial, after + 30)
+    resumed = await lab.revert("live")
+    assert resumed is not None and before < resumed <= after + 1
