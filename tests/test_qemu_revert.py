@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import re
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -98,6 +100,8 @@ async def test_external_full_system_revert_keeps_the_snapshot_reusable(lab: Lab)
     before, after = await lab.snapshot("ext1", memspec=f"file={memory},snapshot=external")
     base = lab.folder / "g-vda.qcow2"
     kept = (digest(base), digest(memory))
+    # The snapshot's image holds the guest's disk at the same moment as its memory.
+    assert before - 5 <= (lab.disk(base) or 0) <= after
     await wait_for_counter(lab.serial, after + 40)
     for _ in range(2):  # the snapshot's files are untouched, so it can be reverted to again
         resumed = await lab.revert("ext1")
@@ -203,3 +207,39 @@ async def test_live_external_snapshot_captures_the_end_point(lab: Lab) -> None:
     await wait_for_counter(lab.serial, after + 30)
     resumed = await lab.revert("live")
     assert resumed is not None and before < resumed <= after + 1
+
+
+async def test_failed_full_snapshots_leave_nothing_behind(tmp_path: Path) -> None:
+    """vda lives on an 8 MiB tmpfs: the 128 MiB guest's memory cannot fit. The snapshot-save job
+    fails and leaves no internal snapshot on any disk; an external snapshot whose memory file
+    is on that tmpfs fails and leaves no memory file and no overlay. The guest runs on."""
+    require_qemu()
+    from test_qemu_save_restore import small_tmpfs
+    engine = Engine(tmp_path / "state")
+    xml_path = GUEST.make_guest("g", 2, 128, tmp_path / "g")
+    with small_tmpfs(tmp_path / "small", "8m") as small:
+        vda = tmp_path / "g" / "g-vda.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(small / "vda.qcow2"),
+                        "64M"], check=True)
+        await engine.define(xml_path.read_text().replace(str(vda), str(small / "vda.qcow2")))
+        await engine.start("g")
+        lab = Lab(engine, tmp_path / "g")
+        try:
+            await wait_for_counter(lab.serial, 10)
+            with pytest.raises(qsnap.QsnapError, match="QEMU refused snapshot-save"):
+                await engine.create("g", snapshot_xml_from_args("big"), CreateFlags())
+            for image in (small / "vda.qcow2", tmp_path / "g" / "g-vdb.qcow2"):
+                listing = subprocess.run(["qemu-img", "snapshot", "-U", "-l", str(image)],
+                                         capture_output=True, text=True, check=True).stdout
+                assert "big" not in listing, f"a partial snapshot stayed in {image}"
+            files = sorted(os.listdir(tmp_path / "g")), sorted(os.listdir(small))
+            with pytest.raises(qsnap.QsnapError,
+                               match=r"QEMU refused migrate|No space left on device"):
+                await engine.create("g", snapshot_xml_from_args(
+                    "ext", memspec=f"file={small / 'ext.mem'}"), CreateFlags())
+            assert (sorted(os.listdir(tmp_path / "g")), sorted(os.listdir(small))) == files
+            assert await engine.list("g") == []
+            assert await engine.domstate("g") == "running"
+            await wait_for_counter(lab.serial, lab.last() + 10)
+        finally:
+            await engine.destroy("g")

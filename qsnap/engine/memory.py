@@ -13,11 +13,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from qsnap.errors import AlreadyExistsError, InvalidArgumentError, NotSupportedError
+from qsnap.errors import AlreadyExistsError, InvalidArgumentError, NotSupportedError, QsnapError
 from qsnap.model import save_image
 from qsnap.model.save_image import HEADER, SaveImage, SaveImageError
 from qsnap.monitor import Monitor
 from qsnap.store.atomic import fsync_dir
+
+
+class MemoryImageError(QsnapError):
+    """The memory image could not be written (full disk, I/O error); it was removed."""
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -40,9 +44,12 @@ async def write_image(monitor: Monitor, path: Path, domain_xml: str, was_running
         os.fsync(fd)
         os.pwrite(fd, save_image.final_magic(), 0)
         os.fsync(fd)
-    except BaseException:
+    except BaseException as exc:
         os.close(fd)
         path.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise MemoryImageError(f"writing memory image '{path}' failed: "
+                                   f"{exc.strerror or exc}") from None
         raise
     os.close(fd)
     fsync_dir(path.parent)
