@@ -58,3 +58,20 @@ def assert_one_moment(counters: list[int | None]) -> int:
     assert values == sorted(values, reverse=True), f"not one moment: {values}"
     assert values[0] - values[-1] <= WRITE_ROUND, f"not one moment: {values}"
     return values[0]
+
+
+async def started_guest(tmp_path: Path, disks: int) -> tuple[object, Path]:
+    """A defined and started tiny guest "g" under tmp_path/state; returns (engine, its folder)
+    once it counts."""
+    from qsnap import Engine
+    require_qemu()
+    engine = Engine(tmp_path / "state")
+    xml = guest_module().make_guest("g", disks, 128, tmp_path / "g")
+    await engine.define(xml.read_text())
+    await engine.start("g")
+    try:
+        await wait_for_counter(tmp_path / "g" / "serial.log", 10)
+    except BaseException:
+        await engine.destroy("g")
+        raise
+    return engine, tmp_path / "g"

@@ -382,9 +382,9 @@ async def test_quiesce_without_an_agent(tmp_path: Path, monkeypatch: pytest.Monk
     quiesce = CreateFlags(disk_only=True, quiesce=True)
     with pytest.raises(qsnap.InvalidArgumentError, match="--quiesce needs a running guest"):
         await engine.create("g", snapshot_xml_from_args("q"), quiesce)
-    for name in ("g", "s"):
-        await engine.start(name)
     try:
+        for name in ("g", "s"):
+            await engine.start(name)
         await wait_for_counter(tmp_path / "g" / "serial.log", 5)
         store = tree_picture(engine.state_dir / "domains")
         files = sorted(os.listdir(tmp_path / "g"))
@@ -398,7 +398,8 @@ async def test_quiesce_without_an_agent(tmp_path: Path, monkeypatch: pytest.Monk
         assert await engine.domstate("s") == "running"
     finally:
         for name in ("g", "s"):
-            await engine.destroy(name)
+            if await engine.domstate(name) != "shut off":
+                await engine.destroy(name)
 
 
 async def test_domain_disk_marked_no_is_left_alone(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from qemu_guest import guest_module, require_qemu, wait_for_counter
+from qemu_guest import guest_module, require_qemu, started_guest, wait_for_counter
 
 import qsnap
 from qsnap import CreateFlags, Engine, RevertFlags, snapshot_xml_from_args
@@ -71,12 +71,7 @@ def digest(path: Path) -> str:
 
 @pytest.fixture
 async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
-    require_qemu()
-    engine = Engine(tmp_path / "state")
-    xml = GUEST.make_guest("g", 2, 128, tmp_path / "g")
-    await engine.define(xml.read_text())
-    await engine.start("g")
-    await wait_for_counter(tmp_path / "g" / "serial.log", 10)
+    engine, _ = await started_guest(tmp_path, 2)
     yield Lab(engine, tmp_path / "g")
     if await engine.domstate("g") != "shut off":
         await engine.destroy("g")

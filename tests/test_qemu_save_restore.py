@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from helpers import tree_picture
-from qemu_guest import guest_module, require_qemu, wait_for_counter
+from qemu_guest import guest_module, started_guest, wait_for_counter
 
 import qsnap
 from qsnap import Engine
@@ -40,12 +40,7 @@ def assert_continuous(serial: Path) -> None:
 
 @pytest.fixture
 async def guest(tmp_path: Path) -> AsyncIterator[tuple[Engine, Path]]:
-    require_qemu()
-    engine = Engine(tmp_path / "state")
-    xml = GUEST.make_guest("g", 1, 128, tmp_path / "g")
-    await engine.define(xml.read_text())
-    await engine.start("g")
-    await wait_for_counter(tmp_path / "g" / "serial.log", 10)
+    engine, _ = await started_guest(tmp_path, 1)
     yield engine, tmp_path / "g"
     with contextlib.suppress(qsnap.QsnapError):
         await engine.destroy("g")

@@ -75,32 +75,60 @@ def plan_disk_snapshot(request: SnapshotDef, domain: DomainDef, flags: CreateFla
                 f"QEMU guest agent is not configured: domain '{domain.name}' has no <channel> "
                 "to org.qemu.guest_agent.0, which --quiesce needs")
     location = _location(request, flags, active)
+    snap = new_snapshot(request, domain, flags, now=now, current=current, memory="no",
+                        state="disk-snapshot" if active else "shutoff")
+    snap.disks = align_disks(snap, domain, location, uniform_internal=True,
+                             regular_files=regular_files)
+    overlays, internal = split_disks(snap, domain, flags, active=active, disk_only=True)
+    internal_images = [image for _, image in internal]
+
+    if not overlays and not internal_images:
+        raise InvalidArgumentError(
+            "disk-only snapshots require at least one disk to be selected for snapshot"
+            if flags.disk_only else "nothing selected for snapshot")
+    if internal_images:
+        for disk, domain_disk in zip(snap.disks, domain.disks, strict=True):
+            if disk.snapshot == "no" and not domain_disk.readonly and not domain_disk.is_empty:
+                raise InvalidArgumentError("internal and full system snapshots require all "
+                                           "disks to be selected for snapshot")
+
+    domain_after = with_disk_images(domain, {o.target: (o.path, o.format) for o in overlays}) \
+        if overlays else domain
+    return DiskSnapshotPlan(snap, bool(overlays), overlays, internal_images, domain_after)
+
+
+def new_snapshot(request: SnapshotDef, domain: DomainDef, flags: CreateFlags, *, now: int,
+                 current: str | None, memory: str, state: str) -> SnapshotDef:
+    """The request, named (default: the creation time) and filled in as the engine records it:
+    creation time, parent (the current snapshot), state, memory, and the domain as it was."""
     name = request.name if request.name is not None else default_snapshot_name(now)
     if not flags.no_metadata:
         check_snapshot_name(name)
-    snap = request.copy(name=name, creation_time=now, parent=current, memory="no",
-                        state="disk-snapshot" if active else "shutoff",
-                        domain=domain.element, domain_uuid=None, active=None)
-    snap.disks = align_disks(snap, domain, location, uniform_internal=True,
-                             regular_files=regular_files)
+    return request.copy(name=name, creation_time=now, parent=current, memory=memory,
+                        state=state, domain=domain.element, domain_uuid=None, active=None)
 
+
+def split_disks(snap: SnapshotDef, domain: DomainDef, flags: CreateFlags, *, active: bool,
+                disk_only: bool) -> tuple[list[Overlay], list[tuple[str, str]]]:
+    """The aligned disks as new overlays and as (target, image) pairs for internal snapshots,
+    each checked by libvirt's per-disk rules (qemuSnapshotPrepare)."""
     overlays: list[Overlay] = []
-    internal_images: list[str] = []
+    internal: list[tuple[str, str]] = []
     for disk, domain_disk in zip(snap.disks, domain.disks, strict=True):
         if disk.snapshot == "manual":
             raise NotSupportedError(f"disk '{disk.name}': snapshot mode 'manual' is not "
                                     "supported by qsnap yet")
         if disk.snapshot == "internal":
-            if active:
+            if active and disk_only:
                 raise InvalidArgumentError(f"active qemu domains require external disk "
                                            f"snapshots; disk {disk.name} requested internal")
-            if domain_disk.type not in ("file", "block"):
+            if not active and domain_disk.type not in ("file", "block"):
                 raise NotSupportedError(f"internal inactive snapshots are not supported on "
                                         f"'{domain_disk.type}' disks")
             if domain_disk.driver_type != "qcow2":
                 raise NotSupportedError(f"internal snapshot for disk {disk.name} unsupported "
                                         f"for storage type {domain_disk.driver_type or 'raw'}")
-            internal_images.append(domain_disk.source or "")
+            internal.append((disk.name, domain_disk.source or ""))
         elif disk.snapshot == "external":
             disk.driver_type = disk.driver_type or "qcow2"
             if disk.driver_type not in OVERLAY_FORMATS:
@@ -115,23 +143,10 @@ def plan_disk_snapshot(request: SnapshotDef, domain: DomainDef, flags: CreateFla
             overlays.append(Overlay(disk.name, disk.source.path or "", disk.driver_type,
                                     domain_disk.source or "", domain_disk.driver_type or "raw",
                                     flags.reuse_external))
-
-    if overlays and internal_images:
+    if overlays and internal:
         raise NotSupportedError("mixing internal and external targets for a snapshot is not "
                                 "yet supported")
-    if not overlays and not internal_images:
-        raise InvalidArgumentError(
-            "disk-only snapshots require at least one disk to be selected for snapshot"
-            if flags.disk_only else "nothing selected for snapshot")
-    if internal_images:
-        for disk, domain_disk in zip(snap.disks, domain.disks, strict=True):
-            if disk.snapshot == "no" and not domain_disk.readonly and not domain_disk.is_empty:
-                raise InvalidArgumentError("internal and full system snapshots require all "
-                                           "disks to be selected for snapshot")
-
-    domain_after = with_disk_images(domain, {o.target: (o.path, o.format) for o in overlays}) \
-        if overlays else domain
-    return DiskSnapshotPlan(snap, bool(overlays), overlays, internal_images, domain_after)
+    return overlays, internal
 
 
 def check_overlay_targets(overlays: list[Overlay], *, nonempty: Collection[str],

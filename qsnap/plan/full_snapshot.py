@@ -13,13 +13,12 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from qsnap.errors import InvalidArgumentError, NotSupportedError
+from qsnap.errors import InvalidArgumentError
 from qsnap.model.domain import DomainDef, with_disk_images
 from qsnap.model.snapshot import SnapshotDef
-from qsnap.plan.disk_snapshot import OVERLAY_FORMATS, Overlay
+from qsnap.plan.disk_snapshot import Overlay, new_snapshot, split_disks
 from qsnap.plan.disks import align_disks
 from qsnap.plan.flags import CreateFlags
-from qsnap.plan.names import check_snapshot_name, default_snapshot_name
 
 
 @dataclass(frozen=True)
@@ -53,40 +52,18 @@ def plan_full_snapshot(request: SnapshotDef, domain: DomainDef, flags: CreateFla
             "internal snapshot of a running VM must include the memory state")
     if flags.quiesce:
         raise InvalidArgumentError("--quiesce requires --disk-only")
-    name = request.name if request.name is not None else default_snapshot_name(now)
-    if not flags.no_metadata:
-        check_snapshot_name(name)
     location = "external" if external else "internal"
-    snap = request.copy(name=name, creation_time=now, parent=current, state=state,
-                        memory=location, domain=domain.element, domain_uuid=None, active=None)
+    snap = new_snapshot(request, domain, flags, now=now, current=current, memory=location,
+                        state=state)
     snap.disks = align_disks(snap, domain, location, uniform_internal=True,
                              regular_files=regular_files)
-
-    internal: list[str] = []
-    overlays: list[Overlay] = []
-    for disk, domain_disk in zip(snap.disks, domain.disks, strict=True):
-        if disk.snapshot == "manual":
-            raise NotSupportedError(f"disk '{disk.name}': snapshot mode 'manual' is not "
-                                    "supported by qsnap yet")
-        if disk.snapshot == "internal":
-            if domain_disk.driver_type != "qcow2":
-                raise NotSupportedError(f"internal snapshot for disk {disk.name} unsupported "
-                                        f"for storage type {domain_disk.driver_type or 'raw'}")
-            internal.append(disk.name)
-        elif disk.snapshot == "external":
-            disk.driver_type = disk.driver_type or "qcow2"
-            if disk.driver_type not in OVERLAY_FORMATS:
-                raise NotSupportedError(f"external snapshot format for disk {disk.name} is "
-                                        f"unsupported: {disk.driver_type}")
-            overlays.append(Overlay(disk.name, disk.source.path or "", disk.driver_type,
-                                    domain_disk.source or "", domain_disk.driver_type or "raw",
-                                    flags.reuse_external))
-        elif not external and not domain_disk.readonly and not domain_disk.is_empty:
-            raise InvalidArgumentError("internal and full system snapshots require all disks "
-                                       "to be selected for snapshot")
-    if internal and external:
-        raise NotSupportedError("mixing internal and external targets for a snapshot is not "
-                                "yet supported")
+    overlays, pairs = split_disks(snap, domain, flags, active=True, disk_only=False)
+    internal = [target for target, _ in pairs]
+    if not external:
+        for disk, domain_disk in zip(snap.disks, domain.disks, strict=True):
+            if disk.snapshot == "no" and not domain_disk.readonly and not domain_disk.is_empty:
+                raise InvalidArgumentError("internal and full system snapshots require all "
+                                           "disks to be selected for snapshot")
     if not external and not internal:
         raise InvalidArgumentError("internal and full system snapshots require all disks to be "
                                    "selected for snapshot")
