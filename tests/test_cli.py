@@ -261,8 +261,15 @@ BAD_INPUTS = {
     "revert to missing images": (lambda t, f, c: ["snapshot-revert", "QEMUGuest1", "full"],
                                  "cannot revert to snapshot 'full': its image "
                                  "'/dev/HostVG/QEMUGuest1' no longer exists"),
-    "delete data not implemented": (lambda t, f, c: ["snapshot-delete", "QEMUGuest1", "meta"],
-                                    "deleting the data of snapshot 'meta' is not implemented"),
+    "delete data of missing images": (lambda t, f, c: ["snapshot-delete", "QEMUGuest1",
+                                                       "meta"],
+                                      "Could not open '/dev/HostVG/QEMUGuest1'"),
+    "delete data of external": (lambda t, f, c: ["snapshot-delete", "QEMUGuest1", "disk-snap"],
+                                "deleting the data of external snapshot 'disk-snap' (merging "
+                                "its overlays back) is not implemented in qsnap yet"),
+    "delete external children": (lambda t, f, c: ["snapshot-delete", "QEMUGuest1",
+                                                  "earlier_snap", "--children"],
+                                 "deletion of external children disk snapshots not supported"),
     "unknown domain": (lambda t, f, c: ["snapshot-list", "nope"],
                        "domain 'nope' is not defined"),
     "unknown snapshot": (lambda t, f, c: ["snapshot-info", "QEMUGuest1", "nope"],

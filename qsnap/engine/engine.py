@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from qsnap.engine.delete import delete_internal
 from qsnap.engine.disk_snapshot import take_disk_snapshot
 from qsnap.engine.full_snapshot import take_full_snapshot
 from qsnap.engine.guests import state_of, stop
@@ -32,7 +33,6 @@ from qsnap.errors import (
     InvalidArgumentError,
     NoDomainError,
     NoSnapshotError,
-    NotSupportedError,
     OperationInvalidError,
     QsnapError,
 )
@@ -59,7 +59,7 @@ from qsnap.model.snapshot import SnapshotDef, format_snapshot, parse_snapshot
 from qsnap.model.tree import SnapshotSummary, SnapshotTree
 from qsnap.monitor import Monitor, MonitorClosedError
 from qsnap.plan.create import check_create_request
-from qsnap.plan.delete import MetadataDeletePlan, plan_delete_metadata
+from qsnap.plan.delete import MetadataDeletePlan, plan_delete_data, plan_delete_metadata
 from qsnap.plan.disk_snapshot import DiskSnapshotPlan, plan_disk_snapshot
 from qsnap.plan.flags import CreateFlags, DeleteFlags, ListFilter, RevertFlags
 from qsnap.plan.full_snapshot import FullSnapshotPlan, plan_full_snapshot
@@ -72,7 +72,6 @@ from qsnap.store import KEEP, DomainFolder, StateDir, resolve_state_dir
 log = logging.getLogger("qsnap")
 T = TypeVar("T")
 
-_NOT_YET = "is not implemented in qsnap yet; nothing was changed"
 
 
 @dataclass(frozen=True)
@@ -567,25 +566,27 @@ class Engine:
 
     async def delete(self, domain: str, snapshot: str | None,
                      flags: DeleteFlags = DeleteFlags()) -> MetadataDeletePlan:
-        """virDomainSnapshotDelete. Returns what was removed and who became current."""
-        flags.check()
+        """virDomainSnapshotDelete. Returns what was removed and who became current.
 
-        def work(folder: DomainFolder) -> MetadataDeletePlan:
+        With ``metadata_only`` only qsnap's metadata goes. Otherwise the snapshots' data goes
+        too: internal snapshots are deleted from their images; external ones (which need their
+        overlays merged back) are refused for now, before anything changes.
+        """
+        flags.check()
+        async with self._session(domain) as folder:
             name = self._resolve(folder, snapshot)
-            tree = self._tree(folder)
-            plan = plan_delete_metadata(tree, name, flags)
+            plan = plan_delete_metadata(self._tree(folder), name, flags)
             if not flags.metadata_only:
-                raise NotSupportedError(
-                    f"deleting the data of snapshot '{name}' {_NOT_YET}; --metadata removes "
-                    "only qsnap's metadata and leaves the images as they are")
-            moved = []
-            for child, parent in plan.reparent.items():
-                moved.append(folder.read_snapshot(child).copy(parent=parent))
+                info = self._runtime(domain)[1]
+                snapshots = {n: folder.read_snapshot(n) for n in plan.remove}
+                removals = plan_delete_data(snapshots, plan, folder.definition, flags,
+                                            active=info is not None)
+                await delete_internal(removals, info)
+            moved = [folder.read_snapshot(child).copy(parent=parent)
+                     for child, parent in plan.reparent.items()]
             folder.save(put=moved, drop=plan.remove,
                         current=plan.current if plan.current_changes else KEEP)
             return plan
-
-        return await self._run(domain, work)
 
 
 def _same_uuid(a: str, b: str) -> bool:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from qsnap.errors import NotSupportedError, OperationInvalidError
+from qsnap.model.domain import DomainDef, parse_domain_element
+from qsnap.model.snapshot import SnapshotDef
 from qsnap.model.tree import SnapshotTree
 from qsnap.plan.flags import DeleteFlags
 
@@ -44,3 +47,52 @@ def plan_delete_metadata(tree: SnapshotTree, name: str, flags: DeleteFlags) -> M
         new_current = name if flags.children_only else parent
         return MetadataDeletePlan(name, remove, reparent, new_current, True)
     return MetadataDeletePlan(name, remove, reparent)
+
+
+@dataclass(frozen=True)
+class InternalRemoval:
+    """One internal snapshot's data: the tag to delete from each (target, image)."""
+
+    name: str
+    disks: list[tuple[str, str]]
+
+
+def plan_delete_data(snapshots: dict[str, SnapshotDef], plan: MetadataDeletePlan,
+                     domain_now: DomainDef, flags: DeleteFlags, *,
+                     active: bool) -> list[InternalRemoval]:
+    """What deleting the data (not just the metadata) of ``plan.remove`` takes.
+
+    Internal snapshots are removed from every image holding them, as libvirt does; a running
+    guest must be using exactly those images. Deleting external snapshots means merging their
+    overlays back (block commit), which qsnap does not do yet: refused, as libvirt refuses
+    external children with --children.
+    """
+    removals = []
+    for name in plan.remove:
+        snap = snapshots[name]
+        if snap.is_external:
+            if name != plan.target and (flags.children or flags.children_only):
+                raise NotSupportedError("deletion of external children disk snapshots not "
+                                        "supported")
+            raise NotSupportedError(
+                f"deleting the data of external snapshot '{name}' (merging its overlays back) "
+                "is not implemented in qsnap yet; nothing was changed. --metadata removes only "
+                "its metadata and leaves the images as they are")
+        if snap.domain is None:
+            raise NotSupportedError(
+                f"snapshot '{name}' records no domain definition, so qsnap cannot tell which "
+                "images hold it; --metadata removes only its metadata")
+        recorded = {d.target: d.source for d in parse_domain_element(snap.domain).disks}
+        now = {d.target: d.source for d in domain_now.disks}
+        disks = []
+        for disk in snap.disks:
+            if disk.snapshot != "internal":
+                continue
+            image = recorded.get(disk.name) or ""
+            if active and now.get(disk.name) != image:
+                raise OperationInvalidError(
+                    f"disk image '{image}' for internal snapshot '{name}' is not the same as "
+                    "disk image currently used by VM")
+            disks.append((disk.name, image))
+        removals.append(InternalRemoval(name, disks))
+    return removals
