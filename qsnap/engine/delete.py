@@ -12,6 +12,7 @@ from qsnap.plan.delete import InternalRemoval
 
 
 def _has_tag(image_info: dict, tag: str) -> bool:
+    """Whether qemu-img's ``info`` of an image lists internal snapshot *tag*."""
     return any(s.get("name") == tag for s in image_info.get("snapshots", []))
 
 
@@ -28,14 +29,11 @@ async def delete_internal(removals: list[InternalRemoval], running: RuntimeInfo 
         return
     async with await Monitor.connect(running.qmp) as monitor:
         tops = await monitor.block_tops()
-        nodes = {n["node-name"]: n for n in
-                 await monitor.execute("query-named-block-nodes", {"flat": True})}
+        held = await monitor.internal_snapshot_tags(list(tops.values()))
         for removal in removals:
             for target, image in removal.disks:
-                if not _has_tag(nodes[tops[target]].get("image", {}), removal.name):
+                if removal.name not in held[tops[target]]:
                     raise OperationInvalidError(f"image '{image}' holds no internal snapshot "
                                                 f"'{removal.name}'")
         for removal in removals:
-            await monitor.run_job("snapshot-delete", {
-                "tag": removal.name, "devices": [tops[t] for t, _ in removal.disks]},
-                monitor.job_id("delete"))
+            await monitor.delete_internal(removal.name, [tops[t] for t, _ in removal.disks])

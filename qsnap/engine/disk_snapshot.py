@@ -30,7 +30,8 @@ async def take_disk_snapshot(plan: DiskSnapshotPlan, domain: DomainDef,
                              running: RuntimeInfo | None, agent: str | None) -> None:
     """Make the images of *plan* exist: overlays switched in (running) or created (stopped),
     or internal snapshots in every qcow2 image (stopped)."""
-    await asyncio.to_thread(_check_overlay_files, plan, domain)
+    await asyncio.to_thread(check_overlay_files, plan.overlays,
+                            {d.source for d in domain.disks if d.source})
     if plan.external and running is not None:
         await _switch_overlays(running, plan, agent)
     elif plan.external:
@@ -65,18 +66,13 @@ async def switch_overlays(monitor: Monitor, overlays: list[Overlay]) -> None:
     new_nodes = {o.target: f"qs-{o.target}-{secrets.token_hex(4)}" for o in overlays}
     existed = {o.path for o in overlays if os.path.lexists(o.path)}
     try:
-        await monitor.execute("transaction", {
-            "actions": transaction_actions(overlays, tops, new_nodes)})
+        await monitor.transaction(transaction_actions(overlays, tops, new_nodes))
     except QsnapError:
         for overlay in overlays:
             if not overlay.reuse and overlay.path not in existed:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(overlay.path)
         raise
-
-
-def _check_overlay_files(plan: DiskSnapshotPlan, domain: DomainDef) -> None:
-    check_overlay_files(plan.overlays, {d.source for d in domain.disks if d.source})
 
 
 def check_overlay_files(overlays: list[Overlay], disk_images: set[str]) -> None:
@@ -145,9 +141,8 @@ async def _frozen(agent_path: str | None) -> AsyncIterator[None]:
         yield
         return
     async with await GuestAgent.connect(agent_path) as agent:
-        frozen = await agent.execute("guest-fsfreeze-freeze")
-        log.debug("guest agent froze %s file systems", frozen)
+        log.debug("guest agent froze %s file systems", await agent.freeze())
         try:
             yield
         finally:
-            await agent.execute("guest-fsfreeze-thaw")
+            await agent.thaw()

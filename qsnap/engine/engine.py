@@ -51,6 +51,7 @@ from qsnap.model.domain import (
     domain_from_qemu,
     parse_domain,
     parse_domain_element,
+    same_uuid,
     with_disk_images,
     with_uuid,
 )
@@ -64,7 +65,7 @@ from qsnap.plan.disk_snapshot import DiskSnapshotPlan, plan_disk_snapshot
 from qsnap.plan.flags import CreateFlags, DeleteFlags, ListFilter, RevertFlags
 from qsnap.plan.full_snapshot import FullSnapshotPlan, plan_full_snapshot
 from qsnap.plan.listing import select_snapshots
-from qsnap.plan.names import check_domain_name
+from qsnap.plan.names import check_domain_name, default_snapshot_name
 from qsnap.plan.redefine import plan_redefine
 from qsnap.plan.revert import plan_revert
 from qsnap.store import KEEP, DomainFolder, StateDir, resolve_state_dir
@@ -127,6 +128,15 @@ class Engine:
                    must_exist: bool = True) -> T:
         return await asyncio.to_thread(self._locked, domain, work, must_exist=must_exist)
 
+    async def _defining(self, domain: str, work: Callable[[DomainFolder], T]) -> T:
+        """Run *work* holding the state-wide define lock as well as *domain*'s, so two
+        definitions (define, attach) cannot claim one UUID at once."""
+        def locked() -> T:
+            with self.state.defining():
+                return self._locked(domain, work, must_exist=False)
+
+        return await asyncio.to_thread(locked)
+
     @contextlib.asynccontextmanager
     async def _session(self, domain: str) -> AsyncIterator[DomainFolder]:
         """Hold *domain*'s lock across awaits (QEMU work); file work is brief and stays inline."""
@@ -183,7 +193,7 @@ class Engine:
                 existing = folder.definition
                 if domain.uuid is None:
                     domain = with_uuid(domain, existing.uuid or str(uuidlib.uuid4()))
-                elif existing.uuid and not _same_uuid(existing.uuid, domain.uuid):
+                elif existing.uuid and not same_uuid(existing.uuid, domain.uuid):
                     raise AlreadyExistsError(
                         f"domain '{domain.name}' already exists with uuid {existing.uuid}")
             else:
@@ -193,19 +203,14 @@ class Engine:
             folder.write_definition(domain)
             return domain.name
 
-        def define_locked() -> str:
-            # Defines also hold a state-wide lock, so two of them cannot claim one UUID at once.
-            with self.state.defining():
-                return self._locked(domain.name, work, must_exist=False)
-
-        return await asyncio.to_thread(define_locked)
+        return await self._defining(domain.name, work)
 
     def _refuse_duplicate_uuid(self, domain: DomainDef) -> None:
         for other in self.state.domain_names():
             if other == domain.name:
                 continue
             other_uuid = self.state.folder(other).definition.uuid
-            if other_uuid and domain.uuid and _same_uuid(other_uuid, domain.uuid):
+            if other_uuid and domain.uuid and same_uuid(other_uuid, domain.uuid):
                 raise AlreadyExistsError(
                     f"domain '{other}' is already defined with uuid {domain.uuid}")
 
@@ -272,12 +277,10 @@ class Engine:
         """
         check_domain_name(domain)
         async with await Monitor.connect(os.path.abspath(qmp)) as monitor:
-            uuid = (await monitor.execute("query-uuid"))["UUID"]
-            devices = await monitor.block_devices()
-            memory = (await monitor.execute("query-memory-size-summary"))["base-memory"]
-            vcpus = len(await monitor.execute("query-cpus-fast"))
-            kvm = (await monitor.execute("query-kvm"))["enabled"]
+            facts = await monitor.describe()
             pid = monitor.peer_pid()
+        uuid, devices, kvm = facts["uuid"], facts["disks"], facts["kvm"]
+        memory, vcpus = facts["memory"], facts["vcpus"]
         if pid is None:
             raise OperationInvalidError(f"cannot tell which process serves {qmp}")
         running = [RunningDisk(name, d["file"], d["drv"], d.get("ro", False))
@@ -290,7 +293,7 @@ class Engine:
         def work(folder: DomainFolder) -> RuntimeInfo:
             if folder.exists():
                 definition = folder.definition
-                if uuid and definition.uuid and not _same_uuid(uuid, definition.uuid):
+                if uuid and definition.uuid and not same_uuid(uuid, definition.uuid):
                     raise InvalidArgumentError(f"QEMU at {qmp} runs uuid {uuid}, but domain "
                                                f"'{domain}' has uuid {definition.uuid}")
                 by_target = {d.target: d for d in running}
@@ -311,11 +314,7 @@ class Engine:
             write_runtime(runtime_paths(self.state_dir, domain), info)
             return info
 
-        def define_locked() -> RuntimeInfo:
-            with self.state.defining():
-                return self._locked(domain, work, must_exist=False)
-
-        return await asyncio.to_thread(define_locked)
+        return await self._defining(domain, work)
 
     # -- memory: save and restore ------------------------------------------------------------
 
@@ -335,16 +334,16 @@ class Engine:
                 raise OperationInvalidError(f"domain '{domain}' is not running")
             domain_xml = _image_xml(folder.definition, xml)
             async with await Monitor.connect(info.qmp) as monitor:
-                was_running = (await monitor.execute("query-status"))["status"] == "running"
+                was_running = await monitor.status() == "running"
                 if was_running:
-                    await monitor.execute("stop")
+                    await monitor.pause()
                 try:
                     await write_image(monitor, target, domain_xml,
                                       was_running if running is None else running)
                 except BaseException:
                     if was_running:
                         with contextlib.suppress(QsnapError):
-                            await monitor.execute("cont")
+                            await monitor.resume()
                     raise
             await stop(paths, info)
 
@@ -364,7 +363,7 @@ class Engine:
         folder = self.state.folder(domain.name)
         if folder.exists():
             known = folder.definition.uuid
-            if known and domain.uuid and not _same_uuid(known, domain.uuid):
+            if known and domain.uuid and not same_uuid(known, domain.uuid):
                 raise InvalidArgumentError(f"save image '{source}' is of a domain '{domain.name}' "
                                            f"with uuid {domain.uuid}, not {known}")
         else:
@@ -389,7 +388,7 @@ class Engine:
                         "state (the image is truncated or damaged, or does not match the "
                         "domain's devices)") from None
                 if image.was_running if running is None else running:
-                    await monitor.execute("cont")
+                    await monitor.resume()
         except BaseException:
             await stop(paths, info)
             raise
@@ -407,7 +406,7 @@ class Engine:
             if info is None:
                 raise OperationInvalidError(f"domain '{domain}' is not running")
             async with await Monitor.connect(info.qmp) as monitor:
-                await monitor.execute("system_powerdown")
+                await monitor.powerdown()
 
     async def domstate(self, domain: str) -> str:
         """virsh domstate: running, paused or shut off."""
@@ -438,7 +437,7 @@ class Engine:
                                      offline=flags.disk_only or not active)
             definition = folder.definition
             now = int(time.time())
-            name = request.name if request.name is not None else str(now)
+            name = request.name if request.name is not None else default_snapshot_name(now)
             check_create_request(request.copy(name=name), flags, domain,
                                  name_taken=folder.has_snapshot(name))
             current = folder.read_current()
@@ -575,7 +574,8 @@ class Engine:
         flags.check()
         async with self._session(domain) as folder:
             name = self._resolve(folder, snapshot)
-            plan = plan_delete_metadata(self._tree(folder), name, flags)
+            tree = await asyncio.to_thread(self._tree, folder)
+            plan = plan_delete_metadata(tree, name, flags)
             if not flags.metadata_only:
                 info = self._runtime(domain)[1]
                 snapshots = {n: folder.read_snapshot(n) for n in plan.remove}
@@ -587,10 +587,6 @@ class Engine:
             folder.save(put=moved, drop=plan.remove,
                         current=plan.current if plan.current_changes else KEEP)
             return plan
-
-
-def _same_uuid(a: str, b: str) -> bool:
-    return a.replace("-", "").lower() == b.replace("-", "").lower()
 
 
 def _regular_files(domain: DomainDef, snap: SnapshotDef) -> set[str]:
@@ -609,7 +605,7 @@ def _image_xml(domain: DomainDef, replacement: str | None) -> str:
         return domain.to_xml(secure=True)
     other = parse_domain(replacement, "--xml")
     if other.name != domain.name or (other.uuid and domain.uuid and
-                                     not _same_uuid(other.uuid, domain.uuid)):
+                                     not same_uuid(other.uuid, domain.uuid)):
         raise InvalidArgumentError(f"--xml must describe domain '{domain.name}' with uuid "
                                    f"{domain.uuid}, not '{other.name}' with uuid {other.uuid}")
     return other.to_xml(secure=True)

@@ -36,19 +36,17 @@ async def _internal(monitor: Monitor, plan: FullSnapshotPlan) -> None:
     tag = plan.snapshot.name or ""
     tops = await monitor.block_tops()
     nodes = [tops[target] for target in plan.internal_disks]
-    for node in await monitor.execute("query-named-block-nodes", {"flat": True}):
-        if node["node-name"] in nodes and any(
-                s.get("name") == tag for s in node.get("image", {}).get("snapshots", [])):
-            raise AlreadyExistsError(f"disk image '{node['file']}' already holds an internal "
-                                     f"snapshot named '{tag}'")
-    arguments = {"tag": tag, "vmstate": tops[plan.vmstate_disk or ""], "devices": nodes}
+    held = await monitor.internal_snapshot_tags(nodes)
+    for target, node in zip(plan.internal_disks, nodes, strict=True):
+        if tag in held[node]:
+            raise AlreadyExistsError(f"disk {target} already holds an internal snapshot named "
+                                     f"'{tag}'")
     try:
-        await monitor.run_job("snapshot-save", arguments, monitor.job_id("save"))
+        await monitor.save_internal(tag, tops[plan.vmstate_disk or ""], nodes)
     except QsnapError:
         # The tag was free on every disk before, so anything under it now is this job's leftover.
         with contextlib.suppress(QsnapError):
-            await monitor.run_job("snapshot-delete", {"tag": tag, "devices": nodes},
-                                  monitor.job_id("undo"))
+            await monitor.delete_internal(tag, nodes)
         raise
 
 
@@ -59,9 +57,9 @@ async def _external(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDef,
         raise AlreadyExistsError(f"refusing to overwrite existing file '{memory}' (the "
                                  "snapshot's memory file)")
     check_overlay_files(plan.overlays, {d.source for d in domain.disks if d.source})
-    was_running = (await monitor.execute("query-status"))["status"] == "running"
+    was_running = await monitor.status() == "running"
     if was_running and not live:
-        await monitor.execute("stop")
+        await monitor.pause()
     try:
         await write_image(monitor, memory, domain.to_xml(secure=True), was_running)
         try:
@@ -72,4 +70,4 @@ async def _external(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDef,
     finally:
         if was_running:
             with contextlib.suppress(QsnapError):
-                await monitor.execute("cont")
+                await monitor.resume()

@@ -20,7 +20,7 @@ async def state_of(info: RuntimeInfo | None) -> str:
         return "shut off"
     try:
         async with await Monitor.connect(info.qmp, timeout=5) as monitor:
-            status = (await monitor.execute("query-status"))["status"]
+            status = await monitor.status()
     except QsnapError:
         return "shut off" if not pid_alive(info.pid) else "unknown"
     return VIRSH_STATES.get(status, "paused")
@@ -31,7 +31,7 @@ async def stop(paths: RuntimePaths, info: RuntimeInfo) -> None:
     with contextlib.suppress(QsnapError):
         async with await Monitor.connect(info.qmp, timeout=5) as monitor:
             with contextlib.suppress(QsnapError):
-                await monitor.execute("quit", timeout=5)
+                await monitor.quit()
     if not await wait_gone(info.pid, 5):
         await kill_qemu(info)
     clear_runtime(paths)

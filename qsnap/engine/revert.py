@@ -76,11 +76,9 @@ async def carry_out_revert(plan: RevertPlan, paths: RuntimePaths, running: Runti
             elif plan.memory == "internal":
                 tops = await monitor.block_tops()
                 nodes = [tops[t] for t in plan.internal_disks]
-                await monitor.run_job("snapshot-load", {
-                    "tag": plan.target, "vmstate": nodes[0], "devices": nodes},
-                    monitor.job_id("load"))
+                await monitor.load_internal(plan.target, nodes[0], nodes)
             if plan.run:
-                await monitor.execute("cont")
+                await monitor.resume()
     except BaseException:
         if started is not None:
             with contextlib.suppress(QsnapError):

@@ -206,6 +206,11 @@ def parse_domain(text: str | bytes, what: str = "domain XML") -> DomainDef:
     return parse_domain_element(root, what, require_memory=True)
 
 
+def same_uuid(a: str, b: str) -> bool:
+    """UUIDs are equal whatever their case and dashes (libvirt accepts both spellings)."""
+    return a.replace("-", "").lower() == b.replace("-", "").lower()
+
+
 def with_uuid(domain: DomainDef, uuid: str) -> DomainDef:
     """A copy of *domain* that carries *uuid* (inserted after ``<name>``, where libvirt puts it)."""
     element = copy.deepcopy(domain.element)

@@ -89,6 +89,13 @@ class GuestAgent:
                                   f"{reply['error'].get('desc', reply['error'])}")
         return reply.get("return")
 
+    async def freeze(self) -> int:
+        """Freeze the guest's file systems; returns how many were frozen."""
+        return await self.execute("guest-fsfreeze-freeze")
+
+    async def thaw(self) -> int:
+        return await self.execute("guest-fsfreeze-thaw")
+
     async def close(self) -> None:
         self._writer.close()
         with contextlib.suppress(Exception):

@@ -150,6 +150,62 @@ class Monitor:
         return {name: inserted["node-name"]
                 for name, inserted in (await self.block_devices()).items()}
 
+    # -- the guest's run state ----------------------------------------------------------------
+
+    async def status(self) -> str:
+        """QEMU's run state: running, paused, postmigrate, shutdown, ..."""
+        return (await self.execute("query-status"))["status"]
+
+    async def pause(self) -> None:
+        await self.execute("stop")
+
+    async def resume(self) -> None:
+        await self.execute("cont")
+
+    async def quit(self, timeout: float = 5.0) -> None:
+        await self.execute("quit", timeout=timeout)
+
+    async def powerdown(self) -> None:
+        """Press the ACPI power button."""
+        await self.execute("system_powerdown")
+
+    async def describe(self) -> dict[str, Any]:
+        """What ``attach`` needs to define a domain: uuid, base memory in bytes, vCPU count,
+        whether KVM is on, and the disks (:meth:`block_devices`)."""
+        return {"uuid": (await self.execute("query-uuid"))["UUID"],
+                "memory": (await self.execute("query-memory-size-summary"))["base-memory"],
+                "vcpus": len(await self.execute("query-cpus-fast")),
+                "kvm": (await self.execute("query-kvm"))["enabled"],
+                "disks": await self.block_devices()}
+
+    # -- disks and internal snapshots ---------------------------------------------------------
+
+    async def transaction(self, actions: list[dict[str, object]]) -> None:
+        """Run *actions* (built by the plan) as one atomic QMP ``transaction``."""
+        await self.execute("transaction", {"actions": actions})
+
+    async def internal_snapshot_tags(self, nodes: list[str]) -> dict[str, set[str]]:
+        """The internal snapshot tags each of *nodes* (format nodes) holds."""
+        tags: dict[str, set[str]] = {node: set() for node in nodes}
+        for node in await self.execute("query-named-block-nodes", {"flat": True}):
+            if node["node-name"] in tags:
+                tags[node["node-name"]] = {
+                    s.get("name", "") for s in node.get("image", {}).get("snapshots", [])}
+        return tags
+
+    async def save_internal(self, tag: str, vmstate: str, devices: list[str]) -> None:
+        """savevm as a job: every device's state, and the memory in *vmstate*."""
+        await self.run_job("snapshot-save", {"tag": tag, "vmstate": vmstate,
+                                             "devices": devices}, self.job_id("save"))
+
+    async def load_internal(self, tag: str, vmstate: str, devices: list[str]) -> None:
+        await self.run_job("snapshot-load", {"tag": tag, "vmstate": vmstate,
+                                             "devices": devices}, self.job_id("load"))
+
+    async def delete_internal(self, tag: str, devices: list[str]) -> None:
+        await self.run_job("snapshot-delete", {"tag": tag, "devices": devices},
+                           self.job_id("delete"))
+
     def peer_pid(self) -> int | None:
         """The pid of the process on the other end of the QMP socket (SO_PEERCRED)."""
         import socket

@@ -11,7 +11,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from qsnap.errors import InvalidArgumentError
-from qsnap.model.domain import DomainDef, parse_domain_element
+from qsnap.model.domain import DomainDef, parse_domain_element, same_uuid
 from qsnap.model.snapshot import SnapshotDef
 from qsnap.model.tree import TreeView
 from qsnap.plan.disks import align_disks
@@ -65,7 +65,7 @@ def plan_redefine(snap: SnapshotDef, domain: DomainDef, tree: TreeView,
         raise InvalidArgumentError(
             f"disk-only flag for snapshot {snap.name} requires disk-snapshot state")
     if snap.uuid is not None and domain.uuid is not None and \
-            snap.uuid.lower().replace("-", "") != domain.uuid.lower().replace("-", ""):
+            not same_uuid(snap.uuid, domain.uuid):
         raise InvalidArgumentError(
             f"definition for snapshot {snap.name} must use uuid {domain.uuid}")
     _check_parent(snap, tree)

@@ -18,7 +18,7 @@ import copy
 from dataclasses import dataclass, field
 
 from qsnap.errors import InvalidArgumentError, NotSupportedError, OperationInvalidError
-from qsnap.model.domain import DomainDef, parse_domain_element, with_disk_images
+from qsnap.model.domain import DomainDef, parse_domain_element, same_uuid, with_disk_images
 from qsnap.model.snapshot import SnapshotDef
 from qsnap.plan.disk_snapshot import Overlay
 from qsnap.plan.disks import default_overlay_path
@@ -56,8 +56,7 @@ def snapshot_domain(snap: SnapshotDef, current: DomainDef, flags: RevertFlags) -
     element = copy.deepcopy(snap.domain)
     element.find("name").text = current.name
     recorded = parse_domain_element(element, f"the <domain> of snapshot '{snap.name}'")
-    if recorded.uuid and current.uuid and \
-            recorded.uuid.replace("-", "").lower() != current.uuid.replace("-", "").lower():
+    if recorded.uuid and current.uuid and not same_uuid(recorded.uuid, current.uuid):
         raise InvalidArgumentError(f"snapshot '{snap.name}' belongs to uuid {recorded.uuid}, "
                                    f"not to domain '{current.name}' ({current.uuid})")
     return recorded
