@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+from collections.abc import Callable
 
 from qsnap.errors import QsnapError
 
@@ -50,3 +52,46 @@ async def snapshot_delete(image: str, name: str) -> None:
 
 async def info(image: str) -> dict[str, object]:
     return json.loads(await qemu_img("info", "--output=json", "-U", image))
+
+
+async def rebase_unsafe(image: str, backing: str, backing_format: str) -> None:
+    """Point *image* at a new backing file without copying anything (``rebase -u``): right
+    only when the new backing reads exactly as the old one did, as after a commit into it."""
+    await qemu_img("rebase", "-u", "-b", backing, "-F", backing_format, image)
+
+
+_PERCENT = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+
+
+async def commit(top: str, base: str, progress: Callable[[float], None] | None = None,
+                 timeout: float = 24 * 3600.0) -> None:
+    """Copy *top*'s data (and that of the images between) into *base*, which must be in its
+    backing chain; *top* itself is left as it was (``-b`` implies ``-d``). *progress* gets
+    the fraction done as qemu-img reports it."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "qemu-img", "commit", "-p", "-b", base, top, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    except FileNotFoundError:
+        raise ImageToolError("qemu-img not found (install Debian's qemu-utils)") from None
+    assert proc.stdout is not None and proc.stderr is not None
+
+    async def follow() -> bytes:
+        assert proc.stdout is not None and proc.stderr is not None
+        while chunk := await proc.stdout.read(4096):
+            if progress is not None:
+                found = _PERCENT.findall(chunk)
+                if found:
+                    progress(float(found[-1]) / 100)
+        return await proc.stderr.read()
+
+    try:
+        err = await asyncio.wait_for(follow(), timeout)
+        await proc.wait()
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        raise
+    if proc.returncode != 0:
+        raise ImageToolError(f"qemu-img commit failed: {err.decode(errors='replace').strip()}")
+

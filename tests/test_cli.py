@@ -265,11 +265,13 @@ BAD_INPUTS = {
                                                        "meta"],
                                       "Could not open '/dev/HostVG/QEMUGuest1'"),
     "delete data of external": (lambda t, f, c: ["snapshot-delete", "QEMUGuest1", "disk-snap"],
-                                "deleting the data of external snapshot 'disk-snap' (merging "
-                                "its overlays back) is not implemented in qsnap yet"),
-    "delete external children": (lambda t, f, c: ["snapshot-delete", "QEMUGuest1",
-                                                  "earlier_snap", "--children"],
-                                 "deletion of external children disk snapshots not supported"),
+                                "image '/dev/HostVG/QEMUGuest4' of snapshot 'disk-snap' "
+                                "(disk 'hdd') does not exist, so its data cannot be merged"),
+    "delete children without a <domain>": (lambda t, f, c: ["snapshot-delete", "QEMUGuest1",
+                                                            "earlier_snap", "--children"],
+                                           "snapshot 'earlier_snap' records no domain "
+                                           "definition, so qsnap cannot tell which images hold "
+                                           "it"),
     "unknown domain": (lambda t, f, c: ["snapshot-list", "nope"],
                        "domain 'nope' is not defined"),
     "unknown snapshot": (lambda t, f, c: ["snapshot-info", "QEMUGuest1", "nope"],

@@ -1,14 +1,51 @@
-"""Deleting the data of internal snapshots: QEMU's ``snapshot-delete`` job on a running guest,
-``qemu-img snapshot -d`` on a stopped one. Every tag is checked to be present first, so a
-deletion does not stop half-way over a missing one."""
+"""Deleting snapshots' data: internal tags, external merges, and finishing what a crash left.
+
+Order, chosen so that a crash (of qsnap or of QEMU) at any point leaves every image readable,
+every remaining snapshot's data intact, and a record from which the next command finishes:
+
+1. everything that can be checked is checked (tags present, images writable, space for the
+   merges, no other block job): a refusal changes nothing;
+2. the whole operation, metadata result included, is written to the intent record;
+3. internal tags are deleted; images are merged (QEMU block-commit for the running guest's
+   chain, ``qemu-img commit`` otherwise), each merge marked done in the record;
+4. the metadata is saved in one atomic change; 5. merged and unneeded files are removed;
+6. the record is cleared.
+
+Why a half-done merge is safe to redo: while the data of *top* is copied into *base*, reading
+through *top* gives exactly what it gave before (top's own data wins over base's), and nothing
+else reads *base* (the plan only merges into an image with one needed image above it). So a
+merge is finished by doing it again. The one step that is not repeatable is the pivot of an
+active commit, after which the guest writes to *base* alone: qsnap pauses the guest around it
+and marks the merge done before the guest runs again, so if QEMU dies there, *top* and *base*
+hold the same data and redoing the merge offline is still right.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
 from qsnap import images
-from qsnap.errors import OperationInvalidError
+from qsnap.errors import OperationInvalidError, QsnapError
+from qsnap.faults import crash_point
 from qsnap.launcher.process import RuntimeInfo
+from qsnap.model.domain import DomainDef, parse_domain
+from qsnap.model.image_graph import ImageFacts, ImageGraph
+from qsnap.model.snapshot import SnapshotDef, format_snapshot, parse_snapshot
 from qsnap.monitor import Monitor
 from qsnap.plan.delete import InternalRemoval
+from qsnap.plan.external_delete import ExternalDeletePlan, Merge, disk_sources
+from qsnap.progress import ProgressCallback, ProgressMeter
+from qsnap.store import KEEP, DomainFolder
+from qsnap.store.intent import clear_intent, read_intent, write_intent
+
+log = logging.getLogger("qsnap")
+
+INTENT_KIND = "delete"
 
 
 def _has_tag(image_info: dict, tag: str) -> bool:
@@ -16,16 +53,46 @@ def _has_tag(image_info: dict, tag: str) -> bool:
     return any(s.get("name") == tag for s in image_info.get("snapshots", []))
 
 
-async def delete_internal(removals: list[InternalRemoval], running: RuntimeInfo | None) -> None:
+# -- facts --------------------------------------------------------------------------------------
+
+async def image_graph(snapshots: dict[str, SnapshotDef], definition: DomainDef) -> ImageGraph:
+    """What ``qemu-img info`` says about every image the metadata names, and their chains."""
+    named = {d.source for d in definition.disks if d.source}
+    for snap in snapshots.values():
+        named.update(disk_sources(snap).values())
+        named.update(d.source.path for d in snap.disks if d.source.path)
+    graph = ImageGraph()
+    limit = asyncio.Semaphore(8)
+
+    async def look(path: str) -> None:
+        async with limit:
+            graph.add(ImageFacts.from_qemu_img(await images.info(path)))
+
+    pending = {p for p in named if os.path.exists(p)}
+    while pending:
+        await asyncio.gather(*(look(p) for p in sorted(pending)))
+        pending = {p for p in graph.missing_backings() if os.path.exists(p)}
+    return graph
+
+
+async def running_chains(running: RuntimeInfo | None) -> dict[str, list[str]] | None:
+    if running is None:
+        return None
+    async with await Monitor.connect(running.qmp) as monitor:
+        chains = await monitor.block_chains()
+    return {target: [f for _, f in chain] for target, chain in chains.items()}
+
+
+# -- checks -------------------------------------------------------------------------------------
+
+async def check_internal(removals: list[InternalRemoval], running: RuntimeInfo | None) -> None:
+    """Every tag to delete is present: a deletion does not stop half-way over a missing one."""
     if running is None:
         for removal in removals:
             for _, image in removal.disks:
                 if not _has_tag(await images.info(image), removal.name):
                     raise OperationInvalidError(f"image '{image}' holds no internal snapshot "
                                                 f"'{removal.name}'")
-        for removal in removals:
-            for _, image in removal.disks:
-                await images.snapshot_delete(image, removal.name)
         return
     async with await Monitor.connect(running.qmp) as monitor:
         tops = await monitor.block_tops()
@@ -35,5 +102,260 @@ async def delete_internal(removals: list[InternalRemoval], running: RuntimeInfo 
                 if removal.name not in held[tops[target]]:
                     raise OperationInvalidError(f"image '{image}' holds no internal snapshot "
                                                 f"'{removal.name}'")
-        for removal in removals:
-            await monitor.delete_internal(removal.name, [tops[t] for t, _ in removal.disks])
+
+
+async def check_external(plan: ExternalDeletePlan, graph: ImageGraph,
+                         running: RuntimeInfo | None) -> None:
+    """What would make a merge fail part-way, found before it starts."""
+    if running is not None and any(m.live for m in plan.merges):
+        async with await Monitor.connect(running.qmp) as monitor:
+            if await monitor.jobs():
+                raise OperationInvalidError("cannot delete external snapshots when there is "
+                                            "another active block job")
+    needs: dict[int, int] = {}
+    for merge in plan.merges:
+        if not os.access(merge.base, os.W_OK):
+            raise OperationInvalidError(f"cannot merge into image '{merge.base}': it is not "
+                                        "writable")
+        device = os.stat(merge.base).st_dev
+        needs[device] = needs.get(device, 0) + sum(graph[p].allocated
+                                                   for p in merge.merged_away)
+        stats = os.statvfs(merge.base)
+        free = stats.f_bavail * stats.f_frsize
+        if needs[device] > free:
+            raise OperationInvalidError(
+                f"not enough free space to merge into '{merge.base}': the merge may need up to "
+                f"{_mib(needs[device])}, and its file system has {_mib(free)} free")
+    for path in plan.remove_files:
+        if os.path.lexists(path) and not os.access(os.path.dirname(path) or ".", os.W_OK):
+            raise OperationInvalidError(f"cannot remove '{path}': its folder is not writable")
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
+
+
+# -- the record -----------------------------------------------------------------------------------
+
+@dataclass
+class DeleteWork:
+    """A whole delete, as the intent record keeps it (metadata as XML text)."""
+
+    snapshot: str
+    internal: list[InternalRemoval] = field(default_factory=list)
+    merges: list[Merge] = field(default_factory=list)
+    merged: list[bool] = field(default_factory=list)
+    remove_files: list[str] = field(default_factory=list)
+    put: list[str] = field(default_factory=list)
+    drop: list[str] = field(default_factory=list)
+    current: str | None = None
+    current_changes: bool = False
+    definition: str | None = None
+    paused: bool = False
+
+    @classmethod
+    def build(cls, snapshot: str, internal: list[InternalRemoval], plan: ExternalDeletePlan,
+              put: list[SnapshotDef], drop: list[str], current: str | None,
+              current_changes: bool, definition: DomainDef | None) -> DeleteWork:
+        return cls(snapshot, internal, list(plan.merges), [False] * len(plan.merges),
+                   list(plan.remove_files),
+                   [format_snapshot(s, active=False) for s in put], drop, current,
+                   current_changes, definition.to_xml() if definition is not None else None)
+
+    def record(self) -> dict[str, Any]:
+        return {"kind": INTENT_KIND, **asdict(self)}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> DeleteWork:
+        data = {k: v for k, v in record.items() if k != "kind"}
+        data["internal"] = [InternalRemoval(r["name"], [tuple(d) for d in r["disks"]])
+                            for r in data["internal"]]
+        data["merges"] = [Merge(**{**m, "between": tuple(m["between"]),
+                                   "rebase": tuple(m["rebase"])}) for m in data["merges"]]
+        return cls(**data)
+
+
+# -- carrying it out ------------------------------------------------------------------------------
+
+class DeleteRun:
+    """Carries out (or, after a crash, finishes) one :class:`DeleteWork`."""
+
+    def __init__(self, work: DeleteWork, folder: DomainFolder, running: RuntimeInfo | None,
+                 progress: ProgressCallback | None = None) -> None:
+        self.work = work
+        self.folder = folder
+        self.running = running
+        self.progress = progress
+
+    def _record(self) -> None:
+        write_intent(self.folder.path, self.work.record())
+
+    async def start(self) -> None:
+        self._record()
+        crash_point("delete: intent recorded")
+        await self.finish()
+
+    async def finish(self) -> None:
+        work = self.work
+        await self._delete_tags()
+        crash_point("delete: internal snapshots removed")
+        if not all(work.merged):
+            if self.running is not None:
+                await self._merge_live()
+            await self._merge_offline()
+        crash_point("delete: images merged")
+        self.folder.save(
+            put=[parse_snapshot(x, redefine=True, internal=True) for x in work.put],
+            drop=[n for n in work.drop if self.folder.has_snapshot(n)],
+            current=work.current if work.current_changes else KEEP,
+            definition=parse_domain(work.definition) if work.definition else None)
+        crash_point("delete: metadata saved")
+        for path in work.remove_files:
+            with contextlib.suppress(FileNotFoundError):
+                await asyncio.to_thread(os.unlink, path)
+            crash_point(f"delete: removed {os.path.basename(path)}")
+        clear_intent(self.folder.path)
+
+    async def _delete_tags(self) -> None:
+        """Delete each internal tag still present (a repeat after a crash skips the done)."""
+        removals = self.work.internal
+        if not removals:
+            return
+        if self.running is None:
+            for removal in removals:
+                for _, image in removal.disks:
+                    if _has_tag(await images.info(image), removal.name):
+                        await images.snapshot_delete(image, removal.name)
+            return
+        async with await Monitor.connect(self.running.qmp) as monitor:
+            tops = await monitor.block_tops()
+            held = await monitor.internal_snapshot_tags(list(tops.values()))
+            for removal in removals:
+                nodes = [tops[t] for t, _ in removal.disks if removal.name in held[tops[t]]]
+                if nodes:
+                    await monitor.delete_internal(removal.name, nodes)
+
+    def _mark_merged(self, merge: Merge) -> None:
+        self.work.merged[self.work.merges.index(merge)] = True
+        self._record()
+
+    def _meter(self, merge: Merge) -> ProgressMeter:
+        return ProgressMeter(f"merge {merge.target}: {os.path.basename(merge.top)} into "
+                             f"{os.path.basename(merge.base)}", self.progress)
+
+    async def _merge_live(self) -> None:
+        """Block-commit every merge whose top the running guest has open, all at once; the
+        guest is paused only around the pivots of active commits."""
+        assert self.running is not None
+        work = self.work
+        async with await Monitor.connect(self.running.qmp) as monitor:
+            chains = await monitor.block_chains()
+            jobs: dict[str, Merge] = {}
+            for merge, done in zip(list(work.merges), list(work.merged), strict=True):
+                chain = chains.get(merge.target, [])
+                files = [f for _, f in chain]
+                if done or merge.top not in files:
+                    if not done and merge.live:
+                        self._mark_merged(merge)  # QEMU finished it before a crash
+                    continue
+                job_id = f"qsnap-commit-{merge.target}"
+                if await monitor.job(job_id) is None:
+                    node = {f: n for n, f in chain}
+                    await monitor.start_commit(job_id, chain[0][0], node[merge.base],
+                                               None if merge.active else node[merge.top])
+                    crash_point(f"delete: commit of {merge.target} started")
+                jobs[job_id] = merge
+            if not jobs:
+                return
+            for job_id, merge in jobs.items():
+                job = await monitor.wait_job(job_id, frozenset({"ready", "pending"}),
+                                             progress=self._meter(merge))
+                if job["status"] == "concluded" and job.get("error"):
+                    await monitor.dismiss_job(job_id)
+                    raise OperationInvalidError(
+                        f"block commit failed while deleting disk '{merge.target}' snapshot: "
+                        f"'{job['error']}'")
+            crash_point("delete: commits ready")
+            pause = any(m.active for m in jobs.values()) and await monitor.status() == "running"
+            if pause:
+                work.paused = True
+                self._record()
+                await monitor.pause()
+            try:
+                for job_id in jobs:
+                    status = (await monitor.job(job_id) or {}).get("status")
+                    if status == "ready":
+                        await monitor.complete_job(job_id)
+                    elif status == "pending":
+                        await monitor.finalize_job(job_id)
+                crash_point("delete: commits completing")
+                for job_id, merge in jobs.items():
+                    job = await monitor.wait_job(job_id, frozenset())
+                    await monitor.dismiss_job(job_id)
+                    if job.get("error"):
+                        raise OperationInvalidError(
+                            f"finishing block job failed while deleting disk '{merge.target}' "
+                            f"snapshot: '{job['error']}'")
+                    self._mark_merged(merge)
+                crash_point("delete: commits done")
+            finally:
+                if pause:
+                    with contextlib.suppress(QsnapError):
+                        await monitor.resume()
+                    work.paused = False
+                    self._record()
+            open_files = {f for chain in (await monitor.block_chains()).values()
+                          for _, f in chain}
+        for merge in jobs.values():
+            for child in merge.rebase:
+                if child not in open_files and os.path.exists(child):
+                    await images.rebase_unsafe(child, merge.base, merge.base_format)
+
+    async def _merge_offline(self) -> None:
+        """qemu-img for merges the running guest does not have open (or any, when stopped)."""
+        for merge, done in zip(list(self.work.merges), list(self.work.merged), strict=True):
+            if done:
+                continue
+            if os.path.exists(merge.top):
+                total = sum(_allocated(p) for p in merge.merged_away)
+                await images.commit(merge.top, merge.base,
+                                    self._meter(merge).fraction(total))
+                crash_point(f"delete: {merge.target} committed offline")
+            for child in merge.rebase:
+                if os.path.exists(child):
+                    await images.rebase_unsafe(child, merge.base, merge.base_format)
+            self._mark_merged(merge)
+
+
+def _allocated(path: str) -> int:
+    try:
+        return os.stat(path).st_blocks * 512
+    except FileNotFoundError:
+        return 0
+
+
+async def resume_if_paused_by_us(work: DeleteWork, running: RuntimeInfo | None) -> None:
+    """A crash between the pause and the resume around a pivot leaves the guest paused."""
+    if not work.paused or running is None:
+        return
+    async with await Monitor.connect(running.qmp) as monitor:
+        if await monitor.status() == "paused":
+            await monitor.resume()
+
+
+async def finish_interrupted(folder: DomainFolder, running: RuntimeInfo | None) -> str | None:
+    """Finish a delete a crash interrupted; a line saying what was done, or None."""
+    record = read_intent(folder.path)
+    if record is None:
+        return None
+    if record["kind"] != INTENT_KIND:
+        raise OperationInvalidError(f"domain '{folder.name}': unknown interrupted operation "
+                                    f"'{record['kind']}' in {folder.path}/intent.json")
+    work = DeleteWork.from_record(record)
+    done_before = sum(work.merged)
+    try:
+        await DeleteRun(work, folder, running).finish()
+    finally:
+        await resume_if_paused_by_us(work, running)
+    return (f"domain '{folder.name}': finished deleting snapshot '{work.snapshot}', which a "
+            f"crash had interrupted ({done_before} of {len(work.merges)} merges had been done)")

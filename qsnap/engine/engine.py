@@ -22,12 +22,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from qsnap.engine.delete import delete_internal
+from qsnap.engine.delete import (
+    DeleteRun,
+    DeleteWork,
+    check_external,
+    check_internal,
+    finish_interrupted,
+    image_graph,
+    running_chains,
+)
 from qsnap.engine.disk_snapshot import take_disk_snapshot
 from qsnap.engine.full_snapshot import take_full_snapshot
 from qsnap.engine.guests import state_of, stop
 from qsnap.engine.memory import load_image, read_image, write_image
-from qsnap.engine.revert import carry_out_revert, check_revert
+from qsnap.engine.revert import (
+    ImageReferences,
+    carry_out_revert,
+    check_revert,
+    discarded_overlays,
+    with_new_overlays,
+)
 from qsnap.errors import (
     AlreadyExistsError,
     InvalidArgumentError,
@@ -62,13 +76,21 @@ from qsnap.monitor import Monitor, MonitorClosedError
 from qsnap.plan.create import check_create_request
 from qsnap.plan.delete import MetadataDeletePlan, plan_delete_data, plan_delete_metadata
 from qsnap.plan.disk_snapshot import DiskSnapshotPlan, plan_disk_snapshot
+from qsnap.plan.external_delete import (
+    ExternalDeletePlan,
+    plan_external_delete,
+    renamed_definition,
+    renamed_snapshot,
+)
 from qsnap.plan.flags import CreateFlags, DeleteFlags, ListFilter, RevertFlags
 from qsnap.plan.full_snapshot import FullSnapshotPlan, plan_full_snapshot
 from qsnap.plan.listing import select_snapshots
 from qsnap.plan.names import check_domain_name, default_snapshot_name
 from qsnap.plan.redefine import plan_redefine
 from qsnap.plan.revert import plan_revert
+from qsnap.progress import ProgressCallback
 from qsnap.store import KEEP, DomainFolder, StateDir, resolve_state_dir
+from qsnap.store.intent import has_intent
 
 log = logging.getLogger("qsnap")
 T = TypeVar("T")
@@ -125,7 +147,19 @@ class Engine:
             return work(folder)
 
     async def _run(self, domain: str, work: Callable[[DomainFolder], T], *,
-                   must_exist: bool = True) -> T:
+                   must_exist: bool = True, reading: bool = False) -> T:
+        """Run metadata *work* under the lock in a worker thread. An operation on images that
+        a crash interrupted is finished first; when that fails, reads go on (with a warning)
+        and changes are refused."""
+        if has_intent(self.state.folder(domain).path):
+            try:
+                async with self._session(domain):
+                    pass
+            except QsnapError as exc:
+                if not reading:
+                    raise
+                log.warning("domain '%s': an interrupted operation could not be finished: %s",
+                            domain, exc)
         return await asyncio.to_thread(self._locked, domain, work, must_exist=must_exist)
 
     async def _defining(self, domain: str, work: Callable[[DomainFolder], T]) -> T:
@@ -138,16 +172,24 @@ class Engine:
         return await asyncio.to_thread(locked)
 
     @contextlib.asynccontextmanager
-    async def _session(self, domain: str) -> AsyncIterator[DomainFolder]:
-        """Hold *domain*'s lock across awaits (QEMU work); file work is brief and stays inline."""
+    async def _session(self, domain: str,
+                       recovered: list[str] | None = None) -> AsyncIterator[DomainFolder]:
+        """Hold *domain*'s lock across awaits (QEMU work); file work is brief and stays inline.
+        First finish what a crash left: a metadata change, then an operation on images."""
         folder = self.state.folder(domain)
         if not folder.exists():
             raise NoDomainError(f"domain '{domain}' is not defined")
         lock = self.state.lock(domain)
         await asyncio.to_thread(lock.acquire)
         try:
-            for line in folder.recover():
+            lines = folder.recover()
+            if has_intent(folder.path):
+                line = await finish_interrupted(folder, self._runtime(domain)[1])
+                lines += [line] if line else []
+            for line in lines:
                 log.warning("recovered: %s", line)
+            if recovered is not None:
+                recovered.extend(lines)
             _ = folder.definition
             yield folder
         finally:
@@ -414,7 +456,7 @@ class Engine:
             return await state_of(self._runtime(domain)[1])
 
     async def domain_xml(self, domain: str, *, secure: bool = False) -> str:
-        return await self._run(domain, lambda f: f.definition.to_xml(secure=secure))
+        return await self._run(domain, lambda f: f.definition.to_xml(secure=secure), reading=True)
 
     # -- creating ---------------------------------------------------------------------------
 
@@ -487,11 +529,11 @@ class Engine:
     async def list(self, domain: str, flt: ListFilter = ListFilter()) -> list[SnapshotSummary]:
         """virDomainListAllSnapshots / virDomainSnapshotListAllChildren with their filters."""
         flt.check()
-        return await self._run(domain, lambda f: select_snapshots(self._tree(f), flt))
+        return await self._run(domain, lambda f: select_snapshots(self._tree(f), flt), reading=True)
 
     async def tree(self, domain: str) -> SnapshotTree:
         """The whole snapshot tree, for drawing or walking."""
-        return await self._run(domain, self._tree)
+        return await self._run(domain, self._tree, reading=True)
 
     async def get_xml(self, domain: str, snapshot: str | None, *, secure: bool = False) -> str:
         """virDomainSnapshotGetXMLDesc; *secure* includes passwords (``--security-info``)."""
@@ -500,11 +542,12 @@ class Engine:
             snap = folder.read_snapshot(self._resolve(folder, snapshot))
             return format_snapshot(snap, uuid=folder.definition.uuid, secure=secure)
 
-        return await self._run(domain, work)
+        return await self._run(domain, work, reading=True)
 
     async def get(self, domain: str, snapshot: str | None) -> SnapshotDef:
         """The parsed definition of a snapshot."""
-        return await self._run(domain, lambda f: f.read_snapshot(self._resolve(f, snapshot)))
+        return await self._run(domain, lambda f: f.read_snapshot(self._resolve(f, snapshot)),
+                               reading=True)
 
     async def info(self, domain: str, snapshot: str | None) -> SnapshotInfo:
         def work(folder: DomainFolder) -> SnapshotInfo:
@@ -516,7 +559,7 @@ class Engine:
                                 parent=tree.parent(name), children=len(tree.children(name)),
                                 descendants=len(tree.descendants(name)))
 
-        return await self._run(domain, work)
+        return await self._run(domain, work, reading=True)
 
     async def current(self, domain: str) -> str | None:
         """The current snapshot's name, or None."""
@@ -525,7 +568,7 @@ class Engine:
             name = folder.read_current()
             return name if name is not None and folder.has_snapshot(name) else None
 
-        return await self._run(domain, work)
+        return await self._run(domain, work, reading=True)
 
     async def set_current(self, domain: str, snapshot: str) -> None:
         """Make an existing snapshot current without reverting to it."""
@@ -539,7 +582,7 @@ class Engine:
         def work(folder: DomainFolder) -> str | None:
             return folder.read_snapshot(self._resolve(folder, snapshot)).parent
 
-        return await self._run(domain, work)
+        return await self._run(domain, work, reading=True)
 
     # -- changing state ---------------------------------------------------------------------
 
@@ -556,37 +599,77 @@ class Engine:
                 if not any(os.path.lexists(o.path) for o in plan.overlays):
                     break
                 plan = plan_revert(snap, folder.definition, flags, now=now + later)
-            shared = await asyncio.to_thread(_shared_bases, folder, name)
-            memory = await asyncio.to_thread(check_revert, plan, shared)
+            refs = await asyncio.to_thread(
+                lambda: ImageReferences.of({n: folder.read_snapshot(n)
+                                            for n in folder.snapshot_names()}))
+            memory = await asyncio.to_thread(check_revert, plan, refs.shared_bases(name))
             paths, info = self._runtime(domain)
+            before = folder.definition
             await carry_out_revert(plan, paths, info, memory)
-            folder.save(current=name, definition=plan.domain)
+            discarded = await discarded_overlays(before, plan.domain, refs)
+            updated = with_new_overlays(snap, plan) if not refs.has_children(name) else None
+            folder.save(put=[updated] if updated is not None else [], current=name,
+                        definition=plan.domain)
+            for path in discarded:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
             return name
 
     async def delete(self, domain: str, snapshot: str | None,
-                     flags: DeleteFlags = DeleteFlags()) -> MetadataDeletePlan:
+                     flags: DeleteFlags = DeleteFlags(), *,
+                     progress: ProgressCallback | None = None) -> MetadataDeletePlan:
         """virDomainSnapshotDelete. Returns what was removed and who became current.
 
         With ``metadata_only`` only qsnap's metadata goes. Otherwise the snapshots' data goes
-        too: internal snapshots are deleted from their images; external ones (which need their
-        overlays merged back) are refused for now, before anything changes.
+        too: internal snapshots are deleted from their images, and external ones are merged
+        into the images above them (see :mod:`qsnap.plan.external_delete`), on a running guest
+        by QEMU, on a stopped one by qemu-img. *progress* hears how each merge advances.
+        A crash part-way is finished by the next command on the domain.
         """
         flags.check()
         async with self._session(domain) as folder:
             name = self._resolve(folder, snapshot)
             tree = await asyncio.to_thread(self._tree, folder)
             plan = plan_delete_metadata(tree, name, flags)
-            if not flags.metadata_only:
-                info = self._runtime(domain)[1]
-                snapshots = {n: folder.read_snapshot(n) for n in plan.remove}
-                removals = plan_delete_data(snapshots, plan, folder.definition, flags,
-                                            active=info is not None)
-                await delete_internal(removals, info)
-            moved = [folder.read_snapshot(child).copy(parent=parent)
-                     for child, parent in plan.reparent.items()]
-            folder.save(put=moved, drop=plan.remove,
-                        current=plan.current if plan.current_changes else KEEP)
+            moved = {child: folder.read_snapshot(child).copy(parent=parent)
+                     for child, parent in plan.reparent.items()}
+            if flags.metadata_only:
+                folder.save(put=list(moved.values()), drop=plan.remove,
+                            current=plan.current if plan.current_changes else KEEP)
+                return plan
+            info = self._runtime(domain)[1]
+            definition = folder.definition
+            external = any(folder.read_snapshot(n).is_external for n in plan.remove)
+            names = folder.snapshot_names() if external else plan.remove
+            snapshots = await asyncio.to_thread(lambda: {n: folder.read_snapshot(n)
+                                                         for n in names})
+            removals = plan_delete_data(snapshots, plan, definition, active=info is not None)
+            await check_internal(removals, info)
+            images_plan = ExternalDeletePlan()
+            if external:
+                graph = await image_graph(snapshots, definition)
+                images_plan = plan_external_delete(snapshots, plan.remove, definition, graph,
+                                                   await running_chains(info))
+                await check_external(images_plan, graph, info)
+            for other, snap in snapshots.items():
+                if other in plan.remove:
+                    continue
+                renamed = renamed_snapshot(moved.get(other, snap), images_plan.renames)
+                if renamed is not None:
+                    moved[other] = renamed
+            work = DeleteWork.build(
+                name, removals, images_plan, list(moved.values()), plan.remove, plan.current,
+                plan.current_changes, renamed_definition(definition, images_plan.renames))
+            await DeleteRun(work, folder, info, progress).start()
             return plan
+
+    async def recover(self, domain: str) -> list[str]:
+        """Finish whatever a crash left half-done on *domain* (``qsnap recover``); returns a
+        line per thing recovered (every other command does this first, too)."""
+        lines: list[str] = []
+        async with self._session(domain, recovered=lines):
+            pass
+        return lines
 
 
 def _regular_files(domain: DomainDef, snap: SnapshotDef) -> set[str]:
@@ -609,19 +692,3 @@ def _image_xml(domain: DomainDef, replacement: str | None) -> str:
         raise InvalidArgumentError(f"--xml must describe domain '{domain.name}' with uuid "
                                    f"{domain.uuid}, not '{other.name}' with uuid {other.uuid}")
     return other.to_xml(secure=True)
-
-
-def _shared_bases(folder: DomainFolder, target: str) -> dict[str, str]:
-    """Images that external snapshots (other than *target*) keep as their read-only base."""
-    bases: dict[str, str] = {}
-    for name in folder.snapshot_names():
-        if name == target:
-            continue
-        snap = folder.read_snapshot(name)
-        if snap.domain is None or not any(d.snapshot == "external" for d in snap.disks):
-            continue
-        sources = {d.target: d.source for d in parse_domain_element(snap.domain).disks}
-        for disk in snap.disks:
-            if disk.snapshot == "external" and sources.get(disk.name):
-                bases.setdefault(sources[disk.name] or "", name)
-    return bases

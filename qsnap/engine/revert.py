@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from qsnap import images
@@ -22,9 +23,79 @@ from qsnap.errors import InvalidArgumentError, OperationInvalidError, QsnapError
 from qsnap.launcher.accel import choose_accel
 from qsnap.launcher.command import RuntimePaths
 from qsnap.launcher.process import RuntimeInfo, start_qemu
+from qsnap.model.domain import DomainDef
+from qsnap.model.image_graph import ImageFacts
 from qsnap.model.save_image import SaveImage
+from qsnap.model.snapshot import DiskSource, SnapshotDef
 from qsnap.monitor import Monitor
+from qsnap.plan.external_delete import disk_sources
 from qsnap.plan.revert import RevertPlan
+
+
+@dataclass(frozen=True)
+class ImageReferences:
+    """Which snapshots name which images: ``states`` maps each image a snapshot's
+    ``<domain>`` uses to the snapshots that use it (for external disks the frozen state image,
+    for internal ones the image holding the tag); ``overlays`` are the images snapshots made
+    (their ``<disks>`` sources); ``parents`` lets a revert tell a leaf."""
+
+    states: dict[str, list[tuple[str, bool]]]
+    overlays: frozenset[str]
+    parents: frozenset[str]
+
+    @classmethod
+    def of(cls, snapshots: dict[str, SnapshotDef]) -> ImageReferences:
+        states: dict[str, list[tuple[str, bool]]] = {}
+        overlays: set[str] = set()
+        for name, snap in snapshots.items():
+            external = {d.name for d in snap.disks if d.snapshot == "external"}
+            for target, image in disk_sources(snap).items():
+                states.setdefault(image, []).append((name, target in external))
+            overlays.update(d.source.path for d in snap.disks if d.source.path)
+        return cls(states, frozenset(overlays),
+                   frozenset(s.parent for s in snapshots.values() if s.parent))
+
+    def shared_bases(self, target: str) -> dict[str, str]:
+        """Images that external snapshots (other than *target*) keep as their read-only base,
+        each with one such snapshot's name."""
+        return {image: next(n for n, ext in users if ext and n != target)
+                for image, users in self.states.items()
+                if any(ext and n != target for n, ext in users)}
+
+    def has_children(self, name: str) -> bool:
+        return name in self.parents
+
+
+async def discarded_overlays(before: DomainDef, after: DomainDef,
+                             refs: ImageReferences) -> list[str]:
+    """The images a revert leaves behind that only held the discarded present: disks of the
+    old definition that the new one does not use, that no snapshot names, and that are
+    snapshot overlays (made by a snapshot, or by an earlier revert on a snapshot's image).
+    libvirt deletes them too ("delete the current snapshot's active overlays"); a disk that
+    is nobody's overlay (the user's own image) is never touched."""
+    keep = {d.source for d in after.disks}
+    result = []
+    for disk in before.disks:
+        image = disk.source
+        if image is None or image in keep or image in refs.states or not os.path.isfile(image):
+            continue
+        if image not in refs.overlays:
+            backing = ImageFacts.from_qemu_img(await images.info(image)).backing
+            if backing not in refs.states:
+                continue
+        result.append(image)
+    return result
+
+
+def with_new_overlays(snap: SnapshotDef, plan: RevertPlan) -> SnapshotDef | None:
+    """libvirt keeps a leaf snapshot's ``<disks>`` naming the overlays its branch writes to:
+    after a revert those are the new ones."""
+    if not plan.overlays:
+        return None
+    new = {o.target: o for o in plan.overlays}
+    disks = [replace(d, source=DiskSource(file=new[d.name].path), driver_type="qcow2")
+             if d.name in new and d.snapshot == "external" else d for d in snap.disks]
+    return snap.copy(disks=disks)
 
 
 def check_revert(plan: RevertPlan, shared_bases: dict[str, str]) -> SaveImage | None:

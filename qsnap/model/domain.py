@@ -263,6 +263,37 @@ def with_disk_images(domain: DomainDef, images: dict[str, tuple[str, str]]) -> D
     return parse_domain_element(element)
 
 
+def renamed_images(element: etree._Element,
+                   renames: dict[str, tuple[str, str]]) -> etree._Element | None:
+    """A copy of a domain element whose disks that use an image in *renames* use its
+    replacement instead: ``{old path: (new path, format)}``; None when no disk uses one.
+
+    Deleting an external snapshot merges an image into the one below it; every definition that
+    named the merged image must then name the image that took its place (libvirt rewrites the
+    stored ``<domain>`` of each descendant the same way).
+    """
+    clone = copy.deepcopy(element)
+    changed = False
+    for disk in clone.iterfind("devices/disk"):
+        source = disk.find("source")
+        if source is None:
+            continue
+        key = "dev" if disk.get("type") == "block" else "file"
+        if source.get(key) not in renames:
+            continue
+        path, fmt = renames[source.get(key)]
+        source.set(key, path)
+        driver = disk.find("driver")
+        if driver is None:
+            driver = etree.Element("driver", name="qemu")
+            disk.insert(0, driver)
+        driver.set("type", fmt)
+        for chain in disk.findall("backingStore"):
+            disk.remove(chain)  # it described the chain below the old image
+        changed = True
+    return clone if changed else None
+
+
 @dataclass(frozen=True)
 class RunningDisk:
     """A disk as a running QEMU reports it: the name qsnap calls it by, its file and format."""

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from qemu.qmp import ConnectError, EventListener, ExecInterruptedError, ExecuteError, QMPClient
@@ -23,6 +23,11 @@ from qsnap.model.capabilities import QemuCapabilities
 log = logging.getLogger("qsnap.monitor")
 
 DEFAULT_TIMEOUT = 30.0
+
+#: Block drivers that are not an image format: protocol nodes and the filters jobs insert.
+_NOT_FORMAT_DRIVERS = frozenset({"file", "host_device", "host_cdrom", "commit_top",
+                                 "mirror_top", "throttle", "copy-on-read", "copy-before-write",
+                                 "snapshot-access", "blkdebug", "blkverify", "null-co"})
 
 
 def command_timeout() -> float:
@@ -149,6 +154,89 @@ class Monitor:
         """The node each disk writes to now, by the names of :meth:`block_devices`."""
         return {name: inserted["node-name"]
                 for name, inserted in (await self.block_devices()).items()}
+
+    async def block_chains(self) -> dict[str, list[tuple[str, str]]]:
+        """Each disk's backing chain as QEMU has it open, top first: (node name, file name).
+
+        Backing files QEMU opened by itself have generated node names, so names are matched
+        to files through ``query-named-block-nodes`` (format nodes only: the protocol node
+        underneath names the same file).
+        """
+        nodes: dict[str, str] = {}
+        for node in await self.execute("query-named-block-nodes", {"flat": True}):
+            if node.get("drv") not in _NOT_FORMAT_DRIVERS and node.get("file"):
+                nodes.setdefault(node["file"], node["node-name"])
+        chains: dict[str, list[tuple[str, str]]] = {}
+        for name, inserted in (await self.block_devices()).items():
+            chain = [(inserted["node-name"], inserted["image"]["filename"])]
+            image = inserted["image"].get("backing-image")
+            while image is not None:
+                filename = image["filename"]
+                chain.append((nodes.get(filename, ""), filename))
+                image = image.get("backing-image")
+            chains[name] = chain
+        return chains
+
+    # -- block jobs ---------------------------------------------------------------------------
+
+    async def start_commit(self, job_id: str, device: str, base_node: str,
+                           top_node: str | None) -> None:
+        """Start merging the chain above *base_node* (up to *top_node*) into it.
+
+        Without *top_node* this is an active commit: the job turns ``ready`` once the image
+        the guest writes to is mirrored into the base, and :meth:`complete_job` pivots the
+        guest onto the base. With it, an intermediate commit that stops at ``pending`` until
+        :meth:`finalize_job`, which rewrites the backing file of the image above *top_node*.
+        The job is never dismissed automatically, so its outcome can always be read.
+        """
+        arguments: dict[str, object] = {"job-id": job_id, "device": device,
+                                        "base-node": base_node, "auto-dismiss": False}
+        if top_node is not None:
+            arguments |= {"top-node": top_node, "auto-finalize": False}
+        await self.execute("block-commit", arguments)
+
+    async def jobs(self) -> list[dict[str, Any]]:
+        return await self.execute("query-jobs")
+
+    async def job(self, job_id: str) -> dict[str, Any] | None:
+        return next((j for j in await self.jobs() if j["id"] == job_id), None)
+
+    async def wait_job(self, job_id: str, statuses: frozenset[str], *,
+                       progress: Callable[[int, int], None] | None = None,
+                       timeout: float = 3600.0, interval: float = 0.25) -> dict[str, Any]:
+        """Wait until job *job_id* reaches one of *statuses* or concludes; return its
+        ``query-jobs`` entry. *progress* gets (bytes done, bytes in all) about every
+        *interval* seconds; status changes wake the wait at once."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        async with self.events("JOB_STATUS_CHANGE") as listener:
+            while True:
+                job = await self.job(job_id)
+                if job is None:
+                    raise MonitorError("query-jobs", "GenericError",
+                                       f"job '{job_id}' no longer exists")
+                if progress is not None:
+                    progress(job.get("current-progress", 0), job.get("total-progress", 0))
+                if job["status"] in statuses or job["status"] == "concluded":
+                    return job
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    raise MonitorTimeoutError(f"QEMU job '{job_id}' did not reach "
+                                              f"{'/'.join(sorted(statuses))} within "
+                                              f"{timeout:g} s")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(listener.get(), min(interval, left))
+
+    async def complete_job(self, job_id: str) -> None:
+        await self.execute("job-complete", {"id": job_id})
+
+    async def finalize_job(self, job_id: str) -> None:
+        await self.execute("job-finalize", {"id": job_id})
+
+    async def dismiss_job(self, job_id: str) -> None:
+        await self.execute("job-dismiss", {"id": job_id})
+
+    async def cancel_job(self, job_id: str) -> None:
+        await self.execute("job-cancel", {"id": job_id})
 
     # -- the guest's run state ----------------------------------------------------------------
 

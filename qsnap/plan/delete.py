@@ -58,26 +58,18 @@ class InternalRemoval:
 
 
 def plan_delete_data(snapshots: dict[str, SnapshotDef], plan: MetadataDeletePlan,
-                     domain_now: DomainDef, flags: DeleteFlags, *,
-                     active: bool) -> list[InternalRemoval]:
-    """What deleting the data (not just the metadata) of ``plan.remove`` takes.
+                     domain_now: DomainDef, *, active: bool) -> list[InternalRemoval]:
+    """The internal snapshots among ``plan.remove`` and the images that hold them.
 
     Internal snapshots are removed from every image holding them, as libvirt does; a running
-    guest must be using exactly those images. Deleting external snapshots means merging their
-    overlays back (block commit), which qsnap does not do yet: refused, as libvirt refuses
-    external children with --children.
+    guest must be using exactly those images. External snapshots are planned by
+    :mod:`qsnap.plan.external_delete`.
     """
     removals = []
     for name in plan.remove:
         snap = snapshots[name]
         if snap.is_external:
-            if name != plan.target and (flags.children or flags.children_only):
-                raise NotSupportedError("deletion of external children disk snapshots not "
-                                        "supported")
-            raise NotSupportedError(
-                f"deleting the data of external snapshot '{name}' (merging its overlays back) "
-                "is not implemented in qsnap yet; nothing was changed. --metadata removes only "
-                "its metadata and leaves the images as they are")
+            continue
         if snap.domain is None:
             raise NotSupportedError(
                 f"snapshot '{name}' records no domain definition, so qsnap cannot tell which "

@@ -1,0 +1,190 @@
+"""Deleting external snapshots with real QEMU: merges on running and stopped guests.
+
+A chain of five external snapshots s1..s5 of a two-disk guest (s2 and s5 full-system, with
+memory files; the others disk-only). Each snapshot's data is what its state images read: the
+counter the guest had written to each disk at that moment, recorded when it was taken. After
+deleting snapshots in the middle and at both ends, every remaining snapshot must still read its
+own moment (and revert to it), every image must pass ``qemu-img check``, the chains must be
+shorter, and no file may be left that neither a snapshot nor the domain refers to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from helpers import tree_picture
+from qemu_guest import assert_one_moment, guest_module, started_guest, wait_for_counter
+
+import qsnap
+from qsnap import CreateFlags, DeleteFlags, Engine, RevertFlags, snapshot_xml_from_args
+from qsnap.model.domain import parse_domain, parse_domain_element
+from qsnap.progress import Progress
+
+GUEST = guest_module()
+FULL = ("s2", "s5")
+
+
+class Chain:
+    def __init__(self, engine: Engine, folder: Path) -> None:
+        self.engine = engine
+        self.folder = folder
+        self.serial = folder / "serial.log"
+        self.moments: dict[str, list[int]] = {}
+
+    async def build(self) -> None:
+        for n in range(1, 6):
+            name = f"s{n}"
+            last = GUEST.last_serial_counter(self.serial) or 0
+            await wait_for_counter(self.serial, last + 12)  # both disks written since
+            memspec = f"file={self.folder / (name + '.mem')}" if name in FULL else None
+            flags = CreateFlags() if memspec else CreateFlags(disk_only=True)
+            await self.engine.create("g", snapshot_xml_from_args(name, memspec=memspec), flags)
+            self.moments[name] = self.read(await self.state_images(name))
+            assert_one_moment(list(self.moments[name]))
+
+    async def state_images(self, name: str) -> list[Path]:
+        snap = await self.engine.get("g", name)
+        return [Path(d.source or "") for d in parse_domain_element(snap.domain).disks]
+
+    def read(self, images: list[Path]) -> list[int]:
+        return [GUEST.read_disk_counter(i) or 0 for i in images]
+
+    async def disks(self) -> list[str]:
+        return [d.source or "" for d in parse_domain(await self.engine.domain_xml("g")).disks]
+
+    async def check_everything(self) -> None:
+        """Each remaining snapshot reads its own moment; images are sound; no orphans."""
+        referenced: set[str] = set(await self.disks())
+        for summary in await self.engine.list("g"):
+            images = await self.state_images(summary.name)
+            assert self.read(images) == self.moments[summary.name], summary.name
+            referenced.update(str(i) for i in images)
+            snap = await self.engine.get("g", summary.name)
+            if snap.memory_file:
+                referenced.add(snap.memory_file)
+        chains: set[str] = set()
+        for image in referenced:
+            if image.endswith(".mem"):
+                chains.add(image)
+                continue
+            chains.update(chain(Path(image)))
+        on_disk = {str(p) for p in self.folder.iterdir()
+                   if p.name.startswith("g-vd") or p.suffix == ".mem"}
+        assert on_disk == chains, f"orphans: {on_disk - chains}, missing: {chains - on_disk}"
+        for image in on_disk - {c for c in chains if c.endswith(".mem")}:
+            check = subprocess.run(["qemu-img", "check", "-U", image], capture_output=True,
+                                   text=True)
+            assert check.returncode == 0, (image, check.stdout, check.stderr)
+
+
+async def first_counter_after(serial: Path, mark: int, timeout: float = 30.0) -> int:
+    """The first counter the guest printed after byte *mark* of its serial log."""
+    for _ in range(int(timeout * 10)):
+        found = re.search(rb"qsnap-counter (\d+)\s", serial.read_bytes()[mark:])
+        if found:
+            return int(found.group(1))
+        await asyncio.sleep(0.1)
+    raise AssertionError("the guest printed nothing after the revert")
+
+
+def chain(image: Path) -> list[str]:
+    out = subprocess.run(["qemu-img", "info", "-U", "--backing-chain", "--output=json",
+                          str(image)], check=True, capture_output=True, text=True).stdout
+    return [entry["filename"] for entry in json.loads(out)]
+
+
+@pytest.fixture
+async def lab(tmp_path: Path) -> AsyncIterator[Chain]:
+    engine, folder = await started_guest(tmp_path, 2)
+    lab = Chain(engine, folder)
+    try:
+        await lab.build()
+        yield lab
+    finally:
+        if await engine.domstate("g") != "shut off":
+            await engine.destroy("g")
+
+
+def vda(name: str, folder: Path) -> str:
+    return str(folder / ("g-vda.qcow2" if name == "base" else f"g-vda.{name}"))
+
+
+@pytest.mark.parametrize("running", [True, False], ids=["running", "stopped"])
+async def test_middle_and_both_ends_of_a_chain_of_five(lab: Chain, running: bool) -> None:
+    f = lab.folder
+    if not running:
+        await lab.engine.destroy("g")
+    assert chain(Path((await lab.disks())[0])) == [vda(n, f) for n in
+                                                   ("s5", "s4", "s3", "s2", "s1", "base")]
+    reports: list[Progress] = []
+
+    await lab.engine.delete("g", "s3", progress=reports.append)  # middle: s3 froze s2's overlay
+    assert chain(Path(vda("s4", f))) == [vda(n, f) for n in ("s4", "s2", "s1", "base")]
+    assert (await lab.engine.info("g", "s4")).parent == "s2"
+    await lab.check_everything()
+
+    await lab.engine.delete("g", "s5")  # the current one: the guest's own overlay merges down
+    assert await lab.engine.current("g") == "s4"
+    assert not (f / "s5.mem").exists()
+    assert await lab.disks() == [vda("s4", f), str(f / "g-vdb.s4")]
+    await lab.check_everything()
+
+    await lab.engine.delete("g", "s1")  # the first: s1's overlay merges into the base image
+    assert chain(Path(vda("s4", f))) == [vda(n, f) for n in ("s4", "s2", "base")]
+    assert (await lab.engine.info("g", "s2")).parent is None
+    await lab.check_everything()
+    assert reports and reports[-1].done == reports[-1].total > 0
+    assert await lab.engine.domstate("g") == ("running" if running else "shut off")
+
+    if running:  # the guest kept writing to the merged chain all along
+        before = GUEST.last_serial_counter(lab.serial) or 0
+        await wait_for_counter(lab.serial, before + 20)
+        await lab.engine.destroy("g")
+        assert (GUEST.read_disk_counter(Path(vda("s4", f))) or 0) > before
+    # Every remaining snapshot reverts to its own moment.
+    await lab.engine.revert("g", "s4")
+    assert lab.read([Path(d) for d in await lab.disks()]) == lab.moments["s4"]
+    mark = lab.serial.stat().st_size
+    await lab.engine.revert("g", "s2", RevertFlags(running=True))
+    resumed = await first_counter_after(lab.serial, mark)
+    assert lab.moments["s2"][0] <= resumed <= lab.moments["s2"][0] + 10
+    await lab.check_everything()
+
+
+async def test_children_collapse_a_subtree_in_one_merge(lab: Chain) -> None:
+    f = lab.folder
+    await lab.engine.delete("g", "s2", DeleteFlags(children_only=True))
+    assert [s.name for s in await lab.engine.list("g")] == ["s1", "s2"]
+    assert chain(Path((await lab.disks())[0])) == [vda(n, f) for n in ("s2", "s1", "base")]
+    await lab.check_everything()
+    await lab.engine.delete("g", "s1", DeleteFlags(children=True))
+    assert await lab.engine.list("g") == []
+    assert await lab.disks() == [str(f / "g-vda.qcow2"), str(f / "g-vdb.qcow2")]
+    await lab.check_everything()
+    assert await lab.engine.domstate("g") == "running"
+
+
+async def test_refusals_change_nothing(lab: Chain) -> None:
+    f = lab.folder
+    await lab.engine.revert("g", "s3", RevertFlags(running=True))  # a second branch on s3
+    store = tree_picture(lab.engine.state_dir / "domains")
+    files = {p.name: p.stat().st_mtime_ns for p in f.iterdir() if p.name != "serial.log"}
+    with pytest.raises(qsnap.OperationInvalidError,
+                       match=r"multiple children snapshots not supported: image '.*g-vda.s2' "
+                             r"of snapshot 's3'"):
+        await lab.engine.delete("g", "s3")
+    subprocess.run(["qemu-img", "snapshot", "-c", "mine", vda("s4", f)], check=True)
+    with pytest.raises(qsnap.OperationInvalidError, match="holds internal snapshot 'mine'"):
+        await lab.engine.delete("g", "s4")
+    subprocess.run(["qemu-img", "snapshot", "-d", "mine", vda("s4", f)], check=True)
+    files["g-vda.s4"] = Path(vda("s4", f)).stat().st_mtime_ns
+    assert tree_picture(lab.engine.state_dir / "domains") == store
+    assert {p.name: p.stat().st_mtime_ns for p in f.iterdir() if p.name != "serial.log"} == files
+    assert await lab.engine.domstate("g") == "running"
+    await lab.check_everything()
