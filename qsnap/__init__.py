@@ -22,6 +22,7 @@ from qsnap.model.tree import SnapshotSummary, SnapshotTree
 from qsnap.plan.create_as import snapshot_xml_from_args
 from qsnap.plan.delete import MetadataDeletePlan
 from qsnap.plan.flags import CreateFlags, DeleteFlags, ListFilter, RevertFlags
+from qsnap.progress import Progress, ProgressCallback
 
 __version__ = "0.1.0"
 
@@ -40,6 +41,8 @@ __all__ = [
     "NotFoundError",
     "NotSupportedError",
     "OperationInvalidError",
+    "Progress",
+    "ProgressCallback",
     "QsnapError",
     "RevertFlags",
     "SnapshotDef",

@@ -22,6 +22,7 @@ from qsnap import (
     InvalidArgumentError,
     ListFilter,
     NoSnapshotError,
+    Progress,
     QsnapError,
     RevertFlags,
     cli_output,
@@ -44,6 +45,22 @@ class _Parser(argparse.ArgumentParser):
 class _Output:
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
+        self._progress_shown = False
+
+    def progress(self, report: Progress) -> None:
+        """One line on stderr, redrawn in place; only on a terminal and without --quiet."""
+        if self.quiet or not sys.stderr.isatty():
+            return
+        line = cli_output.progress_line(report.operation, report.done, report.total, report.rate,
+                             report.remaining)
+        sys.stderr.write(f"\r\x1b[K{line}")
+        sys.stderr.flush()
+        self._progress_shown = True
+
+    def end_progress(self) -> None:
+        if self._progress_shown:
+            sys.stderr.write("\n")
+            self._progress_shown = False
 
     def print(self, text: str) -> None:
         sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
@@ -298,9 +315,15 @@ async def cmd_snapshot_revert(engine: Engine, args: argparse.Namespace, out: _Ou
 async def cmd_snapshot_delete(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
     flags = DeleteFlags(children=args.children, children_only=args.children_only,
                         metadata_only=args.metadata).check()
-    plan = await engine.delete(args.domain, _snapshot_arg(args), flags)
+    plan = await engine.delete(args.domain, _snapshot_arg(args), flags, progress=out.progress)
+    out.end_progress()
     out.extra(f"Domain snapshot {plan.target} children deleted" if flags.children_only
               else f"Domain snapshot {plan.target} deleted")
+
+
+async def cmd_recover(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
+    lines = await engine.recover(args.domain)
+    out.extra("\n".join(lines) if lines else f"Domain {args.domain}: nothing to recover")
 
 
 # -- argument parsing ----------------------------------------------------------------------------
@@ -456,6 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(sub, "--paused", help="after reverting, change state to paused")
     _flag(sub, "--force", help="try harder on risky reverts")
     _flag(sub, "--reset-nvram", help="re-initialize NVRAM from its pristine template")
+    sub = command("recover", cmd_recover, "finish what a crash left half-done on a domain")
+    sub.add_argument("domain")
     sub = command("snapshot-delete", cmd_snapshot_delete, "delete a domain snapshot")
     sub.add_argument("domain")
     _snapshot_ref(sub, "delete")

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
+import re
 import shutil
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
@@ -75,3 +79,75 @@ async def started_guest(tmp_path: Path, disks: int) -> tuple[object, Path]:
         await engine.destroy("g")
         raise
     return engine, tmp_path / "g"
+
+
+# -- images and snapshot data ------------------------------------------------------------------
+
+def backing_chain(image: Path) -> list[str]:
+    """``qemu-img info --backing-chain``: the image and its backing files, top first."""
+    out = subprocess.run(["qemu-img", "info", "-U", "--backing-chain", "--output=json",
+                          str(image)], check=True, capture_output=True, text=True).stdout
+    return [entry["filename"] for entry in json.loads(out)]
+
+
+def write_disk_counter(image: Path, value: int) -> None:
+    """Write a counter where the guest writes its own, for images of a stopped guest."""
+    with tempfile.NamedTemporaryFile("wb") as source:
+        data = f"qsnap-counter {value}\n".encode()
+        source.write(data)
+        source.flush()
+        subprocess.run(["qemu-io", "-c", f"write -s {source.name} 0 {len(data)}", str(image)],
+                       check=True, capture_output=True)
+
+
+async def state_images(engine: object, name: str) -> list[Path]:
+    """The images snapshot *name*'s ``<domain>`` names, in disk order."""
+    from qsnap.model.domain import parse_domain_element
+    snap = await engine.get("g", name)  # type: ignore[attr-defined]
+    return [Path(d.source or "") for d in parse_domain_element(snap.domain).disks]
+
+
+def read_counters(images: list[Path]) -> list[int]:
+    return [guest_module().read_disk_counter(i) or 0 for i in images]
+
+
+async def domain_disks(engine: object) -> list[str]:
+    from qsnap.model.domain import parse_domain
+    return [d.source or "" for d in
+            parse_domain(await engine.domain_xml("g")).disks]  # type: ignore[attr-defined]
+
+
+async def check_snapshot_data(engine: object, folder: Path, moments: dict[str, list[int]]
+                              ) -> None:
+    """Every snapshot of guest "g" still reads the counters recorded in *moments* when it was
+    taken; every image in *folder* passes ``qemu-img check``; and every image or memory file
+    there is named by a snapshot or the domain, or is in the backing chain of one that is."""
+    referenced: set[str] = set(await domain_disks(engine))
+    memory: set[str] = set()
+    for summary in await engine.list("g"):  # type: ignore[attr-defined]
+        images = await state_images(engine, summary.name)
+        assert read_counters(images) == moments[summary.name], summary.name
+        referenced.update(str(i) for i in images)
+        snap = await engine.get("g", summary.name)  # type: ignore[attr-defined]
+        if snap.memory_file:
+            memory.add(snap.memory_file)
+    needed = set(memory)
+    for image in referenced:
+        needed.update(backing_chain(Path(image)))
+    on_disk = {str(p) for p in folder.iterdir() if p.name.startswith("g-vd") or
+               p.suffix == ".mem"}
+    assert on_disk == needed, f"orphans: {on_disk - needed}, missing: {needed - on_disk}"
+    for image in on_disk - memory:
+        check = subprocess.run(["qemu-img", "check", "-U", image], capture_output=True,
+                               text=True)
+        assert check.returncode == 0, (image, check.stdout, check.stderr)
+
+
+async def first_counter_after(serial: Path, mark: int, timeout: float = 30.0) -> int:
+    """The first counter the guest printed after byte *mark* of its serial log."""
+    for _ in range(int(timeout * 10)):
+        found = re.search(rb"qsnap-counter (\d+)\s", serial.read_bytes()[mark:])
+        if found:
+            return int(found.group(1))
+        await asyncio.sleep(0.1)
+    raise AssertionError("the guest printed nothing after the revert")

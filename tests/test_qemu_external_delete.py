@@ -10,20 +10,27 @@ shorter, and no file may be left that neither a snapshot nor the domain refers t
 
 from __future__ import annotations
 
-import asyncio
-import json
-import re
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from helpers import tree_picture
-from qemu_guest import assert_one_moment, guest_module, started_guest, wait_for_counter
+from qemu_guest import (
+    assert_one_moment,
+    backing_chain,
+    check_snapshot_data,
+    domain_disks,
+    first_counter_after,
+    guest_module,
+    read_counters,
+    started_guest,
+    state_images,
+    wait_for_counter,
+)
 
 import qsnap
 from qsnap import CreateFlags, DeleteFlags, Engine, RevertFlags, snapshot_xml_from_args
-from qsnap.model.domain import parse_domain, parse_domain_element
 from qsnap.progress import Progress
 
 GUEST = guest_module()
@@ -45,58 +52,14 @@ class Chain:
             memspec = f"file={self.folder / (name + '.mem')}" if name in FULL else None
             flags = CreateFlags() if memspec else CreateFlags(disk_only=True)
             await self.engine.create("g", snapshot_xml_from_args(name, memspec=memspec), flags)
-            self.moments[name] = self.read(await self.state_images(name))
+            self.moments[name] = read_counters(await state_images(self.engine, name))
             assert_one_moment(list(self.moments[name]))
 
-    async def state_images(self, name: str) -> list[Path]:
-        snap = await self.engine.get("g", name)
-        return [Path(d.source or "") for d in parse_domain_element(snap.domain).disks]
-
-    def read(self, images: list[Path]) -> list[int]:
-        return [GUEST.read_disk_counter(i) or 0 for i in images]
-
     async def disks(self) -> list[str]:
-        return [d.source or "" for d in parse_domain(await self.engine.domain_xml("g")).disks]
+        return await domain_disks(self.engine)
 
     async def check_everything(self) -> None:
-        """Each remaining snapshot reads its own moment; images are sound; no orphans."""
-        referenced: set[str] = set(await self.disks())
-        for summary in await self.engine.list("g"):
-            images = await self.state_images(summary.name)
-            assert self.read(images) == self.moments[summary.name], summary.name
-            referenced.update(str(i) for i in images)
-            snap = await self.engine.get("g", summary.name)
-            if snap.memory_file:
-                referenced.add(snap.memory_file)
-        chains: set[str] = set()
-        for image in referenced:
-            if image.endswith(".mem"):
-                chains.add(image)
-                continue
-            chains.update(chain(Path(image)))
-        on_disk = {str(p) for p in self.folder.iterdir()
-                   if p.name.startswith("g-vd") or p.suffix == ".mem"}
-        assert on_disk == chains, f"orphans: {on_disk - chains}, missing: {chains - on_disk}"
-        for image in on_disk - {c for c in chains if c.endswith(".mem")}:
-            check = subprocess.run(["qemu-img", "check", "-U", image], capture_output=True,
-                                   text=True)
-            assert check.returncode == 0, (image, check.stdout, check.stderr)
-
-
-async def first_counter_after(serial: Path, mark: int, timeout: float = 30.0) -> int:
-    """The first counter the guest printed after byte *mark* of its serial log."""
-    for _ in range(int(timeout * 10)):
-        found = re.search(rb"qsnap-counter (\d+)\s", serial.read_bytes()[mark:])
-        if found:
-            return int(found.group(1))
-        await asyncio.sleep(0.1)
-    raise AssertionError("the guest printed nothing after the revert")
-
-
-def chain(image: Path) -> list[str]:
-    out = subprocess.run(["qemu-img", "info", "-U", "--backing-chain", "--output=json",
-                          str(image)], check=True, capture_output=True, text=True).stdout
-    return [entry["filename"] for entry in json.loads(out)]
+        await check_snapshot_data(self.engine, self.folder, self.moments)
 
 
 @pytest.fixture
@@ -120,12 +83,12 @@ async def test_middle_and_both_ends_of_a_chain_of_five(lab: Chain, running: bool
     f = lab.folder
     if not running:
         await lab.engine.destroy("g")
-    assert chain(Path((await lab.disks())[0])) == [vda(n, f) for n in
+    assert backing_chain(Path((await lab.disks())[0])) == [vda(n, f) for n in
                                                    ("s5", "s4", "s3", "s2", "s1", "base")]
     reports: list[Progress] = []
 
     await lab.engine.delete("g", "s3", progress=reports.append)  # middle: s3 froze s2's overlay
-    assert chain(Path(vda("s4", f))) == [vda(n, f) for n in ("s4", "s2", "s1", "base")]
+    assert backing_chain(Path(vda("s4", f))) == [vda(n, f) for n in ("s4", "s2", "s1", "base")]
     assert (await lab.engine.info("g", "s4")).parent == "s2"
     await lab.check_everything()
 
@@ -136,7 +99,7 @@ async def test_middle_and_both_ends_of_a_chain_of_five(lab: Chain, running: bool
     await lab.check_everything()
 
     await lab.engine.delete("g", "s1")  # the first: s1's overlay merges into the base image
-    assert chain(Path(vda("s4", f))) == [vda(n, f) for n in ("s4", "s2", "base")]
+    assert backing_chain(Path(vda("s4", f))) == [vda(n, f) for n in ("s4", "s2", "base")]
     assert (await lab.engine.info("g", "s2")).parent is None
     await lab.check_everything()
     assert reports and reports[-1].done == reports[-1].total > 0
@@ -149,7 +112,7 @@ async def test_middle_and_both_ends_of_a_chain_of_five(lab: Chain, running: bool
         assert (GUEST.read_disk_counter(Path(vda("s4", f))) or 0) > before
     # Every remaining snapshot reverts to its own moment.
     await lab.engine.revert("g", "s4")
-    assert lab.read([Path(d) for d in await lab.disks()]) == lab.moments["s4"]
+    assert read_counters([Path(d) for d in await lab.disks()]) == lab.moments["s4"]
     mark = lab.serial.stat().st_size
     await lab.engine.revert("g", "s2", RevertFlags(running=True))
     resumed = await first_counter_after(lab.serial, mark)
@@ -161,7 +124,7 @@ async def test_children_collapse_a_subtree_in_one_merge(lab: Chain) -> None:
     f = lab.folder
     await lab.engine.delete("g", "s2", DeleteFlags(children_only=True))
     assert [s.name for s in await lab.engine.list("g")] == ["s1", "s2"]
-    assert chain(Path((await lab.disks())[0])) == [vda(n, f) for n in ("s2", "s1", "base")]
+    assert backing_chain(Path((await lab.disks())[0])) == [vda(n, f) for n in ("s2", "s1", "base")]
     await lab.check_everything()
     await lab.engine.delete("g", "s1", DeleteFlags(children=True))
     assert await lab.engine.list("g") == []
