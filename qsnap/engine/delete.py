@@ -252,14 +252,15 @@ class DeleteRun:
             chains = await monitor.block_chains()
             jobs: dict[str, Merge] = {}
             for merge, done in zip(list(work.merges), list(work.merged), strict=True):
-                chain = chains.get(merge.target, [])
-                files = [f for _, f in chain]
-                if done or merge.top not in files:
-                    if not done and merge.live:
-                        self._mark_merged(merge)  # QEMU finished it before a crash
+                if done:
                     continue
                 job_id = f"qsnap-commit-{merge.target}"
-                if await monitor.job(job_id) is None:
+                chain = chains.get(merge.target, [])
+                if await monitor.job(job_id) is None:  # else a crash left it: take it over
+                    if merge.top not in [f for _, f in chain]:
+                        if merge.live:
+                            self._mark_merged(merge)  # QEMU finished it before a crash
+                        continue
                     node = {f: n for n, f in chain}
                     await monitor.start_commit(job_id, chain[0][0], node[merge.base],
                                                None if merge.active else node[merge.top])
