@@ -6,6 +6,7 @@ and leaves the state directory byte-for-byte as it was.
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from helpers import tree_picture
 from lxml import etree
 
 from qsnap.cli import main
+from qsnap.progress import Progress
 from qsnap.model.snapshot import format_snapshot, parse_snapshot
 
 OUT = "qemudomainsnapshotxml2xmlout"
@@ -356,3 +358,33 @@ def test_help_exits_cleanly(capsys: pytest.CaptureFixture[str]) -> None:
         main(["snapshot-list", "--help"])
     assert info.value.code == 0
     assert "--topological" in capsys.readouterr().out
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_one_line_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from qsnap.cli import _Output
+    report = Progress("merge vda: g-vda.s3 into g-vda.s2", 12 << 20, 40 << 20, 0.4)
+    terminal = _Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    out = _Output(quiet=False)
+    out.progress(report)
+    out.progress(Progress(report.operation, 40 << 20, 40 << 20, 1.0))
+    out.end_progress()
+    assert terminal.getvalue() == (
+        "\r\x1b[Kmerge vda: g-vda.s3 into g-vda.s2  12.0 MiB / 40.0 MiB  30.0 MiB/s  1 s left"
+        "\r\x1b[Kmerge vda: g-vda.s3 into g-vda.s2  40.0 MiB / 40.0 MiB  40.0 MiB/s  0 s left\n")
+    piped = io.StringIO()
+    monkeypatch.setattr("sys.stderr", piped)
+    _Output(quiet=False).progress(report)
+    terminal = _Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    _Output(quiet=True).progress(report)
+    assert piped.getvalue() == terminal.getvalue() == ""
+
+
+def test_recover_with_nothing_to_do(cli: Cli, libvirt_tree: dict[str, Path]) -> None:
+    assert cli("recover", "QEMUGuest1") == "Domain QEMUGuest1: nothing to recover\n"
