@@ -47,3 +47,8 @@ class NotSupportedError(QsnapError):
 
 class CorruptMetadataError(QsnapError):
     """A file in the state directory cannot be read back; it is named in the message."""
+
+
+class OperationIncompleteError(QsnapError):
+    """An operation on images stopped part-way; it stays recorded, and the next command on the
+    domain (or ``qsnap recover``) finishes it once the cause is fixed."""

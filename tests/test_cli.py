@@ -16,8 +16,8 @@ from helpers import tree_picture
 from lxml import etree
 
 from qsnap.cli import main
-from qsnap.progress import Progress
 from qsnap.model.snapshot import format_snapshot, parse_snapshot
+from qsnap.progress import Progress
 
 OUT = "qemudomainsnapshotxml2xmlout"
 

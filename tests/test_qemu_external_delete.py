@@ -10,6 +10,8 @@ shorter, and no file may be left that neither a snapshot nor the domain refers t
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -151,3 +153,36 @@ async def test_refusals_change_nothing(lab: Chain) -> None:
     assert {p.name: p.stat().st_mtime_ns for p in f.iterdir() if p.name != "serial.log"} == files
     assert await lab.engine.domstate("g") == "running"
     await lab.check_everything()
+
+
+async def test_a_merge_that_cannot_fit_is_refused_before_it_starts(lab: Chain) -> None:
+    """s1 froze the base image of vda; put that image on a 4 MiB tmpfs and give the image
+    above it 8 MiB of data: merging cannot fit, so the delete is refused up front (a merge
+    that fails half-way has already rewritten the base image)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting the small tmpfs needs root")
+    f = lab.folder
+    await lab.engine.destroy("g")
+    small = f / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)], check=True)
+    try:
+        base = f / "g-vda.qcow2"
+        shutil.copy2(base, small / base.name)
+        base.unlink()
+        base.symlink_to(small / base.name)
+        subprocess.run(["qemu-io", "-c", "write -P 7 1M 8M", vda("s1", f)], check=True,
+                       capture_output=True)
+        store = tree_picture(lab.engine.state_dir / "domains")
+        with pytest.raises(qsnap.OperationInvalidError,
+                           match=r"not enough free space to merge into '.*g-vda.qcow2': the "
+                                 r"merge may need up to 8\.\d MiB, and its file system has"):
+            await lab.engine.delete("g", "s1")
+        assert tree_picture(lab.engine.state_dir / "domains") == store
+        assert not (lab.engine.state_dir / "domains" / "g" / "intent.json").exists()
+        assert backing_chain(Path(vda("s2", f)))[1:] == [vda("s1", f), str(base)]
+    finally:
+        (f / "g-vda.qcow2").unlink()
+        shutil.copy2(small / "g-vda.qcow2", f / "g-vda.qcow2")
+        subprocess.run(["umount", str(small)], check=True)
+        small.rmdir()

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from qsnap import images
-from qsnap.errors import OperationInvalidError, QsnapError
+from qsnap.errors import OperationIncompleteError, OperationInvalidError, QsnapError
 from qsnap.faults import crash_point
 from qsnap.launcher.process import RuntimeInfo
 from qsnap.model.domain import DomainDef, parse_domain
@@ -186,14 +186,27 @@ class DeleteRun:
         self.folder = folder
         self.running = running
         self.progress = progress
+        self.changed = False  # whether any image has been touched yet
 
     def _record(self) -> None:
         write_intent(self.folder.path, self.work.record())
 
     async def start(self) -> None:
+        """Record the intent, then carry it out. A failure before any image changed removes
+        the record again (nothing happened); after, the record stays, and the error says that
+        the delete will be finished once its cause is fixed."""
         self._record()
         crash_point("delete: intent recorded")
-        await self.finish()
+        try:
+            await self.finish()
+        except QsnapError as exc:
+            if not self.changed:
+                clear_intent(self.folder.path)
+                raise
+            raise OperationIncompleteError(
+                f"{exc}; the delete of snapshot '{self.work.snapshot}' had begun changing "
+                "images, so it stays recorded and the next command on the domain (or 'qsnap "
+                f"recover {self.folder.name}') finishes it once the cause is fixed") from None
 
     async def finish(self) -> None:
         work = self.work
@@ -225,6 +238,7 @@ class DeleteRun:
             for removal in removals:
                 for _, image in removal.disks:
                     if _has_tag(await images.info(image), removal.name):
+                        self.changed = True
                         await images.snapshot_delete(image, removal.name)
             return
         async with await Monitor.connect(self.running.qmp) as monitor:
@@ -233,6 +247,7 @@ class DeleteRun:
             for removal in removals:
                 nodes = [tops[t] for t, _ in removal.disks if removal.name in held[tops[t]]]
                 if nodes:
+                    self.changed = True
                     await monitor.delete_internal(removal.name, nodes)
 
     def _mark_merged(self, merge: Merge) -> None:
@@ -262,9 +277,11 @@ class DeleteRun:
                             self._mark_merged(merge)  # QEMU finished it before a crash
                         continue
                     node = {f: n for n, f in chain}
+                    self.changed = True
                     await monitor.start_commit(job_id, chain[0][0], node[merge.base],
                                                None if merge.active else node[merge.top])
                     crash_point(f"delete: commit of {merge.target} started")
+                self.changed = True  # started now or by the run a crash interrupted
                 jobs[job_id] = merge
             if not jobs:
                 return
@@ -317,6 +334,7 @@ class DeleteRun:
         for merge, done in zip(list(self.work.merges), list(self.work.merged), strict=True):
             if done:
                 continue
+            self.changed = True
             if os.path.exists(merge.top):
                 total = sum(_allocated(p) for p in merge.merged_away)
                 await images.commit(merge.top, merge.base,
@@ -356,6 +374,10 @@ async def finish_interrupted(folder: DomainFolder, running: RuntimeInfo | None) 
     done_before = sum(work.merged)
     try:
         await DeleteRun(work, folder, running).finish()
+    except QsnapError as exc:
+        raise OperationIncompleteError(
+            f"domain '{folder.name}': finishing the interrupted delete of snapshot "
+            f"'{work.snapshot}' failed: {exc}") from None
     finally:
         await resume_if_paused_by_us(work, running)
     return (f"domain '{folder.name}': finished deleting snapshot '{work.snapshot}', which a "
