@@ -195,7 +195,7 @@ async def cmd_snapshot_create(engine: Engine, args: argparse.Namespace, out: _Ou
                               validate=flags.validate)
         out.print(format_snapshot(snap))
         return
-    name = await engine.create(args.domain, xml, flags)
+    name = await engine.create(args.domain, xml, flags, live_strategy=args.live_strategy)
     out.extra(f"Domain snapshot {name} created from '{path}'" if path
               else f"Domain snapshot {name} created")
 
@@ -211,7 +211,7 @@ async def cmd_snapshot_create_as(engine: Engine, args: argparse.Namespace, out: 
     if args.print_xml:
         out.print(xml)
         return
-    created = await engine.create(args.domain, xml, flags)
+    created = await engine.create(args.domain, xml, flags, live_strategy=args.live_strategy)
     out.extra(f"Domain snapshot {created} created")
 
 
@@ -272,6 +272,7 @@ async def cmd_snapshot_info(engine: Engine, args: argparse.Namespace, out: _Outp
         ("State", info.state), ("Location", info.location), ("Parent", info.parent or "-"),
         ("Children", info.children), ("Descendants", info.descendants),
         ("Metadata", "yes" if info.metadata else "no"),
+        *([("Memory capture", info.memory_capture)] if info.memory_capture else []),
     ]))
 
 
@@ -341,6 +342,9 @@ def _create_options(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "--quiesce", help="quiesce guest's file systems")
     _flag(parser, "--atomic", help="require atomic operation")
     _flag(parser, "--live", help="take a live snapshot")
+    parser.add_argument("--live-strategy", choices=("background", "precopy", "paused"),
+                        help="how to capture memory (default: background where QEMU offers "
+                             "it with --live, else precopy; paused without --live)")
     _flag(parser, "--validate", help="validate the XML strictly against qsnap's schema rules")
     _flag(parser, "--print-xml", help="print XML document rather than create")
 

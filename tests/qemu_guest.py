@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import itertools
 import json
 import re
 import shutil
@@ -151,3 +152,18 @@ async def first_counter_after(serial: Path, mark: int, timeout: float = 30.0) ->
             return int(found.group(1))
         await asyncio.sleep(0.1)
     raise AssertionError("the guest printed nothing after the revert")
+
+
+async def resumed_counter(serial: Path, mark: int, timeout: float = 30.0) -> int:
+    """After a revert of a running guest begun when its serial log was *mark* bytes long: the
+    counter the reverted guest resumed from, i.e. the first that does not continue the old
+    run's count (the old QEMU may print a few more before it is stopped)."""
+    for _ in range(int(timeout * 10)):
+        data = serial.read_bytes()
+        values = [int(c) for c in re.findall(rb"qsnap-counter (\d+)\s", data[:mark])[-1:]]
+        values += [int(c) for c in re.findall(rb"qsnap-counter (\d+)\s", data[mark:])]
+        jumps = [b for a, b in itertools.pairwise(values) if b != a + 1]
+        if jumps:
+            return jumps[0]
+        await asyncio.sleep(0.1)
+    raise AssertionError("the counter never jumped back after the revert")

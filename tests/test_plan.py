@@ -317,3 +317,51 @@ def test_a_source_path_shared_by_two_disks_is_ambiguous() -> None:
     with pytest.raises(XMLError, match=r"disk name ./img/s\.qcow2. is ambiguous: it is the "
                                        "source of disks vda, vdb"):
         align_disks(snap, shared, "external", uniform_internal=True, regular_files=())
+
+
+# -- how memory is captured -----------------------------------------------------------------
+
+@pytest.mark.parametrize(("kw", "expected"), [
+    ({"live": True}, "background"),
+    ({"live": True, "background_refusal": "QEMU 5.2 has none"}, "precopy"),
+    ({"live": True, "requested": "precopy"}, "precopy"),
+    ({"live": True, "requested": "paused"}, "paused"),
+    ({"live": True, "running": False}, "paused"),
+    ({}, "paused"),
+    ({"requested": "paused"}, "paused"),
+    ({"external": False}, "internal"),
+])
+def test_capture_strategy(kw: dict, expected: str) -> None:
+    from qsnap.plan.full_snapshot import choose_capture
+    args = {"external": True, "live": False, "requested": None, "running": True,
+            "background_refusal": None, **kw}
+    assert choose_capture(**args) == expected
+
+
+@pytest.mark.parametrize(("kw", "error", "message"), [
+    ({"requested": "background"}, InvalidArgumentError, "'background' requires --live"),
+    ({"live": True, "requested": "warp"}, InvalidArgumentError, "unknown live strategy 'warp'"),
+    ({"live": True, "requested": "background", "background_refusal": "no uffd"},
+     NotSupportedError, "background snapshots are not available here: no uffd"),
+    ({"external": False, "requested": "paused"}, InvalidArgumentError, "external memory"),
+])
+def test_capture_strategy_refusals(kw: dict, error: type, message: str) -> None:
+    from qsnap.plan.full_snapshot import choose_capture
+    args = {"external": True, "live": False, "requested": None, "running": True,
+            "background_refusal": None, **kw}
+    with pytest.raises(error, match=message):
+        choose_capture(**args)
+
+
+def test_capture_note_lives_in_the_cookie_beside_libvirts() -> None:
+    from lxml import etree
+
+    from qsnap.model.capture import Capture, capture_of, with_capture
+    cookie = etree.fromstring("<cookie><cpu mode='custom'/></cookie>")
+    noted = with_capture(with_capture(cookie, Capture("precopy", 0.5)),
+                         Capture("background", 0.0042))
+    assert [c.tag for c in noted] == ["cpu", "qsnapCapture"]
+    assert capture_of(noted) == Capture("background", 0.0042)
+    assert capture_of(cookie) is None and capture_of(None) is None
+    assert capture_of(etree.fromstring(
+        "<cookie><qsnapCapture strategy='fast' pauseMicroseconds='1'/></cookie>")) is None

@@ -18,7 +18,7 @@ import os
 import time
 import uuid as uuidlib
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -32,7 +32,7 @@ from qsnap.engine.delete import (
     running_chains,
 )
 from qsnap.engine.disk_snapshot import take_disk_snapshot
-from qsnap.engine.full_snapshot import take_full_snapshot
+from qsnap.engine.full_snapshot import background_refusal, take_full_snapshot
 from qsnap.engine.guests import state_of, stop
 from qsnap.engine.memory import load_image, read_image, write_image
 from qsnap.engine.revert import (
@@ -59,6 +59,7 @@ from qsnap.launcher.process import (
     start_qemu,
     write_runtime,
 )
+from qsnap.model.capture import capture_of, with_capture
 from qsnap.model.domain import (
     DomainDef,
     RunningDisk,
@@ -83,7 +84,7 @@ from qsnap.plan.external_delete import (
     renamed_snapshot,
 )
 from qsnap.plan.flags import CreateFlags, DeleteFlags, ListFilter, RevertFlags
-from qsnap.plan.full_snapshot import FullSnapshotPlan, plan_full_snapshot
+from qsnap.plan.full_snapshot import FullSnapshotPlan, choose_capture, plan_full_snapshot
 from qsnap.plan.listing import select_snapshots
 from qsnap.plan.names import check_domain_name, default_snapshot_name
 from qsnap.plan.redefine import plan_redefine
@@ -117,6 +118,8 @@ class SnapshotInfo:
     children: int
     descendants: int
     metadata: bool = True
+    #: For full-system snapshots qsnap took: how the memory was captured and the guest's pause.
+    memory_capture: str | None = None
 
 
 class Engine:
@@ -461,9 +464,14 @@ class Engine:
     # -- creating ---------------------------------------------------------------------------
 
     async def create(self, domain: str, xml: str | bytes | None = None,
-                     flags: CreateFlags = CreateFlags()) -> str:
+                     flags: CreateFlags = CreateFlags(), *,
+                     live_strategy: str | None = None) -> str:
         """virDomainSnapshotCreateXML: take a snapshot, or with ``flags.redefine`` store given
-        metadata. Returns the snapshot's name."""
+        metadata. Returns the snapshot's name.
+
+        A full-system snapshot notes how its memory was captured and how long the guest was
+        paused (``info`` shows it). *live_strategy* ("background", "precopy" or "paused")
+        overrides the choice :func:`~qsnap.plan.full_snapshot.choose_capture` makes."""
         flags.check()
         if flags.redefine:
             if xml is None:
@@ -491,8 +499,21 @@ class Engine:
                 state = await state_of(info)
                 plan = plan_full_snapshot(request, definition, flags, state=state,
                                           current=current, now=now, regular_files=regular_files)
-                await take_full_snapshot(plan, definition, info, flags.live)
+                wants_background = plan.external and flags.live and live_strategy in (
+                    None, "background")
+                strategy = choose_capture(
+                    external=plan.external, live=flags.live, requested=live_strategy,
+                    running=state == "running",
+                    background_refusal=await background_refusal(
+                        info, definition, plan.snapshot.memory_file or "")
+                    if wants_background else "not asked for")
+                capture = await take_full_snapshot(plan, definition, info, strategy)
+                plan = replace(plan, snapshot=plan.snapshot.copy(
+                    cookie=with_capture(plan.snapshot.cookie, capture)))
             else:
+                if live_strategy is not None:
+                    raise InvalidArgumentError("a live strategy applies to full-system "
+                                               "snapshots of a running guest only")
                 plan = plan_disk_snapshot(request, definition, flags, active=active,
                                           current=current, now=now, regular_files=regular_files)
                 agent = agent_socket(definition, paths) if flags.quiesce else None
@@ -554,10 +575,12 @@ class Engine:
             name = self._resolve(folder, snapshot)
             tree = self._tree(folder)
             summary = tree.get(name)
+            capture = capture_of(folder.read_snapshot(name).cookie)
             return SnapshotInfo(name=name, domain=folder.name, current=tree.current == name,
                                 state=summary.state, location=summary.location,
                                 parent=tree.parent(name), children=len(tree.children(name)),
-                                descendants=len(tree.descendants(name)))
+                                descendants=len(tree.descendants(name)),
+                                memory_capture=capture.describe() if capture else None)
 
         return await self._run(domain, work, reading=True)
 

@@ -2,10 +2,13 @@
 
 Internal: one ``snapshot-save`` job stores every disk's state and the memory (in the first
 disk), the way ``savevm`` does; if the job fails, whatever it created is deleted again.
-External: the guest is paused (or, with ``--live``, paused by QEMU at the end of the copy), its
-memory streamed into the snapshot's memory file in libvirt's save-image format, the disks
-switched to their overlays in one transaction, and the guest resumed if it was running. On
-failure the memory file and any overlay are removed and the guest goes on as before.
+External, by the strategy :func:`qsnap.plan.full_snapshot.choose_capture` picked: *paused*, the
+guest is paused, its memory streamed into the memory file (libvirt's save-image format), the
+disks switched to their overlays in one transaction, and the guest resumed; *precopy*, the
+same but QEMU pauses the guest only at the end of the copy; *background*, the guest is paused
+only while the disks switch and QEMU saves the device state, then runs while QEMU writes its
+RAM as it was at that moment. On failure the memory file and any overlay are removed and the
+guest goes on as before.
 """
 
 from __future__ import annotations
@@ -18,18 +21,49 @@ from qsnap.engine.disk_snapshot import check_overlay_files, switch_overlays
 from qsnap.engine.memory import write_image
 from qsnap.errors import AlreadyExistsError, QsnapError
 from qsnap.launcher.process import RuntimeInfo
+from qsnap.model.capture import Capture
 from qsnap.model.domain import DomainDef
 from qsnap.monitor import Monitor
+from qsnap.plan.disk_snapshot import Overlay
 from qsnap.plan.full_snapshot import FullSnapshotPlan
 
 
 async def take_full_snapshot(plan: FullSnapshotPlan, domain: DomainDef, running: RuntimeInfo,
-                             live: bool) -> None:
-    async with await Monitor.connect(running.qmp) as monitor:
+                             strategy: str) -> Capture:
+    """Take the snapshot; returns how its memory was captured and how long the guest paused
+    (measured from QEMU's own STOP/RESUME event timestamps)."""
+    async with await Monitor.connect(running.qmp) as monitor, monitor.pause_clock() as clock:
         if plan.external:
-            await _external(monitor, plan, domain, live)
+            await _external(monitor, plan, domain, strategy)
         else:
             await _internal(monitor, plan)
+    return Capture(strategy, clock.paused)
+
+
+async def background_refusal(running: RuntimeInfo, domain: DomainDef,
+                             memory_file: str) -> str | None:
+    """Why a background snapshot of this guest into *memory_file* cannot be taken, or None.
+
+    Besides QEMU's own answer, the memory file's file system must have room for all of the
+    guest's RAM: when QEMU 7.2's background snapshot fails part-way (measured here with a full
+    tmpfs), it leaves the guest's RAM write-protected, and the guest hangs for good while QEMU
+    still reports it running; even ``stop`` then never returns. Other strategies fail cleanly.
+    """
+    ram = (domain.memory_kib or 131072) * 1024
+    try:
+        stats = os.statvfs(os.path.dirname(memory_file) or ".")
+    except OSError as exc:
+        return f"cannot inspect the memory file's folder: {exc.strerror}"
+    free = stats.f_bavail * stats.f_frsize
+    if free < ram + _SPACE_MARGIN:
+        return (f"the memory file's file system has {free >> 20} MiB free, less than the "
+                f"guest's {ram >> 20} MiB of RAM and {_SPACE_MARGIN >> 20} MiB to spare, and a "
+                "background snapshot that runs out of space leaves the guest hung")
+    async with await Monitor.connect(running.qmp) as monitor:
+        return await monitor.background_snapshot_refusal()
+
+
+_SPACE_MARGIN = 64 << 20
 
 
 async def _internal(monitor: Monitor, plan: FullSnapshotPlan) -> None:
@@ -51,14 +85,17 @@ async def _internal(monitor: Monitor, plan: FullSnapshotPlan) -> None:
 
 
 async def _external(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDef,
-                    live: bool) -> None:
+                    strategy: str) -> None:
     memory = Path(plan.snapshot.memory_file or "")
     if os.path.lexists(memory):
         raise AlreadyExistsError(f"refusing to overwrite existing file '{memory}' (the "
                                  "snapshot's memory file)")
     check_overlay_files(plan.overlays, {d.source for d in domain.disks if d.source})
+    if strategy == "background":
+        await _background(monitor, plan, domain, memory)
+        return
     was_running = await monitor.status() == "running"
-    if was_running and not live:
+    if was_running and strategy == "paused":
         await monitor.pause()
     try:
         await write_image(monitor, memory, domain.to_xml(secure=True), was_running)
@@ -71,3 +108,53 @@ async def _external(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDef,
         if was_running:
             with contextlib.suppress(QsnapError):
                 await monitor.resume()
+
+
+async def _background(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDef,
+                      memory: Path) -> None:
+    """Pause, switch the disks, start the background snapshot (QEMU saves the device state
+    and runs the guest again at once), then wait while QEMU writes RAM as it was at the pause.
+    If the save fails after the switch, the overlays are merged back (active commit), so the
+    guest ends on its old images with nothing lost, as if no snapshot had been asked for."""
+    switched = False
+
+    async def pause_and_switch() -> None:
+        nonlocal switched
+        await monitor.pause()
+        try:
+            await switch_overlays(monitor, plan.overlays)
+        except BaseException:
+            with contextlib.suppress(QsnapError):
+                await monitor.resume()
+            raise
+        switched = True
+
+    try:
+        await write_image(monitor, memory, domain.to_xml(secure=True), True, background=True,
+                          at_start=pause_and_switch)
+    except BaseException:
+        with contextlib.suppress(QsnapError):
+            if await monitor.status() == "paused":
+                await monitor.resume()
+        if switched:
+            await merge_back(monitor, plan.overlays)
+        raise
+
+
+async def merge_back(monitor: Monitor, overlays: list[Overlay]) -> None:
+    """Undo a disk switch on a running guest: commit each new overlay into the image below it
+    (active commit, then pivot) and remove the overlay file."""
+    chains = await monitor.block_chains()
+    for overlay in overlays:
+        chain = chains[overlay.target]
+        job_id = monitor.job_id("undo")
+        await monitor.start_commit(job_id, chain[0][0], chain[1][0], None)
+        job = await monitor.wait_job(job_id, frozenset({"ready"}))
+        if job["status"] == "ready":
+            await monitor.complete_job(job_id)
+            job = await monitor.wait_job(job_id, frozenset())
+        await monitor.dismiss_job(job_id)
+        if job.get("error"):
+            raise QsnapError(f"merging overlay '{overlay.path}' back after the failed snapshot "
+                             f"failed: {job['error']}; disk '{overlay.target}' stays on it")
+        Path(overlay.path).unlink(missing_ok=True)

@@ -1,6 +1,6 @@
 """Memory images in libvirt's save-image format: written from a paused guest, read, and loaded
-into a QEMU that waits for them. Used by save/restore/managedsave (and, later, by external
-memory snapshots).
+into a QEMU that waits for them. Used by save/restore/managedsave and by external memory
+snapshots.
 
 Crash safety of the file itself: it is created exclusively (an existing file is never
 overwritten) with mode 0600 (it holds guest RAM), starts with the "still being written" magic,
@@ -11,6 +11,7 @@ therefore always recognised as incomplete.
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from qsnap.errors import AlreadyExistsError, InvalidArgumentError, NotSupportedError, QsnapError
@@ -30,8 +31,12 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-async def write_image(monitor: Monitor, path: Path, domain_xml: str, was_running: bool) -> None:
-    """Save the (paused) guest behind *monitor* into a new image at *path*."""
+async def write_image(monitor: Monitor, path: Path, domain_xml: str, was_running: bool, *,
+                      background: bool = False,
+                      at_start: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Save the guest behind *monitor* into a new image at *path*: paused (or live pre-copy),
+    or with *background* QEMU's background snapshot. *at_start* runs once the file is ready,
+    just before QEMU starts writing it (a background snapshot switches the disks there)."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except FileExistsError:
@@ -40,7 +45,9 @@ async def write_image(monitor: Monitor, path: Path, domain_xml: str, was_running
         raise InvalidArgumentError(f"cannot create '{path}': {exc.strerror}") from None
     try:
         _write_all(fd, save_image.encode(domain_xml, None, was_running, partial=True))
-        await monitor.save_to_fd(fd)
+        if at_start is not None:
+            await at_start()
+        await monitor.save_to_fd(fd, background=background)
         os.fsync(fd)
         os.pwrite(fd, save_image.final_magic(), 0)
         os.fsync(fd)

@@ -5,6 +5,7 @@ from qsnap.monitor.client import (
     MonitorClosedError,
     MonitorError,
     MonitorTimeoutError,
+    PauseClock,
 )
 
-__all__ = ["Monitor", "MonitorClosedError", "MonitorError", "MonitorTimeoutError"]
+__all__ = ["Monitor", "MonitorClosedError", "MonitorError", "MonitorTimeoutError", "PauseClock"]

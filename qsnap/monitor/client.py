@@ -56,6 +56,22 @@ class MonitorTimeoutError(QsnapError):
     """QEMU did not answer in time."""
 
 
+class PauseClock:
+    """The stopped intervals of a guest, from QEMU's STOP/RESUME event timestamps. A stop
+    still open when the block ends is not counted (the guest was left paused on purpose)."""
+
+    def __init__(self) -> None:
+        self.paused = 0.0
+        self._stopped_at: float | None = None
+
+    def add(self, event: str, when: float) -> None:
+        if event == "STOP" and self._stopped_at is None:
+            self._stopped_at = when
+        elif event == "RESUME" and self._stopped_at is not None:
+            self.paused += when - self._stopped_at
+            self._stopped_at = None
+
+
 class Monitor:
     """One QMP connection to one QEMU process."""
 
@@ -339,20 +355,65 @@ class Monitor:
             if event.get("data", {}).get("status") in ("completed", "failed", "cancelled"):
                 return
 
-    async def save_to_fd(self, fd: int, timeout: float = 3600.0) -> None:
+    async def save_to_fd(self, fd: int, timeout: float = 3600.0, *,
+                         background: bool = False) -> None:
         """Write the guest's RAM and device state into *fd* from its current offset.
 
         QEMU caps migration at 128 MiB/s by default, a tenth of a disk's speed; the cap is
         lifted for the save and put back after, as libvirt does for saves to files.
+
+        With *background*, QEMU's ``background-snapshot`` capability is on for this save: QEMU
+        stops the guest for the device state, write-protects its RAM, runs it again at once,
+        and writes each page before the guest may change it, so the image holds the moment
+        the save STARTED while the guest runs. QEMU resumes the guest itself, whatever its
+        state before.
         """
         params = await self.execute("query-migrate-parameters")
         await self.execute("migrate-set-parameters", {"max-bandwidth": 1 << 62})
+        if background:
+            await self._set_capability("background-snapshot", True)
         try:
             await self._migration("migrate", fd, timeout)
         finally:
             with contextlib.suppress(QsnapError):
                 await self.execute("migrate-set-parameters",
                                    {"max-bandwidth": params["max-bandwidth"]})
+                if background:
+                    await self._set_capability("background-snapshot", False)
+
+    async def _set_capability(self, name: str, state: bool) -> None:
+        await self.execute("migrate-set-capabilities",
+                           {"capabilities": [{"capability": name, "state": state}]})
+
+    async def background_snapshot_refusal(self) -> str | None:
+        """None when this QEMU on this host can take background snapshots, else why not
+        (QEMU >= 6.0, and userfaultfd write-protection in the host kernel, which QEMU
+        checks when the capability is switched on)."""
+        capabilities = {c["capability"] for c in await self.execute("query-migrate-capabilities")}
+        if "background-snapshot" not in capabilities:
+            version = ".".join(map(str, self.capabilities.version))
+            return f"QEMU {version} has no background-snapshot migration capability"
+        try:
+            await self._set_capability("background-snapshot", True)
+        except MonitorError as exc:
+            return exc.desc
+        with contextlib.suppress(QsnapError):
+            await self._set_capability("background-snapshot", False)
+        return None
+
+    @contextlib.asynccontextmanager
+    async def pause_clock(self) -> AsyncIterator[PauseClock]:
+        """Measure how long the guest's vCPUs are stopped inside the block, from the
+        timestamps QEMU puts on its own STOP and RESUME events."""
+        clock = PauseClock()
+        async with self.events("STOP", "RESUME") as listener:
+            try:
+                yield clock
+            finally:
+                for event in listener.clear():
+                    stamp = event.get("timestamp", {})
+                    clock.add(event["event"], stamp.get("seconds", 0)
+                              + stamp.get("microseconds", 0) / 1e6)
 
     async def load_from_fd(self, fd: int, timeout: float = 3600.0) -> None:
         """Read a saved state from *fd* into a QEMU started with ``-incoming defer``."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from qsnap.errors import InvalidArgumentError
+from qsnap.errors import InvalidArgumentError, NotSupportedError
 from qsnap.model.domain import DomainDef, with_disk_images
 from qsnap.model.snapshot import SnapshotDef
 from qsnap.plan.disk_snapshot import Overlay, new_snapshot, split_disks
@@ -71,3 +71,34 @@ def plan_full_snapshot(request: SnapshotDef, domain: DomainDef, flags: CreateFla
         if overlays else domain
     return FullSnapshotPlan(snap, external, internal, internal[0] if internal else None,
                             overlays, domain_after)
+
+
+def choose_capture(*, external: bool, live: bool, requested: str | None, running: bool,
+                   background_refusal: str | None) -> str:
+    """How to capture the memory (see :mod:`qsnap.model.capture`).
+
+    Internal snapshots always use QEMU's snapshot-save job. External ones: without ``--live``
+    the guest is paused for the whole save (libvirt's default); with it, QEMU's
+    background-snapshot where this QEMU and host offer it (the guest pauses for milliseconds
+    and the image holds the moment the snapshot started, when the disks switch too), else
+    pre-copy (libvirt's ``--live``: the moment it ended). *requested* overrides the choice.
+    A paused guest stays paused, so it is saved paused.
+    """
+    if requested is not None and requested not in ("background", "precopy", "paused"):
+        raise InvalidArgumentError(f"unknown live strategy '{requested}': use background, "
+                                   "precopy or paused")
+    if not external:
+        if requested is not None:
+            raise InvalidArgumentError("a live strategy applies to external memory snapshots "
+                                       "only (internal ones are taken by QEMU's snapshot-save)")
+        return "internal"
+    if requested in ("background", "precopy") and not live:
+        raise InvalidArgumentError(f"live strategy '{requested}' requires --live")
+    if not live or not running:
+        return "paused"
+    if requested == "background" and background_refusal is not None:
+        raise NotSupportedError(f"background snapshots are not available here: "
+                                f"{background_refusal}")
+    if requested is not None:
+        return requested
+    return "background" if background_refusal is None else "precopy"

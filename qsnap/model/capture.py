@@ -1,0 +1,51 @@
+"""How a full-system snapshot's memory was captured, and how long the guest was paused for it.
+
+qsnap notes this in the snapshot's ``<cookie>``: libvirt's schema lets any element live there
+and its QEMU driver reads only ``<cpu>`` and ``<slirpHelper>`` from it, so the note travels
+with the snapshot and harms nobody. ``snapshot-info`` shows it.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from lxml import etree
+
+ELEMENT = "qsnapCapture"
+
+#: background: QEMU's background-snapshot (the START moment, guest running while RAM is
+#: written); precopy: RAM copied while the guest runs, paused for the rest (the END moment);
+#: paused: paused for the whole save; internal: QEMU's snapshot-save job (paused throughout).
+STRATEGIES = ("background", "precopy", "paused", "internal")
+
+
+@dataclass(frozen=True)
+class Capture:
+    strategy: str
+    pause: float  # seconds the guest's vCPUs were stopped, by QEMU's event timestamps
+
+    def describe(self) -> str:
+        return f"{self.strategy}, guest paused {self.pause * 1000:.1f} ms"
+
+
+def with_capture(cookie: etree._Element | None, capture: Capture) -> etree._Element:
+    """*cookie* (or a new one) with *capture* noted in it, replacing an earlier note."""
+    result = copy.deepcopy(cookie) if cookie is not None else etree.Element("cookie")
+    for old in result.findall(ELEMENT):
+        result.remove(old)
+    etree.SubElement(result, ELEMENT, strategy=capture.strategy,
+                     pauseMicroseconds=str(round(capture.pause * 1e6)))
+    return result
+
+
+def capture_of(cookie: etree._Element | None) -> Capture | None:
+    """The note in a snapshot's cookie, if qsnap wrote one (and it reads back)."""
+    node = cookie.find(ELEMENT) if cookie is not None else None
+    if node is None or node.get("strategy") not in STRATEGIES:
+        return None
+    try:
+        pause = int(node.get("pauseMicroseconds", "")) / 1e6
+    except ValueError:
+        return None
+    return Capture(node.get("strategy", ""), pause)
