@@ -1,4 +1,4 @@
-"""Metadata benchmark: how qsnap's operations scale from 1 to 10,000 snapshots.
+"""Benchmark: metadata operations from 1 to 10,000 snapshots, then the QEMU part (bench_qemu).
 
 Run through ``scripts/bench``. Every figure is a median of repeated runs in this one process, and
 every row is printed as a ratio against its baseline measured in the same run, so the numbers
@@ -88,6 +88,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--snapshots", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--ram", default="256,1024",
+                        help="guest RAM sizes in MiB for the QEMU part (comma-separated)")
+    parser.add_argument("--skip-qemu", action="store_true", help="metadata part only")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="qsnap-bench-") as tmp:
         small = asyncio.run(measure(1, args.repeat, Path(tmp)))
@@ -104,8 +107,10 @@ def main() -> int:
     print("\nratio ~1x: cost independent of the tree's size (current, create, set current);")
     print("list/tree/info read every snapshot file once (they grow with N; 'per snapshot' is "
           "the marginal cost).")
-    print("libvirt reference: not run by this version; side-by-side virsh figures arrive with "
-          "the QEMU benchmark (scripts/bench grows with the performance work).")
+    if not args.skip_qemu:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import bench_qemu
+        bench_qemu.main([int(r) for r in args.ram.split(",")], args.repeat)
     return 0
 
 

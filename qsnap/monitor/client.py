@@ -75,14 +75,14 @@ class PauseClock:
 class Monitor:
     """One QMP connection to one QEMU process."""
 
-    def __init__(self, client: QMPClient, capabilities: QemuCapabilities) -> None:
+    def __init__(self, client: QMPClient) -> None:
         self._client = client
-        self.capabilities = capabilities
+        self._capabilities: QemuCapabilities | None = None
         self._job_ids = 0
 
     @classmethod
     async def connect(cls, socket_path: str, timeout: float | None = None) -> Monitor:
-        """Connect to the QMP socket at *socket_path* and probe what this QEMU offers."""
+        """Connect to the QMP socket at *socket_path* (the QMP handshake proves it is QMP)."""
         timeout = min(command_timeout(), 10.0) if timeout is None else timeout
         client = QMPClient("qsnap")
         try:
@@ -106,21 +106,20 @@ class Monitor:
         except OSError as exc:  # after TimeoutError, which is an OSError too
             raise MonitorClosedError(f"cannot connect to QMP socket {socket_path}: "
                                      f"{exc.strerror or exc}") from None
-        monitor = cls(client, QemuCapabilities())
-        try:
-            monitor.capabilities = await monitor._probe()
-        except BaseException:
-            await monitor.close()
-            raise
-        return monitor
+        return cls(client)
 
-    async def _probe(self) -> QemuCapabilities:
-        version = await self.execute("query-version")
-        qemu = version["qemu"]  # type: ignore[index]
-        schema = await self.execute("query-qmp-schema")
-        commands = frozenset(e["name"] for e in schema if e.get("meta-type") == "command")  # type: ignore[union-attr]
-        events = frozenset(e["name"] for e in schema if e.get("meta-type") == "event")  # type: ignore[union-attr]
-        return QemuCapabilities((qemu["major"], qemu["minor"], qemu["micro"]), commands, events)
+    async def capabilities(self) -> QemuCapabilities:
+        """What this QEMU offers (version, QMP commands and events), probed on first use:
+        the schema is large (tens of milliseconds to fetch and parse), and most operations
+        never need it, so connecting does not pay for it."""
+        if self._capabilities is None:
+            qemu = (await self.execute("query-version"))["qemu"]
+            schema = await self.execute("query-qmp-schema")
+            self._capabilities = QemuCapabilities(
+                (qemu["major"], qemu["minor"], qemu["micro"]),
+                frozenset(e["name"] for e in schema if e.get("meta-type") == "command"),
+                frozenset(e["name"] for e in schema if e.get("meta-type") == "event"))
+        return self._capabilities
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -391,7 +390,7 @@ class Monitor:
         checks when the capability is switched on)."""
         capabilities = {c["capability"] for c in await self.execute("query-migrate-capabilities")}
         if "background-snapshot" not in capabilities:
-            version = ".".join(map(str, self.capabilities.version))
+            version = ".".join(map(str, (await self.capabilities()).version))
             return f"QEMU {version} has no background-snapshot migration capability"
         try:
             await self._set_capability("background-snapshot", True)

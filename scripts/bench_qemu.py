@@ -1,0 +1,265 @@
+"""QEMU benchmark: how long snapshots pause the tiny guest, and how close to the disk they run.
+
+Run through ``scripts/bench`` (it runs this after the metadata benchmark). Every row is a median
+of repeated runs in this one process, printed beside a baseline measured in the same run:
+
+- disk-only snapshots (1 and 8 disks) against a bare, hand-written QMP ``transaction`` of the
+  same overlays (qsnap's overhead);
+- full-system external snapshots with each strategy, and internal ones: the guest's pause and
+  the memory throughput as a share of the disk's sequential direct-I/O write speed (``dd``);
+- revert from a memory file against RAM size / the disk's direct-I/O read speed.
+
+Pauses come from QEMU's own STOP/RESUME event timestamps (recorded by qsnap) and, as a check,
+from the guest's counter: a thread stamps each serial line as it appears, and the largest gap
+beyond the guest's normal period is the pause the guest saw (resolution: its 25 ms tick).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import os
+import re
+import secrets
+import statistics
+import subprocess
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+from qemu.qmp import QMPClient
+
+from qsnap import CreateFlags, Engine, snapshot_xml_from_args
+from qsnap.launcher.process import read_runtime, runtime_paths
+from qsnap.model.capture import capture_of
+
+REPO = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("qsnap_guest", REPO / "fixtures" / "guest.py")
+assert _spec and _spec.loader
+GUEST = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(GUEST)
+
+COUNTER = re.compile(rb"qsnap-counter (\d+)\s")
+
+
+class CounterWatch:
+    """Stamps each counter line of a serial log as it appears (polling every millisecond)."""
+
+    def __init__(self, serial: Path) -> None:
+        self.serial = serial
+        self.stamps: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        offset = self.serial.stat().st_size
+        while not self._stop.is_set():
+            size = self.serial.stat().st_size
+            if size > offset:
+                with open(self.serial, "rb") as handle:
+                    handle.seek(offset)
+                    data = handle.read(size - offset)
+                now = time.perf_counter()
+                self.stamps += [now] * len(COUNTER.findall(data))
+                offset = size
+            time.sleep(0.001)
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[CounterWatch]:
+        self.stamps = []
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            time.sleep(0.3)  # let the guest print past the end of the operation
+            self._stop.set()
+            self._thread.join()
+
+    def pause(self) -> float:
+        """The largest gap between two counters beyond the guest's usual period."""
+        gaps = [b - a for a, b in zip(self.stamps, self.stamps[1:], strict=False)]
+        if len(gaps) < 3:
+            return float("nan")
+        return max(0.0, max(gaps) - statistics.median(gaps))
+
+
+def dd_speed(folder: Path, mib: int = 512) -> tuple[float, float]:
+    """Sequential direct-I/O write and read speed (bytes/s) of the disk under *folder*."""
+    path = folder / "dd.bin"
+
+    def run(*args: str) -> None:
+        subprocess.run(["dd", *args, "bs=4M", f"count={mib // 4}", "status=none"],
+                       capture_output=True, check=True)
+
+    start = time.perf_counter()
+    run("if=/dev/zero", f"of={path}", "oflag=direct", "conv=fsync")
+    write = mib * (1 << 20) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    run(f"if={path}", "of=/dev/null", "iflag=direct")
+    read = mib * (1 << 20) / (time.perf_counter() - start)
+    path.unlink()
+    return write, read
+
+
+async def bare_transaction(qmp: str, folder: Path, tag: str) -> float:
+    """A hand-written QMP transaction putting a new overlay on every disk; its wall time
+    (connect, query-block, transaction), the baseline for qsnap's disk-only snapshot."""
+    start = time.perf_counter()
+    client = QMPClient("bench")
+    await client.connect(qmp)
+    try:
+        actions = []
+        for entry in await client.execute("query-block"):
+            inserted = entry.get("inserted")
+            if not inserted:
+                continue
+            node = inserted["node-name"]
+            actions.append({"type": "blockdev-snapshot-sync", "data": {
+                "node-name": node, "snapshot-file": str(folder / f"bare-{node}-{tag}"),
+                "snapshot-node-name": f"bare-{secrets.token_hex(4)}", "format": "qcow2"}})
+        await client.execute("transaction", {"actions": actions})
+    finally:
+        await client.disconnect()
+    return time.perf_counter() - start
+
+
+async def timed(work: Callable[[], Awaitable[object]]) -> float:
+    start = time.perf_counter()
+    await work()
+    return time.perf_counter() - start
+
+
+class Guest:
+    def __init__(self, base: Path, name: str, disks: int, ram: int, dirty: int) -> None:
+        self.folder = base / name
+        self.engine = Engine(base / f"{name}-state")
+        self.name = "g"
+        self.xml = GUEST.make_guest("g", disks, ram, self.folder, dirty=dirty)
+        self.serial = self.folder / "serial.log"
+        self.watch = CounterWatch(self.serial)
+        self.n = 0
+
+    async def start(self) -> None:
+        await self.engine.define(self.xml.read_text())
+        await self.engine.start("g")
+        while (GUEST.last_serial_counter(self.serial) or 0) < 40:
+            await asyncio.sleep(0.1)
+
+    def qmp(self) -> str:
+        info = read_runtime(runtime_paths(self.engine.state_dir, "g"))
+        assert info is not None
+        return info.qmp
+
+    def next(self, prefix: str) -> str:
+        self.n += 1
+        return f"{prefix}{self.n}"
+
+    async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.engine.destroy("g")
+
+
+async def disk_only_rows(base: Path, disks: int, repeat: int) -> list[tuple[str, str, str, str]]:
+    guest = Guest(base, f"d{disks}", disks, 128, 0)
+    await guest.start()
+    try:
+        qsnap_times, bare_times, pauses = [], [], []
+        for _ in range(repeat):
+            name = guest.next("d")
+            with guest.watch.watching() as watch:
+                qsnap_times.append(await timed(lambda n=name: guest.engine.create(
+                    "g", snapshot_xml_from_args(n), CreateFlags(disk_only=True))))
+            pauses.append(watch.pause())
+            bare_times.append(await bare_transaction(guest.qmp(), guest.folder, name))
+            await asyncio.sleep(0.2)
+        q, b = statistics.median(qsnap_times), statistics.median(bare_times)
+        return [(f"disk-only snapshot, {disks} disk{'s' if disks > 1 else ''}",
+                 f"{q * 1e3:.1f} ms", f"bare QMP {b * 1e3:.1f} ms", f"{q / b:.2f}x"),
+                (f"  guest pause (counter gap), {disks} disks",
+                 f"{statistics.median(pauses) * 1e3:.0f} ms", "target < 10 ms",
+                 "(25 ms tick)")]
+    finally:
+        await guest.stop()
+
+
+async def memory_rows(base: Path, ram: int, repeat: int, write_speed: float,
+                      read_speed: float) -> list[tuple[str, str, str, str]]:
+    guest = Guest(base, f"m{ram}", 1, ram, ram // 2)
+    await guest.start()
+    rows = []
+    try:
+        for strategy, live in (("background", True), ("precopy", True), ("paused", False),
+                               ("internal", False)):
+            walls, pauses, gaps, sizes = [], [], [], []
+            for _ in range(repeat):
+                name = guest.next(strategy[:2])
+                memory = guest.folder / f"{name}.mem"
+                memspec = None if strategy == "internal" else f"file={memory}"
+                request = snapshot_xml_from_args(name, memspec=memspec)
+                chosen = None if strategy == "internal" else strategy
+                with guest.watch.watching() as watch:
+                    start = time.perf_counter()
+                    await guest.engine.create("g", request, CreateFlags(live=live),
+                                              live_strategy=chosen)
+                    walls.append(time.perf_counter() - start)
+                gaps.append(watch.pause())
+                capture = capture_of((await guest.engine.get("g", name)).cookie)
+                pauses.append(capture.pause if capture else float("nan"))
+                sizes.append(memory.stat().st_size if memory.exists() else ram << 20)
+                await guest.engine.delete("g", name)
+            wall = statistics.median(walls)
+            rate = statistics.median(sizes) / wall
+            rows.append((f"{strategy} full-system snapshot, {ram} MiB",
+                         f"{wall:.2f} s", f"pause {statistics.median(pauses) * 1e3:.1f} ms "
+                         f"(gap {statistics.median(gaps) * 1e3:.0f} ms)",
+                         f"{rate / write_speed:.2f}x disk write"))
+        name = guest.next("rv")
+        memory = guest.folder / f"{name}.mem"
+        await guest.engine.create("g", snapshot_xml_from_args(name, memspec=f"file={memory}"),
+                                  CreateFlags())
+        reverts = [await timed(lambda: guest.engine.revert("g", name)) for _ in range(repeat)]
+        await guest.engine.destroy("g")
+        starts = []
+        for _ in range(repeat):
+            starts.append(await timed(lambda: guest.engine.start("g")))
+            await guest.engine.destroy("g")
+        revert, start = statistics.median(reverts), statistics.median(starts)
+        floor = memory.stat().st_size / read_speed
+        rows.append((f"revert from memory file, {ram} MiB", f"{revert:.2f} s",
+                     f"start {start:.2f} s + read {floor:.2f} s",
+                     f"{(revert - start) / floor:.2f}x read"))
+    finally:
+        await guest.stop()
+    return rows
+
+
+async def run(base: Path, rams: list[int], repeat: int) -> None:
+    write_speed, read_speed = dd_speed(base)
+    print(f"\nqsnap QEMU benchmark (tiny guest, TCG or KVM as probed; medians of {repeat})")
+    print(f"disk under {base}: direct-I/O write {write_speed / 1e6:.0f} MB/s, "
+          f"read {read_speed / 1e6:.0f} MB/s (dd, 512 MiB, this run)")
+    rows = []
+    for disks in (1, 8):
+        rows += await disk_only_rows(base, disks, repeat)
+    for ram in rams:
+        rows += await memory_rows(base, ram, max(3, repeat // 2), write_speed, read_speed)
+    width = max(len(r[0]) for r in rows) + 2
+    for label, value, baseline, ratio in rows:
+        print(f"{label:<{width}} {value:>10}  {baseline:<36} {ratio}")
+    print("full-system rows: the guest keeps half its RAM dirty; 'pause' is QEMU's STOP->RESUME "
+          "time qsnap recorded, 'gap' the guest's own counter gap; throughput = memory file "
+          "size / wall time.")
+    print("Not measured yet: 8 concurrent guests, and libvirt side by side (--with-libvirt).")
+
+
+def main(rams: list[int], repeat: int) -> None:
+    base = Path(os.environ.get("QSNAP_BENCH_DIR") or "/var/tmp") / f"qsnap-bench-{os.getpid()}"
+    base.mkdir(parents=True)
+    try:
+        asyncio.run(run(base, rams, repeat))
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=False)
