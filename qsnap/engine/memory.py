@@ -45,9 +45,7 @@ async def write_image(monitor: Monitor, path: Path, domain_xml: str, was_running
         raise InvalidArgumentError(f"cannot create '{path}': {exc.strerror}") from None
     try:
         _write_all(fd, save_image.encode(domain_xml, None, was_running, partial=True))
-        if at_start is not None:
-            await at_start()
-        await monitor.save_to_fd(fd, background=background)
+        await monitor.save_to_fd(fd, background=background, just_before=at_start)
         os.fsync(fd)
         os.pwrite(fd, save_image.final_magic(), 0)
         os.fsync(fd)

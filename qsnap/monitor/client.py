@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from qemu.qmp import ConnectError, EventListener, ExecInterruptedError, ExecuteError, QMPClient
@@ -328,13 +328,17 @@ class Monitor:
             raise MonitorClosedError(f"cannot pass a file to QEMU: {exc}") from None
         await self.execute("getfd", {"fdname": name})
 
-    async def _migration(self, command: str, fd: int, timeout: float) -> None:
-        """Run an outgoing or incoming migration over *fd* and wait until it is over."""
+    async def _migration(self, command: str, fd: int, timeout: float,
+                         just_before: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Run an outgoing or incoming migration over *fd* and wait until it is over;
+        *just_before* runs after all the set-up, right before the migration command."""
         name = f"qsnap-migration-{os.getpid()}-{fd}"
         await self.execute("migrate-set-capabilities", {"capabilities": [
             {"capability": "events", "state": True}]})
         await self.send_fd(fd, name)
         async with self.events("MIGRATION") as listener:
+            if just_before is not None:
+                await just_before()
             await self.execute(command, {"uri": f"fd:{name}"})
             try:
                 await asyncio.wait_for(self._wait_migration(listener), timeout)
@@ -354,8 +358,8 @@ class Monitor:
             if event.get("data", {}).get("status") in ("completed", "failed", "cancelled"):
                 return
 
-    async def save_to_fd(self, fd: int, timeout: float = 3600.0, *,
-                         background: bool = False) -> None:
+    async def save_to_fd(self, fd: int, timeout: float = 3600.0, *, background: bool = False,
+                         just_before: Callable[[], Awaitable[None]] | None = None) -> None:
         """Write the guest's RAM and device state into *fd* from its current offset.
 
         QEMU caps migration at 128 MiB/s by default, a tenth of a disk's speed; the cap is
@@ -365,14 +369,15 @@ class Monitor:
         stops the guest for the device state, write-protects its RAM, runs it again at once,
         and writes each page before the guest may change it, so the image holds the moment
         the save STARTED while the guest runs. QEMU resumes the guest itself, whatever its
-        state before.
+        state before. *just_before* runs right before ``migrate``, after every other command:
+        what it pauses is paused for one command only.
         """
         params = await self.execute("query-migrate-parameters")
         await self.execute("migrate-set-parameters", {"max-bandwidth": 1 << 62})
         if background:
             await self._set_capability("background-snapshot", True)
         try:
-            await self._migration("migrate", fd, timeout)
+            await self._migration("migrate", fd, timeout, just_before)
         finally:
             with contextlib.suppress(QsnapError):
                 await self.execute("migrate-set-parameters",
