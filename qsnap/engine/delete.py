@@ -188,20 +188,20 @@ class DeleteRun:
         self.progress = progress
         self.changed = False  # whether any image has been touched yet
 
-    def _record(self) -> None:
-        write_intent(self.folder.path, self.work.record())
+    async def _record(self) -> None:
+        await asyncio.to_thread(write_intent, self.folder.path, self.work.record())
 
     async def start(self) -> None:
         """Record the intent, then carry it out. A failure before any image changed removes
         the record again (nothing happened); after, the record stays, and the error says that
         the delete will be finished once its cause is fixed."""
-        self._record()
+        await self._record()
         crash_point("delete: intent recorded")
         try:
             await self.finish()
         except QsnapError as exc:
             if not self.changed:
-                clear_intent(self.folder.path)
+                await asyncio.to_thread(clear_intent, self.folder.path)
                 raise
             raise OperationIncompleteError(
                 f"{exc}; the delete of snapshot '{self.work.snapshot}' had begun changing "
@@ -217,7 +217,8 @@ class DeleteRun:
                 await self._merge_live()
             await self._merge_offline()
         crash_point("delete: images merged")
-        self.folder.save(
+        await asyncio.to_thread(
+            self.folder.save,
             put=[parse_snapshot(x, redefine=True, internal=True) for x in work.put],
             drop=[n for n in work.drop if self.folder.has_snapshot(n)],
             current=work.current if work.current_changes else KEEP,
@@ -227,7 +228,7 @@ class DeleteRun:
             with contextlib.suppress(FileNotFoundError):
                 await asyncio.to_thread(os.unlink, path)
             crash_point(f"delete: removed {os.path.basename(path)}")
-        clear_intent(self.folder.path)
+        await asyncio.to_thread(clear_intent, self.folder.path)
 
     async def _delete_tags(self) -> None:
         """Delete each internal tag still present (a repeat after a crash skips the done)."""
@@ -250,9 +251,9 @@ class DeleteRun:
                     self.changed = True
                     await monitor.delete_internal(removal.name, nodes)
 
-    def _mark_merged(self, merge: Merge) -> None:
+    async def _mark_merged(self, merge: Merge) -> None:
         self.work.merged[self.work.merges.index(merge)] = True
-        self._record()
+        await self._record()
 
     def _meter(self, merge: Merge) -> ProgressMeter:
         return ProgressMeter(f"merge {merge.target}: {os.path.basename(merge.top)} into "
@@ -274,7 +275,7 @@ class DeleteRun:
                 if await monitor.job(job_id) is None:  # else a crash left it: take it over
                     if merge.top not in [f for _, f in chain]:
                         if merge.live:
-                            self._mark_merged(merge)  # QEMU finished it before a crash
+                            await self._mark_merged(merge)  # QEMU finished it before a crash
                         continue
                     node = {f: n for n, f in chain}
                     self.changed = True
@@ -297,7 +298,7 @@ class DeleteRun:
             pause = any(m.active for m in jobs.values()) and await monitor.status() == "running"
             if pause:
                 work.paused = True
-                self._record()
+                await self._record()
                 await monitor.pause()
             try:
                 for job_id in jobs:
@@ -314,14 +315,14 @@ class DeleteRun:
                         raise OperationInvalidError(
                             f"finishing block job failed while deleting disk '{merge.target}' "
                             f"snapshot: '{job['error']}'")
-                    self._mark_merged(merge)
+                    await self._mark_merged(merge)
                 crash_point("delete: commits done")
             finally:
                 if pause:
                     with contextlib.suppress(QsnapError):
                         await monitor.resume()
                     work.paused = False
-                    self._record()
+                    await self._record()
             open_files = {f for chain in (await monitor.block_chains()).values()
                           for _, f in chain}
         for merge in jobs.values():
@@ -343,7 +344,7 @@ class DeleteRun:
             for child in merge.rebase:
                 if os.path.exists(child):
                     await images.rebase_unsafe(child, merge.base, merge.base_format)
-            self._mark_merged(merge)
+            await self._mark_merged(merge)
 
 
 def _allocated(path: str) -> int:

@@ -139,15 +139,13 @@ class Engine:
 
     def _locked(self, domain: str, work: Callable[[DomainFolder], T], *,
                 must_exist: bool = True) -> T:
-        if must_exist and not self.state.folder(domain).exists():
-            # Checked before locking too, so a mistyped name leaves no lock file behind.
-            raise NoDomainError(f"domain '{domain}' is not defined")
-        with self.state.locked(domain) as (folder, recovered):
-            for line in recovered:
-                log.warning("recovered: %s", line)
-            if must_exist:
-                _ = folder.definition  # raises NoDomainError with the domain's name
-            return work(folder)
+        """Recover, check, and run *work*, with *domain*'s lock already held."""
+        folder = self.state.folder(domain)
+        for line in folder.recover():
+            log.warning("recovered: %s", line)
+        if must_exist:
+            _ = folder.definition  # raises NoDomainError with the domain's name
+        return work(folder)
 
     async def _run(self, domain: str, work: Callable[[DomainFolder], T], *,
                    must_exist: bool = True, reading: bool = False) -> T:
@@ -163,13 +161,21 @@ class Engine:
                     raise
                 log.warning("domain '%s': an interrupted operation could not be finished: %s",
                             domain, exc)
-        return await asyncio.to_thread(self._locked, domain, work, must_exist=must_exist)
+        if must_exist and not self.state.folder(domain).exists():
+            # Checked before locking too, so a mistyped name leaves no lock file behind.
+            raise NoDomainError(f"domain '{domain}' is not defined")
+        lock = self.state.lock(domain)
+        await lock.acquire_async()
+        try:
+            return await asyncio.to_thread(self._locked, domain, work, must_exist=must_exist)
+        finally:
+            lock.release()
 
     async def _defining(self, domain: str, work: Callable[[DomainFolder], T]) -> T:
         """Run *work* holding the state-wide define lock as well as *domain*'s, so two
         definitions (define, attach) cannot claim one UUID at once."""
         def locked() -> T:
-            with self.state.defining():
+            with self.state.defining(), self.state.lock(domain):
                 return self._locked(domain, work, must_exist=False)
 
         return await asyncio.to_thread(locked)
@@ -177,15 +183,16 @@ class Engine:
     @contextlib.asynccontextmanager
     async def _session(self, domain: str,
                        recovered: list[str] | None = None) -> AsyncIterator[DomainFolder]:
-        """Hold *domain*'s lock across awaits (QEMU work); file work is brief and stays inline.
+        """Hold *domain*'s lock across awaits (QEMU work); writes that fsync run in worker
+        threads, so one domain's metadata work never stalls the others' on the event loop.
         First finish what a crash left: a metadata change, then an operation on images."""
         folder = self.state.folder(domain)
         if not folder.exists():
             raise NoDomainError(f"domain '{domain}' is not defined")
         lock = self.state.lock(domain)
-        await asyncio.to_thread(lock.acquire)
+        await lock.acquire_async()
         try:
-            lines = folder.recover()
+            lines = await asyncio.to_thread(folder.recover)
             if has_intent(folder.path):
                 line = await finish_interrupted(folder, self._runtime(domain)[1])
                 lines += [line] if line else []
@@ -520,9 +527,10 @@ class Engine:
                 await take_disk_snapshot(plan, definition, info, agent)
             name = plan.snapshot.name or name
             if flags.no_metadata:
-                folder.save(definition=plan.domain_after)
+                await asyncio.to_thread(folder.save, definition=plan.domain_after)
             else:
-                folder.save(put=[plan.snapshot], current=name, definition=plan.domain_after)
+                await asyncio.to_thread(folder.save, put=[plan.snapshot], current=name,
+                                        definition=plan.domain_after)
             if flags.halt and info is not None:
                 await stop(paths, info)
             return name
@@ -631,8 +639,8 @@ class Engine:
             await carry_out_revert(plan, paths, info, memory)
             discarded = await discarded_overlays(before, plan.domain, refs)
             updated = with_new_overlays(snap, plan) if not refs.has_children(name) else None
-            folder.save(put=[updated] if updated is not None else [], current=name,
-                        definition=plan.domain)
+            await asyncio.to_thread(folder.save, put=[updated] if updated is not None else [],
+                                    current=name, definition=plan.domain)
             for path in discarded:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
@@ -657,8 +665,8 @@ class Engine:
             moved = {child: folder.read_snapshot(child).copy(parent=parent)
                      for child, parent in plan.reparent.items()}
             if flags.metadata_only:
-                folder.save(put=list(moved.values()), drop=plan.remove,
-                            current=plan.current if plan.current_changes else KEEP)
+                await asyncio.to_thread(folder.save, put=list(moved.values()), drop=plan.remove,
+                                        current=plan.current if plan.current_changes else KEEP)
                 return plan
             info = self._runtime(domain)[1]
             definition = folder.definition

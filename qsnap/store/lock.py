@@ -9,6 +9,7 @@ belong to an open file, so two tasks in one process also exclude each other.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import time
@@ -39,25 +40,39 @@ class DomainLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        deadline = time.monotonic() + self.timeout
-        delay = 0.005
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-                    os.close(fd)
-                    raise OperationInvalidError(
-                        f"domain '{self.domain}' is busy: another qsnap process (pid {holder}) "
-                        f"has held its lock for over {self.timeout:g} s") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.1)
+        """Wait for the lock in this thread (for callers off the event loop)."""
+        fd, deadline, delay = self._open(), time.monotonic() + self.timeout, 0.005
+        while not self._try(fd, deadline):
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    async def acquire_async(self) -> None:
+        """Wait for the lock without holding a thread: many tasks may wait on one domain
+        while its holder still needs worker threads for its own file work."""
+        fd, deadline, delay = self._open(), time.monotonic() + self.timeout, 0.005
+        while not self._try(fd, deadline):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def _try(self, fd: int, deadline: float) -> bool:
+        """Take the lock if it is free; False if it is busy; an error after the deadline."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if time.monotonic() < deadline:
+                return False
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise OperationInvalidError(
+                f"domain '{self.domain}' is busy: another qsnap process (pid {holder}) "
+                f"has held its lock for over {self.timeout:g} s") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+        return True
 
     def release(self) -> None:
         if self._fd is not None:
