@@ -134,7 +134,7 @@ async def test_qemu_dying_during_save(guest: tuple[Engine, Path],
     info = engine._runtime("g")[1]
     assert info is not None
 
-    async def die(self: Monitor, fd: int, timeout: float = 0) -> None:
+    async def die(self: Monitor, fd: int, *args: object, **kwargs: object) -> None:
         os.kill(info.pid, signal.SIGKILL)
         await self.execute("query-status")
 
