@@ -11,7 +11,7 @@ of repeated runs in this one process, printed beside a baseline measured in the 
 
 Pauses come from QEMU's own STOP/RESUME event timestamps (recorded by qsnap) and, as a check,
 from the guest's counter: a thread stamps each serial line as it appears, and the largest gap
-beyond the guest's normal period is the pause the guest saw (resolution: its 25 ms tick).
+beyond the guest's normal period is the pause the guest saw (resolution: its 20 ms tick).
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ async def disk_only_rows(base: Path, disks: int, repeat: int) -> list[tuple[str,
                  f"{q * 1e3:.1f} ms", f"bare QMP {b * 1e3:.1f} ms", f"{q / b:.2f}x"),
                 (f"  guest pause (counter gap), {disks} disks",
                  f"{statistics.median(pauses) * 1e3:.0f} ms", "target < 10 ms",
-                 "(25 ms tick)")]
+                 "(20 ms tick)")]
     finally:
         await guest.stop()
 
@@ -284,7 +284,7 @@ async def run(base: Path, rams: list[int], repeat: int) -> None:
     print("full-system rows: the guest keeps half its RAM dirty; 'pause' is QEMU's STOP->RESUME "
           "time qsnap recorded; throughput = memory file size / wall time.")
     print("'gap': the largest gap in the guest's counter beyond its usual period, as a thread "
-          "here saw the serial log grow; with a 25 ms tick it is coarse and noisy, and it also "
+          "here saw the serial log grow; with a 20 ms tick it is coarse and noisy, and it also "
           "shows stalls without a STOP (a disk transaction holds QEMU's big lock).")
     print("Not measured yet: libvirt side by side (--with-libvirt).")
 
