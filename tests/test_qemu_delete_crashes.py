@@ -83,6 +83,25 @@ class Lab:
         os.kill(info.pid, signal.SIGKILL)
 
 
+async def boot(engine: Engine, lab: Lab, outcomes: dict[str, int]) -> None:
+    """Start the guest again after QEMU was killed. Twice in about 280 such boots under TCG
+    here, a fresh guest printed nothing (or stopped early) for 30 s after recovery had passed
+    every data check; that guest is restarted once and counted, so a guest that never boots
+    still fails the test and the count shows in its output."""
+    for attempt in range(2):
+        mark = lab.serial.stat().st_size
+        await engine.start("g")
+        try:
+            await first_counter_after(lab.serial, mark)
+            await wait_for_counter(lab.serial, 2 * WRITE_ROUND + 2, timeout=30)
+            return
+        except AssertionError:
+            if attempt:
+                raise
+            outcomes["boots retried"] += 1
+            await engine.destroy("g")
+
+
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 async def test_kill_at_every_step_of_an_external_delete(tmp_path: Path, scenario: str) -> None:
     running, middle, kill_qemu = SCENARIOS[scenario]
@@ -93,12 +112,11 @@ async def test_kill_at_every_step_of_an_external_delete(tmp_path: Path, scenario
         if not running:
             await engine.destroy("g")
         await lab.snapshot("root")
-        outcomes: dict[str, int] = {"finished by recover": 0, "not begun": 0}
+        outcomes: dict[str, int] = {"finished by recover": 0, "not begun": 0,
+                                    "boots retried": 0}
         for k in range(1, 200):
             if running and await engine.domstate("g") != "running":
-                mark = lab.serial.stat().st_size
-                await engine.start("g")
-                await first_counter_after(lab.serial, mark)
+                await boot(engine, lab, outcomes)
             await lab.snapshot(f"a{k}")
             if middle:
                 await lab.snapshot(f"b{k}")
@@ -145,6 +163,7 @@ async def test_kill_at_every_step_of_an_external_delete(tmp_path: Path, scenario
         print(f"{scenario}: {k - 1} step boundaries killed, {outcomes}")
         assert k > 10, "suspiciously few step boundaries"
         assert outcomes["finished by recover"] > 5, outcomes
+        assert outcomes["boots retried"] <= 2, outcomes
         await check_snapshot_data(engine, folder, lab.moments)
     finally:
         if await engine.domstate("g") != "shut off":
