@@ -252,15 +252,23 @@ def with_disk_images(domain: DomainDef, images: dict[str, tuple[str, str]]) -> D
         source = disk.find("source")
         if source is None:
             source = etree.SubElement(disk, "source")
-        key = "dev" if disk.get("type") == "block" else "file"
         source.attrib.clear()
-        source.set(key, path)
-        driver = disk.find("driver")
-        if driver is None:
-            driver = etree.Element("driver", name="qemu")
-            disk.insert(0, driver)
-        driver.set("type", fmt)
+        _set_image(disk, source, path, fmt)
     return parse_domain_element(element)
+
+
+def _source_key(disk: etree._Element) -> str:
+    return "dev" if disk.get("type") == "block" else "file"
+
+
+def _set_image(disk: etree._Element, source: etree._Element, path: str, fmt: str) -> None:
+    """Point one ``<disk>`` at *path* in format *fmt* (adding ``<driver>`` if it has none)."""
+    source.set(_source_key(disk), path)
+    driver = disk.find("driver")
+    if driver is None:
+        driver = etree.Element("driver", name="qemu")
+        disk.insert(0, driver)
+    driver.set("type", fmt)
 
 
 def renamed_images(element: etree._Element,
@@ -278,16 +286,9 @@ def renamed_images(element: etree._Element,
         source = disk.find("source")
         if source is None:
             continue
-        key = "dev" if disk.get("type") == "block" else "file"
-        if source.get(key) not in renames:
+        if source.get(_source_key(disk)) not in renames:
             continue
-        path, fmt = renames[source.get(key)]
-        source.set(key, path)
-        driver = disk.find("driver")
-        if driver is None:
-            driver = etree.Element("driver", name="qemu")
-            disk.insert(0, driver)
-        driver.set("type", fmt)
+        _set_image(disk, source, *renames[source.get(_source_key(disk))])
         for chain in disk.findall("backingStore"):
             disk.remove(chain)  # it described the chain below the old image
         changed = True
