@@ -164,6 +164,8 @@ async def test_kill_at_every_step_of_an_external_delete(tmp_path: Path, scenario
         assert k > 10, "suspiciously few step boundaries"
         assert outcomes["finished by recover"] > 5, outcomes
         assert outcomes["boots retried"] <= 2, outcomes
+        if await engine.domstate("g") == "running":
+            await engine.destroy("g")  # so the images it wrote to are checked too
         await check_snapshot_data(engine, folder, lab.moments)
     finally:
         if await engine.domstate("g") != "shut off":
