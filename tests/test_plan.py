@@ -332,10 +332,13 @@ def test_a_source_path_shared_by_two_disks_is_ambiguous() -> None:
     ({"external": False}, "internal"),
 ])
 def test_capture_strategy(kw: dict, expected: str) -> None:
-    from qsnap.plan.full_snapshot import choose_capture
+    from qsnap.plan.full_snapshot import background_wanted, choose_capture
     args = {"external": True, "live": False, "requested": None, "running": True,
             "background_refusal": None, **kw}
     assert choose_capture(**args) == expected
+    if expected == "background":  # the engine asks QEMU exactly when it may be chosen
+        assert background_wanted(external=args["external"], live=args["live"],
+                                 requested=args["requested"])
 
 
 @pytest.mark.parametrize(("kw", "error", "message"), [

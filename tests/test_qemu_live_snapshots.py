@@ -93,8 +93,13 @@ async def test_strategies_are_recorded_and_can_be_chosen(tmp_path: Path) -> None
         with pytest.raises(qsnap.InvalidArgumentError, match="applies to external memory"):
             await engine.create("g", snapshot_xml_from_args("y"), CreateFlags(),
                                 live_strategy="paused")
+        with pytest.raises(qsnap.InvalidArgumentError,
+                           match="applies to full-system snapshots of a running guest only"):
+            await engine.create("g", snapshot_xml_from_args("z"), CreateFlags(disk_only=True),
+                                live_strategy="background")
         assert sorted(os.listdir(engine.state_dir / "domains" / "g" / "snapshots")) == store
         assert not (folder / "x.mem").exists()
+        assert not any(p.name.endswith((".y", ".z")) for p in folder.iterdir())
     finally:
         await engine.destroy("g")
 

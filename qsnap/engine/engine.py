@@ -84,7 +84,12 @@ from qsnap.plan.external_delete import (
     renamed_snapshot,
 )
 from qsnap.plan.flags import CreateFlags, DeleteFlags, ListFilter, RevertFlags
-from qsnap.plan.full_snapshot import FullSnapshotPlan, choose_capture, plan_full_snapshot
+from qsnap.plan.full_snapshot import (
+    FullSnapshotPlan,
+    background_wanted,
+    choose_capture,
+    plan_full_snapshot,
+)
 from qsnap.plan.listing import select_snapshots
 from qsnap.plan.names import check_domain_name, default_snapshot_name
 from qsnap.plan.redefine import plan_redefine
@@ -506,14 +511,14 @@ class Engine:
                 state = await state_of(info)
                 plan = plan_full_snapshot(request, definition, flags, state=state,
                                           current=current, now=now, regular_files=regular_files)
-                wants_background = plan.external and flags.live and live_strategy in (
-                    None, "background")
+                refusal = None
+                if background_wanted(external=plan.external, live=flags.live,
+                                     requested=live_strategy):
+                    refusal = await background_refusal(info, definition,
+                                                       plan.snapshot.memory_file or "")
                 strategy = choose_capture(
                     external=plan.external, live=flags.live, requested=live_strategy,
-                    running=state == "running",
-                    background_refusal=await background_refusal(
-                        info, definition, plan.snapshot.memory_file or "")
-                    if wants_background else "not asked for")
+                    running=state == "running", background_refusal=refusal)
                 capture = await take_full_snapshot(plan, definition, info, strategy)
                 plan = replace(plan, snapshot=plan.snapshot.copy(
                     cookie=with_capture(plan.snapshot.cookie, capture)))

@@ -250,9 +250,6 @@ class Monitor:
     async def dismiss_job(self, job_id: str) -> None:
         await self.execute("job-dismiss", {"id": job_id})
 
-    async def cancel_job(self, job_id: str) -> None:
-        await self.execute("job-cancel", {"id": job_id})
-
     # -- the guest's run state ----------------------------------------------------------------
 
     async def status(self) -> str:

@@ -60,10 +60,6 @@ class ExternalDeletePlan:
     remove_files: tuple[str, ...] = ()
     renames: dict[str, tuple[str, str]] = field(default_factory=dict)
 
-    @property
-    def touches_images(self) -> bool:
-        return bool(self.merges or self.remove_files)
-
 
 def disk_sources(snap: SnapshotDef) -> dict[str, str]:
     """target → image of the disks named by a snapshot's ``<domain>``."""

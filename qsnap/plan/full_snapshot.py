@@ -73,6 +73,12 @@ def plan_full_snapshot(request: SnapshotDef, domain: DomainDef, flags: CreateFla
                             overlays, domain_after)
 
 
+def background_wanted(*, external: bool, live: bool, requested: str | None) -> bool:
+    """Whether :func:`choose_capture` may pick a background snapshot, so that the engine asks
+    QEMU (and the file system) whether one is possible; otherwise it need not ask."""
+    return external and live and requested in (None, "background")
+
+
 def choose_capture(*, external: bool, live: bool, requested: str | None, running: bool,
                    background_refusal: str | None) -> str:
     """How to capture the memory (see :mod:`qsnap.model.capture`).
@@ -82,7 +88,8 @@ def choose_capture(*, external: bool, live: bool, requested: str | None, running
     background-snapshot where this QEMU and host offer it (the guest pauses for milliseconds
     and the image holds the moment the snapshot started, when the disks switch too), else
     pre-copy (libvirt's ``--live``: the moment it ended). *requested* overrides the choice.
-    A paused guest stays paused, so it is saved paused.
+    A paused guest stays paused, so it is saved paused. *background_refusal* (why a
+    background snapshot is impossible, or None) matters only when :func:`background_wanted`.
     """
     if requested is not None and requested not in ("background", "precopy", "paused"):
         raise InvalidArgumentError(f"unknown live strategy '{requested}': use background, "
