@@ -118,16 +118,19 @@ async def domain_disks(engine: object) -> list[str]:
             parse_domain(await engine.domain_xml("g")).disks]  # type: ignore[attr-defined]
 
 
-async def check_snapshot_data(engine: object, folder: Path, moments: dict[str, list[int]]
-                              ) -> None:
+async def check_snapshot_data(engine: object, folder: Path, moments: dict[str, list[int]],
+                              internal: frozenset[str] = frozenset()) -> None:
     """Every snapshot of guest "g" still reads the counters recorded in *moments* when it was
     taken; every image in *folder* passes ``qemu-img check`` (those a running guest writes to
     only once it is stopped); and every image or memory file there is named by a snapshot or
-    the domain, or is in the backing chain of one that is."""
+    the domain, or is in the backing chain of one that is. Snapshots in *internal* are
+    internal ones: every disk image holds exactly their tags."""
     referenced: set[str] = set(await domain_disks(engine))
     memory: set[str] = set()
     for summary in await engine.list("g"):  # type: ignore[attr-defined]
         images = await state_images(engine, summary.name)
+        if summary.name in internal:  # its state is inside the images, under its tag
+            continue
         assert read_counters(images) == moments[summary.name], summary.name
         referenced.update(str(i) for i in images)
         snap = await engine.get("g", summary.name)  # type: ignore[attr-defined]
@@ -144,10 +147,19 @@ async def check_snapshot_data(engine: object, folder: Path, moments: dict[str, l
     # end of the file"). Every image below them is read-only while the guest runs.
     running = await engine.domstate("g") == "running"  # type: ignore[attr-defined]
     active = set(await domain_disks(engine)) if running else set()
+    if internal:
+        for image in await domain_disks(engine):
+            assert internal_tags(image) == internal, image
     for image in on_disk - memory - active:
         check = subprocess.run(["qemu-img", "check", "-U", image], capture_output=True,
                                text=True)
         assert check.returncode == 0, (image, check.stdout, check.stderr)
+
+
+def internal_tags(image: str) -> frozenset[str]:
+    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", image], check=True,
+                         capture_output=True, text=True).stdout
+    return frozenset(s["name"] for s in json.loads(out).get("snapshots", []))
 
 
 async def first_counter_after(serial: Path, mark: int, timeout: float = 30.0) -> int:

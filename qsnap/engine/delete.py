@@ -41,7 +41,7 @@ from qsnap.plan.delete import InternalRemoval
 from qsnap.plan.external_delete import ExternalDeletePlan, Merge, disk_sources
 from qsnap.progress import ProgressCallback, ProgressMeter
 from qsnap.store import KEEP, DomainFolder
-from qsnap.store.intent import clear_intent, read_intent, write_intent
+from qsnap.store.intent import clear_intent, write_intent
 
 log = logging.getLogger("qsnap")
 
@@ -363,22 +363,13 @@ async def resume_if_paused_by_us(work: DeleteWork, running: RuntimeInfo | None) 
             await monitor.resume()
 
 
-async def finish_interrupted(folder: DomainFolder, running: RuntimeInfo | None) -> str | None:
-    """Finish a delete a crash interrupted; a line saying what was done, or None."""
-    record = read_intent(folder.path)
-    if record is None:
-        return None
-    if record["kind"] != INTENT_KIND:
-        raise OperationInvalidError(f"domain '{folder.name}': unknown interrupted operation "
-                                    f"'{record['kind']}' in {folder.path}/intent.json")
+async def finish_delete(record: dict[str, Any], folder: DomainFolder,
+                        running: RuntimeInfo | None) -> str:
+    """Finish a delete a crash interrupted; a line saying what was done."""
     work = DeleteWork.from_record(record)
     done_before = sum(work.merged)
     try:
         await DeleteRun(work, folder, running).finish()
-    except QsnapError as exc:
-        raise OperationIncompleteError(
-            f"domain '{folder.name}': finishing the interrupted delete of snapshot "
-            f"'{work.snapshot}' failed: {exc}") from None
     finally:
         await resume_if_paused_by_us(work, running)
     return (f"domain '{folder.name}': finished deleting snapshot '{work.snapshot}', which a "

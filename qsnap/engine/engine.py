@@ -18,16 +18,16 @@ import os
 import time
 import uuid as uuidlib
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from qsnap.engine.create_work import CreateWork, check_new_files, settle_create, store_snapshot
 from qsnap.engine.delete import (
     DeleteRun,
     DeleteWork,
     check_external,
     check_internal,
-    finish_interrupted,
     image_graph,
     running_chains,
 )
@@ -35,21 +35,20 @@ from qsnap.engine.disk_snapshot import take_disk_snapshot
 from qsnap.engine.full_snapshot import background_refusal, take_full_snapshot
 from qsnap.engine.guests import state_of, stop
 from qsnap.engine.memory import load_image, read_image, write_image
-from qsnap.engine.revert import (
-    ImageReferences,
-    carry_out_revert,
-    check_revert,
-    discarded_overlays,
-    with_new_overlays,
-)
+from qsnap.engine.recovery import finish_interrupted
+from qsnap.engine.revert import carry_out_revert, check_revert
+from qsnap.engine.revert_work import RevertWork, image_references, reverted, store_revert
+from qsnap.engine.save_work import RestoreWork, SaveWork
 from qsnap.errors import (
     AlreadyExistsError,
     InvalidArgumentError,
     NoDomainError,
     NoSnapshotError,
+    OperationIncompleteError,
     OperationInvalidError,
     QsnapError,
 )
+from qsnap.faults import crash_point
 from qsnap.launcher.accel import choose_accel
 from qsnap.launcher.command import RuntimePaths, agent_socket
 from qsnap.launcher.process import (
@@ -96,7 +95,7 @@ from qsnap.plan.redefine import plan_redefine
 from qsnap.plan.revert import plan_revert
 from qsnap.progress import ProgressCallback
 from qsnap.store import KEEP, DomainFolder, StateDir, resolve_state_dir
-from qsnap.store.intent import has_intent
+from qsnap.store.intent import clear_intent, has_intent, write_intent
 
 log = logging.getLogger("qsnap")
 T = TypeVar("T")
@@ -199,7 +198,7 @@ class Engine:
         try:
             lines = await asyncio.to_thread(folder.recover)
             if has_intent(folder.path):
-                line = await finish_interrupted(folder, self._runtime(domain)[1])
+                line = await finish_interrupted(folder, *self._runtime(domain))
                 lines += [line] if line else []
             for line in lines:
                 log.warning("recovered: %s", line)
@@ -309,8 +308,7 @@ class Engine:
             if managed.exists():
                 image = await asyncio.to_thread(read_image, managed)
                 saved = parse_domain(image.domain_xml, f"managed save image '{managed}'")
-                await self._restore_locked(saved, managed, image, None)
-                managed.unlink()
+                await self._restore_locked(saved, managed, image, None, managed=True)
                 info = self._runtime(domain)[1]
                 assert info is not None
                 return info
@@ -390,8 +388,13 @@ class Engine:
             if info is None:
                 raise OperationInvalidError(f"domain '{domain}' is not running")
             domain_xml = _image_xml(folder.definition, xml)
+            if os.path.lexists(target):
+                raise AlreadyExistsError(f"refusing to overwrite existing file '{target}'")
             async with await Monitor.connect(info.qmp) as monitor:
                 was_running = await monitor.status() == "running"
+                work = SaveWork(str(target), was_running)
+                await asyncio.to_thread(write_intent, folder.path, work.record())
+                crash_point("save: intent recorded")
                 if was_running:
                     await monitor.pause()
                 try:
@@ -401,8 +404,11 @@ class Engine:
                     if was_running:
                         with contextlib.suppress(QsnapError):
                             await monitor.resume()
+                    await asyncio.to_thread(clear_intent, folder.path)
                     raise
+            crash_point("save: image written")
             await stop(paths, info)
+            await asyncio.to_thread(clear_intent, folder.path)
 
     async def managedsave(self, domain: str, *, running: bool | None = None) -> None:
         """virDomainManagedSave: save into the domain's own folder; ``start`` resumes from it."""
@@ -430,11 +436,21 @@ class Engine:
         return domain.name
 
     async def _restore_locked(self, domain: DomainDef, source: Path, image: SaveImage,
-                              running: bool | None) -> None:
+                              running: bool | None, *, managed: bool = False) -> None:
         paths, info = self._runtime(domain.name)
         if info is not None:
             raise OperationInvalidError(f"domain '{domain.name}' is already running")
-        info = await start_qemu(domain, paths, choose_accel(domain.type), incoming=True)
+        work = RestoreWork(str(source), image.was_running if running is None else running,
+                           managed)
+        state = self.state.folder(domain.name).path
+        await asyncio.to_thread(write_intent, state, work.record())
+        crash_point("restore: intent recorded")
+        try:
+            info = await start_qemu(domain, paths, choose_accel(domain.type), incoming=True)
+        except BaseException:
+            await asyncio.to_thread(clear_intent, state)
+            raise
+        crash_point("restore: QEMU started")
         try:
             async with await Monitor.connect(info.qmp) as monitor:
                 try:
@@ -444,11 +460,17 @@ class Engine:
                         f"restoring from '{source}' failed: QEMU exited while loading the saved "
                         "state (the image is truncated or damaged, or does not match the "
                         "domain's devices)") from None
-                if image.was_running if running is None else running:
+                crash_point("restore: state loaded")
+                if work.run:
                     await monitor.resume()
         except BaseException:
             await stop(paths, info)
+            await asyncio.to_thread(clear_intent, state)
             raise
+        crash_point("restore: guest resumed")
+        if managed:
+            source.unlink()
+        await asyncio.to_thread(clear_intent, state)
 
     async def save_image_xml(self, path: str | os.PathLike[str], *, secure: bool = False) -> str:
         """virDomainSaveImageGetXMLDesc: the domain definition inside a save image."""
@@ -507,6 +529,7 @@ class Engine:
                 current = None
             regular_files = _regular_files(definition, request)
             plan: DiskSnapshotPlan | FullSnapshotPlan
+            strategy: str | None = None
             if info is not None and not flags.disk_only:
                 state = await state_of(info)
                 plan = plan_full_snapshot(request, definition, flags, state=state,
@@ -519,26 +542,64 @@ class Engine:
                 strategy = choose_capture(
                     external=plan.external, live=flags.live, requested=live_strategy,
                     running=state == "running", background_refusal=refusal)
-                capture = await take_full_snapshot(plan, definition, info, strategy)
-                plan = replace(plan, snapshot=plan.snapshot.copy(
-                    cookie=with_capture(plan.snapshot.cookie, capture)))
+                sources = {d.target: d.source or "" for d in definition.disks}
+                internal = [(t, sources[t]) for t in plan.internal_disks]
             else:
                 if live_strategy is not None:
                     raise InvalidArgumentError("a live strategy applies to full-system "
                                                "snapshots of a running guest only")
                 plan = plan_disk_snapshot(request, definition, flags, active=active,
                                           current=current, now=now, regular_files=regular_files)
-                agent = agent_socket(definition, paths) if flags.quiesce else None
-                await take_disk_snapshot(plan, definition, info, agent)
-            name = plan.snapshot.name or name
-            if flags.no_metadata:
-                await asyncio.to_thread(folder.save, definition=plan.domain_after)
-            else:
-                await asyncio.to_thread(folder.save, put=[plan.snapshot], current=name,
-                                        definition=plan.domain_after)
-            if flags.halt and info is not None:
-                await stop(paths, info)
-            return name
+                internal = [("", image) for image in plan.internal_images]
+            await asyncio.to_thread(check_new_files, plan.overlays, plan.snapshot, definition)
+            work = CreateWork.build(
+                plan.snapshot, plan.domain_after, running=info is not None,
+                overlays=plan.overlays, internal=internal, metadata=not flags.no_metadata,
+                halt=flags.halt, was_running=await state_of(info) == "running",
+                strategy=strategy)
+            await asyncio.to_thread(write_intent, folder.path, work.record())
+            crash_point("create: intent recorded")
+            try:
+                snapshot = plan.snapshot
+                if isinstance(plan, FullSnapshotPlan):
+                    assert info is not None and strategy is not None
+                    capture = await take_full_snapshot(plan, definition, info, strategy)
+                    snapshot = snapshot.copy(cookie=with_capture(snapshot.cookie, capture))
+                else:
+                    agent = agent_socket(definition, paths) if flags.quiesce else None
+                    await take_disk_snapshot(plan, definition, info, agent)
+                crash_point("create: images in place")
+                await store_snapshot(work, folder, paths, info, snapshot)
+            except BaseException as exc:
+                if not await self._settle_failed_create(work, folder, info, exc) or \
+                        not isinstance(exc, Exception):
+                    raise
+                log.warning("snapshot '%s' was taken although a step after it failed: %s",
+                            work.snapshot, exc)
+            await asyncio.to_thread(clear_intent, folder.path)
+            return work.snapshot
+
+    async def _settle_failed_create(self, work: CreateWork, folder: DomainFolder,
+                                    info: RuntimeInfo | None, exc: BaseException) -> bool:
+        """After a failed create, settle its intent as a crash would be, so that whatever
+        the failure left (an overlay its own clean-up could not remove) is undone now; True
+        if the snapshot turned out complete and is stored. If settling fails too, the intent
+        stays for the next command and the error says so."""
+        if isinstance(exc, AlreadyExistsError):  # refused before any change; the file is
+            await asyncio.to_thread(clear_intent, folder.path)  # someone else's
+            return False
+        try:
+            complete = await settle_create(work, folder, self._runtime(folder.name)[0],
+                                info if info is None else read_runtime(
+                                    self._runtime(folder.name)[0]))
+        except QsnapError as undo:
+            raise OperationIncompleteError(
+                f"{exc}; undoing the snapshot '{work.snapshot}' failed too ({undo}): it stays "
+                "recorded, and the next command on the domain (or 'qsnap recover "
+                f"{folder.name}') settles it") from exc
+        if not complete:
+            await asyncio.to_thread(clear_intent, folder.path)
+        return complete
 
     async def redefine(self, domain: str, xml: str | bytes, *, current: bool = False,
                        disk_only: bool = False, validate: bool = False) -> str:
@@ -630,25 +691,28 @@ class Engine:
             name = self._resolve(folder, snapshot)
             snap = folder.read_snapshot(name)
             now = int(time.time())
-            plan = plan_revert(snap, folder.definition, flags, now=now)
-            for later in range(1, 100):  # overlays are named by the second: take a free one
+            for stamp in range(now, now + 100):  # overlays are named by the second: a free one
+                plan = plan_revert(snap, folder.definition, flags, now=stamp)
                 if not any(os.path.lexists(o.path) for o in plan.overlays):
                     break
-                plan = plan_revert(snap, folder.definition, flags, now=now + later)
-            refs = await asyncio.to_thread(
-                lambda: ImageReferences.of({n: folder.read_snapshot(n)
-                                            for n in folder.snapshot_names()}))
+            refs = await image_references(folder)
             memory = await asyncio.to_thread(check_revert, plan, refs.shared_bases(name))
             paths, info = self._runtime(domain)
-            before = folder.definition
-            await carry_out_revert(plan, paths, info, memory)
-            discarded = await discarded_overlays(before, plan.domain, refs)
-            updated = with_new_overlays(snap, plan) if not refs.has_children(name) else None
-            await asyncio.to_thread(folder.save, put=[updated] if updated is not None else [],
-                                    current=name, definition=plan.domain)
-            for path in discarded:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+            work = RevertWork(name, asdict(flags), stamp, folder.definition.to_xml(),
+                              info.pid if info is not None else None)
+            await asyncio.to_thread(write_intent, folder.path, work.record())
+            crash_point("revert: intent recorded")
+            try:
+                await carry_out_revert(plan, paths, info, memory)
+            except BaseException:
+                # It left the guest stopped and removed what it made: nothing to finish.
+                await asyncio.to_thread(clear_intent, folder.path)
+                raise
+            await reverted(work, folder, plan, refs)
+            await asyncio.to_thread(write_intent, folder.path, work.record())
+            crash_point("revert: guest started")
+            await store_revert(work, folder)
+            await asyncio.to_thread(clear_intent, folder.path)
             return name
 
     async def delete(self, domain: str, snapshot: str | None,

@@ -60,6 +60,16 @@ async def write_image(monitor: Monitor, path: Path, domain_xml: str, was_running
     fsync_dir(path.parent)
 
 
+def image_is_complete(path: Path) -> bool:
+    """Whether *path* is a memory image whose writer finished it (its final magic is set
+    only after the whole stream is on disk)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(save_image.MAGIC)) == save_image.MAGIC
+    except OSError:
+        return False
+
+
 def read_image(path: Path) -> SaveImage:
     """The header and domain XML of the image at *path*, or a clear error."""
     try:

@@ -18,11 +18,16 @@ from qemu.qmp import ConnectError, EventListener, ExecInterruptedError, ExecuteE
 from qemu.qmp.protocol import StateError
 
 from qsnap.errors import QsnapError
+from qsnap.faults import crash_point
 from qsnap.model.capabilities import QemuCapabilities
 
 log = logging.getLogger("qsnap.monitor")
 
 DEFAULT_TIMEOUT = 30.0
+
+#: Migration states in which QEMU is still reading or writing the stream.
+_MIGRATION_UNDER_WAY = frozenset({"setup", "active", "pre-switchover", "device", "cancelling",
+                                  "wait-unplug", "postcopy-active"})
 
 #: Block drivers that are not an image format: protocol nodes and the filters jobs insert.
 _NOT_FORMAT_DRIVERS = frozenset({"file", "host_device", "host_cdrom", "commit_top",
@@ -241,6 +246,16 @@ class Monitor:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(listener.get(), min(interval, left))
 
+    async def settle_jobs(self, job_type: str) -> list[dict[str, Any]]:
+        """Wait for every job of *job_type* (one a crashed qsnap started) to conclude, dismiss
+        them, and return their last ``query-jobs`` entries."""
+        ended = []
+        for job in await self.jobs():
+            if job.get("type") == job_type:
+                ended.append(await self.wait_job(job["id"], frozenset()))
+                await self.dismiss_job(job["id"])
+        return ended
+
     async def complete_job(self, job_id: str) -> None:
         await self.execute("job-complete", {"id": job_id})
 
@@ -337,6 +352,7 @@ class Monitor:
             if just_before is not None:
                 await just_before()
             await self.execute(command, {"uri": f"fd:{name}"})
+            crash_point(f"{command}: started")
             try:
                 await asyncio.wait_for(self._wait_migration(listener), timeout)
             except TimeoutError:
@@ -348,6 +364,24 @@ class Monitor:
         if status.get("status") != "completed":
             raise MonitorError(command, "GenericError",
                                status.get("error-desc") or f"migration {status.get('status')}")
+
+    async def migration_status(self) -> str | None:
+        """The state of this QEMU's last migration (``active``, ``completed``, ...), or None."""
+        return (await self.execute("query-migrate")).get("status")
+
+    async def end_migration(self, *, cancel: bool, timeout: float = 600.0) -> None:
+        """Wait until no migration is under way, cancelling one first if *cancel*. A crashed
+        qsnap leaves QEMU writing a memory image through the fd it was passed; recovery must
+        not touch that image before QEMU lets go of it."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        cancelled = False
+        while await self.migration_status() in _MIGRATION_UNDER_WAY:
+            if cancel and not cancelled:
+                await self.execute("migrate_cancel")
+                cancelled = True
+            if asyncio.get_running_loop().time() > deadline:
+                raise MonitorTimeoutError(f"QEMU's migration did not end within {timeout:g} s")
+            await asyncio.sleep(0.05)
 
     async def _wait_migration(self, listener: EventListener) -> None:
         while True:
@@ -436,6 +470,7 @@ class Monitor:
         """Start a generic QMP job, wait until it concludes, dismiss it, raise if it failed."""
         async with self.events("JOB_STATUS_CHANGE") as listener:
             await self.execute(command, {**arguments, "job-id": job_id})
+            crash_point(f"{command}: started")
             try:
                 await asyncio.wait_for(self._wait_concluded(listener, job_id), timeout)
             except TimeoutError:

@@ -1,0 +1,231 @@
+"""The intent record of a snapshot being taken, and how a crash part-way is settled.
+
+Taking a snapshot changes images (overlays switched in, a memory file written, internal tags
+added) before the metadata that names them is stored. A ``kill -9`` between the two would
+leave images nobody knows about, or a guest writing to an overlay its definition does not
+name. So :class:`CreateWork` is recorded before the first change, and :func:`settle_create`
+decides from what the images and QEMU show whether the snapshot was complete:
+
+- complete (every overlay in place, the memory image finished, every internal tag present):
+  roll forward, store the metadata as the create would have;
+- otherwise roll back: stop a migration QEMU is still writing, remove the memory file,
+  merge overlays the guest may have written to back into their images (a live commit on a
+  running guest, ``qemu-img commit`` when QEMU is gone), remove the rest, and delete
+  partial internal tags.
+
+Either way a guest that qsnap had paused runs again. The create's own error path settles the
+same way, so one piece of code decides in both cases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qsnap import images
+from qsnap.engine.disk_snapshot import check_overlay_files
+from qsnap.engine.full_snapshot import merge_back
+from qsnap.engine.guests import stop
+from qsnap.engine.memory import image_is_complete
+from qsnap.errors import AlreadyExistsError, QsnapError
+from qsnap.launcher.command import RuntimePaths
+from qsnap.launcher.process import RuntimeInfo
+from qsnap.model.domain import DomainDef, parse_domain
+from qsnap.model.snapshot import SnapshotDef, format_snapshot, parse_snapshot
+from qsnap.monitor import Monitor
+from qsnap.plan.disk_snapshot import Overlay
+from qsnap.store.folder import KEEP, DomainFolder
+
+INTENT_KIND = "create"
+
+
+@dataclass
+class CreateWork:
+    """What a create is about to do, as JSON-able data.
+
+    ``where`` is "running" (through QEMU) or "offline" (qemu-img); ``overlays`` are
+    ``Overlay`` fields of the overlays it makes or reuses; ``internal`` lists (disk target,
+    image) pairs that get tag ``snapshot``; ``memory_file`` is the external memory image and
+    ``strategy`` how it is captured (a background capture switches the disks first).
+    ``existed`` names overlay paths that were there before (an empty file may be reused, as
+    libvirt allows): a roll back never removes those."""
+
+    snapshot: str
+    snapshot_xml: str
+    definition: str
+    where: str
+    metadata: bool = True
+    halt: bool = False
+    was_running: bool = False
+    overlays: list[dict[str, Any]] = field(default_factory=list)
+    internal: list[list[str]] = field(default_factory=list)
+    memory_file: str | None = None
+    strategy: str | None = None
+    existed: list[str] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, snapshot: SnapshotDef, definition: DomainDef, *, running: bool,
+              overlays: list[Overlay], internal: list[tuple[str, str]], metadata: bool,
+              halt: bool, was_running: bool, strategy: str | None = None) -> CreateWork:
+        return cls(snapshot.name or "", format_snapshot(snapshot, active=False),
+                   definition.to_xml(), "running" if running else "offline", metadata, halt,
+                   was_running, [asdict(o) for o in overlays], [list(p) for p in internal],
+                   snapshot.memory_file if snapshot.memory == "external" else None, strategy,
+                   [o.path for o in overlays if os.path.lexists(o.path)])
+
+    def record(self) -> dict[str, Any]:
+        return {"kind": INTENT_KIND, **asdict(self)}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> CreateWork:
+        return cls(**{k: v for k, v in record.items() if k != "kind"})
+
+    @property
+    def overlay_list(self) -> list[Overlay]:
+        return [Overlay(**o) for o in self.overlays]
+
+
+def check_new_files(overlays: list[Overlay], snapshot: SnapshotDef, domain: DomainDef) -> None:
+    """Refuse, before the intent is recorded, files that would overwrite something: a roll
+    back removes the files the record names, so they must not exist yet."""
+    check_overlay_files(overlays, {d.source for d in domain.disks if d.source})
+    memory = snapshot.memory_file if snapshot.memory == "external" else None
+    if memory and os.path.lexists(memory):
+        raise AlreadyExistsError(f"refusing to overwrite existing file '{memory}' (the "
+                                 "snapshot's memory file)")
+
+
+async def store_snapshot(work: CreateWork, folder: DomainFolder, paths: RuntimePaths,
+                         running: RuntimeInfo | None, snapshot: SnapshotDef | None = None
+                         ) -> None:
+    """Roll forward: the metadata the create stores once its images are in place (then
+    ``--halt`` stops the guest). *snapshot* carries what only the create itself knew (how
+    its memory was captured)."""
+    snap = snapshot or parse_snapshot(work.snapshot_xml, redefine=True, internal=True)
+    definition = parse_domain(work.definition)
+    if work.metadata:
+        await asyncio.to_thread(folder.save, put=[snap], current=work.snapshot,
+                                definition=definition)
+    else:
+        await asyncio.to_thread(folder.save, current=KEEP, definition=definition)
+    if work.halt and running is not None:
+        await stop(paths, running)
+
+
+async def settle_create(work: CreateWork, folder: DomainFolder, paths: RuntimePaths,
+                        running: RuntimeInfo | None) -> bool:
+    """Roll the interrupted create forward or back (see the module docstring); True when
+    the snapshot was complete and its metadata is now stored."""
+    if running is not None and work.where == "running":
+        async with await Monitor.connect(running.qmp) as monitor:
+            complete = await _settle_live(work, monitor)
+            if complete:
+                await store_snapshot(work, folder, paths, None)
+            if work.was_running and await monitor.status() in ("paused", "postmigrate"):
+                await monitor.resume()
+        if complete and work.halt:
+            await stop(paths, running)
+        return complete
+    complete = await _settle_offline(work)
+    if complete:
+        await store_snapshot(work, folder, paths, None)
+    return complete
+
+
+async def _settle_live(work: CreateWork, monitor: Monitor) -> bool:
+    """Settle against the QEMU that took (part of) the snapshot; True if it is complete."""
+    if work.memory_file is not None:
+        # Only a background snapshot keeps the guest's RAM write-protected while QEMU writes
+        # it; cancelling that one is the path on which QEMU 7.2 was seen to hang the guest,
+        # so it is waited for instead (it ends on its own, at disk speed).
+        await monitor.end_migration(cancel=work.strategy != "background")
+    if work.internal:
+        await monitor.settle_jobs("snapshot-save")
+        return await _settle_live_tags(work, monitor)
+    chains = await monitor.block_chains()
+    overlays = work.overlay_list
+    switched = [o for o in overlays
+                if chains.get(o.target) and chains[o.target][0][1] == o.path]
+    memory_done = work.memory_file is None or image_is_complete(Path(work.memory_file))
+    if len(switched) == len(overlays) and memory_done:
+        return True
+    _remove_memory_file(work)
+    if switched:
+        await merge_back(monitor, switched)
+    _remove_new_overlays(work, keep={o.path for o in switched})
+    return False
+
+
+async def _settle_live_tags(work: CreateWork, monitor: Monitor) -> bool:
+    tops = await monitor.block_tops()
+    nodes = [tops[target] for target, _ in work.internal if target in tops]
+    held = await monitor.internal_snapshot_tags(nodes)
+    having = [n for n in nodes if work.snapshot in held[n]]
+    if len(having) == len(work.internal):
+        return True
+    if having:
+        await monitor.delete_internal(work.snapshot, having)
+    return False
+
+
+async def _settle_offline(work: CreateWork) -> bool:
+    """Settle from the files alone: the guest is stopped, or its QEMU died mid-create."""
+    if work.internal:
+        having = [image for _, image in work.internal if await _has_tag(image, work.snapshot)]
+        if len(having) == len(work.internal):
+            return True
+        for image in having:
+            await images.snapshot_delete(image, work.snapshot)
+        return False
+    overlays = [o for o in work.overlay_list if not o.reuse]
+    valid = [o for o in overlays if await _is_overlay_of(o)]
+    memory_done = work.memory_file is None or image_is_complete(Path(work.memory_file))
+    if len(valid) == len(overlays) and memory_done:
+        return True
+    _remove_memory_file(work)
+    for overlay in valid:
+        # The guest may have written to it before QEMU died: its data goes down, not away.
+        await images.commit(overlay.path, overlay.backing)
+    _remove_new_overlays(work, keep=set())
+    return False
+
+
+async def _has_tag(image: str, tag: str) -> bool:
+    try:
+        details = await images.info(image)
+    except QsnapError:
+        return False
+    snapshots = details.get("snapshots", [])
+    return isinstance(snapshots, list) and any(s.get("name") == tag for s in snapshots)
+
+
+async def _is_overlay_of(overlay: Overlay) -> bool:
+    """Whether *overlay* exists as a readable image on its planned backing file (a file
+    QEMU or qemu-img was killed while creating is not, and holds no guest data)."""
+    if not os.path.isfile(overlay.path):
+        return False
+    try:
+        details = await images.info(overlay.path)
+    except QsnapError:
+        return False
+    backing = details.get("full-backing-filename") or details.get("backing-filename")
+    return backing is not None and os.path.realpath(str(backing)) == \
+        os.path.realpath(overlay.backing)
+
+
+def _remove_memory_file(work: CreateWork) -> None:
+    if work.memory_file is not None:
+        Path(work.memory_file).unlink(missing_ok=True)
+
+
+def _remove_new_overlays(work: CreateWork, keep: set[str]) -> None:
+    """Remove the overlay files this create made: never a reused one, one that was there
+    before, or one in *keep*."""
+    for overlay in work.overlay_list:
+        if not overlay.reuse and overlay.path not in keep and overlay.path not in work.existed:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(overlay.path)
