@@ -48,11 +48,14 @@ def manifest_cases(base: Path) -> list[Case]:
 
 
 def tree_picture(root: Path) -> dict[str, tuple[int, bytes]]:
-    """Every file under *root* with its mode and content: equal pictures mean nothing changed."""
+    """Every file under *root* with its mode and content (a link: where it points): equal
+    pictures mean nothing changed."""
     picture = {}
     if root.exists():
         for path in sorted(root.rglob("*")):
-            if path.is_file():
+            if path.is_symlink():
+                picture[str(path.relative_to(root)) + "@"] = (0, os.readlink(path).encode())
+            elif path.is_file():
                 picture[str(path.relative_to(root))] = (path.stat().st_mode, path.read_bytes())
             else:
                 picture[str(path.relative_to(root)) + "/"] = (path.stat().st_mode, b"")

@@ -101,10 +101,10 @@ def write_disk_counter(image: Path, value: int) -> None:
                        check=True, capture_output=True)
 
 
-async def state_images(engine: object, name: str) -> list[Path]:
+async def state_images(engine: object, name: str, domain: str = "g") -> list[Path]:
     """The images snapshot *name*'s ``<domain>`` names, in disk order."""
     from qsnap.model.domain import parse_domain_element
-    snap = await engine.get("g", name)  # type: ignore[attr-defined]
+    snap = await engine.get(domain, name)  # type: ignore[attr-defined]
     return [Path(d.source or "") for d in parse_domain_element(snap.domain).disks]
 
 

@@ -12,6 +12,7 @@ The delete has its own file (``test_qemu_delete_crashes.py``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -34,9 +35,10 @@ from qemu_guest import (
     wait_for_counter,
 )
 
-from qsnap import Engine
+from qsnap import CreateFlags, Engine, OperationIncompleteError, snapshot_xml_from_args
 from qsnap.faults import CRASH_EXIT
 from qsnap.launcher.process import read_runtime, runtime_paths
+from qsnap.monitor import Monitor
 
 GUEST = guest_module()
 
@@ -301,5 +303,52 @@ async def test_kill_at_every_step_of_save_and_restore(tmp_path: Path) -> None:
             lab.outcomes
         await lab.finish()
     finally:
+        if await lab.engine.domstate("g") != "shut off":
+            await lab.engine.destroy("g")
+
+
+@pytest.mark.parametrize("frozen_at", ["transaction", "save_to_fd"])
+async def test_qemu_that_stops_answering_mid_create(tmp_path: Path, frozen_at: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """QEMU stops answering (SIGSTOP) just as the disks switch or the memory is written: the
+    create gives up after the QMP timeout with an error that says it stays recorded, and
+    touches nothing it cannot see. Once QEMU runs again, the next command settles it either
+    way (QEMU may still carry out the command it had been sent), with the usual checks."""
+    lab = await make_lab(tmp_path)
+    info = None
+    try:
+        await lab.ticking()
+        info = read_runtime(runtime_paths(lab.engine.state_dir, "g"))
+        assert info is not None
+        original = getattr(Monitor, frozen_at)
+
+        async def freeze_first(self: Monitor, *args: object, **kw: object) -> object:
+            os.kill(info.pid, signal.SIGSTOP)
+            return await original(self, *args, **kw)
+
+        monkeypatch.setenv("QSNAP_QMP_TIMEOUT", "2")
+        monkeypatch.setattr(Monitor, frozen_at, freeze_first)
+        memspec = f"file={lab.folder / 'f1.mem'}" if frozen_at == "save_to_fd" else None
+        flags = CreateFlags(disk_only=memspec is None)
+        with pytest.raises(OperationIncompleteError, match="stays recorded") as caught:
+            await lab.engine.create("g", snapshot_xml_from_args("f1", memspec=memspec), flags)
+        assert "did not answer" in str(caught.value)
+        assert lab.intent.exists()
+        monkeypatch.undo()
+        os.kill(info.pid, signal.SIGCONT)
+
+        names = [s.name for s in await lab.engine.list("g")]  # settles the create
+        assert not lab.intent.exists()
+        if "f1" in names:
+            lab.note("f1", False, await state_images(lab.engine, "f1"))
+        print(f"frozen at {frozen_at}: rolled {'forward' if 'f1' in names else 'back'}")
+        assert await lab.engine.domstate("g") == "running"
+        await lab.ticking()
+        await lab.check()
+        await lab.finish()
+    finally:
+        if info is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(info.pid, signal.SIGCONT)
         if await lab.engine.domstate("g") != "shut off":
             await lab.engine.destroy("g")

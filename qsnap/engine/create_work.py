@@ -31,7 +31,7 @@ from qsnap.engine.disk_snapshot import check_overlay_files
 from qsnap.engine.full_snapshot import merge_back
 from qsnap.engine.guests import stop
 from qsnap.engine.memory import image_is_complete
-from qsnap.errors import AlreadyExistsError, QsnapError
+from qsnap.errors import AlreadyExistsError, InvalidArgumentError, QsnapError
 from qsnap.launcher.command import RuntimePaths
 from qsnap.launcher.process import RuntimeInfo
 from qsnap.model.domain import DomainDef, parse_domain
@@ -94,6 +94,9 @@ def check_new_files(overlays: list[Overlay], snapshot: SnapshotDef, domain: Doma
     back removes the files the record names, so they must not exist yet."""
     check_overlay_files(overlays, {d.source for d in domain.disks if d.source})
     memory = snapshot.memory_file if snapshot.memory == "external" else None
+    if memory and os.path.islink(memory):
+        raise InvalidArgumentError(f"the snapshot's memory file '{memory}' is a symbolic link; "
+                                   "name the file itself")
     if memory and os.path.lexists(memory):
         raise AlreadyExistsError(f"refusing to overwrite existing file '{memory}' (the "
                                  "snapshot's memory file)")

@@ -85,7 +85,8 @@ def check_overlay_files(overlays: list[Overlay], disk_images: set[str]) -> None:
         nonempty={p for p in paths if os.path.isfile(p) and os.path.getsize(p) > 0},
         existing={p for p in paths if os.path.exists(p)},
         unwritable_dirs={f for f in folders if not (os.path.isdir(f) and os.access(f, os.W_OK))},
-        disk_images=disk_images)
+        disk_images=disk_images,
+        links={p for p in paths if os.path.islink(p)})
 
 
 async def _check_reused_overlay(overlay: Overlay) -> None:

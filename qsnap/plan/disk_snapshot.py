@@ -151,11 +151,14 @@ def split_disks(snap: SnapshotDef, domain: DomainDef, flags: CreateFlags, *, act
 
 def check_overlay_targets(overlays: list[Overlay], *, nonempty: Collection[str],
                           existing: Collection[str], unwritable_dirs: Collection[str],
-                          disk_images: Collection[str]) -> None:
+                          disk_images: Collection[str], links: Collection[str] = ()) -> None:
     """Refuse overlays that would overwrite data, collide, or cannot be created.
 
     *nonempty*/*existing*: overlay paths that exist (with data / at all); *unwritable_dirs*:
-    overlay folders that are missing or not writable; *disk_images*: every image the domain uses.
+    overlay folders that are missing or not writable; *disk_images*: every image the domain uses;
+    *links*: overlay paths that are symbolic links. A new overlay is never created through a
+    link: where it points is not what the snapshot names, and a dangling one could make qsnap
+    create a file anywhere the link's author chose.
     """
     seen: dict[str, str] = {}
     for overlay in overlays:
@@ -172,6 +175,10 @@ def check_overlay_targets(overlays: list[Overlay], *, nonempty: Collection[str],
                 raise InvalidArgumentError(
                     f"missing existing file for disk {overlay.target}: {overlay.path}")
             continue
+        if overlay.path in links:
+            raise InvalidArgumentError(f"external snapshot file for disk {overlay.target} is a "
+                                       f"symbolic link: {overlay.path} (name the file itself, "
+                                       "or use --reuse-external for an existing overlay)")
         if overlay.path in nonempty:
             raise InvalidArgumentError(f"external snapshot file for disk {overlay.target} "
                                        f"already exists and is not a block device: "
