@@ -284,7 +284,8 @@ class DeleteRun:
                     crash_point(f"delete: commit of {merge.target} started")
                 self.changed = True  # started now or by the run a crash interrupted
                 jobs[job_id] = merge
-            if not jobs:
+            if not jobs:  # a crash may have come between a pivot and dropping its node
+                await monitor.drop_detached_nodes()
                 return
             for job_id, merge in jobs.items():
                 job = await monitor.wait_job(job_id, frozenset({"ready", "pending"}),
@@ -323,6 +324,7 @@ class DeleteRun:
                         await monitor.resume()
                     work.paused = False
                     await self._record()
+            await monitor.drop_detached_nodes()
             open_files = {f for chain in (await monitor.block_chains()).values()
                           for _, f in chain}
         for merge in jobs.values():

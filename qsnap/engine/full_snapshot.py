@@ -157,4 +157,5 @@ async def merge_back(monitor: Monitor, overlays: list[Overlay]) -> None:
         if job.get("error"):
             raise QsnapError(f"merging overlay '{overlay.path}' back after the failed snapshot "
                              f"failed: {job['error']}; disk '{overlay.target}' stays on it")
+        await monitor.drop_detached_nodes()
         Path(overlay.path).unlink(missing_ok=True)

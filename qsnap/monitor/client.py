@@ -215,6 +215,29 @@ class Monitor:
             arguments |= {"top-node": top_node, "auto-finalize": False}
         await self.execute("block-commit", arguments)
 
+    async def drop_detached_nodes(self) -> list[str]:
+        """Delete the named nodes that no disk's chain uses any more; returns their names.
+
+        Nodes made with ``-blockdev`` (as qsnap's launcher makes every disk) belong to the
+        monitor, so when an active commit pivots a disk off its top image, that node stays,
+        still holding the image below as its backing file. QEMU then refuses the next
+        snapshot or commit on that image ("node is used as backing hd", "Need a root block
+        node"). Format nodes go first, then the protocol nodes under them; a node QEMU still
+        needs, or one the monitor does not own, is refused by QEMU and left alone.
+        """
+        in_use = {f for chain in (await self.block_chains()).values() for _, f in chain}
+        nodes = [n for n in await self.execute("query-named-block-nodes", {"flat": True})
+                 if not n["node-name"].startswith("#") and n.get("file") not in in_use]
+        nodes.sort(key=lambda n: n.get("drv") in _NOT_FORMAT_DRIVERS)
+        dropped = []
+        for node in nodes:
+            try:
+                await self.execute("blockdev-del", {"node-name": node["node-name"]})
+            except MonitorError:
+                continue
+            dropped.append(node["node-name"])
+        return dropped
+
     async def jobs(self) -> list[dict[str, Any]]:
         return await self.execute("query-jobs")
 
