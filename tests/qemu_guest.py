@@ -112,43 +112,44 @@ def read_counters(images: list[Path]) -> list[int]:
     return [guest_module().read_disk_counter(i) or 0 for i in images]
 
 
-async def domain_disks(engine: object) -> list[str]:
+async def domain_disks(engine: object, domain: str = "g") -> list[str]:
     from qsnap.model.domain import parse_domain
     return [d.source or "" for d in
-            parse_domain(await engine.domain_xml("g")).disks]  # type: ignore[attr-defined]
+            parse_domain(await engine.domain_xml(domain)).disks]  # type: ignore[attr-defined]
 
 
 async def check_snapshot_data(engine: object, folder: Path, moments: dict[str, list[int]],
-                              internal: frozenset[str] = frozenset()) -> None:
-    """Every snapshot of guest "g" still reads the counters recorded in *moments* when it was
+                              internal: frozenset[str] = frozenset(), domain: str = "g"
+                              ) -> None:
+    """Every snapshot of guest *domain* still reads the counters recorded in *moments* when it was
     taken; every image in *folder* passes ``qemu-img check`` (those a running guest writes to
     only once it is stopped); and every image or memory file there is named by a snapshot or
     the domain, or is in the backing chain of one that is. Snapshots in *internal* are
     internal ones: every disk image holds exactly their tags."""
-    referenced: set[str] = set(await domain_disks(engine))
+    referenced: set[str] = set(await domain_disks(engine, domain))
     memory: set[str] = set()
-    for summary in await engine.list("g"):  # type: ignore[attr-defined]
-        images = await state_images(engine, summary.name)
+    for summary in await engine.list(domain):  # type: ignore[attr-defined]
+        images = await state_images(engine, summary.name, domain)
         if summary.name in internal:  # its state is inside the images, under its tag
             continue
         assert read_counters(images) == moments[summary.name], summary.name
         referenced.update(str(i) for i in images)
-        snap = await engine.get("g", summary.name)  # type: ignore[attr-defined]
+        snap = await engine.get(domain, summary.name)  # type: ignore[attr-defined]
         if snap.memory_file:
             memory.add(snap.memory_file)
     needed = set(memory)
     for image in referenced:
         needed.update(backing_chain(Path(image)))
-    on_disk = {str(p) for p in folder.iterdir() if p.name.startswith("g-vd") or
+    on_disk = {str(p) for p in folder.iterdir() if p.name.startswith(f"{domain}-vd") or
                p.suffix == ".mem"}
     assert on_disk == needed, f"orphans: {on_disk - needed}, missing: {needed - on_disk}"
     # The images a running QEMU writes to are checked once it stops: `qemu-img check -U` on a
     # live qcow2 can see metadata QEMU has not flushed yet (seen here: a refcount "beyond the
     # end of the file"). Every image below them is read-only while the guest runs.
-    running = await engine.domstate("g") == "running"  # type: ignore[attr-defined]
-    active = set(await domain_disks(engine)) if running else set()
+    running = await engine.domstate(domain) == "running"  # type: ignore[attr-defined]
+    active = set(await domain_disks(engine, domain)) if running else set()
     if internal:
-        for image in await domain_disks(engine):
+        for image in await domain_disks(engine, domain):
             assert internal_tags(image) == internal, image
     for image in on_disk - memory - active:
         check = subprocess.run(["qemu-img", "check", "-U", image], capture_output=True,
