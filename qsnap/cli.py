@@ -43,12 +43,18 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _Output:
-    def __init__(self, quiet: bool) -> None:
+    def __init__(self, quiet: bool, progress_json: bool = False) -> None:
         self.quiet = quiet
+        self.progress_json = progress_json
         self._progress_shown = False
 
     def progress(self, report: Progress) -> None:
-        """One line on stderr, redrawn in place; only on a terminal and without --quiet."""
+        """With --progress-json, one JSON object per report on stderr (for automation);
+        else one line on stderr, redrawn in place, only on a terminal and without --quiet."""
+        if self.progress_json:
+            sys.stderr.write(cli_output.progress_event(report) + "\n")
+            sys.stderr.flush()
+            return
         if self.quiet or not sys.stderr.isatty():
             return
         line = cli_output.progress_line(report.operation, report.done, report.total, report.rate,
@@ -113,7 +119,8 @@ async def cmd_dumpxml(engine: Engine, args: argparse.Namespace, out: _Output) ->
 
 
 async def cmd_start(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
-    info = await engine.start(args.domain)
+    info = await engine.start(args.domain, progress=out.progress)
+    out.end_progress()
     out.extra(f"Domain '{args.domain}' started (accelerator: {info.accel})")
 
 
@@ -136,18 +143,22 @@ def _run_state(args: argparse.Namespace) -> bool | None:
 
 async def cmd_save(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
     xml = _read_file(args.xml) if args.xml else None
-    await engine.save(args.domain, args.file, running=_run_state(args), xml=xml)
+    await engine.save(args.domain, args.file, running=_run_state(args), xml=xml,
+                      progress=out.progress)
+    out.end_progress()
     out.extra(f"Domain '{args.domain}' saved to {args.file}")
 
 
 async def cmd_restore(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
     xml = _read_file(args.xml) if args.xml else None
-    await engine.restore(args.file, running=_run_state(args), xml=xml)
+    await engine.restore(args.file, running=_run_state(args), xml=xml, progress=out.progress)
+    out.end_progress()
     out.extra(f"Domain restored from {args.file}")
 
 
 async def cmd_managedsave(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
-    await engine.managedsave(args.domain, running=_run_state(args))
+    await engine.managedsave(args.domain, running=_run_state(args), progress=out.progress)
+    out.end_progress()
     out.extra(f"Domain '{args.domain}' state saved by qsnap")
 
 
@@ -195,7 +206,9 @@ async def cmd_snapshot_create(engine: Engine, args: argparse.Namespace, out: _Ou
                               validate=flags.validate)
         out.print(format_snapshot(snap))
         return
-    name = await engine.create(args.domain, xml, flags, live_strategy=args.live_strategy)
+    name = await engine.create(args.domain, xml, flags, live_strategy=args.live_strategy,
+                               progress=out.progress)
+    out.end_progress()
     out.extra(f"Domain snapshot {name} created from '{path}'" if path
               else f"Domain snapshot {name} created")
 
@@ -211,7 +224,9 @@ async def cmd_snapshot_create_as(engine: Engine, args: argparse.Namespace, out: 
     if args.print_xml:
         out.print(xml)
         return
-    created = await engine.create(args.domain, xml, flags, live_strategy=args.live_strategy)
+    created = await engine.create(args.domain, xml, flags, live_strategy=args.live_strategy,
+                                  progress=out.progress)
+    out.end_progress()
     out.extra(f"Domain snapshot {created} created")
 
 
@@ -309,7 +324,8 @@ async def cmd_snapshot_revert(engine: Engine, args: argparse.Namespace, out: _Ou
     snapshot = _snapshot_arg(args)
     flags = RevertFlags(running=args.running, paused=args.paused, force=args.force,
                         reset_nvram=args.reset_nvram).check()
-    name = await engine.revert(args.domain, snapshot, flags)
+    name = await engine.revert(args.domain, snapshot, flags, progress=out.progress)
+    out.end_progress()
     out.extra(f"Domain snapshot {name} reverted")
 
 
@@ -359,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--state-dir", help="where metadata lives (default: $QSNAP_STATE_DIR, "
                                             "else $XDG_STATE_HOME/qsnap)")
     _flag(parser, "-q", "--quiet", help="quiet mode: no informational messages or headers")
+    _flag(parser, "--progress-json", help="report the progress of long operations (memory "
+                                          "save and load, merges) as one JSON object per line "
+                                          "on stderr")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
@@ -518,7 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _normalise(build_parser().parse_args(argv))
         engine = Engine(args.state_dir)
-        asyncio.run(args.handler(engine, args, _Output(args.quiet)))
+        asyncio.run(args.handler(engine, args, _Output(args.quiet, args.progress_json)))
         return 0
     except QsnapError as exc:
         print(f"error: {exc}", file=sys.stderr)

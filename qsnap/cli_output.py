@@ -6,8 +6,11 @@ output read qsnap's too.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
+
+from qsnap.progress import Progress
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], header: bool = True) -> str:
@@ -80,3 +83,13 @@ def progress_line(operation: str, done: int, total: int, rate: float,
     """One terminal line: ``merge vda: o3 into o2  12.0 MiB / 40.0 MiB  30.1 MiB/s  1 s left``."""
     left = "" if remaining is None else f"  {remaining:.0f} s left"
     return (f"{operation}  {_size(done)} / {_size(total)}  {_size(rate)}/s{left}")
+
+
+def progress_event(report: Progress) -> str:
+    """One line of JSON for automation: the operation, bytes done and in all, the rate in
+    bytes per second, and the seconds left (null before there is a rate)."""
+    return json.dumps({"event": "progress", "operation": report.operation,
+                       "done": report.done, "total": report.total,
+                       "rate": round(report.rate), "remaining":
+                       None if report.remaining is None else round(report.remaining, 1),
+                       "elapsed": round(report.elapsed, 3)})

@@ -386,5 +386,22 @@ def test_progress_is_one_line_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch
     assert piped.getvalue() == terminal.getvalue() == ""
 
 
+def test_progress_json_is_one_object_per_report_anywhere(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    from qsnap.cli import _Output
+    piped = io.StringIO()
+    monkeypatch.setattr("sys.stderr", piped)
+    out = _Output(quiet=True, progress_json=True)  # --quiet silences messages, not events
+    out.progress(Progress("save memory to s.img", 0, 40 << 20, 0.0))
+    out.progress(Progress("save memory to s.img", 10 << 20, 40 << 20, 0.5))
+    out.end_progress()
+    events = [json.loads(line) for line in piped.getvalue().splitlines()]
+    assert events == [
+        {"event": "progress", "operation": "save memory to s.img", "done": 0,
+         "total": 40 << 20, "rate": 0, "remaining": None, "elapsed": 0.0},
+        {"event": "progress", "operation": "save memory to s.img", "done": 10 << 20,
+         "total": 40 << 20, "rate": 20 << 20, "remaining": 1.5, "elapsed": 0.5}]
+
+
 def test_recover_with_nothing_to_do(cli: Cli, libvirt_tree: dict[str, Path]) -> None:
     assert cli("recover", "QEMUGuest1") == "Domain QEMUGuest1: nothing to recover\n"

@@ -296,9 +296,11 @@ class Engine:
 
     # -- running guests ---------------------------------------------------------------------
 
-    async def start(self, domain: str) -> RuntimeInfo:
+    async def start(self, domain: str, *, progress: ProgressCallback | None = None
+                    ) -> RuntimeInfo:
         """Start the domain's QEMU (virsh start); returns how to reach it, accelerator included.
-        A managed save image is resumed instead, and removed once the guest runs from it."""
+        A managed save image is resumed instead (*progress* hears it load), and removed once
+        the guest runs from it."""
         async with self._session(domain) as folder:
             paths, info = self._runtime(domain)
             if info is not None:
@@ -308,7 +310,8 @@ class Engine:
             if managed.exists():
                 image = await asyncio.to_thread(read_image, managed)
                 saved = parse_domain(image.domain_xml, f"managed save image '{managed}'")
-                await self._restore_locked(saved, managed, image, None, managed=True)
+                await self._restore_locked(saved, managed, image, None, managed=True,
+                                           progress=progress)
                 info = self._runtime(domain)[1]
                 assert info is not None
                 return info
@@ -374,7 +377,8 @@ class Engine:
     # -- memory: save and restore ------------------------------------------------------------
 
     async def save(self, domain: str, path: str | os.PathLike[str], *,
-                   running: bool | None = None, xml: str | None = None) -> None:
+                   running: bool | None = None, xml: str | None = None,
+                   progress: ProgressCallback | None = None) -> None:
         """virDomainSave: write the guest's memory and device state to *path*, then stop it.
 
         The guest is paused for the save; it restores running if it was running, unless
@@ -399,7 +403,8 @@ class Engine:
                     await monitor.pause()
                 try:
                     await write_image(monitor, target, domain_xml,
-                                      was_running if running is None else running)
+                                      was_running if running is None else running,
+                                      progress=progress, ram=folder.definition.memory_bytes)
                 except BaseException:
                     if was_running:
                         with contextlib.suppress(QsnapError):
@@ -410,12 +415,14 @@ class Engine:
             await stop(paths, info)
             await asyncio.to_thread(clear_intent, folder.path)
 
-    async def managedsave(self, domain: str, *, running: bool | None = None) -> None:
+    async def managedsave(self, domain: str, *, running: bool | None = None,
+                          progress: ProgressCallback | None = None) -> None:
         """virDomainManagedSave: save into the domain's own folder; ``start`` resumes from it."""
-        await self.save(domain, self.state.folder(domain).managed_save, running=running)
+        await self.save(domain, self.state.folder(domain).managed_save, running=running,
+                        progress=progress)
 
     async def restore(self, path: str | os.PathLike[str], *, running: bool | None = None,
-                      xml: str | None = None) -> str:
+                      xml: str | None = None, progress: ProgressCallback | None = None) -> str:
         """virDomainRestore: start the domain saved in *path* and load its state; returns the
         domain's name. A domain qsnap does not know yet is defined from the image. If loading
         fails, its QEMU is stopped again: a guest is never left half-restored."""
@@ -432,11 +439,12 @@ class Engine:
         else:
             await self.define(domain.to_xml())
         async with self._session(domain.name):
-            await self._restore_locked(domain, source, image, running)
+            await self._restore_locked(domain, source, image, running, progress=progress)
         return domain.name
 
     async def _restore_locked(self, domain: DomainDef, source: Path, image: SaveImage,
-                              running: bool | None, *, managed: bool = False) -> None:
+                              running: bool | None, *, managed: bool = False,
+                              progress: ProgressCallback | None = None) -> None:
         paths, info = self._runtime(domain.name)
         if info is not None:
             raise OperationInvalidError(f"domain '{domain.name}' is already running")
@@ -454,7 +462,7 @@ class Engine:
         try:
             async with await Monitor.connect(info.qmp) as monitor:
                 try:
-                    await load_image(monitor, source, image)
+                    await load_image(monitor, source, image, progress)
                 except MonitorClosedError:
                     raise SaveImageError(
                         f"restoring from '{source}' failed: QEMU exited while loading the saved "
@@ -499,13 +507,15 @@ class Engine:
 
     async def create(self, domain: str, xml: str | bytes | None = None,
                      flags: CreateFlags = CreateFlags(), *,
-                     live_strategy: str | None = None) -> str:
+                     live_strategy: str | None = None,
+                     progress: ProgressCallback | None = None) -> str:
         """virDomainSnapshotCreateXML: take a snapshot, or with ``flags.redefine`` store given
         metadata. Returns the snapshot's name.
 
         A full-system snapshot notes how its memory was captured and how long the guest was
         paused (``info`` shows it). *live_strategy* ("background", "precopy" or "paused")
-        overrides the choice :func:`~qsnap.plan.full_snapshot.choose_capture` makes."""
+        overrides the choice :func:`~qsnap.plan.full_snapshot.choose_capture` makes.
+        *progress* hears how an external memory file is written."""
         flags.check()
         if flags.redefine:
             if xml is None:
@@ -563,7 +573,8 @@ class Engine:
                 snapshot = plan.snapshot
                 if isinstance(plan, FullSnapshotPlan):
                     assert info is not None and strategy is not None
-                    capture = await take_full_snapshot(plan, definition, info, strategy)
+                    capture = await take_full_snapshot(plan, definition, info, strategy,
+                                                       progress)
                     snapshot = snapshot.copy(cookie=with_capture(snapshot.cookie, capture))
                 else:
                     agent = agent_socket(definition, paths) if flags.quiesce else None
@@ -684,8 +695,10 @@ class Engine:
     # -- changing state ---------------------------------------------------------------------
 
     async def revert(self, domain: str, snapshot: str | None,
-                     flags: RevertFlags = RevertFlags()) -> str:
-        """virDomainRevertToSnapshot; returns the snapshot's name, which becomes current."""
+                     flags: RevertFlags = RevertFlags(), *,
+                     progress: ProgressCallback | None = None) -> str:
+        """virDomainRevertToSnapshot; returns the snapshot's name, which becomes current.
+        *progress* hears a memory file load."""
         flags.check()
         async with self._session(domain) as folder:
             name = self._resolve(folder, snapshot)
@@ -703,7 +716,7 @@ class Engine:
             await asyncio.to_thread(write_intent, folder.path, work.record())
             crash_point("revert: intent recorded")
             try:
-                await carry_out_revert(plan, paths, info, memory)
+                await carry_out_revert(plan, paths, info, memory, progress)
             except BaseException:
                 # It left the guest stopped and removed what it made: nothing to finish.
                 await asyncio.to_thread(clear_intent, folder.path)

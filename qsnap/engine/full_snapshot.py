@@ -26,15 +26,18 @@ from qsnap.model.domain import DomainDef
 from qsnap.monitor import Monitor
 from qsnap.plan.disk_snapshot import Overlay
 from qsnap.plan.full_snapshot import FullSnapshotPlan
+from qsnap.progress import ProgressCallback
 
 
 async def take_full_snapshot(plan: FullSnapshotPlan, domain: DomainDef, running: RuntimeInfo,
-                             strategy: str) -> Capture:
+                             strategy: str, progress: ProgressCallback | None = None
+                             ) -> Capture:
     """Take the snapshot; returns how its memory was captured and how long the guest paused
-    (measured from QEMU's own STOP/RESUME event timestamps)."""
+    (measured from QEMU's own STOP/RESUME event timestamps). *progress* hears how the memory
+    file is written (external only: an internal save is one QEMU job with no byte counts)."""
     async with await Monitor.connect(running.qmp) as monitor, monitor.pause_clock() as clock:
         if plan.external:
-            await _external(monitor, plan, domain, strategy)
+            await _external(monitor, plan, domain, strategy, progress)
         else:
             await _internal(monitor, plan)
     return Capture(strategy, clock.paused)
@@ -49,7 +52,7 @@ async def background_refusal(running: RuntimeInfo, domain: DomainDef,
     tmpfs), it leaves the guest's RAM write-protected, and the guest hangs for good while QEMU
     still reports it running; even ``stop`` then never returns. Other strategies fail cleanly.
     """
-    ram = (domain.memory_kib or 131072) * 1024
+    ram = domain.memory_bytes
     try:
         stats = os.statvfs(os.path.dirname(memory_file) or ".")
     except OSError as exc:
@@ -85,20 +88,21 @@ async def _internal(monitor: Monitor, plan: FullSnapshotPlan) -> None:
 
 
 async def _external(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDef,
-                    strategy: str) -> None:
+                    strategy: str, progress: ProgressCallback | None) -> None:
     memory = Path(plan.snapshot.memory_file or "")
     if os.path.lexists(memory):
         raise AlreadyExistsError(f"refusing to overwrite existing file '{memory}' (the "
                                  "snapshot's memory file)")
     check_overlay_files(plan.overlays, {d.source for d in domain.disks if d.source})
     if strategy == "background":
-        await _background(monitor, plan, domain, memory)
+        await _background(monitor, plan, domain, memory, progress)
         return
     was_running = await monitor.status() == "running"
     if was_running and strategy == "paused":
         await monitor.pause()
     try:
-        await write_image(monitor, memory, domain.to_xml(secure=True), was_running)
+        await write_image(monitor, memory, domain.to_xml(secure=True), was_running,
+                          progress=progress, ram=domain.memory_bytes)
         try:
             await switch_overlays(monitor, plan.overlays)
         except BaseException:
@@ -111,7 +115,7 @@ async def _external(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDef,
 
 
 async def _background(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDef,
-                      memory: Path) -> None:
+                      memory: Path, progress: ProgressCallback | None) -> None:
     """Pause, switch the disks, start the background snapshot (QEMU saves the device state
     and runs the guest again at once), then wait while QEMU writes RAM as it was at the pause.
     If the save fails after the switch, the overlays are merged back (active commit), so the
@@ -131,7 +135,8 @@ async def _background(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDe
 
     try:
         await write_image(monitor, memory, domain.to_xml(secure=True), True, background=True,
-                          at_start=pause_and_switch)
+                          at_start=pause_and_switch, progress=progress,
+                          ram=domain.memory_bytes)
     except BaseException:
         with contextlib.suppress(QsnapError):
             if await monitor.status() == "paused":

@@ -18,6 +18,7 @@ from qsnap.errors import AlreadyExistsError, InvalidArgumentError, NotSupportedE
 from qsnap.model import save_image
 from qsnap.model.save_image import HEADER, SaveImage, SaveImageError
 from qsnap.monitor import Monitor
+from qsnap.progress import ProgressCallback, ProgressMeter
 from qsnap.store.atomic import fsync_dir
 
 
@@ -33,10 +34,13 @@ def _write_all(fd: int, data: bytes) -> None:
 
 async def write_image(monitor: Monitor, path: Path, domain_xml: str, was_running: bool, *,
                       background: bool = False,
-                      at_start: Callable[[], Awaitable[None]] | None = None) -> None:
+                      at_start: Callable[[], Awaitable[None]] | None = None,
+                      progress: ProgressCallback | None = None, ram: int = 0) -> None:
     """Save the guest behind *monitor* into a new image at *path*: paused (or live pre-copy),
     or with *background* QEMU's background snapshot. *at_start* runs once the file is ready,
-    just before QEMU starts writing it (a background snapshot switches the disks there)."""
+    just before QEMU starts writing it (a background snapshot switches the disks there).
+    *progress* hears the bytes written against *ram*, the guest's RAM size (the stream is
+    about that long; a pre-copy that sends pages twice may pass it)."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except FileExistsError:
@@ -44,8 +48,13 @@ async def write_image(monitor: Monitor, path: Path, domain_xml: str, was_running
     except OSError as exc:
         raise InvalidArgumentError(f"cannot create '{path}': {exc.strerror}") from None
     try:
-        _write_all(fd, save_image.encode(domain_xml, None, was_running, partial=True))
-        await monitor.save_to_fd(fd, background=background, just_before=at_start)
+        header = save_image.encode(domain_xml, None, was_running, partial=True)
+        _write_all(fd, header)
+        meter = ProgressMeter(f"save memory to {path.name}", progress)
+        await monitor.save_to_fd(
+            fd, background=background, just_before=at_start,
+            progress=(lambda offset: meter(offset - len(header), max(ram, offset - len(header))))
+            if progress is not None else None)
         os.fsync(fd)
         os.pwrite(fd, save_image.final_magic(), 0)
         os.fsync(fd)
@@ -89,11 +98,17 @@ def read_image(path: Path) -> SaveImage:
     return image
 
 
-async def load_image(monitor: Monitor, path: Path, image: SaveImage) -> None:
-    """Feed the stream of *image* into the QEMU behind *monitor* (started ``-incoming defer``)."""
+async def load_image(monitor: Monitor, path: Path, image: SaveImage,
+                     progress: ProgressCallback | None = None) -> None:
+    """Feed the stream of *image* into the QEMU behind *monitor* (started ``-incoming defer``);
+    *progress* hears how much of it QEMU has read."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.lseek(fd, image.stream_offset, os.SEEK_SET)
-        await monitor.load_from_fd(fd)
+        total = os.fstat(fd).st_size - image.stream_offset
+        meter = ProgressMeter(f"load memory from {path.name}", progress)
+        await monitor.load_from_fd(
+            fd, progress=(lambda offset: meter(offset - image.stream_offset, total))
+            if progress is not None else None)
     finally:
         os.close(fd)

@@ -30,6 +30,7 @@ from qsnap.model.snapshot import DiskSource, SnapshotDef
 from qsnap.monitor import Monitor
 from qsnap.plan.external_delete import disk_sources
 from qsnap.plan.revert import RevertPlan
+from qsnap.progress import ProgressCallback
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,8 @@ def check_revert(plan: RevertPlan, shared_bases: dict[str, str]) -> SaveImage | 
 
 
 async def carry_out_revert(plan: RevertPlan, paths: RuntimePaths, running: RuntimeInfo | None,
-                           memory: SaveImage | None) -> None:
+                           memory: SaveImage | None, progress: ProgressCallback | None = None
+                           ) -> None:
     if running is not None:
         await stop(paths, running)
     created: list[str] = []
@@ -143,7 +145,7 @@ async def carry_out_revert(plan: RevertPlan, paths: RuntimePaths, running: Runti
                                    incoming=plan.memory == "external", paused=True)
         async with await Monitor.connect(started.qmp) as monitor:
             if plan.memory == "external" and memory is not None:
-                await load_image(monitor, Path(plan.memory_file or ""), memory)
+                await load_image(monitor, Path(plan.memory_file or ""), memory, progress)
             elif plan.memory == "internal":
                 tops = await monitor.block_tops()
                 nodes = [tops[t] for t in plan.internal_disks]

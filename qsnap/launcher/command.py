@@ -93,7 +93,7 @@ def qemu_command(domain: DomainDef, runtime: RuntimePaths, accel: str,
     acpi = "on" if domain.acpi else "off"
     argv = [emulator, "-name", f"guest={domain.name},debug-threads=on",
             "-machine", f"{machine},accel={accel},acpi={acpi}",
-            "-m", f"{domain.memory_kib or 131072}k",
+            "-m", f"{domain.memory_bytes // 1024}k",
             "-smp", str(domain.vcpus), "-nodefaults", "-no-user-config", "-display", "none",
             "-qmp", f"unix:{runtime.qmp},server=on,wait=off",
             "-pidfile", str(runtime.pidfile), "-daemonize"]

@@ -74,6 +74,11 @@ class DomainDef:
     #: PCI address of the virtio-serial controller (``<controller type='virtio-serial'>``).
     virtio_serial_address: str | None = None
 
+    @property
+    def memory_bytes(self) -> int:
+        """The guest's RAM in bytes (QEMU's default of 128 MiB when the definition has none)."""
+        return (self.memory_kib or 131072) * 1024
+
     def disk_by_name(self, name: str) -> DomainDisk | None:
         """libvirt's virDomainDiskByName: a target such as ``vda``, or the source path of
         exactly one disk (a path two disks share names neither)."""

@@ -364,9 +364,12 @@ class Monitor:
         await self.execute("getfd", {"fdname": name})
 
     async def _migration(self, command: str, fd: int, timeout: float,
-                         just_before: Callable[[], Awaitable[None]] | None = None) -> None:
+                         just_before: Callable[[], Awaitable[None]] | None = None,
+                         progress: Callable[[int], None] | None = None) -> None:
         """Run an outgoing or incoming migration over *fd* and wait until it is over;
-        *just_before* runs after all the set-up, right before the migration command."""
+        *just_before* runs after all the set-up, right before the migration command.
+        *progress* hears the fd's offset about four times a second: QEMU reads or writes
+        through the same open file, so that is how far the stream has got."""
         name = f"qsnap-migration-{os.getpid()}-{fd}"
         await self.execute("migrate-set-capabilities", {"capabilities": [
             {"capability": "events", "state": True}]})
@@ -377,7 +380,7 @@ class Monitor:
             await self.execute(command, {"uri": f"fd:{name}"})
             crash_point(f"{command}: started")
             try:
-                await asyncio.wait_for(self._wait_migration(listener), timeout)
+                await asyncio.wait_for(self._wait_migration(listener, fd, progress), timeout)
             except TimeoutError:
                 with contextlib.suppress(QsnapError):
                     await self.execute("migrate_cancel")
@@ -406,14 +409,24 @@ class Monitor:
                 raise MonitorTimeoutError(f"QEMU's migration did not end within {timeout:g} s")
             await asyncio.sleep(0.05)
 
-    async def _wait_migration(self, listener: EventListener) -> None:
+    @staticmethod
+    async def _wait_migration(listener: EventListener, fd: int,
+                              progress: Callable[[int], None] | None) -> None:
         while True:
-            event = await listener.get()
+            if progress is not None:
+                progress(os.lseek(fd, 0, os.SEEK_CUR))
+            try:
+                event = await asyncio.wait_for(listener.get(), 0.25)
+            except TimeoutError:
+                continue
             if event.get("data", {}).get("status") in ("completed", "failed", "cancelled"):
+                if progress is not None:
+                    progress(os.lseek(fd, 0, os.SEEK_CUR))
                 return
 
     async def save_to_fd(self, fd: int, timeout: float = 3600.0, *, background: bool = False,
-                         just_before: Callable[[], Awaitable[None]] | None = None) -> None:
+                         just_before: Callable[[], Awaitable[None]] | None = None,
+                         progress: Callable[[int], None] | None = None) -> None:
         """Write the guest's RAM and device state into *fd* from its current offset.
 
         QEMU caps migration at 128 MiB/s by default, a tenth of a disk's speed; the cap is
@@ -431,7 +444,7 @@ class Monitor:
         if background:
             await self._set_capability("background-snapshot", True)
         try:
-            await self._migration("migrate", fd, timeout, just_before)
+            await self._migration("migrate", fd, timeout, just_before, progress)
         finally:
             with contextlib.suppress(QsnapError):
                 await self.execute("migrate-set-parameters",
@@ -473,9 +486,11 @@ class Monitor:
                     clock.add(event["event"], stamp.get("seconds", 0)
                               + stamp.get("microseconds", 0) / 1e6)
 
-    async def load_from_fd(self, fd: int, timeout: float = 3600.0) -> None:
-        """Read a saved state from *fd* into a QEMU started with ``-incoming defer``."""
-        await self._migration("migrate-incoming", fd, timeout)
+    async def load_from_fd(self, fd: int, timeout: float = 3600.0,
+                           progress: Callable[[int], None] | None = None) -> None:
+        """Read a saved state from *fd* into a QEMU started with ``-incoming defer``;
+        *progress* hears the offset QEMU has read to."""
+        await self._migration("migrate-incoming", fd, timeout, progress=progress)
 
     @contextlib.asynccontextmanager
     async def events(self, *names: str) -> AsyncIterator[EventListener]:
