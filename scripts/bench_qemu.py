@@ -267,7 +267,7 @@ async def concurrent_rows(base: Path, count: int, repeat: int) -> list[tuple[str
                 await engine.destroy(name)
 
 
-async def run(base: Path, rams: list[int], repeat: int) -> None:
+async def run(base: Path, rams: list[int], repeat: int, libvirt: bool) -> None:
     write_speed, read_speed = dd_speed(base)
     print(f"\nqsnap QEMU benchmark (tiny guest, TCG or KVM as probed; medians of {repeat})")
     print(f"disk under {base}: direct-I/O write {write_speed / 1e6:.0f} MB/s, "
@@ -286,13 +286,18 @@ async def run(base: Path, rams: list[int], repeat: int) -> None:
     print("'gap': the largest gap in the guest's counter beyond its usual period, as a thread "
           "here saw the serial log grow; with a 20 ms tick it is coarse and noisy, and it also "
           "shows stalls without a STOP (a disk transaction holds QEMU's big lock).")
-    print("Not measured yet: libvirt side by side (--with-libvirt).")
+    if not libvirt:
+        print("libvirt side by side: add --with-libvirt.")
 
 
-def main(rams: list[int], repeat: int) -> None:
+def main(rams: list[int], repeat: int, *, qemu: bool = True, libvirt: bool = False) -> None:
     base = Path(os.environ.get("QSNAP_BENCH_DIR") or "/var/tmp") / f"qsnap-bench-{os.getpid()}"
     base.mkdir(parents=True)
     try:
-        asyncio.run(run(base, rams, repeat))
+        if qemu:
+            asyncio.run(run(base, rams, repeat, libvirt))
+        if libvirt:
+            import bench_libvirt
+            bench_libvirt.run(base, max(3, repeat // 2))
     finally:
         subprocess.run(["rm", "-rf", str(base)], check=False)

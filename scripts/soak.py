@@ -54,6 +54,24 @@ OPERATIONS = {"create-disk": 3, "create-full": 2, "revert": 2, "delete": 2, "sav
 MAX_SNAPSHOTS = 8
 
 
+def qemu_processes(domain: str) -> list[int]:
+    """Live (not zombie) QEMU processes started for *domain*: more than one would be a QEMU
+    some operation lost track of, still holding the guest's images."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X") and b"qemu-system" in cmdline and \
+                f"guest={domain},".encode() in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
 class Worker:
     """One guest and the random operations on it."""
 
@@ -190,6 +208,9 @@ class Worker:
             for name in before - after:
                 del self.moments[name]
             await check_snapshot_data(self.engine, self.folder, self.moments, domain=self.name)
+            running = await self.engine.domstate(self.name) != "shut off"
+            assert len(qemu_processes(self.name)) == int(running), \
+                f"QEMU processes of the guest: {qemu_processes(self.name)} (running: {running})"
             if written is not None and await self.engine.domstate(self.name) != "shut off":
                 disks = await domain_disks(self.engine, self.name)
                 now = self.top(disks)
@@ -234,8 +255,14 @@ async def soak(minutes: float, guests: int, seed: int, folder: Path) -> int:
         await asyncio.gather(*(run(w) for w in workers))
     finally:
         for worker in workers:
-            if await engine.domstate(worker.name) != "shut off":
-                await engine.destroy(worker.name)
+            try:
+                if await engine.domstate(worker.name) != "shut off":
+                    await engine.destroy(worker.name)
+            except Exception as exc:  # the others must still be stopped
+                worker.fail(f"stopping the guest at the end: {exc!r}")
+            for pid in qemu_processes(worker.name):  # none should be left; if so, counted
+                worker.fail(f"a QEMU of the guest outlived it: pid {pid}")
+                os.kill(pid, signal.SIGKILL)
     for worker in workers:  # stopped now: the images guests wrote to are checked too
         await worker.check(set(worker.moments), set(), set(), None, "the final check")
     summary = {"minutes": round((time.monotonic() - started) / 60, 1), "guests": guests,

@@ -26,8 +26,11 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-def _qsnap_guests() -> set[int]:
-    """QEMU processes launched by qsnap (their QMP socket is in a qsnap runtime folder)."""
+def _qsnap_guests(under: Path) -> set[int]:
+    """QEMU processes launched by qsnap for this test session: their command line names a path
+    under pytest's temporary folder *under* (a guest's serial log). QEMUs of anything else on
+    the machine (a soak, a benchmark, another suite) are never counted, nor killed."""
+    marker = str(under).encode()
     pids = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -36,17 +39,18 @@ def _qsnap_guests() -> set[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"qemu-system" in cmdline and (b"/qsnap-" in cmdline or b"/qsnap/" in cmdline):
+        if b"qemu-system" in cmdline and marker in cmdline:
             pids.add(int(entry.name))
     return pids
 
 
 @pytest.fixture(autouse=True)
-def no_leaked_guests() -> Iterator[None]:
+def no_leaked_guests(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """A test must stop every guest it starts; any it leaves is killed here, and reported."""
-    before = _qsnap_guests()
+    under = tmp_path_factory.getbasetemp()
+    before = _qsnap_guests(under)
     yield
-    leaked = _qsnap_guests() - before
+    leaked = _qsnap_guests(under) - before
     for pid in leaked:
         try:
             os.kill(pid, signal.SIGKILL)

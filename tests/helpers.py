@@ -47,12 +47,19 @@ def manifest_cases(base: Path) -> list[Case]:
     return cases
 
 
+#: Files a read may refresh without changing anything: the listing cache
+#: (qsnap.store.summaries), rebuilt from the snapshot files whenever it disagrees with them.
+CACHES = frozenset({"summaries.json"})
+
+
 def tree_picture(root: Path) -> dict[str, tuple[int, bytes]]:
     """Every file under *root* with its mode and content (a link: where it points): equal
-    pictures mean nothing changed."""
+    pictures mean nothing changed. Caches (:data:`CACHES`) are left out."""
     picture = {}
     if root.exists():
         for path in sorted(root.rglob("*")):
+            if path.name in CACHES:
+                continue
             if path.is_symlink():
                 picture[str(path.relative_to(root)) + "@"] = (0, os.readlink(path).encode())
             elif path.is_file():

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import re
 import signal
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from qemu_guest import guest_module, started_guest, wait_for_counter
 
 import qsnap
 from qsnap import Engine
+from qsnap.engine.memory import read_image
 from qsnap.model import save_image
 from qsnap.monitor import Monitor, MonitorClosedError
 
@@ -69,6 +72,30 @@ async def test_save_and_restore_resume_the_same_moment(guest: tuple[Engine, Path
     await engine.save("g", again)
     await engine.restore(again)
     assert await engine.domstate("g") == "paused"
+
+
+async def test_progress_events_of_save_and_restore(guest: tuple[Engine, Path]) -> None:
+    """``--progress-json``: a save reports the bytes QEMU has written and a restore those it
+    has read, rising to the whole stream, each with a rate; the image is what both count."""
+    engine, folder = guest
+    image = folder / "progress.save"
+    reports: dict[str, list[dict[str, object]]] = {}
+    for command in (("save", "g", str(image)), ("restore", str(image))):
+        result = subprocess.run(
+            [sys.executable, "-m", "qsnap.cli", "--state-dir", str(engine.state_dir),
+             "--progress-json", *command], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        reports[command[0]] = [json.loads(line) for line in result.stderr.splitlines()]
+    stream = image.stat().st_size - read_image(image).stream_offset
+    for name, events in reports.items():
+        assert len(events) >= 2, (name, events)
+        done = [int(str(e["done"])) for e in events]
+        assert done == sorted(done) and done[-1] == stream, (name, done, stream)
+        assert all(e["event"] == "progress" and e["total"] for e in events)
+        assert int(str(events[-1]["rate"])) > 0
+    assert str(reports["save"][0]["operation"]) == "save memory to progress.save"
+    assert str(reports["restore"][0]["operation"]) == "load memory from progress.save"
+    assert await engine.domstate("g") == "running"
 
 
 async def test_managedsave_then_start_resumes_and_removes_the_image(

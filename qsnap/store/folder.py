@@ -6,6 +6,7 @@ Layout (``STATE`` is the state directory)::
     STATE/domains/NAME/snapshots/SNAP.xml   one file per snapshot, in libvirt's metadata format
     STATE/domains/NAME/current              the current snapshot's name (absent: none)
     STATE/domains/NAME/journal.json         only while a multi-file change is being applied
+    STATE/domains/NAME/summaries.json       a cache for listings (see qsnap.store.summaries)
 
 Snapshot files are exactly what libvirt keeps in ``/var/lib/libvirt/qemu/snapshot/NAME/``
 (including ``<active>1</active>`` on the current one), so a tree can move between the two. The
@@ -27,6 +28,7 @@ from qsnap.model.tree import SnapshotSummary, SnapshotTree
 from qsnap.model.xmltext import format_element
 from qsnap.store.atomic import TEMP_PREFIX, make_dirs, remove_temp_files
 from qsnap.store.journal import Batch, commit, replay
+from qsnap.store.summaries import load_summaries
 
 DEFINITION = "domain.xml"
 SNAPSHOTS = "snapshots"
@@ -142,7 +144,9 @@ class DomainFolder:
         return LazyTree(self)
 
     def load_tree(self) -> SnapshotTree:
-        summaries = [SnapshotSummary.of(self.read_snapshot(n)) for n in self.snapshot_names()]
+        """Every snapshot's summary (from the cache where the file is unchanged), as a tree."""
+        summaries = load_summaries(self.path, self.snapshots_dir, SUFFIX,
+                                   lambda n: SnapshotSummary.of(self.read_snapshot(n)))
         return SnapshotTree(summaries, self.read_current(), domain=self.name)
 
     def _format(self, snap: SnapshotDef, current: bool) -> bytes:
