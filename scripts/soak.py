@@ -25,17 +25,20 @@ import json
 import os
 import random
 import signal
+import subprocess
 import sys
 import tempfile
 import time
 import traceback
 from collections import Counter
 from pathlib import Path
+from typing import TextIO
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from qemu_guest import (  # noqa: E402
+    WRITE_ROUND,
     assert_one_moment,
     check_snapshot_data,
     domain_disks,
@@ -43,9 +46,10 @@ from qemu_guest import (  # noqa: E402
     guest_module,
     read_counters,
     state_images,
+    wait_for_counter,
 )
 
-from qsnap import Engine  # noqa: E402
+from qsnap import Engine, QsnapError  # noqa: E402
 from qsnap.faults import CRASH_EXIT  # noqa: E402
 from qsnap.launcher.process import read_runtime, runtime_paths  # noqa: E402
 
@@ -87,6 +91,7 @@ class Worker:
         self.moments: dict[str, list[int]] = {}
         self.serial = folder / "serial.log"
         self.serial_number = 0
+        self.log: TextIO | None = None
 
     async def qsnap(self, *args: str, crash_at: int | None = None) -> tuple[int, str]:
         env = {**os.environ, "QSNAP_CRASH_AT": str(crash_at)} if crash_at else None
@@ -108,6 +113,10 @@ class Worker:
             self.counts["guest starts"] += 1
             try:
                 await first_counter_after(self.serial, mark, timeout=60)
+                # Each boot counts from 1: until it has written every disk twice, the disks
+                # mix its counters with the last boot's, and a snapshot then would not read
+                # as one moment (it is one, across the reboot).
+                await wait_for_counter(self.serial, 2 * WRITE_ROUND + 2)
                 return
             except AssertionError:
                 if attempt:
@@ -190,6 +199,13 @@ class Worker:
         how = f"{args} (killed at step {crash_at}{' with QEMU' if kill_qemu else ''}; " \
             f"rc {rc})" if crash_at else f"{args} (rc {rc})"
         how += f"; disks before: {disks_before}; said: {output.strip()[-600:]}"
+        if self.log is not None:
+            self.log.write(json.dumps({
+                "guest": self.name, "args": args, "crash_at": crash_at, "kill_qemu": kill_qemu,
+                "rc": rc, "output": output.strip()[-2000:], "snapshots_before": sorted(names),
+                "disks_before": disks_before,
+                "disks_after": await domain_disks(self.engine, self.name)}) + "\n")
+            self.log.flush()
         await self.check(names, allowed_new, allowed_gone, written if keeps_data else None,
                          how)
 
@@ -203,8 +219,8 @@ class Worker:
             assert before - after <= allowed_gone, f"snapshots lost: {before - after}"
             for name in after - before:
                 counters = read_counters(await state_images(self.engine, name, self.name))
+                self.moments[name] = counters  # from now on it must read these
                 assert_one_moment(counters)
-                self.moments[name] = counters
             for name in before - after:
                 del self.moments[name]
             await check_snapshot_data(self.engine, self.folder, self.moments, domain=self.name)
@@ -217,7 +233,7 @@ class Worker:
                 assert now >= written, f"disk counter went back from {written} to {now} " \
                     f"(disks now {disks})"
             self.counts["data checks passed"] += 1
-        except AssertionError as exc:
+        except (AssertionError, subprocess.CalledProcessError, QsnapError) as exc:
             self.fail(f"after {how}: {exc!r}\n{traceback.format_exc()}")
 
     def fail(self, what: str) -> None:
@@ -237,6 +253,9 @@ async def soak(minutes: float, guests: int, seed: int, folder: Path) -> int:
         xml = GUEST.make_guest(name, 2, 128, folder / name)
         await engine.define(xml.read_text())
         workers.append(Worker(engine, state, folder / name, name, seed + i, counts, failures))
+    log = open(folder / "operations.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+    for worker in workers:  # one line per operation, to trace a failed check back
+        worker.log = log
     deadline = time.monotonic() + minutes * 60
     started = time.monotonic()
 

@@ -154,7 +154,10 @@ async def check_snapshot_data(engine: object, folder: Path, moments: dict[str, l
     for image in on_disk - memory - active:
         check = subprocess.run(["qemu-img", "check", "-U", image], capture_output=True,
                                text=True)
-        assert check.returncode == 0, (image, check.stdout, check.stderr)
+        # Exit 3 is leaked clusters only ("waste of disk space, but no harm to data"), which
+        # a QEMU SIGKILLed while the guest writes leaves (seen once in a 30-minute soak);
+        # 1 (check failed) and 2 (corruption) are errors.
+        assert check.returncode in (0, 3), (image, check.stdout, check.stderr)
 
 
 def internal_tags(image: str) -> frozenset[str]:

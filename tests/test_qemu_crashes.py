@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -142,9 +143,19 @@ class CrashLab:
         assert self.outcomes["boots retried"] <= 2, self.outcomes
 
 
-async def make_lab(tmp_path: Path) -> CrashLab:
+@pytest.fixture
+async def lab(tmp_path: Path) -> AsyncIterator[CrashLab]:
     engine, folder = await started_guest(tmp_path, 2)
-    return CrashLab(engine, folder, tmp_path / "state")
+    lab = CrashLab(engine, folder, tmp_path / "state")
+    yield lab
+    if await engine.domstate("g") != "shut off":
+        await engine.destroy("g")
+
+
+def assert_one_moment_with(disks: list[int], resumed: int) -> None:
+    """Memory and disks of a full-system snapshot hold one moment: the disks have the last
+    round the guest wrote before the counter it resumed from."""
+    assert all(resumed - 2 * WRITE_ROUND <= d <= resumed for d in disks), (resumed, disks)
 
 
 CREATES = {
@@ -158,163 +169,144 @@ CREATES = {
 
 
 @pytest.mark.parametrize("case", list(CREATES))
-async def test_kill_at_every_step_of_a_create(tmp_path: Path, case: str) -> None:
+async def test_kill_at_every_step_of_a_create(lab: CrashLab, case: str) -> None:
     extra, with_memory, kill_qemu = CREATES[case]
     internal = case == "full-internal"
-    lab = await make_lab(tmp_path)
     forward: tuple[str, int, int] | None = None
-    try:
-        for k in range(1, 200):
-            if await lab.engine.domstate("g") != "running":
-                await lab.boot()
-            await lab.ticking()
-            name = f"c{k}"
-            top = (await domain_disks(lab.engine))[0]
-            memspec = ["--memspec", f"file={lab.folder / (name + '.mem')}"] if with_memory \
-                else []
-            before = lab.last()
-            result = lab.cli("snapshot-create-as", "g", name, *extra, *memspec, crash_at=k)
-            if result.returncode == 0:
-                lab.note(name, internal, await state_images(lab.engine, name))
-                break
-            assert result.returncode == CRASH_EXIT, (k, result.stderr)
-            had_intent = lab.intent.exists()
-            written = lab.counter_in(top)  # at least what the guest wrote before the crash
-            if kill_qemu:
-                lab.kill_qemu()
-            await lab.settle(k, had_intent)
-            names = [s.name for s in await lab.engine.list("g")]
-            if name in names:
-                lab.outcomes["rolled forward"] += 1
-                forward = (name, before, lab.last())
-                lab.note(name, internal, await state_images(lab.engine, name))
-            elif had_intent:
-                lab.outcomes["rolled back"] += 1
-            expected = "shut off" if kill_qemu else "running"
-            assert await lab.engine.domstate("g") == expected, k
-            await lab.check()
-            assert await lab.disk_counter() >= written, k  # nothing the guest wrote is lost
-        else:
-            raise AssertionError("the create never got through")
-        print(f"create {case}: {k - 1} step boundaries killed, {dict(lab.outcomes)}")
-        assert k > 5, "suspiciously few step boundaries"
-        assert lab.outcomes["rolled forward"] and lab.outcomes["rolled back"], lab.outcomes
-        if (with_memory or internal) and forward:
-            # A full-system snapshot that recovery stored reverts to its moment: within the
-            # counters printed around the create, and (external) one moment with its disks.
-            name, before, after = forward
-            mark = lab.serial.stat().st_size
-            await lab.engine.revert("g", name)
-            resumed = await resumed_counter(lab.serial, mark)
-            assert before <= resumed <= after + 1, (name, before, resumed, after)
-            if not internal:
-                disks = lab.moments[name]
-                assert all(resumed - 2 * WRITE_ROUND <= d <= resumed for d in disks), \
-                    (name, resumed, disks)
-        await lab.finish()
-    finally:
-        if await lab.engine.domstate("g") != "shut off":
-            await lab.engine.destroy("g")
-
-
-async def test_kill_at_every_step_of_a_revert(tmp_path: Path) -> None:
-    lab = await make_lab(tmp_path)
-    try:
+    for k in range(1, 200):
+        if await lab.engine.domstate("g") != "running":
+            await lab.boot()
         await lab.ticking()
-        memory = lab.folder / "base.mem"
-        assert lab.cli("snapshot-create-as", "g", "base", "--memspec",
-                       f"file={memory}").returncode == 0
-        lab.moments["base"] = disks = read_counters(await state_images(lab.engine, "base"))
-        for k in range(1, 200):
-            await lab.ticking()
-            mark = lab.serial.stat().st_size
-            said = await lab.crash(k, "snapshot-revert", "g", "base")
-            if said is None:
-                break
-            if "had not begun" in said or not said:
-                lab.outcomes["not begun"] += 1
-            else:
-                lab.outcomes["finished"] += 1
-                resumed = await resumed_counter(lab.serial, mark)
-                assert all(resumed - 2 * WRITE_ROUND <= d <= resumed for d in disks), \
-                    (k, resumed, disks)
-                assert await lab.engine.current("g") == "base"
-            assert await lab.engine.domstate("g") == "running", k
-            await lab.check()
+        name = f"c{k}"
+        top = (await domain_disks(lab.engine))[0]
+        memspec = ["--memspec", f"file={lab.folder / (name + '.mem')}"] if with_memory \
+            else []
+        before = lab.last()
+        result = lab.cli("snapshot-create-as", "g", name, *extra, *memspec, crash_at=k)
+        if result.returncode == 0:
+            lab.note(name, internal, await state_images(lab.engine, name))
+            break
+        assert result.returncode == CRASH_EXIT, (k, result.stderr)
+        had_intent = lab.intent.exists()
+        written = lab.counter_in(top)  # at least what the guest wrote before the crash
+        if kill_qemu:
+            lab.kill_qemu()
+        await lab.settle(k, had_intent)
+        names = [s.name for s in await lab.engine.list("g")]
+        if name in names:
+            lab.outcomes["rolled forward"] += 1
+            forward = (name, before, lab.last())
+            lab.note(name, internal, await state_images(lab.engine, name))
+        elif had_intent:
+            lab.outcomes["rolled back"] += 1
+        expected = "shut off" if kill_qemu else "running"
+        assert await lab.engine.domstate("g") == expected, k
+        await lab.check()
+        assert await lab.disk_counter() >= written, k  # nothing the guest wrote is lost
+    else:
+        raise AssertionError("the create never got through")
+    print(f"create {case}: {k - 1} step boundaries killed, {dict(lab.outcomes)}")
+    assert k > 5, "suspiciously few step boundaries"
+    assert lab.outcomes["rolled forward"] and lab.outcomes["rolled back"], lab.outcomes
+    if (with_memory or internal) and forward:
+        # A full-system snapshot that recovery stored reverts to its moment: within the
+        # counters printed around the create, and (external) one moment with its disks.
+        name, before, after = forward
+        mark = lab.serial.stat().st_size
+        await lab.engine.revert("g", name)
+        resumed = await resumed_counter(lab.serial, mark)
+        assert before <= resumed <= after + 1, (name, before, resumed, after)
+        if not internal:
+            assert_one_moment_with(lab.moments[name], resumed)
+    await lab.finish()
+
+
+async def test_kill_at_every_step_of_a_revert(lab: CrashLab) -> None:
+    await lab.ticking()
+    memory = lab.folder / "base.mem"
+    assert lab.cli("snapshot-create-as", "g", "base", "--memspec",
+                   f"file={memory}").returncode == 0
+    lab.moments["base"] = disks = read_counters(await state_images(lab.engine, "base"))
+    for k in range(1, 200):
+        await lab.ticking()
+        mark = lab.serial.stat().st_size
+        said = await lab.crash(k, "snapshot-revert", "g", "base")
+        if said is None:
+            break
+        if "had not begun" in said or not said:
+            lab.outcomes["not begun"] += 1
         else:
-            raise AssertionError("the revert never got through")
-        print(f"revert: {k - 1} step boundaries killed, {dict(lab.outcomes)}")
-        assert k > 5 and lab.outcomes["finished"], lab.outcomes
-        await lab.finish()
-    finally:
-        if await lab.engine.domstate("g") != "shut off":
-            await lab.engine.destroy("g")
+            lab.outcomes["finished"] += 1
+            resumed = await resumed_counter(lab.serial, mark)
+            assert_one_moment_with(disks, resumed)
+            assert await lab.engine.current("g") == "base"
+        assert await lab.engine.domstate("g") == "running", k
+        await lab.check()
+    else:
+        raise AssertionError("the revert never got through")
+    print(f"revert: {k - 1} step boundaries killed, {dict(lab.outcomes)}")
+    assert k > 5 and lab.outcomes["finished"], lab.outcomes
+    await lab.finish()
 
 
-async def test_kill_at_every_step_of_save_and_restore(tmp_path: Path) -> None:
-    lab = await make_lab(tmp_path)
+async def test_kill_at_every_step_of_save_and_restore(lab: CrashLab, tmp_path: Path) -> None:
     saves = tmp_path / "saves"
     saves.mkdir()
-    try:
-        for k in range(1, 200):  # save
-            await lab.ticking()
-            image = saves / f"s{k}.img"
-            top = (await domain_disks(lab.engine))[0]
-            said = await lab.crash(k, "save", "g", str(image))
-            written = lab.counter_in(top)
-            if said is None:
-                break
-            assert await lab.disk_counter() >= written, k
-            await lab.check()
-            if image.exists():  # finished: a complete image, the guest stopped
-                lab.outcomes["save finished"] += 1
-                assert await lab.engine.domstate("g") == "shut off", k
-                await lab.engine.restore(image)  # which proves the image complete
-            else:
-                lab.outcomes["save undone"] += 1
-                assert await lab.engine.domstate("g") == "running", k
+    for k in range(1, 200):  # save
+        await lab.ticking()
+        image = saves / f"s{k}.img"
+        top = (await domain_disks(lab.engine))[0]
+        said = await lab.crash(k, "save", "g", str(image))
+        written = lab.counter_in(top)
+        if said is None:
+            break
+        assert await lab.disk_counter() >= written, k
+        await lab.check()
+        if image.exists():  # finished: a complete image, the guest stopped
+            lab.outcomes["save finished"] += 1
+            assert await lab.engine.domstate("g") == "shut off", k
+            await lab.engine.restore(image)  # which proves the image complete
         else:
-            raise AssertionError("the save never got through")
-        saved, saved_at = saves / f"s{k}.img", lab.last()
-        assert await lab.engine.domstate("g") == "shut off"
-        for j in range(1, 200):  # restore
-            if await lab.engine.domstate("g") != "shut off":
-                await lab.engine.destroy("g")
-            mark = lab.serial.stat().st_size
-            said = await lab.crash(j, "restore", str(saved))
-            if said is None:
-                break
-            assert saved.exists(), j
-            state = await lab.engine.domstate("g")
-            if state == "running":
-                lab.outcomes["restore finished"] += 1
-                resumed = await first_counter_after(lab.serial, mark)
-                assert saved_at - WRITE_ROUND <= resumed <= saved_at + 1, (j, resumed, saved_at)
-            else:
-                assert state == "shut off", (j, state)
-                lab.outcomes["restore undone"] += 1
-            await lab.check()
-        else:
-            raise AssertionError("the restore never got through")
-        print(f"save: {k - 1}, restore: {j - 1} step boundaries killed, "
-              f"{dict(lab.outcomes)}")
-        assert lab.outcomes["save finished"] and lab.outcomes["save undone"], lab.outcomes
-        assert lab.outcomes["restore finished"] and lab.outcomes["restore undone"], \
-            lab.outcomes
-        await lab.finish()
-    finally:
+            lab.outcomes["save undone"] += 1
+            assert await lab.engine.domstate("g") == "running", k
+    else:
+        raise AssertionError("the save never got through")
+    saved, saved_at = saves / f"s{k}.img", lab.last()
+    assert await lab.engine.domstate("g") == "shut off"
+    for j in range(1, 200):  # restore
         if await lab.engine.domstate("g") != "shut off":
             await lab.engine.destroy("g")
+        mark = lab.serial.stat().st_size
+        said = await lab.crash(j, "restore", str(saved))
+        if said is None:
+            break
+        assert saved.exists(), j
+        state = await lab.engine.domstate("g")
+        if state == "running":
+            lab.outcomes["restore finished"] += 1
+            resumed = await first_counter_after(lab.serial, mark)
+            assert saved_at - WRITE_ROUND <= resumed <= saved_at + 1, (j, resumed, saved_at)
+        else:
+            assert state == "shut off", (j, state)
+            lab.outcomes["restore undone"] += 1
+        await lab.check()
+    else:
+        raise AssertionError("the restore never got through")
+    print(f"save: {k - 1}, restore: {j - 1} step boundaries killed, "
+          f"{dict(lab.outcomes)}")
+    assert lab.outcomes["save finished"] and lab.outcomes["save undone"], lab.outcomes
+    assert lab.outcomes["restore finished"] and lab.outcomes["restore undone"], \
+        lab.outcomes
+    await lab.finish()
 
 
 @pytest.mark.parametrize("frozen_at", ["transaction", "save_to_fd"])
-async def test_qemu_that_stops_answering_mid_create(tmp_path: Path, frozen_at: str,
+async def test_qemu_that_stops_answering_mid_create(lab: CrashLab, frozen_at: str,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """QEMU stops answering (SIGSTOP) just as the disks switch or the memory is written: the
     create gives up after the QMP timeout with an error that says it stays recorded, and
     touches nothing it cannot see. Once QEMU runs again, the next command settles it either
     way (QEMU may still carry out the command it had been sent), with the usual checks."""
-    lab = await make_lab(tmp_path)
     info = None
     try:
         await lab.ticking()
@@ -350,5 +342,3 @@ async def test_qemu_that_stops_answering_mid_create(tmp_path: Path, frozen_at: s
         if info is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(info.pid, signal.SIGCONT)
-        if await lab.engine.domstate("g") != "shut off":
-            await lab.engine.destroy("g")
