@@ -115,6 +115,7 @@ class Side:
         self.serial = self.folder / "serial.log"
         self.watch = CounterWatch(self.serial)
         self.n = 0
+        self.internal_left = 0
 
     def command(self, *args: str) -> list[str]:
         if self.tool == "libvirt":
@@ -164,7 +165,8 @@ def operations(repeat: int) -> list[tuple[str, Operation]]:
     """The operations both tools are asked to do, in order, each taking one Side."""
 
     def internal_create(side: Side) -> tuple[float, float]:
-        return side.run("snapshot-create-as", side.name, side.next("i"))
+        side.internal_left += 1
+        return side.run("snapshot-create-as", side.name, f"i{side.internal_left}")
 
     def internal_revert(side: Side) -> tuple[float, float]:
         result = side.run("snapshot-revert", side.name, "i1")
@@ -172,7 +174,12 @@ def operations(repeat: int) -> list[tuple[str, Operation]]:
         return result
 
     def internal_delete(side: Side) -> tuple[float, float]:
-        return side.run("snapshot-delete", side.name, "--current")
+        """The internal snapshots, newest first (after the revert, i1 is current)."""
+        side.internal_left -= 1
+        return side.run("snapshot-delete", side.name, f"i{side.internal_left + 1}")
+
+    def startup(side: Side) -> tuple[float, float]:
+        return side.run("list", "--all")
 
     def disk_only(side: Side) -> tuple[float, float]:
         return side.run("snapshot-create-as", side.name, side.next("d"), "--disk-only",
@@ -198,6 +205,7 @@ def operations(repeat: int) -> list[tuple[str, Operation]]:
         return wall_save + wall_restore, gap
 
     ops: list[tuple[str, Operation]] = []
+    ops += [("a command that does nothing (list --all)", startup)] * repeat
     ops += [("internal full-system snapshot", internal_create)] * repeat
     ops += [("revert to internal snapshot", internal_revert)] * repeat
     ops += [("delete internal snapshot", internal_delete)] * repeat
@@ -256,8 +264,10 @@ def _compare(base: Path, repeat: int) -> None:
         print(f"{label:<{width}} {qw * 1e3:>8.0f}ms {vw * 1e3:>8.0f}ms  {qw / vw:>5.2f}x   "
               f"{qg * 1e3:.0f} ms / {vg * 1e3:.0f} ms")
     print("ratio = qsnap wall time / libvirt wall time (lower is better for qsnap); both include "
-          "starting their command-line process. libvirt 9.0 cannot revert to external "
-          "snapshots, so that row is qsnap-only (see the QEMU part above).")
+          "starting their command-line process, which the first row shows alone (qsnap's is a "
+          "Python start-up; virsh is C talking to a running daemon). 'nan': the guest printed "
+          "nothing during the operation (its QEMU was restarted). libvirt 9.0 cannot revert to "
+          "external snapshots, so that is measured for qsnap only, in the QEMU part above.")
 
 
 def _ms(values: list[tuple[float, float]]) -> str:
