@@ -24,7 +24,7 @@ import contextlib
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from qsnap import images
 from qsnap.engine.disk_snapshot import check_overlay_files
@@ -39,12 +39,11 @@ from qsnap.model.snapshot import SnapshotDef, format_snapshot, parse_snapshot
 from qsnap.monitor import Monitor
 from qsnap.plan.disk_snapshot import Overlay
 from qsnap.store.folder import KEEP, DomainFolder
-
-INTENT_KIND = "create"
+from qsnap.store.intent import IntentRecord
 
 
 @dataclass
-class CreateWork:
+class CreateWork(IntentRecord):
     """What a create is about to do, as JSON-able data.
 
     ``where`` is "running" (through QEMU) or "offline" (qemu-img); ``overlays`` are
@@ -66,6 +65,7 @@ class CreateWork:
     memory_file: str | None = None
     strategy: str | None = None
     existed: list[str] = field(default_factory=list)
+    KIND: ClassVar[str] = "create"
 
     @classmethod
     def build(cls, snapshot: SnapshotDef, definition: DomainDef, *, running: bool,
@@ -76,13 +76,6 @@ class CreateWork:
                    was_running, [asdict(o) for o in overlays], [list(p) for p in internal],
                    snapshot.memory_file if snapshot.memory == "external" else None, strategy,
                    [o.path for o in overlays if os.path.lexists(o.path)])
-
-    def record(self) -> dict[str, Any]:
-        return {"kind": INTENT_KIND, **asdict(self)}
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any]) -> CreateWork:
-        return cls(**{k: v for k, v in record.items() if k != "kind"})
 
     @property
     def overlay_list(self) -> list[Overlay]:
@@ -128,8 +121,8 @@ async def settle_create(work: CreateWork, folder: DomainFolder, paths: RuntimePa
             complete = await _settle_live(work, monitor)
             if complete:
                 await store_snapshot(work, folder, paths, None)
-            if work.was_running and await monitor.status() in ("paused", "postmigrate"):
-                await monitor.resume()
+            if work.was_running:
+                await monitor.resume_if_stopped()
         if complete and work.halt:
             await stop(paths, running)
         return complete

@@ -26,8 +26,8 @@ import asyncio
 import contextlib
 import logging
 import os
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from qsnap import images
 from qsnap.errors import OperationIncompleteError, OperationInvalidError, QsnapError
@@ -41,11 +41,10 @@ from qsnap.plan.delete import InternalRemoval
 from qsnap.plan.external_delete import ExternalDeletePlan, Merge, disk_sources
 from qsnap.progress import ProgressCallback, ProgressMeter
 from qsnap.store import KEEP, DomainFolder
-from qsnap.store.intent import clear_intent, write_intent
+from qsnap.store.intent import IntentRecord, clear_intent, write_intent
 
 log = logging.getLogger("qsnap")
 
-INTENT_KIND = "delete"
 
 
 def _has_tag(image_info: dict, tag: str) -> bool:
@@ -138,7 +137,7 @@ def _mib(size: int) -> str:
 # -- the record -----------------------------------------------------------------------------------
 
 @dataclass
-class DeleteWork:
+class DeleteWork(IntentRecord):
     """A whole delete, as the intent record keeps it (metadata as XML text)."""
 
     snapshot: str
@@ -152,6 +151,7 @@ class DeleteWork:
     current_changes: bool = False
     definition: str | None = None
     paused: bool = False
+    KIND: ClassVar[str] = "delete"
 
     @classmethod
     def build(cls, snapshot: str, internal: list[InternalRemoval], plan: ExternalDeletePlan,
@@ -161,9 +161,6 @@ class DeleteWork:
                    list(plan.remove_files),
                    [format_snapshot(s, active=False) for s in put], drop, current,
                    current_changes, definition.to_xml() if definition is not None else None)
-
-    def record(self) -> dict[str, Any]:
-        return {"kind": INTENT_KIND, **asdict(self)}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> DeleteWork:
@@ -361,8 +358,7 @@ async def resume_if_paused_by_us(work: DeleteWork, running: RuntimeInfo | None) 
     if not work.paused or running is None:
         return
     async with await Monitor.connect(running.qmp) as monitor:
-        if await monitor.status() == "paused":
-            await monitor.resume()
+        await monitor.resume_if_stopped()
 
 
 async def finish_delete(record: dict[str, Any], folder: DomainFolder,

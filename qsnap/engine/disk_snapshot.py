@@ -3,7 +3,6 @@ stopped one. Whatever fails, files this step created are removed and nothing is 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -13,7 +12,6 @@ from collections.abc import AsyncIterator
 from qsnap import images
 from qsnap.errors import InvalidArgumentError, OperationInvalidError, QsnapError
 from qsnap.launcher.process import RuntimeInfo
-from qsnap.model.domain import DomainDef
 from qsnap.monitor import Monitor
 from qsnap.monitor.agent import GuestAgent
 from qsnap.plan.disk_snapshot import (
@@ -26,12 +24,11 @@ from qsnap.plan.disk_snapshot import (
 log = logging.getLogger("qsnap")
 
 
-async def take_disk_snapshot(plan: DiskSnapshotPlan, domain: DomainDef,
-                             running: RuntimeInfo | None, agent: str | None) -> None:
+async def take_disk_snapshot(plan: DiskSnapshotPlan, running: RuntimeInfo | None,
+                             agent: str | None) -> None:
     """Make the images of *plan* exist: overlays switched in (running) or created (stopped),
-    or internal snapshots in every qcow2 image (stopped)."""
-    await asyncio.to_thread(check_overlay_files, plan.overlays,
-                            {d.source for d in domain.disks if d.source})
+    or internal snapshots in every qcow2 image (stopped). The caller has checked the files
+    (:func:`qsnap.engine.create_work.check_new_files`) before recording its intent."""
     if plan.external and running is not None:
         await _switch_overlays(running, plan, agent)
     elif plan.external:

@@ -578,7 +578,7 @@ class Engine:
                     snapshot = snapshot.copy(cookie=with_capture(snapshot.cookie, capture))
                 else:
                     agent = agent_socket(definition, paths) if flags.quiesce else None
-                    await take_disk_snapshot(plan, definition, info, agent)
+                    await take_disk_snapshot(plan, info, agent)
                 crash_point("create: images in place")
                 await store_snapshot(work, folder, paths, info, snapshot)
             except BaseException as exc:
@@ -599,10 +599,10 @@ class Engine:
         if isinstance(exc, AlreadyExistsError):  # refused before any change; the file is
             await asyncio.to_thread(clear_intent, folder.path)  # someone else's
             return False
+        paths, now_running = self._runtime(folder.name)  # QEMU may have died meanwhile
         try:
-            complete = await settle_create(work, folder, self._runtime(folder.name)[0],
-                                info if info is None else read_runtime(
-                                    self._runtime(folder.name)[0]))
+            complete = await settle_create(work, folder, paths,
+                                           now_running if info is not None else None)
         except QsnapError as undo:
             raise OperationIncompleteError(
                 f"{exc}; undoing the snapshot '{work.snapshot}' failed too ({undo}): it stays "

@@ -17,7 +17,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from qsnap.engine.disk_snapshot import check_overlay_files, switch_overlays
+from qsnap.engine.disk_snapshot import switch_overlays
 from qsnap.engine.memory import write_image
 from qsnap.errors import AlreadyExistsError, QsnapError
 from qsnap.launcher.process import RuntimeInfo
@@ -89,11 +89,9 @@ async def _internal(monitor: Monitor, plan: FullSnapshotPlan) -> None:
 
 async def _external(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDef,
                     strategy: str, progress: ProgressCallback | None) -> None:
+    # The files were checked before the intent was recorded (create_work.check_new_files);
+    # the memory file is still created exclusively, which catches a race with another writer.
     memory = Path(plan.snapshot.memory_file or "")
-    if os.path.lexists(memory):
-        raise AlreadyExistsError(f"refusing to overwrite existing file '{memory}' (the "
-                                 "snapshot's memory file)")
-    check_overlay_files(plan.overlays, {d.source for d in domain.disks if d.source})
     if strategy == "background":
         await _background(monitor, plan, domain, memory, progress)
         return

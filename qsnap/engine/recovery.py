@@ -37,13 +37,13 @@ async def _revert(record: dict[str, Any], folder: DomainFolder, paths: RuntimePa
 
 async def _save(record: dict[str, Any], folder: DomainFolder, paths: RuntimePaths,
                 running: RuntimeInfo | None) -> str:
-    work = save_work.SaveWork(record["image"], record["was_running"])
+    work = save_work.SaveWork.from_record(record)
     return await save_work.settle_save(work, folder, paths, running)
 
 
 async def _restore(record: dict[str, Any], folder: DomainFolder, paths: RuntimePaths,
                    running: RuntimeInfo | None) -> str:
-    work = save_work.RestoreWork(record["image"], record["run"], record.get("managed", False))
+    work = save_work.RestoreWork.from_record(record)
     return await save_work.settle_restore(work, folder, paths, running)
 
 
@@ -53,11 +53,11 @@ async def _delete(record: dict[str, Any], folder: DomainFolder, paths: RuntimePa
 
 
 HANDLERS: dict[str, Handler] = {
-    create_work.INTENT_KIND: _create,
-    revert_work.INTENT_KIND: _revert,
-    save_work.SAVE_KIND: _save,
-    save_work.RESTORE_KIND: _restore,
-    delete.INTENT_KIND: _delete,
+    create_work.CreateWork.KIND: _create,
+    revert_work.RevertWork.KIND: _revert,
+    save_work.SaveWork.KIND: _save,
+    save_work.RestoreWork.KIND: _restore,
+    delete.DeleteWork.KIND: _delete,
 }
 
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
 from qsnap.engine.guests import stop
 from qsnap.engine.memory import read_image
@@ -39,12 +39,11 @@ from qsnap.model.snapshot import SnapshotDef, format_snapshot, parse_snapshot
 from qsnap.plan.flags import RevertFlags
 from qsnap.plan.revert import RevertPlan, plan_revert
 from qsnap.store.folder import DomainFolder
-
-INTENT_KIND = "revert"
+from qsnap.store.intent import IntentRecord
 
 
 @dataclass
-class RevertWork:
+class RevertWork(IntentRecord):
     """A revert to ``snapshot`` planned at ``now`` (which names its overlays) from the
     definition ``before``; ``old_pid`` is the guest's QEMU before it. Once the new QEMU runs,
     ``phase`` becomes "started" and the record gains what to store and remove."""
@@ -58,13 +57,7 @@ class RevertWork:
     put: str | None = None
     definition: str | None = None
     discarded: list[str] = field(default_factory=list)
-
-    def record(self) -> dict[str, Any]:
-        return {"kind": INTENT_KIND, **asdict(self)}
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any]) -> RevertWork:
-        return cls(**{k: v for k, v in record.items() if k != "kind"})
+    KIND: ClassVar[str] = "revert"
 
     def plan(self, snap: SnapshotDef) -> RevertPlan:
         return plan_revert(snap, parse_domain(self.before), RevertFlags(**self.flags),

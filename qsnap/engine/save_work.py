@@ -14,9 +14,9 @@ untouched, so the restore can simply be asked for again.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
 from qsnap.engine.guests import stop
 from qsnap.engine.memory import image_is_complete
@@ -24,33 +24,27 @@ from qsnap.launcher.command import RuntimePaths
 from qsnap.launcher.process import RuntimeInfo
 from qsnap.monitor import Monitor
 from qsnap.store.folder import DomainFolder
-
-SAVE_KIND = "save"
-RESTORE_KIND = "restore"
+from qsnap.store.intent import IntentRecord
 
 
 @dataclass
-class SaveWork:
+class SaveWork(IntentRecord):
     """A save of the guest into ``image``; ``was_running``: whether qsnap pauses it."""
 
     image: str
     was_running: bool
-
-    def record(self) -> dict[str, Any]:
-        return {"kind": SAVE_KIND, **asdict(self)}
+    KIND: ClassVar[str] = "save"
 
 
 @dataclass
-class RestoreWork:
+class RestoreWork(IntentRecord):
     """A restore from ``image``; ``run``: whether the guest runs after it; ``managed``: the
     image is the domain's managed save, removed once the guest is restored from it."""
 
     image: str
     run: bool
     managed: bool = False
-
-    def record(self) -> dict[str, Any]:
-        return {"kind": RESTORE_KIND, **asdict(self)}
+    KIND: ClassVar[str] = "restore"
 
 
 async def settle_save(work: SaveWork, folder: DomainFolder, paths: RuntimePaths,
@@ -58,17 +52,18 @@ async def settle_save(work: SaveWork, folder: DomainFolder, paths: RuntimePaths,
     """Finish or undo an interrupted save (see the module docstring); a line saying which."""
     name = f"domain '{folder.name}': the save into '{work.image}'"
     image = Path(work.image)
-    if running is not None:
+    complete = image_is_complete(image)  # qsnap sets the final magic, so QEMU cannot
+    if running is not None:                # finish an image on its own
         async with await Monitor.connect(running.qmp) as monitor:
-            await monitor.end_migration(cancel=not image_is_complete(image))
-            if not image_is_complete(image):
+            await monitor.end_migration(cancel=not complete)
+            if not complete:
                 image.unlink(missing_ok=True)
-                if work.was_running and await monitor.status() in ("paused", "postmigrate"):
-                    await monitor.resume()
+                if work.was_running:
+                    await monitor.resume_if_stopped()
                 return f"{name} was undone: the image was incomplete and the guest runs on"
         await stop(paths, running)
         return f"{name} was finished: the image is complete, and the guest is stopped"
-    if image_is_complete(image):
+    if complete:
         return f"{name} had finished: the image is complete"
     image.unlink(missing_ok=True)
     return (f"{name} was undone: the image was incomplete, and the guest's QEMU had "

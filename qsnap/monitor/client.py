@@ -294,6 +294,14 @@ class Monitor:
         """QEMU's run state: running, paused, postmigrate, shutdown, ..."""
         return (await self.execute("query-status"))["status"]
 
+    async def resume_if_stopped(self) -> bool:
+        """Run a guest that is paused, or stopped after a finished outgoing migration
+        (``postmigrate``); True if it was. For settling what a crash left paused."""
+        if await self.status() not in ("paused", "postmigrate"):
+            return False
+        await self.resume()
+        return True
+
     async def pause(self) -> None:
         await self.execute("stop")
 

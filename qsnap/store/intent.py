@@ -12,13 +12,29 @@ was under way.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from qsnap.errors import CorruptMetadataError
 from qsnap.store.atomic import atomic_write, remove_durably
 
 INTENT_NAME = "intent.json"
+
+
+class IntentRecord:
+    """Base of the dataclasses that describe an operation in its record: ``KIND`` names the
+    operation (recovery hands the record back to the code that owns that kind), the fields
+    are the rest of the JSON object."""
+
+    KIND: ClassVar[str]
+
+    def record(self) -> dict[str, Any]:
+        return {"kind": self.KIND, **asdict(self)}  # type: ignore[call-overload]
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Self:
+        return cls(**{k: v for k, v in record.items() if k != "kind"})
 
 
 def write_intent(folder: Path, record: dict[str, Any]) -> None:
