@@ -52,6 +52,8 @@ from qemu_guest import (  # noqa: E402
 from qsnap import Engine, QsnapError  # noqa: E402
 from qsnap.faults import CRASH_EXIT  # noqa: E402
 from qsnap.launcher.process import read_runtime, runtime_paths  # noqa: E402
+from qsnap.model.domain import parse_domain  # noqa: E402
+from qsnap.monitor import Monitor  # noqa: E402
 
 GUEST = guest_module()
 OPERATIONS = {"create-disk": 3, "create-full": 2, "revert": 2, "delete": 2, "save": 1}
@@ -227,6 +229,8 @@ class Worker:
             running = await self.engine.domstate(self.name) != "shut off"
             assert len(qemu_processes(self.name)) == int(running), \
                 f"QEMU processes of the guest: {qemu_processes(self.name)} (running: {running})"
+            if running:
+                await self.check_chains()
             if written is not None and await self.engine.domstate(self.name) != "shut off":
                 disks = await domain_disks(self.engine, self.name)
                 now = self.top(disks)
@@ -235,6 +239,22 @@ class Worker:
             self.counts["data checks passed"] += 1
         except (AssertionError, subprocess.CalledProcessError, QsnapError) as exc:
             self.fail(f"after {how}: {exc!r}\n{traceback.format_exc()}")
+
+    async def check_chains(self) -> None:
+        """The running QEMU writes to the images the definition names, and every file in its
+        chains exists: a definition that drifted from QEMU would make the next snapshot
+        record images it does not hold."""
+        info = read_runtime(runtime_paths(self.engine.state_dir, self.name))
+        assert info is not None, "the guest runs, but no runtime record says where"
+        async with await Monitor.connect(info.qmp) as monitor:
+            chains = await monitor.block_chains()
+        definition = parse_domain(await self.engine.domain_xml(self.name))
+        for disk in definition.disks:
+            chain = [f for _, f in chains.get(disk.target, [])]
+            assert chain and chain[0] == disk.source, \
+                f"disk {disk.target}: the definition names {disk.source}, QEMU writes to {chain}"
+            missing = [f for f in chain if not os.path.exists(f)]
+            assert not missing, f"disk {disk.target}: QEMU's chain has deleted files {missing}"
 
     def fail(self, what: str) -> None:
         self.counts["FAILED checks"] += 1
@@ -258,6 +278,7 @@ async def soak(minutes: float, guests: int, seed: int, folder: Path) -> int:
         worker.log = log
     deadline = time.monotonic() + minutes * 60
     started = time.monotonic()
+    next_report = [started + 60]
 
     async def run(worker: Worker) -> None:
         while time.monotonic() < deadline:
@@ -265,8 +286,8 @@ async def soak(minutes: float, guests: int, seed: int, folder: Path) -> int:
                 await worker.step()
             except Exception as exc:  # the check must go on; the failure is counted
                 worker.fail(f"{exc!r}\n{traceback.format_exc()}")
-            done = counts["operations"]
-            if done % 20 == 0:
+            if time.monotonic() >= next_report[0]:  # a line a minute, whoever passes first
+                next_report[0] += 60
                 print(f"{(time.monotonic() - started) / 60:5.1f} min: {dict(counts)}",
                       flush=True)
 
