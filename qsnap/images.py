@@ -1,4 +1,5 @@
-"""qemu-img, for images of stopped guests (the running guest's images belong to QEMU)."""
+"""qemu-img: for images of stopped guests (the running guest's images belong to QEMU), and
+for new overlays a running guest is about to be switched to."""
 
 from __future__ import annotations
 

@@ -182,9 +182,11 @@ async def test_bad_requests_change_nothing(running: Guest, tmp_path: Path) -> No
          "is an image the domain already uses"),
         (snapshot_xml_from_args("a/b"), DISK_ONLY, "invalid snapshot name 'a/b'"),
         # /sys passes the access() check even for root, but nothing can be created there:
-        # QEMU refuses, and the transaction switches nothing.
+        # making the overlay fails (three disks: they are made before the transaction), the
+        # two made beside it are removed, and nothing is switched.
         (snapshot_xml_from_args("x", diskspecs=["vda,file=/sys/qsnap-o.qcow2"]), DISK_ONLY,
-         "QEMU refused transaction: Could not create '/sys/qsnap-o.qcow2'"),
+         "qemu-img create failed: qemu-img: /sys/qsnap-o.qcow2: Could not create "
+         "'/sys/qsnap-o.qcow2'"),
         (snapshot_xml_from_args("x"), CreateFlags(disk_only=True, live=True),
          "live snapshot creation is supported only during full system snapshots"),
     ]
@@ -195,18 +197,28 @@ async def test_bad_requests_change_nothing(running: Guest, tmp_path: Path) -> No
                    "domain 'g' already has a snapshot named 'taken'")
 
 
-async def test_qemu_refusing_one_disk_switches_none(running: Guest) -> None:
-    """A directory where vdc's overlay should go makes QEMU fail that disk: the transaction
-    aborts, the overlays QEMU already made for vda and vdb are removed, the guest writes on."""
+async def test_one_overlay_failing_switches_none(running: Guest) -> None:
+    """A directory where vdc's overlay should go makes that overlay fail: the overlays made for
+    vda and vdb are removed (and closed in QEMU), no disk is switched, the guest writes on."""
     g = running
     (g.dir / "g-vdc.s1").mkdir()
     files = sorted(os.listdir(g.dir))
     store = tree_picture(g.engine.state_dir / "domains")
-    with pytest.raises(qsnap.QsnapError, match="QEMU refused transaction"):
+    nodes = await _node_names(g)
+    with pytest.raises(qsnap.QsnapError, match=f"Could not create '{g.dir}/g-vdc.s1'"):
         await g.engine.create("g", snapshot_xml_from_args("s1"), DISK_ONLY)
     assert sorted(os.listdir(g.dir)) == files
     assert tree_picture(g.engine.state_dir / "domains") == store
     assert await g.live_files() == {t: str(g.image(t)) for t in ("vda", "vdb", "vdc")}
+    assert await _node_names(g) == nodes
+
+
+async def _node_names(g: Guest) -> set[str]:
+    info = g.engine._runtime("g")[1]
+    assert info is not None
+    async with await Monitor.connect(info.qmp) as monitor:
+        return {n["node-name"] for n in
+                await monitor.execute("query-named-block-nodes", {"flat": True})}
     seen = g.counter(g.image("vda")) or 0
     await wait_for_counter(g.serial, seen + 20)
     assert (g.counter(g.image("vda")) or 0) > seen
@@ -217,23 +229,47 @@ async def test_qemu_dying_before_the_switch(running: Guest,
     """QEMU killed (for real) between reading the disks and switching them: a clear error, no
     snapshot, no overlay, the definition unchanged, and the domain seen as shut off."""
     g = running
-    original = Monitor.block_tops
+    original = Monitor.block_devices
     info = g.engine._runtime("g")[1]
     assert info is not None
 
-    async def tops_then_kill(self: Monitor) -> dict[str, str]:
-        tops = await original(self)
+    async def devices_then_kill(self: Monitor) -> dict[str, dict]:
+        devices = await original(self)
         os.kill(info.pid, signal.SIGKILL)
-        return tops
+        return devices
 
-    monkeypatch.setattr(Monitor, "block_tops", tops_then_kill)
+    monkeypatch.setattr(Monitor, "block_devices", devices_then_kill)
     files = sorted(os.listdir(g.dir))
     store = tree_picture(g.engine.state_dir / "domains")
-    with pytest.raises(MonitorClosedError, match="QEMU closed its monitor during transaction"):
+    # Three disks: the overlays are made, then opened in QEMU (blockdev-add) before the
+    # transaction, so the first command to find QEMU gone is that one.
+    with pytest.raises(MonitorClosedError, match="QEMU closed its monitor during blockdev-add"):
         await g.engine.create("g", snapshot_xml_from_args("s1"), DISK_ONLY)
     assert sorted(os.listdir(g.dir)) == files
     assert tree_picture(g.engine.state_dir / "domains") == store
     assert await g.engine.domstate("g") == "shut off"
+
+
+async def test_a_definition_that_no_longer_matches_qemu_is_refused(running: Guest) -> None:
+    """Redefining a running guest with its original XML makes the definition name the base
+    images while QEMU writes to overlays. A snapshot then would record images that do not hold
+    its state, so it is refused, naming both files; nothing changes."""
+    g = running
+    await g.engine.create("g", snapshot_xml_from_args("s1"), DISK_ONLY)
+    await g.engine.define(g.xml.read_text())
+    files = sorted(os.listdir(g.dir))
+    store = tree_picture(g.engine.state_dir / "domains")
+    full = snapshot_xml_from_args("s3", memspec=f"file={g.dir / 's3.mem'}")
+    for xml, flags in ((snapshot_xml_from_args("s2"), DISK_ONLY), (full, CreateFlags())):
+        with pytest.raises(qsnap.QsnapError) as refused:
+            await g.engine.create("g", xml, flags)
+        assert str(refused.value) == (
+            f"the running QEMU's disk 'vda' writes to '{g.image('vda', 's1')}', but the domain "
+            f"definition names '{g.image('vda')}'; refusing to snapshot from a definition "
+            "that does not match the guest")
+    assert sorted(os.listdir(g.dir)) == files
+    assert tree_picture(g.engine.state_dir / "domains") == store
+    assert await g.live_files() == {t: str(g.image(t, "s1")) for t in ("vda", "vdb", "vdc")}
 
 
 async def test_halt_and_no_metadata(running: Guest) -> None:
@@ -358,12 +394,23 @@ async def test_quiesce_freezes_and_thaws_through_the_real_guest_agent(
     await g.engine.create("g", snapshot_xml_from_args("q1"), quiesce)
     assert sent == ["guest-fsfreeze-freeze", "guest-fsfreeze-thaw"]
 
-    # QEMU refusing the switch still thaws the guest.
-    (g.dir / "g-vdc.q2").mkdir()
+    # QEMU refusing the switch (one disk: QEMU makes its overlay inside the transaction)
+    # still thaws the guest.
+    (g.dir / "g-vda.q2").mkdir()
     sent.clear()
+    one_disk = snapshot_xml_from_args("q2", diskspecs=["vda", "vdb,snapshot=no",
+                                                       "vdc,snapshot=no"])
     with pytest.raises(qsnap.QsnapError, match="QEMU refused transaction"):
-        await g.engine.create("g", snapshot_xml_from_args("q2"), quiesce)
+        await g.engine.create("g", one_disk, quiesce)
     assert sent == ["guest-fsfreeze-freeze", "guest-fsfreeze-thaw"]
+
+    # With three disks the overlays are made before the freeze: one that cannot be made
+    # fails the snapshot without freezing the guest at all.
+    (g.dir / "g-vdc.q3").mkdir()
+    sent.clear()
+    with pytest.raises(qsnap.QsnapError, match="Could not create"):
+        await g.engine.create("g", snapshot_xml_from_args("q3"), quiesce)
+    assert sent == []
     paths = g.engine._runtime("g")[0]
     async with await GuestAgent.connect(str(paths.agent)) as agent:
         assert await agent.execute("guest-fsfreeze-status") == "thawed"

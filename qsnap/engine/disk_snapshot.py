@@ -3,14 +3,17 @@ stopped one. Whatever fails, files this step created are removed and nothing is 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 
 from qsnap import images
 from qsnap.errors import InvalidArgumentError, OperationInvalidError, QsnapError
+from qsnap.faults import crash_point
 from qsnap.launcher.process import RuntimeInfo
 from qsnap.monitor import Monitor
 from qsnap.monitor.agent import GuestAgent
@@ -18,6 +21,9 @@ from qsnap.plan.disk_snapshot import (
     DiskSnapshotPlan,
     Overlay,
     check_overlay_targets,
+    overlay_node,
+    prepared_transaction_actions,
+    prepares_overlays,
     transaction_actions,
 )
 
@@ -44,32 +50,80 @@ async def _switch_overlays(info: RuntimeInfo, plan: DiskSnapshotPlan,
     With *agent* (``--quiesce``), guest file systems are frozen through the guest agent
     just before the transaction and thawed right after, whatever happened.
     """
-    async with await Monitor.connect(info.qmp) as monitor, _frozen(agent):
-        await switch_overlays(monitor, plan.overlays)
+    async with await Monitor.connect(info.qmp) as monitor:
+        await switch_overlays(monitor, plan.overlays, around=lambda: _frozen(agent))
 
 
-async def switch_overlays(monitor: Monitor, overlays: list[Overlay]) -> None:
+async def switch_overlays(
+        monitor: Monitor, overlays: list[Overlay], *,
+        around: Callable[[], AbstractAsyncContextManager[object]] = contextlib.nullcontext
+) -> None:
     """One ``transaction`` that puts every overlay on top of its disk; if QEMU refuses any, the
-    overlay files it had already created are removed and no disk is switched."""
-    tops = await monitor.block_tops()
+    overlay files already made are removed and no disk is switched. The transaction alone
+    runs inside *around* (a guest file-system freeze), after the overlays are ready."""
+    devices = await monitor.block_devices()
     for overlay in overlays:
-        if overlay.target not in tops:
+        if overlay.target not in devices:
             raise OperationInvalidError(
                 f"the running QEMU has no disk '{overlay.target}': it does not match "
                 "the domain definition")
+    check_tops(devices, {o.target: o.backing for o in overlays})
+    tops = {target: inserted["node-name"] for target, inserted in devices.items()}
     for overlay in overlays:
         if overlay.reuse:
             await _check_reused_overlay(overlay)
     new_nodes = {o.target: f"qs-{o.target}-{secrets.token_hex(4)}" for o in overlays}
     existed = {o.path for o in overlays if os.path.lexists(o.path)}
+    prepared = prepares_overlays(overlays)
     try:
-        await monitor.transaction(transaction_actions(overlays, tops, new_nodes))
-    except QsnapError:
+        if prepared:
+            await _prepare_overlays(monitor, overlays, new_nodes)
+            actions = prepared_transaction_actions(overlays, tops, new_nodes)
+        else:
+            actions = transaction_actions(overlays, tops, new_nodes)
+        crash_point("create: overlays ready")
+        async with around():
+            await monitor.transaction(actions)
+    except BaseException:
+        if prepared:  # nodes opened for a switch that did not happen
+            with contextlib.suppress(QsnapError):
+                await monitor.drop_detached_nodes()
         for overlay in overlays:
             if not overlay.reuse and overlay.path not in existed:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(overlay.path)
         raise
+
+
+async def _prepare_overlays(monitor: Monitor, overlays: list[Overlay],
+                            nodes: dict[str, str]) -> None:
+    """Make the new overlay files (side by side) and open every overlay in QEMU, so that
+    the transaction has nothing left to do but switch: the guest pauses as briefly for eight
+    disks as for one."""
+    made = await asyncio.gather(
+        *(images.create_overlay(o.path, o.format, o.backing, o.backing_format)
+          for o in overlays if not o.reuse), return_exceptions=True)
+    for outcome in made:  # all have ended, so the caller's clean-up finds every file made
+        if isinstance(outcome, BaseException):
+            raise outcome
+    for overlay in overlays:
+        await monitor.add_node(overlay_node(overlay, nodes[overlay.target]))
+
+
+def check_tops(devices: dict[str, dict], expected: dict[str, str]) -> None:
+    """Each disk in *expected* (target → the image the definition names) writes to that image
+    in QEMU (*devices* as :meth:`Monitor.block_devices` gives them). If they ever differ, a
+    snapshot would record images that do not hold its state: refuse, naming both, rather than
+    store metadata that lies."""
+    for target, image in expected.items():
+        writes_to = devices.get(target, {}).get("image", {}).get("filename", "")
+        if not writes_to or writes_to.startswith("json:") or not image:
+            continue  # QEMU describes it by options, not by one file: nothing to compare
+        if os.path.realpath(writes_to) != os.path.realpath(image):
+            raise OperationInvalidError(
+                f"the running QEMU's disk '{target}' writes to '{writes_to}', but the domain "
+                f"definition names '{image}'; refusing to snapshot from a definition that "
+                "does not match the guest")
 
 
 def check_overlay_files(overlays: list[Overlay], disk_images: set[str]) -> None:

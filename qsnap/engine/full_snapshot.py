@@ -17,7 +17,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from qsnap.engine.disk_snapshot import switch_overlays
+from qsnap.engine.disk_snapshot import check_tops, switch_overlays
 from qsnap.engine.memory import write_image
 from qsnap.errors import AlreadyExistsError, QsnapError
 from qsnap.launcher.process import RuntimeInfo
@@ -36,6 +36,8 @@ async def take_full_snapshot(plan: FullSnapshotPlan, domain: DomainDef, running:
     (measured from QEMU's own STOP/RESUME event timestamps). *progress* hears how the memory
     file is written (external only: an internal save is one QEMU job with no byte counts)."""
     async with await Monitor.connect(running.qmp) as monitor, monitor.pause_clock() as clock:
+        check_tops(await monitor.block_devices(),
+                   {d.target: d.source for d in domain.disks if d.source})
         if plan.external:
             await _external(monitor, plan, domain, strategy, progress)
         else:
