@@ -11,10 +11,13 @@ that nothing refers to; and the guest's disk holds everything it wrote before th
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -31,18 +34,21 @@ from qemu_guest import (
     write_disk_counter,
 )
 
-from qsnap import CreateFlags, Engine, snapshot_xml_from_args
+from qsnap import CreateFlags, Engine, RevertFlags, snapshot_xml_from_args
 from qsnap.faults import CRASH_EXIT
 from qsnap.launcher.process import read_runtime, runtime_paths
 
 GUEST = guest_module()
 
 SCENARIOS = {
-    # name: (guest running, delete the middle snapshot rather than the current one, kill QEMU)
-    "running-current": (True, False, False),
-    "running-current-qemu-dies": (True, False, True),
-    "running-middle": (True, True, False),
-    "stopped-middle": (False, True, False),
+    # name: (guest running, delete the middle snapshot rather than the current one, kill QEMU,
+    #        a branch: the guest reverted to the middle snapshot, whose children stay).
+    # "running-branch" also covers what a plain middle delete of a running guest does (a live
+    # intermediate commit, QEMU rewriting the image above), plus the rebase outside QEMU.
+    "running-current": (True, False, False, False),
+    "running-current-qemu-dies": (True, False, True, False),
+    "stopped-middle": (False, True, False, False),
+    "running-branch": (True, True, False, True),
 }
 
 
@@ -102,9 +108,24 @@ async def boot(engine: Engine, lab: Lab, outcomes: dict[str, int]) -> None:
             await engine.destroy("g")
 
 
+async def new_boot_wrote_every_disk(lab: Lab, mark: int, timeout: float = 60) -> None:
+    """A revert with --running started a new boot after byte *mark* of the serial log (each
+    boot counts from 1): wait until that boot has written every disk twice."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        after = lab.serial.read_bytes()[mark:]
+        start = re.search(rb"qsnap-counter 1\s", after)
+        counts = [int(c) for c in re.findall(rb"qsnap-counter (\d+)\s",
+                                              after[start.start():])] if start else []
+        if counts and max(counts) > 2 * WRITE_ROUND + 2:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the reverted guest did not boot and count within {timeout} s")
+
+
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 async def test_kill_at_every_step_of_an_external_delete(tmp_path: Path, scenario: str) -> None:
-    running, middle, kill_qemu = SCENARIOS[scenario]
+    running, middle, kill_qemu, branch = SCENARIOS[scenario]
     engine, folder = await started_guest(tmp_path, 2)
     lab = Lab(engine, folder, running)
     state = tmp_path / "state"
@@ -120,6 +141,14 @@ async def test_kill_at_every_step_of_an_external_delete(tmp_path: Path, scenario
             await lab.snapshot(f"a{k}")
             if middle:
                 await lab.snapshot(f"b{k}")
+            if branch:
+                # a's overlay then has two images on it: b's overlay (which c names) and the
+                # one the revert makes, which the guest runs on. Deleting a merges a's overlay
+                # into the image below it live, and b's overlay must be rebased outside QEMU.
+                await lab.snapshot(f"c{k}")
+                mark = lab.serial.stat().st_size
+                await engine.revert("g", f"b{k}", RevertFlags(running=True))
+                await new_boot_wrote_every_disk(lab, mark)
             doomed = f"a{k}"
             result = qsnap_cli(state, "snapshot-delete", "g", doomed, crash_at=k)
             if result.returncode == 0:
@@ -155,9 +184,9 @@ async def test_kill_at_every_step_of_an_external_delete(tmp_path: Path, scenario
                 assert on_disk >= max(written or 0, last_printed - WRITE_ROUND), k
             else:
                 assert on_disk == lab.written, k
-            if middle:
-                await engine.delete("g", f"b{k}")
-                del lab.moments[f"b{k}"]
+            for later in (f"c{k}", f"b{k}") if branch else (f"b{k}",) if middle else ():
+                await engine.delete("g", later)
+                del lab.moments[later]
         else:
             raise AssertionError("the delete never got through")
         print(f"{scenario}: {k - 1} step boundaries killed, {outcomes}")

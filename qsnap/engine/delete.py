@@ -213,6 +213,7 @@ class DeleteRun:
             if self.running is not None:
                 await self._merge_live()
             await self._merge_offline()
+        await self._rebase_children()
         crash_point("delete: images merged")
         await asyncio.to_thread(
             self.folder.save,
@@ -322,12 +323,6 @@ class DeleteRun:
                     work.paused = False
                     await self._record()
             await monitor.drop_detached_nodes()
-            open_files = {f for chain in (await monitor.block_chains()).values()
-                          for _, f in chain}
-        for merge in jobs.values():
-            for child in merge.rebase:
-                if child not in open_files and os.path.exists(child):
-                    await images.rebase_unsafe(child, merge.base, merge.base_format)
 
     async def _merge_offline(self) -> None:
         """qemu-img for merges the running guest does not have open (or any, when stopped)."""
@@ -340,10 +335,27 @@ class DeleteRun:
                 await images.commit(merge.top, merge.base,
                                     self._meter(merge).fraction(total))
                 crash_point(f"delete: {merge.target} committed offline")
-            for child in merge.rebase:
-                if os.path.exists(child):
-                    await images.rebase_unsafe(child, merge.base, merge.base_format)
             await self._mark_merged(merge)
+
+    async def _rebase_children(self) -> None:
+        """Point every image built on a merged-away top at its merge's base. QEMU rewrote
+        the one in its own chain; the others (branches a revert left, which other snapshots
+        still name) are rewritten here. Done after every merge is marked, and again in full
+        by a recovery, since ``rebase -u`` only rewrites a header: a crash after a merge was
+        marked done but before its children were rebased would otherwise leave them naming
+        a file the delete then removes."""
+        open_files: set[str] = set()
+        if self.running is not None and any(m.rebase for m in self.work.merges):
+            with contextlib.suppress(QsnapError):  # QEMU gone: nothing is open
+                async with await Monitor.connect(self.running.qmp) as monitor:
+                    open_files = {f for chain in (await monitor.block_chains()).values()
+                                  for _, f in chain}
+        for merge in self.work.merges:
+            for child in merge.rebase:
+                if child not in open_files and os.path.exists(child):
+                    await images.rebase_unsafe(child, merge.base, merge.base_format)
+            if merge.rebase:
+                crash_point(f"delete: children of {os.path.basename(merge.top)} rebased")
 
 
 def _allocated(path: str) -> int:
