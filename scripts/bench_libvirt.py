@@ -137,6 +137,11 @@ class Side:
         for args in (("define", str(self.xml)), ("start", self.name)):
             subprocess.run(self.command(*args), check=True, capture_output=True, timeout=120)
         self.wait_running()
+        deadline = time.monotonic() + 300  # memory compared before it is dirty is mostly zeros
+        while not GUEST.dirty_ready(self.serial):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.tool}: the guest did not dirty its memory in 300 s")
+            time.sleep(0.2)
 
     def wait_running(self) -> None:
         deadline = time.monotonic() + 60

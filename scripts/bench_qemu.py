@@ -138,6 +138,7 @@ class Guest:
         self.folder = base / name
         self.engine = Engine(base / f"{name}-state")
         self.name = "g"
+        self.dirty = dirty
         self.xml = GUEST.make_guest("g", disks, ram, self.folder, dirty=dirty)
         self.serial = self.folder / "serial.log"
         self.watch = CounterWatch(self.serial)
@@ -148,6 +149,13 @@ class Guest:
         await self.engine.start("g")
         while (GUEST.last_serial_counter(self.serial) or 0) < 40:
             await asyncio.sleep(0.1)
+        # Memory measured before the dirtier has filled its share would be mostly zero pages,
+        # which QEMU sends as flags: the stream would be a fraction of the RAM.
+        deadline = time.monotonic() + 300
+        while self.dirty and not GUEST.dirty_ready(self.serial):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the guest did not dirty {self.dirty} MiB within 300 s")
+            await asyncio.sleep(0.2)
 
     def qmp(self) -> str:
         info = read_runtime(runtime_paths(self.engine.state_dir, "g"))

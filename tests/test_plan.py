@@ -394,3 +394,5 @@ def test_transactions_make_files_inside_for_one_disk_and_only_switch_for_more() 
     assert overlay_node(two[1], "qs-b") == {
         "driver": "qcow2", "node-name": "qs-b", "backing": None,
         "file": {"driver": "file", "filename": "/i/b.s1"}}
+    assert overlay_node(two[1], "qs-b", block_device=True)["file"] == {
+        "driver": "host_device", "filename": "/i/b.s1"}

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import secrets
+import stat
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -107,7 +108,9 @@ async def _prepare_overlays(monitor: Monitor, overlays: list[Overlay],
         if isinstance(outcome, BaseException):
             raise outcome
     for overlay in overlays:
-        await monitor.add_node(overlay_node(overlay, nodes[overlay.target]))
+        block_device = stat.S_ISBLK(os.stat(overlay.path).st_mode)
+        await monitor.add_node(overlay_node(overlay, nodes[overlay.target],
+                                            block_device=block_device))
 
 
 def check_tops(devices: dict[str, dict], expected: dict[str, str]) -> None:

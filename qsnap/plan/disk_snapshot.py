@@ -202,11 +202,14 @@ def prepares_overlays(overlays: list[Overlay]) -> bool:
     return len(overlays) >= PREPARE_FROM
 
 
-def overlay_node(overlay: Overlay, node: str) -> dict[str, object]:
+def overlay_node(overlay: Overlay, node: str, *, block_device: bool = False
+                 ) -> dict[str, object]:
     """``blockdev-add`` arguments that open a prepared overlay as node *node*, without its
-    backing file: ``blockdev-snapshot`` puts the disk's current top there."""
+    backing file: ``blockdev-snapshot`` puts the disk's current top there. An overlay on a
+    *block_device* needs QEMU's ``host_device`` protocol driver."""
+    protocol = "host_device" if block_device else "file"
     return {"driver": overlay.format, "node-name": node, "backing": None,
-            "file": {"driver": "file", "filename": overlay.path}}
+            "file": {"driver": protocol, "filename": overlay.path}}
 
 
 def prepared_transaction_actions(overlays: list[Overlay], top_nodes: Mapping[str, str],
