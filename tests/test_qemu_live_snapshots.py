@@ -69,6 +69,40 @@ async def test_background_snapshot_is_one_moment_of_memory_and_disks(tmp_path: P
         await engine.destroy("g")
 
 
+async def test_a_precopy_that_does_not_converge_is_finished_paused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the bound set to a twentieth of the RAM (8 MiB of 160), the live copy passes it
+    before it is done: the guest is paused, the copy ends, and the snapshot holds the END
+    point (memory and disks one moment), as a pre-copy's does."""
+    from qsnap.engine import memory as memory_module
+    monkeypatch.setattr(memory_module, "PRECOPY_BOUND", 0.05)
+    engine = await dirty_guest(tmp_path)
+    serial = tmp_path / "g" / "serial.log"
+    try:
+        memory = tmp_path / "g" / "pre.mem"
+        with caplog.at_level("INFO", logger="qsnap"):
+            await engine.create("g", snapshot_xml_from_args("pre", memspec=f"file={memory}"),
+                                CreateFlags(live=True), live_strategy="precopy")
+        assert "the live memory copy passed 8 MiB without converging; pausing the guest to " \
+            "finish it" in caplog.text
+        after = GUEST.last_serial_counter(serial) or 0
+        info = await engine.info("g", "pre")
+        assert info.memory_capture is not None
+        assert info.memory_capture.startswith("precopy, guest paused ")
+        assert await engine.domstate("g") == "running"
+        disks = read_counters(await state_images(engine, "pre"))
+        await wait_for_counter(serial, after + 20)
+
+        mark = serial.stat().st_size
+        await engine.revert("g", "pre")
+        resumed = await resumed_counter(serial, mark)
+        assert resumed <= after + 1
+        assert all(resumed - 2 * WRITE_ROUND <= d <= resumed for d in disks), (resumed, disks)
+    finally:
+        await engine.destroy("g")
+
+
 async def test_strategies_are_recorded_and_can_be_chosen(tmp_path: Path) -> None:
     engine = await dirty_guest(tmp_path)
     folder = tmp_path / "g"

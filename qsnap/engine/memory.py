@@ -10,16 +10,22 @@ therefore always recognised as incomplete.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from qsnap.engine.stream_writer import ALIGN, StreamWriter
 from qsnap.errors import AlreadyExistsError, InvalidArgumentError, NotSupportedError, QsnapError
 from qsnap.model import save_image
 from qsnap.model.save_image import HEADER, SaveImage, SaveImageError
 from qsnap.monitor import Monitor
 from qsnap.progress import ProgressCallback, ProgressMeter
 from qsnap.store.atomic import fsync_dir
+
+log = logging.getLogger("qsnap")
 
 
 class MemoryImageError(QsnapError):
@@ -48,13 +54,16 @@ async def write_image(monitor: Monitor, path: Path, domain_xml: str, was_running
     except OSError as exc:
         raise InvalidArgumentError(f"cannot create '{path}': {exc.strerror}") from None
     try:
-        header = save_image.encode(domain_xml, None, was_running, partial=True)
+        header = save_image.encode(domain_xml, None, was_running, partial=True, align=ALIGN)
         _write_all(fd, header)
         meter = ProgressMeter(f"save memory to {path.name}", progress)
-        await monitor.save_to_fd(
-            fd, background=background, just_before=at_start,
-            progress=(lambda offset: meter(offset - len(header), max(ram, offset - len(header))))
-            if progress is not None else None)
+        heard = (lambda offset: meter(offset - len(header), max(ram, offset - len(header)))) \
+            if progress is not None else None
+        if background:
+            await monitor.save_to_fd(fd, background=True, just_before=at_start, progress=heard)
+        else:
+            await _save_through_pipe(monitor, fd, len(header), at_start, heard,
+                                     bound=int(PRECOPY_BOUND * ram) if ram else None)
         os.fsync(fd)
         os.pwrite(fd, save_image.final_magic(), 0)
         os.fsync(fd)
@@ -67,6 +76,53 @@ async def write_image(monitor: Monitor, path: Path, domain_xml: str, was_running
         raise
     os.close(fd)
     fsync_dir(path.parent)
+
+
+#: A live pre-copy that has sent this many times the guest's RAM is not converging (the guest
+#: dirties memory as fast as it is sent; libvirt 9.0's ``--live`` was seen writing 33 times the
+#: RAM here): the guest is paused, and the copy ends at once.
+PRECOPY_BOUND = 2.0
+
+
+async def _save_through_pipe(monitor: Monitor, fd: int, offset: int,
+                             at_start: Callable[[], Awaitable[None]] | None,
+                             progress: Callable[[int], None] | None, *,
+                             bound: int | None) -> None:
+    """QEMU writes the stream into a pipe and :class:`StreamWriter` moves it into the file
+    with direct I/O (see there for why). A background snapshot keeps the file itself: its
+    stream must go on if qsnap dies (recovery waits for it, since ending one early is the
+    path on which QEMU 7.2 was seen to hang the guest), and a pipe closes with qsnap.
+    A guest still running once *bound* bytes have been sent is paused."""
+    loop = asyncio.get_running_loop()
+    passed = asyncio.Event()
+    stream = StreamWriter(fd, offset, alert_at=bound,
+                          alert=lambda: loop.call_soon_threadsafe(passed.set))
+    stream.start()
+
+    async def converge() -> None:
+        await passed.wait()
+        if bound is not None and await monitor.status() == "running":
+            log.info("the live memory copy passed %d MiB without converging; pausing the "
+                     "guest to finish it", bound >> 20)
+            await monitor.pause()
+
+    async def handed_over() -> None:
+        stream.writer_handed_over()  # QEMU has its copy now
+        if at_start is not None:
+            await at_start()
+
+    bounding = asyncio.create_task(converge())
+    try:
+        await monitor.save_to_fd(stream.write_end, just_before=handed_over, progress=progress,
+                                 position=lambda: offset + stream.received)
+        await asyncio.to_thread(stream.finish)
+    except BaseException:
+        stream.abort()
+        raise
+    finally:
+        bounding.cancel()
+        with contextlib.suppress(asyncio.CancelledError, QsnapError):  # a failed pause only
+            await bounding                                             # leaves it unbounded
 
 
 def image_is_complete(path: Path) -> bool:

@@ -52,15 +52,18 @@ class SaveImage:
 
 
 def encode(domain_xml: str, cookie: str | None, was_running: bool,
-           partial: bool) -> bytes:
-    """Header plus data area for a new image (*partial*: the still-being-written magic)."""
+           partial: bool, align: int = 1) -> bytes:
+    """Header plus data area for a new image (*partial*: the still-being-written magic). The
+    zero padding after the XML (room for a later, longer XML, as libvirt leaves) is grown so
+    that the whole is a multiple of *align*: the stream after it can then be written with
+    direct I/O."""
     xml = domain_xml.encode("utf-8") + b"\0"
     cookie_bytes = cookie.encode("utf-8") + b"\0" if cookie else b""
     data = xml + cookie_bytes
-    data_len = len(data) + PADDING
-    header = HEADER.pack(PARTIAL_MAGIC if partial else MAGIC, VERSION, data_len,
+    padding = PADDING + (-(HEADER.size + len(data) + PADDING) % align)
+    header = HEADER.pack(PARTIAL_MAGIC if partial else MAGIC, VERSION, len(data) + padding,
                          int(was_running), 0, len(xml) if cookie else 0, bytes(56))
-    return header + data + bytes(PADDING)
+    return header + data + bytes(padding)
 
 
 def final_magic() -> bytes:

@@ -378,11 +378,13 @@ class Monitor:
 
     async def _migration(self, command: str, fd: int, timeout: float,
                          just_before: Callable[[], Awaitable[None]] | None = None,
-                         progress: Callable[[int], None] | None = None) -> None:
+                         progress: Callable[[int], None] | None = None,
+                         position: Callable[[], int] | None = None) -> None:
         """Run an outgoing or incoming migration over *fd* and wait until it is over;
-        *just_before* runs after all the set-up, right before the migration command.
-        *progress* hears the fd's offset about four times a second: QEMU reads or writes
-        through the same open file, so that is how far the stream has got."""
+        *just_before* runs after all the set-up (QEMU holds its copy of *fd* by then), right
+        before the migration command. *progress* hears how far the stream has got about four
+        times a second: *position* tells, or else the fd's offset (QEMU reads or writes
+        through the same open file)."""
         name = f"qsnap-migration-{os.getpid()}-{fd}"
         await self.execute("migrate-set-capabilities", {"capabilities": [
             {"capability": "events", "state": True}]})
@@ -393,7 +395,8 @@ class Monitor:
             await self.execute(command, {"uri": f"fd:{name}"})
             crash_point(f"{command}: started")
             try:
-                await asyncio.wait_for(self._wait_migration(listener, fd, progress), timeout)
+                where = position or (lambda: os.lseek(fd, 0, os.SEEK_CUR))
+                await asyncio.wait_for(self._wait_migration(listener, where, progress), timeout)
             except TimeoutError:
                 with contextlib.suppress(QsnapError):
                     await self.execute("migrate_cancel")
@@ -423,24 +426,26 @@ class Monitor:
             await asyncio.sleep(0.05)
 
     @staticmethod
-    async def _wait_migration(listener: EventListener, fd: int,
+    async def _wait_migration(listener: EventListener, position: Callable[[], int],
                               progress: Callable[[int], None] | None) -> None:
         while True:
             if progress is not None:
-                progress(os.lseek(fd, 0, os.SEEK_CUR))
+                progress(position())
             try:
                 event = await asyncio.wait_for(listener.get(), 0.25)
             except TimeoutError:
                 continue
             if event.get("data", {}).get("status") in ("completed", "failed", "cancelled"):
                 if progress is not None:
-                    progress(os.lseek(fd, 0, os.SEEK_CUR))
+                    progress(position())
                 return
 
     async def save_to_fd(self, fd: int, timeout: float = 3600.0, *, background: bool = False,
                          just_before: Callable[[], Awaitable[None]] | None = None,
-                         progress: Callable[[int], None] | None = None) -> None:
-        """Write the guest's RAM and device state into *fd* from its current offset.
+                         progress: Callable[[int], None] | None = None,
+                         position: Callable[[], int] | None = None) -> None:
+        """Write the guest's RAM and device state into *fd* (a file, from its current offset,
+        or a pipe; *position* then tells *progress* how far the stream has got).
 
         QEMU caps migration at 128 MiB/s by default, a tenth of a disk's speed; the cap is
         lifted for the save and put back after, as libvirt does for saves to files.
@@ -457,7 +462,7 @@ class Monitor:
         if background:
             await self._set_capability("background-snapshot", True)
         try:
-            await self._migration("migrate", fd, timeout, just_before, progress)
+            await self._migration("migrate", fd, timeout, just_before, progress, position)
         finally:
             with contextlib.suppress(QsnapError):
                 await self.execute("migrate-set-parameters",
