@@ -40,6 +40,19 @@ async def dirty_guest(tmp_path: Path) -> Engine:
     return engine
 
 
+async def revert_to_one_moment(engine: Engine, serial: Path, name: str, after: int) -> int:
+    """Let the guest run on past counter *after*, revert to snapshot *name*, and return the
+    counter the guest resumed from, once checked that memory and disks hold one moment: the
+    snapshot's disks have the last round written before it."""
+    disks = read_counters(await state_images(engine, name))
+    await wait_for_counter(serial, after + 20)
+    mark = serial.stat().st_size
+    await engine.revert("g", name)
+    resumed = await resumed_counter(serial, mark)
+    assert all(resumed - 2 * WRITE_ROUND <= d <= resumed for d in disks), (resumed, disks)
+    return resumed
+
+
 async def test_background_snapshot_is_one_moment_of_memory_and_disks(tmp_path: Path) -> None:
     engine = await dirty_guest(tmp_path)
     serial = tmp_path / "g" / "serial.log"
@@ -56,15 +69,8 @@ async def test_background_snapshot_is_one_moment_of_memory_and_disks(tmp_path: P
         assert capture is not None and capture.pause > 0
         assert "<qsnapCapture strategy='background'" in await engine.get_xml("g", "bg")
         assert await engine.domstate("g") == "running"
-        disks = read_counters(await state_images(engine, "bg"))
-        await wait_for_counter(serial, after + 20)
-
-        mark = serial.stat().st_size
-        await engine.revert("g", "bg")
-        resumed = await resumed_counter(serial, mark)
+        resumed = await revert_to_one_moment(engine, serial, "bg", after)
         assert before <= resumed <= after + 1
-        # Memory and disks hold one moment: the disks have the last round written before it.
-        assert all(resumed - 2 * WRITE_ROUND <= d <= resumed for d in disks), (resumed, disks)
     finally:
         await engine.destroy("g")
 
@@ -91,14 +97,7 @@ async def test_a_precopy_that_does_not_converge_is_finished_paused(
         assert info.memory_capture is not None
         assert info.memory_capture.startswith("precopy, guest paused ")
         assert await engine.domstate("g") == "running"
-        disks = read_counters(await state_images(engine, "pre"))
-        await wait_for_counter(serial, after + 20)
-
-        mark = serial.stat().st_size
-        await engine.revert("g", "pre")
-        resumed = await resumed_counter(serial, mark)
-        assert resumed <= after + 1
-        assert all(resumed - 2 * WRITE_ROUND <= d <= resumed for d in disks), (resumed, disks)
+        assert await revert_to_one_moment(engine, serial, "pre", after) <= after + 1
     finally:
         await engine.destroy("g")
 
