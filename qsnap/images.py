@@ -1,5 +1,4 @@
-"""qemu-img: for images of stopped guests (the running guest's images belong to QEMU), and
-for new overlays a running guest is about to be switched to."""
+"""qemu-img, for images of stopped guests (the running guest's images belong to QEMU)."""
 
 from __future__ import annotations
 

@@ -369,30 +369,3 @@ def test_capture_note_lives_in_the_cookie_beside_libvirts() -> None:
     assert capture_of(etree.fromstring(
         "<cookie><qsnapCapture strategy='fast' pauseMicroseconds='1'/></cookie>")) is None
 
-
-def test_transactions_make_files_inside_for_one_disk_and_only_switch_for_more() -> None:
-    """One disk: QEMU creates the overlay inside the transaction. Two or more: the overlays are
-    made and opened first, so the transaction (and the guest's pause) only switches."""
-    from qsnap.plan.disk_snapshot import (
-        Overlay,
-        overlay_node,
-        prepared_transaction_actions,
-        prepares_overlays,
-        transaction_actions,
-    )
-    one = [Overlay("vda", "/i/a.s1", "qcow2", "/i/a.qcow2", "qcow2", reuse=False)]
-    two = [*one, Overlay("vdb", "/i/b.s1", "qcow2", "/i/b.raw", "raw", reuse=True)]
-    tops, new = {"vda": "top-a", "vdb": "top-b"}, {"vda": "qs-a", "vdb": "qs-b"}
-    assert not prepares_overlays(one) and prepares_overlays(two)
-    assert transaction_actions(one, tops, new) == [
-        {"type": "blockdev-snapshot-sync",
-         "data": {"node-name": "top-a", "snapshot-file": "/i/a.s1",
-                  "snapshot-node-name": "qs-a", "format": "qcow2", "mode": "absolute-paths"}}]
-    assert prepared_transaction_actions(two, tops, new) == [
-        {"type": "blockdev-snapshot", "data": {"node": "top-a", "overlay": "qs-a"}},
-        {"type": "blockdev-snapshot", "data": {"node": "top-b", "overlay": "qs-b"}}]
-    assert overlay_node(two[1], "qs-b") == {
-        "driver": "qcow2", "node-name": "qs-b", "backing": None,
-        "file": {"driver": "file", "filename": "/i/b.s1"}}
-    assert overlay_node(two[1], "qs-b", block_device=True)["file"] == {
-        "driver": "host_device", "filename": "/i/b.s1"}

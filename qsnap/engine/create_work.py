@@ -153,7 +153,6 @@ async def _settle_live(work: CreateWork, monitor: Monitor) -> bool:
     if switched:
         await merge_back(monitor, switched)
     _remove_new_overlays(work, keep={o.path for o in switched})
-    await monitor.drop_detached_nodes()  # overlays opened for a switch that did not happen
     return False
 
 

@@ -3,18 +3,15 @@ stopped one. Whatever fails, files this step created are removed and nothing is 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 import secrets
-import stat
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 
 from qsnap import images
 from qsnap.errors import InvalidArgumentError, OperationInvalidError, QsnapError
-from qsnap.faults import crash_point
 from qsnap.launcher.process import RuntimeInfo
 from qsnap.monitor import Monitor
 from qsnap.monitor.agent import GuestAgent
@@ -22,9 +19,6 @@ from qsnap.plan.disk_snapshot import (
     DiskSnapshotPlan,
     Overlay,
     check_overlay_targets,
-    overlay_node,
-    prepared_transaction_actions,
-    prepares_overlays,
     transaction_actions,
 )
 
@@ -60,8 +54,8 @@ async def switch_overlays(
         around: Callable[[], AbstractAsyncContextManager[object]] = contextlib.nullcontext
 ) -> None:
     """One ``transaction`` that puts every overlay on top of its disk; if QEMU refuses any, the
-    overlay files already made are removed and no disk is switched. The transaction alone
-    runs inside *around* (a guest file-system freeze), after the overlays are ready."""
+    overlay files it had already created are removed and no disk is switched. The transaction
+    alone runs inside *around* (a guest file-system freeze), after every check."""
     devices = await monitor.block_devices()
     for overlay in overlays:
         if overlay.target not in devices:
@@ -75,42 +69,15 @@ async def switch_overlays(
             await _check_reused_overlay(overlay)
     new_nodes = {o.target: f"qs-{o.target}-{secrets.token_hex(4)}" for o in overlays}
     existed = {o.path for o in overlays if os.path.lexists(o.path)}
-    prepared = prepares_overlays(overlays)
     try:
-        if prepared:
-            await _prepare_overlays(monitor, overlays, new_nodes)
-            actions = prepared_transaction_actions(overlays, tops, new_nodes)
-        else:
-            actions = transaction_actions(overlays, tops, new_nodes)
-        crash_point("create: overlays ready")
         async with around():
-            await monitor.transaction(actions)
+            await monitor.transaction(transaction_actions(overlays, tops, new_nodes))
     except BaseException:
-        if prepared:  # nodes opened for a switch that did not happen
-            with contextlib.suppress(QsnapError):
-                await monitor.drop_detached_nodes()
         for overlay in overlays:
             if not overlay.reuse and overlay.path not in existed:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(overlay.path)
         raise
-
-
-async def _prepare_overlays(monitor: Monitor, overlays: list[Overlay],
-                            nodes: dict[str, str]) -> None:
-    """Make the new overlay files (side by side) and open every overlay in QEMU, so that
-    the transaction has nothing left to do but switch: the guest pauses as briefly for eight
-    disks as for one."""
-    made = await asyncio.gather(
-        *(images.create_overlay(o.path, o.format, o.backing, o.backing_format)
-          for o in overlays if not o.reuse), return_exceptions=True)
-    for outcome in made:  # all have ended, so the caller's clean-up finds every file made
-        if isinstance(outcome, BaseException):
-            raise outcome
-    for overlay in overlays:
-        block_device = stat.S_ISBLK(os.stat(overlay.path).st_mode)
-        await monitor.add_node(overlay_node(overlay, nodes[overlay.target],
-                                            block_device=block_device))
 
 
 def check_tops(devices: dict[str, dict], expected: dict[str, str]) -> None:

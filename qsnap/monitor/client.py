@@ -326,11 +326,6 @@ class Monitor:
 
     # -- disks and internal snapshots ---------------------------------------------------------
 
-    async def add_node(self, options: dict[str, object]) -> None:
-        """``blockdev-add``: open an image as a node the monitor owns (see
-        :meth:`drop_detached_nodes` for getting rid of it again)."""
-        await self.execute("blockdev-add", options)
-
     async def transaction(self, actions: list[dict[str, object]]) -> None:
         """Run *actions* (built by the plan) as one atomic QMP ``transaction``."""
         await self.execute("transaction", {"actions": actions})

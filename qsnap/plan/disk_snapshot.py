@@ -189,38 +189,6 @@ def check_overlay_targets(overlays: list[Overlay], *, nonempty: Collection[str],
                                        "is not writable")
 
 
-#: From this many overlays on, a running guest's overlays are made before the transaction
-#: (qemu-img, side by side) and the transaction only switches them: QEMU creates each file
-#: inside ``blockdev-snapshot-sync`` with the guest's I/O drained, about 4 ms a file here, so
-#: the guest's pause grows with the number of disks. For one disk that pause is shorter than
-#: what making the file beforehand adds to the whole snapshot.
-PREPARE_FROM = 2
-
-
-def prepares_overlays(overlays: list[Overlay]) -> bool:
-    """Whether :func:`prepared_transaction_actions` is the way to switch *overlays*."""
-    return len(overlays) >= PREPARE_FROM
-
-
-def overlay_node(overlay: Overlay, node: str, *, block_device: bool = False
-                 ) -> dict[str, object]:
-    """``blockdev-add`` arguments that open a prepared overlay as node *node*, without its
-    backing file: ``blockdev-snapshot`` puts the disk's current top there. An overlay on a
-    *block_device* needs QEMU's ``host_device`` protocol driver."""
-    protocol = "host_device" if block_device else "file"
-    return {"driver": overlay.format, "node-name": node, "backing": None,
-            "file": {"driver": protocol, "filename": overlay.path}}
-
-
-def prepared_transaction_actions(overlays: list[Overlay], top_nodes: Mapping[str, str],
-                                 new_nodes: Mapping[str, str]) -> list[dict[str, object]]:
-    """One ``blockdev-snapshot`` per disk (overlays already open as *new_nodes*), for a single
-    atomic QMP ``transaction`` that only switches."""
-    return [{"type": "blockdev-snapshot",
-             "data": {"node": top_nodes[o.target], "overlay": new_nodes[o.target]}}
-            for o in overlays]
-
-
 def transaction_actions(overlays: list[Overlay], top_nodes: Mapping[str, str],
                         new_nodes: Mapping[str, str]) -> list[dict[str, object]]:
     """One ``blockdev-snapshot-sync`` per disk, for a single atomic QMP ``transaction``."""
