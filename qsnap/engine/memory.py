@@ -115,7 +115,9 @@ async def _save_through_pipe(monitor: Monitor, fd: int, offset: int,
     try:
         await monitor.save_to_fd(stream.write_end, just_before=handed_over, progress=progress,
                                  position=lambda: offset + stream.received)
-        await asyncio.to_thread(stream.finish)
+        written = await asyncio.to_thread(stream.finish)
+        if progress is not None:  # QEMU's "completed" can come before the pipe is drained
+            progress(offset + written)
     except BaseException:
         stream.abort()
         raise
