@@ -12,7 +12,6 @@ from contextlib import AbstractAsyncContextManager
 
 from qsnap import images
 from qsnap.errors import InvalidArgumentError, OperationInvalidError, QsnapError
-from qsnap.launcher.process import RuntimeInfo
 from qsnap.monitor import Monitor
 from qsnap.monitor.agent import GuestAgent
 from qsnap.plan.disk_snapshot import (
@@ -25,28 +24,21 @@ from qsnap.plan.disk_snapshot import (
 log = logging.getLogger("qsnap")
 
 
-async def take_disk_snapshot(plan: DiskSnapshotPlan, running: RuntimeInfo | None,
+async def take_disk_snapshot(plan: DiskSnapshotPlan, monitor: Monitor | None,
                              agent: str | None) -> None:
-    """Make the images of *plan* exist: overlays switched in (running) or created (stopped),
-    or internal snapshots in every qcow2 image (stopped). The caller has checked the files
-    (:func:`qsnap.engine.create_work.check_new_files`) before recording its intent."""
-    if plan.external and running is not None:
-        await _switch_overlays(running, plan, agent)
+    """Make the images of *plan* exist: overlays switched in (running: *monitor* is connected
+    to its QEMU) or created (stopped), or internal snapshots in every qcow2 image (stopped).
+    The caller has checked the files (:func:`qsnap.engine.create_work.check_new_files`)
+    before recording its intent.
+
+    With *agent* (``--quiesce``), guest file systems are frozen through the guest agent
+    just before the transaction and thawed right after, whatever happened."""
+    if plan.external and monitor is not None:
+        await switch_overlays(monitor, plan.overlays, around=lambda: _frozen(agent))
     elif plan.external:
         await _create_overlays_offline(plan)
     else:
         await _internal_snapshots_offline(plan)
-
-
-async def _switch_overlays(info: RuntimeInfo, plan: DiskSnapshotPlan,
-                           agent: str | None = None) -> None:
-    """Create and switch every overlay in one QMP transaction: all disks or none.
-
-    With *agent* (``--quiesce``), guest file systems are frozen through the guest agent
-    just before the transaction and thawed right after, whatever happened.
-    """
-    async with await Monitor.connect(info.qmp) as monitor:
-        await switch_overlays(monitor, plan.overlays, around=lambda: _frozen(agent))
 
 
 async def switch_overlays(

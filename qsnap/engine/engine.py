@@ -33,7 +33,7 @@ from qsnap.engine.delete import (
 )
 from qsnap.engine.disk_snapshot import take_disk_snapshot
 from qsnap.engine.full_snapshot import background_refusal, take_full_snapshot
-from qsnap.engine.guests import state_of, stop
+from qsnap.engine.guests import state_from, state_of, stop
 from qsnap.engine.memory import load_image, read_image, write_image
 from qsnap.engine.recovery import finish_interrupted
 from qsnap.engine.revert import carry_out_revert, check_revert
@@ -525,70 +525,94 @@ class Engine:
                                        disk_only=flags.disk_only, validate=flags.validate)
         async with self._session(domain) as folder:
             paths, info = self._runtime(domain)
-            active = info is not None
-            request = parse_snapshot(xml if xml is not None else "<domainsnapshot/>",
-                                     validate=flags.validate,
-                                     offline=flags.disk_only or not active)
-            definition = folder.definition
-            now = int(time.time())
-            name = request.name if request.name is not None else default_snapshot_name(now)
-            check_create_request(request.copy(name=name), flags, domain,
-                                 name_taken=folder.has_snapshot(name))
-            current = folder.read_current()
-            if current is not None and not folder.has_snapshot(current):
-                current = None
-            regular_files = _regular_files(definition, request)
-            plan: DiskSnapshotPlan | FullSnapshotPlan
-            strategy: str | None = None
-            if info is not None and not flags.disk_only:
-                state = await state_of(info)
-                plan = plan_full_snapshot(request, definition, flags, state=state,
-                                          current=current, now=now, regular_files=regular_files)
-                refusal = None
-                if background_wanted(external=plan.external, live=flags.live,
-                                     requested=live_strategy):
-                    refusal = await background_refusal(info, definition,
-                                                       plan.snapshot.memory_file or "")
-                strategy = choose_capture(
-                    external=plan.external, live=flags.live, requested=live_strategy,
-                    running=state == "running", background_refusal=refusal)
-                sources = {d.target: d.source or "" for d in definition.disks}
-                internal = [(t, sources[t]) for t in plan.internal_disks]
-            else:
-                if live_strategy is not None:
-                    raise InvalidArgumentError("a live strategy applies to full-system "
-                                               "snapshots of a running guest only")
-                plan = plan_disk_snapshot(request, definition, flags, active=active,
-                                          current=current, now=now, regular_files=regular_files)
-                internal = [("", image) for image in plan.internal_images]
-            await asyncio.to_thread(check_new_files, plan.overlays, plan.snapshot, definition)
-            work = CreateWork.build(
-                plan.snapshot, plan.domain_after, running=info is not None,
-                overlays=plan.overlays, internal=internal, metadata=not flags.no_metadata,
-                halt=flags.halt, was_running=await state_of(info) == "running",
-                strategy=strategy)
-            await asyncio.to_thread(write_intent, folder.path, work.record())
-            crash_point("create: intent recorded")
+            # One QMP connection serves the whole create (state, checks, the snapshot itself):
+            # connecting costs about a millisecond each time, a third of a bare transaction.
+            monitor = await Monitor.connect(info.qmp) if info is not None else None
             try:
-                snapshot = plan.snapshot
+                return await self._create(folder, paths, info, monitor, xml, flags,
+                                          live_strategy, progress)
+            finally:
+                if monitor is not None:
+                    await monitor.close()
+
+    async def _create(self, folder: DomainFolder, paths: RuntimePaths, info: RuntimeInfo | None,
+                      monitor: Monitor | None, xml: str | bytes | None, flags: CreateFlags,
+                      live_strategy: str | None, progress: ProgressCallback | None) -> str:
+        """The body of :meth:`create` for a locked *folder*; *monitor* is connected to the
+        guest's QEMU when it runs. QEMU's monitor takes one client at a time, so the
+        monitor is closed before anything that connects on its own (settling a failure,
+        ``--halt``)."""
+        domain = folder.name
+        active = info is not None
+        request = parse_snapshot(xml if xml is not None else "<domainsnapshot/>",
+                                 validate=flags.validate,
+                                 offline=flags.disk_only or not active)
+        definition = folder.definition
+        now = int(time.time())
+        name = request.name if request.name is not None else default_snapshot_name(now)
+        check_create_request(request.copy(name=name), flags, domain,
+                             name_taken=folder.has_snapshot(name))
+        current = folder.read_current()
+        if current is not None and not folder.has_snapshot(current):
+            current = None
+        regular_files = _regular_files(definition, request)
+        plan: DiskSnapshotPlan | FullSnapshotPlan
+        strategy: str | None = None
+        # Only a full-system snapshot may pause the guest, so only its settling may have to
+        # resume it; a disk-only one does not ask QEMU for the run state (a round trip).
+        state = "shut off"
+        if monitor is not None and not flags.disk_only:
+            state = await state_from(monitor)
+            plan = plan_full_snapshot(request, definition, flags, state=state,
+                                      current=current, now=now, regular_files=regular_files)
+            refusal = None
+            if background_wanted(external=plan.external, live=flags.live,
+                                 requested=live_strategy):
+                refusal = await background_refusal(monitor, definition,
+                                                   plan.snapshot.memory_file or "")
+            strategy = choose_capture(
+                external=plan.external, live=flags.live, requested=live_strategy,
+                running=state == "running", background_refusal=refusal)
+            sources = {d.target: d.source or "" for d in definition.disks}
+            internal = [(t, sources[t]) for t in plan.internal_disks]
+        else:
+            if live_strategy is not None:
+                raise InvalidArgumentError("a live strategy applies to full-system "
+                                           "snapshots of a running guest only")
+            plan = plan_disk_snapshot(request, definition, flags, active=active,
+                                      current=current, now=now, regular_files=regular_files)
+            internal = [("", image) for image in plan.internal_images]
+        await asyncio.to_thread(check_new_files, plan.overlays, plan.snapshot, definition)
+        work = CreateWork.build(
+            plan.snapshot, plan.domain_after, running=info is not None,
+            overlays=plan.overlays, internal=internal, metadata=not flags.no_metadata,
+            halt=flags.halt, was_running=state == "running", strategy=strategy)
+        await asyncio.to_thread(write_intent, folder.path, work.record())
+        crash_point("create: intent recorded")
+        try:
+            snapshot = plan.snapshot
+            try:
                 if isinstance(plan, FullSnapshotPlan):
-                    assert info is not None and strategy is not None
-                    capture = await take_full_snapshot(plan, definition, info, strategy,
+                    assert monitor is not None and strategy is not None
+                    capture = await take_full_snapshot(plan, definition, monitor, strategy,
                                                        progress)
                     snapshot = snapshot.copy(cookie=with_capture(snapshot.cookie, capture))
                 else:
                     agent = agent_socket(definition, paths) if flags.quiesce else None
-                    await take_disk_snapshot(plan, info, agent)
-                crash_point("create: images in place")
-                await store_snapshot(work, folder, paths, info, snapshot)
-            except BaseException as exc:
-                if not await self._settle_failed_create(work, folder, info, exc) or \
-                        not isinstance(exc, Exception):
-                    raise
-                log.warning("snapshot '%s' was taken although a step after it failed: %s",
-                            work.snapshot, exc)
-            await asyncio.to_thread(clear_intent, folder.path)
-            return work.snapshot
+                    await take_disk_snapshot(plan, monitor, agent)
+            finally:
+                if monitor is not None:
+                    await monitor.close()
+            crash_point("create: images in place")
+            await store_snapshot(work, folder, paths, info, snapshot)
+        except BaseException as exc:
+            if not await self._settle_failed_create(work, folder, info, exc) or \
+                    not isinstance(exc, Exception):
+                raise
+            log.warning("snapshot '%s' was taken although a step after it failed: %s",
+                        work.snapshot, exc)
+        await asyncio.to_thread(clear_intent, folder.path)
+        return work.snapshot
 
     async def _settle_failed_create(self, work: CreateWork, folder: DomainFolder,
                                     info: RuntimeInfo | None, exc: BaseException) -> bool:

@@ -20,7 +20,6 @@ from pathlib import Path
 from qsnap.engine.disk_snapshot import check_tops, switch_overlays
 from qsnap.engine.memory import write_image
 from qsnap.errors import AlreadyExistsError, QsnapError
-from qsnap.launcher.process import RuntimeInfo
 from qsnap.model.capture import Capture
 from qsnap.model.domain import DomainDef
 from qsnap.monitor import Monitor
@@ -29,13 +28,14 @@ from qsnap.plan.full_snapshot import FullSnapshotPlan
 from qsnap.progress import ProgressCallback
 
 
-async def take_full_snapshot(plan: FullSnapshotPlan, domain: DomainDef, running: RuntimeInfo,
+async def take_full_snapshot(plan: FullSnapshotPlan, domain: DomainDef, monitor: Monitor,
                              strategy: str, progress: ProgressCallback | None = None
                              ) -> Capture:
-    """Take the snapshot; returns how its memory was captured and how long the guest paused
-    (measured from QEMU's own STOP/RESUME event timestamps). *progress* hears how the memory
-    file is written (external only: an internal save is one QEMU job with no byte counts)."""
-    async with await Monitor.connect(running.qmp) as monitor, monitor.pause_clock() as clock:
+    """Take the snapshot through *monitor* (connected to the guest's QEMU); returns how its
+    memory was captured and how long the guest paused (measured from QEMU's own STOP/RESUME
+    event timestamps). *progress* hears how the memory file is written (external only: an
+    internal save is one QEMU job with no byte counts)."""
+    async with monitor.pause_clock() as clock:
         check_tops(await monitor.block_devices(),
                    {d.target: d.source for d in domain.disks if d.source})
         if plan.external:
@@ -45,7 +45,7 @@ async def take_full_snapshot(plan: FullSnapshotPlan, domain: DomainDef, running:
     return Capture(strategy, clock.paused)
 
 
-async def background_refusal(running: RuntimeInfo, domain: DomainDef,
+async def background_refusal(monitor: Monitor, domain: DomainDef,
                              memory_file: str) -> str | None:
     """Why a background snapshot of this guest into *memory_file* cannot be taken, or None.
 
@@ -64,8 +64,7 @@ async def background_refusal(running: RuntimeInfo, domain: DomainDef,
         return (f"the memory file's file system has {free >> 20} MiB free, less than the "
                 f"guest's {ram >> 20} MiB of RAM and {_SPACE_MARGIN >> 20} MiB to spare, and a "
                 "background snapshot that runs out of space leaves the guest hung")
-    async with await Monitor.connect(running.qmp) as monitor:
-        return await monitor.background_snapshot_refusal()
+    return await monitor.background_snapshot_refusal()
 
 
 _SPACE_MARGIN = 64 << 20

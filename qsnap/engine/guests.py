@@ -26,6 +26,13 @@ async def state_of(info: RuntimeInfo | None) -> str:
     return VIRSH_STATES.get(status, "paused")
 
 
+async def state_from(monitor: Monitor | None) -> str:
+    """:func:`state_of` through a monitor already connected (None: no QEMU runs)."""
+    if monitor is None:
+        return "shut off"
+    return VIRSH_STATES.get(await monitor.status(), "paused")
+
+
 async def stop(paths: RuntimePaths, info: RuntimeInfo) -> None:
     """QMP quit, then SIGTERM, then SIGKILL; the runtime record goes with it."""
     with contextlib.suppress(QsnapError):

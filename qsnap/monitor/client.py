@@ -14,7 +14,14 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
-from qemu.qmp import ConnectError, EventListener, ExecInterruptedError, ExecuteError, QMPClient
+from qemu.qmp import (
+    ConnectError,
+    EventListener,
+    ExecInterruptedError,
+    ExecuteError,
+    Message,
+    QMPClient,
+)
 from qemu.qmp.protocol import StateError
 
 from qsnap.errors import QsnapError
@@ -77,6 +84,23 @@ class PauseClock:
             self._stopped_at = None
 
 
+class _QuietClient(QMPClient):
+    """A :class:`~qemu.qmp.QMPClient` that formats messages for its debug log only when that
+    log is on. qemu.qmp 0.0.6 pretty-prints every message it sends or receives before the
+    logger decides to drop it: a ``query-block`` answer costs about half a millisecond of
+    ``json.dumps``, and a disk-only snapshot paid over a millisecond that way."""
+
+    def _cb_outbound(self, msg: Message) -> Message:
+        if self.logger.isEnabledFor(logging.DEBUG):
+            return super()._cb_outbound(msg)
+        return msg
+
+    def _cb_inbound(self, msg: Message) -> Message:
+        if self.logger.isEnabledFor(logging.DEBUG):
+            return super()._cb_inbound(msg)
+        return msg
+
+
 class Monitor:
     """One QMP connection to one QEMU process."""
 
@@ -89,7 +113,7 @@ class Monitor:
     async def connect(cls, socket_path: str, timeout: float | None = None) -> Monitor:
         """Connect to the QMP socket at *socket_path* (the QMP handshake proves it is QMP)."""
         timeout = min(command_timeout(), 10.0) if timeout is None else timeout
-        client = QMPClient("qsnap")
+        client = _QuietClient("qsnap")
         try:
             await asyncio.wait_for(client.connect(socket_path), timeout)
         except ConnectError as exc:

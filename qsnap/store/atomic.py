@@ -51,6 +51,49 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600,
     fsync_dir(path.parent)
 
 
+def atomic_write_many(files: dict[Path, bytes], mode: int = 0o600,
+                      temp_dir: Path | None = None) -> None:
+    """Replace each of *files* atomically, and all of them durably by the return.
+
+    Each file is atomic on its own (the set is not: a journal makes it so); the point is
+    fewer waits for the disk. Every temporary file is written first and synced, then all are
+    renamed, then each folder they are in is synced once: four files cost four file syncs
+    and one or two folder syncs instead of eight syncs one after the other. (Syncing them
+    from threads at once was measured too: no faster on ext4 here.)"""
+    temps: list[tuple[Path, Path]] = []
+    try:
+        for path, data in files.items():
+            temp = (temp_dir or path.parent) / f"{TEMP_PREFIX}{secrets.token_hex(6)}-{path.name}"
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+            temps.append((temp, path))
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+        for temp, _ in temps:
+            _sync_file(temp)
+        crash_point("write batch: temps synced, none renamed")
+    except BaseException:
+        for temp, _ in temps:
+            temp.unlink(missing_ok=True)
+        raise
+    for temp, path in temps:
+        os.replace(temp, path)
+        crash_point(f"write batch: renamed {path.name}")
+    for folder in dict.fromkeys(path.parent for path in files):
+        fsync_dir(folder)
+
+
+def _sync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def remove_durably(path: Path) -> None:
     """Unlink *path* (if present) and make the removal durable."""
     try:

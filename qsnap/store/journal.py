@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 
 from qsnap.errors import CorruptMetadataError
 from qsnap.faults import crash_point
-from qsnap.store.atomic import atomic_write, remove_durably
+from qsnap.store.atomic import atomic_write, atomic_write_many, remove_durably
 
 JOURNAL_NAME = "journal.json"
 
@@ -49,9 +49,9 @@ def _checked(relative: str) -> str:
 
 
 def _apply(folder: Path, batch: Batch) -> None:
-    for relative, data in batch.writes.items():
-        atomic_write(folder / relative, data, temp_dir=folder)
-        crash_point(f"journal: applied write {relative}")
+    atomic_write_many({folder / relative: data for relative, data in batch.writes.items()},
+                      temp_dir=folder)
+    crash_point("journal: applied writes")
     for relative in batch.removals:
         remove_durably(folder / relative)
         crash_point(f"journal: applied removal {relative}")

@@ -69,8 +69,9 @@ class DomainLock:
             raise OperationInvalidError(
                 f"domain '{self.domain}' is busy: another qsnap process (pid {holder}) "
                 f"has held its lock for over {self.timeout:g} s") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        # Always the same 32 bytes, so no truncate is needed: on ext4 a truncate of a file
+        # with content costs about 0.3 ms, a tenth of a disk-only snapshot's own work.
+        os.pwrite(fd, f"{os.getpid():<31}\n".encode(), 0)
         self._fd = fd
         return True
 
