@@ -36,10 +36,10 @@ async def take_full_snapshot(plan: FullSnapshotPlan, domain: DomainDef, monitor:
     event timestamps). *progress* hears how the memory file is written (external only: an
     internal save is one QEMU job with no byte counts)."""
     async with monitor.pause_clock() as clock:
-        check_tops(await monitor.block_devices(),
-                   {d.target: d.source for d in domain.disks if d.source})
+        devices = await monitor.block_devices()
+        check_tops(devices, {d.target: d.source for d in domain.disks if d.source})
         if plan.external:
-            await _external(monitor, plan, domain, strategy, progress)
+            await _external(monitor, plan, domain, strategy, progress, devices)
         else:
             await _internal(monitor, plan)
     return Capture(strategy, clock.paused)
@@ -89,12 +89,13 @@ async def _internal(monitor: Monitor, plan: FullSnapshotPlan) -> None:
 
 
 async def _external(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDef,
-                    strategy: str, progress: ProgressCallback | None) -> None:
+                    strategy: str, progress: ProgressCallback | None,
+                    devices: dict[str, dict]) -> None:
     # The files were checked before the intent was recorded (create_work.check_new_files);
     # the memory file is still created exclusively, which catches a race with another writer.
     memory = Path(plan.snapshot.memory_file or "")
     if strategy == "background":
-        await _background(monitor, plan, domain, memory, progress)
+        await _background(monitor, plan, domain, memory, progress, devices)
         return
     was_running = await monitor.status() == "running"
     if was_running and strategy == "paused":
@@ -103,7 +104,7 @@ async def _external(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDef,
         await write_image(monitor, memory, domain.to_xml(secure=True), was_running,
                           progress=progress, ram=domain.memory_bytes)
         try:
-            await switch_overlays(monitor, plan.overlays)
+            await switch_overlays(monitor, plan.overlays, devices=devices)
         except BaseException:
             memory.unlink(missing_ok=True)
             raise
@@ -114,7 +115,8 @@ async def _external(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDef,
 
 
 async def _background(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDef,
-                      memory: Path, progress: ProgressCallback | None) -> None:
+                      memory: Path, progress: ProgressCallback | None,
+                      devices: dict[str, dict]) -> None:
     """Pause, switch the disks, start the background snapshot (QEMU saves the device state
     and runs the guest again at once), then wait while QEMU writes RAM as it was at the pause.
     If the save fails after the switch, the overlays are merged back (active commit), so the
@@ -125,7 +127,7 @@ async def _background(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDe
         nonlocal switched
         await monitor.pause()
         try:
-            await switch_overlays(monitor, plan.overlays)
+            await switch_overlays(monitor, plan.overlays, devices=devices)
         except BaseException:
             with contextlib.suppress(QsnapError):
                 await monitor.resume()
