@@ -36,7 +36,7 @@ from qsnap.engine.full_snapshot import background_refusal, take_full_snapshot
 from qsnap.engine.guests import state_from, state_of, stop
 from qsnap.engine.memory import load_image, read_image, write_image
 from qsnap.engine.recovery import finish_interrupted
-from qsnap.engine.revert import carry_out_revert, check_revert
+from qsnap.engine.revert import carry_out_revert, check_revert, run_reverted
 from qsnap.engine.revert_work import RevertWork, image_references, reverted, store_revert
 from qsnap.engine.save_work import RestoreWork, SaveWork
 from qsnap.errors import (
@@ -749,6 +749,8 @@ class Engine:
             await asyncio.to_thread(write_intent, folder.path, work.record())
             crash_point("revert: guest started")
             await store_revert(work, folder)
+            crash_point("revert: metadata stored")
+            await run_reverted(plan, paths)
             await asyncio.to_thread(clear_intent, folder.path)
             return name
 

@@ -22,7 +22,7 @@ from qsnap.engine.memory import load_image, read_image
 from qsnap.errors import InvalidArgumentError, OperationInvalidError, QsnapError
 from qsnap.launcher.accel import choose_accel
 from qsnap.launcher.command import RuntimePaths
-from qsnap.launcher.process import RuntimeInfo, start_qemu
+from qsnap.launcher.process import RuntimeInfo, read_runtime, start_qemu
 from qsnap.model.domain import DomainDef
 from qsnap.model.image_graph import ImageFacts
 from qsnap.model.save_image import SaveImage
@@ -127,6 +127,10 @@ def check_revert(plan: RevertPlan, shared_bases: dict[str, str]) -> SaveImage | 
 async def carry_out_revert(plan: RevertPlan, paths: RuntimePaths, running: RuntimeInfo | None,
                            memory: SaveImage | None, progress: ProgressCallback | None = None
                            ) -> None:
+    """Stop the guest, make the new overlays, apply internal snapshots, start QEMU and load
+    the snapshot's state. The new QEMU is left paused: :func:`run_reverted` lets it run once
+    the revert's metadata is stored (a running TCG guest takes the CPU that the metadata's
+    syncs need; measured here, they took 25 ms after the guest ran and 5 before)."""
     if running is not None:
         await stop(paths, running)
     created: list[str] = []
@@ -150,8 +154,6 @@ async def carry_out_revert(plan: RevertPlan, paths: RuntimePaths, running: Runti
                 tops = await monitor.block_tops()
                 nodes = [tops[t] for t in plan.internal_disks]
                 await monitor.load_internal(plan.target, nodes[0], nodes)
-            if plan.run:
-                await monitor.resume()
     except BaseException:
         if started is not None:
             with contextlib.suppress(QsnapError):
@@ -160,3 +162,16 @@ async def carry_out_revert(plan: RevertPlan, paths: RuntimePaths, running: Runti
             with contextlib.suppress(FileNotFoundError):
                 await asyncio.to_thread(os.unlink, path)
         raise
+
+
+async def run_reverted(plan: RevertPlan, paths: RuntimePaths) -> None:
+    """The revert's last step: the guest :func:`carry_out_revert` started runs, unless the
+    plan keeps it paused. Repeating it is harmless (a crashed revert's recovery does)."""
+    if not (plan.start and plan.run):
+        return
+    info = read_runtime(paths)
+    if info is None:
+        raise OperationInvalidError("the reverted guest's QEMU is gone; it cannot be run")
+    async with await Monitor.connect(info.qmp) as monitor:
+        if await monitor.status() in ("paused", "prelaunch"):
+            await monitor.resume()

@@ -11,8 +11,9 @@ forward:
   was changed and the record is dropped. Otherwise the revert is done again from the start: a
   QEMU the crashed revert started is stopped, overlays it made are removed (the revert's
   checks made sure they did not exist before), and the revert runs again.
-- ``phase == "started"``: the guest already runs (or ran) the snapshot's state; the metadata
-  and the removals recorded with the phase are carried out.
+- ``phase == "started"``: QEMU holds (or held) the snapshot's state, paused; the metadata and
+  the removals recorded with the phase are carried out, then the guest runs (unless the
+  revert asked for it paused).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from qsnap.engine.revert import (
     ImageReferences,
     carry_out_revert,
     discarded_overlays,
+    run_reverted,
     with_new_overlays,
 )
 from qsnap.launcher.command import RuntimePaths
@@ -109,8 +111,11 @@ async def finish_revert(work: RevertWork, folder: DomainFolder, paths: RuntimePa
         plan = await redo_revert(work, folder, paths, running)
         await reverted(work, folder, plan, await image_references(folder))
         await store_revert(work, folder)
+        await run_reverted(plan, paths)
         return f"{name} was done again from the start, which a crash had interrupted"
     await store_revert(work, folder)
+    if running is not None:  # the QEMU the revert started, paused until the metadata was in
+        await run_reverted(work.plan(folder.read_snapshot(work.snapshot)), paths)
     return f"{name} was finished (the guest had been started from it)"
 
 

@@ -10,6 +10,7 @@ directory and domain name, because a unix socket path must stay under 108 bytes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -117,12 +118,31 @@ async def start_qemu(domain: DomainDef, paths: RuntimePaths, accel: str,
 
 
 async def wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid):
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
+    """Whether process *pid* ends within *timeout* seconds. QEMU runs daemonized, not as
+    our child, so it cannot be waited for; a pidfd becomes readable the moment it exits.
+    (Polling every 20 ms made every stop cost 20 ms; QEMU itself exits in a few.)"""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    except OSError:  # no pidfd (Linux before 5.3): poll
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
+    loop = asyncio.get_running_loop()
+    exited = loop.create_future()
+    loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+    try:
+        if pid_alive(pid):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(exited, timeout)
+        return not pid_alive(pid)
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
 
 
 async def kill_qemu(info: RuntimeInfo) -> None:
