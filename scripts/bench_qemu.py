@@ -188,14 +188,16 @@ async def disk_only_rows(base: Path, disks: int, repeat: int) -> list[tuple[str,
     guest = Guest(base, f"d{disks}", disks, 128, 0)
     await guest.start()
     try:
-        qsnap_times, bare_times, pauses = [], [], []
+        qsnap_times, bare_times, pauses, bare_pauses = [], [], [], []
         for _ in range(repeat):
             name = guest.next("d")
             with guest.watch.watching() as watch:
                 qsnap_times.append(await timed(lambda n=name: guest.engine.create(
                     "g", snapshot_xml_from_args(n), CreateFlags(disk_only=True))))
             pauses.append(watch.pause())
-            bare, files = await bare_transaction(guest.qmp(), guest.folder, name)
+            with guest.watch.watching() as watch:
+                bare, files = await bare_transaction(guest.qmp(), guest.folder, name)
+            bare_pauses.append(watch.pause())
             bare_times.append(bare)
             await follow_bare_transaction(guest.engine, files)
             await asyncio.sleep(0.2)
@@ -203,7 +205,8 @@ async def disk_only_rows(base: Path, disks: int, repeat: int) -> list[tuple[str,
         return [(f"disk-only snapshot, {disks} disk{'s' if disks > 1 else ''}",
                  f"{q * 1e3:.1f} ms", f"bare QMP {b * 1e3:.1f} ms", f"{q / b:.2f}x"),
                 (f"  guest pause (counter gap), {disks} disks",
-                 f"{statistics.median(pauses) * 1e3:.0f} ms", "target < 10 ms",
+                 f"{statistics.median(pauses) * 1e3:.0f} ms",
+                 f"bare QMP {statistics.median(bare_pauses) * 1e3:.0f} ms; target < 10 ms",
                  "(20 ms tick)")]
     finally:
         await guest.stop()
