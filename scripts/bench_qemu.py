@@ -88,22 +88,23 @@ class CounterWatch:
         return max(0.0, max(gaps) - statistics.median(gaps))
 
 
-def dd_speed(folder: Path, mib: int = 512) -> tuple[float, float]:
-    """Sequential direct-I/O write and read speed (bytes/s) of the disk under *folder*."""
+def dd_speed(folder: Path, mib: int = 512, runs: int = 3) -> tuple[float, float]:
+    """Sequential direct-I/O write and read speed (bytes/s) of the disk under *folder*: the
+    median of *runs* (this virtual disk's speed varies by a third from one run to the next)."""
     path = folder / "dd.bin"
 
-    def run(*args: str) -> None:
+    def run(*args: str) -> float:
+        start = time.perf_counter()
         subprocess.run(["dd", *args, "bs=4M", f"count={mib // 4}", "status=none"],
                        capture_output=True, check=True)
+        return mib * (1 << 20) / (time.perf_counter() - start)
 
-    start = time.perf_counter()
-    run("if=/dev/zero", f"of={path}", "oflag=direct", "conv=fsync")
-    write = mib * (1 << 20) / (time.perf_counter() - start)
-    start = time.perf_counter()
-    run(f"if={path}", "of=/dev/null", "iflag=direct")
-    read = mib * (1 << 20) / (time.perf_counter() - start)
+    writes, reads = [], []
+    for _ in range(runs):
+        writes.append(run("if=/dev/zero", f"of={path}", "oflag=direct", "conv=fsync"))
+        reads.append(run(f"if={path}", "of=/dev/null", "iflag=direct"))
     path.unlink()
-    return write, read
+    return statistics.median(writes), statistics.median(reads)
 
 
 async def bare_transaction(qmp: str, folder: Path, tag: str) -> tuple[float, dict[str, str]]:
@@ -248,7 +249,10 @@ async def memory_rows(base: Path, ram: int, repeat: int, write_speed: float,
         memory = guest.folder / f"{name}.mem"
         await guest.engine.create("g", snapshot_xml_from_args(name, memspec=f"file={memory}"),
                                   CreateFlags())
-        reverts = [await timed(lambda: guest.engine.revert("g", name)) for _ in range(repeat)]
+        # Seven: on this machine kind QEMU's own load of a page-cached image took 36 ms in
+        # most runs and up to 410 ms in some (fresh memory the VM had handed back to its host).
+        reverts = [await timed(lambda: guest.engine.revert("g", name))
+                   for _ in range(max(7, repeat))]
         await guest.engine.destroy("g")
         starts = []
         for _ in range(repeat):
@@ -297,7 +301,7 @@ async def run(base: Path, rams: list[int], repeat: int, libvirt: bool) -> None:
     write_speed, read_speed = dd_speed(base)
     print(f"\nqsnap QEMU benchmark (tiny guest, TCG or KVM as probed; medians of {repeat})")
     print(f"disk under {base}: direct-I/O write {write_speed / 1e6:.0f} MB/s, "
-          f"read {read_speed / 1e6:.0f} MB/s (dd, 512 MiB, this run)")
+          f"read {read_speed / 1e6:.0f} MB/s (dd, 512 MiB, median of 3, this run)")
     rows = []
     for disks in (1, 8):
         rows += await disk_only_rows(base, disks, repeat)
