@@ -526,7 +526,7 @@ class Engine:
         async with self._session(domain) as folder:
             paths, info = self._runtime(domain)
             # One QMP connection serves the whole create (state, checks, the snapshot itself):
-            # connecting costs about a millisecond each time, a third of a bare transaction.
+            # connecting costs about a millisecond each time, a fifth of a bare transaction.
             monitor = await Monitor.connect(info.qmp) if info is not None else None
             try:
                 return await self._create(folder, paths, info, monitor, xml, flags,
