@@ -54,10 +54,20 @@ class CounterWatch:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _size(self) -> int:
+        """The log's size; 0 while it does not exist (a restarted QEMU's log, or libvirt's,
+        is created anew)."""
+        try:
+            return self.serial.stat().st_size
+        except FileNotFoundError:
+            return 0
+
     def _run(self) -> None:
-        offset = self.serial.stat().st_size
+        offset = self._size()
         while not self._stop.is_set():
-            size = self.serial.stat().st_size
+            size = self._size()
+            if size < offset:  # a new log: read it from the start
+                offset = 0
             if size > offset:
                 with open(self.serial, "rb") as handle:
                     handle.seek(offset)
