@@ -210,6 +210,9 @@ async def test_one_overlay_failing_switches_none(running: Guest) -> None:
     assert tree_picture(g.engine.state_dir / "domains") == store
     assert await g.live_files() == {t: str(g.image(t)) for t in ("vda", "vdb", "vdc")}
     assert await _node_names(g) == nodes
+    seen = g.counter(g.image("vda")) or 0
+    await wait_for_counter(g.serial, seen + 20)
+    assert (g.counter(g.image("vda")) or 0) > seen
 
 
 async def _node_names(g: Guest) -> set[str]:
@@ -218,9 +221,6 @@ async def _node_names(g: Guest) -> set[str]:
     async with await Monitor.connect(info.qmp) as monitor:
         return {n["node-name"] for n in
                 await monitor.execute("query-named-block-nodes", {"flat": True})}
-    seen = g.counter(g.image("vda")) or 0
-    await wait_for_counter(g.serial, seen + 20)
-    assert (g.counter(g.image("vda")) or 0) > seen
 
 
 async def test_qemu_dying_before_the_switch(running: Guest,

@@ -20,10 +20,9 @@ async def state_of(info: RuntimeInfo | None) -> str:
         return "shut off"
     try:
         async with await Monitor.connect(info.qmp, timeout=5) as monitor:
-            status = await monitor.status()
+            return await state_from(monitor)
     except QsnapError:
         return "shut off" if not pid_alive(info.pid) else "unknown"
-    return VIRSH_STATES.get(status, "paused")
 
 
 async def state_from(monitor: Monitor | None) -> str:
