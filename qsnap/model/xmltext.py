@@ -25,14 +25,18 @@ _PARSER = etree.XMLParser(
 )
 
 
+_TEXT_TABLE = str.maketrans(_ESCAPES)
+_ATTR_TABLE = str.maketrans(_ATTR_ESCAPES)
+
+
 def escape_text(value: str) -> str:
     """Escape character data the way libvirt's virBufferEscapeString does."""
-    return "".join(_ESCAPES.get(c, c) for c in value)
+    return value.translate(_TEXT_TABLE)
 
 
 def escape_attr(value: str) -> str:
     """Escape an attribute value for single quotes; newlines and tabs survive a round trip."""
-    return "".join(_ATTR_ESCAPES.get(c, c) for c in value)
+    return value.translate(_ATTR_TABLE)
 
 
 def parse_document(text: str | bytes, what: str) -> etree._Element:
@@ -59,11 +63,13 @@ def has_text(element: etree._Element) -> bool:
     return bool(element.text and element.text.strip())
 
 
-def _needs_lxml(element: etree._Element, parent_nsmap: dict[str | None, str]) -> bool:
-    """True for subtrees that hand layout cannot reproduce: namespaces or mixed content."""
+def _needs_lxml(element: etree._Element, nsmap: dict[str | None, str],
+                parent_nsmap: dict[str | None, str]) -> bool:
+    """True for subtrees that hand layout cannot reproduce: namespaces or mixed content.
+    *nsmap* is the element's own (lxml builds a new dict each time it is asked)."""
     if isinstance(element.tag, str) and element.tag.startswith("{"):
         return True
-    if element.nsmap != parent_nsmap:
+    if nsmap != parent_nsmap:
         return True
     return len(element) > 0 and has_text(element)
 
@@ -72,7 +78,8 @@ def _element_lines(element: etree._Element, level: int, parent_nsmap: dict) -> I
     pad = "  " * level
     if not isinstance(element.tag, str):  # comments and processing instructions are dropped
         return
-    if _needs_lxml(element, parent_nsmap):
+    nsmap = element.nsmap
+    if _needs_lxml(element, nsmap, parent_nsmap):
         # libvirt also hands foreign-namespace metadata to libxml2, which writes double quotes.
         clone = etree.fromstring(etree.tostring(element, with_tail=False))
         for node in clone.iter():
@@ -88,7 +95,7 @@ def _element_lines(element: etree._Element, level: int, parent_nsmap: dict) -> I
     if children:
         yield f"{pad}<{tag}{attrs}>"
         for child in children:
-            yield from _element_lines(child, level + 1, element.nsmap)
+            yield from _element_lines(child, level + 1, nsmap)
         yield f"{pad}</{tag}>"
     elif element.text:
         yield f"{pad}<{tag}{attrs}>{escape_text(element.text)}</{tag}>"
