@@ -7,6 +7,7 @@ exactly the new one.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -19,8 +20,11 @@ from helpers import tree_picture
 
 from qsnap.errors import CorruptMetadataError
 from qsnap.faults import CRASH_EXIT
+from qsnap.model.domain import parse_domain
+from qsnap.model.snapshot import parse_snapshot
 from qsnap.store import StateDir
 from qsnap.store.atomic import atomic_write
+from qsnap.store.folder import DomainFolder
 from qsnap.store.journal import JOURNAL_NAME, Batch, commit, replay
 
 UUID = "9d37b878-a7cc-9f9a-b78f-49b3abad25a8"
@@ -96,6 +100,57 @@ def test_corrupt_journal_is_named(tmp_path: Path) -> None:
         replay(tmp_path)
 
 
+@pytest.mark.parametrize("content", ['{"writes": [], "removals": []}',
+                                     '{"writes": {"a": 1}, "removals": []}',
+                                     '{"writes": {}}', '["writes"]'])
+def test_journal_of_the_wrong_shape_is_named(tmp_path: Path, content: str) -> None:
+    (tmp_path / JOURNAL_NAME).write_text(content)
+    with pytest.raises(CorruptMetadataError, match=r"journal\.json' is corrupt"):
+        replay(tmp_path)
+    assert (tmp_path / JOURNAL_NAME).read_text() == content
+
+
+def test_a_change_covered_by_a_record_stores_the_same_files_without_a_journal(
+        tmp_path: Path) -> None:
+    """What a create does: plan the change, keep it in its intent record (here: as JSON),
+    apply it later. The files match what one journaled ``save`` writes."""
+    definition = parse_domain(DOMAIN_XML)
+    root = parse_snapshot(snapshot_xml("root"), redefine=True)
+    child = parse_snapshot(snapshot_xml("child", "root"), redefine=True)
+    results = []
+    for way in ("save", "covered"):
+        folder = DomainFolder(tmp_path / way, "dom")
+        folder.write_definition(definition)
+        folder.save(put=[root], current="root")
+        if way == "save":
+            folder.save(put=[child], current="child", definition=definition)
+        else:
+            record = json.loads(json.dumps(folder.plan_save(
+                put=[child], current="child", definition=definition).to_record()))
+            assert not folder.needs_recovery()
+            folder.apply_covered(Batch.from_record(record))
+        assert sorted(os.listdir(folder.path)) == ["current", "domain.xml", "snapshots"]
+        assert not folder.needs_recovery()
+        results.append({p.relative_to(folder.path): p.read_bytes()
+                        for p in folder.path.rglob("*") if p.is_file()})
+    assert results[0] == results[1]
+    assert b"<active>0</active>" in results[1][Path("snapshots/root.xml")]
+    assert b"<active>1</active>" in results[1][Path("snapshots/child.xml")]
+
+
+def test_needs_recovery_sees_a_journal_or_a_temporary_file(tmp_path: Path) -> None:
+    folder = DomainFolder(tmp_path, "dom")
+    assert not folder.needs_recovery()
+    (tmp_path / ".tmp-1234-current").write_text("x")
+    assert folder.needs_recovery()
+    assert folder.recover() == ["domain 'dom': removed unfinished write .tmp-1234-current"]
+    assert not folder.needs_recovery()
+    (tmp_path / JOURNAL_NAME).write_text('{"writes": {"current": "a\\n"}, "removals": []}')
+    assert folder.needs_recovery()
+    folder.recover()
+    assert not folder.needs_recovery() and (tmp_path / "current").read_text() == "a\n"
+
+
 # -- crashing at every step ------------------------------------------------------------------
 
 TREE = [("root", None), ("a", "root"), ("b", "a"), ("c", "a")]
@@ -160,7 +215,10 @@ def test_recovery_is_reported(tmp_path: Path) -> None:
 HOLDER = """
 import sys
 from pathlib import Path
+from qsnap.model.domain import parse_domain
+from qsnap.model.snapshot import parse_snapshot
 from qsnap.store import StateDir
+from qsnap.store.folder import DomainFolder
 with StateDir(Path(sys.argv[1])).locked(sys.argv[2]):
     print("locked", flush=True)
     sys.stdin.readline()

@@ -34,12 +34,13 @@ from qsnap.engine.memory import image_is_complete
 from qsnap.errors import AlreadyExistsError, InvalidArgumentError, QsnapError
 from qsnap.launcher.command import RuntimePaths
 from qsnap.launcher.process import RuntimeInfo
-from qsnap.model.domain import DomainDef, parse_domain
-from qsnap.model.snapshot import SnapshotDef, format_snapshot, parse_snapshot
+from qsnap.model.domain import DomainDef
+from qsnap.model.snapshot import SnapshotDef
 from qsnap.monitor import Monitor
 from qsnap.plan.disk_snapshot import Overlay
 from qsnap.store.folder import KEEP, DomainFolder
-from qsnap.store.intent import IntentRecord
+from qsnap.store.intent import IntentRecord, clear_intent
+from qsnap.store.journal import Batch
 
 
 @dataclass
@@ -51,13 +52,17 @@ class CreateWork(IntentRecord):
     image) pairs that get tag ``snapshot``; ``memory_file`` is the external memory image and
     ``strategy`` how it is captured (a background capture switches the disks first).
     ``existed`` names overlay paths that were there before (an empty file may be reused, as
-    libvirt allows): a roll back never removes those."""
+    libvirt allows): a roll back never removes those.
+
+    ``metadata`` is the change of metadata files that stores the snapshot (and the domain
+    definition its disks now use), as :meth:`Batch.to_record` gives it, planned before the
+    first image changes. The record holds it byte for byte, so storing it needs no journal
+    of its own (:meth:`DomainFolder.apply_covered`): a crash part-way is finished by
+    settling this record, which applies it again."""
 
     snapshot: str
-    snapshot_xml: str
-    definition: str
+    metadata: dict[str, Any]
     where: str
-    metadata: bool = True
     halt: bool = False
     was_running: bool = False
     overlays: list[dict[str, Any]] = field(default_factory=list)
@@ -68,14 +73,24 @@ class CreateWork(IntentRecord):
     KIND: ClassVar[str] = "create"
 
     @classmethod
-    def build(cls, snapshot: SnapshotDef, definition: DomainDef, *, running: bool,
-              overlays: list[Overlay], internal: list[tuple[str, str]], metadata: bool,
-              halt: bool, was_running: bool, strategy: str | None = None) -> CreateWork:
-        return cls(snapshot.name or "", format_snapshot(snapshot, active=False),
-                   definition.to_xml(), "running" if running else "offline", metadata, halt,
+    def build(cls, snapshot: SnapshotDef, metadata: Batch, *, running: bool,
+              overlays: list[Overlay], internal: list[tuple[str, str]], halt: bool,
+              was_running: bool, strategy: str | None = None) -> CreateWork:
+        return cls(snapshot.name or "", metadata.to_record(),
+                   "running" if running else "offline", halt,
                    was_running, [asdict(o) for o in overlays], [list(p) for p in internal],
                    snapshot.memory_file if snapshot.memory == "external" else None, strategy,
                    [o.path for o in overlays if os.path.lexists(o.path)])
+
+    @staticmethod
+    def plan_metadata(folder: DomainFolder, snapshot: SnapshotDef, definition: DomainDef, *,
+                      keep: bool) -> Batch:
+        """The metadata change a create stores: the snapshot as the new current one (unless
+        *keep* is false: ``--no-metadata``) and the domain definition after it."""
+        if keep:
+            return folder.plan_save(put=[snapshot], current=snapshot.name,
+                                    definition=definition)
+        return folder.plan_save(current=KEEP, definition=definition)
 
     @property
     def overlay_list(self) -> list[Overlay]:
@@ -96,20 +111,30 @@ def check_new_files(overlays: list[Overlay], snapshot: SnapshotDef, domain: Doma
 
 
 async def store_snapshot(work: CreateWork, folder: DomainFolder, paths: RuntimePaths,
-                         running: RuntimeInfo | None, snapshot: SnapshotDef | None = None
-                         ) -> None:
+                         running: RuntimeInfo | None, snapshot: SnapshotDef | None = None, *,
+                         clear: bool = False) -> None:
     """Roll forward: the metadata the create stores once its images are in place (then
-    ``--halt`` stops the guest). *snapshot* carries what only the create itself knew (how
-    its memory was captured)."""
-    snap = snapshot or parse_snapshot(work.snapshot_xml, redefine=True, internal=True)
-    definition = parse_domain(work.definition)
-    if work.metadata:
-        await asyncio.to_thread(folder.save, put=[snap], current=work.snapshot,
-                                definition=definition)
-    else:
-        await asyncio.to_thread(folder.save, current=KEEP, definition=definition)
-    if work.halt and running is not None:
+    ``--halt`` stops the guest); with *clear*, the intent record is removed last. *snapshot*
+    carries what only the create itself knew (how its memory was captured); after a crash
+    the record's own copy is stored instead."""
+    batch = Batch.from_record(work.metadata)
+    if snapshot is not None:
+        where, data = folder.snapshot_file(snapshot, current=True)
+        if where in batch.writes:
+            batch.write(where, data)
+    halting = work.halt and running is not None
+
+    def apply() -> None:  # and clear, in the same worker-thread trip
+        folder.apply_covered(batch)
+        if clear and not halting:
+            clear_intent(folder.path)
+
+    await asyncio.to_thread(apply)
+    if halting:
+        assert running is not None
         await stop(paths, running)
+        if clear:
+            await asyncio.to_thread(clear_intent, folder.path)
 
 
 async def settle_create(work: CreateWork, folder: DomainFolder, paths: RuntimePaths,

@@ -196,7 +196,7 @@ class Engine:
         lock = self.state.lock(domain)
         await lock.acquire_async()
         try:
-            lines = await asyncio.to_thread(folder.recover)
+            lines = await asyncio.to_thread(folder.recover) if folder.needs_recovery() else []
             if has_intent(folder.path):
                 line = await finish_interrupted(folder, *self._runtime(domain))
                 lines += [line] if line else []
@@ -582,12 +582,19 @@ class Engine:
             plan = plan_disk_snapshot(request, definition, flags, active=active,
                                       current=current, now=now, regular_files=regular_files)
             internal = [("", image) for image in plan.internal_images]
-        await asyncio.to_thread(check_new_files, plan.overlays, plan.snapshot, definition)
-        work = CreateWork.build(
-            plan.snapshot, plan.domain_after, running=info is not None,
-            overlays=plan.overlays, internal=internal, metadata=not flags.no_metadata,
-            halt=flags.halt, was_running=state == "running", strategy=strategy)
-        await asyncio.to_thread(write_intent, folder.path, work.record())
+
+        def record() -> CreateWork:  # file checks, metadata and intent: one worker-thread trip
+            check_new_files(plan.overlays, plan.snapshot, definition)
+            metadata = CreateWork.plan_metadata(folder, plan.snapshot, plan.domain_after,
+                                                keep=not flags.no_metadata)
+            work = CreateWork.build(
+                plan.snapshot, metadata, running=info is not None, overlays=plan.overlays,
+                internal=internal, halt=flags.halt, was_running=state == "running",
+                strategy=strategy)
+            write_intent(folder.path, work.record())
+            return work
+
+        work = await asyncio.to_thread(record)
         crash_point("create: intent recorded")
         try:
             snapshot = plan.snapshot
@@ -604,7 +611,8 @@ class Engine:
                 if monitor is not None:
                     await monitor.close()
             crash_point("create: images in place")
-            await store_snapshot(work, folder, paths, info, snapshot)
+            await store_snapshot(work, folder, paths, info, snapshot, clear=True)
+            return work.snapshot
         except BaseException as exc:
             if not await self._settle_failed_create(work, folder, info, exc) or \
                     not isinstance(exc, Exception):

@@ -17,6 +17,7 @@ Every method assumes the caller holds the domain's lock.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -27,7 +28,7 @@ from qsnap.model.snapshot import SnapshotDef, format_snapshot, parse_snapshot
 from qsnap.model.tree import SnapshotSummary, SnapshotTree
 from qsnap.model.xmltext import format_element
 from qsnap.store.atomic import TEMP_PREFIX, make_dirs, remove_temp_files
-from qsnap.store.journal import Batch, commit, replay
+from qsnap.store.journal import JOURNAL_NAME, Batch, apply_covered, commit, replay
 from qsnap.store.summaries import load_summaries
 
 DEFINITION = "domain.xml"
@@ -55,6 +56,15 @@ class DomainFolder:
         self.snapshots_dir = path / SNAPSHOTS
 
     # -- recovery ---------------------------------------------------------------------------
+
+    def needs_recovery(self) -> bool:
+        """Whether :meth:`recover` has anything to do: one listing of this small folder, so
+        callers on an event loop can skip a worker-thread trip in the usual case."""
+        try:
+            names = os.listdir(self.path)
+        except FileNotFoundError:
+            return False
+        return any(n == JOURNAL_NAME or n.startswith(TEMP_PREFIX) for n in names)
 
     def recover(self) -> list[str]:
         """Finish or clean up what a crashed writer left; return a line per thing recovered."""
@@ -97,7 +107,7 @@ class DomainFolder:
         batch = Batch()
         batch.write(DEFINITION, format_element(domain.element).encode("utf-8"))
         commit(self.path, batch)
-        self.__dict__.pop("definition", None)
+        self._changed(batch)
 
     # -- snapshots --------------------------------------------------------------------------
 
@@ -155,7 +165,31 @@ class DomainFolder:
     def save(self, *, put: Sequence[SnapshotDef] = (), drop: Sequence[str] = (),
              current: str | _Keep | None = KEEP, definition: DomainDef | None = None) -> None:
         """Store *put*, remove *drop*, set the current snapshot and (if given) a new domain
-        definition, all in one atomic change.
+        definition, all in one atomic change (see :meth:`plan_save`)."""
+        batch = self.plan_save(put=put, drop=drop, current=current, definition=definition)
+        commit(self.path, batch)
+        self._changed(batch)
+
+    def apply_covered(self, batch: Batch) -> None:
+        """Apply a batch from :meth:`plan_save` whose every byte a durable record already holds
+        (see :func:`qsnap.store.journal.apply_covered`): no journal of its own."""
+        apply_covered(self.path, batch)
+        self._changed(batch)
+
+    def _changed(self, batch: Batch) -> None:
+        if DEFINITION in batch.writes:
+            self.__dict__.pop("definition", None)
+
+    def snapshot_file(self, snap: SnapshotDef, *, current: bool) -> tuple[str, bytes]:
+        """Where in a batch *snap* is stored, and its bytes there."""
+        assert snap.name is not None
+        return self._relative(snap.name), self._format(snap, current)
+
+    def plan_save(self, *, put: Sequence[SnapshotDef] = (), drop: Sequence[str] = (),
+                  current: str | _Keep | None = KEEP, definition: DomainDef | None = None
+                  ) -> Batch:
+        """The file changes that store *put*, remove *drop*, set the current snapshot and (if
+        given) a new domain definition, as things stand now.
 
         When the current snapshot changes, the old and new current files are rewritten too, so
         their ``<active>`` markers agree with the ``current`` file as libvirt expects.
@@ -167,8 +201,7 @@ class DomainFolder:
         batch = Batch()
         written = set()
         for snap in put:
-            assert snap.name is not None
-            batch.write(self._relative(snap.name), self._format(snap, snap.name == new))
+            batch.write(*self.snapshot_file(snap, current=snap.name == new))
             written.add(snap.name)
         if new != old:
             if old is not None and old not in written and old not in drop \
@@ -184,9 +217,7 @@ class DomainFolder:
             batch.remove(self._relative(name))
         if definition is not None:
             batch.write(DEFINITION, format_element(definition.element).encode("utf-8"))
-        commit(self.path, batch)
-        if definition is not None:
-            self.__dict__.pop("definition", None)
+        return batch
 
 
 class LazyTree:
