@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from qsnap.engine.stream_writer import ALIGN, BUFFER_SIZE, StreamWriter
+from qsnap.engine.stream_writer import ALIGN, BUFFER_SIZE, BUFFERS, StreamWriter
 
 HEADER = b"H" * (2 * ALIGN)
 
@@ -82,7 +82,9 @@ def test_a_write_error_is_kept_and_the_stream_still_drains(tmp_path: Path) -> No
         writer = StreamWriter(fd, len(HEADER))
         writer.start()
         errors: list[BaseException] = []
-        feeder = _feed(writer, os.urandom(4 * BUFFER_SIZE), errors)
+        # More than every buffer and the pipe hold: a copier that stopped reading would
+        # leave the feeder blocked.
+        feeder = _feed(writer, os.urandom((BUFFERS + 2) * BUFFER_SIZE + (1 << 20)), errors)
         feeder.join(30)
         assert not feeder.is_alive() and errors == []
         with pytest.raises(OSError) as raised:
