@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,43 @@ async def test_different_domains_run_side_by_side(tmp_path: Path) -> None:
                            for i in range(8)))
     assert [d.name for d in await engine.domains()] == [f"vm{i}" for i in range(8)]
     assert [await engine.current(f"vm{i}") for i in range(8)] == ["s"] * 8
+
+
+def _create_intent(engine: Engine, domain: str, metadata: object) -> Path:
+    """An intent record as a create killed after its (here: no) image changes leaves it."""
+    path = engine.state_dir / "domains" / domain / "intent.json"
+    path.write_text(json.dumps({"kind": "create", "snapshot": "s", "metadata": metadata,
+                                "where": "offline"}))
+    return path
+
+
+async def test_an_interrupted_create_is_finished_from_the_metadata_its_intent_holds(
+        tmp_path: Path) -> None:
+    engine = Engine(tmp_path)
+    await engine.define(domain_xml("vm", "3" * 32))
+    await engine.redefine("vm", snap_xml("root"), current=True)
+    folder = engine.state.folder("vm")
+    change = folder.plan_save(put=[qsnap.parse_snapshot(snap_xml("s", "root"), redefine=True)],
+                              current="s")
+    intent = _create_intent(engine, "vm", change.to_record())
+    assert [s.name for s in await engine.list("vm")] == ["root", "s"]
+    assert not intent.exists()
+    assert await engine.current("vm") == "s"
+    assert "<active>0</active>" in (folder.snapshots_dir / "root.xml").read_text()
+
+
+@pytest.mark.parametrize("metadata", [{"writes": 5, "removals": []},
+                                      {"writes": {"../x": "y"}, "removals": []}, None])
+async def test_a_damaged_create_intent_is_named_and_kept(tmp_path: Path,
+                                                         metadata: object) -> None:
+    engine = Engine(tmp_path)
+    await engine.define(domain_xml("vm", "4" * 32))
+    await engine.redefine("vm", snap_xml("root"), current=True)
+    intent = _create_intent(engine, "vm", metadata)
+    before = intent.read_bytes()
+    with pytest.raises(qsnap.OperationIncompleteError,
+                       match=r"settling the interrupted create failed: .*(metadata change|"
+                             r"inside its folder)"):
+        await engine.redefine("vm", snap_xml("other"))
+    assert intent.read_bytes() == before
+    assert [s.name for s in await engine.list("vm")] == ["root"]  # reads go on

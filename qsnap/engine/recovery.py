@@ -74,7 +74,7 @@ async def finish_interrupted(folder: DomainFolder, paths: RuntimePaths,
                                     f"'{record['kind']}' in {folder.path}/intent.json")
     try:
         line = await handler(record, folder, paths, running)
-    except (QsnapError, KeyError, TypeError) as exc:
+    except (QsnapError, KeyError, TypeError, ValueError) as exc:  # also a damaged record
         raise OperationIncompleteError(
             f"domain '{folder.name}': settling the interrupted {record['kind']} failed: "
             f"{exc}") from None

@@ -46,12 +46,16 @@ class Batch:
                 "removals": list(self.removals)}
 
     @classmethod
-    def from_record(cls, record: dict[str, object]) -> Batch:
-        """The batch :meth:`to_record` gave; ValueError, KeyError, TypeError or
-        AttributeError when *record* is not one."""
-        writes, removals = record["writes"], record["removals"]
-        if not isinstance(writes, dict) or not isinstance(removals, list):
-            raise TypeError("'writes' must be an object and 'removals' a list")
+    def from_record(cls, record: object) -> Batch:
+        """The batch :meth:`to_record` gave; ValueError naming the fault when *record* is
+        not one (it comes from a file a crash or a person may have damaged)."""
+        writes = record.get("writes") if isinstance(record, dict) else None
+        removals = record.get("removals") if isinstance(record, dict) else None
+        if not isinstance(writes, dict) or not isinstance(removals, list) or \
+                not all(isinstance(v, str) for v in writes.values()) or \
+                not all(isinstance(r, str) for r in removals):
+            raise ValueError("a metadata change needs 'writes' (file -> text) and 'removals' "
+                             "(a list of files)")
         batch = cls()
         for relative, data in writes.items():
             batch.write(relative, data.encode("utf-8"))
@@ -109,7 +113,7 @@ def replay(folder: Path) -> bool:
         return False
     try:
         batch = Batch.from_record(json.loads(text))
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except ValueError as exc:
         raise CorruptMetadataError(f"unfinished-change journal '{path}' is corrupt ({exc}); "
                                    "move it away to continue") from None
     _apply(folder, batch)
