@@ -415,16 +415,18 @@ class Monitor:
             crash_point(f"{command}: started")
             try:
                 where = position or (lambda: os.lseek(fd, 0, os.SEEK_CUR))
-                await asyncio.wait_for(self._wait_migration(listener, where, progress), timeout)
+                ended = await asyncio.wait_for(self._wait_migration(listener, where, progress),
+                                               timeout)
             except TimeoutError:
                 with contextlib.suppress(QsnapError):
                     await self.execute("migrate_cancel")
                 raise MonitorTimeoutError(f"QEMU did not finish {command} within "
                                           f"{timeout:g} s; it was cancelled") from None
+        if ended == "completed":  # QEMU's own event says so: no round trip to ask again
+            return
         status = await self.execute("query-migrate")
-        if status.get("status") != "completed":
-            raise MonitorError(command, "GenericError",
-                               status.get("error-desc") or f"migration {status.get('status')}")
+        raise MonitorError(command, "GenericError",
+                           status.get("error-desc") or f"migration {status.get('status')}")
 
     async def migration_status(self) -> str | None:
         """The state of this QEMU's last migration (``active``, ``completed``, ...), or None."""
@@ -446,7 +448,8 @@ class Monitor:
 
     @staticmethod
     async def _wait_migration(listener: EventListener, position: Callable[[], int],
-                              progress: Callable[[int], None] | None) -> None:
+                              progress: Callable[[int], None] | None) -> str:
+        """Wait for the MIGRATION event that ends it; returns its status."""
         while True:
             if progress is not None:
                 progress(position())
@@ -454,10 +457,11 @@ class Monitor:
                 event = await asyncio.wait_for(listener.get(), 0.25)
             except TimeoutError:
                 continue
-            if event.get("data", {}).get("status") in ("completed", "failed", "cancelled"):
+            status = event.get("data", {}).get("status")
+            if status in ("completed", "failed", "cancelled"):
                 if progress is not None:
                     progress(position())
-                return
+                return str(status)
 
     async def save_to_fd(self, fd: int, timeout: float = 3600.0, *, background: bool = False,
                          just_before: Callable[[], Awaitable[None]] | None = None,
