@@ -32,8 +32,8 @@ ALIGN = 4096
 #: The first buffer must fill before the disk gets anything, and the last one is written after
 #: QEMU is done: both ends of the save wait for one buffer. 2 MiB writes reach the disk's
 #: direct-I/O speed here as 8 MiB ones do (2.7 against 2.6 GB/s, one write at a time; two or
-#: four at once were no faster), and a paused 256 MiB save took 150-158 ms against 158-171 ms
-#: with three 8 MiB buffers (medians of three alternating runs of 12-24).
+#: four at once were no faster), and a paused 256 MiB save took 149-158 ms against 158-171 ms
+#: with three 8 MiB buffers (medians of three alternating runs of 8-24 saves each).
 BUFFER_SIZE = 2 << 20
 BUFFERS = 8
 _PIPE_SIZE = 1 << 20
