@@ -166,6 +166,13 @@ async def follow_bare_transaction(engine: Engine, files: dict[str, str],
         definition, {t: (path, "qcow2") for t, path in files.items()}).to_xml())
 
 
+def qmp_socket(engine: Engine, domain: str) -> str:
+    """The QMP socket of *domain*'s running QEMU (the bare transactions connect to it)."""
+    info = read_runtime(runtime_paths(engine.state_dir, domain))
+    assert info is not None, f"{domain} is not running"
+    return info.qmp
+
+
 async def timed(work: Callable[[], Awaitable[object]]) -> float:
     start = time.perf_counter()
     await work()
@@ -197,9 +204,7 @@ class Guest:
             await asyncio.sleep(0.2)
 
     def qmp(self) -> str:
-        info = read_runtime(runtime_paths(self.engine.state_dir, "g"))
-        assert info is not None
-        return info.qmp
+        return qmp_socket(self.engine, "g")
 
     def next(self, prefix: str) -> str:
         self.n += 1
@@ -309,14 +314,14 @@ async def concurrent_rows(base: Path, count: int, repeat: int) -> list[tuple[str
         for name in names:
             while (GUEST.last_serial_counter(base / name / "serial.log") or 0) < 20:
                 await asyncio.sleep(0.2)
-        qmps = {name: read_runtime(runtime_paths(engine.state_dir, name)) for name in names}
+        qmps = {name: qmp_socket(engine, name) for name in names}
 
         async def bare(guests: list[str], tag: str) -> float:
             """The wall time of the hand-written transaction on each of *guests* at once;
             the definitions follow afterwards, untimed."""
             start = time.perf_counter()
             done = await asyncio.gather(*(bare_transaction(
-                qmps[name].qmp, base / name, tag) for name in guests))  # type: ignore[union-attr]
+                qmps[name], base / name, tag) for name in guests))
             wall = time.perf_counter() - start
             for name, (_, files) in zip(guests, done, strict=True):
                 await follow_bare_transaction(engine, files, name)
