@@ -154,3 +154,24 @@ def test_an_image_holding_an_internal_snapshot_may_take_the_merge() -> None:
     plan = plan_external_delete(snaps, ["s1"], domain("/i/o5"),
                                 graph(*CHAIN, tags={"/i/base": frozenset({"r"})}), None)
     assert [(m.top, m.base) for m in plan.merges] == [("/i/o1", "/i/base")]
+
+
+def test_an_image_removed_by_hand_stops_every_removal_below_it() -> None:
+    """o2 was removed by hand: o3 still reads through it into whatever it was built on, which
+    the graph cannot know. Deleting s1 (whose base looks unneeded once the chain stops at the
+    hole) or s2 must remove and merge nothing (issue 15's data loss)."""
+    holed = graph(*(edge for edge in CHAIN if edge[0] != "/i/o2"))
+    snaps = {n: s for n, s in five().items() if n in ("s1", "s2", "s3")}
+    for removing, match in ((["s1"], "'/i/o2' does not exist, but image '/i/o3'"),
+                            (["s2"], "'/i/o1'.*'/i/o2'|'/i/o2' does not exist")):
+        with pytest.raises(OperationInvalidError, match=match):
+            plan_external_delete(snaps, removing, domain("/i/o3"), holed, None)
+
+
+def test_an_image_removed_by_hand_off_every_needed_chain_does_not_block() -> None:
+    """The overlay of a branch nobody needs any more (left by a revert) was removed by hand:
+    no remaining snapshot or disk reads through it, so the delete goes on as before."""
+    holed = graph(("/i/base", None), ("/i/o5", "/i/base"))
+    snaps = {"s1": snapshot("s1", "/i/base", "/i/o1")}
+    plan = plan_external_delete(snaps, ["s1"], domain("/i/o5"), holed, None)
+    assert [(m.top, m.base) for m in plan.merges] == [("/i/o5", "/i/base")]

@@ -107,6 +107,7 @@ def plan_external_delete(snapshots: dict[str, SnapshotDef], remove: list[str],
             if snap.domain is not None:
                 frozen.update(_state_images(snap).values())
     required = graph.closure(p for p in keep_refs if p in graph)
+    unknown = sorted((required | keep_refs) - set(graph.images))
 
     candidates: dict[str, tuple[str, str]] = {}  # state image -> (snapshot, target)
     garbage_roots: set[str] = set()
@@ -159,6 +160,8 @@ def plan_external_delete(snapshots: dict[str, SnapshotDef], remove: list[str],
             garbage.add(root)
             garbage.update(d for d in graph.descendants(root) if d not in required)
 
+    if unknown and (merges or garbage - merged):
+        raise _unknown_chain_refusal(unknown[0], graph, definition, snapshots, removed)
     memory_kept = {s.memory_file for n, s in snapshots.items() if n not in removed}
     memory = [snapshots[n].memory_file for n in remove
               if snapshots[n].memory == "external" and snapshots[n].memory_file
@@ -184,6 +187,23 @@ def _merge(target: str, run: list[str], top: str, graph: ImageGraph, required: s
     return Merge(target=target, top=top, base=base, base_format=graph[base].format,
                  between=tuple(run[1:]), live=live, active=live and chain[0] == top,
                  rebase=tuple(c for c in graph.children(top) if c in required))
+
+
+def _unknown_chain_refusal(missing: str, graph: ImageGraph, definition: DomainDef,
+                           snapshots: dict[str, SnapshotDef],
+                           removed: set[str]) -> OperationInvalidError:
+    """A needed image is gone (removed by hand): whatever it was built on is unknown, so any
+    image this delete would remove or merge might be the one it needs. Refuse, naming it and
+    who needs it, rather than guess (guessing "unneeded" once lost a base image)."""
+    users = [f"image '{p}'" for p in graph.children(missing)]
+    if any(d.source == missing for d in definition.disks):
+        users.append("the domain definition")
+    users += [f"snapshot '{n}'" for n, s in sorted(snapshots.items())
+              if n not in removed and missing in disk_sources(s).values()]
+    return OperationInvalidError(
+        f"image '{missing}' does not exist, but {', '.join(users) or 'a snapshot'} still needs "
+        "it; qsnap cannot tell which images it was built on, so it removes or merges none. "
+        "Put the file back, or use --metadata to remove only the metadata")
 
 
 def _branches_refusal(owner: str, image: str, target: str,
