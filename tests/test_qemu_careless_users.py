@@ -5,7 +5,9 @@ guest and metadata as they were, and a domain that the next command can still us
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from helpers import tree_picture
 from qemu_guest import guest_module, started_guest
 
 import qsnap
-from qsnap import CreateFlags, Engine, snapshot_xml_from_args
+from qsnap import CreateFlags, snapshot_xml_from_args
 
 GUEST = guest_module()
 DISK_ONLY = CreateFlags(disk_only=True)
@@ -34,11 +36,74 @@ async def test_a_snapshot_whose_overlay_was_removed_by_hand_keeps_the_base(
         o1.unlink()
         before = tree_picture(tmp_path / "state")
         for name in ("s2", "s1"):
-            with pytest.raises(qsnap.OperationInvalidError, match="o1.qcow2") as caught:
+            with pytest.raises(qsnap.OperationInvalidError, match=r"o1\.qcow2") as caught:
                 await engine.delete("g", name)
             assert "does not exist" in str(caught.value)
         assert base.exists()
         assert tree_picture(tmp_path / "state") == before
         assert [s.name for s in await engine.list("g")] == ["s1", "s2"]
+    finally:
+        await engine.destroy("g")
+
+
+def _signal_qemu_on(monkeypatch: pytest.MonkeyPatch, command: str, signum: int) -> list[int]:
+    """Send *signum* to the QEMU on the other end of the monitor right after it accepted
+    *command*: a real QEMU dying (or freezing) at that moment. Returns the pids signalled."""
+    from qsnap.monitor import client
+    original = client.Monitor.execute
+    signalled: list[int] = []
+
+    async def execute(self: client.Monitor, name: str, *args: object, **kwargs: object) -> object:
+        result = await original(self, name, *args, **kwargs)  # type: ignore[arg-type]
+        pid = self.peer_pid()
+        if name == command and pid is not None and not signalled:
+            os.kill(pid, signum)
+            signalled.append(pid)
+        return result
+
+    monkeypatch.setattr(client.Monitor, "execute", execute)
+    return signalled
+
+
+async def test_a_restore_whose_qemu_dies_while_loading_returns_and_frees_the_domain(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine, folder = await started_guest(tmp_path, 1)
+    image = folder / "g.save"
+    await engine.save("g", image)
+    killed = _signal_qemu_on(monkeypatch, "migrate-incoming", signal.SIGKILL)
+    with pytest.raises(qsnap.QsnapError, match="QEMU exited while loading"):
+        await asyncio.wait_for(engine.restore(image), 60)
+    assert killed
+    monkeypatch.undo()
+    assert await engine.domstate("g") == "shut off"
+    await engine.restore(image)  # the domain is free, and the image still good
+    try:
+        assert await engine.domstate("g") == "running"
+    finally:
+        await engine.destroy("g")
+
+
+async def test_a_save_whose_qemu_is_frozen_reports_the_stall(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine, folder = await started_guest(tmp_path, 1)
+    monkeypatch.setenv("QSNAP_STALL_TIMEOUT", "1")
+    monkeypatch.setenv("QSNAP_QMP_TIMEOUT", "2")
+    frozen = _signal_qemu_on(monkeypatch, "migrate", signal.SIGSTOP)
+    try:
+        with pytest.raises(qsnap.OperationIncompleteError,
+                           match=r"stalled during migrate.*SIGSTOP.*stays recorded"):
+            await asyncio.wait_for(engine.save("g", folder / "g.save"), 60)
+        assert frozen
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    monkeypatch.undo()
+    # Once QEMU runs again, the next command settles the save: the image was incomplete, so
+    # it is gone and the guest runs on.
+    try:
+        (line,) = await engine.recover("g")
+        assert "was undone" in line
+        assert await engine.domstate("g") == "running"
+        assert not (folder / "g.save").exists()
     finally:
         await engine.destroy("g")

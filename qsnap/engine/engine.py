@@ -405,10 +405,18 @@ class Engine:
                     await write_image(monitor, target, domain_xml,
                                       was_running if running is None else running,
                                       progress=progress, ram=folder.definition.memory_bytes)
-                except BaseException:
-                    if was_running:
-                        with contextlib.suppress(QsnapError):
+                except BaseException as exc:
+                    try:
+                        if was_running:
                             await monitor.resume()
+                    except QsnapError as cleanup:
+                        # The guest stays paused and QEMU may still hold the stream: the
+                        # record stays, and the next command settles it (save_work).
+                        raise OperationIncompleteError(
+                            f"{exc}; the guest could not be resumed ({cleanup}), so the "
+                            f"save stays recorded: the next command on domain '{domain}' "
+                            "(or 'qsnap recover') settles it once QEMU answers again") \
+                            from exc
                     await asyncio.to_thread(clear_intent, folder.path)
                     raise
             crash_point("save: image written")

@@ -21,6 +21,7 @@ from qemu.qmp import (
     ExecuteError,
     Message,
     QMPClient,
+    Runstate,
 )
 from qemu.qmp.protocol import StateError
 
@@ -42,12 +43,28 @@ _NOT_FORMAT_DRIVERS = frozenset({"file", "host_device", "host_cdrom", "commit_to
                                  "snapshot-access", "blkdebug", "blkverify", "null-co"})
 
 
+def _seconds_from_env(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name) or default)
+    except ValueError:
+        return default
+
+
 def command_timeout() -> float:
     """Seconds to wait for one QMP command: ``$QSNAP_QMP_TIMEOUT`` or 30."""
-    try:
-        return float(os.environ.get("QSNAP_QMP_TIMEOUT") or DEFAULT_TIMEOUT)
-    except ValueError:
-        return DEFAULT_TIMEOUT
+    return _seconds_from_env("QSNAP_QMP_TIMEOUT", DEFAULT_TIMEOUT)
+
+
+#: Seconds a memory stream may stand still before QEMU is asked whether it is alive at all.
+DEFAULT_STALL = 30.0
+
+
+def stall_timeout() -> float:
+    """How long a migration may make no progress before qsnap asks QEMU whether it still
+    answers: ``$QSNAP_STALL_TIMEOUT`` or 30. A QEMU that then does not answer within
+    :func:`command_timeout` (stopped by SIGSTOP, hung) ends the wait with an error that
+    says so, instead of a silent wait of up to an hour."""
+    return _seconds_from_env("QSNAP_STALL_TIMEOUT", DEFAULT_STALL)
 
 
 class MonitorError(QsnapError):
@@ -415,8 +432,8 @@ class Monitor:
             crash_point(f"{command}: started")
             try:
                 where = position or (lambda: os.lseek(fd, 0, os.SEEK_CUR))
-                ended = await asyncio.wait_for(self._wait_migration(listener, where, progress),
-                                               timeout)
+                ended = await asyncio.wait_for(
+                    self._wait_migration(command, listener, where, progress), timeout)
             except TimeoutError:
                 with contextlib.suppress(QsnapError):
                     await self.execute("migrate_cancel")
@@ -446,13 +463,27 @@ class Monitor:
                 raise MonitorTimeoutError(f"QEMU's migration did not end within {timeout:g} s")
             await asyncio.sleep(0.05)
 
-    @staticmethod
-    async def _wait_migration(listener: EventListener, position: Callable[[], int],
+    async def _wait_migration(self, command: str, listener: EventListener,
+                              position: Callable[[], int],
                               progress: Callable[[int], None] | None) -> str:
-        """Wait for the MIGRATION event that ends it; returns its status."""
+        """Wait for the MIGRATION event that ends it; returns its status. A monitor that
+        closes (QEMU died) ends the wait at once; a stream that stands still for
+        :func:`stall_timeout` seconds makes qsnap ask QEMU, and a QEMU that does not answer
+        ends it too (both with an error that says which)."""
+        loop = asyncio.get_running_loop()
+        last, moved_at = -1, loop.time()
         while True:
+            if self._client.runstate != Runstate.RUNNING:
+                raise MonitorClosedError(f"QEMU closed its monitor during {command} (it "
+                                         "exited or was killed)")
+            where = position()
             if progress is not None:
-                progress(position())
+                progress(where)
+            if where != last:
+                last, moved_at = where, loop.time()
+            elif loop.time() - moved_at > stall_timeout():
+                await self._check_answers(command, loop.time() - moved_at)
+                moved_at = loop.time()
             try:
                 event = await asyncio.wait_for(listener.get(), 0.25)
             except TimeoutError:
@@ -462,6 +493,18 @@ class Monitor:
                 if progress is not None:
                     progress(position())
                 return str(status)
+
+    async def _check_answers(self, command: str, still: float) -> None:
+        """After the stream stood still for *still* seconds: QEMU must at least answer."""
+        try:
+            await self.execute("query-migrate")
+        except MonitorTimeoutError:
+            raise MonitorTimeoutError(
+                f"QEMU stalled during {command}: the stream has not moved for {still:.0f} s "
+                f"and QEMU does not answer its monitor (is the process stopped, e.g. by "
+                "SIGSTOP, or hung?)") from None
+        log.warning("QEMU's %s has not moved for %.0f s; QEMU still answers, so qsnap goes "
+                    "on waiting", command, still)
 
     async def save_to_fd(self, fd: int, timeout: float = 3600.0, *, background: bool = False,
                          just_before: Callable[[], Awaitable[None]] | None = None,
@@ -565,7 +608,13 @@ class Monitor:
 
     async def _wait_concluded(self, listener: EventListener, job_id: str) -> None:
         while True:
-            event = await listener.get()
+            if self._client.runstate != Runstate.RUNNING:
+                raise MonitorClosedError(f"QEMU closed its monitor during job '{job_id}' (it "
+                                         "exited or was killed)")
+            try:
+                event = await asyncio.wait_for(listener.get(), 0.25)
+            except TimeoutError:
+                continue
             data = event.get("data", {})
             if data.get("id") == job_id and data.get("status") == "concluded":
                 return
