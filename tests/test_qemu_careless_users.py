@@ -107,3 +107,55 @@ async def test_a_save_whose_qemu_is_frozen_reports_the_stall(
         assert not (folder / "g.save").exists()
     finally:
         await engine.destroy("g")
+
+
+def _pictures(tmp_path: Path) -> dict[str, tuple[int, bytes]]:
+    """Everything under tmp_path but what the running guest itself changes (its serial log
+    and its disks' content; their presence and mode still count)."""
+    return {k: (v[0], b"") if k.endswith(".qcow2") else v
+            for k, v in tree_picture(tmp_path).items() if not k.endswith("serial.log")}
+
+
+async def test_names_at_the_file_systems_limits_are_refused_before_anything_changes(
+        tmp_path: Path) -> None:
+    engine, folder = await started_guest(tmp_path, 1)
+    try:
+        long_name = "a" * 251  # a valid snapshot name; its default overlay name is not
+        cases = [
+            (snapshot_xml_from_args(long_name), DISK_ONLY, "g-vda.aaa.*is 257 bytes"),
+            (snapshot_xml_from_args("s", diskspecs=[f"vda,file={folder}/{'b' * 256}"]),
+             DISK_ONLY, "overlay for disk vda.*is 256 bytes"),
+            (snapshot_xml_from_args("s", memspec=f"file={folder}/{'m' * 256}"), CreateFlags(),
+             "memory file.*is 256 bytes"),
+        ]
+        for xml, flags, match in cases:
+            before = _pictures(tmp_path)
+            with pytest.raises(qsnap.InvalidArgumentError, match=match):
+                await engine.create("g", xml, flags)
+            assert _pictures(tmp_path) == before
+        with pytest.raises(qsnap.InvalidArgumentError, match=r"save image.*is 300 bytes"):
+            await engine.save("g", folder / ("x" * 300))
+        # The domain is not wedged: the next commands work.
+        assert await engine.recover("g") == []
+        await engine.create("g", snapshot_xml_from_args(long_name, diskspecs=[
+            f"vda,file={folder}/short.qcow2"]), DISK_ONLY)
+        assert [s.name for s in await engine.list("g")] == [long_name]
+        assert await engine.domstate("g") == "running"
+    finally:
+        await engine.destroy("g")
+
+
+async def test_a_snapshot_name_with_a_newline_can_be_listed_and_deleted(tmp_path: Path) -> None:
+    engine, folder = await started_guest(tmp_path, 1)
+    try:
+        for name in ("two\nlines", "tab\tand space "):
+            await engine.create("g", snapshot_xml_from_args(name), DISK_ONLY)
+            assert (folder / f"g-vda.{name}").exists()
+        assert [s.name for s in await engine.list("g")] == ["tab\tand space ", "two\nlines"]
+        assert await engine.current("g") == "tab\tand space "
+        await engine.delete("g", "tab\tand space ")  # an active commit of the newest overlay
+        await engine.delete("g", "two\nlines", qsnap.DeleteFlags(metadata_only=True))
+        assert await engine.list("g") == []
+        await engine.create("g", snapshot_xml_from_args("after"), DISK_ONLY)
+    finally:
+        await engine.destroy("g")

@@ -23,7 +23,7 @@ from qsnap.faults import CRASH_EXIT
 from qsnap.model.domain import parse_domain
 from qsnap.model.snapshot import parse_snapshot
 from qsnap.store import StateDir
-from qsnap.store.atomic import atomic_write
+from qsnap.store.atomic import atomic_write, unlink_if_present
 from qsnap.store.folder import DomainFolder
 from qsnap.store.journal import JOURNAL_NAME, Batch, commit, replay
 
@@ -320,3 +320,29 @@ def test_state_dir_is_private(tmp_path: Path) -> None:
     for path in (state, state / "domains", state / "domains" / "dom",
                  state / "domains" / "dom" / "snapshots"):
         assert path.stat().st_mode & 0o077 == 0, path
+    assert qsnap(state, "snapshot-list", "dom").returncode == 0  # writes the listing cache
+    files = [p for p in state.rglob("*") if p.is_file() and not p.name.endswith(".lock")]
+    assert any(p.name == "summaries.json" for p in files)
+    for path in files:
+        assert path.stat().st_mode & 0o077 == 0, path
+
+
+def test_a_snapshot_name_of_the_longest_length_is_stored_and_listed(tmp_path: Path) -> None:
+    """251 bytes is the longest valid name (with '.xml', a full file name): its temporary
+    file during the atomic write must fit too (it used not to: 'File name too long')."""
+    state = tmp_path / "state"
+    longest = "é" * 125 + "x"  # 251 bytes in UTF-8
+    build(state, tmp_path, [], current="")
+    (tmp_path / "in.xml").write_text(snapshot_xml(longest))
+    made = qsnap(state, "snapshot-create", "dom", str(tmp_path / "in.xml"), "--redefine",
+                 "--current")
+    assert made.returncode == 0, made.stderr
+    listed = qsnap(state, "snapshot-list", "dom", "--name")
+    assert listed.stdout.split("\n")[0] == longest
+
+
+def test_unlinking_a_name_too_long_to_exist_is_not_an_error(tmp_path: Path) -> None:
+    assert unlink_if_present(tmp_path / ("x" * 300)) is False
+    assert unlink_if_present(tmp_path / "absent") is False
+    (tmp_path / "there").write_text("")
+    assert unlink_if_present(tmp_path / "there") is True

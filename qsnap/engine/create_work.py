@@ -20,7 +20,6 @@ same way, so one piece of code decides in both cases.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +37,8 @@ from qsnap.model.domain import DomainDef
 from qsnap.model.snapshot import SnapshotDef
 from qsnap.monitor import Monitor
 from qsnap.plan.disk_snapshot import Overlay
+from qsnap.plan.names import check_new_file_path
+from qsnap.store.atomic import unlink_if_present
 from qsnap.store.folder import KEEP, DomainFolder
 from qsnap.store.intent import IntentRecord, clear_intent
 from qsnap.store.journal import Batch
@@ -102,6 +103,8 @@ def check_new_files(overlays: list[Overlay], snapshot: SnapshotDef, domain: Doma
     back removes the files the record names, so they must not exist yet."""
     check_overlay_files(overlays, {d.source for d in domain.disks if d.source})
     memory = snapshot.memory_file if snapshot.memory == "external" else None
+    if memory:
+        check_new_file_path("the snapshot's memory file", memory)
     if memory and os.path.islink(memory):
         raise InvalidArgumentError(f"the snapshot's memory file '{memory}' is a symbolic link; "
                                    "name the file itself")
@@ -240,7 +243,7 @@ async def _is_overlay_of(overlay: Overlay) -> bool:
 
 def _remove_memory_file(work: CreateWork) -> None:
     if work.memory_file is not None:
-        Path(work.memory_file).unlink(missing_ok=True)
+        unlink_if_present(work.memory_file)
 
 
 def _remove_new_overlays(work: CreateWork, keep: set[str]) -> None:
@@ -248,5 +251,4 @@ def _remove_new_overlays(work: CreateWork, keep: set[str]) -> None:
     before, or one in *keep*."""
     for overlay in work.overlay_list:
         if not overlay.reuse and overlay.path not in keep and overlay.path not in work.existed:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(overlay.path)
+            unlink_if_present(overlay.path)

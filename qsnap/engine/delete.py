@@ -41,6 +41,7 @@ from qsnap.plan.delete import InternalRemoval
 from qsnap.plan.external_delete import ExternalDeletePlan, Merge, disk_sources
 from qsnap.progress import ProgressCallback, ProgressMeter
 from qsnap.store import KEEP, DomainFolder
+from qsnap.store.atomic import unlink_if_present
 from qsnap.store.intent import IntentRecord, clear_intent, write_intent
 
 log = logging.getLogger("qsnap")
@@ -223,8 +224,7 @@ class DeleteRun:
             definition=parse_domain(work.definition) if work.definition else None)
         crash_point("delete: metadata saved")
         for path in work.remove_files:
-            with contextlib.suppress(FileNotFoundError):
-                await asyncio.to_thread(os.unlink, path)
+            await asyncio.to_thread(unlink_if_present, path)
             crash_point(f"delete: removed {os.path.basename(path)}")
         await asyncio.to_thread(clear_intent, self.folder.path)
 

@@ -20,6 +20,7 @@ from qsnap.plan.disk_snapshot import (
     check_overlay_targets,
     transaction_actions,
 )
+from qsnap.store.atomic import unlink_if_present
 
 log = logging.getLogger("qsnap")
 
@@ -74,8 +75,7 @@ async def switch_overlays(
     except BaseException:
         for overlay in overlays:
             if not overlay.reuse and overlay.path not in existed:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(overlay.path)
+                unlink_if_present(overlay.path)
         raise
 
 
@@ -135,8 +135,7 @@ async def _create_overlays_offline(plan: DiskSnapshotPlan) -> None:
             created.append(overlay.path)
     except BaseException:
         for path in created:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            unlink_if_present(path)
         raise
 
 

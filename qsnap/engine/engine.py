@@ -90,7 +90,7 @@ from qsnap.plan.full_snapshot import (
     plan_full_snapshot,
 )
 from qsnap.plan.listing import select_snapshots
-from qsnap.plan.names import check_domain_name, default_snapshot_name
+from qsnap.plan.names import check_domain_name, check_new_file_path, default_snapshot_name
 from qsnap.plan.redefine import plan_redefine
 from qsnap.plan.revert import plan_revert
 from qsnap.progress import ProgressCallback
@@ -392,6 +392,7 @@ class Engine:
             if info is None:
                 raise OperationInvalidError(f"domain '{domain}' is not running")
             domain_xml = _image_xml(folder.definition, xml)
+            check_new_file_path("the save image", str(target))
             if os.path.lexists(target):
                 raise AlreadyExistsError(f"refusing to overwrite existing file '{target}'")
             async with await Monitor.connect(info.qmp) as monitor:

@@ -14,7 +14,7 @@ from qsnap.errors import OperationIncompleteError, OperationInvalidError, QsnapE
 from qsnap.launcher.command import RuntimePaths
 from qsnap.launcher.process import RuntimeInfo
 from qsnap.store.folder import DomainFolder
-from qsnap.store.intent import clear_intent, read_intent
+from qsnap.store.intent import INTENT_NAME, clear_intent, read_intent
 
 Handler = Callable[[dict[str, Any], DomainFolder, RuntimePaths, RuntimeInfo | None],
                    Awaitable[str]]
@@ -74,9 +74,11 @@ async def finish_interrupted(folder: DomainFolder, paths: RuntimePaths,
                                     f"'{record['kind']}' in {folder.path}/intent.json")
     try:
         line = await handler(record, folder, paths, running)
-    except (QsnapError, KeyError, TypeError, ValueError) as exc:  # also a damaged record
+    except (QsnapError, OSError, KeyError, TypeError, ValueError) as exc:  # a damaged record
         raise OperationIncompleteError(
             f"domain '{folder.name}': settling the interrupted {record['kind']} failed: "
-            f"{exc}") from None
+            f"{exc}. The record stays in {folder.path / INTENT_NAME}: fix the cause and run "
+            f"'qsnap recover {folder.name}', or move the record away by hand after checking "
+            "the images it names") from None
     await asyncio.to_thread(clear_intent, folder.path)
     return f"settled an interrupted {record['kind']}: {line}"

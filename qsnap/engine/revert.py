@@ -31,6 +31,7 @@ from qsnap.monitor import Monitor
 from qsnap.plan.external_delete import disk_sources
 from qsnap.plan.revert import RevertPlan
 from qsnap.progress import ProgressCallback
+from qsnap.store.atomic import unlink_if_present
 
 
 @dataclass(frozen=True)
@@ -159,8 +160,7 @@ async def carry_out_revert(plan: RevertPlan, paths: RuntimePaths, running: Runti
             with contextlib.suppress(QsnapError):
                 await stop(paths, started)
         for path in created:
-            with contextlib.suppress(FileNotFoundError):
-                await asyncio.to_thread(os.unlink, path)
+            await asyncio.to_thread(unlink_if_present, path)
         raise
 
 

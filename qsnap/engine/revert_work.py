@@ -19,8 +19,6 @@ forward:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -40,6 +38,7 @@ from qsnap.model.domain import parse_domain
 from qsnap.model.snapshot import SnapshotDef, format_snapshot, parse_snapshot
 from qsnap.plan.flags import RevertFlags
 from qsnap.plan.revert import RevertPlan, plan_revert
+from qsnap.store.atomic import unlink_if_present
 from qsnap.store.folder import DomainFolder
 from qsnap.store.intent import IntentRecord
 
@@ -81,8 +80,7 @@ async def store_revert(work: RevertWork, folder: DomainFolder) -> None:
     await asyncio.to_thread(folder.save, put=put, current=work.snapshot,
                             definition=parse_domain(work.definition))
     for path in work.discarded:
-        with contextlib.suppress(FileNotFoundError):
-            await asyncio.to_thread(os.unlink, path)
+        await asyncio.to_thread(unlink_if_present, path)
 
 
 async def redo_revert(work: RevertWork, folder: DomainFolder, paths: RuntimePaths,
@@ -92,8 +90,7 @@ async def redo_revert(work: RevertWork, folder: DomainFolder, paths: RuntimePath
     if running is not None:
         await stop(paths, running)
     for overlay in plan.overlays:
-        with contextlib.suppress(FileNotFoundError):
-            await asyncio.to_thread(os.unlink, overlay.path)
+        await asyncio.to_thread(unlink_if_present, overlay.path)
     memory = None
     if plan.memory == "external" and plan.memory_file:
         memory = await asyncio.to_thread(read_image, Path(plan.memory_file))

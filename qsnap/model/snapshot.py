@@ -45,7 +45,9 @@ DRIVER_FORMATS = ("raw", "dir", "bochs", "cloop", "dmg", "iso", "vpc", "vdi", "f
 BACKING_FORMATS = ("cow", "qcow", "qcow2", "qed", "vmdk")
 
 _DISK_TARGET_RE = re.compile(r"(ioemu:)?(fd|hd|sd|vd|xvd|ubd)[a-zA-Z0-9_]+")
-_ABS_PATH_RE = re.compile(r"(/|[a-zA-Z]:\\).+")
+#: DOTALL: a file name may hold any byte but NUL and '/', a newline included, and default
+#: overlay names carry the snapshot's name (a name with a newline was stored, then unreadable).
+_ABS_PATH_RE = re.compile(r"(/|[a-zA-Z]:\\).+", re.DOTALL)
 UUID_RE = re.compile(r"[a-fA-F0-9]{32}|[a-fA-F0-9]{8}-([a-fA-F0-9]{4}-){3}[a-fA-F0-9]{12}")
 
 

@@ -19,7 +19,7 @@ from qsnap.model.domain import DomainDef, with_disk_images
 from qsnap.model.snapshot import SnapshotDef
 from qsnap.plan.disks import align_disks
 from qsnap.plan.flags import CreateFlags
-from qsnap.plan.names import check_snapshot_name, default_snapshot_name
+from qsnap.plan.names import check_new_file_path, check_snapshot_name, default_snapshot_name
 
 OVERLAY_FORMATS = ("qcow2", "qed")
 
@@ -170,6 +170,9 @@ def check_overlay_targets(overlays: list[Overlay], *, nonempty: Collection[str],
             raise InvalidArgumentError(f"overlay '{overlay.path}' for disk {overlay.target} is "
                                        "an image the domain already uses")
         folder = os.path.dirname(overlay.path)
+        check_new_file_path(f"overlay for disk {overlay.target}", overlay.path,
+                            " (a default overlay name is the image's name, a dot and the "
+                            "snapshot's name: name the overlay with --diskspec)")
         if overlay.reuse:
             if overlay.path not in existing:
                 raise InvalidArgumentError(

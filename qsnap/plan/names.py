@@ -10,6 +10,8 @@ from qsnap.errors import InvalidArgumentError
 
 #: Bytes a single file name may take on Linux file systems.
 NAME_MAX = 255
+#: Bytes a whole path may take in one system call (PATH_MAX, with its NUL).
+PATH_MAX = 4096
 #: Room kept for the ``.xml`` suffix of metadata files.
 _SUFFIX = len(".xml")
 
@@ -47,3 +49,22 @@ def check_domain_name(name: str | None) -> str:
 def default_snapshot_name(creation_time: int) -> str:
     """libvirt's default: the creation time in seconds, as a decimal string."""
     return str(creation_time)
+
+
+def check_new_file_path(what: str, path: str, hint: str = "") -> str:
+    """Return *path* if a file can be created under that name; else a clear error naming
+    *what* it is for. Checked before anything is recorded or written: a name the file system
+    refuses would otherwise fail half-way through an operation (issue 15: a snapshot name of
+    251 bytes made a default overlay name of over 255, and ``qemu-img create`` failed after
+    the intent record was written)."""
+    encoded = path.encode("utf-8", errors="surrogateescape")
+    if len(encoded) >= PATH_MAX:
+        raise InvalidArgumentError(f"{what} '{path[:60]}...' is a path of {len(encoded)} bytes; "
+                                   f"the limit is {PATH_MAX - 1}")
+    for part in encoded.split(b"/"):
+        if len(part) > NAME_MAX:
+            name = part.decode("utf-8", errors="replace")
+            raise InvalidArgumentError(
+                f"{what} '{path[:60]}...': its name '{name[:40]}...' is {len(part)} bytes, "
+                f"longer than the {NAME_MAX} a file name may have{hint}")
+    return path

@@ -23,6 +23,7 @@ from qsnap.model.snapshot import SnapshotDef
 from qsnap.plan.disk_snapshot import Overlay
 from qsnap.plan.disks import default_overlay_path
 from qsnap.plan.flags import RevertFlags
+from qsnap.plan.names import check_new_file_path
 
 _ONLINE = ("running", "paused")
 _OFFLINE = ("shutoff", "shutdown", "crashed")
@@ -84,8 +85,10 @@ def plan_revert(snap: SnapshotDef, current: DomainDef, flags: RevertFlags, *,
         if image is None or image.source is None:
             raise InvalidArgumentError(f"snapshot '{name}' has disk '{disk.name}', which its "
                                        "domain definition does not describe")
-        overlays.append(Overlay(disk.name, default_overlay_path(image.source, str(now)),
-                                "qcow2", image.source, image.driver_type or "raw", False))
+        path = check_new_file_path(f"the new overlay for disk {disk.name}",
+                                   default_overlay_path(image.source, str(now)))
+        overlays.append(Overlay(disk.name, path, "qcow2", image.source,
+                                image.driver_type or "raw", False))
     if overlays:
         domain = with_disk_images(domain, {o.target: (o.path, o.format) for o in overlays})
 

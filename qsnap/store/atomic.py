@@ -7,6 +7,7 @@ the folder is fsynced so the rename itself survives a power cut. Temporary files
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 from pathlib import Path
@@ -14,6 +15,16 @@ from pathlib import Path
 from qsnap.faults import crash_point
 
 TEMP_PREFIX = ".tmp-"
+_NAME_MAX = 255
+
+
+def temp_path(path: Path, folder: Path | None = None) -> Path:
+    """A new temporary name for *path* in *folder* (its own by default): the prefix, a random
+    part, and as much of *path*'s name as still fits in one file name (a snapshot name of 251
+    bytes is valid, and its temporary file must be creatable too)."""
+    head = f"{TEMP_PREFIX}{secrets.token_hex(6)}-"
+    tail = path.name.encode("utf-8", errors="surrogateescape")[:_NAME_MAX - len(head)]
+    return (folder or path.parent) / (head + tail.decode("utf-8", errors="ignore"))
 
 
 def fsync_dir(path: Path) -> None:
@@ -47,7 +58,7 @@ def atomic_write_many(files: dict[Path, bytes], mode: int = 0o600,
     fds: list[int] = []
     try:
         for path, data in files.items():
-            temp = (temp_dir or path.parent) / f"{TEMP_PREFIX}{secrets.token_hex(6)}-{path.name}"
+            temp = temp_path(path, temp_dir)
             fds.append(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode))
             temps.append((temp, path))
             view = memoryview(data)
@@ -69,6 +80,21 @@ def atomic_write_many(files: dict[Path, bytes], mode: int = 0o600,
         crash_point(f"write batch: renamed {path.name}")
     for folder in dict.fromkeys(path.parent for path in files):
         fsync_dir(folder)
+
+
+def unlink_if_present(path: str | os.PathLike[str]) -> bool:
+    """Unlink *path*; False if there was nothing to unlink. A name too long for the file
+    system (ENAMETOOLONG) cannot exist either: settling an operation whose file could never
+    be created must not fail on removing it (issue 15: that wedged a domain)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            return False
+        raise
+    return True
 
 
 def remove_durably(path: Path) -> None:

@@ -15,13 +15,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from qsnap.model.tree import SnapshotSummary
-from qsnap.store.atomic import TEMP_PREFIX
+from qsnap.store.atomic import TEMP_PREFIX, temp_path
 
 CACHE = "summaries.json"
 _VERSION = 1
@@ -74,10 +73,13 @@ def _read(path: Path) -> dict[str, Any]:
 def _write(path: Path, entries: dict[str, list[Any]]) -> None:
     """Replace the cache by rename (no fsync: see the module docstring); a cache that cannot
     be written (a read-only state directory) is simply not kept."""
-    temp = path.parent / f"{TEMP_PREFIX}{secrets.token_hex(6)}-{path.name}"
+    temp = temp_path(path)
+    data = json.dumps({"version": _VERSION, "snapshots": entries}, separators=(",", ":"))
     try:
-        temp.write_bytes(json.dumps({"version": _VERSION, "snapshots": entries},
-                                    separators=(",", ":")).encode())
+        # 0600 like every other file in the state folder: it lists snapshot names.
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data.encode())
         os.replace(temp, path)
     except OSError:
         with contextlib.suppress(OSError):
