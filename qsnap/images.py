@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import re
 from collections.abc import Callable
 
@@ -37,9 +39,25 @@ def _escape_option(value: str) -> str:
     return value.replace(",", ",,")
 
 
+def reserve_private_file(path: str) -> None:
+    """Create *path* empty, 0600, never through a link or over a file. QEMU and qemu-img
+    create images with their own umask (0640 and 0644 were seen), readable by others even
+    over a 0600 base (libvirt's CVE-2025-13193); both keep the mode of a file that exists."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600))
+
+
 async def create_overlay(path: str, fmt: str, backing: str, backing_format: str) -> None:
-    await qemu_img("create", "-q", "-f", fmt, "-o",
-                   f"backing_file={_escape_option(backing)},backing_fmt={backing_format}", path)
+    """A new overlay at *path* (0600) on *backing*; nothing is left if it fails."""
+    reserve_private_file(path)
+    try:
+        await qemu_img("create", "-q", "-f", fmt, "-o",
+                       f"backing_file={_escape_option(backing)},backing_fmt={backing_format}",
+                       path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
 
 
 async def snapshot_create(image: str, name: str) -> None:

@@ -16,12 +16,13 @@ import contextlib
 import io
 from pathlib import Path
 
+import pytest
 from helpers import tree_picture
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qsnap.cli import main
-from qsnap.errors import QsnapError
+from qsnap.errors import QsnapError, XMLError
 from qsnap.model.snapshot import format_snapshot, parse_snapshot
 
 HOSTILE_TEXT = st.sampled_from([
@@ -132,3 +133,21 @@ def test_cli_arguments(tmp_path: Path, command: str, words: list[str]) -> None:
     if code == 1:
         assert err.getvalue().startswith("error: "), (command, words, err.getvalue())
         assert tree_picture(state) == before, (command, words, err.getvalue())
+
+
+def test_an_external_entity_is_refused_not_dropped(tmp_path: Path) -> None:
+    """An entity qsnap does not expand would vanish from the name or description without a
+    word; the input is then not what its author meant, so it is an error naming it."""
+    secret = tmp_path / "secret"
+    secret.write_text("hunter2")
+    for body in ("<name>a&xxe;b</name>", "<name>s</name><description>&xxe;</description>"):
+        text = (f'<!DOCTYPE domainsnapshot [<!ENTITY xxe SYSTEM "file://{secret}">]>'
+                f"<domainsnapshot>{body}</domainsnapshot>")
+        with pytest.raises(XMLError, match="entity '&xxe;'"):
+            parse_snapshot(text)
+    internal = ('<!DOCTYPE d [<!ENTITY who "me">]><domainsnapshot><name>&who;</name>'
+                "</domainsnapshot>")
+    with pytest.raises(XMLError, match="entity '&who;'"):
+        parse_snapshot(internal)
+    plain = parse_snapshot("<domainsnapshot><name>a&amp;b&#65;</name></domainsnapshot>")
+    assert plain.name == "a&bA"

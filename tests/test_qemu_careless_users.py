@@ -159,3 +159,17 @@ async def test_a_snapshot_name_with_a_newline_can_be_listed_and_deleted(tmp_path
         await engine.create("g", snapshot_xml_from_args("after"), DISK_ONLY)
     finally:
         await engine.destroy("g")
+
+
+async def test_overlays_are_private_live_and_offline(tmp_path: Path) -> None:
+    """QEMU made overlays 0640 and qemu-img 0644, even over a 0600 base (libvirt fixed the
+    same as CVE-2025-13193): the guest's new writes must be no more readable than its base."""
+    engine, folder = await started_guest(tmp_path, 1)
+    os.chmod(folder / "g-vda.qcow2", 0o600)
+    try:
+        await engine.create("g", snapshot_xml_from_args("live"), DISK_ONLY)
+    finally:
+        await engine.destroy("g")
+    await engine.create("g", snapshot_xml_from_args("offline"), DISK_ONLY)
+    for name in ("g-vda.live", "g-vda.offline"):
+        assert (folder / name).stat().st_mode & 0o777 == 0o600, name

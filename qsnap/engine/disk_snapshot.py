@@ -70,6 +70,9 @@ async def switch_overlays(
     new_nodes = {o.target: f"qs-{o.target}-{secrets.token_hex(4)}" for o in overlays}
     existed = {o.path for o in overlays if os.path.lexists(o.path)}
     try:
+        for overlay in overlays:
+            if not overlay.reuse and overlay.path not in existed:
+                images.reserve_private_file(overlay.path)  # QEMU keeps its mode: 0600
         async with around():
             await monitor.transaction(transaction_actions(overlays, tops, new_nodes))
     except BaseException:

@@ -51,6 +51,12 @@ def parse_document(text: str | bytes, what: str) -> etree._Element:
         raise XMLError(f"{what} is not well-formed XML: {exc}") from None
     if root is None:
         raise XMLError(f"{what} has no root element")
+    for entity in root.iter(etree.Entity):
+        # Left unexpanded, it would vanish from the text silently: the input is then not
+        # what its author meant, so it is refused (libxml2 expands none for libvirt either).
+        raise XMLError(f"{what} uses the entity '{entity.text}' (line {entity.sourceline}); "
+                       "qsnap reads no DTD and expands no entities but XML's own "
+                       "(&amp; &lt; &gt; &apos; &quot; and character references)")
     return root
 
 
