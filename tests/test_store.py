@@ -301,7 +301,16 @@ def test_corrupt_snapshot_file_is_named_and_left_alone(tmp_path: Path, content: 
         assert f"error: snapshot metadata file '{bad}' is corrupt" in result.stderr
         assert message in result.stderr
         assert "Traceback" not in result.stderr
+        assert "or remove just this metadata with 'snapshot-delete dom a --metadata'" \
+            in result.stderr
     assert tree_picture(state / "domains") == before
+    # The way out the message names: the unreadable file goes, its children become roots.
+    removed = qsnap(state, "snapshot-delete", "dom", "a", "--metadata")
+    assert removed.returncode == 0, removed.stderr
+    assert not bad.exists()
+    listed = qsnap(state, "snapshot-list", "dom", "--roots", "--name")
+    assert listed.stdout.split() == ["b", "c", "root"]
+    assert qsnap(state, "snapshot-current", "dom", "--name").stdout.strip() == "b"
 
 
 def test_corrupt_definition_is_named(tmp_path: Path) -> None:

@@ -41,6 +41,7 @@ from qsnap.engine.revert_work import RevertWork, image_references, reverted, sto
 from qsnap.engine.save_work import RestoreWork, SaveWork
 from qsnap.errors import (
     AlreadyExistsError,
+    CorruptMetadataError,
     InvalidArgumentError,
     NoDomainError,
     NoSnapshotError,
@@ -785,6 +786,10 @@ class Engine:
         flags.check()
         async with self._session(domain) as folder:
             name = self._resolve(folder, snapshot)
+            if flags.metadata_only and not (flags.children or flags.children_only):
+                unreadable = await asyncio.to_thread(_drop_unreadable_snapshot, folder, name)
+                if unreadable is not None:
+                    return unreadable
             tree = await asyncio.to_thread(self._tree, folder)
             plan = plan_delete_metadata(tree, name, flags)
             moved = {child: folder.read_snapshot(child).copy(parent=parent)
@@ -826,6 +831,25 @@ class Engine:
         async with self._session(domain, recovered=lines):
             pass
         return lines
+
+
+def _drop_unreadable_snapshot(folder: DomainFolder, name: str) -> MetadataDeletePlan | None:
+    """``snapshot-delete --metadata`` of a snapshot whose own file cannot be read (edited
+    into garbage): the way out the error message names. Its file goes; its children, whose
+    new parent would be its unreadable parent, become roots; it stops being current. None
+    when the file reads fine (the ordinary path then applies)."""
+    try:
+        folder.read_snapshot(name)
+        return None
+    except CorruptMetadataError as exc:
+        log.warning("%s; removing it, as asked", exc)
+    children = [snap.copy(parent=None) for snap in
+                (folder.read_snapshot(n) for n in folder.snapshot_names() if n != name)
+                if snap.parent == name]
+    current_changes = folder.read_current() == name
+    folder.save(put=children, drop=[name], current=None if current_changes else KEEP)
+    return MetadataDeletePlan(name, [name], {c.name: None for c in children}, None,
+                              current_changes)
 
 
 def _regular_files(domain: DomainDef, snap: SnapshotDef) -> set[str]:

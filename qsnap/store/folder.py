@@ -130,15 +130,18 @@ class DomainFolder:
         except FileNotFoundError:
             raise NoSnapshotError(f"domain '{self.name}' has no snapshot named '{name}'") \
                 from None
+        way_out = (f"; fix the file, or remove just this metadata with 'snapshot-delete "
+                   f"{self.name} {name} --metadata' (no image is touched)")
         try:
             snap = parse_snapshot(data, redefine=True, internal=True,
                                   what=f"snapshot metadata file '{path}'")
         except QsnapError as exc:
-            raise CorruptMetadataError(f"snapshot metadata file '{path}' is corrupt: {exc}") \
-                from None
+            raise CorruptMetadataError(f"snapshot metadata file '{path}' is corrupt: {exc}"
+                                       f"{way_out}") from None
         if snap.name != name:
             raise CorruptMetadataError(f"snapshot metadata file '{path}' is corrupt: it "
-                                       f"describes snapshot '{snap.name}', not '{name}'")
+                                       f"describes snapshot '{snap.name}', not '{name}'"
+                                       f"{way_out}")
         return snap
 
     def read_current(self) -> str | None:
@@ -146,7 +149,7 @@ class DomainFolder:
             text = (self.path / CURRENT).read_text(encoding="utf-8")
         except FileNotFoundError:
             return None
-        name = text.rstrip("\n")
+        name = text[:-1] if text.endswith("\n") else text  # a name may end in a newline
         return name or None
 
     def lazy_tree(self) -> LazyTree:
