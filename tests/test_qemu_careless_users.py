@@ -173,3 +173,19 @@ async def test_overlays_are_private_live_and_offline(tmp_path: Path) -> None:
     await engine.create("g", snapshot_xml_from_args("offline"), DISK_ONLY)
     for name in ("g-vda.live", "g-vda.offline"):
         assert (folder / name).stat().st_mode & 0o777 == 0o600, name
+
+
+async def test_a_frozen_qemu_is_named_as_stopped(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from qsnap.monitor import Monitor
+    engine, folder = await started_guest(tmp_path, 1)
+    runtime = engine._runtime("g")[1]
+    assert runtime is not None
+    os.kill(runtime.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(qsnap.QsnapError,
+                           match=rf"process {runtime.pid} \(qemu-system-x86\) is stopped"):
+            await Monitor.connect(runtime.qmp, timeout=1)
+    finally:
+        os.kill(runtime.pid, signal.SIGCONT)
+    await engine.destroy("g")

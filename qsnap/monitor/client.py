@@ -101,6 +101,32 @@ class PauseClock:
             self._stopped_at = None
 
 
+def _silent_peer(socket_path: str, timeout: float) -> str:
+    """Why the process on *socket_path* did not greet: it is stopped (SIGSTOP, a debugger),
+    or busy or hung, or not QEMU at all; the kernel tells which process listens there."""
+    import socket
+    import struct
+    said = f"QMP socket {socket_path} did not greet within {timeout:g} s"
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1.0)
+            probe.connect(socket_path)
+            creds = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                     struct.calcsize("3i"))
+        pid = struct.unpack("3i", creds)[0]
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as stat:
+            fields = stat.read()
+        command = fields[fields.index("(") + 1:fields.rindex(")")]
+        state = fields[fields.rindex(")") + 2]
+    except (OSError, ValueError, IndexError):
+        return f"{said} (is it a QEMU monitor?)"
+    if state in "Tt":
+        return (f"{said}: its process {pid} ({command}) is stopped (by SIGSTOP or a "
+                f"debugger), so it cannot answer; 'kill -CONT {pid}' lets it run again")
+    kind = "QEMU" if command.startswith("qemu") else f"'{command}', which is not QEMU"
+    return f"{said}: its process {pid} ({kind}) is running but does not answer (busy or hung?)"
+
+
 class _QuietClient(QMPClient):
     """A :class:`~qemu.qmp.QMPClient` that formats messages for its debug log only when that
     log is on. qemu.qmp 0.0.6 pretty-prints every message it sends or receives before the
@@ -136,8 +162,7 @@ class Monitor:
         except ConnectError as exc:
             cause = exc.exc
             if isinstance(cause, TimeoutError | asyncio.CancelledError):
-                raise MonitorTimeoutError(f"QMP socket {socket_path} did not greet within "
-                                          f"{timeout:g} s (is it a QEMU monitor?)") from None
+                raise MonitorTimeoutError(_silent_peer(socket_path, timeout)) from None
             if isinstance(cause, OSError):
                 raise MonitorClosedError(f"cannot connect to QMP socket {socket_path}: "
                                          f"{cause.strerror or cause}") from None
@@ -147,8 +172,7 @@ class Monitor:
         except TimeoutError:
             with contextlib.suppress(Exception):
                 await client.disconnect()
-            raise MonitorTimeoutError(f"QMP socket {socket_path} did not greet within "
-                                      f"{timeout:g} s (is it a QEMU monitor?)") from None
+            raise MonitorTimeoutError(_silent_peer(socket_path, timeout)) from None
         except OSError as exc:  # after TimeoutError, which is an OSError too
             raise MonitorClosedError(f"cannot connect to QMP socket {socket_path}: "
                                      f"{exc.strerror or exc}") from None
