@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import re
+import shutil
 from collections.abc import Callable
 
 from qsnap.errors import QsnapError
@@ -16,18 +18,36 @@ class ImageToolError(QsnapError):
     """qemu-img failed; its own message is kept."""
 
 
-async def qemu_img(*args: str, timeout: float = 300.0) -> str:
+@functools.cache
+def _dies_with_us() -> tuple[str, ...]:
+    """The prefix that makes a child get SIGKILL when qsnap dies: a qemu-img left running
+    by a killed qsnap keeps its image locks, and one spinning on a backing loop never ends
+    (issue 15). util-linux's ``setpriv`` sets it in the child, where a ``preexec_fn`` would
+    run Python between fork and exec in a process that has threads."""
+    setpriv = shutil.which("setpriv")
+    return (setpriv, "--pdeathsig", "KILL", "--") if setpriv else ()
+
+
+async def _spawn(*args: str) -> asyncio.subprocess.Process:
     try:
-        proc = await asyncio.create_subprocess_exec(
-            "qemu-img", *args, stdin=asyncio.subprocess.DEVNULL,
+        return await asyncio.create_subprocess_exec(
+            *_dies_with_us(), "qemu-img", *args, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     except FileNotFoundError:
         raise ImageToolError("qemu-img not found (install Debian's qemu-utils)") from None
+
+
+async def qemu_img(*args: str, timeout: float = 300.0) -> str:
+    proc = await _spawn(*args)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
+    except BaseException as exc:  # a timeout, or the caller cancelled: it must not outlive us
         proc.kill()
-        raise ImageToolError(f"qemu-img {args[0]} did not finish in {timeout:g} s") from None
+        await proc.wait()
+        if isinstance(exc, TimeoutError):
+            raise ImageToolError(f"qemu-img {args[0]} did not finish in {timeout:g} s") \
+                from None
+        raise
     if proc.returncode != 0:
         raise ImageToolError(f"qemu-img {args[0]} failed: "
                              f"{err.decode(errors='replace').strip()}")
@@ -37,6 +57,21 @@ async def qemu_img(*args: str, timeout: float = 300.0) -> str:
 def _escape_option(value: str) -> str:
     """qemu-img -o values escape commas by doubling them."""
     return value.replace(",", ",,")
+
+
+async def check_chain(image: str, fmt: str | None = None) -> None:
+    """*image* (of format *fmt*: a damaged qcow2 must not pass as raw) and every backing file
+    under it open: none is missing or damaged, and the chain does not loop (a loop made by
+    hand makes ``qemu-img create`` on it spin for ever; ``info --backing-chain`` detects it
+    at once). Run before anything depends on the chain."""
+    given = ("-f", fmt) if fmt else ()
+    try:
+        await qemu_img("info", "--backing-chain", "-U", "--output=json", *given, image,
+                       timeout=60)
+    except ImageToolError as exc:
+        reason = str(exc).removeprefix("qemu-img info failed: ").replace("qemu-img: ", "")
+        raise ImageToolError(f"image '{image}' or a backing file under it cannot be used: "
+                             f"{reason}") from None
 
 
 def reserve_private_file(path: str) -> None:
@@ -49,6 +84,7 @@ def reserve_private_file(path: str) -> None:
 
 async def create_overlay(path: str, fmt: str, backing: str, backing_format: str) -> None:
     """A new overlay at *path* (0600) on *backing*; nothing is left if it fails."""
+    await check_chain(backing, backing_format)
     reserve_private_file(path)
     try:
         await qemu_img("create", "-q", "-f", fmt, "-o",
@@ -72,6 +108,12 @@ async def info(image: str) -> dict[str, object]:
     return json.loads(await qemu_img("info", "--output=json", "-U", image))
 
 
+def internal_tags(image_info: dict[str, object]) -> set[str]:
+    """The internal snapshot tags in one ``qemu-img info --output=json`` object."""
+    snapshots = image_info.get("snapshots") or []
+    return {str(s.get("name")) for s in snapshots} if isinstance(snapshots, list) else set()
+
+
 async def rebase_unsafe(image: str, backing: str, backing_format: str) -> None:
     """Point *image* at a new backing file without copying anything (``rebase -u``): right
     only when the new backing reads exactly as the old one did, as after a commit into it."""
@@ -86,12 +128,7 @@ async def commit(top: str, base: str, progress: Callable[[float], None] | None =
     """Copy *top*'s data (and that of the images between) into *base*, which must be in its
     backing chain; *top* itself is left as it was (``-b`` implies ``-d``). *progress* gets
     the fraction done as qemu-img reports it."""
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            "qemu-img", "commit", "-p", "-b", base, top, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    except FileNotFoundError:
-        raise ImageToolError("qemu-img not found (install Debian's qemu-utils)") from None
+    proc = await _spawn("commit", "-p", "-b", base, top)
     assert proc.stdout is not None and proc.stderr is not None
 
     async def follow() -> bytes:

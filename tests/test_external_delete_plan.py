@@ -175,3 +175,13 @@ def test_an_image_removed_by_hand_off_every_needed_chain_does_not_block() -> Non
     snaps = {"s1": snapshot("s1", "/i/base", "/i/o1")}
     plan = plan_external_delete(snaps, ["s1"], domain("/i/o5"), holed, None)
     assert [(m.top, m.base) for m in plan.merges] == [("/i/o5", "/i/base")]
+
+
+def test_a_backing_loop_made_by_hand_is_refused_naming_it() -> None:
+    """base was rebased by hand onto o2, which is built on it: every chain through them
+    loops. Nothing is merged or removed; the message shows the loop."""
+    looped = graph(*CHAIN)
+    looped.add(ImageFacts("/i/base", "qcow2", "/i/o2"))
+    with pytest.raises(OperationInvalidError,
+                       match="loops \\(/i/base → /i/o2 → /i/o1 → /i/base\\)"):
+        plan_external_delete(five(), ["s1"], domain("/i/o5"), looped, None)

@@ -88,10 +88,12 @@ def test_bad_snapshot_xml_is_named(xml: str, kwargs: dict, message: str) -> None
 
 
 def test_entities_and_dtds_are_not_expanded() -> None:
+    """Neither read nor silently dropped: refused (test_hostile_input has the cases)."""
     hostile = ("<!DOCTYPE d [<!ENTITY e SYSTEM 'file:///etc/passwd'>]>"
                "<domainsnapshot><name>&e;</name></domainsnapshot>")
-    snap = parse_snapshot(hostile)
-    assert snap.name is None or "root:" not in snap.name
+    with pytest.raises(XMLError, match="entity '&e;'") as caught:
+        parse_snapshot(hostile)
+    assert "root:" not in str(caught.value)
 
 
 def test_read_only_fields_are_dropped_outside_redefine() -> None:

@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -111,8 +114,8 @@ async def test_a_save_whose_qemu_is_frozen_reports_the_stall(
 
 def _pictures(tmp_path: Path) -> dict[str, tuple[int, bytes]]:
     """Everything under tmp_path but what the running guest itself changes (its serial log
-    and its disks' content; their presence and mode still count)."""
-    return {k: (v[0], b"") if k.endswith(".qcow2") else v
+    and the content of its images and overlays; their presence and mode still count)."""
+    return {k: (v[0], b"") if k.endswith(".qcow2") or "/g-vd" in k else v
             for k, v in tree_picture(tmp_path).items() if not k.endswith("serial.log")}
 
 
@@ -178,7 +181,7 @@ async def test_overlays_are_private_live_and_offline(tmp_path: Path) -> None:
 async def test_a_frozen_qemu_is_named_as_stopped(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from qsnap.monitor import Monitor
-    engine, folder = await started_guest(tmp_path, 1)
+    engine, _ = await started_guest(tmp_path, 1)
     runtime = engine._runtime("g")[1]
     assert runtime is not None
     os.kill(runtime.pid, signal.SIGSTOP)
@@ -189,3 +192,83 @@ async def test_a_frozen_qemu_is_named_as_stopped(tmp_path: Path,
     finally:
         os.kill(runtime.pid, signal.SIGCONT)
     await engine.destroy("g")
+
+
+def _qemu_img_processes(marker: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"qemu-img" in cmdline and marker.encode() in cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
+async def test_a_backing_loop_made_by_hand_is_named_and_changes_nothing(tmp_path: Path) -> None:
+    engine, folder = await started_guest(tmp_path, 1)
+    base = folder / "g-vda.qcow2"
+    try:
+        await engine.create("g", snapshot_xml_from_args("s1"), DISK_ONLY)
+    finally:
+        await engine.destroy("g")
+    overlay = folder / "g-vda.s1"
+    subprocess.run(["qemu-img", "rebase", "-u", "-b", str(overlay), "-F", "qcow2", str(base)],
+                   check=True)  # base → overlay → base
+    before = _pictures(tmp_path)
+    started = time.monotonic()
+    for attempt, match in (
+            (engine.create("g", snapshot_xml_from_args("s2"), DISK_ONLY), "infinite loop"),
+            (engine.delete("g", "s1"), "loops"),
+            (engine.revert("g", "s1"), "infinite loop")):
+        with pytest.raises(qsnap.QsnapError, match=match):
+            await asyncio.wait_for(attempt, 60)
+        assert _pictures(tmp_path) == before
+    assert time.monotonic() - started < 10
+    assert [s.name for s in await engine.list("g")] == ["s1"]
+    assert not _qemu_img_processes(str(folder))
+
+
+def test_a_killed_qsnap_leaves_no_qemu_img_behind(tmp_path: Path) -> None:
+    """``qemu-img check`` spins on a backing loop; the qsnap process running it is killed:
+    the qemu-img goes with it instead of holding the images' locks."""
+    a, b = tmp_path / "a.qcow2", tmp_path / "b.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(a), "1M"], check=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(a), "-F", "qcow2",
+                    str(b)], check=True)
+    subprocess.run(["qemu-img", "rebase", "-u", "-b", str(b), "-F", "qcow2", str(a)], check=True)
+    script = ("import asyncio, sys; from qsnap import images; "
+              "asyncio.run(images.qemu_img('check', sys.argv[1], timeout=3600))")
+    runner = subprocess.Popen([sys.executable, "-c", script, str(a)])
+    deadline = time.monotonic() + 20
+    while not _qemu_img_processes(str(a)):
+        assert time.monotonic() < deadline, "qemu-img never started"
+        time.sleep(0.05)
+    runner.kill()
+    runner.wait()
+    deadline = time.monotonic() + 5
+    while _qemu_img_processes(str(a)):
+        assert time.monotonic() < deadline, "qemu-img outlived the qsnap that started it"
+        time.sleep(0.05)
+
+
+async def test_a_revert_to_a_damaged_image_is_refused_before_the_guest_stops(
+        tmp_path: Path) -> None:
+    """s1's frozen image lost its qcow2 magic (the running QEMU has its header cached and
+    goes on): the revert must find that out before it stops the guest, not after."""
+    engine, folder = await started_guest(tmp_path, 1)
+    try:
+        await engine.create("g", snapshot_xml_from_args("s1"), DISK_ONLY)
+        base = folder / "g-vda.qcow2"
+        with open(base, "r+b") as image:
+            image.write(b"JUNK")
+        before = _pictures(tmp_path)
+        with pytest.raises(qsnap.QsnapError, match=r"g-vda\.qcow2' or a backing file under "
+                           "it cannot be used"):
+            await engine.revert("g", "s1")
+        assert await engine.domstate("g") == "running"
+        assert _pictures(tmp_path) == before
+    finally:
+        await engine.destroy("g")

@@ -220,11 +220,9 @@ async def _settle_offline(work: CreateWork) -> bool:
 
 async def _has_tag(image: str, tag: str) -> bool:
     try:
-        details = await images.info(image)
+        return tag in images.internal_tags(await images.info(image))
     except QsnapError:
         return False
-    snapshots = details.get("snapshots", [])
-    return isinstance(snapshots, list) and any(s.get("name") == tag for s in snapshots)
 
 
 async def _is_overlay_of(overlay: Overlay) -> bool:

@@ -48,11 +48,6 @@ log = logging.getLogger("qsnap")
 
 
 
-def _has_tag(image_info: dict, tag: str) -> bool:
-    """Whether qemu-img's ``info`` of an image lists internal snapshot *tag*."""
-    return any(s.get("name") == tag for s in image_info.get("snapshots", []))
-
-
 # -- facts --------------------------------------------------------------------------------------
 
 async def image_graph(snapshots: dict[str, SnapshotDef], definition: DomainDef) -> ImageGraph:
@@ -90,7 +85,7 @@ async def check_internal(removals: list[InternalRemoval], running: RuntimeInfo |
     if running is None:
         for removal in removals:
             for _, image in removal.disks:
-                if not _has_tag(await images.info(image), removal.name):
+                if removal.name not in images.internal_tags(await images.info(image)):
                     raise OperationInvalidError(f"image '{image}' holds no internal snapshot "
                                                 f"'{removal.name}'")
         return
@@ -236,7 +231,7 @@ class DeleteRun:
         if self.running is None:
             for removal in removals:
                 for _, image in removal.disks:
-                    if _has_tag(await images.info(image), removal.name):
+                    if removal.name in images.internal_tags(await images.info(image)):
                         self.changed = True
                         await images.snapshot_delete(image, removal.name)
             return

@@ -36,7 +36,12 @@ from qsnap.engine.full_snapshot import background_refusal, take_full_snapshot
 from qsnap.engine.guests import state_from, state_of, stop
 from qsnap.engine.memory import load_image, read_image, write_image
 from qsnap.engine.recovery import finish_interrupted
-from qsnap.engine.revert import carry_out_revert, check_revert, run_reverted
+from qsnap.engine.revert import (
+    carry_out_revert,
+    check_revert,
+    check_revert_images,
+    run_reverted,
+)
 from qsnap.engine.revert_work import RevertWork, image_references, reverted, store_revert
 from qsnap.engine.save_work import RestoreWork, SaveWork
 from qsnap.errors import (
@@ -752,6 +757,7 @@ class Engine:
                     break
             refs = await image_references(folder)
             memory = await asyncio.to_thread(check_revert, plan, refs.shared_bases(name))
+            await check_revert_images(plan)
             paths, info = self._runtime(domain)
             work = RevertWork(name, asdict(flags), stamp, folder.definition.to_xml(),
                               info.pid if info is not None else None)

@@ -125,6 +125,22 @@ def check_revert(plan: RevertPlan, shared_bases: dict[str, str]) -> SaveImage | 
     return None
 
 
+async def check_revert_images(plan: RevertPlan) -> None:
+    """What qemu-img and QEMU will need, checked before the running guest is stopped: every
+    image the new overlays go on, and every image an internal snapshot is applied to, opens
+    with its whole backing chain (not damaged, no file missing, no loop), and the latter
+    hold the snapshot's tag. A revert that would fail on them fails here, guest untouched."""
+    for overlay in plan.overlays:
+        await images.check_chain(overlay.backing, overlay.backing_format)
+    for image in plan.offline_internal + [
+            d.source or "" for d in plan.domain.disks if d.target in plan.internal_disks]:
+        await images.check_chain(image, "qcow2")  # the only format with internal snapshots
+        tags = images.internal_tags(await images.info(image))
+        if plan.target not in tags:
+            raise OperationInvalidError(f"cannot revert to snapshot '{plan.target}': image "
+                                        f"'{image}' holds no internal snapshot of that name")
+
+
 async def carry_out_revert(plan: RevertPlan, paths: RuntimePaths, running: RuntimeInfo | None,
                            memory: SaveImage | None, progress: ProgressCallback | None = None
                            ) -> None:

@@ -74,6 +74,15 @@ class ImageGraph:
             current = facts.backing if facts is not None else None
         return result
 
+    def loop(self, path: str) -> list[str] | None:
+        """The images of a backing loop *path*'s chain runs into (``a → b → a`` made by
+        hand), in chain order with the first repeated at the end; None when it ends."""
+        chain = self.chain(path)
+        facts = self.images.get(chain[-1])
+        if facts is None or facts.backing is None or facts.backing not in chain:
+            return None
+        return [*chain[chain.index(facts.backing):], facts.backing]
+
     def closure(self, paths: Iterable[str]) -> set[str]:
         """Every image in the chains of *paths*: what must exist for them to be readable."""
         needed: set[str] = set()

@@ -68,6 +68,15 @@ def disk_sources(snap: SnapshotDef) -> dict[str, str]:
     return {d.target: d.source for d in parse_domain_element(snap.domain).disks if d.source}
 
 
+def snapshot_images(snapshots: dict[str, SnapshotDef], names: list[str]) -> list[str]:
+    """Every image snapshots *names* name: their ``<domain>``'s disks and their overlays."""
+    found: list[str] = []
+    for name in names:
+        found.extend(disk_sources(snapshots[name]).values())
+        found.extend(d.source.path for d in snapshots[name].disks if d.source.path)
+    return found
+
+
 def _state_images(snap: SnapshotDef) -> dict[str, str]:
     """target → the image an external snapshot froze for each of its external disks."""
     if snap.domain is None:
@@ -106,6 +115,14 @@ def plan_external_delete(snapshots: dict[str, SnapshotDef], remove: list[str],
             keep_refs.update(disk_sources(snap).values())
             if snap.domain is not None:
                 frozen.update(_state_images(snap).values())
+    for path in sorted(p for p in keep_refs | set(snapshot_images(snapshots, remove))
+                       if p in graph):
+        loop = graph.loop(path)
+        if loop is not None:
+            raise OperationInvalidError(
+                f"the backing chain of image '{path}' loops ({' → '.join(loop)}), so no "
+                "image on it can be read; mend it by hand ('qemu-img rebase -u -b BACKING'); "
+                "qsnap removes or merges nothing")
     required = graph.closure(p for p in keep_refs if p in graph)
     unknown = sorted((required | keep_refs) - set(graph.images))
 
