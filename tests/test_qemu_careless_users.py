@@ -6,19 +6,21 @@ guest and metadata as they were, and a domain that the next command can still us
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from helpers import tree_picture
-from qemu_guest import guest_module, started_guest
+from qemu_guest import domain_disks, guest_module, started_guest, wait_for_counter
 
 import qsnap
-from qsnap import CreateFlags, snapshot_xml_from_args
+from qsnap import CreateFlags, Engine, snapshot_xml_from_args
 
 GUEST = guest_module()
 DISK_ONLY = CreateFlags(disk_only=True)
@@ -271,4 +273,73 @@ async def test_a_revert_to_a_damaged_image_is_refused_before_the_guest_stops(
         assert await engine.domstate("g") == "running"
         assert _pictures(tmp_path) == before
     finally:
+        await engine.destroy("g")
+
+
+@pytest.fixture
+def small_state_fs(tmp_path: Path) -> Iterator[Path]:
+    """A state folder on its own 8 MiB tmpfs, so that it can really be filled."""
+    mount = tmp_path / "statefs"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs",
+                           str(mount)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs (the suite runs as root in CI): {made.stderr}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def _fill(folder: Path) -> Path:
+    filler = folder / "filler"
+    with open(filler, "wb") as out, contextlib.suppress(OSError):
+        while True:
+            out.write(b"\0" * 65536)
+            out.flush()
+    return filler
+
+
+async def test_a_full_state_folder_is_said_plainly_and_settled_later(
+        tmp_path: Path, small_state_fs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from qsnap.engine import engine as engine_module
+    engine = Engine(small_state_fs / "state")
+    xml = GUEST.make_guest("g", 1, 128, tmp_path / "g")
+    await engine.define(xml.read_text())
+    await engine.start("g")
+    folder = tmp_path / "g"
+    try:
+        await wait_for_counter(folder / "serial.log", 10)
+        # Full before anything: refused, nothing changed.
+        filler = _fill(small_state_fs)
+        before = _pictures(tmp_path / "g")
+        with pytest.raises(qsnap.OperationInvalidError,
+                           match=r"cannot record the snapshot 's1'.*No space left on device; "
+                                 "nothing was changed"):
+            await engine.create("g", snapshot_xml_from_args("s1"), DISK_ONLY)
+        assert _pictures(tmp_path / "g") == before
+        filler.unlink()
+
+        # Full once the images are in place: the snapshot was taken, and the error says so.
+        original = engine_module.crash_point
+
+        def fill_at(label: str) -> None:
+            original(label)
+            if label == "create: images in place":
+                _fill(small_state_fs)
+
+        monkeypatch.setattr(engine_module, "crash_point", fill_at)
+        with pytest.raises(qsnap.OperationIncompleteError,
+                           match=r"snapshot 's1' was taken.*No space left on device.*stays "
+                                 "recorded.*the next command on domain 'g'"):
+            await engine.create("g", snapshot_xml_from_args("s1"), DISK_ONLY)
+        monkeypatch.undo()
+        assert await engine.list("g") == []  # still full: reads go on, the record waits
+        (small_state_fs / "filler").unlink()
+        (line,) = await engine.recover("g")
+        assert "was stored" in line
+        assert [s.name for s in await engine.list("g")] == ["s1"]
+        assert await domain_disks(engine) == [str(folder / "g-vda.s1")]
+    finally:
+        (small_state_fs / "filler").unlink(missing_ok=True)
         await engine.destroy("g")

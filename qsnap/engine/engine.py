@@ -101,7 +101,7 @@ from qsnap.plan.redefine import plan_redefine
 from qsnap.plan.revert import plan_revert
 from qsnap.progress import ProgressCallback
 from qsnap.store import KEEP, DomainFolder, StateDir, resolve_state_dir
-from qsnap.store.intent import clear_intent, has_intent, write_intent
+from qsnap.store.intent import INTENT_NAME, clear_intent, has_intent, write_intent
 
 log = logging.getLogger("qsnap")
 T = TypeVar("T")
@@ -609,8 +609,14 @@ class Engine:
             write_intent(folder.path, work.record())
             return work
 
-        work = await asyncio.to_thread(record)
+        try:
+            work = await asyncio.to_thread(record)
+        except OSError as exc:
+            raise OperationInvalidError(
+                f"cannot record the snapshot '{plan.snapshot.name}' in {folder.path}: "
+                f"{exc.strerror or exc}; nothing was changed") from None
         crash_point("create: intent recorded")
+        in_place = False
         try:
             snapshot = plan.snapshot
             try:
@@ -626,9 +632,17 @@ class Engine:
                 if monitor is not None:
                     await monitor.close()
             crash_point("create: images in place")
+            in_place = True
             await store_snapshot(work, folder, paths, info, snapshot, clear=True)
             return work.snapshot
         except BaseException as exc:
+            if in_place and isinstance(exc, OSError):  # the state folder is full, say
+                raise OperationIncompleteError(
+                    f"snapshot '{work.snapshot}' was taken (its images are in place), but "
+                    f"storing its metadata in {folder.path} failed: {exc.strerror or exc}. "
+                    f"It stays recorded in {folder.path / INTENT_NAME}; the next command on "
+                    f"domain '{folder.name}' (or 'qsnap recover {folder.name}') stores it "
+                    "once that works again") from exc
             if not await self._settle_failed_create(work, folder, info, exc) or \
                     not isinstance(exc, Exception):
                 raise
