@@ -343,3 +343,38 @@ async def test_a_full_state_folder_is_said_plainly_and_settled_later(
     finally:
         (small_state_fs / "filler").unlink(missing_ok=True)
         await engine.destroy("g")
+
+
+async def test_undefine_of_a_running_domain_keeps_it_transient_until_it_stops(
+        tmp_path: Path) -> None:
+    """virsh keeps a running domain it undefines, transient: manageable until it stops."""
+    engine, folder = await started_guest(tmp_path, 1)
+    try:
+        await engine.create("g", snapshot_xml_from_args("s1"), DISK_ONLY)
+        await engine.undefine("g")  # a running domain: its snapshots are no obstacle
+        assert [(d.name, d.state) for d in await engine.domains()] == [("g", "running")]
+        await engine.create("g", snapshot_xml_from_args("s2"), DISK_ONLY)
+        assert [s.name for s in await engine.list("g")] == ["s1", "s2"]
+    finally:
+        await engine.destroy("g")
+    assert await engine.domains() == []
+    with pytest.raises(qsnap.NoDomainError):
+        await engine.domstate("g")
+    assert not (tmp_path / "state" / "domains" / "g").exists()
+    # A transient domain whose QEMU ended on its own is gone at the next command, and can
+    # be defined anew; define makes a running transient domain persistent again.
+    await engine.define((folder / "g.xml").read_text())
+    await engine.start("g")
+    await engine.undefine("g", snapshots_metadata=True)
+    await engine.define((folder / "g.xml").read_text())
+    runtime = engine._runtime("g")[1]
+    assert runtime is not None
+    await engine.undefine("g")
+    os.kill(runtime.pid, signal.SIGKILL)
+    for _ in range(100):
+        if engine._runtime("g")[1] is None:
+            break
+        await asyncio.sleep(0.05)
+    assert await engine.domains() == []
+    with pytest.raises(qsnap.NoDomainError, match="transient"):
+        await engine.list("g")

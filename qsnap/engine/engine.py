@@ -155,6 +155,7 @@ class Engine:
             log.warning("recovered: %s", line)
         if must_exist:
             _ = folder.definition  # raises NoDomainError with the domain's name
+            self._gone_if_transient(folder)
         return work(folder)
 
     async def _run(self, domain: str, work: Callable[[DomainFolder], T], *,
@@ -211,6 +212,7 @@ class Engine:
             if recovered is not None:
                 recovered.extend(lines)
             _ = folder.definition
+            await asyncio.to_thread(self._gone_if_transient, folder)
             yield folder
         finally:
             lock.release()
@@ -251,6 +253,11 @@ class Engine:
 
         def work(folder: DomainFolder) -> str:
             nonlocal domain
+            if folder.exists() and folder.transient:
+                if self._runtime(domain.name)[1] is None:
+                    self.state.remove_folder(folder)  # it stopped: gone, defined anew
+                else:
+                    folder.set_transient(False)
             if folder.exists():
                 existing = folder.definition
                 if domain.uuid is None:
@@ -278,16 +285,33 @@ class Engine:
 
     async def undefine(self, domain: str, *, snapshots_metadata: bool = False) -> None:
         """Remove a domain's definition; with *snapshots_metadata* also its snapshot metadata
-        (images are never touched). Without it, a domain with snapshots is refused."""
+        (images are never touched). Without it, a stopped domain with snapshots is refused.
+
+        A running domain stays, transient, as in libvirt: every command works on it until
+        its guest stops, and then it is gone (its snapshot metadata with it). ``define``
+        makes it persistent again."""
 
         def work(folder: DomainFolder) -> None:
-            count = len(folder.snapshot_names())
-            if count and not snapshots_metadata:
+            names = folder.snapshot_names()
+            if self._runtime(domain)[1] is not None:
+                if snapshots_metadata and names:
+                    folder.save(drop=names, current=None)
+                folder.set_transient(True)
+                return
+            if names and not snapshots_metadata:
                 raise OperationInvalidError(
-                    f"cannot delete inactive domain with {count} snapshots")
+                    f"cannot delete inactive domain with {len(names)} snapshots")
             self.state.remove_folder(folder)
 
         await self._run(domain, work)
+
+    def _gone_if_transient(self, folder: DomainFolder) -> None:
+        """A transient domain whose guest has stopped no longer exists: its folder goes
+        (called with the domain's lock held, so never in the middle of a revert's restart)."""
+        if folder.transient and self._runtime(folder.name)[1] is None:
+            self.state.remove_folder(folder)
+            raise NoDomainError(f"domain '{folder.name}' is not defined (it was transient, "
+                                "and its guest has stopped)")
 
     async def domains(self) -> list[DomainInfo]:
         def work() -> list[tuple[str, str | None]]:
@@ -297,7 +321,10 @@ class Engine:
 
         result = []
         for name, uuid in await asyncio.to_thread(work):
-            result.append(DomainInfo(name, uuid, await state_of(self._runtime(name)[1])))
+            info = self._runtime(name)[1]
+            if info is None and self.state.folder(name).transient:
+                continue  # its guest stopped: it no longer exists (removed by the next command)
+            result.append(DomainInfo(name, uuid, await state_of(info)))
         return result
 
     # -- running guests ---------------------------------------------------------------------
@@ -326,11 +353,13 @@ class Engine:
 
     async def destroy(self, domain: str) -> None:
         """Stop the domain's QEMU at once (virsh destroy): ``quit``, else SIGTERM, SIGKILL."""
-        async with self._session(domain):
+        async with self._session(domain) as folder:
             paths, info = self._runtime(domain)
             if info is None:
                 raise OperationInvalidError(f"domain '{domain}' is not running")
             await stop(paths, info)
+            if folder.transient:  # it stopped: a transient domain is gone with it
+                await asyncio.to_thread(self.state.remove_folder, folder)
 
     async def attach(self, domain: str, qmp: str) -> RuntimeInfo:
         """Adopt a QEMU someone else launched, through its QMP socket (``qsnap attach``).

@@ -27,13 +27,22 @@ from qsnap.model.domain import DomainDef, parse_domain
 from qsnap.model.snapshot import SnapshotDef, format_snapshot, parse_snapshot
 from qsnap.model.tree import SnapshotSummary, SnapshotTree
 from qsnap.model.xmltext import format_element
-from qsnap.store.atomic import TEMP_PREFIX, make_dirs, remove_temp_files
+from qsnap.store.atomic import (
+    TEMP_PREFIX,
+    atomic_write,
+    make_dirs,
+    remove_durably,
+    remove_temp_files,
+)
 from qsnap.store.journal import JOURNAL_NAME, Batch, apply_covered, commit, replay
 from qsnap.store.summaries import load_summaries
 
 DEFINITION = "domain.xml"
 SNAPSHOTS = "snapshots"
 CURRENT = "current"
+#: Present while a running domain has been undefined: virsh keeps such a domain, transient,
+#: until its guest stops; then it is gone.
+TRANSIENT = "transient"
 SUFFIX = ".xml"
 
 
@@ -83,6 +92,17 @@ class DomainFolder:
 
     def exists(self) -> bool:
         return (self.path / DEFINITION).is_file()
+
+    @property
+    def transient(self) -> bool:
+        return (self.path / TRANSIENT).exists()
+
+    def set_transient(self, transient: bool) -> None:
+        """Mark the domain transient (undefined while it runs) or persistent again."""
+        if transient:
+            atomic_write(self.path / TRANSIENT, b"")
+        else:
+            remove_durably(self.path / TRANSIENT)
 
     @property
     def managed_save(self) -> Path:
