@@ -1,8 +1,9 @@
 """A long random run of create/revert/delete/save/restore on several guests with random kills.
 
 Four guests (two disks each) run under real QEMU. One worker per guest picks operations at
-random and runs each as its own ``qsnap`` process. About a third of them are killed at a random
-step (``QSNAP_CRASH_AT``), and some of those have the guest's QEMU SIGKILLed too. ``qsnap
+random and runs each as its own ``qsnap`` process. About a third of them are killed: half at a
+random step boundary (``QSNAP_CRASH_AT``), half by SIGKILL at a random moment (inside a step,
+as a power cut would), and some of those have the guest's QEMU SIGKILLed too. ``qsnap
 recover`` then settles what the crash left. After every operation the guest's data is checked
 the way the test suite does it (tests/qemu_guest.check_snapshot_data):
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -95,12 +97,22 @@ class Worker:
         self.serial_number = 0
         self.log: TextIO | None = None
 
-    async def qsnap(self, *args: str, crash_at: int | None = None) -> tuple[int, str]:
+    async def qsnap(self, *args: str, crash_at: int | None = None,
+                    kill_after: float | None = None) -> tuple[int, str]:
+        """Run one qsnap command; *crash_at* ends it at that step boundary, *kill_after*
+        SIGKILLs it after that many seconds wherever it is (then its return code is
+        ``-SIGKILL``; a command that finished first is not killed)."""
         env = {**os.environ, "QSNAP_CRASH_AT": str(crash_at)} if crash_at else None
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "qsnap.cli", "--state-dir", str(self.state), *args,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
-        out, err = await asyncio.wait_for(process.communicate(), 600)
+        talk = asyncio.ensure_future(process.communicate())
+        if kill_after is not None:
+            done, _ = await asyncio.wait({talk}, timeout=kill_after)
+            if not done:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+        out, err = await asyncio.wait_for(talk, 600)
         assert process.returncode is not None
         return process.returncode, (out + err).decode(errors="replace")
 
@@ -169,13 +181,22 @@ class Worker:
             # Written by an earlier boot (each boot counts from 1): this run has yet to pass
             # it, so the disk may legitimately show smaller values for a while.
             written = None
-        crash_at = self.random.randint(1, 45) if self.random.random() < 0.35 else None
-        kill_qemu = crash_at is not None and self.random.random() < 0.15
-        rc, output = await self.qsnap(*args, crash_at=crash_at)
+        # A third of the operations are killed: half at a step boundary (QSNAP_CRASH_AT),
+        # half by SIGKILL at a random moment, inside a step as a power cut would.
+        crash_at = kill_after = None
+        if self.random.random() < 0.35:
+            if self.random.random() < 0.5:
+                crash_at = self.random.randint(1, 45)
+            else:
+                kill_after = self.random.uniform(0.05, 1.5)
+        kill_qemu = (crash_at or kill_after) is not None and self.random.random() < 0.15
+        when = f"at step {crash_at}" if crash_at else f"after {kill_after or 0:.2f} s"
+        rc, output = await self.qsnap(*args, crash_at=crash_at, kill_after=kill_after)
         self.counts["operations"] += 1
         self.counts[f"op {choice}"] += 1
-        if rc == CRASH_EXIT:
-            self.counts["qsnap killed"] += 1
+        if rc in (CRASH_EXIT, -signal.SIGKILL):
+            self.counts["qsnap killed" if rc == CRASH_EXIT else "qsnap killed at a random time"] \
+                += 1
             if kill_qemu:
                 info = read_runtime(runtime_paths(self.engine.state_dir, self.name))
                 if info is not None:
@@ -183,7 +204,7 @@ class Worker:
                     self.counts["QEMU killed too"] += 1
             rc2, said = await self.qsnap("recover", self.name)
             if rc2 != 0:
-                self.fail(f"recover after {args} killed at step {crash_at}"
+                self.fail(f"recover after {args} killed {when}"
                           f"{' with QEMU' if kill_qemu else ''}: {said}")
                 return
             if "settled an interrupted" in said:
@@ -198,12 +219,13 @@ class Worker:
                 await self.engine.restore(image)
                 image.unlink()
                 self.counts["restores"] += 1
-        how = f"{args} (killed at step {crash_at}{' with QEMU' if kill_qemu else ''}; " \
-            f"rc {rc})" if crash_at else f"{args} (rc {rc})"
+        how = f"{args} (killed {when}{' with QEMU' if kill_qemu else ''}; " \
+            f"rc {rc})" if (crash_at or kill_after) else f"{args} (rc {rc})"
         how += f"; disks before: {disks_before}; said: {output.strip()[-600:]}"
         if self.log is not None:
             self.log.write(json.dumps({
-                "guest": self.name, "args": args, "crash_at": crash_at, "kill_qemu": kill_qemu,
+                "guest": self.name, "args": args, "crash_at": crash_at,
+                "kill_after": kill_after, "kill_qemu": kill_qemu,
                 "rc": rc, "output": output.strip()[-2000:], "snapshots_before": sorted(names),
                 "disks_before": disks_before,
                 "disks_after": await domain_disks(self.engine, self.name)}) + "\n")

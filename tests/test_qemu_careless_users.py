@@ -378,3 +378,21 @@ async def test_undefine_of_a_running_domain_keeps_it_transient_until_it_stops(
     assert await engine.domains() == []
     with pytest.raises(qsnap.NoDomainError, match="transient"):
         await engine.list("g")
+
+
+async def test_a_qemu_started_but_not_yet_recorded_is_found(tmp_path: Path) -> None:
+    """qsnap killed between QEMU's start and its runtime record (the soak's random-time kills
+    hit this in a revert): the QEMU is found by its own pid file, not left running unseen
+    while the next command starts a second one on the same images."""
+    from qsnap.launcher.process import runtime_paths
+    engine, _ = await started_guest(tmp_path, 1)
+    paths = runtime_paths(engine.state_dir, "g")
+    runtime = engine._runtime("g")[1]
+    assert runtime is not None
+    paths.info.unlink()  # as if qsnap died before writing it
+    assert await engine.domstate("g") == "running"
+    with pytest.raises(qsnap.OperationInvalidError, match="already running"):
+        await engine.start("g")
+    await engine.destroy("g")
+    assert not os.path.exists(f"/proc/{runtime.pid}/cmdline") or \
+        str(paths.qmp).encode() not in Path(f"/proc/{runtime.pid}/cmdline").read_bytes()

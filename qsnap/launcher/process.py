@@ -46,17 +46,37 @@ def runtime_paths(state_dir: Path, domain: str) -> RuntimePaths:
 
 
 def read_runtime(paths: RuntimePaths) -> RuntimeInfo | None:
-    """The runtime record, if the domain's QEMU is still alive; a stale record is removed."""
+    """The runtime record, if the domain's QEMU is still alive; a stale record is removed.
+    With no record, a QEMU qsnap launched but was killed before recording is found by the
+    pid file QEMU writes itself (the soak's random-time kills left such a QEMU running,
+    unseen, beside the one the next command started)."""
     try:
         info = RuntimeInfo(**json.loads(paths.info.read_text()))
     except (FileNotFoundError, ValueError, TypeError):
-        return None
+        return _unrecorded(paths)
     # A QEMU qsnap launched has its socket path on its command line: that guards against a
     # recycled pid. One that was attached may have been given its socket some other way.
     if pid_alive(info.pid, info.qmp if info.owner == "qsnap" else None):
         return info
     clear_runtime(paths)
     return None
+
+
+def _unrecorded(paths: RuntimePaths) -> RuntimeInfo | None:
+    """The QEMU named by the domain's pid file, if it runs with the domain's QMP socket on
+    its command line; recorded now, so that everything else finds it as usual."""
+    try:
+        pid = int(paths.pidfile.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return None
+    if not pid_alive(pid, str(paths.qmp)):
+        return None
+    machine = next((a.decode() for a in cmdline if b"accel=" in a), "")
+    accel = machine.split("accel=", 1)[1].split(",", 1)[0] if machine else "tcg"
+    info = RuntimeInfo(pid=pid, qmp=str(paths.qmp), accel=accel)
+    write_runtime(paths, info)
+    return info
 
 
 def write_runtime(paths: RuntimePaths, info: RuntimeInfo) -> None:
