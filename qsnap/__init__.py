@@ -8,6 +8,8 @@ from qsnap.engine import DomainInfo, Engine, SnapshotInfo
 from qsnap.errors import (
     AlreadyExistsError,
     CorruptMetadataError,
+    DomainNotRunningError,
+    DomainRunningError,
     InvalidArgumentError,
     NoDomainError,
     NoSnapshotError,
@@ -33,6 +35,8 @@ __all__ = [
     "CreateFlags",
     "DeleteFlags",
     "DomainInfo",
+    "DomainNotRunningError",
+    "DomainRunningError",
     "Engine",
     "InvalidArgumentError",
     "ListFilter",

@@ -1,48 +1,66 @@
 """``qsnap``: a virsh-style command line over :class:`qsnap.engine.Engine`.
 
-Command names, argument order and flags are virsh's, so habits carry over. Errors print
-``error: <message>`` on stderr and exit 1; no traceback reaches a user.
+Command names, options, argument forms (:mod:`qsnap.cli_args`), output layouts and error
+texts are virsh's, byte for byte where libvirt reports the same thing, so that scripts written
+against virsh keep working. Errors print ``error: <message>`` on stderr and exit 1; no
+traceback reaches a user.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
-from typing import NoReturn
+from types import SimpleNamespace
 
 from qsnap import (
+    AlreadyExistsError,
     CreateFlags,
     DeleteFlags,
+    DomainNotRunningError,
+    DomainRunningError,
     Engine,
     InvalidArgumentError,
     ListFilter,
+    NoDomainError,
     NoSnapshotError,
+    NotSupportedError,
+    OperationIncompleteError,
+    OperationInvalidError,
     Progress,
     QsnapError,
     RevertFlags,
+    XMLError,
     cli_output,
     format_snapshot,
     parse_snapshot,
     snapshot_xml_from_args,
 )
+from qsnap.cli_args import (
+    CommandSpec,
+    Kind,
+    Opt,
+    UsageError,
+    attribute_of,
+    flag,
+    parse_command,
+    split_global,
+    value,
+)
 
 MAX_XML_FILE = 10 * 1024 * 1024  # virsh's limit for XML files
 
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports usage mistakes the way every other qsnap error is reported."""
-
-    def error(self, message: str) -> NoReturn:
-        raise InvalidArgumentError(f"{message} (see 'qsnap {self.prog.split()[-1]} --help')"
-                                   if " " in self.prog else message)
+Args = SimpleNamespace
 
 
 class _Output:
+    """stdout as virsh writes it: ``print`` always (vshPrint), ``extra`` unless ``-q``
+    (vshPrintExtra); text goes out exactly as given, newlines included."""
+
     def __init__(self, quiet: bool, progress_json: bool = False) -> None:
         self.quiet = quiet
         self.progress_json = progress_json
@@ -57,8 +75,8 @@ class _Output:
             return
         if self.quiet or not sys.stderr.isatty():
             return
-        line = cli_output.progress_line(report.operation, report.done, report.total, report.rate,
-                             report.remaining)
+        line = cli_output.progress_line(report.operation, report.done, report.total,
+                                        report.rate, report.remaining)
         sys.stderr.write(f"\r\x1b[K{line}")
         sys.stderr.flush()
         self._progress_shown = True
@@ -69,7 +87,13 @@ class _Output:
             self._progress_shown = False
 
     def print(self, text: str) -> None:
-        sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # The reader stopped reading (``| head``): the rest of the output has nowhere to
+            # go, but the operation itself is not undone, and its exit status stands.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
     def extra(self, text: str) -> None:
         """Informational messages (virsh's vshPrintExtra), silenced by ``--quiet``."""
@@ -91,95 +115,102 @@ def _read_file(path: str) -> str:
         raise InvalidArgumentError(f"file '{path}' is not UTF-8 text: {exc}") from None
 
 
-def _snapshot_arg(args: argparse.Namespace, option: str = "snapshotname") -> str | None:
+def _exclusive(args: Args, *pairs: tuple[str, str]) -> None:
+    """virsh's VSH_EXCLUSIVE_OPTIONS: its own message, no libvirt prefix."""
+    for first, second in pairs:
+        if getattr(args, attribute_of(first)) and getattr(args, attribute_of(second)):
+            raise UsageError(f"Options --{first} and --{second} are mutually exclusive")
+
+
+def _snapshot_arg(args: Args, option: str = "snapshotname") -> str | None:
     """virsh's {SNAPSHOT | --current}: the name, or None for the current snapshot."""
     name = getattr(args, option)
     if name is not None and args.current:
-        raise InvalidArgumentError(f"--{option} and --current are mutually exclusive")
+        raise UsageError(f"--{option} and --current are mutually exclusive")
     if name is None and not args.current:
-        raise InvalidArgumentError(f"--{option} or --current is required")
+        raise UsageError(f"--{option} or --current is required")
     return name
 
 
 # -- commands ------------------------------------------------------------------------------------
 
 
-async def cmd_define(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
+async def cmd_define(engine: Engine, args: Args, out: _Output) -> None:
     name = await engine.define(_read_file(args.file))
-    out.extra(f"Domain '{name}' defined from {args.file}")
+    out.extra(f"Domain '{name}' defined from {args.file}\n")
 
 
-async def cmd_undefine(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
+async def cmd_undefine(engine: Engine, args: Args, out: _Output) -> None:
     await engine.undefine(args.domain, snapshots_metadata=args.snapshots_metadata)
-    out.extra(f"Domain '{args.domain}' has been undefined")
+    out.extra(f"Domain '{args.domain}' has been undefined\n")
 
 
-async def cmd_dumpxml(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
+async def cmd_dumpxml(engine: Engine, args: Args, out: _Output) -> None:
     out.print(await engine.domain_xml(args.domain, secure=args.security_info))
 
 
-async def cmd_start(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
-    info = await engine.start(args.domain, progress=out.progress)
+async def cmd_start(engine: Engine, args: Args, out: _Output) -> None:
+    await engine.start(args.domain, progress=out.progress)
     out.end_progress()
-    out.extra(f"Domain '{args.domain}' started (accelerator: {info.accel})")
+    out.extra(f"Domain '{args.domain}' started\n")
 
 
-async def cmd_destroy(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
+async def cmd_destroy(engine: Engine, args: Args, out: _Output) -> None:
     await engine.destroy(args.domain)
-    out.extra(f"Domain '{args.domain}' destroyed")
+    out.extra(f"Domain '{args.domain}' destroyed\n")
 
 
-async def cmd_attach(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
+async def cmd_attach(engine: Engine, args: Args, out: _Output) -> None:
     info = await engine.attach(args.domain, args.qmp)
-    out.extra(f"Domain '{args.domain}' attached (QEMU pid {info.pid}, accelerator: {info.accel})")
+    out.extra(f"Domain '{args.domain}' attached (QEMU pid {info.pid}, accelerator: "
+              f"{info.accel})\n")
 
 
-def _run_state(args: argparse.Namespace) -> bool | None:
+def _run_state(args: Args) -> bool | None:
     """virsh's {--running | --paused}: None keeps the state recorded in the image."""
-    if args.running and args.paused:
-        raise InvalidArgumentError("--running and --paused are mutually exclusive")
+    _exclusive(args, ("running", "paused"))
     return True if args.running else False if args.paused else None
 
 
-async def cmd_save(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
+async def cmd_save(engine: Engine, args: Args, out: _Output) -> None:
     xml = _read_file(args.xml) if args.xml else None
     await engine.save(args.domain, args.file, running=_run_state(args), xml=xml,
                       progress=out.progress)
     out.end_progress()
-    out.extra(f"Domain '{args.domain}' saved to {args.file}")
+    out.extra(f"\nDomain '{args.domain}' saved to {args.file}\n")
 
 
-async def cmd_restore(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
+async def cmd_restore(engine: Engine, args: Args, out: _Output) -> None:
     xml = _read_file(args.xml) if args.xml else None
     await engine.restore(args.file, running=_run_state(args), xml=xml, progress=out.progress)
     out.end_progress()
-    out.extra(f"Domain restored from {args.file}")
+    out.extra(f"Domain restored from {args.file}\n")
 
 
-async def cmd_managedsave(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
+async def cmd_managedsave(engine: Engine, args: Args, out: _Output) -> None:
     await engine.managedsave(args.domain, running=_run_state(args), progress=out.progress)
     out.end_progress()
-    out.extra(f"Domain '{args.domain}' state saved by qsnap")
+    out.extra(f"\nDomain '{args.domain}' state saved by qsnap\n")
 
 
-async def cmd_save_image_dumpxml(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
+async def cmd_save_image_dumpxml(engine: Engine, args: Args, out: _Output) -> None:
     out.print(await engine.save_image_xml(args.file, secure=args.security_info))
 
 
-async def cmd_shutdown(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
+async def cmd_shutdown(engine: Engine, args: Args, out: _Output) -> None:
     await engine.shutdown(args.domain)
-    out.extra(f"Domain '{args.domain}' is being shutdown")
+    out.extra(f"Domain '{args.domain}' is being shutdown\n")
 
 
-async def cmd_domstate(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
-    out.print(await engine.domstate(args.domain))
+async def cmd_domstate(engine: Engine, args: Args, out: _Output) -> None:
+    out.print(await engine.domstate(args.domain) + "\n")
 
 
-async def cmd_list(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
+async def cmd_list(engine: Engine, args: Args, out: _Output) -> None:
     domains = [d for d in await engine.domains()
                if args.all or (d.state == "shut off") == args.inactive]
     if args.json:
-        out.print(json.dumps([asdict(d) for d in domains], indent=2))
+        out.print(json.dumps([asdict(d) for d in domains], indent=2) + "\n")
     elif args.name:
         out.print("".join(f"{d.name}\n" for d in domains))
     else:
@@ -187,24 +218,24 @@ async def cmd_list(engine: Engine, args: argparse.Namespace, out: _Output) -> No
         out.print(cli_output.table(["Id", "Name", "State"], rows, header=not out.quiet))
 
 
-def _create_flags(args: argparse.Namespace, redefine: bool = False,
-                  current: bool = False) -> CreateFlags:
+def _create_flags(args: Args, redefine: bool = False, current: bool = False) -> CreateFlags:
+    if args.live_strategy not in (None, "background", "precopy", "paused"):
+        raise UsageError(f"invalid --live-strategy '{args.live_strategy}': expected "
+                         "background, precopy or paused")
     return CreateFlags(redefine=redefine, current=current, no_metadata=args.no_metadata,
                        halt=args.halt, disk_only=args.disk_only,
                        reuse_external=args.reuse_external, quiesce=args.quiesce,
                        atomic=args.atomic, live=args.live, validate=args.validate).check()
 
 
-async def cmd_snapshot_create(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
-    if args.xmlfile and args.xmlfile_opt:
-        raise InvalidArgumentError("give the XML file once, as an argument or with --xmlfile")
-    path = args.xmlfile or args.xmlfile_opt
+async def cmd_snapshot_create(engine: Engine, args: Args, out: _Output) -> None:
+    path = args.xmlfile
     flags = _create_flags(args, redefine=args.redefine, current=args.current)
     xml = _read_file(path) if path else None
     if args.print_xml:
         snap = parse_snapshot(xml or "<domainsnapshot/>", redefine=flags.redefine,
                               validate=flags.validate)
-        out.print(format_snapshot(snap))
+        out.print(format_snapshot(snap) + "\n")
         return
     name = await engine.create(args.domain, xml, flags, live_strategy=args.live_strategy,
                                progress=out.progress)
@@ -213,16 +244,13 @@ async def cmd_snapshot_create(engine: Engine, args: argparse.Namespace, out: _Ou
               else f"Domain snapshot {name} created")
 
 
-async def cmd_snapshot_create_as(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
-    name = args.name_opt if args.name_opt is not None else args.name
-    description = args.description_opt if args.description_opt is not None else args.description
-    if args.name_opt is not None and args.name is not None:
-        raise InvalidArgumentError("give the snapshot name once, as an argument or with --name")
+async def cmd_snapshot_create_as(engine: Engine, args: Args, out: _Output) -> None:
     flags = _create_flags(args)
-    xml = snapshot_xml_from_args(name, description, args.memspec, args.diskspec,
+    xml = snapshot_xml_from_args(args.name, args.description, args.memspec, args.diskspec,
                                  disk_only=args.disk_only)
     if args.print_xml:
-        out.print(xml)
+        out.print(xml if xml.endswith("\n") else xml + "\n")
+        out.print("\n")
         return
     created = await engine.create(args.domain, xml, flags, live_strategy=args.live_strategy,
                                   progress=out.progress)
@@ -230,35 +258,32 @@ async def cmd_snapshot_create_as(engine: Engine, args: argparse.Namespace, out: 
     out.extra(f"Domain snapshot {created} created")
 
 
-def _list_filter(args: argparse.Namespace) -> ListFilter:
-    exclusive = [("tree", args.tree, "name", args.name),
-                 ("parent", args.parent, "roots", args.roots),
-                 ("parent", args.parent, "tree", args.tree),
-                 ("roots", args.roots, "tree", args.tree)]
-    for first, a, second, b in exclusive:
-        if a and b:
-            raise InvalidArgumentError(f"--{first} and --{second} are mutually exclusive")
-    filters = ("leaves", "no_leaves", "inactive", "active", "disk_only", "internal", "external")
-    for option in filters:
-        if getattr(args, option) and args.tree:
-            raise InvalidArgumentError(
-                f"--{option.replace('_', '-')} and --tree are mutually exclusive")
+def _list_filter(args: Args) -> ListFilter:
+    _exclusive(args, ("tree", "name"), ("parent", "roots"), ("parent", "tree"),
+               ("roots", "tree"), ("roots", "from"), ("roots", "current"))
+    for option in ("leaves", "no-leaves", "inactive", "active", "disk-only", "internal",
+                   "external"):
+        if getattr(args, attribute_of(option)) and args.tree:
+            raise UsageError(f"--{option} and --tree are mutually exclusive")
+    if args.descendants and not (args.from_ or args.current):
+        raise UsageError("--descendants requires either --from or --current")
     return ListFilter(
         roots=args.roots, leaves=args.leaves, no_leaves=args.no_leaves, metadata=args.metadata,
         no_metadata=args.no_metadata, inactive=args.inactive, active=args.active,
         disk_only=args.disk_only, internal=args.internal, external=args.external,
         topological=args.topological, start=args.from_, from_current=args.current,
-        descendants=args.descendants or (args.tree and (args.from_ or args.current)),
+        descendants=args.descendants or (args.tree and bool(args.from_ or args.current)),
     ).check()
 
 
-async def cmd_snapshot_list(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
+async def cmd_snapshot_list(engine: Engine, args: Args, out: _Output) -> None:
     flt = _list_filter(args)
     if args.tree:
         tree = await engine.tree(args.domain)
         start = args.from_ or (tree.current if args.current else None)
         if args.current and start is None:
-            raise NoSnapshotError(f"domain '{args.domain}' has no current snapshot")
+            raise NoSnapshotError(f"domain '{args.domain}' has no current snapshot",
+                                  domain=args.domain)
         roots = [tree.get(start).name] if start is not None else tree.roots()
         out.print(cli_output.tree(roots, tree.children))
         return
@@ -266,10 +291,9 @@ async def cmd_snapshot_list(engine: Engine, args: argparse.Namespace, out: _Outp
     if args.json:
         current = await engine.current(args.domain)
         out.print(json.dumps([{**asdict(s), "location": s.location, "current": s.name == current}
-                              for s in snapshots], indent=2))
-    elif args.name:
-        out.print("".join(f"{s.name}\t{s.parent or ''}\n" if args.parent else f"{s.name}\n"
-                          for s in snapshots))
+                              for s in snapshots], indent=2) + "\n")
+    elif args.name:  # virsh prints the names alone, --parent or not
+        out.print("".join(f"{s.name}\n" for s in snapshots))
     else:
         headers = ["Name", "Creation Time", "State"] + (["Parent"] if args.parent else [])
         rows = [[s.name, cli_output.local_time(s.creation_time), s.state]
@@ -277,10 +301,10 @@ async def cmd_snapshot_list(engine: Engine, args: argparse.Namespace, out: _Outp
         out.print(cli_output.table(headers, rows, header=not out.quiet))
 
 
-async def cmd_snapshot_info(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
+async def cmd_snapshot_info(engine: Engine, args: Args, out: _Output) -> None:
     info = await engine.info(args.domain, _snapshot_arg(args))
     if args.json:
-        out.print(json.dumps(asdict(info), indent=2))
+        out.print(json.dumps(asdict(info), indent=2) + "\n")
         return
     out.print(cli_output.key_values([
         ("Name", info.name), ("Domain", info.domain), ("Current", "yes" if info.current else "no"),
@@ -291,235 +315,262 @@ async def cmd_snapshot_info(engine: Engine, args: argparse.Namespace, out: _Outp
     ]))
 
 
-async def cmd_snapshot_dumpxml(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
+async def cmd_snapshot_dumpxml(engine: Engine, args: Args, out: _Output) -> None:
     out.print(await engine.get_xml(args.domain, args.snapshotname, secure=args.security_info))
 
 
-async def cmd_snapshot_current(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
+async def cmd_snapshot_current(engine: Engine, args: Args, out: _Output) -> None:
     if args.snapshotname is not None:
-        if args.name:
-            raise InvalidArgumentError("--name and --snapshotname are mutually exclusive")
+        _exclusive(args, ("name", "snapshotname"))
         await engine.set_current(args.domain, args.snapshotname)
         out.extra(f"Snapshot {args.snapshotname} set as current")
         return
     current = await engine.current(args.domain)
-    if current is None:
-        raise NoSnapshotError(f"domain '{args.domain}' has no current snapshot")
+    if current is None:  # virsh's own check, in its own words
+        raise UsageError(f"domain '{args.domain}' has no current snapshot")
     if args.name:
         out.print(current)
     else:
         out.print(await engine.get_xml(args.domain, current, secure=args.security_info))
 
 
-async def cmd_snapshot_parent(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
+async def cmd_snapshot_parent(engine: Engine, args: Args, out: _Output) -> None:
     snapshot = _snapshot_arg(args)
     parent = await engine.parent(args.domain, snapshot)
     if parent is None:
         name = snapshot if snapshot is not None else await engine.current(args.domain)
-        raise NoSnapshotError(f"snapshot '{name}' has no parent")
+        raise UsageError(f"snapshot '{name}' has no parent")
     out.print(parent)
 
 
-async def cmd_snapshot_revert(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
+async def cmd_snapshot_revert(engine: Engine, args: Args, out: _Output) -> None:
     snapshot = _snapshot_arg(args)
     flags = RevertFlags(running=args.running, paused=args.paused, force=args.force,
                         reset_nvram=args.reset_nvram).check()
     name = await engine.revert(args.domain, snapshot, flags, progress=out.progress)
     out.end_progress()
-    out.extra(f"Domain snapshot {name} reverted")
+    out.extra(f"Domain snapshot {name} reverted\n")
 
 
-async def cmd_snapshot_delete(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
+async def cmd_snapshot_delete(engine: Engine, args: Args, out: _Output) -> None:
     flags = DeleteFlags(children=args.children, children_only=args.children_only,
                         metadata_only=args.metadata).check()
     plan = await engine.delete(args.domain, _snapshot_arg(args), flags, progress=out.progress)
     out.end_progress()
-    out.extra(f"Domain snapshot {plan.target} children deleted" if flags.children_only
-              else f"Domain snapshot {plan.target} deleted")
+    out.extra(f"Domain snapshot {plan.target} children deleted\n" if flags.children_only
+              else f"Domain snapshot {plan.target} deleted\n")
 
 
-async def cmd_recover(engine: Engine, args: argparse.Namespace, out: _Output) -> None:
+async def cmd_recover(engine: Engine, args: Args, out: _Output) -> None:
     lines = await engine.recover(args.domain)
-    out.extra("\n".join(lines) if lines else f"Domain {args.domain}: nothing to recover")
+    out.extra("".join(f"{line}\n" for line in lines) if lines
+              else f"Domain {args.domain}: nothing to recover\n")
 
 
-# -- argument parsing ----------------------------------------------------------------------------
+# -- the command table ---------------------------------------------------------------------------
+
+_DOMAIN = value("domain", "domain name", required=True)
+_SNAPSHOT = value("snapshotname", "snapshot name")
+_SECURITY = flag("security-info", "include security sensitive information in XML dump")
+_RUN_STATE = (flag("running", "run the guest after restore"),
+              flag("paused", "leave the guest paused after restore"))
 
 
-def _flag(parser: argparse.ArgumentParser, *names: str, help: str) -> None:
-    parser.add_argument(*names, action="store_true", help=help)
+def _current(what: str) -> Opt:
+    return flag("current", f"{what} the current snapshot")
 
 
-def _create_options(parser: argparse.ArgumentParser) -> None:
-    _flag(parser, "--no-metadata", help="take snapshot but create no metadata")
-    _flag(parser, "--halt", help="halt domain after snapshot is created")
-    _flag(parser, "--disk-only", help="capture disk state but not vm state")
-    _flag(parser, "--reuse-external", help="reuse any existing external files")
-    _flag(parser, "--quiesce", help="quiesce guest's file systems")
-    _flag(parser, "--atomic", help="require atomic operation")
-    _flag(parser, "--live", help="take a live snapshot")
-    parser.add_argument("--live-strategy", choices=("background", "precopy", "paused"),
-                        help="how to capture memory (default: background where QEMU offers "
-                             "it with --live, else precopy; paused without --live)")
-    _flag(parser, "--validate", help="validate the XML strictly against qsnap's schema rules")
-    _flag(parser, "--print-xml", help="print XML document rather than create")
+_CREATE_FLAGS = (
+    flag("no-metadata", "take snapshot but create no metadata"),
+    flag("halt", "halt domain after snapshot is created"),
+    flag("disk-only", "capture disk state but not vm state"),
+    flag("reuse-external", "reuse any existing external files"),
+    flag("quiesce", "quiesce guest's file systems"),
+    flag("atomic", "require atomic operation"),
+    flag("live", "take a live snapshot"),
+)
+_CREATE_EXTRAS = (
+    value("live-strategy", "how to capture memory: background, precopy or paused (default: "
+          "background where QEMU offers it with --live, else precopy; paused without --live)",
+          positional=False),
+    flag("validate", "validate the XML strictly against qsnap's schema rules"),
+)
+
+COMMANDS: dict[str, CommandSpec] = {spec.name: spec for spec in (
+    CommandSpec("define", "define a domain from an XML file", (
+        value("file", "file containing an XML domain description", required=True),),
+        cmd_define),
+    CommandSpec("undefine", "undefine a domain", (
+        _DOMAIN, flag("snapshots-metadata", "remove all snapshot metadata too")),
+        cmd_undefine),
+    CommandSpec("dumpxml", "domain information in XML", (_DOMAIN, _SECURITY), cmd_dumpxml),
+    CommandSpec("start", "start a (previously defined) inactive domain", (_DOMAIN,), cmd_start),
+    CommandSpec("destroy", "stop a domain at once (its QEMU is ended)", (_DOMAIN,),
+                cmd_destroy),
+    CommandSpec("shutdown", "gracefully shutdown a domain (ACPI power button)", (_DOMAIN,),
+                cmd_shutdown),
+    CommandSpec("domstate", "domain state", (_DOMAIN,), cmd_domstate),
+    CommandSpec("attach", "adopt a QEMU launched by someone else, via its QMP socket", (
+        _DOMAIN, value("qmp", "path of its QMP unix socket", required=True, positional=False,
+                       metavar="socket")), cmd_attach),
+    CommandSpec("save", "save a domain's state to a file, and stop it", (
+        _DOMAIN, value("file", "where to save the data", required=True),
+        flag("bypass-cache", "accepted for virsh compatibility; saves bypass the cache"),
+        value("xml", "file holding the domain XML to store in the image instead"),
+        *_RUN_STATE, flag("verbose", "accepted for virsh compatibility")), cmd_save),
+    CommandSpec("restore", "restore a domain from a saved state file", (
+        value("file", "the state to restore", required=True),
+        flag("bypass-cache", "accepted for virsh compatibility"),
+        value("xml", "file holding the domain XML to use instead"), *_RUN_STATE),
+        cmd_restore),
+    CommandSpec("managedsave", "save a domain's state so 'start' resumes it", (
+        _DOMAIN, flag("bypass-cache", "accepted for virsh compatibility"), *_RUN_STATE,
+        flag("verbose", "accepted for virsh compatibility")), cmd_managedsave),
+    CommandSpec("save-image-dumpxml", "the domain XML inside a saved state file", (
+        value("file", "saved state file to read", required=True), _SECURITY),
+        cmd_save_image_dumpxml),
+    CommandSpec("list", "list domains", (
+        flag("all", "list inactive and active domains"),
+        flag("inactive", "list inactive domains"), flag("name", "list domain names only"),
+        flag("json", "machine-readable output")), cmd_list),
+    CommandSpec("snapshot-create", "create a snapshot from XML", (
+        _DOMAIN, value("xmlfile", "domain snapshot XML"),
+        flag("redefine", "redefine metadata for existing snapshot"),
+        flag("current", "with redefine, set current snapshot"), *_CREATE_FLAGS,
+        *_CREATE_EXTRAS, flag("print-xml", "print XML document rather than create")),
+        cmd_snapshot_create),
+    CommandSpec("snapshot-create-as", "create a snapshot from a set of args", (
+        _DOMAIN, value("name", "name of snapshot"),
+        value("description", "description of snapshot"),
+        flag("print-xml", "print XML document rather than create"), *_CREATE_FLAGS,
+        value("memspec", "memory attributes: [file=]name[,snapshot=type]", positional=False,
+              metavar="memspec"),
+        Opt("diskspec", Kind.REST, "disk attributes: disk[,snapshot=type][,driver=type]"
+            "[,stype=type][,file=name]", metavar="diskspec"),
+        *_CREATE_EXTRAS), cmd_snapshot_create_as),
+    CommandSpec("snapshot-list", "list snapshots for a domain", (
+        _DOMAIN,
+        flag("parent", "add a column showing parent snapshot"),
+        flag("roots", "list only snapshots without parents"),
+        flag("leaves", "list only snapshots without children"),
+        flag("no-leaves", "list only snapshots that are not leaves (with children)"),
+        flag("metadata", "list only snapshots that have metadata that would prevent undefine"),
+        flag("no-metadata", "list only snapshots that have no metadata managed by qsnap"),
+        flag("inactive", "filter by snapshots taken while inactive"),
+        flag("active", "filter by snapshots taken while active (full system snapshots)"),
+        flag("disk-only", "filter by disk-only snapshots"),
+        flag("internal", "filter by internal snapshots"),
+        flag("external", "filter by external snapshots"),
+        flag("tree", "list snapshots in a tree"),
+        value("from", "limit list to children of given snapshot"),
+        _current("limit list to children of"),
+        flag("descendants", "with --from, list all descendants"),
+        flag("name", "list snapshot names only"),
+        flag("topological", "sort list topologically rather than by name"),
+        flag("json", "machine-readable output")), cmd_snapshot_list),
+    CommandSpec("snapshot-info", "snapshot information", (
+        _DOMAIN, _SNAPSHOT, _current("info on"), flag("json", "machine-readable output")),
+        cmd_snapshot_info),
+    CommandSpec("snapshot-dumpxml", "dump XML for a domain snapshot", (
+        _DOMAIN, value("snapshotname", "snapshot name", required=True), _SECURITY),
+        cmd_snapshot_dumpxml),
+    CommandSpec("snapshot-current", "get or set the current snapshot", (
+        _DOMAIN, flag("name", "list the name, rather than the full xml"), _SECURITY,
+        value("snapshotname", "name of existing snapshot to make current")),
+        cmd_snapshot_current),
+    CommandSpec("snapshot-parent", "get the name of the parent of a snapshot", (
+        _DOMAIN, value("snapshotname", "find parent of snapshot name"),
+        _current("find parent of")), cmd_snapshot_parent),
+    CommandSpec("snapshot-revert", "revert a domain to a snapshot", (
+        _DOMAIN, _SNAPSHOT, _current("revert to"),
+        flag("running", "after reverting, change state to running"),
+        flag("paused", "after reverting, change state to paused"),
+        flag("force", "try harder on risky reverts"),
+        flag("reset-nvram", "re-initialize NVRAM from its pristine template")),
+        cmd_snapshot_revert),
+    CommandSpec("snapshot-delete", "delete a domain snapshot", (
+        _DOMAIN, _SNAPSHOT, _current("delete"),
+        flag("children", "delete snapshot and all children"),
+        flag("children-only", "delete children but not snapshot"),
+        flag("metadata", "delete only qsnap metadata, leaving snapshot contents behind")),
+        cmd_snapshot_delete),
+    CommandSpec("recover", "finish what a crash left half-done on a domain", (_DOMAIN,),
+                cmd_recover),
+)}
 
 
-def _snapshot_ref(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("snapshotname", nargs="?", help="snapshot name")
-    _flag(parser, "--current", help=f"{what} the current snapshot")
+def usage() -> str:
+    """``qsnap --help``: the global options and every command, virsh's way."""
+    width = max(len(name) for name in COMMANDS)
+    lines = ["qsnap [--state-dir DIR] [-q] [--progress-json] COMMAND [OPTIONS]...",
+             "", "Snapshots of QEMU guests, the way virsh does them.", "",
+             "  --state-dir DIR    where metadata lives (default: $QSNAP_STATE_DIR, else "
+             "$XDG_STATE_HOME/qsnap)",
+             "  -q, --quiet        quiet mode: no informational messages or headers",
+             "  --progress-json    report the progress of long operations as one JSON "
+             "object per line on stderr", "", " Commands (qsnap COMMAND --help for one):"]
+    lines += [f"    {name:<{width}}  {spec.help}" for name, spec in COMMANDS.items()]
+    return "\n".join(lines) + "\n"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="qsnap", description="Snapshots of QEMU guests, the way virsh does them.")
-    parser.add_argument("--state-dir", help="where metadata lives (default: $QSNAP_STATE_DIR, "
-                                            "else $XDG_STATE_HOME/qsnap)")
-    _flag(parser, "-q", "--quiet", help="quiet mode: no informational messages or headers")
-    _flag(parser, "--progress-json", help="report the progress of long operations (memory "
-                                          "save and load, merges) as one JSON object per line "
-                                          "on stderr")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    commands.required = True
+# -- errors in libvirt's words ---------------------------------------------------------------------
 
-    def command(name: str, handler: object, help: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=help)
-        sub.set_defaults(handler=handler)
-        return sub
-
-    sub = command("define", cmd_define, "define a domain from an XML file")
-    sub.add_argument("file")
-    sub = command("undefine", cmd_undefine, "undefine a domain")
-    sub.add_argument("domain")
-    _flag(sub, "--snapshots-metadata", help="remove all snapshot metadata too")
-    sub = command("dumpxml", cmd_dumpxml, "domain information in XML")
-    sub.add_argument("domain")
-    _flag(sub, "--security-info", help="include security sensitive information in XML dump")
-    sub = command("start", cmd_start, "start a (previously defined) inactive domain")
-    sub.add_argument("domain")
-    sub = command("destroy", cmd_destroy, "stop a domain at once (its QEMU is ended)")
-    sub.add_argument("domain")
-    sub = command("attach", cmd_attach, "adopt a QEMU launched by someone else, via its QMP socket")
-    sub.add_argument("domain")
-    sub.add_argument("--qmp", required=True, metavar="SOCKET", help="path of its QMP unix socket")
-    for name, handler, text in (
-            ("save", cmd_save, "save a domain's state to a file, and stop it"),
-            ("restore", cmd_restore, "restore a domain from a saved state file"),
-            ("managedsave", cmd_managedsave, "save a domain's state so 'start' resumes it")):
-        sub = command(name, handler, text)
-        if name == "restore":
-            sub.add_argument("file")
-        else:
-            sub.add_argument("domain")
-        if name == "save":
-            sub.add_argument("file")
-        if name != "managedsave":
-            sub.add_argument("--xml", metavar="FILE", help="domain XML to store/use instead")
-        _flag(sub, "--running", help="run the guest after restore")
-        _flag(sub, "--paused", help="leave the guest paused after restore")
-        _flag(sub, "--bypass-cache", help="accepted for virsh compatibility; no effect yet")
-        _flag(sub, "--verbose", help="accepted for virsh compatibility; no effect yet")
-    sub = command("save-image-dumpxml", cmd_save_image_dumpxml,
-                  "the domain XML inside a saved state file")
-    sub.add_argument("file")
-    _flag(sub, "--security-info", help="include security sensitive information in XML dump")
-    sub = command("shutdown", cmd_shutdown, "gracefully shutdown a domain (ACPI power button)")
-    sub.add_argument("domain")
-    sub = command("domstate", cmd_domstate, "domain state")
-    sub.add_argument("domain")
-    sub = command("list", cmd_list, "list domains")
-    _flag(sub, "--all", help="list inactive and active domains")
-    _flag(sub, "--inactive", help="list inactive domains")
-    _flag(sub, "--name", help="list domain names only")
-    _flag(sub, "--json", help="machine-readable output")
-
-    sub = command("snapshot-create", cmd_snapshot_create, "create a snapshot from XML")
-    sub.add_argument("domain")
-    sub.add_argument("xmlfile", nargs="?", help="domain snapshot XML")
-    sub.add_argument("--xmlfile", dest="xmlfile_opt", metavar="FILE", help="domain snapshot XML")
-    _flag(sub, "--redefine", help="redefine metadata for existing snapshot")
-    _flag(sub, "--current", help="with redefine, set current snapshot")
-    _create_options(sub)
-
-    sub = command("snapshot-create-as", cmd_snapshot_create_as,
-                  "create a snapshot from a set of args")
-    sub.add_argument("domain")
-    sub.add_argument("name", nargs="?", help="name of snapshot")
-    sub.add_argument("description", nargs="?", help="description of snapshot")
-    sub.add_argument("--name", dest="name_opt", metavar="NAME", help="name of snapshot")
-    sub.add_argument("--description", dest="description_opt", metavar="TEXT",
-                     help="description of snapshot")
-    sub.add_argument("--memspec", help="memory attributes: [file=]name[,snapshot=type]")
-    sub.add_argument("--diskspec", action="append", metavar="SPEC",
-                     help="disk attributes: disk[,snapshot=type][,driver=type][,stype=type]"
-                          "[,file=name]")
-    _create_options(sub)
-
-    sub = command("snapshot-list", cmd_snapshot_list, "list snapshots for a domain")
-    sub.add_argument("domain")
-    sub.add_argument("from_", nargs="?", metavar="from", help="limit list to children of this")
-    sub.add_argument("--from", dest="from_opt", metavar="SNAPSHOT",
-                     help="limit list to children of given snapshot")
-    for option, text in (
-            ("--parent", "add a column showing parent snapshot"),
-            ("--roots", "list only snapshots without parents"),
-            ("--leaves", "list only snapshots without children"),
-            ("--no-leaves", "list only snapshots that are not leaves (with children)"),
-            ("--metadata", "list only snapshots that have metadata that would prevent undefine"),
-            ("--no-metadata", "list only snapshots that have no metadata managed by qsnap"),
-            ("--inactive", "filter by snapshots taken while inactive"),
-            ("--active", "filter by snapshots taken while active (full system snapshots)"),
-            ("--disk-only", "filter by disk-only snapshots"),
-            ("--internal", "filter by internal snapshots"),
-            ("--external", "filter by external snapshots"),
-            ("--tree", "list snapshots in a tree"),
-            ("--current", "limit list to children of current snapshot"),
-            ("--descendants", "with --from, list all descendants"),
-            ("--name", "list snapshot names only"),
-            ("--topological", "sort list topologically rather than by name"),
-            ("--json", "machine-readable output")):
-        _flag(sub, option, help=text)
-
-    sub = command("snapshot-info", cmd_snapshot_info, "snapshot information")
-    sub.add_argument("domain")
-    _snapshot_ref(sub, "info on")
-    _flag(sub, "--json", help="machine-readable output")
-    sub = command("snapshot-dumpxml", cmd_snapshot_dumpxml, "dump XML for a domain snapshot")
-    sub.add_argument("domain")
-    sub.add_argument("snapshotname")
-    _flag(sub, "--security-info", help="include security sensitive information in XML dump")
-    sub = command("snapshot-current", cmd_snapshot_current, "get or set the current snapshot")
-    sub.add_argument("domain")
-    sub.add_argument("snapshotname", nargs="?", help="name of existing snapshot to make current")
-    _flag(sub, "--name", help="list the name, rather than the full xml")
-    _flag(sub, "--security-info", help="include security sensitive information in XML dump")
-    sub = command("snapshot-parent", cmd_snapshot_parent, "get the name of a snapshot's parent")
-    sub.add_argument("domain")
-    _snapshot_ref(sub, "find parent of")
-    sub = command("snapshot-revert", cmd_snapshot_revert, "revert a domain to a snapshot")
-    sub.add_argument("domain")
-    _snapshot_ref(sub, "revert to")
-    _flag(sub, "--running", help="after reverting, change state to running")
-    _flag(sub, "--paused", help="after reverting, change state to paused")
-    _flag(sub, "--force", help="try harder on risky reverts")
-    _flag(sub, "--reset-nvram", help="re-initialize NVRAM from its pristine template")
-    sub = command("recover", cmd_recover, "finish what a crash left half-done on a domain")
-    sub.add_argument("domain")
-    sub = command("snapshot-delete", cmd_snapshot_delete, "delete a domain snapshot")
-    sub.add_argument("domain")
-    _snapshot_ref(sub, "delete")
-    _flag(sub, "--children", help="delete snapshot and all children")
-    _flag(sub, "--children-only", help="delete children but not snapshot")
-    _flag(sub, "--metadata", help="delete only qsnap metadata, leaving snapshot contents behind")
-    return parser
+#: libvirt's prefix for an error of each kind (its error code's text), so that scripts
+#: written against virsh's messages keep working.
+_LIBVIRT_PREFIX: tuple[tuple[type[QsnapError], str], ...] = (
+    (NoSnapshotError, "Domain snapshot not found: "),
+    (AlreadyExistsError, "operation failed: "),
+    (OperationIncompleteError, "operation failed: "),
+    (InvalidArgumentError, "invalid argument: "),
+    (OperationInvalidError, "Requested operation is not valid: "),
+    (NotSupportedError, "Operation not supported: "),
+    (XMLError, "XML error: "),
+)
 
 
-def _normalise(args: argparse.Namespace) -> argparse.Namespace:
-    if args.command == "snapshot-list":
-        if args.from_ is not None and args.from_opt is not None:
-            raise InvalidArgumentError("give the starting snapshot once, as an argument or "
-                                       "with --from")
-        args.from_ = args.from_ if args.from_ is not None else args.from_opt
-    return args
+#: virsh's first error line when a domain operation fails (before libvirt's own reason).
+_FAILED_TO = {
+    "define": "Failed to define domain from {file}",
+    "undefine": "Failed to undefine domain '{domain}'",
+    "shutdown": "Failed to shutdown domain '{domain}'",
+    "destroy": "Failed to destroy domain '{domain}'",
+    "save": "Failed to save domain '{domain}' to {file}",
+    "restore": "Failed to restore domain from {file}",
+    "managedsave": "Failed to save domain '{domain}' state",
+    "start": "Failed to start domain '{domain}'",
+}
+
+
+def virsh_message(exc: QsnapError, command: str | None = None,
+                  args: Args | None = None) -> str:
+    """What virsh prints after ``error:`` for the same condition (one or two lines); qsnap's
+    own text (under libvirt's prefix for its kind) where libvirt has none."""
+    if isinstance(exc, UsageError):
+        return str(exc)
+    if isinstance(exc, NoDomainError) and exc.domain:
+        return f"failed to get domain '{exc.domain}'"
+    if isinstance(exc, DomainRunningError) and command == "start":
+        return "Domain is already active"  # virsh's own check
+    reason = _libvirt_reason(exc)
+    if command in _FAILED_TO and args is not None:
+        return _FAILED_TO[command].format(**vars(args)) + "\nerror: " + reason
+    return reason
+
+
+def _libvirt_reason(exc: QsnapError) -> str:
+    if isinstance(exc, DomainNotRunningError):
+        return "Requested operation is not valid: domain is not running"
+    if isinstance(exc, NoSnapshotError):
+        if exc.snapshot is None:  # --current without one
+            return "Domain snapshot not found: the domain does not have a current snapshot"
+        return ("Domain snapshot not found: no domain snapshot with matching name "
+                f"'{exc.snapshot}'")
+    if isinstance(exc, AlreadyExistsError) and exc.snapshot:
+        return f"operation failed: domain moment {exc.snapshot} already exists"
+    for kind, prefix in _LIBVIRT_PREFIX:
+        if isinstance(exc, kind):
+            return prefix + str(exc)
+    return str(exc)
 
 
 class _WarningFormatter(logging.Formatter):
@@ -528,33 +579,67 @@ class _WarningFormatter(logging.Formatter):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``qsnap`` command; returns the exit status."""
+    """Entry point of the ``qsnap`` command; returns the exit status.
+
+    As virsh: a command's output is followed by one newline (none with ``-q``), also when
+    it fails at run time, with the error on stderr; a command line that cannot be parsed
+    prints only the error. Exit status 1 on any error."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_WarningFormatter())
     logger = logging.getLogger("qsnap")
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING)
+    out: _Output | None = None
+    spec: CommandSpec | None = None
+    args: Args | None = None
     try:
-        args = _normalise(build_parser().parse_args(argv))
-        engine = Engine(args.state_dir)
-        asyncio.run(args.handler(engine, args, _Output(args.quiet, args.progress_json)))
+        options, words = split_global(list(sys.argv[1:] if argv is None else argv))
+        if options.help or not words or words[0] == "help":
+            topic = words[1] if len(words) > 1 and words[0] == "help" else None
+            if topic is not None and topic not in COMMANDS:
+                raise UsageError(f"command or command group '{topic}' doesn't exist")
+            sys.stdout.write(COMMANDS[topic].help_text() if topic else usage())
+            return 0 if options.help or words else 1
+        spec = COMMANDS.get(words[0])
+        if spec is None:
+            raise UsageError(f"unknown command: '{words[0]}'")
+        if "--help" in words[1:words.index("--")] if "--" in words else "--help" in words[1:]:
+            sys.stdout.write(spec.help_text())
+            return 0
+        args = parse_command(spec, words[1:])
+        out = _Output(options.quiet, options.progress_json)
+        engine = Engine(options.state_dir)
+        asyncio.run(spec.handler(engine, args, out))  # type: ignore[operator]
+        out.end_progress()
+        out.extra("\n")
         return 0
     except QsnapError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        ran = out is not None and spec is not None
+        _failed(out, virsh_message(exc, spec.name if ran and spec else None,
+                                   args if ran else None))
         return 1
     except OSError as exc:
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        _failed(out, f"{exc.strerror or exc}{where}")
         return 1
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        _failed(out, "interrupted")
         return 130
     except Exception as exc:  # a bug: still no traceback for the user, but say what it was
-        print(f"error: internal error in qsnap ({type(exc).__name__}: {exc}); "
-              "please report it", file=sys.stderr)
+        _failed(out, f"internal error in qsnap ({type(exc).__name__}: {exc}); please report it")
         return 1
     finally:
         logger.removeHandler(handler)
+
+
+def _failed(out: _Output | None, message: str) -> None:
+    """virsh's way: a command that ran ends its output with a newline even when it fails
+    (the error goes to stderr); one that could not be parsed prints nothing on stdout."""
+    if out is not None:
+        out.end_progress()
+        out.extra("\n")
+        sys.stdout.flush()
+    print(f"error: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

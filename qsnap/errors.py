@@ -10,7 +10,16 @@ from __future__ import annotations
 
 
 class QsnapError(Exception):
-    """Base class of every error qsnap reports on purpose."""
+    """Base class of every error qsnap reports on purpose. ``domain``, ``snapshot`` and
+    ``path`` name what the error is about where that is known, for callers that branch on
+    it (the CLI words libvirt's messages from them) without parsing the message."""
+
+    def __init__(self, message: str = "", *, domain: str | None = None,
+                 snapshot: str | None = None, path: str | None = None) -> None:
+        super().__init__(message)
+        self.domain = domain
+        self.snapshot = snapshot
+        self.path = path
 
 
 class XMLError(QsnapError):
@@ -39,6 +48,14 @@ class AlreadyExistsError(QsnapError):
 
 class OperationInvalidError(QsnapError):
     """The operation is not valid in the object's present state (libvirt's OPERATION_INVALID)."""
+
+
+class DomainNotRunningError(OperationInvalidError):
+    """The operation needs the domain's guest running, and it is not."""
+
+
+class DomainRunningError(OperationInvalidError):
+    """The operation needs the domain's guest stopped, and it runs."""
 
 
 class NotSupportedError(QsnapError):

@@ -43,19 +43,20 @@ def test_start_shutdown_destroy_from_the_cli(tmp_path: Path,
         return code, out, err
 
     assert cli("define", str(xml))[0] == 0
-    assert cli("start", "life")[1] == "Domain 'life' started (accelerator: tcg)\n"
-    assert cli("domstate", "life")[1] == "running\n"
+    assert cli("start", "life")[1] == "Domain 'life' started\n\n"
+    assert cli("domstate", "life")[1] == "running\n\n"
     assert "running" in cli("list")[1]
     asyncio.run(wait_for_counter(tmp_path / "g" / "serial.log", 5))
-    assert cli("shutdown", "life")[1] == "Domain 'life' is being shutdown\n"
+    assert cli("shutdown", "life")[1] == "Domain 'life' is being shutdown\n\n"
     asyncio.run(_wait_state(Engine(state), "life", "shut off"))
     assert b"power button pressed" in (tmp_path / "g" / "serial.log").read_bytes()
     code, _, err = cli("shutdown", "life")
-    assert (code, err) == (1, "error: domain 'life' is not running\n")
+    assert (code, err) == (1, "error: Failed to shutdown domain 'life'\n"
+                              "error: Requested operation is not valid: domain is not running\n")
     assert cli("start", "life")[0] == 0
-    assert cli("destroy", "life")[1] == "Domain 'life' destroyed\n"
-    assert cli("domstate", "life")[1] == "shut off\n"
-    assert cli("list", "--inactive", "--name")[1] == "life\n"
+    assert cli("destroy", "life")[1] == "Domain 'life' destroyed\n\n"
+    assert cli("domstate", "life")[1] == "shut off\n\n"
+    assert cli("list", "--inactive", "--name")[1] == "life\n\n"
 
 
 async def test_bad_emulator_is_reported(tmp_path: Path) -> None:

@@ -47,6 +47,8 @@ from qsnap.engine.save_work import RestoreWork, SaveWork
 from qsnap.errors import (
     AlreadyExistsError,
     CorruptMetadataError,
+    DomainNotRunningError,
+    DomainRunningError,
     InvalidArgumentError,
     NoDomainError,
     NoSnapshotError,
@@ -174,7 +176,7 @@ class Engine:
                             domain, exc)
         if must_exist and not self.state.folder(domain).exists():
             # Checked before locking too, so a mistyped name leaves no lock file behind.
-            raise NoDomainError(f"domain '{domain}' is not defined")
+            raise NoDomainError(f"domain '{domain}' is not defined", domain=domain)
         lock = self.state.lock(domain)
         await lock.acquire_async()
         try:
@@ -199,7 +201,7 @@ class Engine:
         First finish what a crash left: a metadata change, then an operation on images."""
         folder = self.state.folder(domain)
         if not folder.exists():
-            raise NoDomainError(f"domain '{domain}' is not defined")
+            raise NoDomainError(f"domain '{domain}' is not defined", domain=domain)
         lock = self.state.lock(domain)
         await lock.acquire_async()
         try:
@@ -233,11 +235,13 @@ class Engine:
         if snapshot is not None:
             if not folder.has_snapshot(snapshot):
                 raise NoSnapshotError(
-                    f"domain '{folder.name}' has no snapshot named '{snapshot}'")
+                    f"domain '{folder.name}' has no snapshot named '{snapshot}'",
+                    domain=folder.name, snapshot=snapshot)
             return snapshot
         current = folder.read_current()
         if current is None:
-            raise NoSnapshotError(f"domain '{folder.name}' has no current snapshot")
+            raise NoSnapshotError(f"domain '{folder.name}' has no current snapshot",
+                                  domain=folder.name)
         return current
 
     # -- domains ----------------------------------------------------------------------------
@@ -310,8 +314,8 @@ class Engine:
         (called with the domain's lock held, so never in the middle of a revert's restart)."""
         if folder.transient and self._runtime(folder.name)[1] is None:
             self.state.remove_folder(folder)
-            raise NoDomainError(f"domain '{folder.name}' is not defined (it was transient, "
-                                "and its guest has stopped)")
+            raise NoDomainError(f"domain '{folder.name}' is not defined (it was transient, and "
+                                "its guest has stopped)", domain=folder.name)
 
     async def domains(self) -> list[DomainInfo]:
         def work() -> list[tuple[str, str | None]]:
@@ -337,8 +341,8 @@ class Engine:
         async with self._session(domain) as folder:
             paths, info = self._runtime(domain)
             if info is not None:
-                raise OperationInvalidError(f"domain '{domain}' is already running "
-                                            f"(QEMU pid {info.pid})")
+                raise DomainRunningError(f"domain '{domain}' is already running "
+                                         f"(QEMU pid {info.pid})", domain=domain)
             managed = folder.managed_save
             if managed.exists():
                 image = await asyncio.to_thread(read_image, managed)
@@ -356,7 +360,7 @@ class Engine:
         async with self._session(domain) as folder:
             paths, info = self._runtime(domain)
             if info is None:
-                raise OperationInvalidError(f"domain '{domain}' is not running")
+                raise DomainNotRunningError(f"domain '{domain}' is not running", domain=domain)
             await stop(paths, info)
             if folder.transient:  # it stopped: a transient domain is gone with it
                 await asyncio.to_thread(self.state.remove_folder, folder)
@@ -402,7 +406,8 @@ class Engine:
                                            vcpus, kvm, running)
                 self._refuse_duplicate_uuid(updated)
             if self._runtime(domain)[1] is not None:
-                raise OperationInvalidError(f"domain '{domain}' is already running")
+                raise DomainRunningError(f"domain '{domain}' is already running",
+                                         domain=domain)
             folder.write_definition(updated)
             write_runtime(runtime_paths(self.state_dir, domain), info)
             return info
@@ -425,7 +430,7 @@ class Engine:
         async with self._session(domain) as folder:
             paths, info = self._runtime(domain)
             if info is None:
-                raise OperationInvalidError(f"domain '{domain}' is not running")
+                raise DomainNotRunningError(f"domain '{domain}' is not running", domain=domain)
             domain_xml = _image_xml(folder.definition, xml)
             check_new_file_path("the save image", str(target))
             if os.path.lexists(target):
@@ -491,7 +496,8 @@ class Engine:
                               progress: ProgressCallback | None = None) -> None:
         paths, info = self._runtime(domain.name)
         if info is not None:
-            raise OperationInvalidError(f"domain '{domain.name}' is already running")
+            raise DomainRunningError(f"domain '{domain.name}' is already running",
+                                     domain=domain.name)
         work = RestoreWork(str(source), image.was_running if running is None else running,
                            managed)
         state = self.state.folder(domain.name).path
@@ -535,7 +541,7 @@ class Engine:
         async with self._session(domain):
             info = self._runtime(domain)[1]
             if info is None:
-                raise OperationInvalidError(f"domain '{domain}' is not running")
+                raise DomainNotRunningError(f"domain '{domain}' is not running", domain=domain)
             async with await Monitor.connect(info.qmp) as monitor:
                 await monitor.powerdown()
 

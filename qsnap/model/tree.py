@@ -122,7 +122,8 @@ class SnapshotTree:
             return self._nodes[name]
         except KeyError:
             raise NoSnapshotError(
-                f"domain '{self.domain}' has no snapshot named '{name}'") from None
+                f"domain '{self.domain}' has no snapshot named '{name}'", domain=self.domain,
+                snapshot=name) from None
 
     def parent(self, name: str) -> str | None:
         self.get(name)

@@ -19,4 +19,4 @@ def check_create_request(snap: SnapshotDef, flags: CreateFlags, domain: str,
         check_snapshot_name(snap.name)
         if name_taken:
             raise AlreadyExistsError(f"domain '{domain}' already has a snapshot named "
-                                     f"'{snap.name}'")
+                                     f"'{snap.name}'", domain=domain, snapshot=snap.name)

@@ -39,7 +39,8 @@ def select_snapshots(tree: SnapshotTree, flt: ListFilter) -> list[SnapshotSummar
     start = flt.start
     if flt.from_current:
         if tree.current is None:
-            raise NoSnapshotError(f"domain '{tree.domain}' has no current snapshot")
+            raise NoSnapshotError(f"domain '{tree.domain}' has no current snapshot",
+                                  domain=tree.domain)
         start = tree.current
     if start is not None:
         names = tree.descendants(start) if flt.descendants else tree.children(start)

@@ -115,7 +115,8 @@ class DomainFolder:
         try:
             text = path.read_bytes()
         except FileNotFoundError:
-            raise NoDomainError(f"domain '{self.name}' is not defined") from None
+            raise NoDomainError(f"domain '{self.name}' is not defined",
+                                domain=self.name) from None
         try:
             return parse_domain(text, f"domain definition '{path}'")
         except QsnapError as exc:
@@ -148,7 +149,8 @@ class DomainFolder:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            raise NoSnapshotError(f"domain '{self.name}' has no snapshot named '{name}'") \
+            raise NoSnapshotError(f"domain '{self.name}' has no snapshot named '{name}'",
+                                  domain=self.name, snapshot=name) \
                 from None
         way_out = (f"; fix the file, or remove just this metadata with 'snapshot-delete "
                    f"{self.name} {name} --metadata' (no image is touched)")
