@@ -78,8 +78,11 @@ def reserve_private_file(path: str) -> None:
     """Create *path* empty, 0600, never through a link or over a file. QEMU and qemu-img
     create images with their own umask (0640 and 0644 were seen), readable by others even
     over a 0600 base (libvirt's CVE-2025-13193); both keep the mode of a file that exists."""
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600))
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600))
+    except OSError as exc:
+        raise ImageToolError(f"cannot create the overlay '{path}': {exc.strerror}") from None
 
 
 async def create_overlay(path: str, fmt: str, backing: str, backing_format: str) -> None:

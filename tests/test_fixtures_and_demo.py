@@ -47,4 +47,5 @@ def test_demo_runs(tmp_path: Path) -> None:
     assert 1 < resumed <= taken + 1
     assert "Domain restored from" in result.stdout
     assert "every metadata file is byte-for-byte unchanged" in result.stdout
-    assert "error: parent experiment-b would create cycle to installed" in result.stderr
+    assert "error: invalid argument: parent experiment-b would create cycle to installed" \
+        in result.stderr

@@ -396,3 +396,18 @@ async def test_a_qemu_started_but_not_yet_recorded_is_found(tmp_path: Path) -> N
     await engine.destroy("g")
     assert not os.path.exists(f"/proc/{runtime.pid}/cmdline") or \
         str(paths.qmp).encode() not in Path(f"/proc/{runtime.pid}/cmdline").read_bytes()
+
+
+async def test_a_transient_domain_saved_is_restored_from_its_image(tmp_path: Path) -> None:
+    """Saving a transient domain stops its guest, so the domain is gone; its image still
+    holds the definition, and restore defines the domain again from it."""
+    engine, folder = await started_guest(tmp_path, 1)
+    await engine.undefine("g")
+    await engine.save("g", folder / "g.save")
+    assert await engine.domains() == []
+    assert await engine.restore(folder / "g.save") == "g"
+    try:
+        assert await engine.domstate("g") == "running"
+    finally:
+        await engine.destroy("g")
+    assert [d.name for d in await engine.domains()] == ["g"]  # defined by the restore

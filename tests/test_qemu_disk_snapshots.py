@@ -182,9 +182,10 @@ async def test_bad_requests_change_nothing(running: Guest, tmp_path: Path) -> No
          "is an image the domain already uses"),
         (snapshot_xml_from_args("a/b"), DISK_ONLY, "invalid snapshot name 'a/b'"),
         # /sys passes the access() check even for root, but nothing can be created there:
-        # QEMU refuses, and the transaction switches nothing.
+        # the overlay's file (made 0600 before QEMU's transaction) is refused, and nothing
+        # switches.
         (snapshot_xml_from_args("x", diskspecs=["vda,file=/sys/qsnap-o.qcow2"]), DISK_ONLY,
-         "QEMU refused transaction: Could not create '/sys/qsnap-o.qcow2'"),
+         "cannot create the overlay '/sys/qsnap-o.qcow2': Permission denied"),
         (snapshot_xml_from_args("x"), CreateFlags(disk_only=True, live=True),
          "live snapshot creation is supported only during full system snapshots"),
     ]
@@ -338,10 +339,10 @@ async def test_stopped_guest_bad_requests(stopped: Guest, tmp_path: Path) -> Non
          "memory state cannot be saved with offline or disk-only snapshot"),
         (snapshot_xml_from_args("x", diskspecs=["vdz"]), CreateFlags(), "no disk named 'vdz'"),
         (snapshot_xml_from_args("x", diskspecs=["vda,file=/sys/qsnap-o.qcow2"]), DISK_ONLY,
-         "qemu-img create failed"),
+         "cannot create the overlay '/sys/qsnap-o.qcow2'"),
         (snapshot_xml_from_args("x", diskspecs=[f"vda,file={tmp_path}/o.qcow2",
                                                 "vdb,file=/sys/qsnap-o.qcow2"]), DISK_ONLY,
-         "qemu-img create failed"),
+         "cannot create the overlay '/sys/qsnap-o.qcow2'"),
     ]
     for xml, flags, message in cases:
         with pytest.raises(qsnap.QsnapError) as info:

@@ -450,6 +450,8 @@ class Engine:
                     try:
                         if was_running:
                             await monitor.resume()
+                    except MonitorClosedError:
+                        pass  # QEMU is gone: nothing is paused, and the image was removed
                     except QsnapError as cleanup:
                         # The guest stays paused and QEMU may still hold the stream: the
                         # record stays, and the next command settles it (save_work).
@@ -480,7 +482,7 @@ class Engine:
         domain = parse_domain(_image_xml(parse_domain(image.domain_xml), xml),
                               f"domain XML of save image '{source}'")
         folder = self.state.folder(domain.name)
-        if folder.exists():
+        if folder.exists() and not (folder.transient and self._runtime(domain.name)[1] is None):
             known = folder.definition.uuid
             if known and domain.uuid and not same_uuid(known, domain.uuid):
                 raise InvalidArgumentError(f"save image '{source}' is of a domain '{domain.name}' "
