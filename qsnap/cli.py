@@ -595,17 +595,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         options, words = split_global(list(sys.argv[1:] if argv is None else argv))
         if options.help or not words or words[0] == "help":
-            topic = words[1] if len(words) > 1 and words[0] == "help" else None
-            if topic is not None and topic not in COMMANDS:
-                raise UsageError(f"command or command group '{topic}' doesn't exist")
-            sys.stdout.write(COMMANDS[topic].help_text() if topic else usage())
-            return 0 if options.help or words else 1
+            return _help(words[1:] if words[:1] == ["help"] else [], asked=bool(
+                options.help or words))
         spec = COMMANDS.get(words[0])
         if spec is None:
             raise UsageError(f"unknown command: '{words[0]}'")
-        if "--help" in words[1:words.index("--")] if "--" in words else "--help" in words[1:]:
-            sys.stdout.write(spec.help_text())
-            return 0
+        if "--help" in words[1:words.index("--") if "--" in words else None]:
+            return _help([spec.name], asked=True)
         args = parse_command(spec, words[1:])
         out = _Output(options.quiet, options.progress_json)
         engine = Engine(options.state_dir)
@@ -614,9 +610,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.extra("\n")
         return 0
     except QsnapError as exc:
-        ran = out is not None and spec is not None
-        _failed(out, virsh_message(exc, spec.name if ran and spec else None,
-                                   args if ran else None))
+        ran = spec.name if out is not None and spec is not None else None
+        _failed(out, virsh_message(exc, ran, args))
         return 1
     except OSError as exc:
         where = f": {exc.filename}" if exc.filename else ""
@@ -630,6 +625,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         logger.removeHandler(handler)
+
+
+def _help(topic: list[str], *, asked: bool) -> int:
+    """``--help``, ``help [COMMAND]``, or no command at all (the usage, and status 1)."""
+    if topic and topic[0] not in COMMANDS:
+        raise UsageError(f"command or command group '{topic[0]}' doesn't exist")
+    sys.stdout.write(COMMANDS[topic[0]].help_text() if topic else usage())
+    return 0 if asked else 1
 
 
 def _failed(out: _Output | None, message: str) -> None:

@@ -416,3 +416,31 @@ def test_progress_json_is_one_object_per_report_anywhere(monkeypatch: pytest.Mon
 
 def test_recover_with_nothing_to_do(cli: Cli, libvirt_tree: dict[str, Path]) -> None:
     assert cli("recover", "QEMUGuest1") == "Domain QEMUGuest1: nothing to recover\n"
+
+
+def test_virsh_grammar_without_a_state_folder() -> None:
+    """The pure parser (qsnap.cli_args) on the forms virsh accepts and the ones it refuses."""
+    from qsnap.cli import COMMANDS
+    from qsnap.cli_args import UsageError, parse_command
+    create_as = COMMANDS["snapshot-create-as"]
+    args = parse_command(create_as, ["--print-xml", "g", "s1", "desc", "vda,file=/a",
+                                     "--diskspec", "vdb", "--", "--odd"])
+    assert (args.domain, args.name, args.description, args.print_xml) == \
+        ("g", "s1", "desc", True)
+    assert args.diskspec == ["vda,file=/a", "vdb", "--odd"]
+    args = parse_command(create_as, ["--name=a=b", "--domain", "g", "--memspec", "/m"])
+    assert (args.domain, args.name, args.memspec, args.diskspec) == ("g", "a=b", "/m", [])
+    delete = COMMANDS["snapshot-delete"]
+    args = parse_command(delete, ["--children-only", "s1", "--domain", "g"])
+    assert (args.domain, args.snapshotname, args.children_only, args.children) == \
+        ("g", "s1", True, False)
+    for words, message in ((["g", "s1", "s2"], "unexpected data 's2'"),
+                           (["g", "--children=1"], "invalid '=' after option --children"),
+                           (["g", "--children", "--children"], "option --children already seen"),
+                           (["--current"], "command 'snapshot-delete' requires <domain> option"),
+                           (["g", "--snapshotname"], "expected syntax: --snapshotname <string>")):
+        with pytest.raises(UsageError) as info:
+            parse_command(delete, words)
+        assert str(info.value) == message
+    listing = parse_command(COMMANDS["snapshot-list"], ["g", "s3", "--descendants"])
+    assert (listing.from_, listing.descendants) == ("s3", True)
