@@ -431,10 +431,12 @@ def test_virsh_grammar_without_a_state_folder() -> None:
     args = parse_command(create_as, ["--name=a=b", "--domain", "g", "--memspec", "/m"])
     assert (args.domain, args.name, args.memspec, args.diskspec) == ("g", "a=b", "/m", [])
     delete = COMMANDS["snapshot-delete"]
-    args = parse_command(delete, ["--children-only", "s1", "--domain", "g"])
+    args = parse_command(delete, ["--snapshotname", "s1", "--children-only", "g"])
     assert (args.domain, args.snapshotname, args.children_only, args.children) == \
         ("g", "s1", True, False)
     for words, message in ((["g", "s1", "s2"], "unexpected data 's2'"),
+                           # a bare word fills the first empty operand, the domain (as virsh)
+                           (["s1", "--domain", "g"], "option --domain already seen"),
                            (["g", "--children=1"], "invalid '=' after option --children"),
                            (["g", "--children", "--children"], "option --children already seen"),
                            (["--current"], "command 'snapshot-delete' requires <domain> option"),
