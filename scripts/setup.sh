@@ -7,10 +7,11 @@ venv=${QSNAP_VENV:-$repo/.venv}
 
 install_debian_packages() {
     # Usage: install_debian_packages COMMAND PACKAGE [COMMAND PACKAGE]...
-    # Installs each PACKAGE whose COMMAND is missing, where we are root (or have sudo) and apt.
+    # Installs each PACKAGE whose COMMAND (a command, or the path of a file it installs) is
+    # missing, where we are root (or have sudo) and apt.
     local missing=()
     while [ $# -ge 2 ]; do
-        command -v "$1" >/dev/null 2>&1 || missing+=("$2")
+        command -v "$1" >/dev/null 2>&1 || [ -e "$1" ] || missing+=("$2")
         shift 2
     done
     [ ${#missing[@]} -eq 0 ] && return 0

@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import conformance_dir
+from helpers import REPO, conformance_dir
 
 
 @pytest.fixture
@@ -58,3 +58,20 @@ def no_leaked_guests(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]
             continue
     if leaked:
         warnings.warn(f"test left {len(leaked)} QEMU guest(s) running; killed", stacklevel=1)
+
+
+@pytest.fixture(scope="session")
+def libvirtd() -> Iterator[str]:
+    """A libvirtd with the QEMU driver on qemu:///system for the tests that compare with
+    libvirt, started here when none runs (scripts/libvirt_daemon.py, as the benchmark does) and
+    stopped at the end. libvirt is the reference, so where it could run (as root, and in CI)
+    failing to start it is a failure, not a skip; elsewhere those tests skip and say why."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from libvirt_daemon import LibvirtUnavailable, libvirt_running
+    try:
+        with libvirt_running() as how:
+            yield how
+    except LibvirtUnavailable as exc:
+        if os.geteuid() == 0 or os.environ.get("CI"):
+            pytest.fail(f"libvirt, the reference these tests compare with, cannot run: {exc}")
+        pytest.skip(f"libvirt cannot run here: {exc}")

@@ -204,22 +204,13 @@ async def test_bad_images_are_refused_and_leave_the_guest_stopped(
     assert await engine.domstate("g") == "running"
 
 
-def _libvirtd_running() -> bool:
-    if subprocess.run(["which", "virsh"], capture_output=True).returncode != 0:
-        return False
-    return subprocess.run(["virsh", "-c", "qemu:///system", "version"],
-                          capture_output=True).returncode == 0
-
-
 def virsh(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["virsh", "-q", "-c", "qemu:///system", *args], capture_output=True,
                           text=True, timeout=120)
 
 
-async def test_images_move_between_libvirt_and_qsnap(guest: tuple[Engine, Path]) -> None:
-    if not _libvirtd_running():
-        pytest.skip("no libvirtd with the QEMU driver is running (see the performance issue for "
-                    "how to start libvirt 9.0 here); the interchange needs it")
+async def test_images_move_between_libvirt_and_qsnap(guest: tuple[Engine, Path],
+                                                    libvirtd: str) -> None:
     engine, folder = guest
     serial = folder / "serial.log"
     ours, theirs = folder / "qsnap.save", folder / "libvirt.save"
