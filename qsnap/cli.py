@@ -518,7 +518,6 @@ def usage() -> str:
 #: libvirt's prefix for an error of each kind (its error code's text), so that scripts
 #: written against virsh's messages keep working.
 _LIBVIRT_PREFIX: tuple[tuple[type[QsnapError], str], ...] = (
-    (NoSnapshotError, "Domain snapshot not found: "),
     (AlreadyExistsError, "operation failed: "),
     (OperationIncompleteError, "operation failed: "),
     (InvalidArgumentError, "invalid argument: "),

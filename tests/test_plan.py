@@ -369,3 +369,11 @@ def test_capture_note_lives_in_the_cookie_beside_libvirts() -> None:
     assert capture_of(etree.fromstring(
         "<cookie><qsnapCapture strategy='fast' pauseMicroseconds='1'/></cookie>")) is None
 
+
+
+def test_dropping_an_unreadable_snapshot_makes_its_children_roots() -> None:
+    from qsnap.plan.delete import plan_drop_unreadable
+    plan = plan_drop_unreadable("b", {"a": None, "c": "b", "d": "b", "e": "c"}, current="b")
+    assert (plan.remove, plan.reparent) == (["b"], {"c": None, "d": None})
+    assert (plan.current, plan.current_changes) == (None, True)
+    assert not plan_drop_unreadable("b", {"a": None}, current="a").current_changes

@@ -38,7 +38,11 @@ from qsnap.model.image_graph import ImageFacts, ImageGraph
 from qsnap.model.snapshot import SnapshotDef, format_snapshot, parse_snapshot
 from qsnap.monitor import Monitor
 from qsnap.plan.delete import InternalRemoval
-from qsnap.plan.external_delete import ExternalDeletePlan, Merge, disk_sources
+from qsnap.plan.external_delete import (
+    ExternalDeletePlan,
+    Merge,
+    snapshot_images,
+)
 from qsnap.progress import ProgressCallback, ProgressMeter
 from qsnap.store import KEEP, DomainFolder
 from qsnap.store.atomic import unlink_if_present
@@ -53,9 +57,7 @@ log = logging.getLogger("qsnap")
 async def image_graph(snapshots: dict[str, SnapshotDef], definition: DomainDef) -> ImageGraph:
     """What ``qemu-img info`` says about every image the metadata names, and their chains."""
     named = {d.source for d in definition.disks if d.source}
-    for snap in snapshots.values():
-        named.update(disk_sources(snap).values())
-        named.update(d.source.path for d in snap.disks if d.source.path)
+    named.update(snapshot_images(snapshots, list(snapshots)))
     graph = ImageGraph()
     limit = asyncio.Semaphore(8)
 

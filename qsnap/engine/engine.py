@@ -82,7 +82,12 @@ from qsnap.model.snapshot import SnapshotDef, format_snapshot, parse_snapshot
 from qsnap.model.tree import SnapshotSummary, SnapshotTree
 from qsnap.monitor import Monitor, MonitorClosedError
 from qsnap.plan.create import check_create_request
-from qsnap.plan.delete import MetadataDeletePlan, plan_delete_data, plan_delete_metadata
+from qsnap.plan.delete import (
+    MetadataDeletePlan,
+    plan_delete_data,
+    plan_delete_metadata,
+    plan_drop_unreadable,
+)
 from qsnap.plan.disk_snapshot import DiskSnapshotPlan, plan_disk_snapshot
 from qsnap.plan.external_delete import (
     ExternalDeletePlan,
@@ -900,13 +905,12 @@ def _drop_unreadable_snapshot(folder: DomainFolder, name: str) -> MetadataDelete
         return None
     except CorruptMetadataError as exc:
         log.warning("%s; removing it, as asked", exc)
-    children = [snap.copy(parent=None) for snap in
-                (folder.read_snapshot(n) for n in folder.snapshot_names() if n != name)
-                if snap.parent == name]
-    current_changes = folder.read_current() == name
-    folder.save(put=children, drop=[name], current=None if current_changes else KEEP)
-    return MetadataDeletePlan(name, [name], {c.name: None for c in children}, None,
-                              current_changes)
+    others = {n: folder.read_snapshot(n) for n in folder.snapshot_names() if n != name}
+    plan = plan_drop_unreadable(name, {n: s.parent for n, s in others.items()},
+                                folder.read_current())
+    folder.save(put=[others[child].copy(parent=None) for child in plan.reparent],
+                drop=plan.remove, current=plan.current if plan.current_changes else KEEP)
+    return plan
 
 
 def _regular_files(domain: DomainDef, snap: SnapshotDef) -> set[str]:

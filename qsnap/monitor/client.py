@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -101,19 +103,21 @@ class PauseClock:
             self._stopped_at = None
 
 
+def _peer_pid(sock: socket.socket) -> int:
+    """The pid of the process on the other end of a unix socket (SO_PEERCRED)."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[0])
+
+
 def _silent_peer(socket_path: str, timeout: float) -> str:
     """Why the process on *socket_path* did not greet: it is stopped (SIGSTOP, a debugger),
     or busy or hung, or not QEMU at all; the kernel tells which process listens there."""
-    import socket
-    import struct
     said = f"QMP socket {socket_path} did not greet within {timeout:g} s"
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
             probe.settimeout(1.0)
             probe.connect(socket_path)
-            creds = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                     struct.calcsize("3i"))
-        pid = struct.unpack("3i", creds)[0]
+            pid = _peer_pid(probe)
         with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as stat:
             fields = stat.read()
         command = fields[fields.index("(") + 1:fields.rindex(")")]
@@ -419,14 +423,11 @@ class Monitor:
 
     def peer_pid(self) -> int | None:
         """The pid of the process on the other end of the QMP socket (SO_PEERCRED)."""
-        import socket
-        import struct
         transport = getattr(self._client, "_writer", None)
         sock = transport.get_extra_info("socket") if transport is not None else None
         if sock is None or sock.family != socket.AF_UNIX:
             return None
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        return struct.unpack("3i", creds)[0]
+        return _peer_pid(sock)
 
     async def send_fd(self, fd: int, name: str) -> None:
         """Pass *fd* to QEMU (SCM_RIGHTS) under *name*, for ``fd:NAME`` URIs."""

@@ -49,6 +49,15 @@ def plan_delete_metadata(tree: SnapshotTree, name: str, flags: DeleteFlags) -> M
     return MetadataDeletePlan(name, remove, reparent)
 
 
+def plan_drop_unreadable(name: str, parents: dict[str, str | None],
+                         current: str | None) -> MetadataDeletePlan:
+    """``--metadata`` delete of snapshot *name* whose own file cannot be read (*parents*:
+    every other snapshot's parent). Its parent is unknown, so its children become roots;
+    a current *name* leaves no current snapshot."""
+    children = sorted(child for child, parent in parents.items() if parent == name)
+    return MetadataDeletePlan(name, [name], dict.fromkeys(children), None, current == name)
+
+
 @dataclass(frozen=True)
 class InternalRemoval:
     """One internal snapshot's data: the tag to delete from each (target, image)."""
