@@ -29,6 +29,7 @@ from qsnap import (
     NoDomainError,
     NoSnapshotError,
     NotSupportedError,
+    OperationFailedError,
     OperationIncompleteError,
     OperationInvalidError,
     Progress,
@@ -129,7 +130,7 @@ def _snapshot_arg(args: Args, option: str = "snapshotname") -> str | None:
         raise UsageError(f"--{option} and --current are mutually exclusive")
     if name is None and not args.current:
         raise UsageError(f"--{option} or --current is required")
-    return name
+    return str(name) if name is not None else None
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -174,7 +175,7 @@ def _run_state(args: Args) -> bool | None:
 
 async def cmd_save(engine: Engine, args: Args, out: _Output) -> None:
     xml = _read_file(args.xml) if args.xml else None
-    await engine.save(args.domain, args.file, running=_run_state(args), xml=xml,
+    await engine.save(args.domain, os.path.abspath(args.file), running=_run_state(args), xml=xml,
                       progress=out.progress)
     out.end_progress()
     out.extra(f"\nDomain '{args.domain}' saved to {args.file}\n")
@@ -182,7 +183,8 @@ async def cmd_save(engine: Engine, args: Args, out: _Output) -> None:
 
 async def cmd_restore(engine: Engine, args: Args, out: _Output) -> None:
     xml = _read_file(args.xml) if args.xml else None
-    await engine.restore(args.file, running=_run_state(args), xml=xml, progress=out.progress)
+    await engine.restore(os.path.abspath(args.file), running=_run_state(args), xml=xml,
+                         progress=out.progress)
     out.end_progress()
     out.extra(f"Domain restored from {args.file}\n")
 
@@ -194,7 +196,7 @@ async def cmd_managedsave(engine: Engine, args: Args, out: _Output) -> None:
 
 
 async def cmd_save_image_dumpxml(engine: Engine, args: Args, out: _Output) -> None:
-    out.print(await engine.save_image_xml(args.file, secure=args.security_info))
+    out.print(await engine.save_image_xml(os.path.abspath(args.file), secure=args.security_info))
 
 
 async def cmd_shutdown(engine: Engine, args: Args, out: _Output) -> None:
@@ -287,7 +289,7 @@ async def cmd_snapshot_list(engine: Engine, args: Args, out: _Output) -> None:
         roots = [tree.get(start).name] if start is not None else tree.roots()
         out.print(cli_output.tree(roots, tree.children))
         return
-    snapshots = await engine.list(args.domain, flt)
+    snapshots = await engine.snapshots(args.domain, flt)
     if args.json:
         current = await engine.current(args.domain)
         out.print(json.dumps([{**asdict(s), "location": s.location, "current": s.name == current}
@@ -520,6 +522,7 @@ def usage() -> str:
 _LIBVIRT_PREFIX: tuple[tuple[type[QsnapError], str], ...] = (
     (AlreadyExistsError, "operation failed: "),
     (OperationIncompleteError, "operation failed: "),
+    (OperationFailedError, "operation failed: "),
     (InvalidArgumentError, "invalid argument: "),
     (OperationInvalidError, "Requested operation is not valid: "),
     (NotSupportedError, "Operation not supported: "),

@@ -69,3 +69,52 @@ class CorruptMetadataError(QsnapError):
 class OperationIncompleteError(QsnapError):
     """An operation on images stopped part-way; it stays recorded, and the next command on the
     domain (or ``qsnap recover``) finishes it once the cause is fixed."""
+
+
+class OperationFailedError(QsnapError):
+    """An operation started and failed part-way for a reason outside the request (libvirt's
+    OPERATION_FAILED); the message says why, and what was left as it was."""
+
+
+class GuestExitedError(OperationFailedError):
+    """The guest's QEMU exited while an operation needed it (e.g. while it loaded a saved
+    state); the operation was undone."""
+
+
+class SaveImageError(XMLError):
+    """The file is not a (complete, readable) save image; the message says which part."""
+
+
+class MemoryImageError(QsnapError):
+    """The memory image could not be written (full disk, I/O error); it was removed."""
+
+
+class ImageToolError(QsnapError):
+    """qemu-img failed; its own message is kept."""
+
+
+class LaunchError(QsnapError):
+    """QEMU would not start; the message carries QEMU's own error."""
+
+
+class MonitorError(QsnapError):
+    """QEMU refused a command; ``qmp_class`` and ``desc`` are QEMU's own."""
+
+    def __init__(self, command: str, qmp_class: str, desc: str, *, domain: str | None = None,
+                 path: str | None = None) -> None:
+        super().__init__(f"QEMU refused {command}: {desc}", domain=domain, path=path)
+        self.command = command
+        self.qmp_class = qmp_class
+        self.desc = desc
+
+
+class MonitorClosedError(QsnapError):
+    """The connection to QEMU broke (QEMU exited or closed its monitor)."""
+
+
+class MonitorTimeoutError(QsnapError):
+    """QEMU did not answer in time."""
+
+
+class GuestAgentError(QsnapError):
+    """The guest agent is missing, silent, or refused a command."""

@@ -9,13 +9,11 @@ import json
 import os
 import re
 import shutil
+import subprocess
 from collections.abc import Callable
 
-from qsnap.errors import QsnapError
-
-
-class ImageToolError(QsnapError):
-    """qemu-img failed; its own message is kept."""
+from qsnap import children
+from qsnap.errors import ImageToolError
 
 
 @functools.cache
@@ -28,26 +26,19 @@ def _dies_with_us() -> tuple[str, ...]:
     return (setpriv, "--pdeathsig", "KILL", "--") if setpriv else ()
 
 
-async def _spawn(*args: str) -> asyncio.subprocess.Process:
+async def _spawn(*args: str) -> subprocess.Popen[bytes]:
     try:
-        return await asyncio.create_subprocess_exec(
-            *_dies_with_us(), "qemu-img", *args, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        return await children.spawn([*_dies_with_us(), "qemu-img", *args])
     except FileNotFoundError:
         raise ImageToolError("qemu-img not found (install Debian's qemu-utils)") from None
 
 
 async def qemu_img(*args: str, timeout: float = 300.0) -> str:
     proc = await _spawn(*args)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except BaseException as exc:  # a timeout, or the caller cancelled: it must not outlive us
-        proc.kill()
-        await proc.wait()
-        if isinstance(exc, TimeoutError):
-            raise ImageToolError(f"qemu-img {args[0]} did not finish in {timeout:g} s") \
-                from None
-        raise
+    try:  # a timeout, or the caller cancelled: it is killed, it must not outlive us
+        out, err = await children.finish(proc, timeout)
+    except TimeoutError:
+        raise ImageToolError(f"qemu-img {args[0]} did not finish in {timeout:g} s") from None
     if proc.returncode != 0:
         raise ImageToolError(f"qemu-img {args[0]} failed: "
                              f"{err.decode(errors='replace').strip()}")
@@ -108,7 +99,9 @@ async def snapshot_delete(image: str, name: str) -> None:
 
 
 async def info(image: str) -> dict[str, object]:
-    return json.loads(await qemu_img("info", "--output=json", "-U", image))
+    result: dict[str, object] = json.loads(await qemu_img("info", "--output=json", "-U",
+                                                           image))
+    return result
 
 
 def internal_tags(image_info: dict[str, object]) -> set[str]:
@@ -132,23 +125,19 @@ async def commit(top: str, base: str, progress: Callable[[float], None] | None =
     backing chain; *top* itself is left as it was (``-b`` implies ``-d``). *progress* gets
     the fraction done as qemu-img reports it."""
     proc = await _spawn("commit", "-p", "-b", base, top)
-    assert proc.stdout is not None and proc.stderr is not None
 
     async def follow() -> bytes:
-        assert proc.stdout is not None and proc.stderr is not None
-        while chunk := await proc.stdout.read(4096):
+        async for chunk in children.chunks(proc):
             if progress is not None:
                 found = _PERCENT.findall(chunk)
                 if found:
                     progress(float(found[-1]) / 100)
-        return await proc.stderr.read()
+        return await children.stderr_and_wait(proc)
 
     try:
         err = await asyncio.wait_for(follow(), timeout)
-        await proc.wait()
     except BaseException:
-        proc.kill()
-        await proc.wait()
+        await children.kill(proc)
         raise
     if proc.returncode != 0:
         raise ImageToolError(f"qemu-img commit failed: {err.decode(errors='replace').strip()}")

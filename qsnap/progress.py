@@ -45,11 +45,23 @@ class ProgressMeter:
         self.operation = operation
         self.callback = callback
         self.started = time.monotonic()
+        self.last: Progress | None = None
 
     def __call__(self, done: int, total: int) -> None:
         if self.callback is not None:
-            self.callback(Progress(self.operation, done, total,
-                                   time.monotonic() - self.started))
+            self.last = Progress(self.operation, done, total, time.monotonic() - self.started)
+            self.callback(self.last)
+
+    def finish(self, moved: int | None = None) -> None:
+        """Report the end: *moved* bytes of *moved* (100 %). Estimates of the total (a
+        guest's RAM size before its stream is written, a job's length that grows) are
+        replaced by what was really moved; without *moved*, the last total reported."""
+        if self.callback is None:
+            return
+        if moved is None:
+            moved = self.last.total if self.last is not None else 0
+        if self.last is None or (self.last.done, self.last.total) != (moved, moved):
+            self(moved, moved)
 
     def fraction(self, total: int) -> Callable[[float], None]:
         """A reader for tools that report a fraction of *total* bytes (qemu-img)."""

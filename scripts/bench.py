@@ -73,9 +73,9 @@ async def measure(count: int, repeat: int, base: Path) -> dict[str, float]:
                               current=True)
 
     return {
-        "list (table rows)": await median(lambda: engine.list("bench"), repeat),
+        "list (table rows)": await median(lambda: engine.snapshots("bench"), repeat),
         "tree": await median(lambda: engine.tree("bench"), repeat),
-        "list --leaves": await median(lambda: engine.list("bench", ListFilter(leaves=True)),
+        "list --leaves": await median(lambda: engine.snapshots("bench", ListFilter(leaves=True)),
                                       repeat),
         "current": await median(lambda: engine.current("bench"), repeat * 5),
         "snapshot-info": await median(lambda: engine.info("bench", None), repeat),

@@ -143,7 +143,7 @@ class Worker:
 
     async def step(self) -> None:
         await self.ensure_running()
-        names = {s.name for s in await self.engine.list(self.name)}
+        names = {s.name for s in await self.engine.snapshots(self.name)}
         choice = self.random.choices(list(OPERATIONS), weights=list(OPERATIONS.values()))[0]
         if len(names) >= MAX_SNAPSHOTS:
             choice = "delete"
@@ -238,7 +238,7 @@ class Worker:
         try:
             intent = self.state / "domains" / self.name / "intent.json"
             assert not intent.exists(), "an intent record is left"
-            after = {s.name for s in await self.engine.list(self.name)}
+            after = {s.name for s in await self.engine.snapshots(self.name)}
             assert after - before <= allowed_new, f"unexpected new snapshots {after - before}"
             assert before - after <= allowed_gone, f"snapshots lost: {before - after}"
             for name in after - before:

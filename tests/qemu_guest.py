@@ -128,7 +128,7 @@ async def check_snapshot_data(engine: object, folder: Path, moments: dict[str, l
     internal ones: every disk image holds exactly their tags."""
     referenced: set[str] = set(await domain_disks(engine, domain))
     memory: set[str] = set()
-    for summary in await engine.list(domain):  # type: ignore[attr-defined]
+    for summary in await engine.snapshots(domain):
         images = await state_images(engine, summary.name, domain)
         if summary.name in internal:  # its state is inside the images, under its tag
             continue

@@ -28,7 +28,7 @@ async def test_embedding_round_trip(tmp_path: Path) -> None:
     assert await engine.define(domain_xml("vm", "1" * 32)) == "vm"
     await engine.create("vm", snap_xml("base"), CreateFlags(redefine=True, current=True))
     await engine.redefine("vm", snap_xml("next", "base"), current=True)
-    assert [s.name for s in await engine.list("vm")] == ["base", "next"]
+    assert [s.name for s in await engine.snapshots("vm")] == ["base", "next"]
     assert await engine.current("vm") == "next"
     info = await engine.info("vm", None)
     assert (info.name, info.parent, info.current) == ("next", "base", True)
@@ -42,7 +42,7 @@ async def test_embedding_round_trip(tmp_path: Path) -> None:
     with pytest.raises(qsnap.OperationInvalidError, match="lacks domain 'vm' rollback info"):
         await engine.revert("vm", "next")
     with pytest.raises(qsnap.NoDomainError):
-        await engine.list("missing")
+        await engine.snapshots("missing")
 
 
 async def test_define_without_uuid_gets_one_and_keeps_it(tmp_path: Path) -> None:
@@ -61,7 +61,7 @@ async def test_concurrent_calls_on_one_domain_serialise(tmp_path: Path) -> None:
     await engine.redefine("vm", snap_xml("root"), current=True)
     await asyncio.gather(*(engine.redefine("vm", snap_xml(f"c{i}", "root"), current=True)
                            for i in range(16)))
-    listed = await engine.list("vm", ListFilter(start="root"))
+    listed = await engine.snapshots("vm", ListFilter(start="root"))
     assert len(listed) == 16
     current = await engine.current("vm")
     files = sorted((tmp_path / "domains" / "vm" / "snapshots").glob("*.xml"))
@@ -94,7 +94,7 @@ async def test_an_interrupted_create_is_finished_from_the_metadata_its_intent_ho
     change = folder.plan_save(put=[qsnap.parse_snapshot(snap_xml("s", "root"), redefine=True)],
                               current="s")
     intent = _create_intent(engine, "vm", change.to_record())
-    assert [s.name for s in await engine.list("vm")] == ["root", "s"]
+    assert [s.name for s in await engine.snapshots("vm")] == ["root", "s"]
     assert not intent.exists()
     assert await engine.current("vm") == "s"
     assert "<active>0</active>" in (folder.snapshots_dir / "root.xml").read_text()
@@ -114,4 +114,4 @@ async def test_a_damaged_create_intent_is_named_and_kept(tmp_path: Path,
                              r"inside its folder)"):
         await engine.redefine("vm", snap_xml("other"))
     assert intent.read_bytes() == before
-    assert [s.name for s in await engine.list("vm")] == ["root"]  # reads go on
+    assert [s.name for s in await engine.snapshots("vm")] == ["root"]  # reads go on

@@ -6,6 +6,7 @@ import pytest
 
 from qsnap.errors import InvalidArgumentError, NoSnapshotError, NotSupportedError
 from qsnap.model.domain import parse_domain
+from qsnap.model.names import check_snapshot_name
 from qsnap.model.snapshot import parse_snapshot
 from qsnap.model.tree import SnapshotSummary, SnapshotTree
 from qsnap.plan.create_as import snapshot_xml_from_args, split_spec
@@ -13,7 +14,6 @@ from qsnap.plan.delete import plan_delete_metadata
 from qsnap.plan.disks import align_disks, default_overlay_path
 from qsnap.plan.flags import CreateFlags, DeleteFlags, ListFilter, RevertFlags
 from qsnap.plan.listing import select_snapshots
-from qsnap.plan.names import check_snapshot_name
 from qsnap.plan.redefine import plan_redefine
 
 UUID = "c7a5fdbd-edaf-9455-926a-d65c16db1809"

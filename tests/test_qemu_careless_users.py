@@ -46,7 +46,7 @@ async def test_a_snapshot_whose_overlay_was_removed_by_hand_keeps_the_base(
             assert "does not exist" in str(caught.value)
         assert base.exists()
         assert tree_picture(tmp_path / "state") == before
-        assert [s.name for s in await engine.list("g")] == ["s1", "s2"]
+        assert [s.name for s in await engine.snapshots("g")] == ["s1", "s2"]
     finally:
         await engine.destroy("g")
 
@@ -144,7 +144,7 @@ async def test_names_at_the_file_systems_limits_are_refused_before_anything_chan
         assert await engine.recover("g") == []
         await engine.create("g", snapshot_xml_from_args(long_name, diskspecs=[
             f"vda,file={folder}/short.qcow2"]), DISK_ONLY)
-        assert [s.name for s in await engine.list("g")] == [long_name]
+        assert [s.name for s in await engine.snapshots("g")] == [long_name]
         assert await engine.domstate("g") == "running"
     finally:
         await engine.destroy("g")
@@ -156,11 +156,11 @@ async def test_a_snapshot_name_with_a_newline_can_be_listed_and_deleted(tmp_path
         for name in ("two\nlines", "tab\tand space "):
             await engine.create("g", snapshot_xml_from_args(name), DISK_ONLY)
             assert (folder / f"g-vda.{name}").exists()
-        assert [s.name for s in await engine.list("g")] == ["tab\tand space ", "two\nlines"]
+        assert [s.name for s in await engine.snapshots("g")] == ["tab\tand space ", "two\nlines"]
         assert await engine.current("g") == "tab\tand space "
         await engine.delete("g", "tab\tand space ")  # an active commit of the newest overlay
         await engine.delete("g", "two\nlines", qsnap.DeleteFlags(metadata_only=True))
-        assert await engine.list("g") == []
+        assert await engine.snapshots("g") == []
         await engine.create("g", snapshot_xml_from_args("after"), DISK_ONLY)
     finally:
         await engine.destroy("g")
@@ -229,7 +229,7 @@ async def test_a_backing_loop_made_by_hand_is_named_and_changes_nothing(tmp_path
             await asyncio.wait_for(attempt, 60)
         assert _pictures(tmp_path) == before
     assert time.monotonic() - started < 10
-    assert [s.name for s in await engine.list("g")] == ["s1"]
+    assert [s.name for s in await engine.snapshots("g")] == ["s1"]
     assert not _qemu_img_processes(str(folder))
 
 
@@ -334,11 +334,11 @@ async def test_a_full_state_folder_is_said_plainly_and_settled_later(
                                  "recorded.*the next command on domain 'g'"):
             await engine.create("g", snapshot_xml_from_args("s1"), DISK_ONLY)
         monkeypatch.undo()
-        assert await engine.list("g") == []  # still full: reads go on, the record waits
+        assert await engine.snapshots("g") == []  # still full: reads go on, the record waits
         (small_state_fs / "filler").unlink()
         (line,) = await engine.recover("g")
         assert "was stored" in line
-        assert [s.name for s in await engine.list("g")] == ["s1"]
+        assert [s.name for s in await engine.snapshots("g")] == ["s1"]
         assert await domain_disks(engine) == [str(folder / "g-vda.s1")]
     finally:
         (small_state_fs / "filler").unlink(missing_ok=True)
@@ -354,7 +354,7 @@ async def test_undefine_of_a_running_domain_keeps_it_transient_until_it_stops(
         await engine.undefine("g")  # a running domain: its snapshots are no obstacle
         assert [(d.name, d.state) for d in await engine.domains()] == [("g", "running")]
         await engine.create("g", snapshot_xml_from_args("s2"), DISK_ONLY)
-        assert [s.name for s in await engine.list("g")] == ["s1", "s2"]
+        assert [s.name for s in await engine.snapshots("g")] == ["s1", "s2"]
     finally:
         await engine.destroy("g")
     assert await engine.domains() == []
@@ -377,7 +377,7 @@ async def test_undefine_of_a_running_domain_keeps_it_transient_until_it_stops(
         await asyncio.sleep(0.05)
     assert await engine.domains() == []
     with pytest.raises(qsnap.NoDomainError, match="transient"):
-        await engine.list("g")
+        await engine.snapshots("g")
 
 
 async def test_a_qemu_started_but_not_yet_recorded_is_found(tmp_path: Path) -> None:
@@ -405,7 +405,7 @@ async def test_a_transient_domain_saved_is_restored_from_its_image(tmp_path: Pat
     await engine.undefine("g")
     await engine.save("g", folder / "g.save")
     assert await engine.domains() == []
-    assert await engine.restore(folder / "g.save") == "g"
+    assert (await engine.restore(folder / "g.save")).name == "g"
     try:
         assert await engine.domstate("g") == "running"
     finally:

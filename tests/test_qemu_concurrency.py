@@ -69,7 +69,7 @@ async def test_eight_guests_at_once(tmp_path: Path) -> None:
         all_succeed([qsnap_cli(state, "snapshot-create-as", n, "b", "--disk-only")
                      for n in names])
         for name in names:
-            assert sorted(s.name for s in await engine.list(name)) == ["a", "b", "m"]
+            assert sorted(s.name for s in await engine.snapshots(name)) == ["a", "b", "m"]
             assert (await engine.info(name, "b")).parent == "m"
             assert (await engine.info(name, "m")).parent == "a"
             for snap in ("a", "m", "b"):

@@ -192,7 +192,7 @@ async def test_kill_at_every_step_of_a_create(lab: CrashLab, case: str) -> None:
         if kill_qemu:
             lab.kill_qemu()
         await lab.settle(k, had_intent)
-        names = [s.name for s in await lab.engine.list("g")]
+        names = [s.name for s in await lab.engine.snapshots("g")]
         if name in names:
             lab.outcomes["rolled forward"] += 1
             forward = (name, before, lab.last())
@@ -329,7 +329,7 @@ async def test_qemu_that_stops_answering_mid_create(lab: CrashLab, frozen_at: st
         monkeypatch.undo()
         os.kill(info.pid, signal.SIGCONT)
 
-        names = [s.name for s in await lab.engine.list("g")]  # settles the create
+        names = [s.name for s in await lab.engine.snapshots("g")]  # settles the create
         assert not lab.intent.exists()
         if "f1" in names:
             lab.note("f1", False, await state_images(lab.engine, "f1"))

@@ -164,7 +164,7 @@ async def test_kill_at_every_step_of_an_external_delete(tmp_path: Path, scenario
             command = ("recover", "g") if k % 2 else ("snapshot-list", "g", "--name")
             recovered = qsnap_cli(state, *command)
             assert recovered.returncode == 0, (k, recovered.stderr)
-            names = [s.name for s in await engine.list("g")]
+            names = [s.name for s in await engine.snapshots("g")]
             if doomed in names:  # killed before it recorded its intent: nothing was changed
                 assert "finished deleting" not in recovered.stdout + recovered.stderr
                 outcomes["not begun"] += 1

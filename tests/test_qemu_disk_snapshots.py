@@ -274,12 +274,12 @@ async def test_halt_and_no_metadata(running: Guest) -> None:
     g = running
     await g.engine.create("g", snapshot_xml_from_args("ghost"),
                           CreateFlags(disk_only=True, no_metadata=True))
-    assert await g.engine.list("g") == []
+    assert await g.engine.snapshots("g") == []
     assert (await g.sources())[0] == str(g.image("vda", "ghost"))
     await g.engine.create("g", snapshot_xml_from_args("last"),
                           CreateFlags(disk_only=True, halt=True))
     assert await g.engine.domstate("g") == "shut off"
-    assert [s.name for s in await g.engine.list("g")] == ["last"]
+    assert [s.name for s in await g.engine.snapshots("g")] == ["last"]
 
 
 async def test_reuse_external(running: Guest) -> None:
@@ -359,7 +359,7 @@ async def test_stopped_guest_bad_requests(stopped: Guest, tmp_path: Path) -> Non
     with pytest.raises(qsnap.NotSupportedError,
                        match="internal snapshot for disk vda unsupported for storage type raw"):
         await g.engine.create("r", snapshot_xml_from_args("i"), CreateFlags())
-    assert await g.engine.list("r") == []
+    assert await g.engine.snapshots("r") == []
 
 
 async def test_dead_qemu_is_detected_not_waited_on(running: Guest) -> None:

@@ -126,11 +126,11 @@ async def test_middle_and_both_ends_of_a_chain_of_five(lab: Chain, running: bool
 async def test_children_collapse_a_subtree_in_one_merge(lab: Chain) -> None:
     f = lab.folder
     await lab.engine.delete("g", "s2", DeleteFlags(children_only=True))
-    assert [s.name for s in await lab.engine.list("g")] == ["s1", "s2"]
+    assert [s.name for s in await lab.engine.snapshots("g")] == ["s1", "s2"]
     assert backing_chain(Path((await lab.disks())[0])) == [vda(n, f) for n in ("s2", "s1", "base")]
     await lab.check_everything()
     await lab.engine.delete("g", "s1", DeleteFlags(children=True))
-    assert await lab.engine.list("g") == []
+    assert await lab.engine.snapshots("g") == []
     assert await lab.disks() == [str(f / "g-vda.qcow2"), str(f / "g-vdb.qcow2")]
     assert await lab.engine.domstate("g") == "running"
     await lab.check_everything()

@@ -47,7 +47,7 @@ async def refused(engine: Engine, tmp_path: Path, xml: str, match: str,
     with pytest.raises(qsnap.QsnapError, match=match):
         await engine.create("g", xml, flags)
     assert pictures(tmp_path) == before
-    assert await engine.list("g") == []
+    assert await engine.snapshots("g") == []
 
 
 async def test_overlay_paths(stopped: tuple[Engine, Path], tmp_path: Path) -> None:

@@ -162,7 +162,7 @@ async def test_no_background_snapshot_without_room_for_the_ram(tmp_path: Path) -
                 await engine.create("g", request, CreateFlags(live=True))
             assert sorted(os.listdir(folder)) == files and os.listdir(small) == []
             assert await engine.domain_xml("g") == definition
-            assert await engine.list("g") == []
+            assert await engine.snapshots("g") == []
             assert await engine.domstate("g") == "running"
             await wait_for_counter(serial, (GUEST.last_serial_counter(serial) or 0) + 12)
     finally:

@@ -234,7 +234,7 @@ async def test_failed_full_snapshots_leave_nothing_behind(tmp_path: Path) -> Non
                 await engine.create("g", snapshot_xml_from_args(
                     "ext", memspec=f"file={small / 'ext.mem'}"), CreateFlags())
             assert (sorted(os.listdir(tmp_path / "g")), sorted(os.listdir(small))) == files
-            assert await engine.list("g") == []
+            assert await engine.snapshots("g") == []
             assert await engine.domstate("g") == "running"
             await wait_for_counter(lab.serial, lab.last() + 10)
         finally:

@@ -59,7 +59,7 @@ async def test_save_and_restore_resume_the_same_moment(guest: tuple[Engine, Path
     assert image.read_bytes()[:16] == save_image.MAGIC
     assert "<name>g</name>" in await engine.save_image_xml(image)
 
-    assert await engine.restore(image) == "g"
+    assert (await engine.restore(image)).name == "g"
     assert await engine.domstate("g") == "running"
     await wait_for_counter(folder / "serial.log", saved + 20)
     assert_continuous(folder / "serial.log")

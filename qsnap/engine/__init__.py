@@ -2,5 +2,6 @@
 :class:`Engine` is qsnap's public asyncio API."""
 
 from qsnap.engine.engine import DomainInfo, Engine, SnapshotInfo
+from qsnap.engine.guest import Guest, GuestInfo
 
-__all__ = ["DomainInfo", "Engine", "SnapshotInfo"]
+__all__ = ["DomainInfo", "Engine", "Guest", "GuestInfo", "SnapshotInfo"]

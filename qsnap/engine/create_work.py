@@ -34,10 +34,10 @@ from qsnap.errors import AlreadyExistsError, InvalidArgumentError, QsnapError
 from qsnap.launcher.command import RuntimePaths
 from qsnap.launcher.process import RuntimeInfo
 from qsnap.model.domain import DomainDef
+from qsnap.model.names import check_new_file_path
 from qsnap.model.snapshot import SnapshotDef
 from qsnap.monitor import Monitor
 from qsnap.plan.disk_snapshot import Overlay
-from qsnap.plan.names import check_new_file_path
 from qsnap.store.atomic import unlink_if_present
 from qsnap.store.folder import KEEP, DomainFolder
 from qsnap.store.intent import IntentRecord, clear_intent

@@ -9,6 +9,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 from qsnap import images
 from qsnap.errors import InvalidArgumentError, OperationInvalidError, QsnapError
@@ -45,7 +46,7 @@ async def take_disk_snapshot(plan: DiskSnapshotPlan, monitor: Monitor | None,
 async def switch_overlays(
         monitor: Monitor, overlays: list[Overlay], *,
         around: Callable[[], AbstractAsyncContextManager[object]] = contextlib.nullcontext,
-        devices: dict[str, dict] | None = None
+        devices: dict[str, dict[str, Any]] | None = None
 ) -> None:
     """One ``transaction`` that puts every overlay on top of its disk; if QEMU refuses any, the
     overlay files it had already created are removed and no disk is switched. The transaction
@@ -82,7 +83,7 @@ async def switch_overlays(
         raise
 
 
-def check_tops(devices: dict[str, dict], expected: dict[str, str]) -> None:
+def check_tops(devices: dict[str, dict[str, Any]], expected: dict[str, str]) -> None:
     """Each disk in *expected* (target → the image the definition names) writes to that image
     in QEMU (*devices* as :meth:`Monitor.block_devices` gives them). If they ever differ, a
     snapshot would record images that do not hold its state: refuse, naming both, rather than

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
 import uuid as uuidlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import ParamSpec, TypeVar
 
 from qsnap.engine.create_work import CreateWork, check_new_files, settle_create, store_snapshot
 from qsnap.engine.delete import (
@@ -33,6 +34,7 @@ from qsnap.engine.delete import (
 )
 from qsnap.engine.disk_snapshot import take_disk_snapshot
 from qsnap.engine.full_snapshot import background_refusal, take_full_snapshot
+from qsnap.engine.guest import Guest, GuestInfo
 from qsnap.engine.guests import state_from, state_of, stop
 from qsnap.engine.memory import load_image, read_image, write_image
 from qsnap.engine.recovery import finish_interrupted
@@ -49,6 +51,7 @@ from qsnap.errors import (
     CorruptMetadataError,
     DomainNotRunningError,
     DomainRunningError,
+    GuestExitedError,
     InvalidArgumentError,
     NoDomainError,
     NoSnapshotError,
@@ -59,8 +62,11 @@ from qsnap.errors import (
 from qsnap.faults import crash_point
 from qsnap.launcher.accel import choose_accel
 from qsnap.launcher.command import RuntimePaths, agent_socket
+from qsnap.launcher.foreign import ForeignCommand, RelaunchHook, read_process_command
 from qsnap.launcher.process import (
+    Launcher,
     RuntimeInfo,
+    foreign_launcher,
     read_runtime,
     runtime_paths,
     start_qemu,
@@ -77,7 +83,13 @@ from qsnap.model.domain import (
     with_disk_images,
     with_uuid,
 )
-from qsnap.model.save_image import SaveImage, SaveImageError
+from qsnap.model.names import (
+    absolute_file,
+    check_domain_name,
+    check_new_file_path,
+    default_snapshot_name,
+)
+from qsnap.model.save_image import SaveImage
 from qsnap.model.snapshot import SnapshotDef, format_snapshot, parse_snapshot
 from qsnap.model.tree import SnapshotSummary, SnapshotTree
 from qsnap.monitor import Monitor, MonitorClosedError
@@ -103,15 +115,28 @@ from qsnap.plan.full_snapshot import (
     plan_full_snapshot,
 )
 from qsnap.plan.listing import select_snapshots
-from qsnap.plan.names import check_domain_name, check_new_file_path, default_snapshot_name
 from qsnap.plan.redefine import plan_redefine
 from qsnap.plan.revert import plan_revert
 from qsnap.progress import ProgressCallback
 from qsnap.store import KEEP, DomainFolder, StateDir, resolve_state_dir
 from qsnap.store.intent import INTENT_NAME, clear_intent, has_intent, write_intent
+from qsnap.timeouts import bounded
 
 log = logging.getLogger("qsnap")
 T = TypeVar("T")
+P = ParamSpec("P")
+
+
+def _bounded(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Makes the method's ``timeout=`` keyword bound its waits (:mod:`qsnap.timeouts`)."""
+
+    @functools.wraps(method)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        timeout = kwargs.get("timeout")
+        with bounded(timeout if isinstance(timeout, int | float) else None):
+            return await method(*args, **kwargs)
+
+    return call
 
 
 
@@ -145,8 +170,12 @@ class Engine:
     *state_dir* defaults to ``$QSNAP_STATE_DIR``, else ``$XDG_STATE_HOME/qsnap``.
     """
 
-    def __init__(self, state_dir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, state_dir: str | os.PathLike[str] | None = None, *,
+                 relaunch: RelaunchHook | None = None) -> None:
         self.state = StateDir(resolve_state_dir(state_dir))
+        #: Starts attached domains again (revert, restore, start); per domain by ``attach``.
+        self._relaunch = relaunch
+        self._hooks: dict[str, RelaunchHook] = {}
 
     @property
     def state_dir(self) -> Path:
@@ -212,17 +241,31 @@ class Engine:
         try:
             lines = await asyncio.to_thread(folder.recover) if folder.needs_recovery() else []
             if has_intent(folder.path):
-                line = await finish_interrupted(folder, *self._runtime(domain))
+                line = await finish_interrupted(folder, *self._runtime(domain),
+                                                self._launcher(folder))
                 lines += [line] if line else []
             for line in lines:
                 log.warning("recovered: %s", line)
             if recovered is not None:
                 recovered.extend(lines)
-            _ = folder.definition
-            await asyncio.to_thread(self._gone_if_transient, folder)
+            await asyncio.to_thread(self._checked, folder)
             yield folder
         finally:
             lock.release()
+
+    def _launcher(self, folder: DomainFolder) -> Launcher:
+        """How *folder*'s domain starts: from its definition, or (attached) as its QEMU was
+        started, through the embedder's hook if one is registered."""
+        recorded = folder.read_launch()
+        if recorded is None:
+            return start_qemu
+        try:
+            command = ForeignCommand.from_json(recorded)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptMetadataError(f"'{folder.path / 'launch.json'}' is corrupt ({exc}); "
+                                       f"'qsnap attach {folder.name} --qmp SOCKET' records "
+                                       "it again", domain=folder.name) from None
+        return foreign_launcher(command, self._hooks.get(folder.name, self._relaunch))
 
     def _runtime(self, domain: str) -> tuple[RuntimePaths, RuntimeInfo | None]:
         paths = runtime_paths(self.state_dir, domain)
@@ -251,7 +294,8 @@ class Engine:
 
     # -- domains ----------------------------------------------------------------------------
 
-    async def define(self, xml: str | bytes) -> str:
+    @_bounded
+    async def define(self, xml: str | bytes, *, timeout: float | None = None) -> str:
         """Define (or update) a domain from libvirt domain XML; returns its name.
 
         A definition without a UUID gets a new one; an existing domain keeps its UUID, and a
@@ -292,7 +336,9 @@ class Engine:
                 raise AlreadyExistsError(
                     f"domain '{other}' is already defined with uuid {domain.uuid}")
 
-    async def undefine(self, domain: str, *, snapshots_metadata: bool = False) -> None:
+    @_bounded
+    async def undefine(self, domain: str, *, snapshots_metadata: bool = False,
+                       timeout: float | None = None) -> None:
         """Remove a domain's definition; with *snapshots_metadata* also its snapshot metadata
         (images are never touched). Without it, a stopped domain with snapshots is refused.
 
@@ -314,6 +360,12 @@ class Engine:
 
         await self._run(domain, work)
 
+    def _checked(self, folder: DomainFolder) -> None:
+        """The definition is read (and parsed, once) here, off the loop; a transient domain
+        whose guest has stopped is gone."""
+        _ = folder.definition
+        self._gone_if_transient(folder)
+
     def _gone_if_transient(self, folder: DomainFolder) -> None:
         """A transient domain whose guest has stopped no longer exists: its folder goes
         (called with the domain's lock held, so never in the middle of a revert's restart)."""
@@ -322,7 +374,8 @@ class Engine:
             raise NoDomainError(f"domain '{folder.name}' is not defined (it was transient, and "
                                 "its guest has stopped)", domain=folder.name)
 
-    async def domains(self) -> list[DomainInfo]:
+    @_bounded
+    async def domains(self, *, timeout: float | None = None) -> list[DomainInfo]:
         def work() -> list[tuple[str, str | None]]:
             self.state.sweep_trash()
             return [(name, self.state.folder(name).definition.uuid)
@@ -338,9 +391,11 @@ class Engine:
 
     # -- running guests ---------------------------------------------------------------------
 
-    async def start(self, domain: str, *, progress: ProgressCallback | None = None
-                    ) -> RuntimeInfo:
-        """Start the domain's QEMU (virsh start); returns how to reach it, accelerator included.
+    @_bounded
+    async def start(self, domain: str, *, progress: ProgressCallback | None = None,
+                    timeout: float | None = None) -> Guest:
+        """Start the domain's QEMU (virsh start); returns its :class:`Guest` handle (how to
+        reach it, accelerator included).
         A managed save image is resumed instead (*progress* hears it load), and removed once
         the guest runs from it."""
         async with self._session(domain) as folder:
@@ -356,11 +411,33 @@ class Engine:
                                            progress=progress)
                 info = self._runtime(domain)[1]
                 assert info is not None
-                return info
+                return self._handle(domain, info)
             definition = folder.definition
-            return await start_qemu(definition, paths, choose_accel(definition.type))
+            return self._handle(domain, await self._launcher(folder)(
+                definition, paths, choose_accel(definition.type)))
 
-    async def destroy(self, domain: str) -> None:
+    def guest(self, domain: str) -> Guest:
+        """A handle on *domain*'s guest (:class:`Guest`); it checks nothing until used."""
+        return Guest(self, domain)
+
+    @_bounded
+    async def guest_info(self, domain: str, *, timeout: float | None = None) -> GuestInfo:
+        """The guest as it is now: state, and its QEMU's pid, QMP socket and accelerator."""
+        async with self._session(domain):
+            info = self._runtime(domain)[1]
+            state = await state_of(info)
+        if info is None:
+            return GuestInfo(domain, state, None, None, None, None)
+        return GuestInfo(domain, state, info.pid, info.qmp, info.accel, info.owner)
+
+    def _handle(self, domain: str, info: RuntimeInfo | None) -> Guest:
+        if info is None:
+            return Guest(self, domain, GuestInfo(domain, "shut off", None, None, None, None))
+        return Guest(self, domain, GuestInfo(domain, "running", info.pid, info.qmp, info.accel,
+                                             info.owner))
+
+    @_bounded
+    async def destroy(self, domain: str, *, timeout: float | None = None) -> None:
         """Stop the domain's QEMU at once (virsh destroy): ``quit``, else SIGTERM, SIGKILL."""
         async with self._session(domain) as folder:
             paths, info = self._runtime(domain)
@@ -370,12 +447,20 @@ class Engine:
             if folder.transient:  # it stopped: a transient domain is gone with it
                 await asyncio.to_thread(self.state.remove_folder, folder)
 
-    async def attach(self, domain: str, qmp: str) -> RuntimeInfo:
+    @_bounded
+    async def attach(self, domain: str, qmp: str, *,
+                     relaunch: RelaunchHook | None = None,
+                     timeout: float | None = None) -> Guest:
         """Adopt a QEMU someone else launched, through its QMP socket (``qsnap attach``).
 
         An undefined domain is defined from what QEMU reports (name, UUID, memory, vCPUs, and
         each disk's current file and format); a defined one must have QEMU's UUID, and its disk
         sources are updated to the files QEMU uses now.
+
+        The QEMU's command line and working directory are recorded, so that a revert or
+        restore (which need a new QEMU) starts the same machine again: with *relaunch* (or
+        the engine's hook) by asking the embedder, else by running that command line with
+        only the disk images and ``-incoming`` changed (:mod:`qsnap.launcher.foreign`).
         """
         check_domain_name(domain)
         async with await Monitor.connect(os.path.abspath(qmp)) as monitor:
@@ -391,6 +476,9 @@ class Engine:
             uuid = None
         info = RuntimeInfo(pid=pid, qmp=os.path.abspath(qmp), accel="kvm" if kvm else "tcg",
                            owner="attached")
+        argv, cwd = read_process_command(pid)
+        command = ForeignCommand(argv, cwd, info.qmp, {d.target: d.path for d in running},
+                                 info.accel)
 
         def work(folder: DomainFolder) -> RuntimeInfo:
             if folder.exists():
@@ -414,16 +502,22 @@ class Engine:
                 raise DomainRunningError(f"domain '{domain}' is already running",
                                          domain=domain)
             folder.write_definition(updated)
+            folder.write_launch(command.to_json())
             write_runtime(runtime_paths(self.state_dir, domain), info)
             return info
 
-        return await self._defining(domain, work)
+        attached = await self._defining(domain, work)
+        if relaunch is not None:
+            self._hooks[domain] = relaunch
+        return self._handle(domain, attached)
 
     # -- memory: save and restore ------------------------------------------------------------
 
+    @_bounded
     async def save(self, domain: str, path: str | os.PathLike[str], *,
                    running: bool | None = None, xml: str | None = None,
-                   progress: ProgressCallback | None = None) -> None:
+                   progress: ProgressCallback | None = None,
+                   timeout: float | None = None) -> None:
         """virDomainSave: write the guest's memory and device state to *path*, then stop it.
 
         The guest is paused for the save; it restores running if it was running, unless
@@ -431,7 +525,7 @@ class Engine:
         definition stored in the image (same name and UUID). If the save fails, the guest
         goes on as it was and no file is left.
         """
-        target = Path(path).absolute()
+        target = absolute_file("the save image", path)
         async with self._session(domain) as folder:
             paths, info = self._runtime(domain)
             if info is None:
@@ -471,18 +565,22 @@ class Engine:
             await stop(paths, info)
             await asyncio.to_thread(clear_intent, folder.path)
 
+    @_bounded
     async def managedsave(self, domain: str, *, running: bool | None = None,
-                          progress: ProgressCallback | None = None) -> None:
+                          progress: ProgressCallback | None = None,
+                          timeout: float | None = None) -> None:
         """virDomainManagedSave: save into the domain's own folder; ``start`` resumes from it."""
         await self.save(domain, self.state.folder(domain).managed_save, running=running,
                         progress=progress)
 
+    @_bounded
     async def restore(self, path: str | os.PathLike[str], *, running: bool | None = None,
-                      xml: str | None = None, progress: ProgressCallback | None = None) -> str:
-        """virDomainRestore: start the domain saved in *path* and load its state; returns the
-        domain's name. A domain qsnap does not know yet is defined from the image. If loading
-        fails, its QEMU is stopped again: a guest is never left half-restored."""
-        source = Path(path).absolute()
+                      xml: str | None = None, progress: ProgressCallback | None = None,
+                      timeout: float | None = None) -> Guest:
+        """virDomainRestore: start the domain saved in *path* and load its state; returns its
+        :class:`Guest` handle. A domain qsnap does not know yet is defined from the image. If
+        loading fails, its QEMU is stopped again: a guest is never left half-restored."""
+        source = absolute_file("the save image", path)
         image = await asyncio.to_thread(read_image, source)
         domain = parse_domain(_image_xml(parse_domain(image.domain_xml), xml),
                               f"domain XML of save image '{source}'")
@@ -496,7 +594,8 @@ class Engine:
             await self.define(domain.to_xml())
         async with self._session(domain.name):
             await self._restore_locked(domain, source, image, running, progress=progress)
-        return domain.name
+            info = self._runtime(domain.name)[1]
+        return self._handle(domain.name, info)
 
     async def _restore_locked(self, domain: DomainDef, source: Path, image: SaveImage,
                               running: bool | None, *, managed: bool = False,
@@ -511,7 +610,8 @@ class Engine:
         await asyncio.to_thread(write_intent, state, work.record())
         crash_point("restore: intent recorded")
         try:
-            info = await start_qemu(domain, paths, choose_accel(domain.type), incoming=True)
+            launch = self._launcher(self.state.folder(domain.name))
+            info = await launch(domain, paths, choose_accel(domain.type), incoming=True)
         except BaseException:
             await asyncio.to_thread(clear_intent, state)
             raise
@@ -521,10 +621,10 @@ class Engine:
                 try:
                     await load_image(monitor, source, image, progress)
                 except MonitorClosedError:
-                    raise SaveImageError(
+                    raise GuestExitedError(
                         f"restoring from '{source}' failed: QEMU exited while loading the saved "
                         "state (the image is truncated or damaged, or does not match the "
-                        "domain's devices)") from None
+                        "domain's devices)", domain=domain.name, path=str(source)) from None
                 crash_point("restore: state loaded")
                 if work.run:
                     await monitor.resume()
@@ -537,12 +637,15 @@ class Engine:
             source.unlink()
         await asyncio.to_thread(clear_intent, state)
 
-    async def save_image_xml(self, path: str | os.PathLike[str], *, secure: bool = False) -> str:
+    @_bounded
+    async def save_image_xml(self, path: str | os.PathLike[str], *, secure: bool = False,
+                             timeout: float | None = None) -> str:
         """virDomainSaveImageGetXMLDesc: the domain definition inside a save image."""
-        image = await asyncio.to_thread(read_image, Path(path).absolute())
+        image = await asyncio.to_thread(read_image, absolute_file("the save image", path))
         return parse_domain(image.domain_xml, f"save image '{path}'").to_xml(secure=secure)
 
-    async def shutdown(self, domain: str) -> None:
+    @_bounded
+    async def shutdown(self, domain: str, *, timeout: float | None = None) -> None:
         """Ask the guest to power off (ACPI power button), as virsh shutdown does; returns at
         once, and the guest decides when (or whether) it stops."""
         async with self._session(domain):
@@ -552,20 +655,25 @@ class Engine:
             async with await Monitor.connect(info.qmp) as monitor:
                 await monitor.powerdown()
 
-    async def domstate(self, domain: str) -> str:
+    @_bounded
+    async def domstate(self, domain: str, *, timeout: float | None = None) -> str:
         """virsh domstate: running, paused or shut off."""
         async with self._session(domain):
             return await state_of(self._runtime(domain)[1])
 
-    async def domain_xml(self, domain: str, *, secure: bool = False) -> str:
+    @_bounded
+    async def domain_xml(self, domain: str, *, secure: bool = False,
+                         timeout: float | None = None) -> str:
         return await self._run(domain, lambda f: f.definition.to_xml(secure=secure), reading=True)
 
     # -- creating ---------------------------------------------------------------------------
 
+    @_bounded
     async def create(self, domain: str, xml: str | bytes | None = None,
                      flags: CreateFlags = CreateFlags(), *,
                      live_strategy: str | None = None,
-                     progress: ProgressCallback | None = None) -> str:
+                     progress: ProgressCallback | None = None,
+                     timeout: float | None = None) -> str:
         """virDomainSnapshotCreateXML: take a snapshot, or with ``flags.redefine`` store given
         metadata. Returns the snapshot's name.
 
@@ -715,8 +823,10 @@ class Engine:
             await asyncio.to_thread(clear_intent, folder.path)
         return complete
 
+    @_bounded
     async def redefine(self, domain: str, xml: str | bytes, *, current: bool = False,
-                       disk_only: bool = False, validate: bool = False) -> str:
+                       disk_only: bool = False, validate: bool = False,
+                       timeout: float | None = None) -> str:
         """Add or replace snapshot metadata without touching any image (``--redefine``)."""
         flags = CreateFlags(redefine=True, current=current, disk_only=disk_only,
                             validate=validate).check()
@@ -724,7 +834,8 @@ class Engine:
 
         def work(folder: DomainFolder) -> str:
             tree = folder.lazy_tree()
-            existing = folder.read_snapshot(snap.name) if snap.name in tree else None
+            existing = (folder.read_snapshot(snap.name)
+                        if snap.name is not None and snap.name in tree else None)
             plan = plan_redefine(snap, folder.definition, tree, existing, flags,
                                  regular_files=_regular_files(folder.definition, snap))
             folder.save(put=[plan.snapshot],
@@ -735,16 +846,22 @@ class Engine:
 
     # -- reading ----------------------------------------------------------------------------
 
-    async def list(self, domain: str, flt: ListFilter = ListFilter()) -> list[SnapshotSummary]:
+    @_bounded
+    async def snapshots(self, domain: str,
+                        flt: ListFilter = ListFilter(), *,
+                        timeout: float | None = None) -> list[SnapshotSummary]:
         """virDomainListAllSnapshots / virDomainSnapshotListAllChildren with their filters."""
         flt.check()
         return await self._run(domain, lambda f: select_snapshots(self._tree(f), flt), reading=True)
 
-    async def tree(self, domain: str) -> SnapshotTree:
+    @_bounded
+    async def tree(self, domain: str, *, timeout: float | None = None) -> SnapshotTree:
         """The whole snapshot tree, for drawing or walking."""
         return await self._run(domain, self._tree, reading=True)
 
-    async def get_xml(self, domain: str, snapshot: str | None, *, secure: bool = False) -> str:
+    @_bounded
+    async def get_xml(self, domain: str, snapshot: str | None, *, secure: bool = False,
+                      timeout: float | None = None) -> str:
         """virDomainSnapshotGetXMLDesc; *secure* includes passwords (``--security-info``)."""
 
         def work(folder: DomainFolder) -> str:
@@ -753,12 +870,16 @@ class Engine:
 
         return await self._run(domain, work, reading=True)
 
-    async def get(self, domain: str, snapshot: str | None) -> SnapshotDef:
+    @_bounded
+    async def get(self, domain: str, snapshot: str | None, *,
+                  timeout: float | None = None) -> SnapshotDef:
         """The parsed definition of a snapshot."""
         return await self._run(domain, lambda f: f.read_snapshot(self._resolve(f, snapshot)),
                                reading=True)
 
-    async def info(self, domain: str, snapshot: str | None) -> SnapshotInfo:
+    @_bounded
+    async def info(self, domain: str, snapshot: str | None, *,
+                   timeout: float | None = None) -> SnapshotInfo:
         def work(folder: DomainFolder) -> SnapshotInfo:
             name = self._resolve(folder, snapshot)
             tree = self._tree(folder)
@@ -772,7 +893,8 @@ class Engine:
 
         return await self._run(domain, work, reading=True)
 
-    async def current(self, domain: str) -> str | None:
+    @_bounded
+    async def current(self, domain: str, *, timeout: float | None = None) -> str | None:
         """The current snapshot's name, or None."""
 
         def work(folder: DomainFolder) -> str | None:
@@ -781,7 +903,9 @@ class Engine:
 
         return await self._run(domain, work, reading=True)
 
-    async def set_current(self, domain: str, snapshot: str) -> None:
+    @_bounded
+    async def set_current(self, domain: str, snapshot: str, *,
+                          timeout: float | None = None) -> None:
         """Make an existing snapshot current without reverting to it."""
 
         def work(folder: DomainFolder) -> None:
@@ -789,7 +913,9 @@ class Engine:
 
         await self._run(domain, work)
 
-    async def parent(self, domain: str, snapshot: str | None) -> str | None:
+    @_bounded
+    async def parent(self, domain: str, snapshot: str | None, *,
+                     timeout: float | None = None) -> str | None:
         def work(folder: DomainFolder) -> str | None:
             return folder.read_snapshot(self._resolve(folder, snapshot)).parent
 
@@ -797,9 +923,11 @@ class Engine:
 
     # -- changing state ---------------------------------------------------------------------
 
+    @_bounded
     async def revert(self, domain: str, snapshot: str | None,
                      flags: RevertFlags = RevertFlags(), *,
-                     progress: ProgressCallback | None = None) -> str:
+                     progress: ProgressCallback | None = None,
+                     timeout: float | None = None) -> str:
         """virDomainRevertToSnapshot; returns the snapshot's name, which becomes current.
         *progress* hears a memory file load."""
         flags.check()
@@ -820,7 +948,8 @@ class Engine:
             await asyncio.to_thread(write_intent, folder.path, work.record())
             crash_point("revert: intent recorded")
             try:
-                await carry_out_revert(plan, paths, info, memory, progress)
+                await carry_out_revert(plan, paths, info, memory, progress,
+                                       self._launcher(folder))
             except BaseException:
                 # It left the guest stopped and removed what it made: nothing to finish.
                 await asyncio.to_thread(clear_intent, folder.path)
@@ -834,9 +963,11 @@ class Engine:
             await asyncio.to_thread(clear_intent, folder.path)
             return name
 
+    @_bounded
     async def delete(self, domain: str, snapshot: str | None,
                      flags: DeleteFlags = DeleteFlags(), *,
-                     progress: ProgressCallback | None = None) -> MetadataDeletePlan:
+                     progress: ProgressCallback | None = None,
+                     timeout: float | None = None) -> MetadataDeletePlan:
         """virDomainSnapshotDelete. Returns what was removed and who became current.
 
         With ``metadata_only`` only qsnap's metadata goes. Otherwise the snapshots' data goes
@@ -886,7 +1017,8 @@ class Engine:
             await DeleteRun(work, folder, info, progress).start()
             return plan
 
-    async def recover(self, domain: str) -> list[str]:
+    @_bounded
+    async def recover(self, domain: str, *, timeout: float | None = None) -> list[str]:
         """Finish whatever a crash left half-done on *domain* (``qsnap recover``); returns a
         line per thing recovered (every other command does this first, too)."""
         lines: list[str] = []

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import Any
 
 from qsnap.engine.disk_snapshot import check_tops, switch_overlays
 from qsnap.engine.memory import write_image
@@ -90,7 +91,7 @@ async def _internal(monitor: Monitor, plan: FullSnapshotPlan) -> None:
 
 async def _external(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDef,
                     strategy: str, progress: ProgressCallback | None,
-                    devices: dict[str, dict]) -> None:
+                    devices: dict[str, dict[str, Any]]) -> None:
     # The files were checked before the intent was recorded (create_work.check_new_files);
     # the memory file is still created exclusively, which catches a race with another writer.
     memory = Path(plan.snapshot.memory_file or "")
@@ -116,7 +117,7 @@ async def _external(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDef,
 
 async def _background(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDef,
                       memory: Path, progress: ProgressCallback | None,
-                      devices: dict[str, dict]) -> None:
+                      devices: dict[str, dict[str, Any]]) -> None:
     """Pause, switch the disks, start the background snapshot (QEMU saves the device state
     and runs the guest again at once), then wait while QEMU writes RAM as it was at the pause.
     If the save fails after the switch, the overlays are merged back (active commit), so the

@@ -12,16 +12,16 @@ from typing import Any
 from qsnap.engine import create_work, delete, revert_work, save_work
 from qsnap.errors import OperationIncompleteError, OperationInvalidError, QsnapError
 from qsnap.launcher.command import RuntimePaths
-from qsnap.launcher.process import RuntimeInfo
+from qsnap.launcher.process import Launcher, RuntimeInfo
 from qsnap.store.folder import DomainFolder
 from qsnap.store.intent import INTENT_NAME, clear_intent, read_intent
 
-Handler = Callable[[dict[str, Any], DomainFolder, RuntimePaths, RuntimeInfo | None],
+Handler = Callable[[dict[str, Any], DomainFolder, RuntimePaths, RuntimeInfo | None, Launcher],
                    Awaitable[str]]
 
 
 async def _create(record: dict[str, Any], folder: DomainFolder, paths: RuntimePaths,
-                  running: RuntimeInfo | None) -> str:
+                  running: RuntimeInfo | None, launch: Launcher) -> str:
     work = create_work.CreateWork.from_record(record)
     done = await create_work.settle_create(work, folder, paths, running)
     return (f"domain '{folder.name}': snapshot '{work.snapshot}', which a crash had "
@@ -30,25 +30,25 @@ async def _create(record: dict[str, Any], folder: DomainFolder, paths: RuntimePa
 
 
 async def _revert(record: dict[str, Any], folder: DomainFolder, paths: RuntimePaths,
-                  running: RuntimeInfo | None) -> str:
+                  running: RuntimeInfo | None, launch: Launcher) -> str:
     return await revert_work.finish_revert(revert_work.RevertWork.from_record(record),
-                                           folder, paths, running)
+                                           folder, paths, running, launch)
 
 
 async def _save(record: dict[str, Any], folder: DomainFolder, paths: RuntimePaths,
-                running: RuntimeInfo | None) -> str:
+                running: RuntimeInfo | None, launch: Launcher) -> str:
     work = save_work.SaveWork.from_record(record)
     return await save_work.settle_save(work, folder, paths, running)
 
 
 async def _restore(record: dict[str, Any], folder: DomainFolder, paths: RuntimePaths,
-                   running: RuntimeInfo | None) -> str:
+                   running: RuntimeInfo | None, launch: Launcher) -> str:
     work = save_work.RestoreWork.from_record(record)
     return await save_work.settle_restore(work, folder, paths, running)
 
 
 async def _delete(record: dict[str, Any], folder: DomainFolder, paths: RuntimePaths,
-                  running: RuntimeInfo | None) -> str:
+                  running: RuntimeInfo | None, launch: Launcher) -> str:
     return await delete.finish_delete(record, folder, running)
 
 
@@ -62,7 +62,7 @@ HANDLERS: dict[str, Handler] = {
 
 
 async def finish_interrupted(folder: DomainFolder, paths: RuntimePaths,
-                             running: RuntimeInfo | None) -> str | None:
+                             running: RuntimeInfo | None, launch: Launcher) -> str | None:
     """Settle the operation a crash interrupted on *folder*; a line saying what was done,
     or None when there was none."""
     record = await asyncio.to_thread(read_intent, folder.path)
@@ -73,7 +73,7 @@ async def finish_interrupted(folder: DomainFolder, paths: RuntimePaths,
         raise OperationInvalidError(f"domain '{folder.name}': unknown interrupted operation "
                                     f"'{record['kind']}' in {folder.path}/intent.json")
     try:
-        line = await handler(record, folder, paths, running)
+        line = await handler(record, folder, paths, running, launch)
     except (QsnapError, OSError, KeyError, TypeError, ValueError) as exc:  # a damaged record
         raise OperationIncompleteError(
             f"domain '{folder.name}': settling the interrupted {record['kind']} failed: "

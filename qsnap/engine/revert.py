@@ -22,7 +22,7 @@ from qsnap.engine.memory import load_image, read_image
 from qsnap.errors import InvalidArgumentError, OperationInvalidError, QsnapError
 from qsnap.launcher.accel import choose_accel
 from qsnap.launcher.command import RuntimePaths
-from qsnap.launcher.process import RuntimeInfo, read_runtime, start_qemu
+from qsnap.launcher.process import Launcher, RuntimeInfo, read_runtime, start_qemu
 from qsnap.model.domain import DomainDef
 from qsnap.model.image_graph import ImageFacts
 from qsnap.model.save_image import SaveImage
@@ -142,8 +142,8 @@ async def check_revert_images(plan: RevertPlan) -> None:
 
 
 async def carry_out_revert(plan: RevertPlan, paths: RuntimePaths, running: RuntimeInfo | None,
-                           memory: SaveImage | None, progress: ProgressCallback | None = None
-                           ) -> None:
+                           memory: SaveImage | None, progress: ProgressCallback | None = None,
+                           launch: Launcher = start_qemu) -> None:
     """Stop the guest, make the new overlays, apply internal snapshots, start QEMU and load
     the snapshot's state. The new QEMU is left paused: :func:`run_reverted` lets it run once
     the revert's metadata is stored (a running TCG guest takes the CPU that the metadata's
@@ -162,7 +162,7 @@ async def carry_out_revert(plan: RevertPlan, paths: RuntimePaths, running: Runti
         if not plan.start:
             return
         accel = choose_accel(plan.domain.type)
-        started = await start_qemu(plan.domain, paths, accel,
+        started = await launch(plan.domain, paths, accel,
                                    incoming=plan.memory == "external", paused=True)
         async with await Monitor.connect(started.qmp) as monitor:
             if plan.memory == "external" and memory is not None:

@@ -33,7 +33,7 @@ from qsnap.engine.revert import (
     with_new_overlays,
 )
 from qsnap.launcher.command import RuntimePaths
-from qsnap.launcher.process import RuntimeInfo
+from qsnap.launcher.process import Launcher, RuntimeInfo
 from qsnap.model.domain import parse_domain
 from qsnap.model.snapshot import SnapshotDef, format_snapshot, parse_snapshot
 from qsnap.plan.flags import RevertFlags
@@ -84,7 +84,7 @@ async def store_revert(work: RevertWork, folder: DomainFolder) -> None:
 
 
 async def redo_revert(work: RevertWork, folder: DomainFolder, paths: RuntimePaths,
-                      running: RuntimeInfo | None) -> RevertPlan:
+                      running: RuntimeInfo | None, launch: Launcher) -> RevertPlan:
     """Carry out the revert of *work* again from the start (see the module docstring)."""
     plan = work.plan(folder.read_snapshot(work.snapshot))
     if running is not None:
@@ -94,18 +94,18 @@ async def redo_revert(work: RevertWork, folder: DomainFolder, paths: RuntimePath
     memory = None
     if plan.memory == "external" and plan.memory_file:
         memory = await asyncio.to_thread(read_image, Path(plan.memory_file))
-    await carry_out_revert(plan, paths, None, memory)
+    await carry_out_revert(plan, paths, None, memory, launch=launch)
     return plan
 
 
 async def finish_revert(work: RevertWork, folder: DomainFolder, paths: RuntimePaths,
-                        running: RuntimeInfo | None) -> str:
+                        running: RuntimeInfo | None, launch: Launcher) -> str:
     """Finish an interrupted revert; a line saying what was done."""
     name = f"domain '{folder.name}': the revert to snapshot '{work.snapshot}'"
     if work.phase == "begun":
         if work.old_pid is not None and running is not None and running.pid == work.old_pid:
             return f"{name} had not begun; nothing was changed"
-        plan = await redo_revert(work, folder, paths, running)
+        plan = await redo_revert(work, folder, paths, running, launch)
         await reverted(work, folder, plan, await image_references(folder))
         await store_revert(work, folder)
         await run_reverted(plan, paths)

@@ -83,10 +83,8 @@ def qemu_command(domain: DomainDef, runtime: RuntimePaths, accel: str,
                  paused: bool = False) -> list[str]:
     """argv that starts *domain* daemonized, with its QMP socket in *runtime*; with *incoming*,
     paused and waiting for a saved state (``-incoming defer``)."""
-    machine = "pc"
     os_type = domain.element.find("os/type")
-    if os_type is not None and os_type.get("machine"):
-        machine = os_type.get("machine")
+    machine = (os_type.get("machine") if os_type is not None else None) or "pc"
     # Only the devices the definition lists, at the PCI slots it gives, with ACPI only when it
     # asks (as libvirt does): the same definition then makes the same machine under both, which
     # is what lets memory images move between qsnap and libvirt.

@@ -16,16 +16,23 @@ import json
 import os
 import signal
 import time
+from collections.abc import Awaitable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
-from qsnap.errors import OperationInvalidError, QsnapError
+from qsnap import children
+from qsnap.errors import LaunchError, OperationInvalidError
 from qsnap.launcher.command import RuntimePaths, qemu_command
+from qsnap.launcher.foreign import (
+    DiskImage,
+    ForeignCommand,
+    RelaunchHook,
+    RelaunchRequest,
+    relaunch_argv,
+)
 from qsnap.model.domain import DomainDef
-
-
-class LaunchError(QsnapError):
-    """QEMU would not start; the message carries QEMU's own error."""
+from qsnap.monitor import Monitor
 
 
 @dataclass(frozen=True)
@@ -105,36 +112,82 @@ def pid_alive(pid: int, marker: str | None = None) -> bool:
         return False
 
 
-async def start_qemu(domain: DomainDef, paths: RuntimePaths, accel: str,
+class Launcher(Protocol):
+    """Starts a domain's QEMU: qsnap's own command line (:func:`start_qemu`), an attached
+    QEMU's (:func:`foreign_launcher`), or an embedder's hook."""
+
+    def __call__(self, domain: DomainDef, paths: RuntimePaths, accel: str, *,
+                 incoming: bool = False, paused: bool = False) -> Awaitable[RuntimeInfo]: ...
+
+
+async def start_qemu(domain: DomainDef, paths: RuntimePaths, accel: str, *,
                      incoming: bool = False, paused: bool = False) -> RuntimeInfo:
     """Start *domain*'s QEMU; return once its monitor listens (with *incoming*: paused,
     waiting for ``migrate-incoming``)."""
-    paths.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    paths.folder.parent.chmod(0o700)
-    clear_runtime(paths)
+    _prepare(paths)
     emulator = domain.element.findtext("devices/emulator") or "qemu-system-x86_64"
     argv = qemu_command(domain, paths, accel, emulator=emulator.strip(), incoming=incoming,
                         paused=paused)
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
-    except FileNotFoundError:
-        raise LaunchError(f"cannot start domain '{domain.name}': emulator '{argv[0]}' not found "
-                          "(install Debian's qemu-system-x86)") from None
-    try:
-        _, err = await asyncio.wait_for(proc.communicate(), 60)
-    except TimeoutError:
-        proc.kill()
-        raise LaunchError(f"QEMU for domain '{domain.name}' did not finish starting in 60 s") \
-            from None
-    if proc.returncode != 0:
-        message = err.decode(errors="replace").strip() or f"exit status {proc.returncode}"
-        raise LaunchError(f"QEMU failed to start domain '{domain.name}': {message}")
-    pid = int(paths.pidfile.read_text().strip())
+    pid = await _run_daemonizing(argv, None, domain.name, paths)
     info = RuntimeInfo(pid=pid, qmp=str(paths.qmp), accel=accel)
     write_runtime(paths, info)
     return info
+
+
+def foreign_launcher(command: ForeignCommand, hook: RelaunchHook | None) -> Launcher:
+    """How an attached domain starts again: *hook* if the embedder registered one, else the
+    attached QEMU's own command line with the disks and start mode changed
+    (:mod:`qsnap.launcher.foreign`)."""
+
+    async def launch(domain: DomainDef, paths: RuntimePaths, accel: str, *,
+                     incoming: bool = False, paused: bool = False) -> RuntimeInfo:
+        _prepare(paths)
+        disks = {d.target: DiskImage(d.source, d.driver_type or "raw")
+                 for d in domain.disks if d.source}
+        argv = relaunch_argv(command, disks, incoming=incoming, paused=paused,
+                             pidfile=str(paths.pidfile))
+        if hook is None:
+            pid = await _run_daemonizing(argv, command.cwd, domain.name, paths)
+            info = RuntimeInfo(pid=pid, qmp=command.qmp, accel=command.accel,
+                               owner="attached")
+        else:
+            request = RelaunchRequest(domain.name, disks, incoming, paused, argv)
+            qmp = os.path.abspath(await hook(request))
+            async with await Monitor.connect(qmp) as monitor:
+                peer = monitor.peer_pid()
+            if peer is None:
+                raise LaunchError(f"the relaunch hook's QMP socket {qmp} has no process "
+                                  "behind it that qsnap can see", domain=domain.name, path=qmp)
+            info = RuntimeInfo(pid=peer, qmp=qmp, accel=command.accel, owner="attached")
+        write_runtime(paths, info)
+        return info
+
+    return launch
+
+
+def _prepare(paths: RuntimePaths) -> None:
+    paths.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    paths.folder.parent.chmod(0o700)
+    clear_runtime(paths)
+
+
+async def _run_daemonizing(argv: list[str], cwd: str | None, domain: str,
+                           paths: RuntimePaths) -> int:
+    """Run a QEMU command line that daemonizes; its pid from the pid file it writes."""
+    try:
+        proc = await children.spawn(argv, cwd=cwd)
+    except FileNotFoundError:
+        raise LaunchError(f"cannot start domain '{domain}': emulator '{argv[0]}' not found "
+                          "(install Debian's qemu-system-x86)", domain=domain) from None
+    try:
+        _, err = await children.finish(proc, 60)
+    except TimeoutError:
+        raise LaunchError(f"QEMU for domain '{domain}' did not finish starting in 60 s",
+                          domain=domain) from None
+    if proc.returncode != 0:
+        message = err.decode(errors="replace").strip() or f"exit status {proc.returncode}"
+        raise LaunchError(f"QEMU failed to start domain '{domain}': {message}", domain=domain)
+    return int(paths.pidfile.read_text().strip())
 
 
 async def wait_gone(pid: int, timeout: float) -> bool:
@@ -154,7 +207,7 @@ async def wait_gone(pid: int, timeout: float) -> bool:
         return True
     loop = asyncio.get_running_loop()
     exited = loop.create_future()
-    loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+    loop.add_reader(pidfd, lambda: None if exited.done() else exited.set_result(None))
     try:
         if pid_alive(pid):
             with contextlib.suppress(TimeoutError):

@@ -139,7 +139,7 @@ def _parse_disk(node: etree._Element, index: int) -> DomainDisk:
                   or source_node.get("name") or source_node.get("dir")) or None
     driver = node.find("driver")
     return DomainDisk(
-        target=target.get("dev"), bus=target.get("bus"), type=disk_type, device=device,
+        target=target.get("dev", ""), bus=target.get("bus"), type=disk_type, device=device,
         source=source, driver_type=driver.get("type") if driver is not None else None,
         snapshot=snapshot, readonly=node.find("readonly") is not None,
         pci_address=_pci_address(node),
@@ -223,7 +223,10 @@ def with_uuid(domain: DomainDef, uuid: str) -> DomainDef:
     if node is None:
         node = etree.Element("uuid")
         name = element.find("name")
-        name.addnext(node)
+        if name is None:
+            element.insert(0, node)
+        else:
+            name.addnext(node)
     node.text = uuid
     return parse_domain_element(element)
 
@@ -238,7 +241,8 @@ def redact_secrets(element: etree._Element) -> etree._Element:
     for tag, attrs in _SECRET_ATTRIBUTES.items():
         for node in clone.iter(tag):
             for attr in attrs:
-                node.attrib.pop(attr, None)
+                if attr in node.attrib:
+                    del node.attrib[attr]
     return clone
 
 
@@ -251,9 +255,10 @@ def with_disk_images(domain: DomainDef, images: dict[str, tuple[str, str]]) -> D
     element = copy.deepcopy(domain.element)
     for disk in element.iterfind("devices/disk"):
         target = disk.find("target")
-        if target is None or target.get("dev") not in images:
+        dev = target.get("dev") if target is not None else None
+        if dev is None or dev not in images:
             continue
-        path, fmt = images[target.get("dev")]
+        path, fmt = images[dev]
         source = disk.find("source")
         if source is None:
             source = etree.SubElement(disk, "source")
@@ -291,9 +296,10 @@ def renamed_images(element: etree._Element,
         source = disk.find("source")
         if source is None:
             continue
-        if source.get(_source_key(disk)) not in renames:
+        image = source.get(_source_key(disk))
+        if image is None or image not in renames:
             continue
-        _set_image(disk, source, *renames[source.get(_source_key(disk))])
+        _set_image(disk, source, *renames[image])
         for chain in disk.findall("backingStore"):
             disk.remove(chain)  # it described the chain below the old image
         changed = True

@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from qsnap.errors import XMLError
+from qsnap.errors import SaveImageError
 
 MAGIC = b"LibvirtQemudSave"
 PARTIAL_MAGIC = b"LibvirtQemudPart"
@@ -32,8 +32,6 @@ PADDING = 64 * 1024
 COMPRESSION = {0: "raw", 1: "gzip", 2: "bzip2", 3: "xz", 4: "lzop", 5: "zstd"}
 
 
-class SaveImageError(XMLError):
-    """The file is not a (complete, readable) save image; the message says which part."""
 
 
 @dataclass(frozen=True)

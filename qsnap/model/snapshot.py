@@ -167,10 +167,11 @@ class _Reader:
     def attrs(self, *allowed: str) -> dict[str, str]:
         for key in self.element.attrib:
             if key not in allowed:
-                raise XMLError(f"unsupported attribute '{key}' on {self.where}")
-        return dict(self.element.attrib)
+                raise XMLError(f"unsupported attribute '{key!s}' on {self.where}")
+        return {str(k): str(v) for k, v in self.element.attrib.items()}
 
-    def children(self, allowed: tuple[str, ...], repeatable: tuple[str, ...] = ()) -> list:
+    def children(self, allowed: tuple[str, ...],
+                 repeatable: tuple[str, ...] = ()) -> list[etree._Element]:
         seen: set[str] = set()
         result = []
         for child in self.element:
@@ -463,7 +464,7 @@ def snapshot_from_element(root: etree._Element, *, redefine: bool = False,
     return snap
 
 
-def _parse_read_only(nodes: dict, snap: SnapshotDef, validate: bool) -> None:
+def _parse_read_only(nodes: dict[str, etree._Element], snap: SnapshotDef, validate: bool) -> None:
     if snap.name is None:
         raise XMLError("a redefined snapshot must have a name")
     ctime = _text(nodes["creationTime"], "<creationTime>") if "creationTime" in nodes else None
@@ -500,7 +501,7 @@ def _parse_read_only(nodes: dict, snap: SnapshotDef, validate: bool) -> None:
         snap.revert_disks = _parse_disks(nodes["revertDisks"], validate)
 
 
-def _check_ignored_read_only(nodes: dict) -> None:
+def _check_ignored_read_only(nodes: dict[str, etree._Element]) -> None:
     """Outside redefine the read-only fields are ignored, but --validate still checks their form."""
     scratch = SnapshotDef()
     if "domain" in nodes:

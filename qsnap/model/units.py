@@ -19,7 +19,7 @@ def unit_factor(unit: str | None, where: str, default: int = 1) -> int:
     if power is None or rest not in ("", "iB", "B"):
         raise XMLError(f"unknown unit '{unit}' in {where}")
     base = 1000 if rest == "B" else 1024
-    return base**power
+    return int(base**power)
 
 
 def parse_scaled_integer(text: str | None, unit: str | None, where: str, default: int = 1) -> int:

@@ -80,7 +80,8 @@ def _needs_lxml(element: etree._Element, nsmap: dict[str | None, str],
     return len(element) > 0 and has_text(element)
 
 
-def _element_lines(element: etree._Element, level: int, parent_nsmap: dict) -> Iterable[str]:
+def _element_lines(element: etree._Element, level: int,
+                   parent_nsmap: dict[str | None, str]) -> Iterable[str]:
     pad = "  " * level
     if not isinstance(element.tag, str):  # comments and processing instructions are dropped
         return
@@ -95,7 +96,7 @@ def _element_lines(element: etree._Element, level: int, parent_nsmap: dict) -> I
                 node.text = None
         yield pad + etree.tostring(clone, encoding="unicode", with_tail=False)
         return
-    attrs = "".join(f" {k}='{escape_attr(v)}'" for k, v in element.attrib.items())
+    attrs = "".join(f" {k!s}='{escape_attr(str(v))}'" for k, v in element.attrib.items())
     tag = element.tag
     children = [c for c in element if isinstance(c.tag, str)]
     if children:

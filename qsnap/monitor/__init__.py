@@ -1,11 +1,6 @@
 """The QMP layer: the only code in qsnap that talks to QEMU's monitor."""
 
-from qsnap.monitor.client import (
-    Monitor,
-    MonitorClosedError,
-    MonitorError,
-    MonitorTimeoutError,
-    PauseClock,
-)
+from qsnap.errors import MonitorClosedError, MonitorError, MonitorTimeoutError
+from qsnap.monitor.client import Monitor, PauseClock
 
 __all__ = ["Monitor", "MonitorClosedError", "MonitorError", "MonitorTimeoutError", "PauseClock"]

@@ -14,12 +14,8 @@ import json
 import random
 from typing import Any
 
-from qsnap.errors import QsnapError
+from qsnap.errors import GuestAgentError
 from qsnap.monitor.client import command_timeout
-
-
-class GuestAgentError(QsnapError):
-    """The guest agent is missing, silent, or refused a command."""
 
 
 class GuestAgent:
@@ -91,10 +87,10 @@ class GuestAgent:
 
     async def freeze(self) -> int:
         """Freeze the guest's file systems; returns how many were frozen."""
-        return await self.execute("guest-fsfreeze-freeze")
+        return int(await self.execute("guest-fsfreeze-freeze"))
 
     async def thaw(self) -> int:
-        return await self.execute("guest-fsfreeze-thaw")
+        return int(await self.execute("guest-fsfreeze-thaw"))
 
     async def close(self) -> None:
         self._writer.close()

@@ -27,9 +27,10 @@ from qemu.qmp import (
 )
 from qemu.qmp.protocol import StateError
 
-from qsnap.errors import QsnapError
+from qsnap.errors import MonitorClosedError, MonitorError, MonitorTimeoutError, QsnapError
 from qsnap.faults import crash_point
 from qsnap.model.capabilities import QemuCapabilities
+from qsnap.timeouts import call_timeout
 
 log = logging.getLogger("qsnap.monitor")
 
@@ -53,8 +54,9 @@ def _seconds_from_env(name: str, default: float) -> float:
 
 
 def command_timeout() -> float:
-    """Seconds to wait for one QMP command: ``$QSNAP_QMP_TIMEOUT`` or 30."""
-    return _seconds_from_env("QSNAP_QMP_TIMEOUT", DEFAULT_TIMEOUT)
+    """Seconds to wait for one QMP command: the call's ``timeout=``, else
+    ``$QSNAP_QMP_TIMEOUT`` or 30."""
+    return call_timeout() or _seconds_from_env("QSNAP_QMP_TIMEOUT", DEFAULT_TIMEOUT)
 
 
 #: Seconds a memory stream may stand still before QEMU is asked whether it is alive at all.
@@ -69,22 +71,10 @@ def stall_timeout() -> float:
     return _seconds_from_env("QSNAP_STALL_TIMEOUT", DEFAULT_STALL)
 
 
-class MonitorError(QsnapError):
-    """QEMU refused a command; ``qmp_class`` and ``desc`` are QEMU's own."""
-
-    def __init__(self, command: str, qmp_class: str, desc: str) -> None:
-        super().__init__(f"QEMU refused {command}: {desc}")
-        self.command = command
-        self.qmp_class = qmp_class
-        self.desc = desc
 
 
-class MonitorClosedError(QsnapError):
-    """The connection to QEMU broke (QEMU exited or closed its monitor)."""
 
 
-class MonitorTimeoutError(QsnapError):
-    """QEMU did not answer in time."""
 
 
 class PauseClock:
@@ -308,7 +298,8 @@ class Monitor:
         return dropped
 
     async def jobs(self) -> list[dict[str, Any]]:
-        return await self.execute("query-jobs")
+        jobs: list[dict[str, Any]] = await self.execute("query-jobs")
+        return jobs
 
     async def job(self, job_id: str) -> dict[str, Any] | None:
         return next((j for j in await self.jobs() if j["id"] == job_id), None)
@@ -361,7 +352,7 @@ class Monitor:
 
     async def status(self) -> str:
         """QEMU's run state: running, paused, postmigrate, shutdown, ..."""
-        return (await self.execute("query-status"))["status"]
+        return str((await self.execute("query-status"))["status"])
 
     async def resume_if_stopped(self) -> bool:
         """Run a guest that is paused, or stopped after a finished outgoing migration
@@ -472,7 +463,8 @@ class Monitor:
 
     async def migration_status(self) -> str | None:
         """The state of this QEMU's last migration (``active``, ``completed``, ...), or None."""
-        return (await self.execute("query-migrate")).get("status")
+        status: str | None = (await self.execute("query-migrate")).get("status")
+        return status
 
     async def end_migration(self, *, cancel: bool, timeout: float = 600.0) -> None:
         """Wait until no migration is under way, cancelling one first if *cancel*. A crashed
@@ -510,7 +502,7 @@ class Monitor:
                 await self._check_answers(command, loop.time() - moved_at)
                 moved_at = loop.time()
             try:
-                event = await asyncio.wait_for(listener.get(), 0.25)
+                event: Any = await asyncio.wait_for(listener.get(), 0.25)
             except TimeoutError:
                 continue
             status = event.get("data", {}).get("status")
@@ -590,7 +582,8 @@ class Monitor:
             try:
                 yield clock
             finally:
-                for event in listener.clear():
+                for stopped in listener.clear():
+                    event: Any = stopped
                     stamp = event.get("timestamp", {})
                     clock.add(event["event"], stamp.get("seconds", 0)
                               + stamp.get("microseconds", 0) / 1e6)
@@ -637,7 +630,7 @@ class Monitor:
                 raise MonitorClosedError(f"QEMU closed its monitor during job '{job_id}' (it "
                                          "exited or was killed)")
             try:
-                event = await asyncio.wait_for(listener.get(), 0.25)
+                event: Any = await asyncio.wait_for(listener.get(), 0.25)
             except TimeoutError:
                 continue
             data = event.get("data", {})

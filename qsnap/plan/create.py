@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from qsnap.errors import AlreadyExistsError
+from qsnap.model.names import check_snapshot_name
 from qsnap.model.snapshot import SnapshotDef
 from qsnap.plan.flags import CreateFlags
-from qsnap.plan.names import check_snapshot_name
 
 
 def check_create_request(snap: SnapshotDef, flags: CreateFlags, domain: str,

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 from qsnap.errors import InvalidArgumentError, NotSupportedError
 from qsnap.model.domain import DomainDef, with_disk_images
+from qsnap.model.names import check_new_file_path, check_snapshot_name, default_snapshot_name
 from qsnap.model.snapshot import SnapshotDef
 from qsnap.plan.disks import align_disks
 from qsnap.plan.flags import CreateFlags
-from qsnap.plan.names import check_new_file_path, check_snapshot_name, default_snapshot_name
 
 OVERLAY_FORMATS = ("qcow2", "qed")
 

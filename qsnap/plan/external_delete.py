@@ -139,7 +139,7 @@ def plan_external_delete(snapshots: dict[str, SnapshotDef], remove: list[str],
                 candidates.setdefault(image, (name, target))
             overlay = next((d.source.path for d in snap.disks
                             if d.name == target and d.source.path), None)
-            if overlay in graph:
+            if overlay is not None and overlay in graph:
                 garbage_roots.add(overlay)
 
     merges: list[Merge] = []

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 from qsnap.errors import InvalidArgumentError
 from qsnap.model.domain import DomainDef, parse_domain_element, same_uuid
+from qsnap.model.names import check_snapshot_name
 from qsnap.model.snapshot import SnapshotDef
 from qsnap.model.tree import TreeView
 from qsnap.plan.disks import align_disks
 from qsnap.plan.flags import CreateFlags
-from qsnap.plan.names import check_snapshot_name
 
 _ONLINE = ("running", "paused")
 

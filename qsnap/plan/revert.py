@@ -17,13 +17,15 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
+from lxml import etree
+
 from qsnap.errors import InvalidArgumentError, NotSupportedError, OperationInvalidError
 from qsnap.model.domain import DomainDef, parse_domain_element, same_uuid, with_disk_images
+from qsnap.model.names import check_new_file_path
 from qsnap.model.snapshot import SnapshotDef
 from qsnap.plan.disk_snapshot import Overlay
 from qsnap.plan.disks import default_overlay_path
 from qsnap.plan.flags import RevertFlags
-from qsnap.plan.names import check_new_file_path
 
 _ONLINE = ("running", "paused")
 _OFFLINE = ("shutoff", "shutdown", "crashed")
@@ -55,7 +57,10 @@ def snapshot_domain(snap: SnapshotDef, current: DomainDef, flags: RevertFlags) -
                 "<domain> definition); --force reverts with the current definition")
         return current
     element = copy.deepcopy(snap.domain)
-    element.find("name").text = current.name
+    name = element.find("name")
+    if name is None:
+        name = etree.SubElement(element, "name")
+    name.text = current.name
     recorded = parse_domain_element(element, f"the <domain> of snapshot '{snap.name}'")
     if recorded.uuid and current.uuid and not same_uuid(recorded.uuid, current.uuid):
         raise InvalidArgumentError(f"snapshot '{snap.name}' belongs to uuid {recorded.uuid}, "

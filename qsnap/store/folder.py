@@ -43,6 +43,8 @@ CURRENT = "current"
 #: Present while a running domain has been undefined: virsh keeps such a domain, transient,
 #: until its guest stops; then it is gone.
 TRANSIENT = "transient"
+#: How to start an attached QEMU again (its own command line), written by ``attach``.
+LAUNCH = "launch.json"
 SUFFIX = ".xml"
 
 
@@ -77,7 +79,7 @@ class DomainFolder:
 
     def recover(self) -> list[str]:
         """Finish or clean up what a crashed writer left; return a line per thing recovered."""
-        done = []
+        done: list[str] = []
         if not self.path.is_dir():
             return done
         if replay(self.path):
@@ -103,6 +105,20 @@ class DomainFolder:
             atomic_write(self.path / TRANSIENT, b"")
         else:
             remove_durably(self.path / TRANSIENT)
+
+    def read_launch(self) -> bytes | None:
+        """The attached QEMU's recorded command line (opaque here), or None for a domain
+        qsnap starts from its definition."""
+        try:
+            return (self.path / LAUNCH).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write_launch(self, data: bytes | None) -> None:
+        if data is None:
+            remove_durably(self.path / LAUNCH)
+        else:
+            atomic_write(self.path / LAUNCH, data)
 
     @property
     def managed_save(self) -> Path:

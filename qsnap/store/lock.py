@@ -10,6 +10,7 @@ belong to an open file, so two tasks in one process also exclude each other.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import time
@@ -17,12 +18,17 @@ from pathlib import Path
 from types import TracebackType
 
 from qsnap.errors import OperationInvalidError
+from qsnap.timeouts import call_timeout
 
 DEFAULT_TIMEOUT = 300.0
 
 
 def lock_timeout() -> float:
-    """Seconds to wait for a busy domain: ``$QSNAP_LOCK_TIMEOUT`` or 300."""
+    """Seconds to wait for a busy domain: the call's ``timeout=``, else
+    ``$QSNAP_LOCK_TIMEOUT`` or 300."""
+    bound = call_timeout()
+    if bound is not None:
+        return bound
     value = os.environ.get("QSNAP_LOCK_TIMEOUT")
     try:
         return float(value) if value else DEFAULT_TIMEOUT
@@ -42,17 +48,34 @@ class DomainLock:
     def acquire(self) -> None:
         """Wait for the lock in this thread (for callers off the event loop)."""
         fd, deadline, delay = self._open(), time.monotonic() + self.timeout, 0.005
-        while not self._try(fd, deadline):
-            time.sleep(delay)
-            delay = min(delay * 2, 0.1)
+        try:
+            while not self._try(fd, deadline):
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+        except BaseException:
+            self._abandon(fd)
+            raise
 
     async def acquire_async(self) -> None:
         """Wait for the lock without holding a thread: many tasks may wait on one domain
-        while its holder still needs worker threads for its own file work."""
+        while its holder still needs worker threads for its own file work. A cancelled wait
+        closes its file descriptor (each wait opens one)."""
         fd, deadline, delay = self._open(), time.monotonic() + self.timeout, 0.005
-        while not self._try(fd, deadline):
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.1)
+        try:
+            while not self._try(fd, deadline):
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.1)
+        except BaseException:
+            self._abandon(fd)
+            raise
+
+    def _abandon(self, fd: int) -> None:
+        """Close *fd* of a wait that ended without the lock (or was cancelled just after it
+        took it: closing the descriptor drops the flock too)."""
+        if self._fd == fd:
+            self._fd = None
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
     def _open(self) -> int:
         return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -65,10 +88,10 @@ class DomainLock:
             if time.monotonic() < deadline:
                 return False
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
             raise OperationInvalidError(
                 f"domain '{self.domain}' is busy: another qsnap process (pid {holder}) "
-                f"has held its lock for over {self.timeout:g} s") from None
+                f"has held its lock for over {self.timeout:g} s",
+                domain=self.domain, path=str(self.path)) from None
         # Always the same 32 bytes, so no truncate is needed: on ext4 a truncate of a file
         # with content costs about 0.3 ms, a tenth of a disk-only snapshot's own work.
         os.pwrite(fd, f"{os.getpid():<31}\n".encode(), 0)

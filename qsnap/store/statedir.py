@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from qsnap.plan.names import check_domain_name
+from qsnap.model.names import check_domain_name
 from qsnap.store.atomic import fsync_dir, make_dirs
 from qsnap.store.folder import DEFINITION, DomainFolder
 from qsnap.store.lock import DomainLock

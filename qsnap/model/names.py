@@ -6,6 +6,9 @@ no leading ``.``) a name must fit in one path component and can never step out o
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from qsnap.errors import InvalidArgumentError
 
 #: Bytes a single file name may take on Linux file systems.
@@ -68,3 +71,16 @@ def check_new_file_path(what: str, path: str, hint: str = "") -> str:
                 f"{what} '{path[:60]}...': its name '{name[:40]}...' is {len(part)} bytes, "
                 f"longer than the {NAME_MAX} a file name may have{hint}")
     return path
+
+
+def absolute_file(what: str, path: str | os.PathLike[str]) -> Path:
+    """*path* as a :class:`Path` if it is absolute; else a clear error naming *what* it is.
+
+    One rule for every file argument of the API (a save image, a memory file, an overlay in
+    snapshot XML): an embedder's working directory is not a meaningful place to resolve a
+    name against, and libvirt refuses relative paths inside its XML. The command line makes
+    its own file operands absolute first, as virsh's client library does for save/restore."""
+    text = os.fspath(path)
+    if not os.path.isabs(text):
+        raise InvalidArgumentError(f"{what} path '{text}' must be absolute", path=text)
+    return Path(text)

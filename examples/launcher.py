@@ -1,0 +1,149 @@
+"""A small VM launcher that embeds qsnap: it starts its own QEMU, hands qsnap the QMP socket,
+and starts the machine again its own way whenever qsnap needs a new QEMU (a revert, a
+restore).
+
+    python3 examples/launcher.py --workdir DIR --kernel K --initrd I --disk IMAGE.qcow2
+
+The contract, in full:
+
+1. The launcher starts QEMU however it likes, with a QMP socket.
+2. ``engine.attach(name, socket, relaunch=hook)`` adopts it and returns a ``qsnap.Guest``.
+3. Snapshots, reverts, saves and deletes go through that handle. When one needs a new QEMU
+   (every revert, a restore), qsnap stops the old one and awaits ``hook(request)``: a
+   ``qsnap.RelaunchRequest`` naming each disk's image as it must now be (by the device id
+   QEMU reported), and whether to start paused (``-S``) or waiting for a saved state
+   (``-incoming defer``). The hook starts the machine and returns its QMP socket path.
+4. Without a hook, qsnap runs the attached QEMU's own command line again, with only the disk
+   images and the start mode changed.
+
+tests/test_examples.py runs this file against the real QEMU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import re
+import sys
+from pathlib import Path
+
+import qsnap
+
+
+class Launcher:
+    """Starts one machine: a kernel, an initrd and one disk, with the device id ``system``."""
+
+    def __init__(self, workdir: Path, kernel: str, initrd: str) -> None:
+        self.workdir = workdir
+        self.kernel = kernel
+        self.initrd = initrd
+        self.socket = workdir / "qmp.sock"
+        self.serial = workdir / "serial.log"
+        self.processes: list[asyncio.subprocess.Process] = []
+
+    async def start(self, disk: str, *, paused: bool = False, incoming: bool = False) -> str:
+        """Start QEMU on *disk* (a qcow2 image); return its QMP socket once it listens."""
+        self.socket.unlink(missing_ok=True)
+        argv = ["qemu-system-x86_64", "-machine", "q35,accel=tcg", "-m", "128",
+                "-nodefaults", "-display", "none",
+                "-kernel", self.kernel, "-initrd", self.initrd,
+                "-append", "console=ttyS0 quiet panic=-1",
+                "-blockdev", f"driver=file,node-name=system-file,filename={disk}",
+                "-blockdev", "driver=qcow2,node-name=system-disk,file=system-file",
+                "-device", "virtio-blk-pci,drive=system-disk,id=system",
+                "-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0,id=nic0",
+                "-chardev", f"file,id=log,path={self.serial},append=on",
+                "-serial", "chardev:log",
+                "-qmp", f"unix:{self.socket},server=on,wait=off"]
+        if paused or incoming:
+            argv.append("-S")
+        if incoming:
+            argv += ["-incoming", "defer"]
+        process = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL)
+        self.processes.append(process)
+        while not self.socket.exists():
+            if process.returncode is not None:
+                raise RuntimeError(f"QEMU exited with status {process.returncode}")
+            await asyncio.sleep(0.02)
+        return str(self.socket)
+
+    async def relaunch(self, request: qsnap.RelaunchRequest) -> str:
+        """qsnap's relaunch hook: the same machine, on the disk image qsnap names."""
+        return await self.start(request.disks["system"].path, paused=request.paused,
+                                incoming=request.incoming)
+
+    async def close(self) -> None:
+        for process in self.processes:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+
+    def counter(self) -> int:
+        """The guest's latest counter (the test guest prints one about 40 times a second)."""
+        found = re.findall(rb"qsnap-counter (\d+)", self.serial.read_bytes())
+        return int(found[-1]) if found else 0
+
+    async def first_counter_after(self, mark: int) -> int:
+        """The first counter printed after byte *mark* of the serial log."""
+        for _ in range(600):
+            found = re.search(rb"qsnap-counter (\d+)\s", self.serial.read_bytes()[mark:])
+            if found:
+                return int(found.group(1))
+            await asyncio.sleep(0.05)
+        raise RuntimeError("the guest printed nothing")
+
+    async def counter_above(self, value: int) -> int:
+        for _ in range(600):
+            if self.counter() > value:
+                return self.counter()
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"the guest's counter did not pass {value}")
+
+
+async def main(workdir: Path, kernel: str, initrd: str, disk: str) -> None:
+    launcher = Launcher(workdir, kernel, initrd)
+    engine = qsnap.Engine(workdir / "state")
+    try:
+        guest = await engine.attach("lab", await launcher.start(disk),
+                                    relaunch=launcher.relaunch)
+        print(f"attached: QEMU pid {guest.pid}")
+        await launcher.counter_above(20)
+
+        memory = workdir / "before.mem"
+        await guest.snapshot(qsnap.snapshot_xml_from_args("before", memspec=f"file={memory}"))
+        moment = launcher.counter()
+        print(f"snapshot 'before' at counter {moment}")
+        await launcher.counter_above(moment + 40)
+
+        mark = launcher.serial.stat().st_size
+        await guest.revert("before")
+        info = await guest.info()
+        resumed = await launcher.first_counter_after(mark)
+        print(f"reverted to 'before': QEMU pid {info.pid}, {info.state}, "
+              f"counter {resumed}")
+
+        await guest.save(workdir / "lab.save")
+        print(f"saved: {await guest.state()}")
+        restored = await engine.restore(workdir / "lab.save")
+        print(f"restored: QEMU pid {restored.pid}, {await restored.state()}")
+
+        await guest.delete("before")
+        print(f"snapshots left: {len(await guest.snapshots())}")
+        await guest.destroy()
+    finally:
+        await launcher.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--kernel", required=True)
+    parser.add_argument("--initrd", required=True)
+    parser.add_argument("--disk", required=True, help="a qcow2 image, used as it is")
+    options = parser.parse_args()
+    options.workdir.mkdir(parents=True, exist_ok=True)
+    asyncio.run(main(options.workdir.absolute(), options.kernel, options.initrd,
+                     str(Path(options.disk).absolute())))
+    sys.exit(0)

@@ -1,0 +1,185 @@
+"""The library's manners towards an embedder (issue 16), without QEMU: errors exported and
+carrying what they concern, a NullHandler, py.typed, per-call timeouts, cancelled waits that
+release their file descriptors, progress that ends at 100 %, one rule for file paths, and the
+rewriting of an attached QEMU's command line."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+import qsnap
+from qsnap.launcher.foreign import (
+    DiskImage,
+    ForeignCommand,
+    join_options,
+    relaunch_argv,
+    split_options,
+)
+from qsnap.progress import Progress, ProgressMeter
+from qsnap.store.lock import DomainLock
+
+XML = "<domain type='qemu'><name>g</name><memory>131072</memory></domain>"
+
+
+def test_every_error_class_is_exported_and_carries_its_subject() -> None:
+    import qsnap.errors
+    classes = [c for _, c in inspect.getmembers(qsnap.errors, inspect.isclass)
+               if issubclass(c, qsnap.QsnapError)]
+    assert len(classes) >= 20
+    for cls in classes:
+        assert getattr(qsnap, cls.__name__) is cls, cls
+        assert cls.__name__ in qsnap.__all__
+    error = qsnap.GuestExitedError("gone", domain="g", path="/x.save")
+    assert isinstance(error, qsnap.OperationFailedError)
+    assert (error.domain, error.snapshot, error.path) == ("g", None, "/x.save")
+    assert not issubclass(qsnap.GuestExitedError, qsnap.XMLError)
+
+
+def test_the_package_logs_nowhere_unless_asked() -> None:
+    handlers = logging.getLogger("qsnap").handlers
+    assert any(isinstance(h, logging.NullHandler) for h in handlers)
+    assert (Path(qsnap.__file__).parent / "py.typed").exists()
+
+
+def test_every_operation_takes_a_timeout() -> None:
+    for name, method in inspect.getmembers(qsnap.Engine, inspect.iscoroutinefunction):
+        if not name.startswith("_"):
+            assert "timeout" in inspect.signature(method).parameters, name
+    assert not hasattr(qsnap.Engine, "list")  # it shadowed the builtin: snapshots()
+
+
+async def test_a_timeout_bounds_the_wait_for_a_busy_domain(tmp_path: Path) -> None:
+    engine = qsnap.Engine(tmp_path)
+    await engine.define(XML)
+    holder = DomainLock(tmp_path / "locks" / "g.lock", "g", timeout=5)
+    holder.acquire()
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(qsnap.OperationInvalidError, match="busy") as caught:
+            await engine.domain_xml("g", timeout=0.3)
+        assert 0.3 <= loop.time() - started < 2
+        assert caught.value.domain == "g"
+        with pytest.raises(qsnap.InvalidArgumentError, match="positive"):
+            await engine.domain_xml("g", timeout=0)
+    finally:
+        holder.release()
+
+
+async def test_cancelled_waits_for_a_busy_domain_leave_no_descriptor(tmp_path: Path) -> None:
+    engine = qsnap.Engine(tmp_path)
+    await engine.define(XML)
+    holder = DomainLock(tmp_path / "locks" / "g.lock", "g", timeout=5)
+    holder.acquire()
+    try:
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(20):
+            task = asyncio.create_task(engine.domain_xml("g"))
+            await asyncio.sleep(0.02)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert len(os.listdir("/proc/self/fd")) == before
+    finally:
+        holder.release()
+    assert "<name>g</name>" in await engine.domain_xml("g")  # and the lock is free
+
+
+def test_progress_ends_at_exactly_the_bytes_moved() -> None:
+    heard: list[Progress] = []
+    meter = ProgressMeter("save", heard.append)
+    meter(10, 100)
+    meter(49, 100)  # a guest's RAM size was the estimate; 49 bytes were really written
+    meter.finish(49)
+    assert (heard[-1].done, heard[-1].total) == (49, 49)
+    meter.finish(49)
+    assert len(heard) == 3  # said once
+    silent = ProgressMeter("x", None)
+    silent.finish()
+
+
+async def test_every_file_argument_must_be_absolute(tmp_path: Path) -> None:
+    engine = qsnap.Engine(tmp_path)
+    await engine.define(XML)
+    for call in (engine.save("g", "relative.save"), engine.restore("relative.save"),
+                 engine.save_image_xml("relative.save")):
+        with pytest.raises(qsnap.InvalidArgumentError, match="must be absolute") as caught:
+            await call
+        assert caught.value.path == "relative.save"
+    with pytest.raises(qsnap.XMLError, match="must be absolute"):
+        qsnap.parse_snapshot("<domainsnapshot><memory snapshot='external' "
+                             "file='relative.mem'/></domainsnapshot>")
+
+
+# -- an attached QEMU's command line, started again --------------------------------------------
+
+def _command(argv: list[str], images: dict[str, str]) -> ForeignCommand:
+    return ForeignCommand(argv, "/work", "/run/mon.sock", images)
+
+
+def test_options_split_and_join_with_doubled_commas() -> None:
+    text = "file=/a,,b.qcow2,format=qcow2,if=none,readonly"
+    options = split_options(text)
+    assert options == [("file", "/a,b.qcow2"), ("format", "qcow2"), ("if", "none"),
+                       ("readonly", None)]
+    assert join_options(options) == text
+
+
+def test_a_drive_gets_the_new_image_and_its_format() -> None:
+    argv = ["qemu", "-drive", "file=/img/base.raw,format=raw,if=none,id=hd0",
+            "-device", "virtio-blk-pci,drive=hd0,id=system", "-S", "-daemonize",
+            "-pidfile", "/theirs.pid", "-incoming", "tcp:0:4444", "-m", "128"]
+    out = relaunch_argv(_command(argv, {"system": "/img/base.raw"}),
+                        {"system": DiskImage("/img/base.raw.s1", "qcow2")},
+                        incoming=True, paused=False, pidfile="/ours.pid")
+    assert out == ["qemu", "-drive", "file=/img/base.raw.s1,format=qcow2,if=none,id=hd0",
+                   "-device", "virtio-blk-pci,drive=hd0,id=system", "-m", "128",
+                   "-daemonize", "-pidfile", "/ours.pid", "-S", "-incoming", "defer"]
+
+
+def test_blockdev_forms_follow_the_new_image() -> None:
+    argv = ["qemu",
+            "-blockdev", "driver=file,node-name=f0,filename=/img/a.raw",
+            "-blockdev", "driver=raw,node-name=d0,file=f0",
+            "-blockdev", "driver=qcow2,node-name=d1,file.driver=file,"
+                         "file.filename=/img/b.qcow2,backing=null",
+            "-blockdev", json.dumps({"driver": "raw", "node-name": "d2", "file": {
+                "driver": "file", "filename": "/img/c.raw"}})]
+    images = {"a": "/img/a.raw", "b": "/img/b.qcow2", "c": "/img/c.raw"}
+    out = relaunch_argv(_command(argv, images),
+                        {t: DiskImage(p + ".new", "qcow2") for t, p in images.items()},
+                        incoming=False, paused=True, pidfile="/p")
+    assert out[2] == "driver=file,node-name=f0,filename=/img/a.raw.new"
+    assert out[4] == "driver=qcow2,node-name=d0,file=f0"
+    assert out[6] == "driver=qcow2,node-name=d1,file.driver=file,file.filename=/img/b.qcow2.new"
+    assert json.loads(out[8]) == {"driver": "qcow2", "node-name": "d2", "file": {
+        "driver": "file", "filename": "/img/c.raw.new"}}
+    assert out[-4:] == ["-daemonize", "-pidfile", "/p", "-S"]
+
+
+def test_unchanged_disks_keep_their_options_and_unknown_disks_are_refused() -> None:
+    argv = ["qemu", "-hda", "/img/a.qcow2", "-drive", "file=/img/b.qcow2,if=virtio"]
+    command = _command(argv, {"hda": "/img/a.qcow2", "vdb": "/img/b.qcow2"})
+    out = relaunch_argv(command, {"hda": DiskImage("/img/a.ov", "qcow2"),
+                                  "vdb": DiskImage("/img/b.qcow2", "qcow2")},
+                        incoming=False, paused=False, pidfile="/p")
+    assert out[:5] == ["qemu", "-hda", "/img/a.ov", "-drive", "file=/img/b.qcow2,if=virtio"]
+    with pytest.raises(qsnap.InvalidArgumentError, match="disk vdc was not there"):
+        relaunch_argv(command, {"vdc": DiskImage("/x", "qcow2")}, incoming=False,
+                      paused=False, pidfile="/p")
+    gone = _command(["qemu", "-m", "128"], {"hda": "/img/a.qcow2"})
+    with pytest.raises(qsnap.InvalidArgumentError, match="does not name image"):
+        relaunch_argv(gone, {"hda": DiskImage("/img/a.ov", "qcow2")}, incoming=False,
+                      paused=False, pidfile="/p")
+
+
+def test_a_recorded_command_reads_back() -> None:
+    command = ForeignCommand(["qemu", "-m", "1"], "/w", "/s", {"vda": "/a"}, "kvm")
+    assert ForeignCommand.from_json(command.to_json()) == command

@@ -1,0 +1,228 @@
+"""A QEMU someone else launched, with a command line unlike qsnap's, as a first-class guest
+(issue 16): attached, snapshotted, reverted, saved, restored and its snapshots deleted, with
+qsnap starting the same machine again from the attached command line, or through the
+embedder's relaunch hook. Real QEMU throughout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from qemu_guest import first_counter_after, guest_module, require_qemu, wait_for_counter
+
+import qsnap
+from qsnap import CreateFlags, DeleteFlags, Engine, snapshot_xml_from_args
+from qsnap.model.domain import DomainDef, parse_domain
+
+GUEST = guest_module()
+
+
+def _disk_args(form: str, domain: DomainDef) -> list[str]:
+    """The embedder's disks, in three syntaxes, with ids unlike qsnap's."""
+    first, second = (d.source or "" for d in domain.disks)
+    if form == "drive":
+        return ["-drive", f"file={first},format=qcow2,if=none,id=hd0",
+                "-device", "virtio-blk-pci,drive=hd0,id=system",
+                "-drive", f"file={second},format=qcow2,if=none,id=hd1",
+                "-device", "virtio-blk-pci,drive=hd1,id=data"]
+    if form == "blockdev":
+        return ["-blockdev", f"driver=file,node-name=f0,filename={first}",
+                "-blockdev", "driver=qcow2,node-name=d0,file=f0",
+                "-device", "virtio-blk-pci,drive=d0,id=system",
+                "-blockdev", f"driver=file,node-name=f1,filename={second}",
+                "-blockdev", "driver=qcow2,node-name=d1,file=f1",
+                "-device", "virtio-blk-pci,drive=d1,id=data"]
+    return ["-blockdev", json.dumps({"driver": "qcow2", "node-name": "d0", "file": {
+                "driver": "file", "filename": first}}),
+            "-device", "virtio-blk-pci,drive=d0,id=system,bus=pcie.0,addr=0x5",
+            "-blockdev", json.dumps({"driver": "qcow2", "node-name": "d1", "file": {
+                "driver": "file", "filename": second}}),
+            "-device", "virtio-blk-pci,drive=d1,id=data,bus=pcie.0,addr=0x6"]
+
+
+def foreign_argv(form: str, folder: Path, domain: DomainDef) -> list[str]:
+    machine = "q35" if form == "json-q35" else "pc"
+    argv = ["qemu-system-x86_64", "-machine", f"{machine},accel=tcg", "-m", "128",
+            "-nodefaults", "-display", "none", "-kernel", domain.kernel or "",
+            "-initrd", domain.initrd or "", "-append", "console=ttyS0 quiet panic=-1",
+            *_disk_args(form, domain),
+            # append=on: the log goes on across QEMU runs, so a revert shows as a jump back
+            "-chardev", f"file,id=log,path={folder / 'serial.log'},append=on",
+            "-serial", "chardev:log",
+            "-qmp", f"unix:{folder / 'mon.sock'},server=on,wait=off"]
+    if form == "json-q35":
+        argv += ["-netdev", "user,id=net0", "-device",
+                 "virtio-net-pci,netdev=net0,id=nic0,mac=52:54:00:12:34:56"]
+    return argv
+
+
+@contextlib.contextmanager
+def foreign_guest(tmp_path: Path, form: str) -> Iterator[tuple[Path, Path, DomainDef]]:
+    """The embedder's QEMU, started by hand (not daemonized: the embedder's own child)."""
+    folder = tmp_path / "ext"
+    xml = GUEST.make_guest("emb", 2, 128, folder)
+    domain = parse_domain(xml.read_text())
+    proc = subprocess.Popen(foreign_argv(form, folder, domain), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(100):
+            if (folder / "mon.sock").exists():
+                break
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            subprocess.run(["sleep", "0.05"], check=True)
+        yield folder / "mon.sock", folder / "serial.log", domain
+    finally:
+        proc.kill()
+        proc.wait()
+        _kill_qemus_of(folder)
+
+
+def _kill_qemus_of(folder: Path) -> None:
+    """QEMUs qsnap started again for this test (daemonized: nobody's child)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if str(folder / "mon.sock").encode() in (entry / "cmdline").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
+
+
+def counters(serial: Path, since: int = 0) -> list[int]:
+    return [int(c) for c in re.findall(rb"qsnap-counter (\d+)\s", serial.read_bytes()[since:])]
+
+
+async def resumed_from(serial: Path, mark: int) -> int:
+    """The counter a reverted or restored guest went on from (the first that does not
+    continue the count the log had at byte *mark*)."""
+    last = [int(c) for c in re.findall(rb"qsnap-counter (\d+)\s",
+                                         serial.read_bytes()[:mark])][-1:]
+    for _ in range(300):
+        values = last + counters(serial, mark)
+        jumps = [b for a, b in itertools.pairwise(values) if b != a + 1]
+        if jumps:
+            return jumps[0]
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the counter never jumped back after {last}")
+
+
+def qemu_cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+
+
+@pytest.mark.parametrize("form", ["drive", "blockdev", "json-q35"])
+async def test_an_attached_qemu_is_started_again_as_its_embedder_started_it(
+        tmp_path: Path, form: str) -> None:
+    """Every kind of revert, a save and restore, and deletes, on a QEMU whose command line
+    qsnap did not write: the relaunched QEMU has the embedder's devices and ids, and the
+    guest goes on from the right moment."""
+    require_qemu()
+    engine = Engine(tmp_path / "state")
+    with foreign_guest(tmp_path, form) as (sock, serial, _domain):
+        info = await engine.attach("emb", str(sock))
+        assert info.owner == "attached"
+        await wait_for_counter(serial, 10)
+
+        # An external full-system snapshot, and a disk-only one after it.
+        memory = tmp_path / "s1.mem"
+        before = counters(serial)[-1]
+        await engine.create("emb", snapshot_xml_from_args("s1", memspec=f"file={memory}"))
+        after = counters(serial)[-1]
+        await wait_for_counter(serial, after + 10)
+        await engine.create("emb", snapshot_xml_from_args("s2"), CreateFlags(disk_only=True))
+        await wait_for_counter(serial, counters(serial)[-1] + 10)
+
+        # Revert to the memory snapshot: a new QEMU, from the embedder's command line.
+        mark = serial.stat().st_size
+        await engine.revert("emb", "s1")
+        resumed = await resumed_from(serial, mark)
+        assert before <= resumed <= after + 1, (before, resumed, after)
+        relaunched = (await engine.guest("emb").info()).pid
+        assert relaunched != info.pid
+        argv = qemu_cmdline(relaunched)
+        assert "id=system" in " ".join(argv) and "id=data" in " ".join(argv)
+        if form == "json-q35":
+            assert any("virtio-net-pci" in a and "id=nic0" in a for a in argv)
+            assert "q35,accel=tcg" in argv
+
+        # An internal full-system snapshot and its revert (a new QEMU again).
+        await wait_for_counter(serial, resumed + 10)
+        await engine.create("emb", snapshot_xml_from_args("i1"))
+        moment = counters(serial)[-1]
+        await wait_for_counter(serial, moment + 10)
+        mark = serial.stat().st_size
+        await engine.revert("emb", "i1")
+        assert abs(await resumed_from(serial, mark) - moment) <= 2
+
+        # Save, then restore: a new QEMU waiting for the state.
+        saved = tmp_path / "emb.save"
+        await engine.save("emb", saved)
+        assert await engine.domstate("emb") == "shut off"
+        stopped_at = counters(serial)[-1]
+        mark = serial.stat().st_size
+        guest = await engine.restore(saved)
+        assert guest.name == "emb" and guest.owner == "attached"
+        assert stopped_at < await first_counter_after(serial, mark) <= stopped_at + 2
+
+        # Deletes merge on the running, relaunched guest.
+        await engine.delete("emb", "i1", DeleteFlags())
+        await engine.delete("emb", "s1", DeleteFlags(children=True))
+        assert await engine.snapshots("emb") == []
+        assert await engine.domstate("emb") == "running"
+        await wait_for_counter(serial, counters(serial)[-1] + 5)
+        await engine.destroy("emb")
+
+
+async def test_a_relaunch_hook_starts_the_guest_its_own_way(tmp_path: Path) -> None:
+    """With a hook, qsnap asks the embedder: the request names each disk's image, the start
+    mode, and a command line to adjust; the hook's QEMU is the guest from then on."""
+    require_qemu()
+    requests: list[qsnap.RelaunchRequest] = []
+
+    async def relaunch(request: qsnap.RelaunchRequest) -> str:
+        requests.append(request)
+        argv = [a for a in request.argv if a not in ("-daemonize",)]
+        pidfile = argv.index("-pidfile")
+        del argv[pidfile:pidfile + 2]
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
+        children.append(proc)
+        socket = Path(argv[argv.index("-qmp") + 1].split(",")[0].removeprefix("unix:"))
+        for _ in range(200):
+            if socket.exists():
+                break
+            await asyncio.sleep(0.025)
+        return str(socket)
+
+    children: list[asyncio.subprocess.Process] = []
+    engine = Engine(tmp_path / "state")
+    with foreign_guest(tmp_path, "blockdev") as (sock, serial, _domain):
+        await engine.attach("emb", str(sock), relaunch=relaunch)
+        await wait_for_counter(serial, 10)
+        memory = tmp_path / "s1.mem"
+        await engine.create("emb", snapshot_xml_from_args("s1", memspec=f"file={memory}"))
+        moment = counters(serial)[-1]
+        await wait_for_counter(serial, moment + 10)
+        mark = serial.stat().st_size
+        await engine.revert("emb", "s1")
+        assert abs(await resumed_from(serial, mark) - moment) <= 2
+        (request,) = requests
+        assert request.incoming and request.domain == "emb"
+        assert set(request.disks) == {"system", "data"}
+        # New overlays on the snapshot's images, which the request names.
+        assert all(d.format == "qcow2" and Path(d.path).exists()
+                   for d in request.disks.values())
+        state = await engine.guest("emb").info()
+        assert state.pid == children[0].pid and state.state == "running"
+        await engine.destroy("emb")
+        await children[0].wait()

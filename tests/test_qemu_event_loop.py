@@ -1,0 +1,52 @@
+"""An embedder's event loop keeps running while qsnap works (issue 16): no step of any
+operation holds the loop longer than 10 ms. A heartbeat on the loop and a watchdog thread
+that takes the loop thread's stack when the heartbeat is late (tests/loop_watch.py) name the
+code that held it: it found fsyncs, qemu-img's fork/exec and a read-ahead request on the loop.
+Real QEMU, every kind of operation on images.
+
+A stall counts when the loop thread was running qsnap's code (a qsnap frame on its stack)
+and the loop was late by more than the limit. Lateness with no qsnap frame is not qsnap's:
+the loop waiting in select(), or in asyncio's own callbacks, while the process was not
+scheduled (the guest's QEMU shares the 2 CPUs). The executor's worker threads are started
+before (asyncio's own cost, paid once by a long-running embedder).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from loop_watch import LoopWatch
+from qemu_guest import started_guest
+
+import qsnap
+from qsnap import CreateFlags, DeleteFlags, snapshot_xml_from_args
+
+#: The longest a step of qsnap's may hold the loop.
+LIMIT = 0.010
+
+
+async def test_no_operation_blocks_the_event_loop(tmp_path: Path) -> None:
+    engine, _folder = await started_guest(tmp_path, 2)
+    assert isinstance(engine, qsnap.Engine)
+    await asyncio.gather(*(asyncio.to_thread(time.sleep, 0.05) for _ in range(8)))
+    try:
+        async with LoopWatch(LIMIT) as watch:
+            await engine.create("g", snapshot_xml_from_args("disks"),
+                                CreateFlags(disk_only=True))
+            await engine.create("g", snapshot_xml_from_args(
+                "full", memspec=f"file={tmp_path / 'full.mem'}"))
+            await engine.create("g", snapshot_xml_from_args("internal"))
+            await engine.revert("g", "full")
+            await engine.revert("g", "internal")
+            await engine.save("g", tmp_path / "g.save")
+            await engine.restore(tmp_path / "g.save")
+            await engine.delete("g", "internal", DeleteFlags())
+            await engine.delete("g", "disks", DeleteFlags(children=True))
+            assert await engine.snapshots("g") == []
+    finally:
+        await engine.destroy("g")
+    report = "\n".join(f"{s.length * 1000:.1f} ms at {s.where()}" for s in watch.stalls)
+    print(report)
+    assert not [s for s in watch.stalls if s.in_qsnap and s.length > LIMIT], report
