@@ -226,3 +226,48 @@ async def test_a_relaunch_hook_starts_the_guest_its_own_way(tmp_path: Path) -> N
         assert state.pid == children[0].pid and state.state == "running"
         await engine.destroy("emb")
         await children[0].wait()
+
+
+async def test_qsnap_works_through_the_embedders_own_connection(tmp_path: Path) -> None:
+    """QEMU answers one QMP client at a time: an embedder that keeps its connection open
+    shares it, and qsnap works through it (before: qsnap waited, then failed)."""
+    require_qemu()
+    from qemu.qmp import QMPClient, Runstate
+
+    clients: list[QMPClient] = []
+
+    async def connected(socket: str) -> QMPClient:
+        client = QMPClient("embedder")
+        await client.connect(socket)
+        clients.append(client)
+        return client
+
+    async def relaunch(request: qsnap.RelaunchRequest) -> str:
+        await asyncio.to_thread(subprocess.run, request.argv, check=True)  # it daemonizes
+        socket = request.argv[request.argv.index("-qmp") + 1].split(",")[0][len("unix:"):]
+        engine.share_connection(socket, await connected(socket))
+        return socket
+
+    engine = Engine(tmp_path / "state")
+    with foreign_guest(tmp_path, "drive") as (sock, serial, _domain):
+        ours = await connected(str(sock))
+        await engine.attach("emb", str(sock), relaunch=relaunch, connection=ours,
+                            timeout=5)
+        await wait_for_counter(serial, 10)
+        await engine.create("emb", snapshot_xml_from_args("d1"), CreateFlags(disk_only=True),
+                            timeout=5)
+        await engine.create("emb", snapshot_xml_from_args("i1"), timeout=30)
+        moment = counters(serial)[-1]
+        assert (await ours.execute("query-status"))["status"] == "running"
+        await wait_for_counter(serial, moment + 10)
+        mark = serial.stat().st_size
+        await engine.revert("emb", "i1", timeout=30)
+        assert abs(await resumed_from(serial, mark) - moment) <= 2
+        assert len(clients) == 2 and clients[1].runstate == Runstate.RUNNING
+        assert (await clients[1].execute("query-status"))["status"] == "running"
+        await engine.delete("emb", "d1", DeleteFlags(children=True), timeout=30)
+        assert await engine.snapshots("emb") == []
+        await engine.destroy("emb")
+        for client in clients:  # the first one's QEMU is gone: its reader ends in EOFError
+            with contextlib.suppress(EOFError):
+                await client.disconnect()

@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
+from qemu.qmp import QMPClient
+
 from qsnap.engine.create_work import CreateWork, check_new_files, settle_create, store_snapshot
 from qsnap.engine.delete import (
     DeleteRun,
@@ -92,7 +94,7 @@ from qsnap.model.names import (
 from qsnap.model.save_image import SaveImage
 from qsnap.model.snapshot import SnapshotDef, format_snapshot, parse_snapshot
 from qsnap.model.tree import SnapshotSummary, SnapshotTree
-from qsnap.monitor import Monitor, MonitorClosedError
+from qsnap.monitor import Monitor, MonitorClosedError, share_connection
 from qsnap.plan.create import check_create_request
 from qsnap.plan.delete import (
     MetadataDeletePlan,
@@ -416,6 +418,15 @@ class Engine:
             return self._handle(domain, await self._launcher(folder)(
                 definition, paths, choose_accel(definition.type)))
 
+    @staticmethod
+    def share_connection(qmp: str, connection: QMPClient) -> None:
+        """Use the embedder's *connection* (a connected ``qemu.qmp.QMPClient`` it keeps open)
+        for the QEMU whose QMP socket is *qmp*, instead of connecting: QEMU answers one client
+        per monitor at a time, so a second connection would wait while the embedder holds
+        its own. qsnap never closes it; a relaunch hook shares its new QEMU's connection the
+        same way before it returns. Once that QEMU exits, qsnap connects on its own."""
+        share_connection(os.path.abspath(qmp), connection)
+
     def guest(self, domain: str) -> Guest:
         """A handle on *domain*'s guest (:class:`Guest`); it checks nothing until used."""
         return Guest(self, domain)
@@ -450,6 +461,7 @@ class Engine:
     @_bounded
     async def attach(self, domain: str, qmp: str, *,
                      relaunch: RelaunchHook | None = None,
+                     connection: QMPClient | None = None,
                      timeout: float | None = None) -> Guest:
         """Adopt a QEMU someone else launched, through its QMP socket (``qsnap attach``).
 
@@ -461,8 +473,13 @@ class Engine:
         restore (which need a new QEMU) starts the same machine again: with *relaunch* (or
         the engine's hook) by asking the embedder, else by running that command line with
         only the disk images and ``-incoming`` changed (:mod:`qsnap.launcher.foreign`).
+
+        *connection*: the embedder's own QMP connection to this QEMU, kept open by it; qsnap
+        uses it instead of connecting (see :meth:`share_connection`).
         """
         check_domain_name(domain)
+        if connection is not None:
+            self.share_connection(qmp, connection)
         async with await Monitor.connect(os.path.abspath(qmp)) as monitor:
             facts = await monitor.describe()
             pid = monitor.peer_pid()

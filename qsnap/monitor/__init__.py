@@ -1,6 +1,7 @@
 """The QMP layer: the only code in qsnap that talks to QEMU's monitor."""
 
 from qsnap.errors import MonitorClosedError, MonitorError, MonitorTimeoutError
-from qsnap.monitor.client import Monitor, PauseClock
+from qsnap.monitor.client import Monitor, PauseClock, share_connection, unshare_connection
 
-__all__ = ["Monitor", "MonitorClosedError", "MonitorError", "MonitorTimeoutError", "PauseClock"]
+__all__ = ["Monitor", "MonitorClosedError", "MonitorError", "MonitorTimeoutError", "PauseClock",
+           "share_connection", "unshare_connection"]

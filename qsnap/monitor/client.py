@@ -138,17 +138,48 @@ class _QuietClient(QMPClient):
         return msg
 
 
-class Monitor:
-    """One QMP connection to one QEMU process."""
+#: Connections embedders share with qsnap, by the real path of their QMP socket. A QEMU
+#: serves one client per monitor at a time: while an embedder keeps its own connection open,
+#: a second one waits unanswered. So an embedder hands its connection over instead.
+_SHARED: dict[str, QMPClient] = {}
 
-    def __init__(self, client: QMPClient) -> None:
+
+def share_connection(socket_path: str, client: QMPClient) -> None:
+    """Let qsnap use *client* (connected, and kept open by its owner) for the QEMU at
+    *socket_path*, instead of connecting itself. qsnap never closes it; once it is no
+    longer connected (that QEMU exited), qsnap connects on its own again."""
+    _SHARED[os.path.realpath(socket_path)] = client
+
+
+def unshare_connection(socket_path: str) -> None:
+    _SHARED.pop(os.path.realpath(socket_path), None)
+
+
+def _shared(socket_path: str) -> QMPClient | None:
+    client = _SHARED.get(os.path.realpath(socket_path))
+    if client is not None and client.runstate != Runstate.RUNNING:
+        unshare_connection(socket_path)
+        return None
+    return client
+
+
+class Monitor:
+    """One QMP connection to one QEMU process: qsnap's own, or one an embedder shares
+    (:func:`share_connection`), which qsnap uses but does not close."""
+
+    def __init__(self, client: QMPClient, *, owned: bool = True) -> None:
         self._client = client
+        self._owned = owned
         self._capabilities: QemuCapabilities | None = None
         self._job_ids = 0
 
     @classmethod
     async def connect(cls, socket_path: str, timeout: float | None = None) -> Monitor:
-        """Connect to the QMP socket at *socket_path* (the QMP handshake proves it is QMP)."""
+        """Connect to the QMP socket at *socket_path* (the QMP handshake proves it is QMP),
+        or use the connection an embedder shares for it."""
+        shared = _shared(socket_path)
+        if shared is not None:
+            return cls(shared, owned=False)
         timeout = min(command_timeout(), 10.0) if timeout is None else timeout
         client = _QuietClient("qsnap")
         try:
@@ -186,6 +217,8 @@ class Monitor:
         return self._capabilities
 
     async def close(self) -> None:
+        if not self._owned:
+            return
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._client.disconnect(), 5)
 
