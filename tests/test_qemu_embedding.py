@@ -14,14 +14,14 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 from qemu_guest import first_counter_after, guest_module, require_qemu, wait_for_counter
 
 import qsnap
-from qsnap import CreateFlags, DeleteFlags, Engine, snapshot_xml_from_args
+from qsnap import CreateFlags, DeleteFlags, Engine, RevertFlags, snapshot_xml_from_args
 from qsnap.model.domain import DomainDef, parse_domain
 
 GUEST = guest_module()
@@ -271,3 +271,46 @@ async def test_qsnap_works_through_the_embedders_own_connection(tmp_path: Path) 
         for client in clients:  # the first one's QEMU is gone: its reader ends in EOFError
             with contextlib.suppress(EOFError):
                 await client.disconnect()
+
+
+async def test_each_operation_connects_once_to_each_qemu(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """One QMP connection per QEMU per operation (a delete used to open seven)."""
+    from qemu_guest import started_guest
+
+    from qsnap.monitor.client import Monitor
+
+    opened: list[str] = []
+    real_open = Monitor._open.__func__  # type: ignore[attr-defined]
+
+    async def counting_open(cls: type[Monitor], socket_path: str,
+                            timeout: float | None) -> Monitor:
+        opened.append(socket_path)
+        return await real_open(cls, socket_path, timeout)
+
+    monkeypatch.setattr(Monitor, "_open", classmethod(counting_open))
+    engine, folder = await started_guest(tmp_path, 2)
+    assert isinstance(engine, Engine)
+    try:
+        counts = {}
+        steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            ("disk-only create", lambda: engine.create(
+                "g", snapshot_xml_from_args("d1"), CreateFlags(disk_only=True))),
+            ("external full create", lambda: engine.create("g", snapshot_xml_from_args(
+                "f1", memspec=f"file={tmp_path / 'f1.mem'}"))),
+            ("internal create", lambda: engine.create("g", snapshot_xml_from_args("i1"))),
+            ("internal delete", lambda: engine.delete("g", "i1", DeleteFlags())),
+            ("active commit delete", lambda: engine.delete("g", "f1", DeleteFlags())),
+            ("revert", lambda: engine.revert("g", "d1", RevertFlags(running=True))),
+            ("domstate", lambda: engine.domstate("g"))]
+        for name, step in steps:
+            opened.clear()
+            await step()
+            counts[name] = len(opened)
+        # A revert talks to the old QEMU (to stop it) and to the new one.
+        assert counts == {"disk-only create": 1, "external full create": 1,
+                          "internal create": 1, "internal delete": 1,
+                          "active commit delete": 1, "revert": 2, "domstate": 1}, counts
+    finally:
+        await engine.destroy("g")
+    del folder

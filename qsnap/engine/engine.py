@@ -94,7 +94,12 @@ from qsnap.model.names import (
 from qsnap.model.save_image import SaveImage
 from qsnap.model.snapshot import SnapshotDef, format_snapshot, parse_snapshot
 from qsnap.model.tree import SnapshotSummary, SnapshotTree
-from qsnap.monitor import Monitor, MonitorClosedError, share_connection
+from qsnap.monitor import (
+    Monitor,
+    MonitorClosedError,
+    one_connection_per_qemu,
+    share_connection,
+)
 from qsnap.plan.create import check_create_request
 from qsnap.plan.delete import (
     MetadataDeletePlan,
@@ -130,13 +135,15 @@ P = ParamSpec("P")
 
 
 def _bounded(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    """Makes the method's ``timeout=`` keyword bound its waits (:mod:`qsnap.timeouts`)."""
+    """Every public operation: its ``timeout=`` keyword bounds its waits
+    (:mod:`qsnap.timeouts`), and it talks to each QEMU over one connection at most."""
 
     @functools.wraps(method)
     async def call(*args: P.args, **kwargs: P.kwargs) -> T:
         timeout = kwargs.get("timeout")
         with bounded(timeout if isinstance(timeout, int | float) else None):
-            return await method(*args, **kwargs)
+            async with one_connection_per_qemu():
+                return await method(*args, **kwargs)
 
     return call
 

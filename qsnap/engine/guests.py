@@ -7,7 +7,7 @@ import contextlib
 from qsnap.errors import QsnapError
 from qsnap.launcher.command import RuntimePaths
 from qsnap.launcher.process import RuntimeInfo, clear_runtime, kill_qemu, pid_alive, wait_gone
-from qsnap.monitor import Monitor
+from qsnap.monitor import Monitor, forget_connection
 
 #: QEMU run states as virsh names them (all others read as paused).
 VIRSH_STATES = {"running": "running", "shutdown": "shut off", "guest-panicked": "crashed"}
@@ -40,4 +40,5 @@ async def stop(paths: RuntimePaths, info: RuntimeInfo) -> None:
                 await monitor.quit()
     if not await wait_gone(info.pid, 5):
         await kill_qemu(info)
+    await forget_connection(info.qmp)
     clear_runtime(paths)

@@ -32,7 +32,7 @@ from qsnap.launcher.foreign import (
     relaunch_argv,
 )
 from qsnap.model.domain import DomainDef
-from qsnap.monitor import Monitor
+from qsnap.monitor import Monitor, forget_connection
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ async def start_qemu(domain: DomainDef, paths: RuntimePaths, accel: str, *,
                      incoming: bool = False, paused: bool = False) -> RuntimeInfo:
     """Start *domain*'s QEMU; return once its monitor listens (with *incoming*: paused,
     waiting for ``migrate-incoming``)."""
-    _prepare(paths)
+    await _prepare(paths)
     emulator = domain.element.findtext("devices/emulator") or "qemu-system-x86_64"
     argv = qemu_command(domain, paths, accel, emulator=emulator.strip(), incoming=incoming,
                         paused=paused)
@@ -141,7 +141,7 @@ def foreign_launcher(command: ForeignCommand, hook: RelaunchHook | None) -> Laun
 
     async def launch(domain: DomainDef, paths: RuntimePaths, accel: str, *,
                      incoming: bool = False, paused: bool = False) -> RuntimeInfo:
-        _prepare(paths)
+        await _prepare(paths, command.qmp)
         disks = {d.target: DiskImage(d.source, d.driver_type or "raw")
                  for d in domain.disks if d.source}
         argv = relaunch_argv(command, disks, incoming=incoming, paused=paused,
@@ -165,10 +165,13 @@ def foreign_launcher(command: ForeignCommand, hook: RelaunchHook | None) -> Laun
     return launch
 
 
-def _prepare(paths: RuntimePaths) -> None:
+async def _prepare(paths: RuntimePaths, qmp: str | None = None) -> None:
+    """The runtime folder exists, holds no record of an earlier QEMU, and the operation
+    holds no connection to one on the same socket path."""
     paths.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     paths.folder.parent.chmod(0o700)
     clear_runtime(paths)
+    await forget_connection(qmp or str(paths.qmp))
 
 
 async def _run_daemonizing(argv: list[str], cwd: str | None, domain: str,

@@ -1,7 +1,15 @@
 """The QMP layer: the only code in qsnap that talks to QEMU's monitor."""
 
 from qsnap.errors import MonitorClosedError, MonitorError, MonitorTimeoutError
-from qsnap.monitor.client import Monitor, PauseClock, share_connection, unshare_connection
+from qsnap.monitor.client import (
+    Monitor,
+    PauseClock,
+    forget_connection,
+    one_connection_per_qemu,
+    share_connection,
+    unshare_connection,
+)
 
 __all__ = ["Monitor", "MonitorClosedError", "MonitorError", "MonitorTimeoutError", "PauseClock",
-           "share_connection", "unshare_connection"]
+           "forget_connection", "one_connection_per_qemu", "share_connection",
+           "unshare_connection"]

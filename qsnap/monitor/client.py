@@ -14,6 +14,7 @@ import os
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 from qemu.qmp import (
@@ -163,6 +164,45 @@ def _shared(socket_path: str) -> QMPClient | None:
     return client
 
 
+#: The connections of the running operation, by the real path of their QMP socket: inside
+#: :func:`one_connection_per_qemu`, every :meth:`Monitor.connect` to one QEMU reuses one
+#: connection (a delete opened seven, each a handshake and a capabilities exchange).
+_POOL: ContextVar[dict[str, QMPClient] | None] = ContextVar("qsnap_monitor_pool", default=None)
+
+
+@contextlib.asynccontextmanager
+async def one_connection_per_qemu() -> AsyncIterator[None]:
+    """Inside the block, one connection per QEMU serves every :meth:`Monitor.connect`; they
+    close at its end. A nested block joins the outer one."""
+    if _POOL.get() is not None:
+        yield
+        return
+    pool: dict[str, QMPClient] = {}
+    token = _POOL.set(pool)
+    try:
+        yield
+    finally:
+        _POOL.reset(token)
+        for client in pool.values():
+            await _disconnect(client)
+
+
+async def forget_connection(socket_path: str) -> None:
+    """The QEMU at *socket_path* is stopped or replaced: close the operation's connection
+    to it, so that a QEMU started on the same socket path gets a new one. (A closed
+    connection is noticed anyway, but only once its reader has seen the end, which may
+    come after the next connect.)"""
+    pool = _POOL.get()
+    client = pool.pop(os.path.realpath(socket_path), None) if pool is not None else None
+    if client is not None:
+        await _disconnect(client)
+
+
+async def _disconnect(client: QMPClient) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.disconnect(), 5)
+
+
 class Monitor:
     """One QMP connection to one QEMU process: qsnap's own, or one an embedder shares
     (:func:`share_connection`), which qsnap uses but does not close."""
@@ -180,6 +220,19 @@ class Monitor:
         shared = _shared(socket_path)
         if shared is not None:
             return cls(shared, owned=False)
+        pool = _POOL.get()
+        if pool is not None:
+            pooled = pool.get(os.path.realpath(socket_path))
+            if pooled is not None and pooled.runstate == Runstate.RUNNING:
+                return cls(pooled, owned=False)
+        monitor = await cls._open(socket_path, timeout)
+        if pool is not None:
+            pool[os.path.realpath(socket_path)] = monitor._client
+            monitor._owned = False
+        return monitor
+
+    @classmethod
+    async def _open(cls, socket_path: str, timeout: float | None) -> Monitor:
         timeout = min(command_timeout(), 10.0) if timeout is None else timeout
         client = _QuietClient("qsnap")
         try:
@@ -217,10 +270,8 @@ class Monitor:
         return self._capabilities
 
     async def close(self) -> None:
-        if not self._owned:
-            return
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._client.disconnect(), 5)
+        if self._owned:
+            await _disconnect(self._client)
 
     async def __aenter__(self) -> Monitor:
         return self
