@@ -10,6 +10,7 @@ import inspect
 import json
 import logging
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -55,40 +56,44 @@ def test_every_operation_takes_a_timeout() -> None:
     assert not hasattr(qsnap.Engine, "list")  # it shadowed the builtin: snapshots()
 
 
-async def test_a_timeout_bounds_the_wait_for_a_busy_domain(tmp_path: Path) -> None:
+@pytest.fixture
+async def busy(tmp_path: Path) -> AsyncIterator[tuple[qsnap.Engine, DomainLock]]:
+    """An engine whose domain 'g' someone else holds locked (until the test releases it)."""
     engine = qsnap.Engine(tmp_path)
     await engine.define(XML)
     holder = DomainLock(tmp_path / "locks" / "g.lock", "g", timeout=5)
     holder.acquire()
     try:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        with pytest.raises(qsnap.OperationInvalidError, match="busy") as caught:
-            await engine.domain_xml("g", timeout=0.3)
-        assert 0.3 <= loop.time() - started < 2
-        assert caught.value.domain == "g"
-        with pytest.raises(qsnap.InvalidArgumentError, match="positive"):
-            await engine.domain_xml("g", timeout=0)
+        yield engine, holder
     finally:
         holder.release()
 
 
-async def test_cancelled_waits_for_a_busy_domain_leave_no_descriptor(tmp_path: Path) -> None:
-    engine = qsnap.Engine(tmp_path)
-    await engine.define(XML)
-    holder = DomainLock(tmp_path / "locks" / "g.lock", "g", timeout=5)
-    holder.acquire()
-    try:
-        before = len(os.listdir("/proc/self/fd"))
-        for _ in range(20):
-            task = asyncio.create_task(engine.domain_xml("g"))
-            await asyncio.sleep(0.02)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-        assert len(os.listdir("/proc/self/fd")) == before
-    finally:
-        holder.release()
+async def test_a_timeout_bounds_the_wait_for_a_busy_domain(
+        busy: tuple[qsnap.Engine, DomainLock]) -> None:
+    engine, _ = busy
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(qsnap.OperationInvalidError, match="busy") as caught:
+        await engine.domain_xml("g", timeout=0.3)
+    assert 0.3 <= loop.time() - started < 2
+    assert caught.value.domain == "g"
+    with pytest.raises(qsnap.InvalidArgumentError, match="positive"):
+        await engine.domain_xml("g", timeout=0)
+
+
+async def test_cancelled_waits_for_a_busy_domain_leave_no_descriptor(
+        busy: tuple[qsnap.Engine, DomainLock]) -> None:
+    engine, holder = busy
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        task = asyncio.create_task(engine.domain_xml("g"))
+        await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert len(os.listdir("/proc/self/fd")) == before
+    holder.release()
     assert "<name>g</name>" in await engine.domain_xml("g")  # and the lock is free
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from qsnap.errors import InvalidArgumentError
+from qsnap.model.options import split_commas
 
 #: Options whose value names no image and that qsnap sets itself on a relaunch.
 _DROPPED_WITH_VALUE = frozenset({"-incoming", "-pidfile", "-loadvm"})
@@ -102,23 +103,8 @@ def read_process_command(pid: int) -> tuple[list[str], str]:
 def split_options(text: str) -> list[tuple[str, str | None]]:
     """QEMU's ``key=value,key=value`` syntax (``,,`` is a literal comma); a bare word has no
     value (the implied first key of some options)."""
-    parts: list[str] = []
-    current: list[str] = []
-    i = 0
-    while i < len(text):
-        if text[i] == ",":
-            if text[i + 1:i + 2] == ",":
-                current.append(",")
-                i += 2
-                continue
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(text[i])
-        i += 1
-    parts.append("".join(current))
     result: list[tuple[str, str | None]] = []
-    for part in parts:
+    for part in split_commas(text):
         key, sep, value = part.partition("=")
         result.append((key, value if sep else None))
     return result

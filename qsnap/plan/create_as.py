@@ -8,25 +8,13 @@ text is built the same way virsh builds it, so ``--print-xml`` prints what virsh
 from __future__ import annotations
 
 from qsnap.errors import InvalidArgumentError
+from qsnap.model.options import split_commas
 from qsnap.model.xmltext import escape_attr, escape_text
 
 
 def split_spec(spec: str) -> list[str]:
     """Split on single commas; ``,,`` stands for a literal comma (virsh's vshStringToArray)."""
-    parts, current, i = [], [], 0
-    while i < len(spec):
-        if spec[i] == ",":
-            if spec[i + 1:i + 2] == ",":
-                current.append(",")
-                i += 2
-                continue
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(spec[i])
-        i += 1
-    parts.append("".join(current))
-    return parts
+    return split_commas(spec)
 
 
 def _take(fields: dict[str, str], item: str, keys: tuple[str, ...]) -> bool:
