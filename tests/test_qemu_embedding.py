@@ -175,6 +175,14 @@ async def test_an_attached_qemu_is_started_again_as_its_embedder_started_it(
 
         # Deletes merge on the running, relaunched guest.
         await engine.delete("emb", "i1", DeleteFlags())
+
+        # A disk-only snapshot: the machine boots again on new overlays of its disks.
+        await engine.revert("emb", "s2", RevertFlags(running=True))
+        booted = (await engine.guest("emb").info()).pid
+        assert booted is not None and "id=system" in " ".join(qemu_cmdline(booted))
+        mark = serial.stat().st_size
+        await first_counter_after(serial, mark)  # it counts again
+
         await engine.delete("emb", "s1", DeleteFlags(children=True))
         assert await engine.snapshots("emb") == []
         assert await engine.domstate("emb") == "running"
