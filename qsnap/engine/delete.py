@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from qsnap import images
+from qsnap.engine.context import Context
 from qsnap.errors import OperationIncompleteError, OperationInvalidError, QsnapError
 from qsnap.faults import crash_point
 from qsnap.launcher.process import RuntimeInfo
@@ -37,10 +38,13 @@ from qsnap.model.domain import DomainDef, parse_domain
 from qsnap.model.image_graph import ImageFacts, ImageGraph
 from qsnap.model.snapshot import SnapshotDef, format_snapshot, parse_snapshot
 from qsnap.monitor import Monitor
-from qsnap.plan.delete import InternalRemoval
+from qsnap.plan.delete import InternalRemoval, MetadataDeletePlan, plan_delete_data
 from qsnap.plan.external_delete import (
     ExternalDeletePlan,
     Merge,
+    plan_external_delete,
+    renamed_definition,
+    renamed_snapshot,
     snapshot_images,
 )
 from qsnap.progress import ProgressCallback, ProgressMeter
@@ -370,14 +374,47 @@ async def resume_if_paused_by_us(work: DeleteWork, running: RuntimeInfo | None) 
         await monitor.resume_if_stopped()
 
 
-async def finish_delete(record: dict[str, Any], folder: DomainFolder,
-                        running: RuntimeInfo | None) -> str:
-    """Finish a delete a crash interrupted; a line saying what was done."""
+async def settle(ctx: Context, record: dict[str, Any]) -> str:
+    """Finish a delete a crash interrupted (the same :meth:`DeleteRun.finish` as the run);
+    a line saying what was done."""
     work = DeleteWork.from_record(record)
     done_before = sum(work.merged)
     try:
-        await DeleteRun(work, folder, running).finish()
+        await DeleteRun(work, ctx.folder, ctx.running).finish()
     finally:
-        await resume_if_paused_by_us(work, running)
-    return (f"domain '{folder.name}': finished deleting snapshot '{work.snapshot}', which a "
+        await resume_if_paused_by_us(work, ctx.running)
+    return (f"domain '{ctx.domain}': finished deleting snapshot '{work.snapshot}', which a "
             f"crash had interrupted ({done_before} of {len(work.merges)} merges had been done)")
+
+
+async def run(ctx: Context, name: str, plan: MetadataDeletePlan,
+              moved: dict[str, SnapshotDef]) -> None:
+    """Delete the data of the snapshots *plan* removes (its metadata part is already
+    planned: *moved* are the children that get a new parent). Every fact first (the
+    snapshots, the images' chains and sizes, what the running guest has open), then the
+    plans of internal removals and merges, the checks, and the record; :class:`DeleteRun`
+    carries it out."""
+    folder, info = ctx.folder, ctx.running
+    definition = folder.definition
+    external = any(folder.read_snapshot(n).is_external for n in plan.remove)
+    names = folder.snapshot_names() if external else plan.remove
+    snapshots = await asyncio.to_thread(lambda: {n: folder.read_snapshot(n) for n in names})
+    removals = plan_delete_data(snapshots, plan, definition, active=info is not None)
+    await check_internal(removals, info)
+    images_plan = ExternalDeletePlan()
+    if external:
+        graph = await image_graph(snapshots, definition)
+        images_plan = plan_external_delete(snapshots, plan.remove, definition, graph,
+                                           await running_chains(info))
+        await check_external(images_plan, graph, info)
+    moved = dict(moved)
+    for other, snap in snapshots.items():
+        if other in plan.remove:
+            continue
+        renamed = renamed_snapshot(moved.get(other, snap), images_plan.renames)
+        if renamed is not None:
+            moved[other] = renamed
+    work = DeleteWork.build(
+        name, removals, images_plan, list(moved.values()), plan.remove, plan.current,
+        plan.current_changes, renamed_definition(definition, images_plan.renames))
+    await DeleteRun(work, folder, info, ctx.progress).start()

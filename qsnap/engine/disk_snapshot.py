@@ -30,7 +30,7 @@ async def take_disk_snapshot(plan: DiskSnapshotPlan, monitor: Monitor | None,
                              agent: str | None) -> None:
     """Make the images of *plan* exist: overlays switched in (running: *monitor* is connected
     to its QEMU) or created (stopped), or internal snapshots in every qcow2 image (stopped).
-    The caller has checked the files (:func:`qsnap.engine.create_work.check_new_files`)
+    The caller has checked the files (:func:`qsnap.engine.create.check_new_files`)
     before recording its intent.
 
     With *agent* (``--quiesce``), guest file systems are frozen through the guest agent

@@ -7,6 +7,11 @@ thread and never blocks the caller's event loop.
 
 Snapshot arguments named ``snapshot`` accept ``None`` to mean the current snapshot, resolved under
 the same lock as the rest of the call (virsh's ``--current``).
+
+For the operations on images (create, revert, delete, save, restore) the engine only locks,
+settles what a crash left, and hands the call to the operation's module
+(:mod:`qsnap.engine.create`, ...), which gathers the facts, plans, records its intent and walks
+its steps; crash recovery (:mod:`qsnap.engine.recovery`) hands a record to the same module.
 """
 
 from __future__ import annotations
@@ -16,54 +21,38 @@ import contextlib
 import functools
 import logging
 import os
-import time
 import uuid as uuidlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from qemu.qmp import QMPClient
 
-from qsnap.engine.create_work import CreateWork, check_new_files, settle_create, store_snapshot
-from qsnap.engine.delete import (
-    DeleteRun,
-    DeleteWork,
-    check_external,
-    check_internal,
-    image_graph,
-    running_chains,
-)
-from qsnap.engine.disk_snapshot import take_disk_snapshot
-from qsnap.engine.full_snapshot import background_refusal, take_full_snapshot
+from qsnap.engine import create as create_op
+from qsnap.engine import delete as delete_op
+from qsnap.engine import restore as restore_op
+from qsnap.engine import revert as revert_op
+from qsnap.engine import save as save_op
+from qsnap.engine.context import Context
+from qsnap.engine.create import regular_disk_files
 from qsnap.engine.guest import Guest, GuestInfo
-from qsnap.engine.guests import state_from, state_of, stop
-from qsnap.engine.memory import load_image, read_image, write_image
+from qsnap.engine.guests import state_of, stop
+from qsnap.engine.memory import read_image
 from qsnap.engine.recovery import finish_interrupted
-from qsnap.engine.revert import (
-    carry_out_revert,
-    check_revert,
-    check_revert_images,
-    run_reverted,
-)
-from qsnap.engine.revert_work import RevertWork, image_references, reverted, store_revert
-from qsnap.engine.save_work import RestoreWork, SaveWork
 from qsnap.errors import (
     AlreadyExistsError,
     CorruptMetadataError,
     DomainNotRunningError,
     DomainRunningError,
-    GuestExitedError,
     InvalidArgumentError,
     NoDomainError,
     NoSnapshotError,
-    OperationIncompleteError,
     OperationInvalidError,
     QsnapError,
 )
-from qsnap.faults import crash_point
 from qsnap.launcher.accel import choose_accel
-from qsnap.launcher.command import RuntimePaths, agent_socket
+from qsnap.launcher.command import RuntimePaths
 from qsnap.launcher.foreign import ForeignCommand, RelaunchHook, read_process_command
 from qsnap.launcher.process import (
     Launcher,
@@ -74,59 +63,32 @@ from qsnap.launcher.process import (
     start_qemu,
     write_runtime,
 )
-from qsnap.model.capture import capture_of, with_capture
+from qsnap.model.capture import capture_of
 from qsnap.model.domain import (
     DomainDef,
     RunningDisk,
     domain_from_qemu,
     parse_domain,
-    parse_domain_element,
     same_uuid,
     with_disk_images,
     with_uuid,
 )
-from qsnap.model.names import (
-    absolute_file,
-    check_domain_name,
-    check_new_file_path,
-    default_snapshot_name,
-)
-from qsnap.model.save_image import SaveImage
+from qsnap.model.names import absolute_file, check_domain_name
 from qsnap.model.snapshot import SnapshotDef, format_snapshot, parse_snapshot
 from qsnap.model.tree import SnapshotSummary, SnapshotTree
-from qsnap.monitor import (
-    Monitor,
-    MonitorClosedError,
-    one_connection_per_qemu,
-    share_connection,
-)
-from qsnap.plan.create import check_create_request
+from qsnap.monitor import Monitor, one_connection_per_qemu, share_connection
 from qsnap.plan.delete import (
     MetadataDeletePlan,
-    plan_delete_data,
     plan_delete_metadata,
     plan_drop_unreadable,
 )
-from qsnap.plan.disk_snapshot import DiskSnapshotPlan, plan_disk_snapshot
-from qsnap.plan.external_delete import (
-    ExternalDeletePlan,
-    plan_external_delete,
-    renamed_definition,
-    renamed_snapshot,
-)
 from qsnap.plan.flags import CreateFlags, DeleteFlags, ListFilter, RevertFlags
-from qsnap.plan.full_snapshot import (
-    FullSnapshotPlan,
-    background_wanted,
-    choose_capture,
-    plan_full_snapshot,
-)
 from qsnap.plan.listing import select_snapshots
 from qsnap.plan.redefine import plan_redefine
-from qsnap.plan.revert import plan_revert
+from qsnap.plan.save import image_definition
 from qsnap.progress import ProgressCallback
 from qsnap.store import KEEP, DomainFolder, StateDir, resolve_state_dir
-from qsnap.store.intent import INTENT_NAME, clear_intent, has_intent, write_intent
+from qsnap.store.intent import has_intent
 from qsnap.timeouts import bounded
 
 log = logging.getLogger("qsnap")
@@ -146,7 +108,6 @@ def _bounded(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
                 return await method(*args, **kwargs)
 
     return call
-
 
 
 @dataclass(frozen=True)
@@ -250,8 +211,7 @@ class Engine:
         try:
             lines = await asyncio.to_thread(folder.recover) if folder.needs_recovery() else []
             if has_intent(folder.path):
-                line = await finish_interrupted(folder, *self._runtime(domain),
-                                                self._launcher(folder))
+                line = await finish_interrupted(self._context(folder))
                 lines += [line] if line else []
             for line in lines:
                 log.warning("recovered: %s", line)
@@ -261,6 +221,11 @@ class Engine:
             yield folder
         finally:
             lock.release()
+
+    def _context(self, folder: DomainFolder,
+                 progress: ProgressCallback | None = None) -> Context:
+        paths, info = self._runtime(folder.name)
+        return Context(folder, paths, info, self._launcher(folder), progress)
 
     def _launcher(self, folder: DomainFolder) -> Launcher:
         """How *folder*'s domain starts: from its definition, or (attached) as its QEMU was
@@ -416,11 +381,9 @@ class Engine:
             if managed.exists():
                 image = await asyncio.to_thread(read_image, managed)
                 saved = parse_domain(image.domain_xml, f"managed save image '{managed}'")
-                await self._restore_locked(saved, managed, image, None, managed=True,
-                                           progress=progress)
-                info = self._runtime(domain)[1]
-                assert info is not None
-                return self._handle(domain, info)
+                return self._handle(domain, await restore_op.run(
+                    self._context(folder, progress), saved, managed, image, None,
+                    managed=True))
             definition = folder.definition
             return self._handle(domain, await self._launcher(folder)(
                 definition, paths, choose_accel(definition.type)))
@@ -551,43 +514,7 @@ class Engine:
         """
         target = absolute_file("the save image", path)
         async with self._session(domain) as folder:
-            paths, info = self._runtime(domain)
-            if info is None:
-                raise DomainNotRunningError(f"domain '{domain}' is not running", domain=domain)
-            domain_xml = _image_xml(folder.definition, xml)
-            check_new_file_path("the save image", str(target))
-            if os.path.lexists(target):
-                raise AlreadyExistsError(f"refusing to overwrite existing file '{target}'")
-            async with await Monitor.connect(info.qmp) as monitor:
-                was_running = await monitor.status() == "running"
-                work = SaveWork(str(target), was_running)
-                await asyncio.to_thread(write_intent, folder.path, work.record())
-                crash_point("save: intent recorded")
-                if was_running:
-                    await monitor.pause()
-                try:
-                    await write_image(monitor, target, domain_xml,
-                                      was_running if running is None else running,
-                                      progress=progress, ram=folder.definition.memory_bytes)
-                except BaseException as exc:
-                    try:
-                        if was_running:
-                            await monitor.resume()
-                    except MonitorClosedError:
-                        pass  # QEMU is gone: nothing is paused, and the image was removed
-                    except QsnapError as cleanup:
-                        # The guest stays paused and QEMU may still hold the stream: the
-                        # record stays, and the next command settles it (save_work).
-                        raise OperationIncompleteError(
-                            f"{exc}; the guest could not be resumed ({cleanup}), so the "
-                            f"save stays recorded: the next command on domain '{domain}' "
-                            "(or 'qsnap recover') settles it once QEMU answers again") \
-                            from exc
-                    await asyncio.to_thread(clear_intent, folder.path)
-                    raise
-            crash_point("save: image written")
-            await stop(paths, info)
-            await asyncio.to_thread(clear_intent, folder.path)
+            await save_op.run(self._context(folder, progress), target, running=running, xml=xml)
 
     @_bounded
     async def managedsave(self, domain: str, *, running: bool | None = None,
@@ -606,7 +533,7 @@ class Engine:
         loading fails, its QEMU is stopped again: a guest is never left half-restored."""
         source = absolute_file("the save image", path)
         image = await asyncio.to_thread(read_image, source)
-        domain = parse_domain(_image_xml(parse_domain(image.domain_xml), xml),
+        domain = parse_domain(image_definition(parse_domain(image.domain_xml), xml),
                               f"domain XML of save image '{source}'")
         folder = self.state.folder(domain.name)
         if folder.exists() and not (folder.transient and self._runtime(domain.name)[1] is None):
@@ -616,50 +543,10 @@ class Engine:
                                            f"with uuid {domain.uuid}, not {known}")
         else:
             await self.define(domain.to_xml())
-        async with self._session(domain.name):
-            await self._restore_locked(domain, source, image, running, progress=progress)
-            info = self._runtime(domain.name)[1]
+        async with self._session(domain.name) as folder:
+            info = await restore_op.run(self._context(folder, progress), domain, source, image,
+                                     running)
         return self._handle(domain.name, info)
-
-    async def _restore_locked(self, domain: DomainDef, source: Path, image: SaveImage,
-                              running: bool | None, *, managed: bool = False,
-                              progress: ProgressCallback | None = None) -> None:
-        paths, info = self._runtime(domain.name)
-        if info is not None:
-            raise DomainRunningError(f"domain '{domain.name}' is already running",
-                                     domain=domain.name)
-        work = RestoreWork(str(source), image.was_running if running is None else running,
-                           managed)
-        state = self.state.folder(domain.name).path
-        await asyncio.to_thread(write_intent, state, work.record())
-        crash_point("restore: intent recorded")
-        try:
-            launch = self._launcher(self.state.folder(domain.name))
-            info = await launch(domain, paths, choose_accel(domain.type), incoming=True)
-        except BaseException:
-            await asyncio.to_thread(clear_intent, state)
-            raise
-        crash_point("restore: QEMU started")
-        try:
-            async with await Monitor.connect(info.qmp) as monitor:
-                try:
-                    await load_image(monitor, source, image, progress)
-                except MonitorClosedError:
-                    raise GuestExitedError(
-                        f"restoring from '{source}' failed: QEMU exited while loading the saved "
-                        "state (the image is truncated or damaged, or does not match the "
-                        "domain's devices)", domain=domain.name, path=str(source)) from None
-                crash_point("restore: state loaded")
-                if work.run:
-                    await monitor.resume()
-        except BaseException:
-            await stop(paths, info)
-            await asyncio.to_thread(clear_intent, state)
-            raise
-        crash_point("restore: guest resumed")
-        if managed:
-            source.unlink()
-        await asyncio.to_thread(clear_intent, state)
 
     @_bounded
     async def save_image_xml(self, path: str | os.PathLike[str], *, secure: bool = False,
@@ -713,139 +600,8 @@ class Engine:
             return await self.redefine(domain, xml, current=flags.current,
                                        disk_only=flags.disk_only, validate=flags.validate)
         async with self._session(domain) as folder:
-            paths, info = self._runtime(domain)
-            # One QMP connection serves the whole create (state, checks, the snapshot itself):
-            # connecting costs about a millisecond each time, a fifth of a bare transaction.
-            monitor = await Monitor.connect(info.qmp) if info is not None else None
-            try:
-                return await self._create(folder, paths, info, monitor, xml, flags,
-                                          live_strategy, progress)
-            finally:
-                if monitor is not None:
-                    await monitor.close()
-
-    async def _create(self, folder: DomainFolder, paths: RuntimePaths, info: RuntimeInfo | None,
-                      monitor: Monitor | None, xml: str | bytes | None, flags: CreateFlags,
-                      live_strategy: str | None, progress: ProgressCallback | None) -> str:
-        """The body of :meth:`create` for a locked *folder*; *monitor* is connected to the
-        guest's QEMU when it runs. QEMU's monitor takes one client at a time, so the
-        monitor is closed before anything that connects on its own (settling a failure,
-        ``--halt``)."""
-        domain = folder.name
-        active = info is not None
-        request = parse_snapshot(xml if xml is not None else "<domainsnapshot/>",
-                                 validate=flags.validate,
-                                 offline=flags.disk_only or not active)
-        definition = folder.definition
-        now = int(time.time())
-        name = request.name if request.name is not None else default_snapshot_name(now)
-        check_create_request(request.copy(name=name), flags, domain,
-                             name_taken=folder.has_snapshot(name))
-        current = folder.read_current()
-        if current is not None and not folder.has_snapshot(current):
-            current = None
-        regular_files = _regular_files(definition, request)
-        plan: DiskSnapshotPlan | FullSnapshotPlan
-        strategy: str | None = None
-        # Only a full-system snapshot may pause the guest, so only its settling may have to
-        # resume it; a disk-only one does not ask QEMU for the run state (a round trip).
-        state = "shut off"
-        if monitor is not None and not flags.disk_only:
-            state = await state_from(monitor)
-            plan = plan_full_snapshot(request, definition, flags, state=state,
-                                      current=current, now=now, regular_files=regular_files)
-            refusal = None
-            if background_wanted(external=plan.external, live=flags.live,
-                                 requested=live_strategy):
-                refusal = await background_refusal(monitor, definition,
-                                                   plan.snapshot.memory_file or "")
-            strategy = choose_capture(
-                external=plan.external, live=flags.live, requested=live_strategy,
-                running=state == "running", background_refusal=refusal)
-            sources = {d.target: d.source or "" for d in definition.disks}
-            internal = [(t, sources[t]) for t in plan.internal_disks]
-        else:
-            if live_strategy is not None:
-                raise InvalidArgumentError("a live strategy applies to full-system "
-                                           "snapshots of a running guest only")
-            plan = plan_disk_snapshot(request, definition, flags, active=active,
-                                      current=current, now=now, regular_files=regular_files)
-            internal = [("", image) for image in plan.internal_images]
-
-        def record() -> CreateWork:  # file checks, metadata and intent: one worker-thread trip
-            check_new_files(plan.overlays, plan.snapshot, definition)
-            metadata = CreateWork.plan_metadata(folder, plan.snapshot, plan.domain_after,
-                                                keep=not flags.no_metadata)
-            work = CreateWork.build(
-                plan.snapshot, metadata, running=info is not None, overlays=plan.overlays,
-                internal=internal, halt=flags.halt, was_running=state == "running",
-                strategy=strategy)
-            write_intent(folder.path, work.record())
-            return work
-
-        try:
-            work = await asyncio.to_thread(record)
-        except OSError as exc:
-            raise OperationInvalidError(
-                f"cannot record the snapshot '{plan.snapshot.name}' in {folder.path}: "
-                f"{exc.strerror or exc}; nothing was changed") from None
-        crash_point("create: intent recorded")
-        in_place = False
-        try:
-            snapshot = plan.snapshot
-            try:
-                if isinstance(plan, FullSnapshotPlan):
-                    assert monitor is not None and strategy is not None
-                    capture = await take_full_snapshot(plan, definition, monitor, strategy,
-                                                       progress)
-                    snapshot = snapshot.copy(cookie=with_capture(snapshot.cookie, capture))
-                else:
-                    agent = agent_socket(definition, paths) if flags.quiesce else None
-                    await take_disk_snapshot(plan, monitor, agent)
-            finally:
-                if monitor is not None:
-                    await monitor.close()
-            crash_point("create: images in place")
-            in_place = True
-            await store_snapshot(work, folder, paths, info, snapshot, clear=True)
-            return work.snapshot
-        except BaseException as exc:
-            if in_place and isinstance(exc, OSError):  # the state folder is full, say
-                raise OperationIncompleteError(
-                    f"snapshot '{work.snapshot}' was taken (its images are in place), but "
-                    f"storing its metadata in {folder.path} failed: {exc.strerror or exc}. "
-                    f"It stays recorded in {folder.path / INTENT_NAME}; the next command on "
-                    f"domain '{folder.name}' (or 'qsnap recover {folder.name}') stores it "
-                    "once that works again") from exc
-            if not await self._settle_failed_create(work, folder, info, exc) or \
-                    not isinstance(exc, Exception):
-                raise
-            log.warning("snapshot '%s' was taken although a step after it failed: %s",
-                        work.snapshot, exc)
-        await asyncio.to_thread(clear_intent, folder.path)
-        return work.snapshot
-
-    async def _settle_failed_create(self, work: CreateWork, folder: DomainFolder,
-                                    info: RuntimeInfo | None, exc: BaseException) -> bool:
-        """After a failed create, settle its intent as a crash would be, so that whatever
-        the failure left (an overlay its own clean-up could not remove) is undone now; True
-        if the snapshot turned out complete and is stored. If settling fails too, the intent
-        stays for the next command and the error says so."""
-        if isinstance(exc, AlreadyExistsError):  # refused before any change; the file is
-            await asyncio.to_thread(clear_intent, folder.path)  # someone else's
-            return False
-        paths, now_running = self._runtime(folder.name)  # QEMU may have died meanwhile
-        try:
-            complete = await settle_create(work, folder, paths,
-                                           now_running if info is not None else None)
-        except QsnapError as undo:
-            raise OperationIncompleteError(
-                f"{exc}; undoing the snapshot '{work.snapshot}' failed too ({undo}): it stays "
-                "recorded, and the next command on the domain (or 'qsnap recover "
-                f"{folder.name}') settles it") from exc
-        if not complete:
-            await asyncio.to_thread(clear_intent, folder.path)
-        return complete
+            return await create_op.run(self._context(folder, progress), xml, flags,
+                                    live_strategy)
 
     @_bounded
     async def redefine(self, domain: str, xml: str | bytes, *, current: bool = False,
@@ -861,7 +617,7 @@ class Engine:
             existing = (folder.read_snapshot(snap.name)
                         if snap.name is not None and snap.name in tree else None)
             plan = plan_redefine(snap, folder.definition, tree, existing, flags,
-                                 regular_files=_regular_files(folder.definition, snap))
+                                 regular_files=regular_disk_files(folder.definition, snap))
             folder.save(put=[plan.snapshot],
                         current=plan.snapshot.name if plan.make_current else KEEP)
             return plan.snapshot.name or ""
@@ -957,34 +713,7 @@ class Engine:
         flags.check()
         async with self._session(domain) as folder:
             name = self._resolve(folder, snapshot)
-            snap = folder.read_snapshot(name)
-            now = int(time.time())
-            for stamp in range(now, now + 100):  # overlays are named by the second: a free one
-                plan = plan_revert(snap, folder.definition, flags, now=stamp)
-                if not any(os.path.lexists(o.path) for o in plan.overlays):
-                    break
-            refs = await image_references(folder)
-            memory = await asyncio.to_thread(check_revert, plan, refs.shared_bases(name))
-            await check_revert_images(plan)
-            paths, info = self._runtime(domain)
-            work = RevertWork(name, asdict(flags), stamp, folder.definition.to_xml(),
-                              info.pid if info is not None else None)
-            await asyncio.to_thread(write_intent, folder.path, work.record())
-            crash_point("revert: intent recorded")
-            try:
-                await carry_out_revert(plan, paths, info, memory, progress,
-                                       self._launcher(folder))
-            except BaseException:
-                # It left the guest stopped and removed what it made: nothing to finish.
-                await asyncio.to_thread(clear_intent, folder.path)
-                raise
-            await reverted(work, folder, plan, refs)
-            await asyncio.to_thread(write_intent, folder.path, work.record())
-            crash_point("revert: guest started")
-            await store_revert(work, folder)
-            crash_point("revert: metadata stored")
-            await run_reverted(plan, paths)
-            await asyncio.to_thread(clear_intent, folder.path)
+            await revert_op.run(self._context(folder, progress), name, flags)
             return name
 
     @_bounded
@@ -1015,30 +744,7 @@ class Engine:
                 await asyncio.to_thread(folder.save, put=list(moved.values()), drop=plan.remove,
                                         current=plan.current if plan.current_changes else KEEP)
                 return plan
-            info = self._runtime(domain)[1]
-            definition = folder.definition
-            external = any(folder.read_snapshot(n).is_external for n in plan.remove)
-            names = folder.snapshot_names() if external else plan.remove
-            snapshots = await asyncio.to_thread(lambda: {n: folder.read_snapshot(n)
-                                                         for n in names})
-            removals = plan_delete_data(snapshots, plan, definition, active=info is not None)
-            await check_internal(removals, info)
-            images_plan = ExternalDeletePlan()
-            if external:
-                graph = await image_graph(snapshots, definition)
-                images_plan = plan_external_delete(snapshots, plan.remove, definition, graph,
-                                                   await running_chains(info))
-                await check_external(images_plan, graph, info)
-            for other, snap in snapshots.items():
-                if other in plan.remove:
-                    continue
-                renamed = renamed_snapshot(moved.get(other, snap), images_plan.renames)
-                if renamed is not None:
-                    moved[other] = renamed
-            work = DeleteWork.build(
-                name, removals, images_plan, list(moved.values()), plan.remove, plan.current,
-                plan.current_changes, renamed_definition(definition, images_plan.renames))
-            await DeleteRun(work, folder, info, progress).start()
+            await delete_op.run(self._context(folder, progress), name, plan, moved)
             return plan
 
     @_bounded
@@ -1067,25 +773,3 @@ def _drop_unreadable_snapshot(folder: DomainFolder, name: str) -> MetadataDelete
     folder.save(put=[others[child].copy(parent=None) for child in plan.reparent],
                 drop=plan.remove, current=plan.current if plan.current_changes else KEEP)
     return plan
-
-
-def _regular_files(domain: DomainDef, snap: SnapshotDef) -> set[str]:
-    """Disk sources that are regular files (the one fact overlay naming needs from disk)."""
-    sources = {d.source for d in domain.disks if d.source}
-    if snap.domain is not None:
-        sources |= {d.source for d in parse_domain_element(snap.domain).disks if d.source}
-    return {s for s in sources if os.path.isfile(s)}
-
-
-
-
-def _image_xml(domain: DomainDef, replacement: str | None) -> str:
-    """The domain XML for a save image: the definition, or a replacement for the same domain."""
-    if replacement is None:
-        return domain.to_xml(secure=True)
-    other = parse_domain(replacement, "--xml")
-    if other.name != domain.name or (other.uuid and domain.uuid and
-                                     not same_uuid(other.uuid, domain.uuid)):
-        raise InvalidArgumentError(f"--xml must describe domain '{domain.name}' with uuid "
-                                   f"{domain.uuid}, not '{other.name}' with uuid {other.uuid}")
-    return other.to_xml(secure=True)

@@ -92,7 +92,7 @@ async def _internal(monitor: Monitor, plan: FullSnapshotPlan) -> None:
 async def _external(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDef,
                     strategy: str, progress: ProgressCallback | None,
                     devices: dict[str, dict[str, Any]]) -> None:
-    # The files were checked before the intent was recorded (create_work.check_new_files);
+    # The files were checked before the intent was recorded (create.check_new_files);
     # the memory file is still created exclusively, which catches a race with another writer.
     memory = Path(plan.snapshot.memory_file or "")
     if strategy == "background":

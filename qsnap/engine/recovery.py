@@ -9,62 +9,26 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from qsnap.engine import create_work, delete, revert_work, save_work
+from qsnap.engine import create, delete, restore, revert, save
+from qsnap.engine.context import Context
 from qsnap.errors import OperationIncompleteError, OperationInvalidError, QsnapError
-from qsnap.launcher.command import RuntimePaths
-from qsnap.launcher.process import Launcher, RuntimeInfo
-from qsnap.store.folder import DomainFolder
 from qsnap.store.intent import INTENT_NAME, clear_intent, read_intent
 
-Handler = Callable[[dict[str, Any], DomainFolder, RuntimePaths, RuntimeInfo | None, Launcher],
-                   Awaitable[str]]
-
-
-async def _create(record: dict[str, Any], folder: DomainFolder, paths: RuntimePaths,
-                  running: RuntimeInfo | None, launch: Launcher) -> str:
-    work = create_work.CreateWork.from_record(record)
-    done = await create_work.settle_create(work, folder, paths, running)
-    return (f"domain '{folder.name}': snapshot '{work.snapshot}', which a crash had "
-            + ("interrupted once its images were in place, was stored" if done else
-               "interrupted before it was complete, was undone; nothing of it is left"))
-
-
-async def _revert(record: dict[str, Any], folder: DomainFolder, paths: RuntimePaths,
-                  running: RuntimeInfo | None, launch: Launcher) -> str:
-    return await revert_work.finish_revert(revert_work.RevertWork.from_record(record),
-                                           folder, paths, running, launch)
-
-
-async def _save(record: dict[str, Any], folder: DomainFolder, paths: RuntimePaths,
-                running: RuntimeInfo | None, launch: Launcher) -> str:
-    work = save_work.SaveWork.from_record(record)
-    return await save_work.settle_save(work, folder, paths, running)
-
-
-async def _restore(record: dict[str, Any], folder: DomainFolder, paths: RuntimePaths,
-                   running: RuntimeInfo | None, launch: Launcher) -> str:
-    work = save_work.RestoreWork.from_record(record)
-    return await save_work.settle_restore(work, folder, paths, running)
-
-
-async def _delete(record: dict[str, Any], folder: DomainFolder, paths: RuntimePaths,
-                  running: RuntimeInfo | None, launch: Launcher) -> str:
-    return await delete.finish_delete(record, folder, running)
-
-
-HANDLERS: dict[str, Handler] = {
-    create_work.CreateWork.KIND: _create,
-    revert_work.RevertWork.KIND: _revert,
-    save_work.SaveWork.KIND: _save,
-    save_work.RestoreWork.KIND: _restore,
-    delete.DeleteWork.KIND: _delete,
+#: Each operation's crash recovery, by the kind its intent record names: the module that
+#: wrote the record settles it, walking the same steps as its run.
+HANDLERS: dict[str, Callable[[Context, dict[str, Any]], Awaitable[str]]] = {
+    create.CreateWork.KIND: create.settle,
+    revert.RevertWork.KIND: revert.settle,
+    save.SaveWork.KIND: save.settle,
+    restore.RestoreWork.KIND: restore.settle,
+    delete.DeleteWork.KIND: delete.settle,
 }
 
 
-async def finish_interrupted(folder: DomainFolder, paths: RuntimePaths,
-                             running: RuntimeInfo | None, launch: Launcher) -> str | None:
-    """Settle the operation a crash interrupted on *folder*; a line saying what was done,
-    or None when there was none."""
+async def finish_interrupted(ctx: Context) -> str | None:
+    """Settle the operation a crash interrupted on the domain of *ctx*; a line saying what
+    was done, or None when there was none."""
+    folder = ctx.folder
     record = await asyncio.to_thread(read_intent, folder.path)
     if record is None:
         return None
@@ -73,7 +37,7 @@ async def finish_interrupted(folder: DomainFolder, paths: RuntimePaths,
         raise OperationInvalidError(f"domain '{folder.name}': unknown interrupted operation "
                                     f"'{record['kind']}' in {folder.path}/intent.json")
     try:
-        line = await handler(record, folder, paths, running, launch)
+        line = await handler(ctx, record)
     except (QsnapError, OSError, KeyError, TypeError, ValueError) as exc:  # a damaged record
         raise OperationIncompleteError(
             f"domain '{folder.name}': settling the interrupted {record['kind']} failed: "

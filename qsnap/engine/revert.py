@@ -1,10 +1,24 @@
-"""Carrying out a revert plan: checks first, then stop the guest, make the new overlays or
-apply internal snapshots, start QEMU from the snapshot's definition and load its memory.
+"""``snapshot-revert``: the guest goes back to a snapshot's moment.
 
-Everything that can be checked is checked before the running guest is touched: the snapshot's
-images and memory file exist and read back, the new overlays can be created, and no image that
-another snapshot builds on would be rewritten. If a later step fails, the QEMU it started is
-stopped and the overlays it made are removed: the guest is left stopped, never half-restored.
+Steps (:func:`run`): everything that can be checked is checked before the running guest is
+touched (the snapshot's images and memory file exist and read back, the new overlays can be
+created, no image another snapshot builds on would be rewritten); the intent is recorded;
+:func:`_carry_out` stops the guest, makes the new overlays or applies internal snapshots,
+starts QEMU from the snapshot's definition (paused) and loads its memory; :func:`_started`
+records what is left to store and remove, then :func:`_finish` stores the new definition and
+current snapshot, removes the overlays of the discarded present and lets the guest run. If
+:func:`_carry_out` fails, the QEMU it started is stopped and the overlays it made are
+removed: the guest is left stopped, never half-restored.
+
+A ``kill -9`` in between would leave a guest running on images its definition does not name,
+or stopped with no way back to what it was. The present was going to be discarded anyway, so
+recovery (:func:`settle`) walks the same steps forward:
+
+- ``phase == "begun"``: if the guest's QEMU is still the one from before (same pid), nothing
+  was changed and the record is dropped. Otherwise a QEMU the crashed revert started is
+  stopped, overlays it made are removed (the revert's checks made sure they did not exist
+  before), and :func:`_carry_out` and :func:`_started` run again.
+- ``phase == "started"``: QEMU holds (or held) the snapshot's state, paused: :func:`_finish`.
 """
 
 from __future__ import annotations
@@ -12,26 +26,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from dataclasses import dataclass, replace
+import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any, ClassVar
 
 from qsnap import images
+from qsnap.engine.context import Context
 from qsnap.engine.disk_snapshot import check_overlay_files
 from qsnap.engine.guests import stop
 from qsnap.engine.memory import load_image, read_image
 from qsnap.errors import InvalidArgumentError, OperationInvalidError, QsnapError
+from qsnap.faults import crash_point
 from qsnap.launcher.accel import choose_accel
-from qsnap.launcher.command import RuntimePaths
-from qsnap.launcher.process import Launcher, RuntimeInfo, read_runtime, start_qemu
-from qsnap.model.domain import DomainDef
+from qsnap.launcher.process import RuntimeInfo, read_runtime
+from qsnap.model.domain import DomainDef, parse_domain
 from qsnap.model.image_graph import ImageFacts
 from qsnap.model.save_image import SaveImage
-from qsnap.model.snapshot import DiskSource, SnapshotDef
+from qsnap.model.snapshot import DiskSource, SnapshotDef, format_snapshot, parse_snapshot
 from qsnap.monitor import Monitor
 from qsnap.plan.external_delete import disk_sources
-from qsnap.plan.revert import RevertPlan
-from qsnap.progress import ProgressCallback
+from qsnap.plan.flags import RevertFlags
+from qsnap.plan.revert import RevertPlan, plan_revert
 from qsnap.store.atomic import unlink_if_present
+from qsnap.store.folder import DomainFolder
+from qsnap.store.intent import IntentRecord, clear_intent, write_intent
 
 
 @dataclass(frozen=True)
@@ -141,15 +160,119 @@ async def check_revert_images(plan: RevertPlan) -> None:
                                         f"'{image}' holds no internal snapshot of that name")
 
 
-async def carry_out_revert(plan: RevertPlan, paths: RuntimePaths, running: RuntimeInfo | None,
-                           memory: SaveImage | None, progress: ProgressCallback | None = None,
-                           launch: Launcher = start_qemu) -> None:
+@dataclass
+class RevertWork(IntentRecord):
+    """A revert to ``snapshot`` planned at ``now`` (which names its overlays) from the
+    definition ``before``; ``old_pid`` is the guest's QEMU before it. Once the new QEMU runs,
+    ``phase`` becomes "started" and the record gains what to store and remove."""
+
+    snapshot: str
+    flags: dict[str, bool]
+    now: int
+    before: str
+    old_pid: int | None
+    phase: str = "begun"
+    put: str | None = None
+    definition: str | None = None
+    discarded: list[str] = field(default_factory=list)
+    KIND: ClassVar[str] = "revert"
+
+    def plan(self, snap: SnapshotDef) -> RevertPlan:
+        return plan_revert(snap, parse_domain(self.before), RevertFlags(**self.flags),
+                           now=self.now)
+
+    def started(self, updated: SnapshotDef | None, plan: RevertPlan,
+                discarded: list[str]) -> None:
+        self.phase = "started"
+        self.put = format_snapshot(updated, active=False) if updated is not None else None
+        self.definition = plan.domain.to_xml()
+        self.discarded = discarded
+
+
+async def image_references(folder: DomainFolder) -> ImageReferences:
+    """Which snapshots name which images, read from every snapshot of *folder*."""
+    return await asyncio.to_thread(
+        lambda: ImageReferences.of({n: folder.read_snapshot(n) for n in folder.snapshot_names()}))
+
+
+async def reverted(work: RevertWork, folder: DomainFolder, plan: RevertPlan,
+                   refs: ImageReferences) -> None:
+    """The guest runs the snapshot's state: note in *work* what remains to store and remove
+    (a leaf snapshot's ``<disks>`` follow its new overlays, as libvirt does)."""
+    snap = folder.read_snapshot(work.snapshot)
+    updated = with_new_overlays(snap, plan) if not refs.has_children(work.snapshot) else None
+    discarded = await discarded_overlays(parse_domain(work.before), plan.domain, refs)
+    work.started(updated, plan, discarded)
+
+
+# -- the steps, walked by the run and by recovery --------------------------------------------------
+
+async def prepare(ctx: Context, name: str, flags: RevertFlags
+                  ) -> tuple[RevertWork, RevertPlan, ImageReferences, SaveImage | None]:
+    """Every fact first (the snapshot, free overlay names, which images others share, the
+    memory image, the images' chains), then the plan and the record."""
+    folder = ctx.folder
+    snap = folder.read_snapshot(name)
+    now = int(time.time())
+    for stamp in range(now, now + 100):  # overlays are named by the second: a free one
+        plan = plan_revert(snap, folder.definition, flags, now=stamp)
+        if not any(os.path.lexists(o.path) for o in plan.overlays):
+            break
+    refs = await image_references(folder)
+    memory = await asyncio.to_thread(check_revert, plan, refs.shared_bases(name))
+    await check_revert_images(plan)
+    work = RevertWork(name, asdict(flags), stamp, folder.definition.to_xml(),
+                      ctx.running.pid if ctx.running is not None else None)
+    return work, plan, refs, memory
+
+
+async def run(ctx: Context, name: str, flags: RevertFlags) -> None:
+    work, plan, refs, memory = await prepare(ctx, name, flags)
+    await asyncio.to_thread(write_intent, ctx.folder.path, work.record())
+    crash_point("revert: intent recorded")
+    try:
+        await _carry_out(ctx, plan, memory)
+    except BaseException:
+        # It left the guest stopped and removed what it made: nothing to finish.
+        await asyncio.to_thread(clear_intent, ctx.folder.path)
+        raise
+    await _started(ctx, work, plan, refs)
+    await asyncio.to_thread(clear_intent, ctx.folder.path)
+
+
+async def settle(ctx: Context, record: dict[str, Any]) -> str:
+    """Finish an interrupted revert (see the module docstring); a line saying what was done."""
+    work = RevertWork.from_record(record)
+    name = f"domain '{ctx.domain}': the revert to snapshot '{work.snapshot}'"
+    if work.phase == "started":
+        await _finish(ctx, work, work.plan(ctx.folder.read_snapshot(work.snapshot)),
+                      gone_is_fine=True)
+        return f"{name} was finished (the guest had been started from it)"
+    if work.old_pid is not None and ctx.running is not None and \
+            ctx.running.pid == work.old_pid:
+        return f"{name} had not begun; nothing was changed"
+    plan = work.plan(ctx.folder.read_snapshot(work.snapshot))
+    if ctx.running is not None:  # the QEMU the crashed revert started
+        await stop(ctx.paths, ctx.running)
+        ctx.running = None
+    for overlay in plan.overlays:
+        await asyncio.to_thread(unlink_if_present, overlay.path)
+    memory = None
+    if plan.memory == "external" and plan.memory_file:
+        memory = await asyncio.to_thread(read_image, Path(plan.memory_file))
+    await _carry_out(ctx, plan, memory)
+    await _started(ctx, work, plan, await image_references(ctx.folder))
+    return f"{name} was done again from the start, which a crash had interrupted"
+
+
+async def _carry_out(ctx: Context, plan: RevertPlan, memory: SaveImage | None) -> None:
     """Stop the guest, make the new overlays, apply internal snapshots, start QEMU and load
-    the snapshot's state. The new QEMU is left paused: :func:`run_reverted` lets it run once
-    the revert's metadata is stored (a running TCG guest takes the CPU that the metadata's
-    syncs need: storing it took 13-24 ms once the guest ran, 2 ms before, measured here)."""
-    if running is not None:
-        await stop(paths, running)
+    the snapshot's state. The new QEMU is left paused: :func:`_finish` lets it run once the
+    revert's metadata is stored (a running TCG guest takes the CPU that the metadata's syncs
+    need: storing it took 13-24 ms once the guest ran, 2 ms before, measured here)."""
+    if ctx.running is not None:
+        await stop(ctx.paths, ctx.running)
+        ctx.running = None
     created: list[str] = []
     started: RuntimeInfo | None = None
     try:
@@ -161,12 +284,12 @@ async def carry_out_revert(plan: RevertPlan, paths: RuntimePaths, running: Runti
             await images.qemu_img("snapshot", "-a", plan.target, image)
         if not plan.start:
             return
-        accel = choose_accel(plan.domain.type)
-        started = await launch(plan.domain, paths, accel,
+        started = await ctx.launch(plan.domain, ctx.paths, choose_accel(plan.domain.type),
                                    incoming=plan.memory == "external", paused=True)
+        ctx.running = started
         async with await Monitor.connect(started.qmp) as monitor:
             if plan.memory == "external" and memory is not None:
-                await load_image(monitor, Path(plan.memory_file or ""), memory, progress)
+                await load_image(monitor, Path(plan.memory_file or ""), memory, ctx.progress)
             elif plan.memory == "internal":
                 tops = await monitor.block_tops()
                 nodes = [tops[t] for t in plan.internal_disks]
@@ -174,18 +297,41 @@ async def carry_out_revert(plan: RevertPlan, paths: RuntimePaths, running: Runti
     except BaseException:
         if started is not None:
             with contextlib.suppress(QsnapError):
-                await stop(paths, started)
+                await stop(ctx.paths, started)
+            ctx.running = None
         for path in created:
             await asyncio.to_thread(unlink_if_present, path)
         raise
 
 
-async def run_reverted(plan: RevertPlan, paths: RuntimePaths) -> None:
-    """The revert's last step: the guest :func:`carry_out_revert` started runs, unless the
-    plan keeps it paused. Repeating it is harmless (a crashed revert's recovery does)."""
+async def _started(ctx: Context, work: RevertWork, plan: RevertPlan,
+                   refs: ImageReferences) -> None:
+    """The guest holds the snapshot's state: record what remains to store and remove, then
+    :func:`_finish`."""
+    await reverted(work, ctx.folder, plan, refs)
+    await asyncio.to_thread(write_intent, ctx.folder.path, work.record())
+    crash_point("revert: guest started")
+    await _finish(ctx, work, plan)
+
+
+async def _finish(ctx: Context, work: RevertWork, plan: RevertPlan, *,
+                  gone_is_fine: bool = False) -> None:
+    """Store the new definition and current snapshot (and a leaf's new ``<disks>``), remove
+    the discarded overlays, and let the guest run unless the plan keeps it paused. Repeating
+    any of it is harmless. *gone_is_fine*: a recovery finds the new QEMU gone (it died with
+    the crashed qsnap): the revert is still complete, and the guest stays shut off."""
+    assert work.definition is not None
+    put = [parse_snapshot(work.put, redefine=True, internal=True)] if work.put else []
+    await asyncio.to_thread(ctx.folder.save, put=put, current=work.snapshot,
+                            definition=parse_domain(work.definition))
+    for path in work.discarded:
+        await asyncio.to_thread(unlink_if_present, path)
+    crash_point("revert: metadata stored")
     if not (plan.start and plan.run):
         return
-    info = read_runtime(paths)
+    info = read_runtime(ctx.paths)
+    if info is None and gone_is_fine:
+        return
     if info is None:
         raise OperationInvalidError("the reverted guest's QEMU is gone; it cannot be run")
     async with await Monitor.connect(info.qmp) as monitor:

@@ -98,7 +98,7 @@ def apply_covered(folder: Path, batch: Batch) -> None:
 
     Only for a change that a durable record written earlier already holds in full, and
     whose owner finishes it from that record after a crash (a create's intent record
-    carries the metadata it stores, see :mod:`qsnap.engine.create_work`): a crash part-way
+    carries the metadata it stores, see :mod:`qsnap.engine.create`): a crash part-way
     leaves some files new and some old until then. This saves the journal's write and
     removal, three of the dozen syncs a snapshot's metadata took."""
     _apply(folder, batch)

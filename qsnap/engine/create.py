@@ -1,4 +1,10 @@
-"""The intent record of a snapshot being taken, and how a crash part-way is settled.
+"""``snapshot-create``: taking a snapshot, its intent record, and how a crash part-way is
+settled.
+
+:func:`run` gathers the facts (the request, the definition, the current snapshot, QEMU's run
+state and what it offers), makes one plan (:mod:`qsnap.plan.disk_snapshot` or
+:mod:`qsnap.plan.full_snapshot`), records it, and takes the snapshot
+(:mod:`qsnap.engine.disk_snapshot`, :mod:`qsnap.engine.full_snapshot`).
 
 Taking a snapshot changes images (overlays switched in, a memory file written, internal tags
 added) before the metadata that names them is stored. A ``kill -9`` between the two would
@@ -20,28 +26,49 @@ same way, so one piece of code decides in both cases.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from qsnap import images
-from qsnap.engine.disk_snapshot import check_overlay_files
-from qsnap.engine.full_snapshot import merge_back
-from qsnap.engine.guests import stop
+from qsnap.engine.context import Context
+from qsnap.engine.disk_snapshot import check_overlay_files, take_disk_snapshot
+from qsnap.engine.full_snapshot import background_refusal, merge_back, take_full_snapshot
+from qsnap.engine.guests import state_from, stop
 from qsnap.engine.memory import image_is_complete
-from qsnap.errors import AlreadyExistsError, InvalidArgumentError, QsnapError
-from qsnap.launcher.command import RuntimePaths
+from qsnap.errors import (
+    AlreadyExistsError,
+    InvalidArgumentError,
+    OperationIncompleteError,
+    OperationInvalidError,
+    QsnapError,
+)
+from qsnap.faults import crash_point
+from qsnap.launcher.command import RuntimePaths, agent_socket
 from qsnap.launcher.process import RuntimeInfo
-from qsnap.model.domain import DomainDef
-from qsnap.model.names import check_new_file_path
-from qsnap.model.snapshot import SnapshotDef
+from qsnap.model.capture import with_capture
+from qsnap.model.domain import DomainDef, parse_domain_element
+from qsnap.model.names import check_new_file_path, default_snapshot_name
+from qsnap.model.snapshot import SnapshotDef, parse_snapshot
 from qsnap.monitor import Monitor
-from qsnap.plan.disk_snapshot import Overlay
+from qsnap.plan.create import check_create_request
+from qsnap.plan.disk_snapshot import DiskSnapshotPlan, Overlay, plan_disk_snapshot
+from qsnap.plan.flags import CreateFlags
+from qsnap.plan.full_snapshot import (
+    FullSnapshotPlan,
+    background_wanted,
+    choose_capture,
+    plan_full_snapshot,
+)
 from qsnap.store.atomic import unlink_if_present
 from qsnap.store.folder import KEEP, DomainFolder
-from qsnap.store.intent import IntentRecord, clear_intent
+from qsnap.store.intent import INTENT_NAME, IntentRecord, clear_intent, write_intent
 from qsnap.store.journal import Batch
+
+log = logging.getLogger("qsnap")
 
 
 @dataclass
@@ -138,6 +165,16 @@ async def store_snapshot(work: CreateWork, folder: DomainFolder, paths: RuntimeP
         await stop(paths, running)
         if clear:
             await asyncio.to_thread(clear_intent, folder.path)
+
+
+async def settle(ctx: Context, record: dict[str, Any]) -> str:
+    """Settle a create a crash interrupted (see the module docstring); a line saying which
+    way it went."""
+    work = CreateWork.from_record(record)
+    done = await settle_create(work, ctx.folder, ctx.paths, ctx.running)
+    return (f"domain '{ctx.domain}': snapshot '{work.snapshot}', which a crash had "
+            + ("interrupted once its images were in place, was stored" if done else
+               "interrupted before it was complete, was undone; nothing of it is left"))
 
 
 async def settle_create(work: CreateWork, folder: DomainFolder, paths: RuntimePaths,
@@ -250,3 +287,137 @@ def _remove_new_overlays(work: CreateWork, keep: set[str]) -> None:
     for overlay in work.overlay_list:
         if not overlay.reuse and overlay.path not in keep and overlay.path not in work.existed:
             unlink_if_present(overlay.path)
+
+
+def regular_disk_files(domain: DomainDef, snap: SnapshotDef) -> set[str]:
+    """Disk sources that are regular files (the one fact overlay naming needs from disk)."""
+    sources = {d.source for d in domain.disks if d.source}
+    if snap.domain is not None:
+        sources |= {d.source for d in parse_domain_element(snap.domain).disks if d.source}
+    return {s for s in sources if os.path.isfile(s)}
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+async def run(ctx: Context, xml: str | bytes | None, flags: CreateFlags,
+              live_strategy: str | None) -> str:
+    """Take the snapshot *xml* asks for (see the module docstring); returns its name."""
+    if ctx.running is None:
+        return await _run(ctx, None, xml, flags, live_strategy)
+    async with await Monitor.connect(ctx.running.qmp) as monitor:
+        return await _run(ctx, monitor, xml, flags, live_strategy)
+
+
+async def _run(ctx: Context, monitor: Monitor | None, xml: str | bytes | None,
+               flags: CreateFlags, live_strategy: str | None) -> str:
+    folder, paths, info, progress = ctx.folder, ctx.paths, ctx.running, ctx.progress
+    domain = folder.name
+    active = info is not None
+    request = parse_snapshot(xml if xml is not None else "<domainsnapshot/>",
+                             validate=flags.validate,
+                             offline=flags.disk_only or not active)
+    definition = folder.definition
+    now = int(time.time())
+    name = request.name if request.name is not None else default_snapshot_name(now)
+    check_create_request(request.copy(name=name), flags, domain,
+                         name_taken=folder.has_snapshot(name))
+    current = folder.read_current()
+    if current is not None and not folder.has_snapshot(current):
+        current = None
+    regular_files = regular_disk_files(definition, request)
+    plan: DiskSnapshotPlan | FullSnapshotPlan
+    strategy: str | None = None
+    # Only a full-system snapshot may pause the guest, so only its settling may have to
+    # resume it; a disk-only one does not ask QEMU for the run state (a round trip).
+    state = "shut off"
+    if monitor is not None and not flags.disk_only:
+        state = await state_from(monitor)
+        plan = plan_full_snapshot(request, definition, flags, state=state,
+                                  current=current, now=now, regular_files=regular_files)
+        refusal = None
+        if background_wanted(external=plan.external, live=flags.live,
+                             requested=live_strategy):
+            refusal = await background_refusal(monitor, definition,
+                                               plan.snapshot.memory_file or "")
+        strategy = choose_capture(
+            external=plan.external, live=flags.live, requested=live_strategy,
+            running=state == "running", background_refusal=refusal)
+        sources = {d.target: d.source or "" for d in definition.disks}
+        internal = [(t, sources[t]) for t in plan.internal_disks]
+    else:
+        if live_strategy is not None:
+            raise InvalidArgumentError("a live strategy applies to full-system "
+                                       "snapshots of a running guest only")
+        plan = plan_disk_snapshot(request, definition, flags, active=active,
+                                  current=current, now=now, regular_files=regular_files)
+        internal = [("", image) for image in plan.internal_images]
+
+    def record() -> CreateWork:  # file checks, metadata and intent: one worker-thread trip
+        check_new_files(plan.overlays, plan.snapshot, definition)
+        metadata = CreateWork.plan_metadata(folder, plan.snapshot, plan.domain_after,
+                                            keep=not flags.no_metadata)
+        work = CreateWork.build(
+            plan.snapshot, metadata, running=info is not None, overlays=plan.overlays,
+            internal=internal, halt=flags.halt, was_running=state == "running",
+            strategy=strategy)
+        write_intent(folder.path, work.record())
+        return work
+
+    try:
+        work = await asyncio.to_thread(record)
+    except OSError as exc:
+        raise OperationInvalidError(
+            f"cannot record the snapshot '{plan.snapshot.name}' in {folder.path}: "
+            f"{exc.strerror or exc}; nothing was changed") from None
+    crash_point("create: intent recorded")
+    in_place = False
+    try:
+        snapshot = plan.snapshot
+        if isinstance(plan, FullSnapshotPlan):
+            assert monitor is not None and strategy is not None
+            capture = await take_full_snapshot(plan, definition, monitor, strategy, progress)
+            snapshot = snapshot.copy(cookie=with_capture(snapshot.cookie, capture))
+        else:
+            agent = agent_socket(definition, paths) if flags.quiesce else None
+            await take_disk_snapshot(plan, monitor, agent)
+        crash_point("create: images in place")
+        in_place = True
+        await store_snapshot(work, folder, paths, info, snapshot, clear=True)
+        return work.snapshot
+    except BaseException as exc:
+        if in_place and isinstance(exc, OSError):  # the state folder is full, say
+            raise OperationIncompleteError(
+                f"snapshot '{work.snapshot}' was taken (its images are in place), but "
+                f"storing its metadata in {folder.path} failed: {exc.strerror or exc}. "
+                f"It stays recorded in {folder.path / INTENT_NAME}; the next command on "
+                f"domain '{folder.name}' (or 'qsnap recover {folder.name}') stores it "
+                "once that works again") from exc
+        if not await _settle_failed(ctx, work, exc) or not isinstance(exc, Exception):
+            raise
+        log.warning("snapshot '%s' was taken although a step after it failed: %s",
+                    work.snapshot, exc)
+    await asyncio.to_thread(clear_intent, folder.path)
+    return work.snapshot
+
+async def _settle_failed(ctx: Context, work: CreateWork, exc: BaseException) -> bool:
+    """After a failed create, settle its intent as a crash would be, so that whatever
+    the failure left (an overlay its own clean-up could not remove) is undone now; True
+    if the snapshot turned out complete and is stored. If settling fails too, the intent
+    stays for the next command and the error says so."""
+    folder = ctx.folder
+    if isinstance(exc, AlreadyExistsError):  # refused before any change; the file is
+        await asyncio.to_thread(clear_intent, folder.path)  # someone else's
+        return False
+    was_running = ctx.running is not None
+    now_running = ctx.refresh()  # QEMU may have died meanwhile
+    try:
+        complete = await settle_create(work, folder, ctx.paths,
+                                       now_running if was_running else None)
+    except QsnapError as undo:
+        raise OperationIncompleteError(
+            f"{exc}; undoing the snapshot '{work.snapshot}' failed too ({undo}): it stays "
+            "recorded, and the next command on the domain (or 'qsnap recover "
+            f"{folder.name}') settles it") from exc
+    if not complete:
+        await asyncio.to_thread(clear_intent, folder.path)
+    return complete

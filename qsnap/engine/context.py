@@ -1,0 +1,31 @@
+"""What every operation on a domain's images works with: the domain's folder (locked by the
+caller), its runtime paths, the QEMU running now (or None), how to start a new one, and who
+hears progress. :class:`~qsnap.engine.engine.Engine` makes one per call; crash recovery makes
+one for the operation it settles, so both walk the operation's steps with the same facts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qsnap.launcher.command import RuntimePaths
+from qsnap.launcher.process import Launcher, RuntimeInfo, read_runtime
+from qsnap.progress import ProgressCallback
+from qsnap.store.folder import DomainFolder
+
+
+@dataclass
+class Context:
+    folder: DomainFolder
+    paths: RuntimePaths
+    running: RuntimeInfo | None
+    launch: Launcher
+    progress: ProgressCallback | None = None
+
+    @property
+    def domain(self) -> str:
+        return self.folder.name
+
+    def refresh(self) -> RuntimeInfo | None:
+        """The QEMU running now (it may have died, or been replaced, since the call began)."""
+        self.running = read_runtime(self.paths)
+        return self.running

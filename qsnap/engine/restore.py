@@ -1,0 +1,111 @@
+"""``restore`` (and ``start`` from a managed save): a new QEMU waits for a saved state and is
+fed the image.
+
+Steps: record the intent; start QEMU with ``-incoming defer``; load the stream; then
+:func:`_forward` (run the guest if asked, drop a managed save image). Killed in between, a
+QEMU is left half-loaded. If QEMU says the stream was loaded completely, :func:`_forward`;
+otherwise :func:`_back` stops that QEMU: the image is untouched, so the restore can simply be
+asked for again. A restore that fails while running takes :func:`_back` too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from qsnap.engine.context import Context
+from qsnap.engine.guests import stop
+from qsnap.engine.memory import load_image
+from qsnap.errors import DomainRunningError, GuestExitedError, MonitorClosedError
+from qsnap.faults import crash_point
+from qsnap.launcher.accel import choose_accel
+from qsnap.launcher.process import RuntimeInfo
+from qsnap.model.domain import DomainDef
+from qsnap.model.save_image import SaveImage
+from qsnap.monitor import Monitor
+from qsnap.store.intent import IntentRecord, clear_intent, write_intent
+
+
+@dataclass
+class RestoreWork(IntentRecord):
+    """A restore from ``image``; ``run``: whether the guest runs after it; ``managed``: the
+    image is the domain's managed save, removed once the guest is restored from it."""
+
+    image: str
+    run: bool
+    managed: bool = False
+    KIND: ClassVar[str] = "restore"
+
+
+async def run(ctx: Context, domain: DomainDef, source: Path, image: SaveImage,
+              running: bool | None, *, managed: bool = False) -> RuntimeInfo:
+    """Start *domain* from *image* (read from *source*); its QEMU is stopped again if
+    loading fails: a guest is never left half-restored."""
+    if ctx.running is not None:
+        raise DomainRunningError(f"domain '{domain.name}' is already running",
+                                 domain=domain.name)
+    work = RestoreWork(str(source), image.was_running if running is None else running, managed)
+    await asyncio.to_thread(write_intent, ctx.folder.path, work.record())
+    crash_point("restore: intent recorded")
+    try:
+        info = await ctx.launch(domain, ctx.paths, choose_accel(domain.type), incoming=True)
+    except BaseException:
+        await asyncio.to_thread(clear_intent, ctx.folder.path)
+        raise
+    ctx.running = info
+    crash_point("restore: QEMU started")
+    try:
+        async with await Monitor.connect(info.qmp) as monitor:
+            try:
+                await load_image(monitor, source, image, ctx.progress)
+            except MonitorClosedError:
+                raise GuestExitedError(
+                    f"restoring from '{source}' failed: QEMU exited while loading the saved "
+                    "state (the image is truncated or damaged, or does not match the "
+                    "domain's devices)", domain=domain.name, path=str(source)) from None
+            crash_point("restore: state loaded")
+            await _forward(work, monitor)
+    except BaseException:
+        await _back(ctx)
+        await asyncio.to_thread(clear_intent, ctx.folder.path)
+        raise
+    crash_point("restore: guest resumed")
+    _drop_managed(work)
+    await asyncio.to_thread(clear_intent, ctx.folder.path)
+    return info
+
+
+async def _forward(work: RestoreWork, monitor: Monitor) -> None:
+    """The whole stream is loaded: the guest runs, if that was asked for."""
+    if work.run and await monitor.status() in ("paused", "prelaunch"):
+        await monitor.resume()
+
+
+def _drop_managed(work: RestoreWork) -> None:
+    if work.managed:
+        Path(work.image).unlink(missing_ok=True)
+
+
+async def _back(ctx: Context) -> None:
+    """The stream was not (wholly) loaded: the half-loaded QEMU stops."""
+    if ctx.running is not None:
+        await stop(ctx.paths, ctx.running)
+
+
+async def settle(ctx: Context, record: dict[str, Any]) -> str:
+    """Finish or undo an interrupted restore (see the module docstring)."""
+    work = RestoreWork.from_record(record)
+    name = f"domain '{ctx.domain}': the restore from '{work.image}'"
+    if ctx.running is None:
+        return f"{name} was undone: its QEMU is not running; the image is untouched"
+    async with await Monitor.connect(ctx.running.qmp) as monitor:
+        loaded = await monitor.migration_status() == "completed"
+        if loaded:
+            await _forward(work, monitor)
+    if not loaded:
+        await _back(ctx)
+        return f"{name} was undone: the half-loaded QEMU was stopped; the image is untouched"
+    _drop_managed(work)
+    return f"{name} was finished"
