@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import re
 import sys
 from pathlib import Path
@@ -85,14 +86,19 @@ class Launcher:
         found = re.findall(rb"qsnap-counter (\d+)", self.serial.read_bytes())
         return int(found[-1]) if found else 0
 
-    async def first_counter_after(self, mark: int) -> int:
-        """The first counter printed after byte *mark* of the serial log."""
+    async def resumed_after(self, mark: int) -> int:
+        """The counter a reverted guest went on from: the first after byte *mark* of the
+        serial log that does not continue the count (the old QEMU may print a few more
+        before qsnap stops it)."""
         for _ in range(600):
-            found = re.search(rb"qsnap-counter (\d+)\s", self.serial.read_bytes()[mark:])
-            if found:
-                return int(found.group(1))
+            data = self.serial.read_bytes()
+            values = [int(c) for c in re.findall(rb"qsnap-counter (\d+)\s", data[:mark])][-1:]
+            values += [int(c) for c in re.findall(rb"qsnap-counter (\d+)\s", data[mark:])]
+            jumps = [b for a, b in itertools.pairwise(values) if b != a + 1]
+            if jumps:
+                return jumps[0]
             await asyncio.sleep(0.05)
-        raise RuntimeError("the guest printed nothing")
+        raise RuntimeError("the guest's counter did not go back")
 
     async def counter_above(self, value: int) -> int:
         for _ in range(600):
@@ -120,7 +126,7 @@ async def main(workdir: Path, kernel: str, initrd: str, disk: str) -> None:
         mark = launcher.serial.stat().st_size
         await guest.revert("before")
         info = await guest.info()
-        resumed = await launcher.first_counter_after(mark)
+        resumed = await launcher.resumed_after(mark)
         print(f"reverted to 'before': QEMU pid {info.pid}, {info.state}, "
               f"counter {resumed}")
 
