@@ -10,10 +10,11 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from qsnap import children
 from qsnap.errors import ImageToolError
+from qsnap.model.image_graph import ImageFacts
 
 
 @functools.cache
@@ -104,10 +105,24 @@ async def info(image: str) -> dict[str, object]:
     return result
 
 
-def internal_tags(image_info: dict[str, object]) -> set[str]:
-    """The internal snapshot tags in one ``qemu-img info --output=json`` object."""
-    snapshots = image_info.get("snapshots") or []
-    return {str(s.get("name")) for s in snapshots} if isinstance(snapshots, list) else set()
+async def facts(image: str) -> ImageFacts:
+    """What ``qemu-img info`` says of *image* (its own, not its backing chain's)."""
+    return parse_info(await info(image))
+
+
+def parse_info(details: Mapping[str, object]) -> ImageFacts:
+    """One ``qemu-img info --output=json`` object as :class:`ImageFacts`."""
+    snapshots = details.get("snapshots") or []
+    backing = details.get("full-backing-filename") or details.get("backing-filename")
+    size = details.get("actual-size")
+    return ImageFacts(
+        path=str(details["filename"]), format=str(details["format"]),
+        backing=str(backing) if backing else None,
+        backing_format=str(details["backing-filename-format"])
+        if details.get("backing-filename-format") else None,
+        tags=frozenset(str(s.get("name")) for s in snapshots if isinstance(s, dict))
+        if isinstance(snapshots, list) else frozenset(),
+        allocated=size if isinstance(size, int) else 0)
 
 
 async def rebase_unsafe(image: str, backing: str, backing_format: str) -> None:

@@ -257,7 +257,7 @@ async def _settle_offline(work: CreateWork) -> bool:
 
 async def _has_tag(image: str, tag: str) -> bool:
     try:
-        return tag in images.internal_tags(await images.info(image))
+        return tag in (await images.facts(image)).tags
     except QsnapError:
         return False
 
@@ -268,10 +268,9 @@ async def _is_overlay_of(overlay: Overlay) -> bool:
     if not os.path.isfile(overlay.path):
         return False
     try:
-        details = await images.info(overlay.path)
+        backing = (await images.facts(overlay.path)).backing
     except QsnapError:
         return False
-    backing = details.get("full-backing-filename") or details.get("backing-filename")
     return backing is not None and os.path.realpath(str(backing)) == \
         os.path.realpath(overlay.backing)
 

@@ -35,7 +35,7 @@ from qsnap.errors import OperationIncompleteError, OperationInvalidError, QsnapE
 from qsnap.faults import crash_point
 from qsnap.launcher.process import RuntimeInfo
 from qsnap.model.domain import DomainDef, parse_domain
-from qsnap.model.image_graph import ImageFacts, ImageGraph
+from qsnap.model.image_graph import ImageGraph
 from qsnap.model.snapshot import SnapshotDef, format_snapshot, parse_snapshot
 from qsnap.monitor import Monitor
 from qsnap.plan.delete import InternalRemoval, MetadataDeletePlan, plan_delete_data
@@ -67,7 +67,7 @@ async def image_graph(snapshots: dict[str, SnapshotDef], definition: DomainDef) 
 
     async def look(path: str) -> None:
         async with limit:
-            graph.add(ImageFacts.from_qemu_img(await images.info(path)))
+            graph.add(await images.facts(path))
 
     pending = {p for p in named if os.path.exists(p)}
     while pending:
@@ -91,7 +91,7 @@ async def check_internal(removals: list[InternalRemoval], running: RuntimeInfo |
     if running is None:
         for removal in removals:
             for _, image in removal.disks:
-                if removal.name not in images.internal_tags(await images.info(image)):
+                if removal.name not in (await images.facts(image)).tags:
                     raise OperationInvalidError(f"image '{image}' holds no internal snapshot "
                                                 f"'{removal.name}'")
         return
@@ -237,7 +237,7 @@ class DeleteRun:
         if self.running is None:
             for removal in removals:
                 for _, image in removal.disks:
-                    if removal.name in images.internal_tags(await images.info(image)):
+                    if removal.name in (await images.facts(image)).tags:
                         self.changed = True
                         await images.snapshot_delete(image, removal.name)
             return

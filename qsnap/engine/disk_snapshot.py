@@ -13,13 +13,12 @@ from typing import Any
 
 from qsnap import images
 from qsnap.errors import InvalidArgumentError, OperationInvalidError, QsnapError
-from qsnap.monitor import Monitor
+from qsnap.monitor import Monitor, OverlaySwitch
 from qsnap.monitor.agent import GuestAgent
 from qsnap.plan.disk_snapshot import (
     DiskSnapshotPlan,
     Overlay,
     check_overlay_targets,
-    transaction_actions,
 )
 from qsnap.store.atomic import unlink_if_present
 
@@ -75,7 +74,9 @@ async def switch_overlays(
             if not overlay.reuse and overlay.path not in existed:
                 images.reserve_private_file(overlay.path)  # QEMU keeps its mode: 0600
         async with around():
-            await monitor.transaction(transaction_actions(overlays, tops, new_nodes))
+            await monitor.switch_to_overlays([
+                OverlaySwitch(tops[o.target], o.path, new_nodes[o.target], o.format, o.reuse)
+                for o in overlays])
     except BaseException:
         for overlay in overlays:
             if not overlay.reuse and overlay.path not in existed:
@@ -115,11 +116,11 @@ def check_overlay_files(overlays: list[Overlay], disk_images: set[str]) -> None:
 
 async def _check_reused_overlay(overlay: Overlay) -> None:
     """--reuse-external: the file must be a valid image whose backing is the disk's image."""
-    details = await images.info(overlay.path)
-    backing = details.get("full-backing-filename") or details.get("backing-filename")
-    if details.get("format") != overlay.format:
+    details = await images.facts(overlay.path)
+    backing = details.backing
+    if details.format != overlay.format:
         raise InvalidArgumentError(f"existing overlay '{overlay.path}' for disk {overlay.target} "
-                                   f"is {details.get('format')}, not {overlay.format}")
+                                   f"is {details.format}, not {overlay.format}")
     if backing is not None and os.path.realpath(str(backing)) != \
             os.path.realpath(overlay.backing):
         raise InvalidArgumentError(f"existing overlay '{overlay.path}' for disk {overlay.target} "

@@ -41,7 +41,6 @@ from qsnap.faults import crash_point
 from qsnap.launcher.accel import choose_accel
 from qsnap.launcher.process import RuntimeInfo, read_runtime
 from qsnap.model.domain import DomainDef, parse_domain
-from qsnap.model.image_graph import ImageFacts
 from qsnap.model.save_image import SaveImage
 from qsnap.model.snapshot import DiskSource, SnapshotDef, format_snapshot, parse_snapshot
 from qsnap.monitor import Monitor
@@ -101,7 +100,7 @@ async def discarded_overlays(before: DomainDef, after: DomainDef,
         if image is None or image in keep or image in refs.states or not os.path.isfile(image):
             continue
         if image not in refs.overlays:
-            backing = ImageFacts.from_qemu_img(await images.info(image)).backing
+            backing = (await images.facts(image)).backing
             if backing not in refs.states:
                 continue
         result.append(image)
@@ -154,7 +153,7 @@ async def check_revert_images(plan: RevertPlan) -> None:
     for image in plan.offline_internal + [
             d.source or "" for d in plan.domain.disks if d.target in plan.internal_disks]:
         await images.check_chain(image, "qcow2")  # the only format with internal snapshots
-        tags = images.internal_tags(await images.info(image))
+        tags = (await images.facts(image)).tags
         if plan.target not in tags:
             raise OperationInvalidError(f"cannot revert to snapshot '{plan.target}': image "
                                         f"'{image}' holds no internal snapshot of that name")

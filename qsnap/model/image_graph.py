@@ -9,7 +9,7 @@ where it is tested without a single file.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
@@ -24,19 +24,6 @@ class ImageFacts:
     backing_format: str | None = None
     tags: frozenset[str] = frozenset()
     allocated: int = 0
-
-    @classmethod
-    def from_qemu_img(cls, info: Mapping[str, object]) -> ImageFacts:
-        """From one ``qemu-img info --output=json`` object."""
-        snapshots = info.get("snapshots") or []
-        assert isinstance(snapshots, list)
-        backing = info.get("full-backing-filename") or info.get("backing-filename")
-        return cls(path=str(info["filename"]), format=str(info["format"]),
-                   backing=str(backing) if backing else None,
-                   backing_format=str(info["backing-filename-format"])
-                   if info.get("backing-filename-format") else None,
-                   tags=frozenset(str(s.get("name")) for s in snapshots),
-                   allocated=int(info.get("actual-size") or 0))  # type: ignore[call-overload]
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from qsnap.errors import MonitorClosedError, MonitorError, MonitorTimeoutError
 from qsnap.monitor.client import (
     Monitor,
+    OverlaySwitch,
     PauseClock,
     forget_connection,
     one_connection_per_qemu,
@@ -10,6 +11,15 @@ from qsnap.monitor.client import (
     unshare_connection,
 )
 
-__all__ = ["Monitor", "MonitorClosedError", "MonitorError", "MonitorTimeoutError", "PauseClock",
-           "forget_connection", "one_connection_per_qemu", "share_connection",
-           "unshare_connection"]
+__all__ = [
+    "Monitor",
+    "MonitorClosedError",
+    "MonitorError",
+    "MonitorTimeoutError",
+    "OverlaySwitch",
+    "PauseClock",
+    "forget_connection",
+    "one_connection_per_qemu",
+    "share_connection",
+    "unshare_connection",
+]

@@ -15,6 +15,7 @@ import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 from qemu.qmp import (
@@ -201,6 +202,18 @@ async def forget_connection(socket_path: str) -> None:
 async def _disconnect(client: QMPClient) -> None:
     with contextlib.suppress(Exception):
         await asyncio.wait_for(client.disconnect(), 5)
+
+
+@dataclass(frozen=True)
+class OverlaySwitch:
+    """One disk's switch to a new overlay: the format node it writes to now, the overlay's
+    file (created by QEMU, or an existing one to *reuse*), the new node's name, its format."""
+
+    node: str
+    path: str
+    new_node: str
+    format: str
+    reuse: bool
 
 
 class Monitor:
@@ -469,6 +482,16 @@ class Monitor:
                 "disks": await self.block_devices()}
 
     # -- disks and internal snapshots ---------------------------------------------------------
+
+    async def switch_to_overlays(self, switches: list[OverlaySwitch]) -> None:
+        """Every disk of *switches* onto its new overlay in one atomic QMP ``transaction``
+        (one ``blockdev-snapshot-sync`` each): all of them, or none."""
+        await self.transaction([
+            {"type": "blockdev-snapshot-sync",
+             "data": {"node-name": s.node, "snapshot-file": s.path,
+                      "snapshot-node-name": s.new_node, "format": s.format,
+                      "mode": "existing" if s.reuse else "absolute-paths"}}
+            for s in switches])
 
     async def transaction(self, actions: list[dict[str, object]]) -> None:
         """Run *actions* (built by the plan) as one atomic QMP ``transaction``."""

@@ -11,7 +11,7 @@ otherwise an internal one made with ``qemu-img snapshot -c``.
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from qsnap.errors import InvalidArgumentError, NotSupportedError
@@ -190,13 +190,3 @@ def check_overlay_targets(overlays: list[Overlay], *, nonempty: Collection[str],
             raise InvalidArgumentError(f"cannot create the overlay '{overlay.path}' for disk "
                                        f"{overlay.target}: folder '{folder}' does not exist or "
                                        "is not writable")
-
-
-def transaction_actions(overlays: list[Overlay], top_nodes: Mapping[str, str],
-                        new_nodes: Mapping[str, str]) -> list[dict[str, object]]:
-    """One ``blockdev-snapshot-sync`` per disk, for a single atomic QMP ``transaction``."""
-    return [{"type": "blockdev-snapshot-sync",
-             "data": {"node-name": top_nodes[o.target], "snapshot-file": o.path,
-                      "snapshot-node-name": new_nodes[o.target], "format": o.format,
-                      "mode": "existing" if o.reuse else "absolute-paths"}}
-            for o in overlays]
