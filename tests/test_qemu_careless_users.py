@@ -302,7 +302,7 @@ def _fill(folder: Path) -> Path:
 
 async def test_a_full_state_folder_is_said_plainly_and_settled_later(
         tmp_path: Path, small_state_fs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from qsnap.engine import engine as engine_module
+    from qsnap.engine import create as create_module
     engine = Engine(small_state_fs / "state")
     xml = GUEST.make_guest("g", 1, 128, tmp_path / "g")
     await engine.define(xml.read_text())
@@ -321,14 +321,14 @@ async def test_a_full_state_folder_is_said_plainly_and_settled_later(
         filler.unlink()
 
         # Full once the images are in place: the snapshot was taken, and the error says so.
-        original = engine_module.crash_point
+        original = create_module.crash_point
 
         def fill_at(label: str) -> None:
             original(label)
             if label == "create: images in place":
                 _fill(small_state_fs)
 
-        monkeypatch.setattr(engine_module, "crash_point", fill_at)
+        monkeypatch.setattr(create_module, "crash_point", fill_at)
         with pytest.raises(qsnap.OperationIncompleteError,
                            match=r"snapshot 's1' was taken.*No space left on device.*stays "
                                  "recorded.*the next command on domain 'g'"):
