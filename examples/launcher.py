@@ -118,10 +118,12 @@ async def main(workdir: Path, kernel: str, initrd: str, disk: str) -> None:
         await launcher.counter_above(20)
 
         memory = workdir / "before.mem"
+        first = launcher.counter()
         await guest.snapshot(qsnap.snapshot_xml_from_args("before", memspec=f"file={memory}"))
-        moment = launcher.counter()
-        print(f"snapshot 'before' at counter {moment}")
-        await launcher.counter_above(moment + 40)
+        await asyncio.sleep(1)  # the serial log lags the guest's own count under load
+        last = launcher.counter()
+        print(f"snapshot 'before' between counters {first} and {last}")
+        await launcher.counter_above(last + 40)
 
         mark = launcher.serial.stat().st_size
         await guest.revert("before")

@@ -9,11 +9,10 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
 
 from qsnap import images
 from qsnap.errors import InvalidArgumentError, OperationInvalidError, QsnapError
-from qsnap.monitor import Monitor, OverlaySwitch
+from qsnap.monitor import BlockDevice, Monitor, OverlaySwitch
 from qsnap.monitor.agent import GuestAgent
 from qsnap.plan.disk_snapshot import (
     DiskSnapshotPlan,
@@ -45,25 +44,25 @@ async def take_disk_snapshot(plan: DiskSnapshotPlan, monitor: Monitor | None,
 async def switch_overlays(
         monitor: Monitor, overlays: list[Overlay], *,
         around: Callable[[], AbstractAsyncContextManager[object]] = contextlib.nullcontext,
-        devices: dict[str, dict[str, Any]] | None = None
+        devices: dict[str, BlockDevice] | None = None
 ) -> None:
     """One ``transaction`` that puts every overlay on top of its disk; if QEMU refuses any, the
     overlay files it had already created are removed and no disk is switched. The transaction
     alone runs inside *around* (a guest file-system freeze), after every check.
 
-    *devices* are the block devices as :meth:`Monitor.block_devices` gave them earlier on
+    *devices* are the block devices as :meth:`Monitor.disks` gave them earlier on
     this same connection, if the caller has them. QEMU's monitor serves one client at a time,
     so nobody else can have changed them since, and not asking again saves a round trip
     inside the guest's pause (about 0.5 ms of a background snapshot's 10)."""
     if devices is None:
-        devices = await monitor.block_devices()
+        devices = await monitor.disks()
     for overlay in overlays:
         if overlay.target not in devices:
             raise OperationInvalidError(
                 f"the running QEMU has no disk '{overlay.target}': it does not match "
                 "the domain definition")
     check_tops(devices, {o.target: o.backing for o in overlays})
-    tops = {target: inserted["node-name"] for target, inserted in devices.items()}
+    tops = {target: device.node for target, device in devices.items()}
     for overlay in overlays:
         if overlay.reuse:
             await _check_reused_overlay(overlay)
@@ -84,13 +83,14 @@ async def switch_overlays(
         raise
 
 
-def check_tops(devices: dict[str, dict[str, Any]], expected: dict[str, str]) -> None:
+def check_tops(devices: dict[str, BlockDevice], expected: dict[str, str]) -> None:
     """Each disk in *expected* (target → the image the definition names) writes to that image
-    in QEMU (*devices* as :meth:`Monitor.block_devices` gives them). If they ever differ, a
+    in QEMU (*devices* as :meth:`Monitor.disks` gives them). If they ever differ, a
     snapshot would record images that do not hold its state: refuse, naming both, rather than
     store metadata that lies."""
     for target, image in expected.items():
-        writes_to = devices.get(target, {}).get("image", {}).get("filename", "")
+        device = devices.get(target)
+        writes_to = device.writes_to if device is not None else ""
         if not writes_to or writes_to.startswith("json:") or not image:
             continue  # QEMU describes it by options, not by one file: nothing to compare
         if os.path.realpath(writes_to) != os.path.realpath(image):

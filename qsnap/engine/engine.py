@@ -453,14 +453,11 @@ class Engine:
         async with await Monitor.connect(os.path.abspath(qmp)) as monitor:
             facts = await monitor.describe()
             pid = monitor.peer_pid()
-        uuid, devices, kvm = facts["uuid"], facts["disks"], facts["kvm"]
-        memory, vcpus = facts["memory"], facts["vcpus"]
+        uuid, kvm, memory, vcpus = facts.uuid, facts.kvm, facts.memory, facts.vcpus
         if pid is None:
             raise OperationInvalidError(f"cannot tell which process serves {qmp}")
-        running = [RunningDisk(name, d["file"], d["drv"], d.get("ro", False))
-                   for name, d in devices.items()]
-        if uuid == "00000000-0000-0000-0000-000000000000":
-            uuid = None
+        running = [RunningDisk(name, d.file, d.format, d.read_only)
+                   for name, d in facts.disks.items()]
         info = RuntimeInfo(pid=pid, qmp=os.path.abspath(qmp), accel="kvm" if kvm else "tcg",
                            owner="attached")
         argv, cwd = read_process_command(pid)

@@ -16,14 +16,13 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Any
 
 from qsnap.engine.disk_snapshot import check_tops, switch_overlays
 from qsnap.engine.memory import write_image
 from qsnap.errors import AlreadyExistsError, QsnapError
 from qsnap.model.capture import Capture
 from qsnap.model.domain import DomainDef
-from qsnap.monitor import Monitor
+from qsnap.monitor import BlockDevice, Monitor
 from qsnap.plan.disk_snapshot import Overlay
 from qsnap.plan.full_snapshot import FullSnapshotPlan
 from qsnap.progress import ProgressCallback
@@ -37,7 +36,7 @@ async def take_full_snapshot(plan: FullSnapshotPlan, domain: DomainDef, monitor:
     event timestamps). *progress* hears how the memory file is written (external only: an
     internal save is one QEMU job with no byte counts)."""
     async with monitor.pause_clock() as clock:
-        devices = await monitor.block_devices()
+        devices = await monitor.disks()
         check_tops(devices, {d.target: d.source for d in domain.disks if d.source})
         if plan.external:
             await _external(monitor, plan, domain, strategy, progress, devices)
@@ -91,7 +90,7 @@ async def _internal(monitor: Monitor, plan: FullSnapshotPlan) -> None:
 
 async def _external(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDef,
                     strategy: str, progress: ProgressCallback | None,
-                    devices: dict[str, dict[str, Any]]) -> None:
+                    devices: dict[str, BlockDevice]) -> None:
     # The files were checked before the intent was recorded (create.check_new_files);
     # the memory file is still created exclusively, which catches a race with another writer.
     memory = Path(plan.snapshot.memory_file or "")
@@ -117,7 +116,7 @@ async def _external(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDef,
 
 async def _background(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDef,
                       memory: Path, progress: ProgressCallback | None,
-                      devices: dict[str, dict[str, Any]]) -> None:
+                      devices: dict[str, BlockDevice]) -> None:
     """Pause, switch the disks, start the background snapshot (QEMU saves the device state
     and runs the guest again at once), then wait while QEMU writes RAM as it was at the pause.
     If the save fails after the switch, the overlays are merged back (active commit), so the

@@ -2,6 +2,7 @@
 
 from qsnap.errors import MonitorClosedError, MonitorError, MonitorTimeoutError
 from qsnap.monitor.client import (
+    BlockDevice,
     Monitor,
     OverlaySwitch,
     PauseClock,
@@ -12,6 +13,7 @@ from qsnap.monitor.client import (
 )
 
 __all__ = [
+    "BlockDevice",
     "Monitor",
     "MonitorClosedError",
     "MonitorError",

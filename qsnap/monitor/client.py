@@ -205,6 +205,32 @@ async def _disconnect(client: QMPClient) -> None:
 
 
 @dataclass(frozen=True)
+class BlockDevice:
+    """One disk as QEMU has it: the format node it writes to, its file (as QEMU was given
+    it), the file of the top image (``json:...`` where QEMU describes it by options), its
+    format driver, and whether it is read-only."""
+
+    name: str
+    node: str
+    file: str
+    writes_to: str
+    format: str
+    read_only: bool
+
+
+@dataclass(frozen=True)
+class QemuFacts:
+    """What a running QEMU says of its machine: UUID (None if unset), base memory in bytes,
+    vCPUs, whether KVM is on, and its disks."""
+
+    uuid: str | None
+    memory: int
+    vcpus: int
+    kvm: bool
+    disks: dict[str, BlockDevice]
+
+
+@dataclass(frozen=True)
 class OverlaySwitch:
     """One disk's switch to a new overlay: the format node it writes to now, the overlay's
     file (created by QEMU, or an existing one to *reuse*), the new node's name, its format."""
@@ -325,6 +351,13 @@ class Monitor:
                 continue  # an anonymous device: nothing stable to call it by
             devices[name] = inserted
         return devices
+
+    async def disks(self) -> dict[str, BlockDevice]:
+        """Each disk with a medium (named as :meth:`block_devices` names them), typed."""
+        return {name: BlockDevice(name, str(inserted["node-name"]), str(inserted["file"]),
+                                  str(inserted.get("image", {}).get("filename", "")),
+                                  str(inserted["drv"]), bool(inserted.get("ro", False)))
+                for name, inserted in (await self.block_devices()).items()}
 
     async def block_tops(self) -> dict[str, str]:
         """The node each disk writes to now, by the names of :meth:`block_devices`."""
@@ -472,14 +505,15 @@ class Monitor:
         """Press the ACPI power button."""
         await self.execute("system_powerdown")
 
-    async def describe(self) -> dict[str, Any]:
-        """What ``attach`` needs to define a domain: uuid, base memory in bytes, vCPU count,
-        whether KVM is on, and the disks (:meth:`block_devices`)."""
-        return {"uuid": (await self.execute("query-uuid"))["UUID"],
-                "memory": (await self.execute("query-memory-size-summary"))["base-memory"],
-                "vcpus": len(await self.execute("query-cpus-fast")),
-                "kvm": (await self.execute("query-kvm"))["enabled"],
-                "disks": await self.block_devices()}
+    async def describe(self) -> QemuFacts:
+        """What ``attach`` needs to define a domain."""
+        uuid = str((await self.execute("query-uuid"))["UUID"])
+        return QemuFacts(
+            uuid=None if uuid == "00000000-0000-0000-0000-000000000000" else uuid,
+            memory=int((await self.execute("query-memory-size-summary"))["base-memory"]),
+            vcpus=len(await self.execute("query-cpus-fast")),
+            kvm=bool((await self.execute("query-kvm"))["enabled"]),
+            disks=await self.disks())
 
     # -- disks and internal snapshots ---------------------------------------------------------
 
