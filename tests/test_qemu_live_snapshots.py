@@ -25,7 +25,10 @@ from qemu_guest import (
 
 import qsnap
 from qsnap import CreateFlags, Engine, snapshot_xml_from_args
+from qsnap.engine.memory import read_image
+from qsnap.engine.stream_writer import ALIGN
 from qsnap.model.capture import capture_of
+from qsnap.progress import Progress
 
 GUEST = guest_module()
 
@@ -111,8 +114,14 @@ async def test_strategies_are_recorded_and_can_be_chosen(tmp_path: Path) -> None
                  ("int", CreateFlags(), None, "internal")]
         for name, flags, strategy, recorded in cases:
             memspec = None if name == "int" else f"file={folder / (name + '.mem')}"
+            reports: list[Progress] = []
             await engine.create("g", snapshot_xml_from_args(name, memspec=memspec), flags,
-                                live_strategy=strategy)
+                                live_strategy=strategy, progress=reports.append)
+            if memspec is not None:  # the last report is 100 % of what was written
+                written = (folder / (name + ".mem")).stat().st_size - \
+                    read_image(folder / (name + ".mem")).stream_offset
+                assert reports[-1].done == reports[-1].total, (name, reports[-1])
+                assert written - ALIGN < reports[-1].done <= written, (name, reports[-1])
             info = await engine.info("g", name)
             assert info.memory_capture is not None
             assert info.memory_capture.startswith(f"{recorded}, guest paused "), name

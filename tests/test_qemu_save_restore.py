@@ -91,6 +91,7 @@ async def test_progress_events_of_save_and_restore(guest: tuple[Engine, Path]) -
         assert len(events) >= 2, (name, events)
         done = [int(str(e["done"])) for e in events]
         assert done == sorted(done) and done[-1] == stream, (name, done, stream)
+        assert events[-1]["total"] == stream, (name, events[-1])  # ends at 100 %
         assert all(e["event"] == "progress" and e["total"] for e in events)
         assert int(str(events[-1]["rate"])) > 0
     assert str(reports["save"][0]["operation"]) == "save memory to progress.save"
