@@ -52,14 +52,12 @@ class ProgressMeter:
             self.last = Progress(self.operation, done, total, time.monotonic() - self.started)
             self.callback(self.last)
 
-    def finish(self, moved: int | None = None) -> None:
-        """Report the end: *moved* bytes of *moved* (100 %). Estimates of the total (a
-        guest's RAM size before its stream is written, a job's length that grows) are
-        replaced by what was really moved; without *moved*, the last total reported."""
+    def finish(self, moved: int) -> None:
+        """Report the end: *moved* bytes of *moved* (100 %). An estimate of the total (a
+        guest's RAM size before its stream is written) is replaced by what was really
+        moved."""
         if self.callback is None:
             return
-        if moved is None:
-            moved = self.last.total if self.last is not None else 0
         if self.last is None or (self.last.done, self.last.total) != (moved, moved):
             self(moved, moved)
 

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from helpers import tree_picture
 
 import qsnap
 from qsnap.launcher.foreign import (
@@ -107,7 +108,7 @@ def test_progress_ends_at_exactly_the_bytes_moved() -> None:
     meter.finish(49)
     assert len(heard) == 3  # said once
     silent = ProgressMeter("x", None)
-    silent.finish()
+    silent.finish(49)
 
 
 async def test_every_file_argument_must_be_absolute(tmp_path: Path) -> None:
@@ -188,3 +189,21 @@ def test_unchanged_disks_keep_their_options_and_unknown_disks_are_refused() -> N
 def test_a_recorded_command_reads_back() -> None:
     command = ForeignCommand(["qemu", "-m", "1"], "/w", "/s", {"vda": "/a"}, "kvm")
     assert ForeignCommand.from_json(command.to_json()) == command
+
+
+async def test_a_damaged_launch_record_stops_only_a_start(tmp_path: Path) -> None:
+    """An attached domain's launch.json edited into garbage: starting it is refused, naming
+    the file and the way out, and nothing changes; reads go on."""
+    engine = qsnap.Engine(tmp_path)
+    await engine.define(XML)
+    folder = tmp_path / "domains" / "g"
+    (folder / "launch.json").write_text("{not json")
+    before = tree_picture(folder)
+    with pytest.raises(qsnap.CorruptMetadataError,
+                       match=r"launch\.json' is corrupt .*'qsnap attach g --qmp SOCKET'") \
+            as caught:
+        await engine.start("g")
+    assert caught.value.path == str(folder / "launch.json")
+    assert tree_picture(folder) == before
+    assert await engine.domstate("g") == "shut off"
+    assert "<name>g</name>" in await engine.domain_xml("g")

@@ -398,6 +398,7 @@ async def _run(ctx: Context, monitor: Monitor | None, xml: str | bytes | None,
     await asyncio.to_thread(clear_intent, folder.path)
     return work.snapshot
 
+
 async def _settle_failed(ctx: Context, work: CreateWork, exc: BaseException) -> bool:
     """After a failed create, settle its intent as a crash would be, so that whatever
     the failure left (an overlay its own clean-up could not remove) is undone now; True

@@ -229,16 +229,25 @@ class Engine:
 
     def _launcher(self, folder: DomainFolder) -> Launcher:
         """How *folder*'s domain starts: from its definition, or (attached) as its QEMU was
-        started, through the embedder's hook if one is registered."""
+        started, through the embedder's hook if one is registered. A damaged record stops
+        only what would start QEMU (its error names the file); snapshots and deletes of the
+        running guest go on."""
         recorded = folder.read_launch()
         if recorded is None:
             return start_qemu
         try:
             command = ForeignCommand.from_json(recorded)
         except (ValueError, KeyError, TypeError) as exc:
-            raise CorruptMetadataError(f"'{folder.path / 'launch.json'}' is corrupt ({exc}); "
-                                       f"'qsnap attach {folder.name} --qmp SOCKET' records "
-                                       "it again", domain=folder.name) from None
+            error = CorruptMetadataError(
+                f"'{folder.path / 'launch.json'}' is corrupt ({exc}), so the attached QEMU "
+                f"cannot be started again; 'qsnap attach {folder.name} --qmp SOCKET' records "
+                "it anew", domain=folder.name, path=str(folder.path / "launch.json"))
+
+            async def refuse(domain: DomainDef, paths: RuntimePaths, accel: str, *,
+                             incoming: bool = False, paused: bool = False) -> RuntimeInfo:
+                raise error
+
+            return refuse
         return foreign_launcher(command, self._hooks.get(folder.name, self._relaunch))
 
     def _runtime(self, domain: str) -> tuple[RuntimePaths, RuntimeInfo | None]:
@@ -381,11 +390,11 @@ class Engine:
             if managed.exists():
                 image = await asyncio.to_thread(read_image, managed)
                 saved = parse_domain(image.domain_xml, f"managed save image '{managed}'")
-                return self._handle(domain, await restore_op.run(
+                return Guest(self, domain, await restore_op.run(
                     self._context(folder, progress), saved, managed, image, None,
                     managed=True))
             definition = folder.definition
-            return self._handle(domain, await self._launcher(folder)(
+            return Guest(self, domain, await self._launcher(folder)(
                 definition, paths, choose_accel(definition.type)))
 
     @staticmethod
@@ -411,11 +420,6 @@ class Engine:
             return GuestInfo(domain, state, None, None, None, None)
         return GuestInfo(domain, state, info.pid, info.qmp, info.accel, info.owner)
 
-    def _handle(self, domain: str, info: RuntimeInfo | None) -> Guest:
-        if info is None:
-            return Guest(self, domain, GuestInfo(domain, "shut off", None, None, None, None))
-        return Guest(self, domain, GuestInfo(domain, "running", info.pid, info.qmp, info.accel,
-                                             info.owner))
 
     @_bounded
     async def destroy(self, domain: str, *, timeout: float | None = None) -> None:
@@ -493,7 +497,7 @@ class Engine:
         attached = await self._defining(domain, work)
         if relaunch is not None:
             self._hooks[domain] = relaunch
-        return self._handle(domain, attached)
+        return Guest(self, domain, attached)
 
     # -- memory: save and restore ------------------------------------------------------------
 
@@ -543,7 +547,7 @@ class Engine:
         async with self._session(domain.name) as folder:
             info = await restore_op.run(self._context(folder, progress), domain, source, image,
                                      running)
-        return self._handle(domain.name, info)
+        return Guest(self, domain.name, info)
 
     @_bounded
     async def save_image_xml(self, path: str | os.PathLike[str], *, secure: bool = False,

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from qsnap.launcher.process import RuntimeInfo
 from qsnap.model.snapshot import SnapshotDef
 from qsnap.model.tree import SnapshotSummary
 from qsnap.plan.flags import CreateFlags, DeleteFlags, ListFilter, RevertFlags
@@ -39,7 +40,7 @@ class Guest:
     """One domain's guest (see the module docstring). ``pid``, ``qmp``, ``accel`` and
     ``owner`` are as they were when the handle was made; :meth:`info` reads them anew."""
 
-    def __init__(self, engine: Engine, name: str, info: GuestInfo | None = None) -> None:
+    def __init__(self, engine: Engine, name: str, info: RuntimeInfo | None = None) -> None:
         self.engine = engine
         self.name = name
         self.pid = info.pid if info else None

@@ -73,12 +73,6 @@ def stall_timeout() -> float:
     return _seconds_from_env("QSNAP_STALL_TIMEOUT", DEFAULT_STALL)
 
 
-
-
-
-
-
-
 class PauseClock:
     """The stopped intervals of a guest, from QEMU's STOP/RESUME event timestamps. A stop
     still open when the block ends is not counted (the guest was left paused on purpose)."""
