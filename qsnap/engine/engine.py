@@ -53,7 +53,9 @@ from qsnap.errors import (
 )
 from qsnap.launcher.accel import choose_accel
 from qsnap.launcher.command import RuntimePaths
+from qsnap.launcher.firmware import read_descriptors
 from qsnap.launcher.foreign import ForeignCommand, RelaunchHook, read_process_command
+from qsnap.launcher.machines import machine_aliases
 from qsnap.launcher.process import (
     Launcher,
     RuntimeInfo,
@@ -69,6 +71,7 @@ from qsnap.model.domain import (
     RunningDisk,
     domain_from_qemu,
     parse_domain,
+    parse_domain_element,
     same_uuid,
     with_disk_images,
     with_uuid,
@@ -82,6 +85,7 @@ from qsnap.plan.delete import (
     plan_delete_metadata,
     plan_drop_unreadable,
 )
+from qsnap.plan.domain_define import DefineFacts, new_mac_address, resolve_definition
 from qsnap.plan.flags import CreateFlags, DeleteFlags, ListFilter, RevertFlags
 from qsnap.plan.listing import select_snapshots
 from qsnap.plan.redefine import plan_redefine
@@ -286,6 +290,7 @@ class Engine:
         """
         domain = parse_domain(xml)
         check_domain_name(domain.name)
+        domain = await self._resolved(domain)
 
         def work(folder: DomainFolder) -> str:
             nonlocal domain
@@ -309,6 +314,16 @@ class Engine:
             return domain.name
 
         return await self._defining(domain.name, work)
+
+    async def _resolved(self, domain: DomainDef) -> DomainDef:
+        """*domain* with what libvirt fixes at define (:mod:`qsnap.plan.domain_define`)."""
+        emulator = (domain.element.findtext("devices/emulator") or "qemu-system-x86_64").strip()
+        aliases, firmware = await asyncio.gather(asyncio.to_thread(machine_aliases, emulator),
+                                                 asyncio.to_thread(read_descriptors))
+        nvram = self.state.folder(domain.name).path / f"{domain.name}_VARS.fd"
+        facts = DefineFacts(machine_aliases=aliases, firmware=firmware, nvram_path=str(nvram),
+                            new_mac=new_mac_address, new_guid=lambda: str(uuidlib.uuid4()))
+        return parse_domain_element(resolve_definition(domain.element, facts))
 
     def _refuse_duplicate_uuid(self, domain: DomainDef) -> None:
         for other in self.state.domain_names():

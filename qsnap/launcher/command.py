@@ -11,10 +11,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from qsnap.errors import NotSupportedError
-from qsnap.model.domain import DomainDef, DomainDisk
+from lxml import etree
 
-_DEVICE_FOR_BUS = {"virtio": "virtio-blk-pci", "ide": "ide-hd", None: "virtio-blk-pci"}
+from qsnap.errors import NotSupportedError
+from qsnap.launcher.devices import DeviceArgs, device_arg, device_args, placement, refuse_unknown
+from qsnap.model.domain import DomainDef, parse_disk
+from qsnap.plan.machine import complete_machine
 
 
 @dataclass(frozen=True)
@@ -55,44 +57,148 @@ def format_node(target: str) -> str:
     return f"qs-{target}"
 
 
-def _disk_args(disk: DomainDisk) -> list[str]:
-    if disk.device != "disk":
-        raise NotSupportedError(f"disk '{disk.target}': device '{disk.device}' is not supported "
-                                "by qsnap's launcher yet")
+
+
+def _disk_args(node: etree._Element, out: DeviceArgs) -> None:
+    """A disk's two ``-blockdev`` nodes (none for an empty drive) and its ``-device``."""
+    disk = parse_disk(node)
+    what = f"disk '{disk.target}'"
+    if disk.device not in ("disk", "cdrom"):
+        raise NotSupportedError(f"{what}: device '{disk.device}' is not supported by qsnap's "
+                                "launcher (use disk or cdrom)")
     if disk.type not in ("file", "block"):
-        raise NotSupportedError(f"disk '{disk.target}': type '{disk.type}' is not supported by "
-                                "qsnap's launcher yet")
-    if disk.bus not in _DEVICE_FOR_BUS:
-        raise NotSupportedError(f"disk '{disk.target}': bus '{disk.bus}' is not supported by "
-                                "qsnap's launcher yet (use virtio or ide)")
-    if disk.source is None:
-        raise NotSupportedError(f"disk '{disk.target}' has no source")
-    protocol = {"driver": "file" if disk.type == "file" else "host_device",
-                "filename": disk.source, "node-name": file_node(disk.target),
-                "read-only": disk.readonly}
-    fmt = {"driver": disk.driver_type or "raw", "file": file_node(disk.target),
-           "node-name": format_node(disk.target), "read-only": disk.readonly}
-    device = f"{_DEVICE_FOR_BUS[disk.bus]},drive={format_node(disk.target)},id={disk.target}"
-    if disk.pci_address and disk.bus in (None, "virtio"):
-        device += f",addr={disk.pci_address}"
-    return ["-blockdev", json.dumps(protocol), "-blockdev", json.dumps(fmt), "-device", device]
+        raise NotSupportedError(f"{what}: type '{disk.type}' is not supported by qsnap's "
+                                "launcher (use file or block)")
+    if disk.source is None and disk.device == "disk":
+        raise NotSupportedError(f"{what} has no source")
+    bus = disk.bus or "virtio"
+    cdrom = disk.device == "cdrom"
+    device: dict[str, object] = {"id": disk.target}
+    if disk.source is not None:
+        readonly = disk.readonly or cdrom
+        protocol = {"driver": "file" if disk.type == "file" else "host_device",
+                    "filename": disk.source, "node-name": file_node(disk.target),
+                    "read-only": readonly}
+        fmt = {"driver": disk.driver_type or "raw", "file": file_node(disk.target),
+               "node-name": format_node(disk.target), "read-only": readonly}
+        out.add("-blockdev", json.dumps(protocol), "-blockdev", json.dumps(fmt))
+        device["drive"] = format_node(disk.target)
+    address = node.find("address")
+    unit = int(address.get("unit", "0")) if address is not None else 0
+    if bus == "virtio":
+        if cdrom:
+            raise NotSupportedError(f"{what}: a cdrom cannot be on bus 'virtio'")
+        device = {"driver": "virtio-blk-pci", **placement(node, out.family), **device}
+    elif bus == "sata":
+        device = {"driver": "ide-cd" if cdrom else "ide-hd", "bus": f"ide.{unit}", **device}
+    elif bus == "ide":
+        ide_bus = int(address.get("bus", "0")) if address is not None else 0
+        device = {"driver": "ide-cd" if cdrom else "ide-hd", "bus": f"ide.{ide_bus}",
+                  "unit": unit, **device}
+    elif bus == "scsi":
+        controller = address.get("controller", "0") if address is not None else "0"
+        target = int(address.get("target", "0")) if address is not None else 0
+        device = {"driver": "scsi-cd" if cdrom else "scsi-hd", "bus": f"scsi{controller}.0",
+                  "channel": 0, "scsi-id": target, "lun": unit,
+                  "device_id": f"drive-scsi{controller}-0-{target}-{unit}", **device}
+    else:
+        raise NotSupportedError(f"{what}: bus '{bus}' is not supported by qsnap's launcher "
+                                "(use virtio, sata, scsi or ide)")
+    boot = node.find("boot")
+    if boot is not None:
+        device["bootindex"] = int(boot.get("order", "0"))
+    out.add(*device_arg(device))
+
+
+def _cpu_args(root: etree._Element, vcpus: int, accel: str) -> list[str]:
+    cpu = root.find("cpu")
+    argv: list[str] = []
+    if cpu is not None:
+        mode = cpu.get("mode", "custom")
+        model = cpu.findtext("model")
+        if mode == "host-passthrough" or (mode == "host-model" and accel == "kvm"):
+            if accel != "kvm":
+                raise NotSupportedError(f"<cpu mode='{mode}'> needs KVM (this guest runs under "
+                                        f"{accel}); use <cpu mode='custom'><model>…</model>")
+            argv += ["-cpu", "host"]
+        elif mode == "host-model":
+            raise NotSupportedError("<cpu mode='host-model'> under TCG needs libvirt's CPU map "
+                                    "to name the host's model; use <cpu mode='custom'>"
+                                    "<model>…</model></cpu> or host-passthrough with KVM")
+        elif model:
+            if cpu.find("feature") is not None:
+                raise NotSupportedError("<cpu><feature> is not supported by qsnap's launcher")
+            argv += ["-cpu", model.strip()]
+    topology = cpu.find("topology") if cpu is not None else None
+    if topology is not None:
+        sockets, cores, threads = (int(topology.get(k, "1")) for k in ("sockets", "cores",
+                                                                        "threads"))
+        dies = int(topology.get("dies", "1"))
+        if sockets * dies * cores * threads != vcpus:
+            raise NotSupportedError(f"<cpu><topology> gives {sockets * dies * cores * threads} "
+                                    f"vCPUs but <vcpu> is {vcpus}")
+        argv += ["-smp", f"{vcpus},sockets={sockets},dies={dies},cores={cores},"
+                         f"threads={threads}"]
+    else:
+        argv += ["-smp", f"{vcpus},sockets={vcpus},cores=1,threads=1"]
+    return argv
+
+
+def _firmware_args(root: etree._Element) -> tuple[list[str], list[str]]:
+    """(``-blockdev`` arguments, ``-machine`` properties) for a pflash firmware and its NVRAM."""
+    loader = root.find("os/loader")
+    if loader is None or not (loader.text or "").strip():
+        if root.find("os[@firmware='efi']") is not None:
+            raise NotSupportedError("<os firmware='efi'> was not resolved to a firmware file; "
+                                    "define the domain again so qsnap chooses one")
+        return [], []
+    if loader.get("type", "pflash") != "pflash":
+        raise NotSupportedError(f"<loader type='{loader.get('type')}'> is not supported "
+                                "(use type='pflash')")
+    args: list[str] = []
+    props: list[str] = []
+    images = [(loader.text or "").strip(), loader.get("format", "raw"), True]
+    nvram = root.find("os/nvram")
+    parts: list[list[object]] = [images]
+    if nvram is not None and (nvram.text or "").strip():
+        parts.append([(nvram.text or "").strip(), nvram.get("format", "raw"), False])
+    for index, (path, fmt, readonly) in enumerate(parts):
+        node = f"qs-pflash{index}"
+        args += ["-blockdev", json.dumps({"driver": "file", "filename": path,
+                                          "node-name": f"{node}-file", "read-only": readonly}),
+                 "-blockdev", json.dumps({"driver": fmt, "file": f"{node}-file",
+                                          "node-name": node, "read-only": readonly})]
+        props.append(f"pflash{index}={node}")
+    if loader.get("secure") == "yes":
+        args += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
+    return args, props
 
 
 def qemu_command(domain: DomainDef, runtime: RuntimePaths, accel: str,
                  emulator: str = "qemu-system-x86_64", incoming: bool = False,
                  paused: bool = False) -> list[str]:
     """argv that starts *domain* daemonized, with its QMP socket in *runtime*; with *incoming*,
-    paused and waiting for a saved state (``-incoming defer``)."""
-    os_type = domain.element.find("os/type")
+    paused and waiting for a saved state (``-incoming defer``).
+
+    The machine is the one libvirt builds for the same XML (:mod:`qsnap.plan.machine` and
+    :mod:`qsnap.launcher.devices`): the same devices at the same addresses, with ACPI only
+    when asked for, which is what lets memory images move between qsnap and libvirt.
+    """
+    root = complete_machine(domain.element)
+    refuse_unknown(root)
+    os_type = root.find("os/type")
     machine = (os_type.get("machine") if os_type is not None else None) or "pc"
-    # Only the devices the definition lists, at the PCI slots it gives, with ACPI only when it
-    # asks (as libvirt does): the same definition then makes the same machine under both, which
-    # is what lets memory images move between qsnap and libvirt.
     acpi = "on" if domain.acpi else "off"
+    firmware, pflash = _firmware_args(root)
+    smm = root.find("features/smm")
+    machine_props = [machine, f"accel={accel}", f"acpi={acpi}", "usb=off", *pflash]
+    if smm is not None:
+        machine_props.append(f"smm={smm.get('state', 'on')}")
     argv = [emulator, "-name", f"guest={domain.name},debug-threads=on",
-            "-machine", f"{machine},accel={accel},acpi={acpi}",
-            "-m", f"{domain.memory_bytes // 1024}k",
-            "-smp", str(domain.vcpus), "-nodefaults", "-no-user-config", "-display", "none",
+            "-machine", ",".join(machine_props), *firmware,
+            *_cpu_args(root, domain.vcpus, accel),
+            "-m", f"{domain.memory_bytes // 1024}k", "-nodefaults", "-no-user-config",
+            "-display", "none",
             "-qmp", f"unix:{runtime.qmp},server=on,wait=off",
             "-pidfile", str(runtime.pidfile), "-daemonize"]
     if incoming:
@@ -101,30 +207,14 @@ def qemu_command(domain: DomainDef, runtime: RuntimePaths, accel: str,
         argv += ["-S"]
     if domain.uuid:
         argv += ["-uuid", domain.uuid]
+    genid = root.findtext("genid")
+    if genid and genid.strip():
+        argv += ["-device", f"vmgenid,guid={genid.strip()},id=vmgenid0"]
     if domain.kernel:
         argv += ["-kernel", domain.kernel]
         if domain.initrd:
             argv += ["-initrd", domain.initrd]
         if domain.cmdline:
             argv += ["-append", domain.cmdline]
-    for disk in domain.disks:
-        argv += _disk_args(disk)
-    agent = agent_socket(domain, runtime)
-    if agent is not None:
-        serial_bus = "virtio-serial-pci,id=qs-serial"
-        if domain.virtio_serial_address:
-            serial_bus += f",addr={domain.virtio_serial_address}"
-        argv += ["-device", serial_bus,
-                 "-chardev", f"socket,id=qs-agent,path={agent},server=on,wait=off",
-                 "-device", "virtserialport,bus=qs-serial.0,chardev=qs-agent,"
-                            "name=org.qemu.guest_agent.0"]
-    for index, serial in enumerate(domain.serials):
-        if serial.type == "file" and serial.path:
-            argv += ["-chardev", f"file,id=serial{index},path={serial.path},append=on",
-                     "-serial", f"chardev:serial{index}"]
-        elif serial.type == "null":
-            argv += ["-serial", "null"]
-        else:
-            raise NotSupportedError(f"serial console type '{serial.type}' is not supported by "
-                                    "qsnap's launcher yet (use type='file')")
+    argv += device_args(root, agent_socket(domain, runtime), _disk_args)
     return argv

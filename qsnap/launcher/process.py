@@ -14,7 +14,9 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Awaitable
 from dataclasses import asdict, dataclass
@@ -125,6 +127,7 @@ async def start_qemu(domain: DomainDef, paths: RuntimePaths, accel: str, *,
     """Start *domain*'s QEMU; return once its monitor listens (with *incoming*: paused,
     waiting for ``migrate-incoming``)."""
     await _prepare(paths)
+    await asyncio.to_thread(create_nvram, domain)
     emulator = domain.element.findtext("devices/emulator") or "qemu-system-x86_64"
     argv = qemu_command(domain, paths, accel, emulator=emulator.strip(), incoming=incoming,
                         paused=paused)
@@ -132,6 +135,38 @@ async def start_qemu(domain: DomainDef, paths: RuntimePaths, accel: str, *,
     info = RuntimeInfo(pid=pid, qmp=str(paths.qmp), accel=accel)
     write_runtime(paths, info)
     return info
+
+
+def create_nvram(domain: DomainDef, *, reset: bool = False) -> None:
+    """The domain's UEFI variable store, made from its template where it does not exist yet
+    (or, with *reset*, anew), as libvirt does at start: written beside and renamed into place,
+    so a crash never leaves a half-copied store."""
+    nvram = domain.element.find("os/nvram")
+    path = (nvram.text or "").strip() if nvram is not None else ""
+    if nvram is None or not path or (os.path.exists(path) and not reset):
+        return
+    template = nvram.get("template")
+    if not template:
+        raise LaunchError(f"the NVRAM file {path} does not exist and the definition names no "
+                          "template to create it from", domain=domain.name, path=path)
+    fmt, template_fmt = nvram.get("format", "raw"), nvram.get("templateFormat", "raw")
+    temp = f"{path}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if fmt == template_fmt:
+            shutil.copyfile(template, temp)
+        else:
+            subprocess.run(["qemu-img", "convert", "-f", template_fmt, "-O", fmt, template,
+                            temp], check=True, capture_output=True, text=True)
+        with open(temp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        detail = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) else exc
+        raise LaunchError(f"cannot create the NVRAM file {path} from {template}: {detail}",
+                          domain=domain.name, path=path) from exc
 
 
 def foreign_launcher(command: ForeignCommand, hook: RelaunchHook | None) -> Launcher:

@@ -37,7 +37,6 @@ class DomainDisk:
     driver_type: str | None = None
     snapshot: str | None = None
     readonly: bool = False
-    pci_address: str | None = None  # QEMU's "slot.function" form, from <address type='pci'>
 
     @property
     def is_empty(self) -> bool:
@@ -71,8 +70,6 @@ class DomainDef:
     agent_socket: str | None = None
     #: ``<features><acpi/>``: without it libvirt starts the guest with ACPI off.
     acpi: bool = False
-    #: PCI address of the virtio-serial controller (``<controller type='virtio-serial'>``).
-    virtio_serial_address: str | None = None
 
     @property
     def memory_bytes(self) -> int:
@@ -95,6 +92,47 @@ class DomainDef:
         return format_element(self.element if secure else redact_secrets(self.element))
 
 
+@dataclass(frozen=True)
+class PciAddress:
+    """``<address type='pci'>``: where a device sits on the PCI hierarchy."""
+
+    bus: int
+    slot: int
+    function: int = 0
+    multifunction: bool = False
+    domain: int = 0
+
+    @classmethod
+    def of(cls, device: etree._Element) -> PciAddress | None:
+        node = device.find("address")
+        if node is None or node.get("type") != "pci":
+            return None
+        try:
+            return cls(bus=int(node.get("bus", "0"), 16), slot=int(node.get("slot", "0"), 16),
+                       function=int(node.get("function", "0"), 16),
+                       multifunction=node.get("multifunction") == "on",
+                       domain=int(node.get("domain", "0"), 16))
+        except ValueError:
+            raise XMLError(f"invalid PCI address of <{device.tag}>: "
+                           f"{etree.tostring(node).decode().strip()}") from None
+
+    def write(self, device: etree._Element) -> None:
+        """Give *device* this address (replacing any ``<address>`` it has)."""
+        old = device.find("address")
+        if old is not None:
+            device.remove(old)
+        attrs = {"type": "pci", "domain": f"{self.domain:#06x}", "bus": f"{self.bus:#04x}",
+                 "slot": f"{self.slot:#04x}", "function": f"{self.function:#x}"}
+        if self.multifunction:
+            attrs["multifunction"] = "on"
+        etree.SubElement(device, "address", attrs)
+
+    @property
+    def qemu_addr(self) -> str:
+        """QEMU's ``addr=`` value for this slot and function."""
+        return f"{self.slot:#x}" if self.function == 0 else f"{self.slot:#x}.{self.function:#x}"
+
+
 def _leaf_text(parent: etree._Element, tag: str) -> str | None:
     node = parent.find(tag)
     if node is None or node.text is None or not node.text.strip():
@@ -102,23 +140,9 @@ def _leaf_text(parent: etree._Element, tag: str) -> str | None:
     return node.text.strip()
 
 
-def _pci_address(node: etree._Element | None) -> str | None:
-    """An ``<address type='pci'>`` child as QEMU's ``addr=`` value (``0x3.0x0``)."""
-    address = node.find("address") if node is not None else None
-    if address is None or address.get("type") != "pci":
-        return None
-    try:
-        slot, function = int(address.get("slot", "0"), 16), int(address.get("function", "0"), 16)
-    except ValueError:
-        raise XMLError(f"invalid PCI address slot='{address.get('slot')}' function="
-                       f"'{address.get('function')}'") from None
-    if (address.get("bus") or "0x00") not in ("0x00", "0x0", "0"):
-        raise XMLError("only PCI bus 0 is supported in <address>")
-    return f"{slot:#x}.{function:#x}"
-
-
-def _parse_disk(node: etree._Element, index: int) -> DomainDisk:
-    where = f"disk #{index + 1} of the domain"
+def parse_disk(node: etree._Element, index: int | None = None) -> DomainDisk:
+    """One ``<disk>`` element's facts (*index* names it in errors)."""
+    where = "a disk of the domain" if index is None else f"disk #{index + 1} of the domain"
     disk_type = node.get("type", "file")
     if disk_type not in DISK_TYPES:
         raise XMLError(f"unknown type '{disk_type}' of {where}")
@@ -141,9 +165,7 @@ def _parse_disk(node: etree._Element, index: int) -> DomainDisk:
     return DomainDisk(
         target=target.get("dev", ""), bus=target.get("bus"), type=disk_type, device=device,
         source=source, driver_type=driver.get("type") if driver is not None else None,
-        snapshot=snapshot, readonly=node.find("readonly") is not None,
-        pci_address=_pci_address(node),
-    )
+        snapshot=snapshot, readonly=node.find("readonly") is not None)
 
 
 def parse_domain_element(element: etree._Element, what: str = "domain XML",
@@ -174,12 +196,8 @@ def parse_domain_element(element: etree._Element, what: str = "domain XML",
     disks: list[DomainDisk] = []
     serials: list[SerialConsole] = []
     agent_socket = None
-    virtio_serial_address = None
     if devices is not None:
-        for controller in devices.findall("controller"):
-            if controller.get("type") == "virtio-serial" and controller.get("index", "0") == "0":
-                virtio_serial_address = _pci_address(controller)
-        disks = [_parse_disk(d, i) for i, d in enumerate(devices.findall("disk"))]
+        disks = [parse_disk(d, i) for i, d in enumerate(devices.findall("disk"))]
         seen: set[str] = set()
         for disk in disks:
             if disk.target in seen:
@@ -198,8 +216,7 @@ def parse_domain_element(element: etree._Element, what: str = "domain XML",
     return DomainDef(element=element, name=name, uuid=uuid, type=element.get("type"),
                      memory_kib=memory_kib, vcpus=int(vcpu_text), kernel=kernel, initrd=initrd,
                      cmdline=cmdline, disks=disks, serials=serials, agent_socket=agent_socket,
-                     acpi=element.find("features/acpi") is not None,
-                     virtio_serial_address=virtio_serial_address)
+                     acpi=element.find("features/acpi") is not None)
 
 
 def parse_domain(text: str | bytes, what: str = "domain XML") -> DomainDef:

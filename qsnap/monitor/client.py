@@ -339,6 +339,8 @@ class Monitor:
             qdev = entry.get("qdev") or ""
             if "/peripheral/" in qdev:
                 name = qdev.split("/peripheral/", 1)[1].split("/", 1)[0]
+            elif qdev and "/" not in qdev:
+                name = qdev  # QEMU gives some devices (scsi-hd, ide-cd) by bare id
             elif entry.get("device"):
                 name = entry["device"]
             else:

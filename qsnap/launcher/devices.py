@@ -1,0 +1,350 @@
+"""QEMU arguments for each device of a completed definition (see :mod:`qsnap.plan.machine`).
+
+Each device gets the QEMU device model, bus and address libvirt gives it for the same XML
+(``virsh domxml-to-native qemu-argv``; the tests compare), and libvirt's ids for the devices
+others plug into (``pci.N``, ``usb``, ``scsi0``, ``virtio-serial0``), so the migration stream
+of one loads into the other. Disks keep qsnap's ids (the target name), because that is how the
+monitor finds them. A device or attribute qsnap cannot start is refused by name
+(:func:`refuse_unknown`), never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from lxml import etree
+
+from qsnap.errors import NotSupportedError
+from qsnap.model.domain import GUEST_AGENT_CHANNEL, PciAddress
+from qsnap.plan.machine import machine_family
+
+# Everything a definition may say at the top level and still start; other elements are refused
+# (element kept in the definition, the start names it).
+_STARTABLE_TOP = {"name", "uuid", "genid", "title", "description", "metadata", "memory",
+                  "currentMemory", "vcpu", "os", "features", "cpu", "clock", "on_poweroff",
+                  "on_reboot", "on_crash", "pm", "devices", "resource", "seclabel"}
+_STARTABLE_FEATURES = {"acpi", "apic", "pae", "smm", "vmport", "vmcoreinfo"}
+_STARTABLE_DEVICES = {"emulator", "disk", "controller", "interface", "serial", "console",
+                      "channel", "input", "graphics", "video", "memballoon", "rng", "audio"}
+_VIDEO_DEVICES = {"cirrus": "cirrus-vga", "vga": "VGA", "virtio": "virtio-vga",
+                  "bochs": "bochs-display"}
+_NIC_DEVICES = {"virtio": "virtio-net-pci", "e1000e": "e1000e", "e1000": "e1000",
+                "rtl8139": "rtl8139"}
+_USB_CONTROLLERS = {"qemu-xhci": "qemu-xhci", "nec-xhci": "nec-usb-xhci",
+                    "piix3-uhci": "piix3-usb-uhci"}
+
+
+def _refuse(what: str, why: str) -> NotSupportedError:
+    return NotSupportedError(f"{what}: {why}; qsnap keeps it in the definition but cannot start "
+                             "it (docs/domain-xml.md lists what starts)")
+
+
+def refuse_unknown(root: etree._Element) -> None:
+    """Refuse, by element, what the launcher would otherwise leave out of the machine."""
+    for child in root:
+        if not isinstance(child.tag, str):
+            continue
+        if child.tag not in _STARTABLE_TOP:
+            raise _refuse(f"<{child.tag}>", "not supported by qsnap's launcher")
+    for feature in root.findall("features/*"):
+        if feature.tag not in _STARTABLE_FEATURES:
+            raise _refuse(f"<features><{feature.tag}>", "not supported by qsnap's launcher")
+    for device in root.findall("devices/*"):
+        if isinstance(device.tag, str) and device.tag not in _STARTABLE_DEVICES:
+            raise _refuse(f"<devices><{device.tag}>", "this device class is not supported by "
+                          "qsnap's launcher")
+    clock = root.find("clock")
+    if clock is not None and (clock.get("offset", "utc") not in ("utc", "localtime")
+                              or len(clock)):
+        raise _refuse("<clock>", "only offset='utc' or 'localtime' without timers is supported")
+
+
+def pci_bus_name(bus: int, family: str) -> str:
+    """QEMU's name of PCI bus *bus*: the root is ``pcie.0`` or ``pci.0``, others ``pci.N``."""
+    return ("pcie.0" if family == "q35" else "pci.0") if bus == 0 else f"pci.{bus}"
+
+
+def placement(device: etree._Element, family: str) -> dict[str, object]:
+    address = PciAddress.of(device)
+    if address is None:
+        return {}
+    if address.domain:
+        raise _refuse(f"<{device.tag}> address domain {address.domain:#x}",
+                      "PCI domains other than 0 are not supported")
+    placed: dict[str, object] = {"bus": pci_bus_name(address.bus, family),
+                                 "addr": address.qemu_addr}
+    if address.multifunction:
+        placed["multifunction"] = True
+    return placed
+
+
+def device_arg(properties: dict[str, object]) -> list[str]:
+    """``-device`` in QEMU's JSON form, which keeps every value's type and needs no escaping."""
+    return ["-device", json.dumps(properties)]
+
+
+@dataclass
+class DeviceArgs:
+    """The arguments built so far, and what later devices need to know of earlier ones."""
+
+    family: str
+    argv: list[str] = field(default_factory=list)
+    boot_order: dict[str, int] = field(default_factory=dict)
+
+    def add(self, *args: str) -> None:
+        self.argv.extend(args)
+
+
+def controller_args(controller: etree._Element, out: DeviceArgs) -> None:
+    kind, model = controller.get("type"), controller.get("model")
+    index = int(controller.get("index", "0"))
+    placed = placement(controller, out.family)
+    if kind == "pci":
+        if model in ("pcie-root", "pci-root"):
+            return
+        if model == "pcie-root-port":
+            target = controller.find("target")
+            chassis = int(target.get("chassis", str(index))) if target is not None else index
+            port = int(target.get("port", "0"), 16) if target is not None else 0
+            out.add(*device_arg({"driver": "pcie-root-port", "port": port, "chassis": chassis,
+                                 "id": f"pci.{index}", **placed}))
+            return
+        if model == "pcie-to-pci-bridge":
+            out.add(*device_arg({"driver": "pcie-pci-bridge", "id": f"pci.{index}", **placed}))
+            return
+        raise _refuse(f"<controller type='pci' model='{model}'>", "not supported")
+    if kind in ("sata", "ide"):
+        if index == 0:
+            return  # the chipset's own (ICH9 AHCI on q35, PIIX3 IDE on pc)
+        raise _refuse(f"<controller type='{kind}' index='{index}'>",
+                      "only the chipset's own controller is supported")
+    if kind == "usb":
+        if model == "none":
+            return
+        driver = _USB_CONTROLLERS.get(model or "")
+        if driver is None:
+            raise _refuse(f"<controller type='usb' model='{model}'>", "not supported")
+        out.add(*device_arg({"driver": driver, "id": "usb" if index == 0 else f"usb{index}",
+                             **placed}))
+        return
+    if kind == "scsi":
+        if model != "virtio-scsi":
+            raise _refuse(f"<controller type='scsi' model='{model}'>",
+                          "only model='virtio-scsi' is supported")
+        out.add(*device_arg({"driver": "virtio-scsi-pci", "id": f"scsi{index}", **placed}))
+        return
+    if kind == "virtio-serial":
+        out.add(*device_arg({"driver": "virtio-serial-pci", "id": f"virtio-serial{index}",
+                             **placed}))
+        return
+    raise _refuse(f"<controller type='{kind}'>", "not supported")
+
+
+def interface_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
+    kind = node.get("type")
+    what = f"<interface type='{kind}'> #{index + 1}"
+    netdev: dict[str, object] = {"id": f"hostnet{index}"}
+    if kind == "user":
+        netdev["type"] = "user"
+    elif kind == "ethernet":
+        target = node.find("target")
+        netdev.update(type="tap", script="no", downscript="no")
+        if target is not None and target.get("dev"):
+            # QEMU opens the tap by name, creating it (and removing it at exit) if missing.
+            netdev["ifname"] = target.get("dev", "")
+    elif kind == "bridge":
+        source = node.find("source")
+        if source is None or not source.get("bridge"):
+            raise _refuse(what, "a bridge interface needs <source bridge=...>")
+        netdev.update(type="bridge", br=source.get("bridge", ""))
+    elif kind == "network":
+        raise _refuse(what, "libvirt virtual networks need libvirt's network driver, which "
+                      "qsnap does not use; use type='user', 'ethernet' or 'bridge'")
+    else:
+        raise _refuse(what, "not supported")
+    model_node = node.find("model")
+    model = model_node.get("type", "rtl8139") if model_node is not None else "rtl8139"
+    driver = _NIC_DEVICES.get(model)
+    if driver is None:
+        raise _refuse(f"{what} model '{model}'", "not supported")
+    mac = node.find("mac")
+    out.add("-netdev", json.dumps(netdev))
+    device: dict[str, object] = {"driver": driver, "netdev": f"hostnet{index}",
+                                 "id": f"net{index}"}
+    if mac is not None and mac.get("address"):
+        device["mac"] = mac.get("address", "")
+    boot = node.find("boot")
+    if boot is not None:
+        device["bootindex"] = int(boot.get("order", "0"))
+    out.add(*device_arg({**device, **placement(node, out.family)}))
+
+
+def serial_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
+    kind = node.get("type", "pty")
+    source = node.find("source")
+    chardev = f"charserial{index}"
+    if kind == "file" and source is not None and source.get("path"):
+        out.add("-chardev", f"file,id={chardev},path={source.get('path')},append=on")
+    elif kind == "pty":
+        out.add("-chardev", f"pty,id={chardev}")
+    elif kind == "null":
+        out.add("-chardev", f"null,id={chardev}")
+    else:
+        raise _refuse(f"<serial type='{kind}'>", "use type='file', 'pty' or 'null'")
+    target = node.find("target")
+    if target is not None and target.get("type", "isa-serial") != "isa-serial":
+        raise _refuse(f"<serial><target type='{target.get('type')}'>", "not supported")
+    port = int(target.get("port", str(index))) if target is not None else index
+    out.add(*device_arg({"driver": "isa-serial", "chardev": chardev, "id": f"serial{index}",
+                         "index": port}))
+
+
+def console_check(node: etree._Element) -> None:
+    target = node.find("target")
+    if target is not None and target.get("type", "serial") != "serial":
+        raise _refuse(f"<console><target type='{target.get('type')}'>",
+                      "only a console on the serial port is supported")
+
+
+def channel_args(index: int, node: etree._Element, agent: str | None, out: DeviceArgs) -> None:
+    target = node.find("target")
+    if node.get("type") != "unix" or target is None or target.get("name") != GUEST_AGENT_CHANNEL:
+        raise _refuse(f"<channel type='{node.get('type')}'>",
+                      f"only the guest agent's unix channel ({GUEST_AGENT_CHANNEL}) is supported")
+    address = node.find("address")
+    port = int(address.get("port", "1")) if address is not None else 1
+    controller = address.get("controller", "0") if address is not None else "0"
+    out.add("-chardev", f"socket,id=charchannel{index},path={agent},server=on,wait=off")
+    out.add(*device_arg({"driver": "virtserialport", "bus": f"virtio-serial{controller}.0",
+                         "nr": port, "chardev": f"charchannel{index}", "id": f"channel{index}",
+                         "name": GUEST_AGENT_CHANNEL}))
+
+
+def input_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
+    kind, bus = node.get("type"), node.get("bus", "ps2")
+    if bus == "ps2" and kind in ("mouse", "keyboard"):
+        return  # the chipset's own
+    drivers = {"tablet": "usb-tablet", "mouse": "usb-mouse", "keyboard": "usb-kbd"}
+    if bus != "usb" or kind not in drivers:
+        raise _refuse(f"<input type='{kind}' bus='{bus}'>", "not supported")
+    address = node.find("address")
+    device: dict[str, object] = {"driver": drivers[kind or ""], "id": f"input{index}",
+                                 "bus": "usb.0"}
+    if address is not None and address.get("port"):
+        device["port"] = address.get("port", "")
+    out.add(*device_arg(device))
+
+
+def graphics_args(node: etree._Element, audio: str | None, out: DeviceArgs) -> None:
+    if node.get("type") != "vnc":
+        raise _refuse(f"<graphics type='{node.get('type')}'>", "only VNC is supported")
+    listen = node.find("listen")
+    socket = node.get("socket") or (listen.get("socket") if listen is not None else None)
+    if socket:
+        display = f"unix:{socket}"
+    else:
+        host = (listen.get("address") if listen is not None else None) or node.get("listen")
+        host = host or "127.0.0.1"
+        port = int(node.get("port", "-1"))
+        # Autoport: the first free display from 5900, as libvirt picks.
+        display = f"{host}:0,to=99" if port < 5900 else f"{host}:{port - 5900}"
+    if node.get("passwd"):
+        raise _refuse("<graphics passwd=...>", "VNC passwords are not supported")
+    out.add("-vnc", display + (f",audiodev={audio}" if audio else ""))
+
+
+def video_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
+    model = node.find("model")
+    kind = model.get("type", "cirrus") if model is not None else "cirrus"
+    if kind == "none":
+        return
+    driver = _VIDEO_DEVICES.get(kind)
+    if driver is None:
+        raise _refuse(f"<video><model type='{kind}'>", "not supported")
+    if index and kind in ("cirrus", "vga", "virtio"):
+        driver = {"virtio": "virtio-gpu-pci"}.get(kind, driver)
+    device: dict[str, object] = {"driver": driver, "id": f"video{index}"}
+    if kind == "virtio" and model is not None:
+        device["max_outputs"] = int(model.get("heads", "1"))
+    out.add(*device_arg({**device, **placement(node, out.family)}))
+
+
+def balloon_args(node: etree._Element, out: DeviceArgs) -> None:
+    model = node.get("model")
+    if model == "none":
+        return
+    if model != "virtio":
+        raise _refuse(f"<memballoon model='{model}'>", "only model='virtio' is supported")
+    out.add(*device_arg({"driver": "virtio-balloon-pci", "id": "balloon0",
+                         **placement(node, out.family)}))
+
+
+def rng_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
+    if node.get("model") != "virtio":
+        raise _refuse(f"<rng model='{node.get('model')}'>", "only model='virtio' is supported")
+    backend = node.find("backend")
+    kind = backend.get("model") if backend is not None else None
+    if kind == "random":
+        source = (backend.text or "").strip() if backend is not None else ""
+        out.add("-object", json.dumps({"qom-type": "rng-random", "id": f"objrng{index}",
+                                       "filename": source or "/dev/urandom"}))
+    elif kind == "builtin":
+        out.add("-object", json.dumps({"qom-type": "rng-builtin", "id": f"objrng{index}"}))
+    else:
+        raise _refuse(f"<rng><backend model='{kind}'>", "use 'random' or 'builtin'")
+    out.add(*device_arg({"driver": "virtio-rng-pci", "rng": f"objrng{index}", "id": f"rng{index}",
+                         **placement(node, out.family)}))
+
+
+def audio_args(node: etree._Element, out: DeviceArgs) -> str:
+    if node.get("type", "none") != "none":
+        raise _refuse(f"<audio type='{node.get('type')}'>", "only type='none' is supported")
+    audio = f"audio{node.get('id', '1')}"
+    out.add("-audiodev", json.dumps({"id": audio, "driver": "none"}))
+    return audio
+
+
+DiskArgs = Callable[[etree._Element, DeviceArgs], None]
+
+
+def device_args(root: etree._Element, agent: str | None, disk_args: DiskArgs) -> list[str]:
+    """Every device's arguments, in libvirt's order (controllers first, so buses exist)."""
+    os_type = root.find("os/type")
+    out = DeviceArgs(machine_family((os_type.get("machine") if os_type is not None else None)
+                                    or "pc"))
+    devices = root.find("devices")
+    if devices is None:
+        return []
+    pci = [c for c in devices.findall("controller") if c.get("type") == "pci"]
+    pci.sort(key=lambda c: int(c.get("index", "0")))
+    for controller in pci:
+        controller_args(controller, out)
+    for controller in devices.findall("controller"):
+        if controller.get("type") != "pci":
+            controller_args(controller, out)
+    for disk in devices.findall("disk"):
+        disk_args(disk, out)
+    for index, node in enumerate(devices.findall("interface")):
+        interface_args(index, node, out)
+    for index, node in enumerate(devices.findall("serial")):
+        serial_args(index, node, out)
+    for node in devices.findall("console"):
+        console_check(node)
+    for index, node in enumerate(devices.findall("channel")):
+        channel_args(index, node, agent, out)
+    for index, node in enumerate(devices.findall("input")):
+        input_args(index, node, out)
+    audio = None
+    for node in devices.findall("audio"):
+        audio = audio_args(node, out)
+    for node in devices.findall("graphics"):
+        graphics_args(node, audio, out)
+    for index, node in enumerate(devices.findall("video")):
+        video_args(index, node, out)
+    for node in devices.findall("memballoon"):
+        balloon_args(node, out)
+    for index, node in enumerate(devices.findall("rng")):
+        rng_args(index, node, out)
+    return out.argv
