@@ -209,7 +209,7 @@ def qemu_command(domain: DomainDef, runtime: RuntimePaths, accel: str,
         argv += ["-uuid", domain.uuid]
     genid = root.findtext("genid")
     if genid and genid.strip():
-        argv += ["-device", f"vmgenid,guid={genid.strip()},id=vmgenid0"]
+        argv += device_arg({"driver": "vmgenid", "guid": genid.strip(), "id": "vmgenid0"})
     if domain.kernel:
         argv += ["-kernel", domain.kernel]
         if domain.initrd:

@@ -5,7 +5,8 @@ A memory image only loads into the same machine type, a guest keeps its MAC addr
 generation ID, and its firmware and NVRAM stay the files chosen the first time. So a bare
 ``pc``/``q35`` becomes the QEMU's versioned type, each ``<interface>`` without a ``<mac>`` gets
 one (libvirt's ``52:54:00`` prefix), an empty ``<genid/>`` gets a GUID, and ``<os
-firmware='efi'>`` gets the ``<loader>`` and ``<nvram>`` :mod:`qsnap.plan.firmware` chooses.
+firmware='efi'>`` becomes the ``<loader>`` and ``<nvram>`` :mod:`qsnap.plan.firmware` chooses
+(with ``<smm state='on'/>`` where that firmware needs SMM).
 Everything else stays as the user wrote it. Pure: the random values and QEMU's facts come in.
 """
 
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from qsnap.plan.firmware import REQUESTABLE, FirmwareDescriptor, choose_firmware
+from qsnap.plan.firmware import FirmwareDescriptor, choose_firmware
 
 
 @dataclass(frozen=True)
@@ -52,13 +53,13 @@ def _firmware(root: etree._Element, os_node: etree._Element, facts: DefineFacts,
         arch = (os_type.get("arch") if os_type is not None else None) or "x86_64"
         chosen = choose_firmware(facts.firmware, arch=arch, machine=machine, wanted=wanted,
                                  smm=smm)
+        # Recorded as the explicit pair both libvirt 9.0 and 11.x accept: 11.x keeps
+        # firmware='efi' beside it, but 9.0 refuses a loader under autoselection, and a
+        # save image or snapshot must load under either.
+        del os_node.attrib["firmware"]
         firmware_node = os_node.find("firmware")
-        if firmware_node is None:
-            firmware_node = etree.SubElement(os_node, "firmware")
-        for name in REQUESTABLE:
-            if name not in wanted:
-                etree.SubElement(firmware_node, "feature",
-                                 enabled="yes" if name in chosen.features else "no", name=name)
+        if firmware_node is not None:
+            os_node.remove(firmware_node)
         if loader is None:
             loader = etree.SubElement(os_node, "loader")
         loader.attrib.update({"readonly": "yes", "type": "pflash",

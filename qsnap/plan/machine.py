@@ -93,6 +93,14 @@ def _ensure_controller(devices: etree._Element, kind: str, index: int = 0,
     return node
 
 
+def _controller_indexes(devices: etree._Element) -> None:
+    """A controller without an index gets the first one its type has free, as in libvirt."""
+    for controller in devices.findall("controller"):
+        if controller.get("index") is None:
+            taken = {c.get("index") for c in _controllers(devices, controller.get("type", ""))}
+            controller.set("index", str(next(i for i in range(1 << 16) if str(i) not in taken)))
+
+
 def _drive_addresses(devices: etree._Element, family: str) -> None:
     """libvirt's drive addresses: sata and scsi units by the disk name's index; the
     controllers those disks need are added."""
@@ -330,6 +338,7 @@ def complete_machine(element: etree._Element) -> etree._Element:
     devices = root.find("devices")
     if devices is None:
         devices = etree.SubElement(root, "devices")
+    _controller_indexes(devices)
     if not _controllers(devices, "usb"):
         _ensure_controller(devices, "usb", 0, "qemu-xhci" if family == "q35" else "piix3-uhci")
     if family == "q35":

@@ -1,0 +1,252 @@
+"""The machine built for a definition, without QEMU: libvirt's completion and addresses
+(qsnap.plan.machine), firmware choice, what define records, and what start refuses by name.
+
+The expected addresses were read from libvirt 9.0's ``virsh dumpxml`` for the same XML;
+tests/test_qemu_real_guests.py compares with a running libvirt directly.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+from qsnap.errors import NotSupportedError, XMLError
+from qsnap.launcher.command import RuntimePaths, qemu_command
+from qsnap.launcher.firmware import read_descriptors
+from qsnap.model.domain import PciAddress, parse_domain, parse_domain_element
+from qsnap.plan.domain_define import DefineFacts, resolve_definition
+from qsnap.plan.firmware import FirmwareDescriptor, choose_firmware
+from qsnap.plan.machine import complete_machine, disk_index
+
+VIRT_INSTALL = """<domain type='qemu'><name>vi</name><memory unit='MiB'>256</memory><vcpu>2</vcpu>
+<os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type><kernel>/k</kernel></os>
+<features><acpi/><apic/></features><cpu mode='custom'><model>qemu64</model></cpu>
+<devices>
+<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='/i/root.qcow2'/>
+<target dev='vda' bus='virtio'/></disk>
+<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='/i/data.qcow2'/>
+<target dev='sda' bus='scsi'/></disk>
+<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><target dev='sdb' bus='sata'/>
+<readonly/></disk>
+<controller type='scsi' model='virtio-scsi'/>
+<interface type='user'><mac address='52:54:00:12:34:56'/><model type='virtio'/></interface>
+<serial type='pty'/><console type='pty'/>
+<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
+<input type='tablet' bus='usb'/><graphics type='vnc' port='-1'/>
+<video><model type='virtio'/></video>
+<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
+</devices></domain>"""
+
+# libvirt 9.0's addresses for VIRT_INSTALL (virsh define + dumpxml).
+LIBVIRT_ADDRESSES = {
+    "interface": PciAddress(1, 0), "controller scsi 0": PciAddress(2, 0),
+    "controller usb 0": PciAddress(3, 0), "controller virtio-serial 0": PciAddress(4, 0),
+    "disk vda": PciAddress(5, 0), "memballoon": PciAddress(6, 0), "rng": PciAddress(7, 0),
+    "video": PciAddress(0, 1), "controller sata 0": PciAddress(0, 0x1F, 2),
+    **{f"controller pci {i}": PciAddress(0, 2, i - 1, multifunction=i == 1)
+       for i in range(1, 9)},
+}
+
+
+def _name(node: etree._Element) -> str:
+    if node.tag == "controller":
+        return f"controller {node.get('type')} {node.get('index')}"
+    if node.tag == "disk":
+        return f"disk {node.find('target').get('dev')}"  # type: ignore[union-attr]
+    return node.tag
+
+
+def pci_addresses(root: etree._Element) -> dict[str, PciAddress]:
+    return {_name(node): address for node in root.find("devices")  # type: ignore[union-attr]
+            if (address := PciAddress.of(node)) is not None}
+
+
+def test_q35_guest_gets_libvirts_root_ports_and_addresses() -> None:
+    completed = complete_machine(etree.fromstring(VIRT_INSTALL))
+    assert pci_addresses(completed) == LIBVIRT_ADDRESSES
+    drives = {d.find("target").get("dev"): dict(d.find("address").attrib)  # type: ignore[union-attr]
+              for d in completed.iterfind("devices/disk")
+              if d.find("target").get("bus") != "virtio"}  # type: ignore[union-attr]
+    assert drives == {"sda": {"type": "drive", "controller": "0", "bus": "0", "target": "0",
+                              "unit": "0"},
+                      "sdb": {"type": "drive", "controller": "0", "bus": "0", "target": "0",
+                              "unit": "1"}}
+    ports = [c for c in completed.iterfind("devices/controller") if c.get("model") ==
+             "pcie-root-port"]
+    assert [(p.find("target").get("chassis"), p.find("target").get("port"))  # type: ignore[union-attr]
+            for p in ports] == [(str(i), f"{0x10 + i - 1:#x}") for i in range(1, 9)]
+
+
+def test_completion_is_idempotent() -> None:
+    """libvirt's own completed XML (in its save images and snapshots) comes back unchanged."""
+    once = complete_machine(etree.fromstring(VIRT_INSTALL))
+    twice = complete_machine(once)
+    assert etree.tostring(twice) == etree.tostring(once)
+
+
+def test_pc_guest_slots_follow_the_video_card() -> None:
+    xml = """<domain><name>p</name><os><type machine='pc-i440fx-7.2'>hvm</type></os><devices>
+    <disk type='file'><source file='/a'/><target dev='vda' bus='virtio'/></disk>
+    <interface type='user'><model type='e1000e'/></interface><graphics type='vnc'/>
+    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
+    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
+    <controller type='scsi' model='virtio-scsi'/></devices></domain>"""
+    addresses = pci_addresses(complete_machine(etree.fromstring(xml)))
+    assert addresses == {"video": PciAddress(0, 2), "interface": PciAddress(0, 3),
+                         "controller scsi 0": PciAddress(0, 4),
+                         "controller usb 0": PciAddress(0, 1, 2),
+                         "controller virtio-serial 0": PciAddress(0, 5),
+                         "disk vda": PciAddress(0, 6), "memballoon": PciAddress(0, 7),
+                         "rng": PciAddress(0, 8)}
+
+
+def test_a_lone_root_port_slot_is_not_multifunction() -> None:
+    xml = VIRT_INSTALL.replace("<rng model='virtio'>", "<rng model='virtio'><backend "
+                               "model='builtin'/></rng><rng model='virtio'>")
+    ports = {k: v for k, v in pci_addresses(complete_machine(etree.fromstring(xml))).items()
+             if k.startswith("controller pci")}
+    assert ports["controller pci 9"] == PciAddress(0, 3, 0, multifunction=False)
+    assert ports["controller pci 1"].multifunction
+
+
+def test_disk_names_give_drive_units() -> None:
+    assert [disk_index(n) for n in ("sda", "sdb", "hdc", "vdz", "sdaa")] == [0, 1, 2, 25, 26]
+    with pytest.raises(XMLError, match="'sda1'"):
+        disk_index("sda1")
+
+
+def test_any_pci_bus_is_accepted_in_metadata() -> None:
+    """libvirt's own test XML puts disks on bus 1 (virsh's snapshot-s2.xml)."""
+    xml = ("<domain><name>d</name><devices><disk type='file' device='disk'><source file='/a'/>"
+           "<target dev='vda' bus='virtio'/><address type='pci' domain='0x0000' bus='0x01' "
+           "slot='0x00' function='0x0'/></disk></devices></domain>")
+    domain = parse_domain_element(etree.fromstring(xml))
+    assert PciAddress.of(domain.element.find("devices/disk")) == PciAddress(1, 0)  # type: ignore[arg-type]
+
+
+def _descriptor(name: str, features: list[str], machines: list[str]) -> FirmwareDescriptor:
+    return FirmwareDescriptor.from_json(name, {
+        "interface-types": ["uefi"],
+        "mapping": {"device": "flash", "executable": {"filename": f"/fw/{name}.code",
+                                                      "format": "raw"},
+                    "nvram-template": {"filename": f"/fw/{name}.vars", "format": "raw"}},
+        "targets": [{"architecture": "x86_64", "machines": machines}], "features": features})
+
+
+DEBIAN_FIRMWARE = [
+    _descriptor("60-plain", ["acpi-s3"], ["pc-i440fx-*", "pc-q35-*"]),
+    _descriptor("40-enrolled", ["enrolled-keys", "requires-smm", "secure-boot"], ["pc-q35-*"]),
+    _descriptor("50-secure", ["requires-smm", "secure-boot"], ["pc-q35-*"]),
+]
+
+
+@pytest.mark.parametrize(("machine", "wanted", "smm", "chosen"), [
+    ("pc-q35-7.2", {}, None, "40-enrolled"),  # libvirt 9.0 on Debian picks the same
+    ("pc-q35-7.2", {"secure-boot": False}, None, "60-plain"),
+    ("pc-q35-7.2", {"enrolled-keys": False}, None, "50-secure"),
+    ("pc-q35-7.2", {}, False, "60-plain"),
+    ("pc-i440fx-7.2", {}, None, "60-plain"),
+])
+def test_firmware_is_chosen_as_libvirt_chooses(machine: str, wanted: dict[str, bool],
+                                               smm: bool | None, chosen: str) -> None:
+    assert choose_firmware(DEBIAN_FIRMWARE, arch="x86_64", machine=machine, wanted=wanted,
+                           smm=smm).name == chosen
+
+
+def test_no_fitting_firmware_is_named() -> None:
+    with pytest.raises(NotSupportedError, match=r"no UEFI firmware for x86_64 machine "
+                                                r"'pc-i440fx-7\.2' with secure-boot=yes"):
+        choose_firmware(DEBIAN_FIRMWARE, arch="x86_64", machine="pc-i440fx-7.2",
+                        wanted={"secure-boot": True}, smm=None)
+
+
+def test_descriptor_folders_override_and_mask(tmp_path: Path) -> None:
+    system, local = tmp_path / "share", tmp_path / "etc"
+    system.mkdir()
+    local.mkdir()
+    for folder, name, exe in ((system, "50-a.json", "/sys"), (system, "60-b.json", "/b"),
+                              (local, "50-a.json", "/local")):
+        (folder / name).write_text(json.dumps({"interface-types": ["uefi"], "mapping": {
+            "device": "flash", "executable": {"filename": exe}}}))
+    (local / "60-b.json").write_text("")
+    assert [(d.name, d.executable) for d in read_descriptors([system, local])] == [
+        ("50-a.json", "/local")]
+
+
+def _facts(aliases: dict[str, str] | None = None) -> DefineFacts:
+    return DefineFacts(machine_aliases=aliases if aliases is not None else
+                       {"q35": "pc-q35-7.2", "pc": "pc-i440fx-7.2"},
+                       firmware=DEBIAN_FIRMWARE, nvram_path="/state/domains/vi/vi_VARS.fd",
+                       new_mac=lambda: "52:54:00:aa:bb:cc", new_guid=lambda: "1" * 8 + "-" +
+                       "-".join(["1" * 4] * 3) + "-" + "1" * 12)
+
+
+def test_define_records_machine_mac_genid_and_firmware() -> None:
+    xml = ("<domain><name>vi</name><genid/><os firmware='efi'><type machine='q35'>hvm</type>"
+           "</os><devices><interface type='user'/></devices></domain>")
+    root = resolve_definition(etree.fromstring(xml), _facts())
+    assert root.find("os/type").get("machine") == "pc-q35-7.2"  # type: ignore[union-attr]
+    assert root.find("devices/interface/mac").get("address") == "52:54:00:aa:bb:cc"  # type: ignore[union-attr]
+    assert root.findtext("genid") == "11111111-1111-1111-1111-111111111111"
+    os_node = root.find("os")
+    assert os_node is not None and os_node.get("firmware") is None
+    loader, nvram = os_node.find("loader"), os_node.find("nvram")
+    assert loader is not None and nvram is not None
+    assert (loader.text, dict(loader.attrib)) == ("/fw/40-enrolled.code", {
+        "readonly": "yes", "type": "pflash", "format": "raw", "secure": "yes"})
+    assert (nvram.text, nvram.get("template")) == ("/state/domains/vi/vi_VARS.fd",
+                                                   "/fw/40-enrolled.vars")
+    assert root.find("features/smm").get("state") == "on"  # type: ignore[union-attr]
+    assert etree.tostring(resolve_definition(root, _facts())) == etree.tostring(root)
+
+
+def test_define_keeps_the_machine_when_qemu_cannot_be_asked() -> None:
+    xml = "<domain><name>vi</name><os><type machine='q35'>hvm</type></os></domain>"
+    root = resolve_definition(etree.fromstring(xml), _facts({}))
+    assert root.find("os/type").get("machine") == "q35"  # type: ignore[union-attr]
+
+
+def _argv(xml: str, accel: str = "tcg") -> list[str]:
+    return qemu_command(parse_domain(xml), RuntimePaths(Path("/run/q")), accel)
+
+
+def test_command_line_has_libvirts_devices() -> None:
+    argv = _argv(VIRT_INSTALL)
+    devices = [json.loads(argv[i + 1]) for i, a in enumerate(argv) if a == "-device"]
+    placed = {(d["driver"], d.get("bus"), d.get("addr")) for d in devices}
+    assert {("virtio-net-pci", "pci.1", "0x0"), ("virtio-scsi-pci", "pci.2", "0x0"),
+            ("qemu-xhci", "pci.3", "0x0"), ("virtio-serial-pci", "pci.4", "0x0"),
+            ("virtio-blk-pci", "pci.5", "0x0"), ("virtio-balloon-pci", "pci.6", "0x0"),
+            ("virtio-rng-pci", "pci.7", "0x0"), ("virtio-vga", "pcie.0", "0x1"),
+            ("scsi-hd", "scsi0.0", None), ("ide-cd", "ide.1", None),
+            ("usb-tablet", "usb.0", None), ("isa-serial", None, None)} <= placed
+    assert argv[argv.index("-machine") + 1].startswith("pc-q35-7.2,accel=tcg,acpi=on,usb=off")
+    assert argv[argv.index("-cpu") + 1] == "qemu64"
+    assert argv[argv.index("-vnc") + 1] == "127.0.0.1:0,to=99,audiodev=audio1"
+
+
+def _with(device: str) -> str:
+    return VIRT_INSTALL.replace("</devices>", device + "</devices>")
+
+
+@pytest.mark.parametrize(("xml", "message"), [
+    (_with("<sound model='ich9'/>"), r"<devices><sound>: this device class"),
+    (_with("<interface type='network'><source network='default'/><model type='virtio'/>"
+           "</interface>"), r"<interface type='network'> #2: libvirt virtual networks"),
+    (_with("<interface type='user'/>"), r"model 'rtl8139' is a conventional PCI device"),
+    (VIRT_INSTALL.replace("<vcpu>2</vcpu>", "<vcpu>2</vcpu><iothreads>1</iothreads>"),
+     r"<iothreads>: not supported"),
+    (VIRT_INSTALL.replace("<apic/>", "<apic/><hyperv/>"), r"<features><hyperv>"),
+    (VIRT_INSTALL.replace("<cpu mode='custom'><model>qemu64</model></cpu>",
+                          "<cpu mode='host-model'/>"), r"host-model'> under TCG"),
+    (_with("<graphics type='spice'/>"), r"<graphics type='spice'>: only VNC"),
+    (_with("<controller type='scsi' index='1' model='lsilogic'/>"),
+     r"model 'lsilogic' is a conventional PCI device"),
+    (VIRT_INSTALL.replace("bus='sata'", "bus='usb'"), r"bus 'usb' is not supported"),
+])
+def test_what_cannot_start_is_refused_by_name(xml: str, message: str) -> None:
+    with pytest.raises(NotSupportedError, match=message):
+        _argv(xml)

@@ -1,0 +1,266 @@
+"""The guests people define (fixtures/guest.py --profile virt-install: q35, UEFI, a user-mode
+NIC, a virtio-scsi disk, a SATA CD-ROM, RNG, USB tablet, VNC) under real QEMU, and the proof that
+qsnap builds the machine libvirt builds: the same completed XML as ``virsh dumpxml``, the same
+devices as ``virsh domxml-to-native``, and save images that move both ways between ``virsh`` and
+``qsnap`` with the guest's counter continuing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+from lxml import etree
+from qemu_guest import (
+    assert_one_moment,
+    guest_module,
+    read_counters,
+    require_qemu,
+    wait_for_counter,
+)
+from test_machine import VIRT_INSTALL, pci_addresses
+
+from qsnap import CreateFlags, Engine, snapshot_xml_from_args
+from qsnap.launcher.command import RuntimePaths, qemu_command
+from qsnap.model.domain import parse_domain
+from qsnap.plan.machine import complete_machine
+
+GUEST = guest_module()
+URI = "qemu:///system"
+
+
+def virsh(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["virsh", "-q", "-c", URI, *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def virt_install_guest(name: str, directory: Path, memory: int = 256) -> Path:
+    require_qemu()
+    if not Path("/usr/share/qemu/firmware").is_dir():
+        pytest.fail("QEMU's firmware descriptors are missing: scripts/test installs Debian's "
+                    "ovmf")
+    return GUEST.make_guest(name, 2, memory, directory, profile="virt-install")
+
+
+def libvirt_completion(xml: str) -> etree._Element:
+    """What libvirt makes of *xml* at define (``virsh define`` + ``dumpxml``)."""
+    name = etree.fromstring(xml).findtext("name") or ""
+    virsh("undefine", name, "--nvram")
+    with open(f"/tmp/qsnap-test-{name}.xml", "w") as handle:
+        handle.write(xml)
+    defined = virsh("define", f"/tmp/qsnap-test-{name}.xml")
+    assert defined.returncode == 0, defined.stderr
+    try:
+        return etree.fromstring(virsh("dumpxml", name).stdout)
+    finally:
+        virsh("undefine", name, "--nvram")
+
+
+def _drives(root: etree._Element) -> dict[str, dict[str, str]]:
+    return {d.find("target").get("dev", ""): dict(d.find("address").attrib)  # type: ignore[union-attr]
+            for d in root.iterfind("devices/disk") if d.find("address") is not None
+            and d.find("address").get("type") == "drive"}  # type: ignore[union-attr]
+
+
+MINIMAL_Q35 = ("<domain type='qemu'><name>qsnap-m1</name><memory unit='MiB'>128</memory><os>"
+               "<type machine='pc-q35-7.2'>hvm</type></os><devices><disk type='file' "
+               "device='disk'><source file='/nonexistent/a'/><target dev='vda' bus='virtio'/>"
+               "</disk></devices></domain>")
+PC_WITH_EVERYTHING = (
+    "<domain type='qemu'><name>qsnap-m2</name><memory unit='MiB'>128</memory><os><type "
+    "machine='pc-i440fx-7.2'>hvm</type></os><devices><disk type='file' device='disk'><source "
+    "file='/nonexistent/a'/><target dev='vda' bus='virtio'/></disk><disk type='file' "
+    "device='cdrom'><target dev='hdc' bus='ide'/></disk><interface type='user'><mac "
+    "address='52:54:00:00:00:07'/><model type='e1000e'/></interface><graphics type='vnc'/>"
+    "<serial type='pty'/><channel type='unix'><target type='virtio' "
+    "name='org.qemu.guest_agent.0'/></channel><rng model='virtio'><backend model='random'>"
+    "/dev/urandom</backend></rng><controller type='scsi' model='virtio-scsi'/></devices>"
+    "</domain>")
+Q35_MANY = (
+    "<domain type='qemu'><name>qsnap-m3</name><memory unit='MiB'>128</memory><os><type "
+    "machine='pc-q35-7.2'>hvm</type></os><devices><controller type='scsi' "
+    "model='virtio-scsi'/><channel type='unix'><target type='virtio' "
+    "name='org.qemu.guest_agent.0'/></channel><disk type='file' device='disk'><source "
+    "file='/nonexistent/d'/><target dev='sdb' bus='scsi'/></disk><disk type='file' "
+    "device='cdrom'><target dev='hdc' bus='sata'/></disk><interface type='user'><mac "
+    "address='52:54:00:00:00:01'/><model type='virtio'/></interface><interface type='user'>"
+    "<mac address='52:54:00:00:00:02'/><model type='e1000e'/></interface><input type='tablet' "
+    "bus='usb'/><input type='keyboard' bus='usb'/><video><model type='virtio'/></video>"
+    "<graphics type='vnc'/><disk type='file' device='disk'><source file='/nonexistent/b'/>"
+    "<target dev='vdb' bus='virtio'/></disk><disk type='file' device='disk'><source "
+    "file='/nonexistent/c'/><target dev='vdc' bus='virtio'/></disk></devices></domain>")
+
+
+@pytest.mark.parametrize("xml", [VIRT_INSTALL.replace("<name>vi<", "<name>qsnap-vi<"),
+                                 MINIMAL_Q35, PC_WITH_EVERYTHING, Q35_MANY],
+                         ids=["virt-install", "minimal-q35", "pc", "q35-many"])
+def test_completion_matches_libvirt(xml: str, libvirtd: str) -> None:
+    theirs = libvirt_completion(xml)
+    ours = complete_machine(etree.fromstring(xml))
+    assert pci_addresses(ours) == pci_addresses(theirs)
+    assert _drives(ours) == _drives(theirs)
+    kinds = [(c.get("type"), c.get("index"), c.get("model"))
+             for c in ours.iterfind("devices/controller")]
+    assert sorted(kinds, key=str) == sorted(
+        [(c.get("type"), c.get("index"), c.get("model"))
+         for c in theirs.iterfind("devices/controller")], key=str)
+    for tag in ("memballoon", "video/model", "input", "console", "audio"):
+        assert [dict(n.attrib) for n in ours.iterfind(f"devices/{tag}")] == \
+            [dict(n.attrib) for n in theirs.iterfind(f"devices/{tag}")], tag
+
+
+def _libvirt_devices(argv: list[str]) -> set[tuple[str, str | None, str | None]]:
+    found = set()
+    for i, arg in enumerate(argv):
+        if arg == "-device" and argv[i + 1].startswith("{"):
+            device = json.loads(argv[i + 1])
+            found.add((device["driver"], device.get("bus"), device.get("addr")))
+    return found
+
+
+def test_command_line_matches_libvirt(tmp_path: Path, libvirtd: str) -> None:
+    """``virsh domxml-to-native`` and qsnap's argv for the virt-install guest: the same device
+    models on the same buses and addresses, machine type, firmware, CPU and topology."""
+    xml_path = virt_install_guest("qsnap-native", tmp_path)
+    engine_xml = tmp_path / "defined.xml"
+
+    async def define() -> str:
+        engine = Engine(tmp_path / "state")
+        await engine.define(xml_path.read_text())
+        return await engine.domain_xml("qsnap-native")
+
+    engine_xml.write_text(asyncio.run(define()))
+    virsh("undefine", "qsnap-native", "--nvram")
+    native = virsh("domxml-to-native", "qemu-argv", str(xml_path))
+    assert native.returncode == 0, native.stderr
+    theirs = shlex.split(native.stdout.strip().split(" /usr/bin/qemu-system-x86_64 ", 1)[1]
+                         if " /usr/bin/qemu-system-x86_64 " in native.stdout else native.stdout)
+    ours = qemu_command(parse_domain(engine_xml.read_text()), RuntimePaths(tmp_path / "run"),
+                        "tcg")
+    ours_devices = _libvirt_devices(ours)
+    theirs_devices = _libvirt_devices(theirs)
+    assert ours_devices == theirs_devices
+    assert len(ours_devices) >= 14  # the root ports, controllers, disks, NIC, input, video...
+
+    def machine(argv: list[str]) -> dict[str, str]:
+        props = argv[argv.index("-machine") + 1].split(",")
+        return {"type": props[0], **dict(p.split("=", 1) for p in props[1:])}
+
+    theirs_machine, ours_machine = machine(theirs), machine(ours)
+    assert ours_machine["type"] == theirs_machine["type"] == "pc-q35-7.2"
+    assert ours_machine.get("smm", "off") == theirs_machine.get("smm", "off")
+
+    def pflash(argv: list[str]) -> list[str]:
+        return [json.loads(argv[i + 1])["filename"] for i, a in enumerate(argv)
+                if a == "-blockdev" and "pflash0" in argv[i + 1] and '"filename"' in argv[i + 1]]
+
+    assert pflash(ours) == pflash(theirs) == ["/usr/share/OVMF/OVMF_CODE_4M.fd"]
+    assert ours[ours.index("-cpu") + 1] == theirs[theirs.index("-cpu") + 1]
+    assert ours[ours.index("-smp") + 1] == theirs[theirs.index("-smp") + 1]
+
+
+async def test_virt_install_guest_snapshots_reverts_and_restores(tmp_path: Path) -> None:
+    """Disk-only (one moment across virtio and virtio-scsi), external and internal full-system
+    snapshots, their reverts, and save/restore of a q35 + OVMF + network guest."""
+    folder = tmp_path / "g"
+    xml = virt_install_guest("g", folder)
+    engine = Engine(tmp_path / "state")
+    await engine.define(xml.read_text())
+    defined = parse_domain(await engine.domain_xml("g"))
+    nvram = defined.element.findtext("os/nvram") or ""
+    assert defined.element.find("os/type").get("machine") == "pc-q35-7.2"  # type: ignore[union-attr]
+    assert not Path(nvram).exists()  # created from its template at the first start
+    await engine.start("g")
+    serial = folder / "serial.log"
+    try:
+        await wait_for_counter(serial, 10, timeout=90)
+        assert Path(nvram).stat().st_size == Path(
+            defined.element.find("os/nvram").get("template") or "").stat().st_size  # type: ignore[union-attr]
+        pid = (await engine.guest_info("g")).pid
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        assert any('"virtio-net-pci"' in a for a in cmdline)
+        assert (folder / "vnc.sock").is_socket()
+
+        await engine.create("g", snapshot_xml_from_args("d1"), CreateFlags(disk_only=True))
+        assert (await engine.get("g", "d1")).state == "disk-snapshot"
+        # The guest writes /dev/sda (virtio-scsi) then /dev/vda in each round.
+        assert_one_moment(read_counters([folder / "g-sda.qcow2", folder / "g-vda.qcow2"]))
+
+        for name, memspec in (("m1", f"file={folder / 'm1.mem'}"), ("i1", None)):
+            await engine.create("g", snapshot_xml_from_args(name, memspec=memspec),
+                                CreateFlags())
+            taken_at = GUEST.last_serial_counter(serial) or 0
+            await wait_for_counter(serial, taken_at + 50)
+            offset = serial.stat().st_size
+            await engine.revert("g", name)
+            # The old QEMU may print a few more counters before it stops: the reverted guest
+            # is the first count below where the old one was.
+            for _ in range(300):
+                if any(c < taken_at + 40 for c in _counters_since(serial, offset)):
+                    break
+                await asyncio.sleep(0.1)
+            resumed = min(_counters_since(serial, offset))
+            assert taken_at - 5 <= resumed <= taken_at + 5, (name, taken_at, resumed)
+
+        saved_at = GUEST.last_serial_counter(serial) or 0
+        await engine.save("g", folder / "g.save")
+        assert await engine.domstate("g") == "shut off"
+        offset = serial.stat().st_size
+        await engine.restore(folder / "g.save")
+        await wait_for_counter(serial, saved_at + 10)
+        assert b"qsnap-guest ready" not in serial.read_bytes()[offset:]
+        assert saved_at - 5 <= _counters_since(serial, offset)[0] <= saved_at + 5
+    finally:
+        await engine.destroy("g")
+
+
+def _counters_since(serial: Path, offset: int) -> list[int]:
+    return [int(n) for n in re.findall(rb"qsnap-counter (\d+)", serial.read_bytes()[offset:])]
+
+
+async def test_save_images_move_between_libvirt_and_qsnap(tmp_path: Path, libvirtd: str) -> None:
+    """``virsh save`` of the q35 + OVMF + network + virtio-scsi + CD-ROM guest restores under
+    ``qsnap restore``, and qsnap's save restores under ``virsh restore``; each time the guest
+    goes on counting from where it was saved (no boot in between)."""
+    name = f"qsnap-lx-{tmp_path.name[-6:]}"
+    folder = tmp_path / "g"
+    xml = virt_install_guest(name, folder)
+    serial = folder / "serial.log"
+    virsh("undefine", name, "--nvram")
+    assert virsh("define", str(xml)).returncode == 0
+    engine = Engine(tmp_path / "state")
+    try:
+        started = virsh("start", name)
+        assert started.returncode == 0, started.stderr
+        await wait_for_counter(serial, 10, timeout=90)
+        saved = virsh("save", name, str(folder / "libvirt.save"))
+        assert saved.returncode == 0, saved.stderr
+        at_save = GUEST.last_serial_counter(serial) or 0
+        offset = serial.stat().st_size
+
+        await engine.restore(str(folder / "libvirt.save"))
+        await wait_for_counter(serial, at_save + 10)
+        resumed = _counters_since(serial, offset)
+        assert b"qsnap-guest ready" not in serial.read_bytes()[offset:]
+        assert at_save - 5 <= resumed[0] <= at_save + 5, (at_save, resumed[:3])
+
+        await engine.save(name, str(folder / "qsnap.save"))
+        at_save = GUEST.last_serial_counter(serial) or 0
+        restored = virsh("restore", str(folder / "qsnap.save"))
+        assert restored.returncode == 0, restored.stderr
+        # libvirt opens the serial file anew (truncated): whatever the guest prints now
+        # continues from the saved moment instead of starting at a boot.
+        await wait_for_counter(serial, at_save + 10)
+        resumed = _counters_since(serial, 0)
+        assert b"qsnap-guest ready" not in serial.read_bytes()
+        assert at_save - 5 <= resumed[0] <= at_save + 5, (at_save, resumed[:3])
+    finally:
+        virsh("destroy", name)
+        virsh("undefine", name, "--nvram")
+        if await engine.domstate(name) == "running":
+            await engine.destroy(name)
