@@ -33,7 +33,9 @@ install_debian_packages() {
 }
 
 install_qemu() {
-    install_debian_packages qemu-system-x86_64 qemu-system-x86 qemu-img qemu-utils
+    # OVMF with QEMU's firmware descriptors, for UEFI guests (<os firmware='efi'>).
+    install_debian_packages qemu-system-x86_64 qemu-system-x86 qemu-img qemu-utils \
+        /usr/share/qemu/firmware/60-edk2-x86_64.json ovmf
 }
 
 setup_venv() {

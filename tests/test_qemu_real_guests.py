@@ -28,6 +28,7 @@ from test_machine import VIRT_INSTALL, pci_addresses
 from qsnap import CreateFlags, Engine, snapshot_xml_from_args
 from qsnap.launcher.command import RuntimePaths, qemu_command
 from qsnap.model.domain import parse_domain
+from qsnap.monitor import Monitor
 from qsnap.plan.machine import complete_machine
 
 GUEST = guest_module()
@@ -185,6 +186,8 @@ async def test_virt_install_guest_snapshots_reverts_and_restores(tmp_path: Path)
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
         assert any('"virtio-net-pci"' in a for a in cmdline)
         assert (folder / "vnc.sock").is_socket()
+        genid = defined.element.findtext("genid")
+        assert genid and await generation_id(engine) == genid  # a start keeps it
 
         await engine.create("g", snapshot_xml_from_args("d1"), CreateFlags(disk_only=True))
         assert (await engine.get("g", "d1")).state == "disk-snapshot"
@@ -206,6 +209,9 @@ async def test_virt_install_guest_snapshots_reverts_and_restores(tmp_path: Path)
                 await asyncio.sleep(0.1)
             resumed = min(_counters_since(serial, offset))
             assert taken_at - 5 <= resumed <= taken_at + 5, (name, taken_at, resumed)
+            rewound = await generation_id(engine)
+            assert rewound != genid, name  # the guest can tell it was rewound
+            genid = rewound
 
         saved_at = GUEST.last_serial_counter(serial) or 0
         await engine.save("g", folder / "g.save")
@@ -215,8 +221,14 @@ async def test_virt_install_guest_snapshots_reverts_and_restores(tmp_path: Path)
         await wait_for_counter(serial, saved_at + 10)
         assert b"qsnap-guest ready" not in serial.read_bytes()[offset:]
         assert saved_at - 5 <= _counters_since(serial, offset)[0] <= saved_at + 5
+        assert await generation_id(engine) != genid
     finally:
         await engine.destroy("g")
+
+
+async def generation_id(engine: Engine) -> str:
+    async with await Monitor.connect((await engine.guest_info("g")).qmp or "") as monitor:
+        return await monitor.generation_id()
 
 
 def _counters_since(serial: Path, offset: int) -> list[int]:

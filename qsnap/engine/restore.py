@@ -11,6 +11,7 @@ asked for again. A restore that fails while running takes :func:`_back` too.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,7 +23,7 @@ from qsnap.errors import DomainRunningError, GuestExitedError, MonitorClosedErro
 from qsnap.faults import crash_point
 from qsnap.launcher.accel import choose_accel
 from qsnap.launcher.process import RuntimeInfo
-from qsnap.model.domain import DomainDef
+from qsnap.model.domain import DomainDef, rewound
 from qsnap.model.save_image import SaveImage
 from qsnap.monitor import Monitor
 from qsnap.store.intent import IntentRecord, clear_intent, write_intent
@@ -50,7 +51,8 @@ async def run(ctx: Context, domain: DomainDef, source: Path, image: SaveImage,
     await asyncio.to_thread(write_intent, ctx.folder.path, work.record())
     crash_point("restore: intent recorded")
     try:
-        info = await ctx.launch(domain, ctx.paths, choose_accel(domain.type), incoming=True)
+        info = await ctx.launch(rewound(domain, str(uuid.uuid4())), ctx.paths,
+                                choose_accel(domain.type), incoming=True)
     except BaseException:
         await asyncio.to_thread(clear_intent, ctx.folder.path)
         raise

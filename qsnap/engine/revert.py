@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import os
 import time
+import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,7 +41,7 @@ from qsnap.errors import InvalidArgumentError, OperationInvalidError, QsnapError
 from qsnap.faults import crash_point
 from qsnap.launcher.accel import choose_accel
 from qsnap.launcher.process import RuntimeInfo, read_runtime
-from qsnap.model.domain import DomainDef, parse_domain
+from qsnap.model.domain import DomainDef, parse_domain, rewound
 from qsnap.model.save_image import SaveImage
 from qsnap.model.snapshot import DiskSource, SnapshotDef, format_snapshot, parse_snapshot
 from qsnap.monitor import Monitor
@@ -283,7 +284,9 @@ async def _carry_out(ctx: Context, plan: RevertPlan, memory: SaveImage | None) -
             await images.qemu_img("snapshot", "-a", plan.target, image)
         if not plan.start:
             return
-        started = await ctx.launch(plan.domain, ctx.paths, choose_accel(plan.domain.type),
+        launched = plan.domain if plan.memory is None else rewound(plan.domain,
+                                                                   str(uuid.uuid4()))
+        started = await ctx.launch(launched, ctx.paths, choose_accel(plan.domain.type),
                                    incoming=plan.memory == "external", paused=True)
         ctx.running = started
         async with await Monitor.connect(started.qmp) as monitor:

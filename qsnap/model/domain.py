@@ -248,6 +248,19 @@ def with_uuid(domain: DomainDef, uuid: str) -> DomainDef:
     return parse_domain_element(element)
 
 
+def rewound(domain: DomainDef, guid: str) -> DomainDef:
+    """*domain* as QEMU starts it for a revert to a memory snapshot or a restore: a guest
+    with a ``<genid>`` sees a new generation ID (libvirt's rule), so it can tell it was
+    rewound; without one, *domain* itself."""
+    if domain.element.find("genid") is None:
+        return domain
+    element = copy.deepcopy(domain.element)
+    node = element.find("genid")
+    assert node is not None
+    node.text = guid
+    return parse_domain_element(element)
+
+
 # Attributes that hold secrets in libvirt domain XML, by element: shown only with --security-info.
 _SECRET_ATTRIBUTES = {"graphics": ("passwd",)}
 

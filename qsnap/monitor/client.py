@@ -480,6 +480,10 @@ class Monitor:
         """QEMU's run state: running, paused, postmigrate, shutdown, ..."""
         return str((await self.execute("query-status"))["status"])
 
+    async def generation_id(self) -> str:
+        """The VM generation ID the guest sees (its ``vmgenid`` device)."""
+        return str((await self.execute("query-vm-generation-id"))["guid"])
+
     async def resume_if_stopped(self) -> bool:
         """Run a guest that is paused, or stopped after a finished outgoing migration
         (``postmigrate``); True if it was. For settling what a crash left paused."""
