@@ -377,3 +377,26 @@ def test_dropping_an_unreadable_snapshot_makes_its_children_roots() -> None:
     assert (plan.remove, plan.reparent) == (["b"], {"c": None, "d": None})
     assert (plan.current, plan.current_changes) == (None, True)
     assert not plan_drop_unreadable("b", {"a": None}, current="a").current_changes
+
+
+# -- manual disks ------------------------------------------------------------------------------
+
+def test_manual_disks_are_left_to_the_user_and_the_guest_paused() -> None:
+    from qsnap.plan.disk_snapshot import plan_disk_snapshot
+    from qsnap.plan.full_snapshot import plan_full_snapshot
+    request = parse_snapshot("<domainsnapshot><name>s</name><disks><disk name='vda' "
+                             "snapshot='manual'/></disks></domainsnapshot>")
+    plan = plan_disk_snapshot(request, DOMAIN, CreateFlags(disk_only=True), active=True,
+                              current=None, now=1, regular_files={"/img/a.qcow2"})
+    assert (plan.overlays, plan.leave_paused, plan.domain_after) == ([], True, DOMAIN)
+    offline = plan_disk_snapshot(request, DOMAIN, CreateFlags(disk_only=True), active=False,
+                                 current=None, now=1, regular_files={"/img/a.qcow2"})
+    assert not offline.leave_paused
+    full = parse_snapshot("<domainsnapshot><name>s</name><memory snapshot='external' "
+                          "file='/m'/><disks><disk name='vda' snapshot='manual'/></disks>"
+                          "</domainsnapshot>")
+    assert plan_full_snapshot(full, DOMAIN, CreateFlags(), state="running", current=None,
+                              now=1, regular_files=set()).leave_paused
+    with pytest.raises(InvalidArgumentError, match="--live cannot be used with 'manual'"):
+        plan_full_snapshot(full, DOMAIN, CreateFlags(live=True), state="running",
+                           current=None, now=1, regular_files=set())

@@ -63,6 +63,7 @@ from qsnap.plan.full_snapshot import (
     choose_capture,
     plan_full_snapshot,
 )
+from qsnap.plan.save import check_migratable
 from qsnap.store.atomic import unlink_if_present
 from qsnap.store.folder import KEEP, DomainFolder
 from qsnap.store.intent import INTENT_NAME, IntentRecord, clear_intent, write_intent
@@ -98,17 +99,19 @@ class CreateWork(IntentRecord):
     memory_file: str | None = None
     strategy: str | None = None
     existed: list[str] = field(default_factory=list)
+    leave_paused: bool = False  # a ``manual`` disk: the finished snapshot leaves it paused
     KIND: ClassVar[str] = "create"
 
     @classmethod
     def build(cls, snapshot: SnapshotDef, metadata: Batch, *, running: bool,
               overlays: list[Overlay], internal: list[tuple[str, str]], halt: bool,
-              was_running: bool, strategy: str | None = None) -> CreateWork:
+              was_running: bool, strategy: str | None = None,
+              leave_paused: bool = False) -> CreateWork:
         return cls(snapshot.name or "", metadata.to_record(),
                    "running" if running else "offline", halt,
                    was_running, [asdict(o) for o in overlays], [list(p) for p in internal],
                    snapshot.memory_file if snapshot.memory == "external" else None, strategy,
-                   [o.path for o in overlays if os.path.lexists(o.path)])
+                   [o.path for o in overlays if os.path.lexists(o.path)], leave_paused)
 
     @staticmethod
     def plan_metadata(folder: DomainFolder, snapshot: SnapshotDef, definition: DomainDef, *,
@@ -186,7 +189,9 @@ async def settle_create(work: CreateWork, folder: DomainFolder, paths: RuntimePa
             complete = await _settle_live(work, monitor)
             if complete:
                 await store_snapshot(work, folder, paths, None)
-            if work.was_running:
+            # A finished snapshot with a manual disk stays paused for the user (rolled
+            # back, the guest goes on as it was).
+            if work.was_running and not (complete and work.leave_paused):
                 await monitor.resume_if_stopped()
         if complete and work.halt:
             await stop(paths, running)
@@ -341,6 +346,8 @@ async def _run(ctx: Context, monitor: Monitor | None, xml: str | bytes | None,
         strategy = choose_capture(
             external=plan.external, live=flags.live, requested=live_strategy,
             running=state == "running", background_refusal=refusal)
+        check_migratable(domain, await monitor.migration_blockers(),
+                         "take a memory snapshot")
         sources = {d.target: d.source or "" for d in definition.disks}
         internal = [(t, sources[t]) for t in plan.internal_disks]
     else:
@@ -349,6 +356,8 @@ async def _run(ctx: Context, monitor: Monitor | None, xml: str | bytes | None,
                                        "snapshots of a running guest only")
         plan = plan_disk_snapshot(request, definition, flags, active=active,
                                   current=current, now=now, regular_files=regular_files)
+        if plan.leave_paused and monitor is not None:
+            state = await state_from(monitor)  # the guest pauses: a rollback resumes it
         internal = [("", image) for image in plan.internal_images]
 
     def record() -> CreateWork:  # file checks, metadata and intent: one worker-thread trip
@@ -358,7 +367,7 @@ async def _run(ctx: Context, monitor: Monitor | None, xml: str | bytes | None,
         work = CreateWork.build(
             plan.snapshot, metadata, running=info is not None, overlays=plan.overlays,
             internal=internal, halt=flags.halt, was_running=state == "running",
-            strategy=strategy)
+            strategy=strategy, leave_paused=plan.leave_paused)
         write_intent(folder.path, work.record())
         return work
 

@@ -32,7 +32,23 @@ async def take_disk_snapshot(plan: DiskSnapshotPlan, monitor: Monitor | None,
     before recording its intent.
 
     With *agent* (``--quiesce``), guest file systems are frozen through the guest agent
-    just before the transaction and thawed right after, whatever happened."""
+    just before the transaction and thawed right after, whatever happened. With a
+    ``manual`` disk the guest is paused first (QEMU flushes every image as it stops) and
+    left paused; if the switch fails, it runs again."""
+    paused_here = False
+    if plan.leave_paused and monitor is not None and await monitor.status() == "running":
+        await monitor.pause()
+        paused_here = True
+    try:
+        await _take(plan, monitor, agent)
+    except BaseException:
+        if paused_here and monitor is not None:
+            with contextlib.suppress(QsnapError):
+                await monitor.resume()
+        raise
+
+
+async def _take(plan: DiskSnapshotPlan, monitor: Monitor | None, agent: str | None) -> None:
     if plan.external and monitor is not None:
         await switch_overlays(monitor, plan.overlays, around=lambda: _frozen(agent))
     elif plan.external:

@@ -100,6 +100,7 @@ async def _external(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDef,
     was_running = await monitor.status() == "running"
     if was_running and strategy == "paused":
         await monitor.pause()
+    done = False
     try:
         await write_image(monitor, memory, domain.to_xml(secure=True), was_running,
                           progress=progress, ram=domain.memory_bytes)
@@ -108,8 +109,11 @@ async def _external(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDef,
         except BaseException:
             memory.unlink(missing_ok=True)
             raise
+        done = True
     finally:
-        if was_running:
+        # A manual disk keeps the finished snapshot's guest paused, for the user's own
+        # storage snapshot; anything else (or a failure) runs it again.
+        if was_running and not (done and plan.leave_paused):
             with contextlib.suppress(QsnapError):
                 await monitor.resume()
 

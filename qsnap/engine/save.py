@@ -30,7 +30,7 @@ from qsnap.errors import (
 from qsnap.faults import crash_point
 from qsnap.model.names import check_new_file_path
 from qsnap.monitor import Monitor
-from qsnap.plan.save import image_definition
+from qsnap.plan.save import check_migratable, image_definition
 from qsnap.store.intent import IntentRecord, clear_intent, write_intent
 
 
@@ -57,6 +57,7 @@ async def run(ctx: Context, target: Path, *, running: bool | None,
         raise AlreadyExistsError(f"refusing to overwrite existing file '{target}'",
                                  domain=ctx.domain, path=str(target))
     async with await Monitor.connect(info.qmp) as monitor:
+        check_migratable(ctx.domain, await monitor.migration_blockers(), "save the memory")
         work = SaveWork(str(target), await monitor.status() == "running")
         await asyncio.to_thread(write_intent, ctx.folder.path, work.record())
         crash_point("save: intent recorded")

@@ -480,6 +480,12 @@ class Monitor:
         """QEMU's run state: running, paused, postmigrate, shutdown, ..."""
         return str((await self.execute("query-status"))["status"])
 
+    async def migration_blockers(self) -> list[str]:
+        """Why QEMU cannot save this guest's state now (``query-migrate``'s
+        ``blocked-reasons``, since QEMU 6.0): empty when it can."""
+        return [str(r) for r in (await self.execute("query-migrate")).get("blocked-reasons",
+                                                                            [])]
+
     async def generation_id(self) -> str:
         """The VM generation ID the guest sees (its ``vmgenid`` device)."""
         return str((await self.execute("query-vm-generation-id"))["guid"])

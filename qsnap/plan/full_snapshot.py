@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from qsnap.errors import InvalidArgumentError, NotSupportedError
 from qsnap.model.domain import DomainDef, with_disk_images
 from qsnap.model.snapshot import SnapshotDef
-from qsnap.plan.disk_snapshot import Overlay, new_snapshot, split_disks
+from qsnap.plan.disk_snapshot import Overlay, has_manual_disks, new_snapshot, split_disks
 from qsnap.plan.disks import align_disks
 from qsnap.plan.flags import CreateFlags
 
@@ -36,6 +36,7 @@ class FullSnapshotPlan:
     vmstate_disk: str | None
     overlays: list[Overlay]
     domain_after: DomainDef
+    leave_paused: bool = False  # a disk is ``manual`` (see DiskSnapshotPlan.leave_paused)
 
 
 def plan_full_snapshot(request: SnapshotDef, domain: DomainDef, flags: CreateFlags, *,
@@ -67,10 +68,14 @@ def plan_full_snapshot(request: SnapshotDef, domain: DomainDef, flags: CreateFla
     if not external and not internal:
         raise InvalidArgumentError("internal and full system snapshots require all disks to be "
                                    "selected for snapshot")
+    manual = has_manual_disks(snap)
+    if manual and flags.live:
+        raise InvalidArgumentError("--live cannot be used with 'manual' disks: the guest is "
+                                   "paused for them and left paused")
     domain_after = with_disk_images(domain, {o.target: (o.path, o.format) for o in overlays}) \
         if overlays else domain
     return FullSnapshotPlan(snap, external, internal, internal[0] if internal else None,
-                            overlays, domain_after)
+                            overlays, domain_after, leave_paused=manual)
 
 
 def background_wanted(*, external: bool, live: bool, requested: str | None) -> bool:

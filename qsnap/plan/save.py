@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from qsnap.errors import InvalidArgumentError
+from qsnap.errors import InvalidArgumentError, OperationInvalidError
 from qsnap.model.domain import DomainDef, parse_domain, same_uuid
+
+
+def check_migratable(domain: str, blockers: list[str], what: str) -> None:
+    """Saving a guest's memory (a save, a memory snapshot) needs a QEMU that can migrate;
+    refused with QEMU's own reasons before anything is touched."""
+    if blockers:
+        raise OperationInvalidError(f"cannot {what} of domain '{domain}': QEMU cannot save its "
+                                    f"state: {'; '.join(blockers)}", domain=domain)
 
 
 def image_definition(domain: DomainDef, replacement: str | None) -> str:
