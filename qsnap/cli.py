@@ -151,7 +151,7 @@ async def cmd_dumpxml(engine: Engine, args: Args, out: _Output) -> None:
 
 
 async def cmd_start(engine: Engine, args: Args, out: _Output) -> None:
-    await engine.start(args.domain, progress=out.progress)
+    await engine.start(args.domain, reset_nvram=args.reset_nvram, progress=out.progress)
     out.end_progress()
     out.extra(f"Domain '{args.domain}' started\n")
 
@@ -406,7 +406,9 @@ COMMANDS: dict[str, CommandSpec] = {spec.name: spec for spec in (
         _DOMAIN, flag("snapshots-metadata", "remove all snapshot metadata too")),
         cmd_undefine),
     CommandSpec("dumpxml", "domain information in XML", (_DOMAIN, _SECURITY), cmd_dumpxml),
-    CommandSpec("start", "start a (previously defined) inactive domain", (_DOMAIN,), cmd_start),
+    CommandSpec("start", "start a (previously defined) inactive domain",
+                (_DOMAIN, flag("reset-nvram", "re-initialize NVRAM from its pristine template")),
+                cmd_start),
     CommandSpec("destroy", "stop a domain at once (its QEMU is ended)", (_DOMAIN,),
                 cmd_destroy),
     CommandSpec("shutdown", "gracefully shutdown a domain (ACPI power button)", (_DOMAIN,),

@@ -25,7 +25,8 @@ from qemu_guest import (
 )
 from test_machine import VIRT_INSTALL, pci_addresses
 
-from qsnap import CreateFlags, Engine, snapshot_xml_from_args
+import qsnap
+from qsnap import CreateFlags, DeleteFlags, Engine, RevertFlags, snapshot_xml_from_args
 from qsnap.launcher.command import RuntimePaths, qemu_command
 from qsnap.model.domain import parse_domain
 from qsnap.monitor import Monitor
@@ -167,11 +168,12 @@ def test_command_line_matches_libvirt(tmp_path: Path, libvirtd: str) -> None:
 
 async def test_virt_install_guest_snapshots_reverts_and_restores(tmp_path: Path) -> None:
     """Disk-only (one moment across virtio and virtio-scsi), external and internal full-system
-    snapshots, their reverts, and save/restore of a q35 + OVMF + network guest."""
+    snapshots, their reverts, and save/restore of a q35 + OVMF + network guest (its NVRAM in
+    qcow2, which internal snapshots need)."""
     folder = tmp_path / "g"
     xml = virt_install_guest("g", folder)
     engine = Engine(tmp_path / "state")
-    await engine.define(xml.read_text())
+    await engine.define(xml.read_text().replace("<cmdline>", "<nvram format='qcow2'/><cmdline>"))
     defined = parse_domain(await engine.domain_xml("g"))
     nvram = defined.element.findtext("os/nvram") or ""
     assert defined.element.find("os/type").get("machine") == "pc-q35-7.2"  # type: ignore[union-attr]
@@ -180,8 +182,10 @@ async def test_virt_install_guest_snapshots_reverts_and_restores(tmp_path: Path)
     serial = folder / "serial.log"
     try:
         await wait_for_counter(serial, 10, timeout=90)
-        assert Path(nvram).stat().st_size == Path(
-            defined.element.find("os/nvram").get("template") or "").stat().st_size  # type: ignore[union-attr]
+        info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", nvram],
+                                         capture_output=True, text=True, check=True).stdout)
+        template = defined.element.find("os/nvram").get("template") or ""  # type: ignore[union-attr]
+        assert (info["format"], info["virtual-size"]) == ("qcow2", Path(template).stat().st_size)
         pid = (await engine.guest_info("g")).pid
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
         assert any('"virtio-net-pci"' in a for a in cmdline)
@@ -213,6 +217,8 @@ async def test_virt_install_guest_snapshots_reverts_and_restores(tmp_path: Path)
             assert rewound != genid, name  # the guest can tell it was rewound
             genid = rewound
 
+        assert "i1" in internal_tags(nvram)  # the firmware's variables took the tag too
+
         saved_at = GUEST.last_serial_counter(serial) or 0
         await engine.save("g", folder / "g.save")
         assert await engine.domstate("g") == "shut off"
@@ -229,6 +235,68 @@ async def test_virt_install_guest_snapshots_reverts_and_restores(tmp_path: Path)
 async def generation_id(engine: Engine) -> str:
     async with await Monitor.connect((await engine.guest_info("g")).qmp or "") as monitor:
         return await monitor.generation_id()
+
+
+def internal_tags(image: str) -> list[str]:
+    out = subprocess.run(["qemu-img", "snapshot", "-l", "-U", image], capture_output=True,
+                         text=True, check=True).stdout
+    return [line.split()[1] for line in out.splitlines()[2:] if line.split()]
+
+
+def same_content(a: str, b: str) -> bool:
+    return subprocess.run(["qemu-img", "compare", "-U", a, b],
+                          capture_output=True).returncode == 0
+
+
+async def test_uefi_variables_follow_snapshots(tmp_path: Path) -> None:
+    """An external snapshot keeps the NVRAM as it was, and a revert puts it back;
+    ``--reset-nvram`` starts from the template instead; internal snapshots of a raw NVRAM are
+    refused (libvirt 10.9's rule), and a qcow2 NVRAM's tag goes when the snapshot does.
+
+    The file is compared after reverts to a disk-only snapshot, which leave the guest shut off:
+    after a memory snapshot's revert QEMU itself writes the flash contents of the memory image
+    back to the file once the guest runs (pflash's post-load), so it holds the snapshot's
+    variables whatever the file held before."""
+    folder = tmp_path / "g"
+    xml = virt_install_guest("g", folder).read_text()
+    engine = Engine(tmp_path / "state")
+    await engine.define(xml)
+    defined = parse_domain(await engine.domain_xml("g"))
+    nvram, template = defined.nvram or "", defined.element.find("os/nvram").get("template")  # type: ignore[union-attr]
+    await engine.start("g")
+    try:
+        await wait_for_counter(folder / "serial.log", 5, timeout=90)
+        with pytest.raises(qsnap.NotSupportedError, match=r"need its NVRAM .* in qcow2 format"):
+            await engine.create("g", snapshot_xml_from_args("i"), CreateFlags())
+        await engine.create("g", snapshot_xml_from_args(
+            "m1", memspec=f"file={folder / 'm1.mem'}"), CreateFlags())
+        await engine.create("g", snapshot_xml_from_args("d1"), CreateFlags(disk_only=True))
+        copies = tmp_path / "state" / "domains" / "g" / "nvram"
+        assert sorted(p.name for p in copies.iterdir()) == ["d1", "m1"]
+        assert same_content(str(copies / "d1"), nvram)
+        await engine.destroy("g")
+        subprocess.run(["qemu-img", "create", "-q", "-f", "raw", nvram, "4M"], check=True)
+        assert not same_content(str(copies / "d1"), nvram)
+        await engine.revert("g", "d1")
+        assert await engine.domstate("g") == "shut off"
+        assert same_content(str(copies / "d1"), nvram)  # the snapshot's variables are back
+        await engine.revert("g", "d1", RevertFlags(reset_nvram=True))
+        assert same_content(str(template), nvram)
+        await engine.revert("g", "m1")  # QEMU writes the image's flash back: it still boots
+        await wait_for_counter(folder / "serial.log", 5)
+        await engine.delete("g", "m1", DeleteFlags(metadata_only=True))
+        assert sorted(p.name for p in copies.iterdir()) == ["d1"]  # went with the metadata
+    finally:
+        await engine.destroy("g")
+
+    qcow2 = Engine(tmp_path / "state2")
+    await qcow2.define(xml.replace("<cmdline>", "<nvram format='qcow2'/><cmdline>")
+                       .replace("<name>g</name>", "<name>q</name>"))
+    varstore = parse_domain(await qcow2.domain_xml("q")).nvram or ""
+    await qcow2.create("q", snapshot_xml_from_args("off"), CreateFlags())  # shut off: qemu-img
+    assert internal_tags(varstore) == ["off"]
+    await qcow2.delete("q", "off")
+    assert internal_tags(varstore) == []
 
 
 def _counters_since(serial: Path, offset: int) -> list[int]:

@@ -48,9 +48,9 @@ from qsnap.errors import (
 )
 from qsnap.faults import crash_point
 from qsnap.launcher.command import RuntimePaths, agent_socket
-from qsnap.launcher.process import RuntimeInfo
+from qsnap.launcher.process import RuntimeInfo, create_nvram
 from qsnap.model.capture import with_capture
-from qsnap.model.domain import DomainDef, parse_domain_element
+from qsnap.model.domain import NVRAM_TARGET, DomainDef, parse_domain_element
 from qsnap.model.names import check_new_file_path, default_snapshot_name
 from qsnap.model.snapshot import SnapshotDef, parse_snapshot
 from qsnap.monitor import Monitor
@@ -193,12 +193,16 @@ async def settle_create(work: CreateWork, folder: DomainFolder, paths: RuntimePa
             # back, the guest goes on as it was).
             if work.was_running and not (complete and work.leave_paused):
                 await monitor.resume_if_stopped()
+        if not complete:
+            await asyncio.to_thread(folder.drop_nvram, work.snapshot)
         if complete and work.halt:
             await stop(paths, running)
         return complete
     complete = await _settle_offline(work)
     if complete:
         await store_snapshot(work, folder, paths, None)
+    else:
+        await asyncio.to_thread(folder.drop_nvram, work.snapshot)
     return complete
 
 
@@ -227,7 +231,7 @@ async def _settle_live(work: CreateWork, monitor: Monitor) -> bool:
 
 
 async def _settle_live_tags(work: CreateWork, monitor: Monitor) -> bool:
-    tops = await monitor.block_tops()
+    tops = await monitor.block_tops(nvram=True)
     nodes = [tops[target] for target, _ in work.internal if target in tops]
     held = await monitor.internal_snapshot_tags(nodes)
     having = [n for n in nodes if work.snapshot in held[n]]
@@ -349,6 +353,7 @@ async def _run(ctx: Context, monitor: Monitor | None, xml: str | bytes | None,
         check_migratable(domain, await monitor.migration_blockers(),
                          "take a memory snapshot")
         sources = {d.target: d.source or "" for d in definition.disks}
+        sources[NVRAM_TARGET] = definition.nvram or ""
         internal = [(t, sources[t]) for t in plan.internal_disks]
     else:
         if live_strategy is not None:
@@ -362,6 +367,11 @@ async def _run(ctx: Context, monitor: Monitor | None, xml: str | bytes | None,
 
     def record() -> CreateWork:  # file checks, metadata and intent: one worker-thread trip
         check_new_files(plan.overlays, plan.snapshot, definition)
+        if info is None and definition.nvram:
+            create_nvram(definition)  # a guest never started has none yet to snapshot
+        if definition.nvram and plan.snapshot.is_external and not flags.no_metadata:
+            # The firmware's variables as the snapshot finds them, for its revert.
+            folder.keep_nvram(plan.snapshot.name or "", definition.nvram)
         metadata = CreateWork.plan_metadata(folder, plan.snapshot, plan.domain_after,
                                             keep=not flags.no_metadata)
         work = CreateWork.build(

@@ -96,7 +96,7 @@ async def check_internal(removals: list[InternalRemoval], running: RuntimeInfo |
                                                 f"'{removal.name}'")
         return
     async with await Monitor.connect(running.qmp) as monitor:
-        tops = await monitor.block_tops()
+        tops = await monitor.block_tops(nvram=True)
         held = await monitor.internal_snapshot_tags(list(tops.values()))
         for removal in removals:
             for target, image in removal.disks:
@@ -242,7 +242,7 @@ class DeleteRun:
                         await images.snapshot_delete(image, removal.name)
             return
         async with await Monitor.connect(self.running.qmp) as monitor:
-            tops = await monitor.block_tops()
+            tops = await monitor.block_tops(nvram=True)
             held = await monitor.internal_snapshot_tags(list(tops.values()))
             for removal in removals:
                 nodes = [tops[t] for t, _ in removal.disks if removal.name in held[tops[t]]]

@@ -59,6 +59,7 @@ from qsnap.launcher.machines import machine_aliases
 from qsnap.launcher.process import (
     Launcher,
     RuntimeInfo,
+    create_nvram,
     foreign_launcher,
     read_runtime,
     runtime_paths,
@@ -320,7 +321,9 @@ class Engine:
         emulator = (domain.element.findtext("devices/emulator") or "qemu-system-x86_64").strip()
         aliases, firmware = await asyncio.gather(asyncio.to_thread(machine_aliases, emulator),
                                                  asyncio.to_thread(read_descriptors))
-        nvram = self.state.folder(domain.name).path / f"{domain.name}_VARS.fd"
+        # Not libvirt's NAME_VARS.fd: a name may be 251 bytes, the longest a file name
+        # leaves for a ".xml" suffix.
+        nvram = self.state.folder(domain.name).path / "VARS.fd"
         facts = DefineFacts(machine_aliases=aliases, firmware=firmware, nvram_path=str(nvram),
                             new_mac=new_mac_address, new_guid=lambda: str(uuidlib.uuid4()))
         return parse_domain_element(resolve_definition(domain.element, facts))
@@ -390,12 +393,14 @@ class Engine:
     # -- running guests ---------------------------------------------------------------------
 
     @_bounded
-    async def start(self, domain: str, *, progress: ProgressCallback | None = None,
+    async def start(self, domain: str, *, reset_nvram: bool = False,
+                    progress: ProgressCallback | None = None,
                     timeout: float | None = None) -> Guest:
         """Start the domain's QEMU (virsh start); returns its :class:`Guest` handle (how to
         reach it, accelerator included).
         A managed save image is resumed instead (*progress* hears it load), and removed once
-        the guest runs from it."""
+        the guest runs from it. *reset_nvram* makes a UEFI guest's NVRAM anew from its
+        template first (virsh start --reset-nvram)."""
         async with self._session(domain) as folder:
             paths, info = self._runtime(domain)
             if info is not None:
@@ -409,6 +414,8 @@ class Engine:
                     self._context(folder, progress), saved, managed, image, None,
                     managed=True))
             definition = folder.definition
+            if reset_nvram:
+                await asyncio.to_thread(create_nvram, definition, reset=True)
             return Guest(self, domain, await self._launcher(folder)(
                 definition, paths, choose_accel(definition.type)))
 

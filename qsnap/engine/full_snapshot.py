@@ -72,7 +72,7 @@ _SPACE_MARGIN = 64 << 20
 
 async def _internal(monitor: Monitor, plan: FullSnapshotPlan) -> None:
     tag = plan.snapshot.name or ""
-    tops = await monitor.block_tops()
+    tops = await monitor.block_tops(nvram=True)
     nodes = [tops[target] for target in plan.internal_disks]
     held = await monitor.internal_snapshot_tags(nodes)
     for target, node in zip(plan.internal_disks, nodes, strict=True):

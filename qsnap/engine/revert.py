@@ -40,7 +40,7 @@ from qsnap.engine.memory import load_image, read_image
 from qsnap.errors import InvalidArgumentError, OperationInvalidError, QsnapError
 from qsnap.faults import crash_point
 from qsnap.launcher.accel import choose_accel
-from qsnap.launcher.process import RuntimeInfo, read_runtime
+from qsnap.launcher.process import RuntimeInfo, create_nvram, read_runtime
 from qsnap.model.domain import DomainDef, parse_domain, rewound
 from qsnap.model.save_image import SaveImage
 from qsnap.model.snapshot import DiskSource, SnapshotDef, format_snapshot, parse_snapshot
@@ -265,6 +265,15 @@ async def settle(ctx: Context, record: dict[str, Any]) -> str:
     return f"{name} was done again from the start, which a crash had interrupted"
 
 
+async def _nvram(ctx: Context, plan: RevertPlan) -> None:
+    """The UEFI variable store the snapshot had (its kept copy), or a fresh one from the
+    template with ``--reset-nvram``. Done again after a crash, it gives the same file."""
+    if plan.nvram_from == "template":
+        await asyncio.to_thread(create_nvram, plan.domain, reset=True)
+    elif plan.nvram_from == "snapshot" and plan.domain.nvram:
+        await asyncio.to_thread(ctx.folder.restore_nvram, plan.target, plan.domain.nvram)
+
+
 async def _carry_out(ctx: Context, plan: RevertPlan, memory: SaveImage | None) -> None:
     """Stop the guest, make the new overlays, apply internal snapshots, start QEMU and load
     the snapshot's state. The new QEMU is left paused: :func:`_finish` lets it run once the
@@ -273,6 +282,7 @@ async def _carry_out(ctx: Context, plan: RevertPlan, memory: SaveImage | None) -
     if ctx.running is not None:
         await stop(ctx.paths, ctx.running)
         ctx.running = None
+    await _nvram(ctx, plan)
     created: list[str] = []
     started: RuntimeInfo | None = None
     try:
@@ -293,7 +303,7 @@ async def _carry_out(ctx: Context, plan: RevertPlan, memory: SaveImage | None) -
             if plan.memory == "external" and memory is not None:
                 await load_image(monitor, Path(plan.memory_file or ""), memory, ctx.progress)
             elif plan.memory == "internal":
-                tops = await monitor.block_tops()
+                tops = await monitor.block_tops(nvram=True)
                 nodes = [tops[t] for t in plan.internal_disks]
                 await monitor.load_internal(plan.target, nodes[0], nodes)
     except BaseException:

@@ -70,6 +70,9 @@ class DomainDef:
     agent_socket: str | None = None
     #: ``<features><acpi/>``: without it libvirt starts the guest with ACPI off.
     acpi: bool = False
+    #: The UEFI variable store (``<os><nvram>``) and its format, for a pflash firmware.
+    nvram: str | None = None
+    nvram_format: str = "raw"
 
     @property
     def memory_bytes(self) -> int:
@@ -213,10 +216,14 @@ def parse_domain_element(element: etree._Element, what: str = "domain XML",
             source = serial.find("source")
             serials.append(SerialConsole(serial.get("type", "pty"),
                                          source.get("path") if source is not None else None))
+    nvram_node = element.find("os/nvram")
+    nvram = (nvram_node.text or "").strip() if nvram_node is not None else ""
     return DomainDef(element=element, name=name, uuid=uuid, type=element.get("type"),
                      memory_kib=memory_kib, vcpus=int(vcpu_text), kernel=kernel, initrd=initrd,
                      cmdline=cmdline, disks=disks, serials=serials, agent_socket=agent_socket,
-                     acpi=element.find("features/acpi") is not None)
+                     acpi=element.find("features/acpi") is not None, nvram=nvram or None,
+                     nvram_format=(nvram_node.get("format") if nvram_node is not None
+                                   else None) or "raw")
 
 
 def parse_domain(text: str | bytes, what: str = "domain XML") -> DomainDef:
@@ -246,6 +253,11 @@ def with_uuid(domain: DomainDef, uuid: str) -> DomainDef:
             name.addnext(node)
     node.text = uuid
     return parse_domain_element(element)
+
+
+#: The name internal snapshots give a UEFI guest's NVRAM among its disks: not a disk target
+#: (those name guest devices), because the NVRAM is the firmware's.
+NVRAM_TARGET = "#nvram"
 
 
 def rewound(domain: DomainDef, guid: str) -> DomainDef:

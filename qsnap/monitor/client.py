@@ -32,6 +32,7 @@ from qemu.qmp.protocol import StateError
 from qsnap.errors import MonitorClosedError, MonitorError, MonitorTimeoutError, QsnapError
 from qsnap.faults import crash_point
 from qsnap.model.capabilities import QemuCapabilities
+from qsnap.model.domain import NVRAM_TARGET
 from qsnap.timeouts import call_timeout
 
 log = logging.getLogger("qsnap.monitor")
@@ -328,15 +329,21 @@ class Monitor:
             raise MonitorTimeoutError(f"QEMU did not answer {command} within {timeout:g} s") \
                 from None
 
-    async def block_devices(self) -> dict[str, dict[str, Any]]:
+    async def block_devices(self, *, nvram: bool = False) -> dict[str, dict[str, Any]]:
         """Each disk with a medium, by name: the guest device's id (qsnap launches disks with
-        id = target), else the legacy drive id. Values are ``query-block``'s ``inserted``."""
+        id = target), else the legacy drive id. Values are ``query-block``'s ``inserted``.
+        With *nvram*, also the firmware's writable flash (a UEFI guest's NVRAM), named
+        :data:`~qsnap.model.domain.NVRAM_TARGET`, for internal snapshots."""
         devices: dict[str, dict[str, Any]] = {}
         for entry in await self.execute("query-block"):
             inserted = entry.get("inserted")
             if not inserted:
                 continue
             qdev = entry.get("qdev") or ""
+            if qdev.startswith("/machine/system.flash"):
+                if nvram and not inserted.get("ro"):
+                    devices[NVRAM_TARGET] = inserted
+                continue
             if "/peripheral/" in qdev:
                 name = qdev.split("/peripheral/", 1)[1].split("/", 1)[0]
             elif qdev and "/" not in qdev:
@@ -355,10 +362,10 @@ class Monitor:
                                   str(inserted["drv"]), bool(inserted.get("ro", False)))
                 for name, inserted in (await self.block_devices()).items()}
 
-    async def block_tops(self) -> dict[str, str]:
+    async def block_tops(self, *, nvram: bool = False) -> dict[str, str]:
         """The node each disk writes to now, by the names of :meth:`block_devices`."""
         return {name: inserted["node-name"]
-                for name, inserted in (await self.block_devices()).items()}
+                for name, inserted in (await self.block_devices(nvram=nvram)).items()}
 
     async def block_chains(self) -> dict[str, list[tuple[str, str]]]:
         """Each disk's backing chain as QEMU has it open, top first: (node name, file name).

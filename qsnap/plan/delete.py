@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from qsnap.errors import NotSupportedError, OperationInvalidError
-from qsnap.model.domain import DomainDef, parse_domain_element
+from qsnap.model.domain import NVRAM_TARGET, DomainDef, parse_domain_element
 from qsnap.model.snapshot import SnapshotDef
 from qsnap.model.tree import SnapshotTree
 from qsnap.plan.flags import DeleteFlags
@@ -83,7 +83,8 @@ def plan_delete_data(snapshots: dict[str, SnapshotDef], plan: MetadataDeletePlan
             raise NotSupportedError(
                 f"snapshot '{name}' records no domain definition, so qsnap cannot tell which "
                 "images hold it; --metadata removes only its metadata")
-        recorded = {d.target: d.source for d in parse_domain_element(snap.domain).disks}
+        recorded_domain = parse_domain_element(snap.domain)
+        recorded = {d.target: d.source for d in recorded_domain.disks}
         now = {d.target: d.source for d in domain_now.disks}
         disks = []
         for disk in snap.disks:
@@ -95,5 +96,7 @@ def plan_delete_data(snapshots: dict[str, SnapshotDef], plan: MetadataDeletePlan
                     f"disk image '{image}' for internal snapshot '{name}' is not the same as "
                     "disk image currently used by VM")
             disks.append((disk.name, image))
+        if disks and recorded_domain.nvram and recorded_domain.nvram_format == "qcow2":
+            disks.append((NVRAM_TARGET, recorded_domain.nvram))  # it took the tag too
         removals.append(InternalRemoval(name, disks))
     return removals

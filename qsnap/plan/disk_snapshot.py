@@ -84,6 +84,8 @@ def plan_disk_snapshot(request: SnapshotDef, domain: DomainDef, flags: CreateFla
                              regular_files=regular_files)
     overlays, internal = split_disks(snap, domain, flags, active=active, disk_only=True)
     internal_images = [image for _, image in internal]
+    if internal_images and nvram_takes_part(domain):
+        internal_images.append(domain.nvram or "")
 
     manual = has_manual_disks(snap)
     if not overlays and not internal_images and not manual:
@@ -100,6 +102,21 @@ def plan_disk_snapshot(request: SnapshotDef, domain: DomainDef, flags: CreateFla
         if overlays else domain
     return DiskSnapshotPlan(snap, bool(overlays), overlays, internal_images, domain_after,
                             leave_paused=manual and active)
+
+
+def nvram_takes_part(domain: DomainDef) -> bool:
+    """Whether an internal snapshot of *domain* includes its UEFI NVRAM (as libvirt 10.9+
+    does: the firmware's variables are part of the guest's state). It needs a qcow2 NVRAM;
+    a raw one is refused, naming the file, rather than a snapshot taken without it."""
+    if domain.nvram is None:
+        return False
+    if domain.nvram_format != "qcow2":
+        raise NotSupportedError(
+            f"internal snapshots of domain '{domain.name}' need its NVRAM '{domain.nvram}' in "
+            f"qcow2 format to keep the firmware's variables with the snapshot (it is "
+            f"{domain.nvram_format}); define it with <nvram format='qcow2'>, or take an "
+            "external snapshot")
+    return True
 
 
 def has_manual_disks(snap: SnapshotDef) -> bool:

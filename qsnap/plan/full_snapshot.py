@@ -14,9 +14,15 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from qsnap.errors import InvalidArgumentError, NotSupportedError
-from qsnap.model.domain import DomainDef, with_disk_images
+from qsnap.model.domain import NVRAM_TARGET, DomainDef, with_disk_images
 from qsnap.model.snapshot import SnapshotDef
-from qsnap.plan.disk_snapshot import Overlay, has_manual_disks, new_snapshot, split_disks
+from qsnap.plan.disk_snapshot import (
+    Overlay,
+    has_manual_disks,
+    new_snapshot,
+    nvram_takes_part,
+    split_disks,
+)
 from qsnap.plan.disks import align_disks
 from qsnap.plan.flags import CreateFlags
 
@@ -60,6 +66,8 @@ def plan_full_snapshot(request: SnapshotDef, domain: DomainDef, flags: CreateFla
                              regular_files=regular_files)
     overlays, pairs = split_disks(snap, domain, flags, active=True, disk_only=False)
     internal = [target for target, _ in pairs]
+    if internal and nvram_takes_part(domain):
+        internal.append(NVRAM_TARGET)  # after the disks: the memory goes to the first disk
     if not external:
         for disk, domain_disk in zip(snap.disks, domain.disks, strict=True):
             if disk.snapshot == "no" and not domain_disk.readonly and not domain_disk.is_empty:

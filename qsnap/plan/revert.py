@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 from lxml import etree
 
 from qsnap.errors import InvalidArgumentError, NotSupportedError, OperationInvalidError
-from qsnap.model.domain import DomainDef, parse_domain_element, same_uuid, with_disk_images
+from qsnap.model.domain import (
+    NVRAM_TARGET,
+    DomainDef,
+    parse_domain_element,
+    same_uuid,
+    with_disk_images,
+)
 from qsnap.model.names import check_new_file_path
 from qsnap.model.snapshot import SnapshotDef
 from qsnap.plan.disk_snapshot import Overlay
@@ -46,6 +52,10 @@ class RevertPlan:
     offline_internal: list[str] = field(default_factory=list)
     start: bool = False
     run: bool = False
+    #: Where the UEFI NVRAM comes from: "template" (``--reset-nvram``), "snapshot" (the copy
+    #: an external snapshot kept, if it kept one), or None (it is in the internal snapshot,
+    #: or the guest has none).
+    nvram_from: str | None = None
 
 
 def snapshot_domain(snap: SnapshotDef, current: DomainDef, flags: RevertFlags) -> DomainDef:
@@ -109,11 +119,23 @@ def plan_revert(snap: SnapshotDef, current: DomainDef, flags: RevertFlags, *,
     else:
         start, run = flags.running or flags.paused, flags.running
     memory = snap.memory if online and snap.memory in ("internal", "external") else None
+    offline_internal = [by_target[t].source or "" for t in internal] \
+        if memory != "internal" else []
+    nvram_from = None
+    if domain.nvram is not None:
+        if flags.reset_nvram:
+            nvram_from = "template"
+        elif internal and domain.nvram_format == "qcow2":
+            # The NVRAM holds the snapshot's tag (nvram_takes_part).
+            if memory == "internal":
+                internal = [*internal, NVRAM_TARGET]
+            else:
+                offline_internal.append(domain.nvram)
+        elif external or snap.memory == "external":
+            nvram_from = "snapshot"
     return RevertPlan(
         target=name, domain=domain, memory=memory,
         memory_file=snap.memory_file if memory == "external" else None,
         overlays=overlays,
         internal_disks=internal if memory == "internal" else [],
-        offline_internal=[by_target[t].source or "" for t in internal]
-        if memory != "internal" else [],
-        start=start, run=run)
+        offline_internal=offline_internal, start=start, run=run, nvram_from=nvram_from)

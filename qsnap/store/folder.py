@@ -7,6 +7,8 @@ Layout (``STATE`` is the state directory)::
     STATE/domains/NAME/current              the current snapshot's name (absent: none)
     STATE/domains/NAME/journal.json         only while a multi-file change is being applied
     STATE/domains/NAME/summaries.json       a cache for listings (see qsnap.store.summaries)
+    STATE/domains/NAME/VARS.fd              a UEFI guest's NVRAM (where define puts it)
+    STATE/domains/NAME/nvram/SNAP           the NVRAM as external snapshot SNAP found it
 
 Snapshot files are exactly what libvirt keeps in ``/var/lib/libvirt/qemu/snapshot/NAME/``
 (including ``<active>1</active>`` on the current one), so a tree can move between the two. The
@@ -45,6 +47,8 @@ CURRENT = "current"
 TRANSIENT = "transient"
 #: How to start an attached QEMU again (its own command line), written by ``attach``.
 LAUNCH = "launch.json"
+#: Each external snapshot's copy of the guest's NVRAM, by snapshot name.
+NVRAM_COPIES = "nvram"
 SUFFIX = ".xml"
 
 
@@ -146,6 +150,36 @@ class DomainFolder:
         commit(self.path, batch)
         self._changed(batch)
 
+    # -- a UEFI guest's NVRAM, kept with its external snapshots -------------------------------
+
+    def nvram_copy(self, snapshot: str) -> Path:
+        return self.path / NVRAM_COPIES / snapshot
+
+    def keep_nvram(self, snapshot: str, nvram: str) -> None:
+        """Keep the NVRAM file *nvram* as snapshot *snapshot* found it (replacing an older
+        copy of that name), so a revert restores the firmware's variables too."""
+        try:
+            data = Path(nvram).read_bytes()
+        except FileNotFoundError:
+            return  # never started: its first start makes it from the template
+        folder = self.path / NVRAM_COPIES
+        make_dirs(folder)
+        atomic_write(folder / snapshot, data, temp_dir=folder)
+
+    def restore_nvram(self, snapshot: str, nvram: str) -> bool:
+        """Put snapshot *snapshot*'s copy back as *nvram*; False if it kept none."""
+        try:
+            data = self.nvram_copy(snapshot).read_bytes()
+        except FileNotFoundError:
+            return False
+        atomic_write(Path(nvram), data)
+        return True
+
+    def drop_nvram(self, snapshot: str) -> None:
+        copy = self.nvram_copy(snapshot)
+        if copy.exists():
+            remove_durably(copy)
+
     # -- snapshots --------------------------------------------------------------------------
 
     def _relative(self, snapshot: str) -> str:
@@ -220,6 +254,11 @@ class DomainFolder:
     def _changed(self, batch: Batch) -> None:
         if DEFINITION in batch.writes:
             self.__dict__.pop("definition", None)
+        # A removed snapshot's NVRAM copy goes with it (one a crash leaves behind is never
+        # used: only a new external snapshot of that name would, and it replaces it first).
+        for relative in batch.removals:
+            if relative.startswith(f"{SNAPSHOTS}/") and relative.endswith(SUFFIX):
+                self.drop_nvram(relative[len(SNAPSHOTS) + 1:-len(SUFFIX)])
 
     def snapshot_file(self, snap: SnapshotDef, *, current: bool) -> tuple[str, bytes]:
         """Where in a batch *snap* is stored, and its bytes there."""
