@@ -90,9 +90,11 @@ class Guest:
         await self.engine.save(self.name, path, running=running, progress=progress,
                                timeout=timeout)
 
-    async def start(self, *, progress: ProgressCallback | None = None,
+    async def start(self, *, reset_nvram: bool = False,
+                    progress: ProgressCallback | None = None,
                     timeout: float | None = None) -> Guest:
-        return await self.engine.start(self.name, progress=progress, timeout=timeout)
+        return await self.engine.start(self.name, reset_nvram=reset_nvram, progress=progress,
+                                       timeout=timeout)
 
     async def shutdown(self, *, timeout: float | None = None) -> None:
         await self.engine.shutdown(self.name, timeout=timeout)
