@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -344,3 +345,116 @@ async def test_save_images_move_between_libvirt_and_qsnap(tmp_path: Path, libvir
         virsh("undefine", name, "--nvram")
         if await engine.domstate(name) == "running":
             await engine.destroy(name)
+
+
+def _link(name: str) -> dict[str, object] | None:
+    shown = subprocess.run(["ip", "-j", "link", "show", name], capture_output=True, text=True)
+    return json.loads(shown.stdout)[0] if shown.returncode == 0 else None
+
+
+async def test_tap_interfaces_on_a_bridge_and_by_name(tmp_path: Path) -> None:
+    """``<interface type='ethernet'>`` opens (creating) the tap its ``<target dev>`` names,
+    ``type='bridge'`` a tap qsnap names and puts on the bridge, both up while the guest runs
+    and gone when it stops; the guest sees both NICs at libvirt's addresses."""
+    require_qemu()
+    if os.geteuid() != 0:
+        pytest.fail("tap devices need root (CAP_NET_ADMIN); CI runs the suite as root")
+    bridge = f"qsbr{tmp_path.name[-6:]}"
+    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+    engine = Engine(tmp_path / "state")
+    try:
+        xml = GUEST.make_guest("g", 1, 128, tmp_path / "g").read_text().replace(
+            "<memballoon", "<interface type='ethernet'><target dev='qsnapeth0'/><model "
+            "type='virtio'/></interface><interface type='bridge'><source "
+            f"bridge='{bridge}'/><model type='e1000e'/></interface><memballoon")
+        await engine.define(xml)
+        await engine.start("g")
+        await wait_for_counter(tmp_path / "g" / "serial.log", 3)
+        ethernet = _link("qsnapeth0")
+        assert ethernet is not None and "UP" in ethernet["flags"]  # type: ignore[operator]
+        on_bridge = [link for link in json.loads(subprocess.run(
+            ["ip", "-j", "link", "show", "master", bridge], capture_output=True, text=True,
+            check=True).stdout)]
+        assert len(on_bridge) == 1 and on_bridge[0]["ifname"].startswith("qs")
+        tap = on_bridge[0]["ifname"]
+        async with await Monitor.connect((await engine.guest_info("g")).qmp or "") as monitor:
+            nics = {d["qdev_id"]: d for bus in await monitor.execute("query-pci")
+                    for d in bus["devices"] if d.get("qdev_id", "").startswith("net")}
+        assert sorted(nics) == ["net0", "net1"]
+        await engine.destroy("g")
+        assert _link("qsnapeth0") is None and _link(tap) is None
+    finally:
+        if await engine.domstate("g") != "shut off":
+            await engine.destroy("g")
+        subprocess.run(["ip", "link", "del", bridge], check=False)
+
+
+EXTRA_Q35 = (
+    "<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='{media}'/>"
+    "<target dev='sdc' bus='sata'/><readonly/><boot order='2'/></disk>"
+    "<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='{media}'/>"
+    "<target dev='sdd' bus='scsi'/><readonly/></disk>"
+    "<controller type='scsi' model='virtio-scsi'/>"
+    "<controller type='pci' index='20' model='pcie-root-port'><address type='pci' "
+    "domain='0x0000' bus='0x00' slot='0x10' function='0x0'/></controller>"
+    "<controller type='pci' index='21' model='pcie-to-pci-bridge'><address type='pci' "
+    "domain='0x0000' bus='0x14' slot='0x00' function='0x0'/></controller>"
+    "<interface type='user'><model type='rtl8139'/><address type='pci' domain='0x0000' "
+    "bus='0x15' slot='0x01' function='0x0'/></interface>"
+    "<serial type='pty'><target port='1'/></serial>"
+    "<input type='keyboard' bus='usb'/><controller type='usb' model='qemu-xhci'/>"
+    "<video><model type='vga'/></video><graphics type='vnc' port='-1'/>"
+    "<rng model='virtio'><backend model='builtin'/></rng>")
+EXTRA_PC = (
+    "<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='{media}'/>"
+    "<target dev='hdc' bus='ide'/><readonly/></disk>"
+    "<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{data}'/>"
+    "<target dev='hda' bus='ide'/><boot order='1'/></disk>"
+    "<interface type='user'><model type='rtl8139'/></interface>"
+    "<input type='tablet' bus='usb'/><controller type='usb' model='piix3-uhci'/>"
+    "<video><model type='cirrus'/></video><graphics type='vnc' port='-1'/>")
+
+
+@pytest.mark.parametrize("machine", ["q35", "pc"])
+async def test_more_device_classes_start_and_save(tmp_path: Path, machine: str) -> None:
+    """The device classes the virt-install guest does not have (CD-ROMs with media on SATA,
+    SCSI and IDE, boot order, a pty serial port, a pcie-to-pci-bridge with a conventional NIC
+    behind it, USB keyboard, VGA and cirrus, the builtin RNG, CPU topology) start under real
+    QEMU, and their state survives a save and restore."""
+    folder = tmp_path / "g"
+    xml = GUEST.make_guest("g", 1, 128, folder).read_text()
+    media, data = folder / "media.iso", folder / "data.raw"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(media), "1M"], check=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(data), "8M"], check=True)
+    extra = (EXTRA_Q35 if machine == "q35" else EXTRA_PC).format(media=media, data=data)
+    xml = xml.replace("<controller type='usb' index='0' model='none'/>", "").replace(
+        "<memballoon", extra + "<memballoon").replace("<vcpu>1</vcpu>", "<vcpu>2</vcpu><cpu "
+        "mode='custom'><model>qemu64</model><topology sockets='1' dies='1' cores='2' "
+        "threads='1'/></cpu>")
+    if machine == "q35":
+        xml = xml.replace("machine='pc'", "machine='q35'")
+    engine = Engine(tmp_path / "state")
+    await engine.define(xml)
+    await engine.start("g")
+    serial = folder / "serial.log"
+    try:
+        await wait_for_counter(serial, 5, timeout=60)
+        pid = (await engine.guest_info("g")).pid
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        drivers = {json.loads(a)["driver"] for a in argv if a.startswith('{"driver"')}
+        expected = {"ide-cd", "usb-kbd" if machine == "q35" else "usb-tablet",
+                    "VGA" if machine == "q35" else "cirrus-vga"}
+        if machine == "q35":
+            expected |= {"scsi-cd", "pcie-pci-bridge", "rtl8139", "virtio-rng-pci"}
+        else:
+            expected |= {"ide-hd", "rtl8139", "piix3-usb-uhci"}
+        assert expected <= drivers, expected - drivers
+        assert argv[argv.index("-smp") + 1] == "2,sockets=1,dies=1,cores=2,threads=1"
+        saved_at = GUEST.last_serial_counter(serial) or 0
+        await engine.save("g", folder / "g.save")
+        offset = serial.stat().st_size
+        await engine.restore(folder / "g.save")
+        await wait_for_counter(serial, saved_at + 5)
+        assert saved_at - 5 <= _counters_since(serial, offset)[0] <= saved_at + 5
+    finally:
+        await engine.destroy("g")

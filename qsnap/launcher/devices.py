@@ -10,6 +10,7 @@ monitor finds them. A device or attribute qsnap cannot start is refused by name
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -90,6 +91,7 @@ class DeviceArgs:
     """The arguments built so far, and what later devices need to know of earlier ones."""
 
     family: str
+    domain_key: str = ""
     argv: list[str] = field(default_factory=list)
     boot_order: dict[str, int] = field(default_factory=dict)
 
@@ -142,23 +144,52 @@ def controller_args(controller: etree._Element, out: DeviceArgs) -> None:
     raise _refuse(f"<controller type='{kind}'>", "not supported")
 
 
+@dataclass(frozen=True)
+class Tap:
+    """A tap device a guest's NIC uses: brought up once QEMU runs, and on a bridge for
+    ``<interface type='bridge'>`` (as libvirt does it, so no bridge helper is needed)."""
+
+    name: str
+    bridge: str | None = None
+
+
+def tap_of(domain_key: str, index: int, node: etree._Element) -> Tap | None:
+    """The tap of ``<interface>`` #*index*: ``<target dev>``, or a name made from
+    *domain_key* (the domain's UUID or name) that stays the same across starts."""
+    kind = node.get("type")
+    if kind not in ("ethernet", "bridge"):
+        return None
+    target = node.find("target")
+    name = target.get("dev", "") if target is not None else ""
+    if not name:
+        digest = hashlib.sha256(f"{domain_key}\0{index}".encode()).hexdigest()
+        name = f"qs{digest[:10]}"  # within Linux's 15 bytes
+    source = node.find("source")
+    bridge = source.get("bridge") if kind == "bridge" and source is not None else None
+    return Tap(name, bridge)
+
+
+def taps(root: etree._Element) -> list[Tap]:
+    """Every tap the domain's NICs use, in interface order."""
+    key = root.findtext("uuid") or root.findtext("name") or ""
+    found = (tap_of(key, i, n) for i, n in enumerate(root.iterfind("devices/interface")))
+    return [t for t in found if t is not None]
+
+
 def interface_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
     kind = node.get("type")
     what = f"<interface type='{kind}'> #{index + 1}"
     netdev: dict[str, object] = {"id": f"hostnet{index}"}
     if kind == "user":
         netdev["type"] = "user"
-    elif kind == "ethernet":
-        target = node.find("target")
-        netdev.update(type="tap", script="no", downscript="no")
-        if target is not None and target.get("dev"):
-            # QEMU opens the tap by name, creating it (and removing it at exit) if missing.
-            netdev["ifname"] = target.get("dev", "")
-    elif kind == "bridge":
-        source = node.find("source")
-        if source is None or not source.get("bridge"):
+    elif kind in ("ethernet", "bridge"):
+        if kind == "bridge" and (node.find("source") is None
+                                 or not node.find("source").get("bridge")):  # type: ignore[union-attr]
             raise _refuse(what, "a bridge interface needs <source bridge=...>")
-        netdev.update(type="bridge", br=source.get("bridge", ""))
+        tap = tap_of(out.domain_key, index, node)
+        assert tap is not None
+        # QEMU opens the tap by name, creating it (and removing it at exit) if missing.
+        netdev.update(type="tap", ifname=tap.name, script="no", downscript="no")
     elif kind == "network":
         raise _refuse(what, "libvirt virtual networks need libvirt's network driver, which "
                       "qsnap does not use; use type='user', 'ethernet' or 'bridge'")
@@ -313,7 +344,8 @@ def device_args(root: etree._Element, agent: str | None, disk_args: DiskArgs) ->
     """Every device's arguments, in libvirt's order (controllers first, so buses exist)."""
     os_type = root.find("os/type")
     out = DeviceArgs(machine_family((os_type.get("machine") if os_type is not None else None)
-                                    or "pc"))
+                                    or "pc"),
+                     root.findtext("uuid") or root.findtext("name") or "")
     devices = root.find("devices")
     if devices is None:
         return []

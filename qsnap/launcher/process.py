@@ -26,6 +26,7 @@ from typing import Protocol
 from qsnap import children
 from qsnap.errors import LaunchError, OperationInvalidError
 from qsnap.launcher.command import RuntimePaths, qemu_command
+from qsnap.launcher.devices import taps
 from qsnap.launcher.foreign import (
     DiskImage,
     ForeignCommand,
@@ -134,7 +135,31 @@ async def start_qemu(domain: DomainDef, paths: RuntimePaths, accel: str, *,
     pid = await _run_daemonizing(argv, None, domain.name, paths)
     info = RuntimeInfo(pid=pid, qmp=str(paths.qmp), accel=accel)
     write_runtime(paths, info)
+    try:
+        await asyncio.to_thread(plug_taps, domain)
+    except LaunchError:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        clear_runtime(paths)
+        raise
     return info
+
+
+def plug_taps(domain: DomainDef) -> None:
+    """Bring each tap QEMU opened for the guest's NICs up, on its bridge where it has one
+    (``ip link``, as libvirt does it with netlink)."""
+    for tap in taps(domain.element):
+        command = ["ip", "link", "set", "dev", tap.name, "up"]
+        if tap.bridge:
+            command[5:5] = ["master", tap.bridge]
+        try:
+            subprocess.run(command, check=True, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError) as exc:
+            detail = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) \
+                else str(exc)
+            raise LaunchError(f"cannot bring the guest's tap '{tap.name}' up"
+                              + (f" on bridge '{tap.bridge}'" if tap.bridge else "")
+                              + f": {detail}", domain=domain.name) from None
 
 
 def create_nvram(domain: DomainDef, *, reset: bool = False) -> None:
