@@ -213,6 +213,19 @@ def _argv(xml: str, accel: str = "tcg") -> list[str]:
     return qemu_command(parse_domain(xml), RuntimePaths(Path("/run/q")), accel)
 
 
+def test_disk_driver_options_reach_qemu() -> None:
+    argv = _argv(VIRT_INSTALL.replace(
+        "type='qcow2'/><source file='/i/root",
+        "type='qcow2' cache='none' io='native' discard='unmap'/><serial>S1</serial>"
+        "<source file='/i/root"))
+    nodes = [json.loads(argv[i + 1]) for i, a in enumerate(argv) if a == "-blockdev"]
+    vda = next(n for n in nodes if n["node-name"] == "qs-vda-file")
+    assert (vda["cache"], vda["aio"], vda["discard"]) == (
+        {"direct": True, "no-flush": False}, "native", "unmap")
+    devices = [json.loads(argv[i + 1]) for i, a in enumerate(argv) if a == "-device"]
+    assert next(d for d in devices if d.get("id") == "vda")["serial"] == "S1"
+
+
 def test_command_line_has_libvirts_devices() -> None:
     argv = _argv(VIRT_INSTALL)
     devices = [json.loads(argv[i + 1]) for i, a in enumerate(argv) if a == "-device"]
@@ -246,6 +259,13 @@ def _with(device: str) -> str:
     (_with("<controller type='scsi' index='1' model='lsilogic'/>"),
      r"model 'lsilogic' is a conventional PCI device"),
     (VIRT_INSTALL.replace("bus='sata'", "bus='usb'"), r"bus 'usb' is not supported"),
+    (VIRT_INSTALL.replace("<readonly/>", "<readonly/><iotune><total_bytes_sec>1"
+                          "</total_bytes_sec></iotune>"), r"disk 'sdb': <iotune>"),
+    (VIRT_INSTALL.replace("type='qcow2'/><source file='/i/root",
+                          "type='qcow2' copy_on_read='on'/><source file='/i/root"),
+     r"disk 'vda' <driver>: attribute copy_on_read="),
+    (VIRT_INSTALL.replace("<model type='virtio'/></interface>", "<model type='virtio'/>"
+                          "<bandwidth/></interface>"), r"#1: <bandwidth>"),
 ])
 def test_what_cannot_start_is_refused_by_name(xml: str, message: str) -> None:
     with pytest.raises(NotSupportedError, match=message):

@@ -1,8 +1,11 @@
 """The QEMU command line for a domain definition: pure, so it is tested without QEMU.
 
-Disks become two ``-blockdev`` nodes each (protocol ``qs-<target>-file``, format ``qs-<target>``)
-and a ``-device`` whose id is the target (``vda``), so the monitor finds every disk by its target
-name however many overlays have been stacked on it since.
+The definition is first completed into the machine libvirt would build
+(:mod:`qsnap.plan.machine`); the machine, firmware, CPU and disks are built here, every other
+device in :mod:`qsnap.launcher.devices`. Disks become two ``-blockdev`` nodes each (protocol
+``qs-<target>-file``, format ``qs-<target>``) and a ``-device`` whose id is the target (``vda``),
+so the monitor finds every disk by its target name however many overlays have been stacked on
+it since.
 """
 
 from __future__ import annotations
@@ -14,7 +17,14 @@ from pathlib import Path
 from lxml import etree
 
 from qsnap.errors import NotSupportedError
-from qsnap.launcher.devices import DeviceArgs, device_arg, device_args, placement, refuse_unknown
+from qsnap.launcher.devices import (
+    DeviceArgs,
+    device_arg,
+    device_args,
+    placement,
+    refuse_unknown,
+    refuse_unknown_parts,
+)
 from qsnap.model.domain import DomainDef, parse_disk
 from qsnap.plan.machine import complete_machine
 
@@ -71,14 +81,20 @@ def _disk_args(node: etree._Element, out: DeviceArgs) -> None:
                                 "launcher (use file or block)")
     if disk.source is None and disk.device == "disk":
         raise NotSupportedError(f"{what} has no source")
+    refuse_unknown_parts(node, what, {"driver", "source", "target", "readonly", "address",
+                                      "boot", "backingStore", "serial"}, {"device", "snapshot"})
     bus = disk.bus or "virtio"
     cdrom = disk.device == "cdrom"
     device: dict[str, object] = {"id": disk.target}
+    serial = node.findtext("serial")
+    if serial:
+        device["serial"] = serial.strip()
     if disk.source is not None:
         readonly = disk.readonly or cdrom
-        protocol = {"driver": "file" if disk.type == "file" else "host_device",
-                    "filename": disk.source, "node-name": file_node(disk.target),
-                    "read-only": readonly}
+        protocol: dict[str, object] = {
+            "driver": "file" if disk.type == "file" else "host_device",
+            "filename": disk.source, "node-name": file_node(disk.target), "read-only": readonly,
+            **_driver_options(node.find("driver"), what)}
         fmt = {"driver": disk.driver_type or "raw", "file": file_node(disk.target),
                "node-name": format_node(disk.target), "read-only": readonly}
         out.add("-blockdev", json.dumps(protocol), "-blockdev", json.dumps(fmt))
@@ -108,6 +124,38 @@ def _disk_args(node: etree._Element, out: DeviceArgs) -> None:
     if boot is not None:
         device["bootindex"] = int(boot.get("order", "0"))
     out.add(*device_arg(device))
+
+
+# <driver cache=>: (cache.direct, cache.no-flush), as libvirt maps them.
+_CACHE_MODES = {"none": (True, False), "writeback": (False, False),
+                "writethrough": (False, False), "directsync": (True, False),
+                "unsafe": (False, True), "default": (False, False)}
+
+
+def _driver_options(driver: etree._Element | None, what: str) -> dict[str, object]:
+    """The protocol node's options for ``<driver cache= io= discard= detect_zeroes=>``; any
+    other attribute is refused by name."""
+    if driver is None:
+        return {}
+    refuse_unknown_parts(driver, f"{what} <driver>", set(),
+                         {"name", "cache", "io", "discard", "detect_zeroes"})
+    options: dict[str, object] = {}
+    cache = driver.get("cache")
+    if cache is not None:
+        if cache not in _CACHE_MODES:
+            raise NotSupportedError(f"{what}: <driver cache='{cache}'> is not a cache mode")
+        direct, no_flush = _CACHE_MODES[cache]
+        options["cache"] = {"direct": direct, "no-flush": no_flush}
+    io = driver.get("io")
+    if io is not None:
+        if io not in ("native", "threads", "io_uring"):
+            raise NotSupportedError(f"{what}: <driver io='{io}'> is not an I/O mode")
+        options["aio"] = io
+    if driver.get("discard") in ("unmap", "ignore"):
+        options["discard"] = driver.get("discard")
+    if driver.get("detect_zeroes") in ("on", "off", "unmap"):
+        options["detect-zeroes"] = driver.get("detect_zeroes")
+    return options
 
 
 def _cpu_args(root: etree._Element, vcpus: int, accel: str) -> list[str]:

@@ -62,6 +62,20 @@ def refuse_unknown(root: etree._Element) -> None:
         raise _refuse("<clock>", "only offset='utc' or 'localtime' without timers is supported")
 
 
+def refuse_unknown_parts(node: etree._Element, what: str, children: set[str],
+                         attributes: frozenset[str] | set[str] = frozenset()) -> None:
+    """Refuse, by name, a child element or attribute of a device that the launcher would not
+    carry into QEMU (``<alias>`` is libvirt's own bookkeeping, never refused)."""
+    for child in node:
+        if isinstance(child.tag, str) and child.tag not in children | {"alias"}:
+            raise _refuse(f"{what}: <{child.tag}>", "not supported by qsnap's launcher")
+    for key in node.attrib:
+        attribute = key.decode() if isinstance(key, bytes) else str(key)
+        if attribute not in attributes | {"type"}:
+            raise _refuse(f"{what}: attribute {attribute}=", "not supported by qsnap's "
+                          "launcher")
+
+
 def pci_bus_name(bus: int, family: str) -> str:
     """QEMU's name of PCI bus *bus*: the root is ``pcie.0`` or ``pci.0``, others ``pci.N``."""
     return ("pcie.0" if family == "q35" else "pci.0") if bus == 0 else f"pci.{bus}"
@@ -195,6 +209,7 @@ def interface_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
                       "qsnap does not use; use type='user', 'ethernet' or 'bridge'")
     else:
         raise _refuse(what, "not supported")
+    refuse_unknown_parts(node, what, {"mac", "source", "target", "model", "address", "boot"})
     model_node = node.find("model")
     model = model_node.get("type", "rtl8139") if model_node is not None else "rtl8139"
     driver = _NIC_DEVICES.get(model)

@@ -7,7 +7,9 @@ serial port, the PCI Express root ports a q35 guest's devices sit on, and an add
 device the XML leaves unaddressed. A memory image only loads into a QEMU whose devices sit at
 the same addresses, so qsnap computes exactly that machine: :func:`complete_machine` takes a
 domain element and returns a completed copy (XML in, XML out, as ``virsh dumpxml`` shows it).
-It is idempotent, so libvirt's own completed XML (a save image's, a snapshot's) comes back
+qsnap does this at every start rather than recording it at ``define`` (the definition stays as
+the user wrote it); being deterministic, it gives the same machine each time. It is
+idempotent, so libvirt's own completed XML (a save image's, a snapshot's) comes back
 unchanged.
 
 The rules were taken from libvirt 9.0 on QEMU 7.2 by defining definitions and reading back
