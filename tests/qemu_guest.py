@@ -65,17 +65,29 @@ def assert_one_moment(counters: list[int | None]) -> int:
     return values[0]
 
 
-async def started_guest(tmp_path: Path, disks: int) -> tuple[object, Path]:
+#: fixtures/guest.py's profiles, for suites that run on both.
+PROFILES = ["minimal", "virt-install"]
+
+
+def disk_targets(disks: int, profile: str = "minimal") -> list[str]:
+    return guest_module().disk_targets(disks, profile)
+
+
+async def started_guest(tmp_path: Path, disks: int,
+                        profile: str = "minimal") -> tuple[object, Path]:
     """A defined and started tiny guest "g" under tmp_path/state; returns (engine, its folder)
-    once it counts."""
+    once it counts. The virt-install profile's NVRAM is qcow2, so that internal snapshots can
+    take it too."""
     from qsnap import Engine
     require_qemu()
     engine = Engine(tmp_path / "state")
-    xml = guest_module().make_guest("g", disks, 128, tmp_path / "g")
-    await engine.define(xml.read_text())
+    xml = guest_module().make_guest("g", disks, 256 if profile != "minimal" else 128,
+                                    tmp_path / "g", profile=profile).read_text()
+    await engine.define(xml.replace("<cmdline>", "<nvram format='qcow2'/><cmdline>")
+                        if profile == "virt-install" else xml)
     await engine.start("g")
     try:
-        await wait_for_counter(tmp_path / "g" / "serial.log", 10)
+        await wait_for_counter(tmp_path / "g" / "serial.log", 10, timeout=90)
     except BaseException:
         await engine.destroy("g")
         raise

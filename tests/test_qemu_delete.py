@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from helpers import tree_picture
-from qemu_guest import started_guest
+from qemu_guest import PROFILES, disk_targets, started_guest
 
 import qsnap
 from qsnap import CreateFlags, DeleteFlags, snapshot_xml_from_args
@@ -20,12 +20,16 @@ def tags(image: Path) -> list[str]:
     return [line.split()[1] for line in out.splitlines()[2:] if line.split()]
 
 
-async def test_internal_snapshots_leave_their_images(tmp_path: Path) -> None:
-    engine, folder = await started_guest(tmp_path, 2)
+@pytest.mark.parametrize("profile", PROFILES)
+async def test_internal_snapshots_leave_their_images(tmp_path: Path, profile: str) -> None:
+    """On both guest profiles: the virt-install one's qcow2 NVRAM holds the tags too."""
+    engine, folder = await started_guest(tmp_path, 2, profile)
     try:
         for name in ("a", "b", "c"):
             await engine.create("g", snapshot_xml_from_args(name), CreateFlags())
-        images = [folder / "g-vda.qcow2", folder / "g-vdb.qcow2"]
+        images = [folder / f"g-{t}.qcow2" for t in disk_targets(2, profile)]
+        if profile == "virt-install":
+            images.append(engine.state_dir / "domains" / "g" / "VARS.fd")
         assert all(tags(i) == ["a", "b", "c"] for i in images)
 
         # Running: the middle one goes, its child moves up, the guest keeps running.
