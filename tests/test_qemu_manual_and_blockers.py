@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from helpers import tree_picture
-from qemu_guest import guest_module, require_qemu, wait_for_counter
+from qemu_guest import guest_module, started_guest, wait_for_counter
 
 from qsnap import (
     CreateFlags,
@@ -26,12 +26,8 @@ GUEST = guest_module()
 
 
 async def _guest(tmp_path: Path) -> Engine:
-    require_qemu()
-    engine = Engine(tmp_path / "state")
-    xml = GUEST.make_guest("g", 2, 128, tmp_path / "g")
-    await engine.define(xml.read_text())
-    await engine.start("g")
-    await wait_for_counter(tmp_path / "g" / "serial.log", 10)
+    engine, _ = await started_guest(tmp_path, 2)
+    assert isinstance(engine, Engine)
     return engine
 
 
