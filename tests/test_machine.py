@@ -270,3 +270,38 @@ def _with(device: str) -> str:
 def test_what_cannot_start_is_refused_by_name(xml: str, message: str) -> None:
     with pytest.raises(NotSupportedError, match=message):
         _argv(xml)
+
+
+async def test_a_refused_start_changes_nothing(tmp_path: Path) -> None:
+    """A definition start cannot build is refused before anything is made: no NVRAM from its
+    template, no runtime record, no QEMU; the state folder is as define left it."""
+    from helpers import tree_picture
+
+    from qsnap import Engine
+    if not read_descriptors():
+        pytest.fail("QEMU's firmware descriptors are missing: scripts/test installs ovmf")
+    engine = Engine(tmp_path / "state")
+    xml = VIRT_INSTALL.replace("<os>", "<os firmware='efi'>").replace(
+        "</devices>", "<sound model='ich9'/></devices>")
+    await engine.define(xml)
+    nvram = parse_domain(await engine.domain_xml("vi")).nvram
+    assert nvram is not None
+    before = tree_picture(tmp_path / "state")
+    with pytest.raises(NotSupportedError, match=r"<devices><sound>: this device class"):
+        await engine.start("vi")
+    assert tree_picture(tmp_path / "state") == before
+    assert not Path(nvram).exists()
+    assert await engine.domstate("vi") == "shut off"
+
+
+async def test_define_without_fitting_firmware_defines_nothing(tmp_path: Path) -> None:
+    from qsnap import Engine
+    engine = Engine(tmp_path / "state")
+    xml = VIRT_INSTALL.replace("<os>", "<os firmware='efi'><firmware><feature enabled='yes' "
+                               "name='secure-boot'/></firmware>").replace(
+        "machine='pc-q35-7.2'", "machine='pc-i440fx-7.2'")
+    with pytest.raises(NotSupportedError, match=r"no UEFI firmware for x86_64 machine "
+                                                r"'pc-i440fx-7\.2' with secure-boot=yes"):
+        await engine.define(xml)
+    assert await engine.domains() == []
+    assert not (tmp_path / "state" / "domains" / "vi").exists()

@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import tree_picture
 from lxml import etree
 from qemu_guest import (
     assert_one_moment,
@@ -267,8 +268,11 @@ async def test_uefi_variables_follow_snapshots(tmp_path: Path) -> None:
     await engine.start("g")
     try:
         await wait_for_counter(folder / "serial.log", 5, timeout=90)
+        before = tree_picture(tmp_path / "state"), Path(nvram).read_bytes()
         with pytest.raises(qsnap.NotSupportedError, match=r"need its NVRAM .* in qcow2 format"):
             await engine.create("g", snapshot_xml_from_args("i"), CreateFlags())
+        assert (tree_picture(tmp_path / "state"), Path(nvram).read_bytes()) == before
+        assert await engine.domstate("g") == "running"
         await engine.create("g", snapshot_xml_from_args(
             "m1", memspec=f"file={folder / 'm1.mem'}"), CreateFlags())
         await engine.create("g", snapshot_xml_from_args("d1"), CreateFlags(disk_only=True))
@@ -383,6 +387,15 @@ async def test_tap_interfaces_on_a_bridge_and_by_name(tmp_path: Path) -> None:
         assert sorted(nics) == ["net0", "net1"]
         await engine.destroy("g")
         assert _link("qsnapeth0") is None and _link(tap) is None
+
+        # A bridge that does not exist: the start fails naming the tap and the bridge, and
+        # no QEMU or tap is left.
+        await engine.define(xml.replace(f"bridge='{bridge}'", "bridge='qsnosuchbr0'"))
+        with pytest.raises(qsnap.LaunchError, match=r"cannot bring the guest's tap 'qs[0-9a-f]+' "
+                                                    r"up on bridge 'qsnosuchbr0'"):
+            await engine.start("g")
+        assert await engine.domstate("g") == "shut off"
+        assert _link("qsnapeth0") is None
     finally:
         if await engine.domstate("g") != "shut off":
             await engine.destroy("g")

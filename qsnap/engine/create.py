@@ -367,8 +367,6 @@ async def _run(ctx: Context, monitor: Monitor | None, xml: str | bytes | None,
 
     def record() -> CreateWork:  # file checks, metadata and intent: one worker-thread trip
         check_new_files(plan.overlays, plan.snapshot, definition)
-        if info is None and definition.nvram:
-            create_nvram(definition)  # a guest never started has none yet to snapshot
         if definition.nvram and plan.snapshot.is_external and not flags.no_metadata:
             # The firmware's variables as the snapshot finds them, for its revert.
             folder.keep_nvram(plan.snapshot.name or "", definition.nvram)
@@ -396,6 +394,8 @@ async def _run(ctx: Context, monitor: Monitor | None, xml: str | bytes | None,
             capture = await take_full_snapshot(plan, definition, monitor, strategy, progress)
             snapshot = snapshot.copy(cookie=with_capture(snapshot.cookie, capture))
         else:
+            if definition.nvram in plan.internal_images:
+                await create_nvram(definition)  # never started: none yet to take the tag
             agent = agent_socket(definition, paths) if flags.quiesce else None
             await take_disk_snapshot(plan, monitor, agent)
         crash_point("create: images in place")

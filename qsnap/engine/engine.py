@@ -415,7 +415,7 @@ class Engine:
                     managed=True))
             definition = folder.definition
             if reset_nvram:
-                await asyncio.to_thread(create_nvram, definition, reset=True)
+                await create_nvram(definition, reset=True)
             return Guest(self, domain, await self._launcher(folder)(
                 definition, paths, choose_accel(definition.type)))
 

@@ -269,7 +269,7 @@ async def _nvram(ctx: Context, plan: RevertPlan) -> None:
     """The UEFI variable store the snapshot had (its kept copy), or a fresh one from the
     template with ``--reset-nvram``. Done again after a crash, it gives the same file."""
     if plan.nvram_from == "template":
-        await asyncio.to_thread(create_nvram, plan.domain, reset=True)
+        await create_nvram(plan.domain, reset=True)
     elif plan.nvram_from == "snapshot" and plan.domain.nvram:
         await asyncio.to_thread(ctx.folder.restore_nvram, plan.target, plan.domain.nvram)
 

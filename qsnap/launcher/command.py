@@ -26,7 +26,7 @@ from qsnap.launcher.devices import (
     refuse_unknown_parts,
 )
 from qsnap.model.domain import DomainDef, parse_disk
-from qsnap.plan.machine import complete_machine
+from qsnap.plan.machine import complete_machine, machine_type
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,6 @@ def file_node(target: str) -> str:
 
 def format_node(target: str) -> str:
     return f"qs-{target}"
-
-
 
 
 def _disk_args(node: etree._Element, out: DeviceArgs) -> None:
@@ -205,12 +203,11 @@ def _firmware_args(root: etree._Element) -> tuple[list[str], list[str]]:
                                 "(use type='pflash')")
     args: list[str] = []
     props: list[str] = []
-    images = [(loader.text or "").strip(), loader.get("format", "raw"), True]
+    flashes = [((loader.text or "").strip(), loader.get("format", "raw"), True)]
     nvram = root.find("os/nvram")
-    parts: list[list[object]] = [images]
     if nvram is not None and (nvram.text or "").strip():
-        parts.append([(nvram.text or "").strip(), nvram.get("format", "raw"), False])
-    for index, (path, fmt, readonly) in enumerate(parts):
+        flashes.append(((nvram.text or "").strip(), nvram.get("format", "raw"), False))
+    for index, (path, fmt, readonly) in enumerate(flashes):
         node = f"qs-pflash{index}"
         args += ["-blockdev", json.dumps({"driver": "file", "filename": path,
                                           "node-name": f"{node}-file", "read-only": readonly}),
@@ -234,8 +231,7 @@ def qemu_command(domain: DomainDef, runtime: RuntimePaths, accel: str,
     """
     root = complete_machine(domain.element)
     refuse_unknown(root)
-    os_type = root.find("os/type")
-    machine = (os_type.get("machine") if os_type is not None else None) or "pc"
+    machine = machine_type(root)
     acpi = "on" if domain.acpi else "off"
     firmware, pflash = _firmware_args(root)
     smm = root.find("features/smm")

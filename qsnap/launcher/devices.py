@@ -19,7 +19,7 @@ from lxml import etree
 
 from qsnap.errors import NotSupportedError
 from qsnap.model.domain import GUEST_AGENT_CHANNEL, PciAddress
-from qsnap.plan.machine import machine_family
+from qsnap.plan.machine import machine_family, machine_type
 
 # Everything a definition may say at the top level and still start; other elements are refused
 # (element kept in the definition, the start names it).
@@ -102,12 +102,12 @@ def device_arg(properties: dict[str, object]) -> list[str]:
 
 @dataclass
 class DeviceArgs:
-    """The arguments built so far, and what later devices need to know of earlier ones."""
+    """The arguments built so far, and what every device's arguments depend on: the machine
+    family (bus names) and the domain's key (generated tap names)."""
 
     family: str
     domain_key: str = ""
     argv: list[str] = field(default_factory=list)
-    boot_order: dict[str, int] = field(default_factory=dict)
 
     def add(self, *args: str) -> None:
         self.argv.extend(args)
@@ -183,9 +183,14 @@ def tap_of(domain_key: str, index: int, node: etree._Element) -> Tap | None:
     return Tap(name, bridge)
 
 
+def _domain_key(root: etree._Element) -> str:
+    """What generated tap names are made from: the UUID, else the name."""
+    return root.findtext("uuid") or root.findtext("name") or ""
+
+
 def taps(root: etree._Element) -> list[Tap]:
     """Every tap the domain's NICs use, in interface order."""
-    key = root.findtext("uuid") or root.findtext("name") or ""
+    key = _domain_key(root)
     found = (tap_of(key, i, n) for i, n in enumerate(root.iterfind("devices/interface")))
     return [t for t in found if t is not None]
 
@@ -197,11 +202,10 @@ def interface_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
     if kind == "user":
         netdev["type"] = "user"
     elif kind in ("ethernet", "bridge"):
-        if kind == "bridge" and (node.find("source") is None
-                                 or not node.find("source").get("bridge")):  # type: ignore[union-attr]
-            raise _refuse(what, "a bridge interface needs <source bridge=...>")
         tap = tap_of(out.domain_key, index, node)
         assert tap is not None
+        if kind == "bridge" and not tap.bridge:
+            raise _refuse(what, "a bridge interface needs <source bridge=...>")
         # QEMU opens the tap by name, creating it (and removing it at exit) if missing.
         netdev.update(type="tap", ifname=tap.name, script="no", downscript="no")
     elif kind == "network":
@@ -309,8 +313,8 @@ def video_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
     driver = _VIDEO_DEVICES.get(kind)
     if driver is None:
         raise _refuse(f"<video><model type='{kind}'>", "not supported")
-    if index and kind in ("cirrus", "vga", "virtio"):
-        driver = {"virtio": "virtio-gpu-pci"}.get(kind, driver)
+    if index and kind == "virtio":
+        driver = "virtio-gpu-pci"  # only the primary card is a VGA one
     device: dict[str, object] = {"driver": driver, "id": f"video{index}"}
     if kind == "virtio" and model is not None:
         device["max_outputs"] = int(model.get("heads", "1"))
@@ -357,10 +361,7 @@ DiskArgs = Callable[[etree._Element, DeviceArgs], None]
 
 def device_args(root: etree._Element, agent: str | None, disk_args: DiskArgs) -> list[str]:
     """Every device's arguments, in libvirt's order (controllers first, so buses exist)."""
-    os_type = root.find("os/type")
-    out = DeviceArgs(machine_family((os_type.get("machine") if os_type is not None else None)
-                                    or "pc"),
-                     root.findtext("uuid") or root.findtext("name") or "")
+    out = DeviceArgs(machine_family(machine_type(root)), _domain_key(root))
     devices = root.find("devices")
     if devices is None:
         return []

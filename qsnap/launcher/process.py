@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -23,8 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
-from qsnap import children
-from qsnap.errors import LaunchError, OperationInvalidError
+from qsnap import children, images
+from qsnap.errors import ImageToolError, LaunchError, OperationInvalidError
 from qsnap.launcher.command import RuntimePaths, qemu_command
 from qsnap.launcher.devices import taps
 from qsnap.launcher.foreign import (
@@ -127,19 +126,19 @@ async def start_qemu(domain: DomainDef, paths: RuntimePaths, accel: str, *,
                      incoming: bool = False, paused: bool = False) -> RuntimeInfo:
     """Start *domain*'s QEMU; return once its monitor listens (with *incoming*: paused,
     waiting for ``migrate-incoming``)."""
-    await _prepare(paths)
-    await asyncio.to_thread(create_nvram, domain)
     emulator = domain.element.findtext("devices/emulator") or "qemu-system-x86_64"
+    # The command line first: a definition it refuses leaves no NVRAM or runtime folder behind.
     argv = qemu_command(domain, paths, accel, emulator=emulator.strip(), incoming=incoming,
                         paused=paused)
+    await _prepare(paths)
+    await create_nvram(domain)
     pid = await _run_daemonizing(argv, None, domain.name, paths)
     info = RuntimeInfo(pid=pid, qmp=str(paths.qmp), accel=accel)
     write_runtime(paths, info)
     try:
         await asyncio.to_thread(plug_taps, domain)
     except LaunchError:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+        await kill_qemu(info)  # waits until it is gone, and its taps with it
         clear_runtime(paths)
         raise
     return info
@@ -162,36 +161,42 @@ def plug_taps(domain: DomainDef) -> None:
                               + f": {detail}", domain=domain.name) from None
 
 
-def create_nvram(domain: DomainDef, *, reset: bool = False) -> None:
+async def create_nvram(domain: DomainDef, *, reset: bool = False) -> None:
     """The domain's UEFI variable store, made from its template where it does not exist yet
-    (or, with *reset*, anew), as libvirt does at start: written beside and renamed into place,
-    so a crash never leaves a half-copied store."""
-    nvram = domain.element.find("os/nvram")
-    path = (nvram.text or "").strip() if nvram is not None else ""
-    if nvram is None or not path or (os.path.exists(path) and not reset):
+    (or, with *reset*, anew), as libvirt does at start: converted beside it by ``qemu-img``
+    (raw or qcow2, whatever the template's format), synced and renamed into place, so a crash
+    never leaves a half-written store."""
+    path = domain.nvram
+    if path is None or (os.path.exists(path) and not reset):
         return
-    template = nvram.get("template")
+    node = domain.element.find("os/nvram")
+    template = node.get("template") if node is not None else None
     if not template:
         raise LaunchError(f"the NVRAM file {path} does not exist and the definition names no "
                           "template to create it from", domain=domain.name, path=path)
-    fmt, template_fmt = nvram.get("format", "raw"), nvram.get("templateFormat", "raw")
+    template_format = node.get("templateFormat", "raw") if node is not None else "raw"
     temp = f"{path}.tmp"
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        if fmt == template_fmt:
-            shutil.copyfile(template, temp)
-        else:
-            subprocess.run(["qemu-img", "convert", "-f", template_fmt, "-O", fmt, template,
-                            temp], check=True, capture_output=True, text=True)
-        with open(temp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except (OSError, subprocess.CalledProcessError) as exc:
+        await asyncio.to_thread(os.makedirs, os.path.dirname(path), exist_ok=True)
+        await images.qemu_img("convert", "-f", template_format, "-O", domain.nvram_format,
+                              template, temp)
+        await asyncio.to_thread(_sync_into_place, temp, path)
+    except (OSError, ImageToolError) as exc:
         with contextlib.suppress(OSError):
             os.unlink(temp)
-        detail = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) else exc
-        raise LaunchError(f"cannot create the NVRAM file {path} from {template}: {detail}",
+        raise LaunchError(f"cannot create the NVRAM file {path} from {template}: {exc}",
                           domain=domain.name, path=path) from exc
+
+
+def _sync_into_place(temp: str, path: str) -> None:
+    with open(temp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+    folder = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def foreign_launcher(command: ForeignCommand, hook: RelaunchHook | None) -> Launcher:

@@ -75,6 +75,11 @@ class DomainDef:
     nvram_format: str = "raw"
 
     @property
+    def nvram_takes_tags(self) -> bool:
+        """Whether internal snapshots tag the UEFI NVRAM too: it must be qcow2 for that."""
+        return self.nvram is not None and self.nvram_format == "qcow2"
+
+    @property
     def memory_bytes(self) -> int:
         """The guest's RAM in bytes (QEMU's default of 128 MiB when the definition has none)."""
         return (self.memory_kib or 131072) * 1024

@@ -96,7 +96,7 @@ def plan_delete_data(snapshots: dict[str, SnapshotDef], plan: MetadataDeletePlan
                     f"disk image '{image}' for internal snapshot '{name}' is not the same as "
                     "disk image currently used by VM")
             disks.append((disk.name, image))
-        if disks and recorded_domain.nvram and recorded_domain.nvram_format == "qcow2":
-            disks.append((NVRAM_TARGET, recorded_domain.nvram))  # it took the tag too
+        if disks and recorded_domain.nvram_takes_tags:
+            disks.append((NVRAM_TARGET, recorded_domain.nvram or ""))  # it took the tag too
         removals.append(InternalRemoval(name, disks))
     return removals

@@ -110,7 +110,7 @@ def nvram_takes_part(domain: DomainDef) -> bool:
     a raw one is refused, naming the file, rather than a snapshot taken without it."""
     if domain.nvram is None:
         return False
-    if domain.nvram_format != "qcow2":
+    if not domain.nvram_takes_tags:
         raise NotSupportedError(
             f"internal snapshots of domain '{domain.name}' need its NVRAM '{domain.nvram}' in "
             f"qcow2 format to keep the firmware's variables with the snapshot (it is "

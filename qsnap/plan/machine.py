@@ -38,6 +38,12 @@ _CHIPSET_CONTROLLERS = {("sata", "q35"): (0x1F, 2), ("ide", "pc"): (0x01, 1),
                         ("usb", "pc"): (0x01, 2)}
 
 
+def machine_type(root: etree._Element) -> str:
+    """The definition's ``<os><type machine=>`` (QEMU's default ``pc`` when it names none)."""
+    os_type = root.find("os/type")
+    return (os_type.get("machine") if os_type is not None else None) or "pc"
+
+
 def machine_family(machine: str) -> str:
     """``q35`` or ``pc`` for a machine type (``pc-q35-7.2`` is q35; ``pc-i440fx-*`` is pc)."""
     return "q35" if "q35" in machine else "pc"
@@ -334,9 +340,7 @@ def complete_machine(element: etree._Element) -> etree._Element:
     are told apart by name.
     """
     root = copy.deepcopy(element)
-    os_type = root.find("os/type")
-    machine = (os_type.get("machine") if os_type is not None else None) or "pc"
-    family = machine_family(machine)
+    family = machine_family(machine_type(root))
     devices = root.find("devices")
     if devices is None:
         devices = etree.SubElement(root, "devices")

@@ -125,7 +125,7 @@ def plan_revert(snap: SnapshotDef, current: DomainDef, flags: RevertFlags, *,
     if domain.nvram is not None:
         if flags.reset_nvram:
             nvram_from = "template"
-        elif internal and domain.nvram_format == "qcow2":
+        elif internal and domain.nvram_takes_tags:
             # The NVRAM holds the snapshot's tag (nvram_takes_part).
             if memory == "internal":
                 internal = [*internal, NVRAM_TARGET]
