@@ -33,9 +33,63 @@ install_debian_packages() {
 }
 
 install_qemu() {
-    # OVMF with QEMU's firmware descriptors, for UEFI guests (<os firmware='efi'>).
+    # OVMF with QEMU's firmware descriptors, for UEFI guests (<os firmware='efi'>); the
+    # compressors of libvirt's compressed save-image formats (gzip, bzip2 and xz are Debian's
+    # own).
     install_debian_packages qemu-system-x86_64 qemu-system-x86 qemu-img qemu-utils \
-        /usr/share/qemu/firmware/60-edk2-x86_64.json ovmf
+        /usr/share/qemu/firmware/60-edk2-x86_64.json ovmf zstd zstd lzop lzop xz xz-utils \
+        bzip2 bzip2
+}
+
+second_qemu_root=${QSNAP_QEMU10_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/qsnap/qemu-10}
+
+install_second_qemu() {
+    # Where the system's QEMU is older than 10 (Debian 12 has 7.2), unpack QEMU 10 from Debian's
+    # bookworm-backports into $second_qemu_root, beside the system's and without touching its
+    # packages or its apt sources (a private apt state folder), and write wrappers in its bin/
+    # that give the unpacked binaries their own modules and firmware folders. The test suite
+    # runs its QEMU tests once per QEMU (tests/conftest.py, QSNAP_QEMU_BIN).
+    local version
+    version=$(qemu-system-x86_64 --version 2>/dev/null | sed -n 's/^QEMU emulator version \([0-9]*\).*/\1/p')
+    [ -n "$version" ] && [ "$version" -ge 10 ] && return 0
+    [ -x "$second_qemu_root/bin/qemu-system-x86_64" ] && return 0
+    command -v apt-get >/dev/null 2>&1 && command -v dpkg >/dev/null 2>&1 || {
+        echo "setup: no apt-get/dpkg here; QEMU 10 not installed, its test run is skipped" >&2
+        return 0
+    }
+    local work
+    work=$(mktemp -d)
+    mkdir -p "$work/state/lists/partial" "$work/cache/archives/partial" "$work/debs"
+    echo "deb http://deb.debian.org/debian bookworm-backports main" > "$work/sources.list"
+    local apt=(apt-get -qq -o "Dir::State=$work/state" -o "Dir::Cache=$work/cache"
+               -o "Dir::Etc::SourceList=$work/sources.list" -o Dir::Etc::SourceParts=/dev/null
+               -o Dir::State::status=/var/lib/dpkg/status -o APT::Sandbox::User=root)
+    echo "setup: unpacking QEMU 10 from bookworm-backports into $second_qemu_root" >&2
+    "${apt[@]}" update >/dev/null
+    (cd "$work/debs" && "${apt[@]}" download qemu-system-x86 qemu-system-common qemu-system-data \
+        qemu-system-gui qemu-system-modules-opengl qemu-system-modules-spice qemu-utils >/dev/null)
+    rm -rf "$second_qemu_root.new"
+    mkdir -p "$second_qemu_root.new/bin"
+    local deb
+    for deb in "$work"/debs/*.deb; do dpkg -x "$deb" "$second_qemu_root.new/root"; done
+    rm -rf "$work"
+    local root="$second_qemu_root/root" tool
+    # Its modules from its own folder (a 7.2 module makes it abort); its own firmware blobs
+    # first, then the system's SeaBIOS, which its data package links to.
+    cat > "$second_qemu_root.new/bin/qemu-system-x86_64" <<WRAPPER
+#!/bin/sh
+QEMU_MODULE_DIR=$root/usr/lib/x86_64-linux-gnu/qemu exec $root/usr/bin/qemu-system-x86_64 \\
+    -L $root/usr/share/qemu -L /usr/share/seabios "\$@"
+WRAPPER
+    for tool in qemu-img qemu-io qemu-nbd; do
+        cat > "$second_qemu_root.new/bin/$tool" <<WRAPPER
+#!/bin/sh
+QEMU_MODULE_DIR=$root/usr/lib/x86_64-linux-gnu/qemu exec $root/usr/bin/$tool "\$@"
+WRAPPER
+    done
+    chmod +x "$second_qemu_root.new"/bin/*
+    rm -rf "$second_qemu_root"
+    mv "$second_qemu_root.new" "$second_qemu_root"
 }
 
 setup_venv() {
@@ -53,5 +107,6 @@ if [ "${QSNAP_SKIP_SETUP:-}" = 1 ]; then
     return 0  # the caller (the test suite) already runs inside a prepared environment
 fi
 install_qemu
+install_second_qemu
 setup_venv
 export PATH="$venv/bin:$PATH"

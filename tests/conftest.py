@@ -13,6 +13,23 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import REPO, conformance_dir
 
+#: QSNAP_QEMU_BIN names a folder with one QEMU's qemu-system-x86_64, qemu-img and qemu-io (the
+#: wrappers scripts/setup.sh writes for the second QEMU): everything the tests and qsnap run by
+#: name then comes from it, so one pytest run exercises exactly one QEMU.
+_QEMU_BIN = os.environ.get("QSNAP_QEMU_BIN")
+if _QEMU_BIN:
+    os.environ["PATH"] = f"{_QEMU_BIN}{os.pathsep}{os.environ['PATH']}"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    import shutil
+    import subprocess
+    binary = shutil.which("qemu-system-x86_64")
+    if binary is None:
+        return "qemu: none installed"
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+    return f"qemu: {binary}: {version.splitlines()[0] if version else '?'}"
+
 
 @pytest.fixture
 def conformance() -> Path:
@@ -66,6 +83,10 @@ def libvirtd() -> Iterator[str]:
     libvirt, started here when none runs (scripts/libvirt_daemon.py, as the benchmark does) and
     stopped at the end. libvirt is the reference, so where it could run (as root, and in CI)
     failing to start it is a failure, not a skip; elsewhere those tests skip and say why."""
+    elsewhere = os.environ.get("QSNAP_LIBVIRT_ELSEWHERE")
+    if elsewhere:
+        pytest.skip(f"libvirt comparisons run in {elsewhere} (scripts/test): two suites side "
+                    "by side would define the same domains in the one libvirt")
     sys.path.insert(0, str(REPO / "scripts"))
     from libvirt_daemon import LibvirtUnavailable, libvirt_running
     try:

@@ -67,3 +67,16 @@ def tree_picture(root: Path) -> dict[str, tuple[int, bytes]]:
             else:
                 picture[str(path.relative_to(root)) + "/"] = (path.stat().st_mode, b"")
     return picture
+
+
+def crash_step_wanted(k: int) -> bool:
+    """Whether a kill-at-every-step walk kills at step boundary *k*. scripts/test runs the
+    suite on two QEMUs side by side and gives each half of the boundaries of every walk
+    (QSNAP_CRASH_STEPS=1/2 and 2/2: the odd and the even ones), so that together they kill
+    at all of them within CI's time; unset, a walk kills at every boundary. The walk still
+    runs the operation through to its end either way."""
+    share = os.environ.get("QSNAP_CRASH_STEPS")
+    if not share:
+        return True
+    part, parts = (int(n) for n in share.split("/"))
+    return k % parts == part % parts

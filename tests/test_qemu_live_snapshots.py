@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from qemu_guest import (
     WRITE_ROUND,
+    boot,
     guest_module,
     read_counters,
     require_qemu,
@@ -38,8 +39,7 @@ async def dirty_guest(tmp_path: Path) -> Engine:
     engine = Engine(tmp_path / "state")
     xml = GUEST.make_guest("g", 2, 160, tmp_path / "g", dirty=32)
     await engine.define(xml.read_text())
-    await engine.start("g")
-    await wait_for_counter(tmp_path / "g" / "serial.log", 20)
+    await boot(engine, tmp_path / "g" / "serial.log", 20)
     return engine
 
 
