@@ -11,9 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+import shutil
 import subprocess
 from collections.abc import AsyncIterator, Sequence
+
+
+@functools.cache
+def dies_with_us() -> tuple[str, ...]:
+    """The prefix that makes a child get SIGKILL when qsnap dies: a qemu-img left running
+    by a killed qsnap keeps its image locks, and one spinning on a backing loop never ends
+    (issue 15); a compressor left running would finish a stream qsnap no longer seals.
+    util-linux's ``setpriv`` sets it in the child, where a ``preexec_fn`` would run Python
+    between fork and exec in a process that has threads."""
+    setpriv = shutil.which("setpriv")
+    return (setpriv, "--pdeathsig", "KILL", "--") if setpriv else ()
 
 
 async def spawn(argv: Sequence[str], *, cwd: str | None = None) -> subprocess.Popen[bytes]:
@@ -56,3 +69,11 @@ async def kill(child: subprocess.Popen[bytes]) -> None:
     for pipe in (child.stdout, child.stderr):
         if pipe is not None:
             pipe.close()
+
+
+async def spawn_filter(argv: Sequence[str], stdin: int, stdout: int) -> subprocess.Popen[bytes]:
+    """Start *argv* (a compressor or decompressor) reading *stdin* and writing *stdout*, both
+    open descriptors, with stderr piped; it dies with qsnap."""
+    return await asyncio.to_thread(
+        subprocess.Popen, [*dies_with_us(), *argv], stdin=stdin, stdout=stdout,
+        stderr=subprocess.PIPE)

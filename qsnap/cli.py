@@ -173,9 +173,21 @@ def _run_state(args: Args) -> bool | None:
     return True if args.running else False if args.paused else None
 
 
+def _channels(args: Args) -> int | None:
+    """virsh's --parallel-channels N (a number; the engine checks its range)."""
+    if args.parallel_channels is None:
+        return None
+    try:
+        return int(args.parallel_channels)
+    except ValueError:
+        raise UsageError(f"Numeric value '{args.parallel_channels}' for <parallel-channels> "
+                         "option is malformed or out of range") from None
+
+
 async def cmd_save(engine: Engine, args: Args, out: _Output) -> None:
     xml = _read_file(args.xml) if args.xml else None
     await engine.save(args.domain, os.path.abspath(args.file), running=_run_state(args), xml=xml,
+                      image_format=args.image_format, parallel_channels=_channels(args),
                       progress=out.progress)
     out.end_progress()
     out.extra(f"\nDomain '{args.domain}' saved to {args.file}\n")
@@ -184,13 +196,15 @@ async def cmd_save(engine: Engine, args: Args, out: _Output) -> None:
 async def cmd_restore(engine: Engine, args: Args, out: _Output) -> None:
     xml = _read_file(args.xml) if args.xml else None
     await engine.restore(os.path.abspath(args.file), running=_run_state(args), xml=xml,
-                         progress=out.progress)
+                         parallel_channels=_channels(args), progress=out.progress)
     out.end_progress()
     out.extra(f"Domain restored from {args.file}\n")
 
 
 async def cmd_managedsave(engine: Engine, args: Args, out: _Output) -> None:
-    await engine.managedsave(args.domain, running=_run_state(args), progress=out.progress)
+    await engine.managedsave(args.domain, running=_run_state(args),
+                             image_format=args.image_format,
+                             parallel_channels=_channels(args), progress=out.progress)
     out.end_progress()
     out.extra(f"\nDomain '{args.domain}' state saved by qsnap\n")
 
@@ -374,6 +388,10 @@ async def cmd_recover(engine: Engine, args: Args, out: _Output) -> None:
 _DOMAIN = value("domain", "domain name", required=True)
 _SNAPSHOT = value("snapshotname", "snapshot name")
 _SECURITY = flag("security-info", "include security sensitive information in XML dump")
+_IMAGE_FORMAT = value("image-format", "format of the save image: raw, sparse or zstd (by "
+                      "default raw)", positional=False)
+_CHANNELS = value("parallel-channels", "multifd channels of a sparse save image",
+                  positional=False, metavar="number")
 _RUN_STATE = (flag("running", "run the guest after restore"),
               flag("paused", "leave the guest paused after restore"))
 
@@ -421,15 +439,17 @@ COMMANDS: dict[str, CommandSpec] = {spec.name: spec for spec in (
         _DOMAIN, value("file", "where to save the data", required=True),
         flag("bypass-cache", "accepted for virsh compatibility; saves bypass the cache"),
         value("xml", "file holding the domain XML to store in the image instead"),
-        *_RUN_STATE, flag("verbose", "accepted for virsh compatibility")), cmd_save),
+        *_RUN_STATE, flag("verbose", "accepted for virsh compatibility"), _IMAGE_FORMAT,
+        _CHANNELS), cmd_save),
     CommandSpec("restore", "restore a domain from a saved state file", (
         value("file", "the state to restore", required=True),
         flag("bypass-cache", "accepted for virsh compatibility"),
-        value("xml", "file holding the domain XML to use instead"), *_RUN_STATE),
+        value("xml", "file holding the domain XML to use instead"), *_RUN_STATE, _CHANNELS),
         cmd_restore),
     CommandSpec("managedsave", "save a domain's state so 'start' resumes it", (
         _DOMAIN, flag("bypass-cache", "accepted for virsh compatibility"), *_RUN_STATE,
-        flag("verbose", "accepted for virsh compatibility")), cmd_managedsave),
+        flag("verbose", "accepted for virsh compatibility"), _IMAGE_FORMAT, _CHANNELS),
+        cmd_managedsave),
     CommandSpec("save-image-dumpxml", "the domain XML inside a saved state file", (
         value("file", "saved state file to read", required=True), _SECURITY),
         cmd_save_image_dumpxml),

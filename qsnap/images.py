@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import Callable, Mapping
 
@@ -17,19 +15,9 @@ from qsnap.errors import ImageToolError
 from qsnap.model.image_graph import ImageFacts
 
 
-@functools.cache
-def _dies_with_us() -> tuple[str, ...]:
-    """The prefix that makes a child get SIGKILL when qsnap dies: a qemu-img left running
-    by a killed qsnap keeps its image locks, and one spinning on a backing loop never ends
-    (issue 15). util-linux's ``setpriv`` sets it in the child, where a ``preexec_fn`` would
-    run Python between fork and exec in a process that has threads."""
-    setpriv = shutil.which("setpriv")
-    return (setpriv, "--pdeathsig", "KILL", "--") if setpriv else ()
-
-
 async def _spawn(*args: str) -> subprocess.Popen[bytes]:
     try:
-        return await children.spawn([*_dies_with_us(), "qemu-img", *args])
+        return await children.spawn([*children.dies_with_us(), "qemu-img", *args])
     except FileNotFoundError:
         raise ImageToolError("qemu-img not found (install Debian's qemu-utils)") from None
 

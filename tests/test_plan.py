@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from qsnap.errors import InvalidArgumentError, NoSnapshotError, NotSupportedError
+from qsnap.model.capabilities import StreamSupport
 from qsnap.model.domain import parse_domain
 from qsnap.model.names import check_snapshot_name
 from qsnap.model.snapshot import parse_snapshot
@@ -15,6 +16,7 @@ from qsnap.plan.disks import align_disks, default_overlay_path
 from qsnap.plan.flags import CreateFlags, DeleteFlags, ListFilter, RevertFlags
 from qsnap.plan.listing import select_snapshots
 from qsnap.plan.redefine import plan_redefine
+from qsnap.plan.save import choose_image_format
 
 UUID = "c7a5fdbd-edaf-9455-926a-d65c16db1809"
 DOMAIN = parse_domain(f"""<domain type='qemu'><name>g</name><uuid>{UUID}</uuid>
@@ -400,3 +402,35 @@ def test_manual_disks_are_left_to_the_user_and_the_guest_paused() -> None:
     with pytest.raises(InvalidArgumentError, match="--live cannot be used with 'manual'"):
         plan_full_snapshot(full, DOMAIN, CreateFlags(live=True), state="running",
                            current=None, now=1, regular_files=set())
+
+
+QEMU_7 = StreamSupport(background=True)
+QEMU_10 = StreamSupport(file_uri=True, mapped_ram=True, direct_io=True, background=True)
+
+
+@pytest.mark.parametrize(("asked", "channels", "support", "chosen"), [
+    (None, None, QEMU_7, "raw"),
+    (None, None, QEMU_10, "raw"),  # measured faster for the save (plan.save)
+    (None, 4, QEMU_10, "sparse"),  # --parallel-channels alone asks for sparse
+    ("sparse", None, QEMU_10, "sparse"),
+    ("zstd", None, QEMU_7, "zstd"),
+    ("raw", None, QEMU_10, "raw"),
+])
+def test_save_image_format_choice(asked: str | None, channels: int | None,
+                                  support: StreamSupport, chosen: str) -> None:
+    assert choose_image_format(asked, channels, support) == chosen
+
+
+@pytest.mark.parametrize(("asked", "channels", "support", "error", "message"), [
+    ("sparse", None, QEMU_7, NotSupportedError, "needs QEMU's mapped-ram"),
+    (None, 2, QEMU_7, NotSupportedError, "needs QEMU's mapped-ram"),
+    ("lz4", None, QEMU_10, InvalidArgumentError, "unknown save image format 'lz4'"),
+    ("xz", None, QEMU_10, NotSupportedError, "reads 'xz' save images but writes only"),
+    ("zstd", 2, QEMU_10, InvalidArgumentError, "needs the sparse save image format, not zstd"),
+    ("sparse", 0, QEMU_10, InvalidArgumentError, "must be at least 1, not 0"),
+])
+def test_save_image_format_refusals(asked: str | None, channels: int | None,
+                                    support: StreamSupport, error: type[Exception],
+                                    message: str) -> None:
+    with pytest.raises(error, match=message):
+        choose_image_format(asked, channels, support)

@@ -4,12 +4,16 @@ writing into the pipe in uneven pieces, as a migration does."""
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 
+from qsnap.engine import compression
 from qsnap.engine.stream_writer import ALIGN, BUFFER_SIZE, BUFFERS, StreamWriter
+from qsnap.errors import InvalidArgumentError
+from qsnap.monitor import StreamChannel
 
 HEADER = b"H" * (2 * ALIGN)
 
@@ -141,3 +145,33 @@ def test_the_alert_comes_once_when_the_bound_is_passed(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert len(calls) == 1 and calls[0] > 1 << 20
+
+
+@pytest.mark.parametrize("image_format", ["gzip", "bzip2", "xz", "lzop", "zstd"])
+def test_each_compressed_format_round_trips_through_its_programs(image_format: str) -> None:
+    """What libvirt's compressor for a format writes, qsnap's decompressor for it reads back
+    (and qsnap's own zstd compressor, what libvirt's zstd reads)."""
+    data = os.urandom(1 << 16) * 8
+    packed = subprocess.run([image_format, "-c"], input=data, capture_output=True,
+                            check=True).stdout
+    assert subprocess.run(compression.decompressor(image_format), input=packed,
+                          capture_output=True, check=True).stdout == data
+    ours = subprocess.run(compression.compressor(image_format), input=data,
+                          capture_output=True, check=True).stdout
+    assert subprocess.run([image_format, "-dc"], input=ours, capture_output=True,
+                          check=True).stdout == data
+
+
+def test_qemu_is_never_handed_a_regular_file_for_a_stream(tmp_path: Path) -> None:
+    """A stream channel on a descriptor must be a pipe: a regular file's descriptor cannot
+    even be described (files go as file: URIs QEMU opens itself)."""
+    with open(tmp_path / "image", "wb") as handle, \
+            pytest.raises(ValueError, match="must be a pipe"):
+        StreamChannel(pipe=handle.fileno())
+    read_end, write_end = os.pipe()
+    assert StreamChannel(pipe=write_end).pipe == write_end
+    os.close(read_end)
+    os.close(write_end)
+    assert StreamChannel.file("/a b/c,d", 8192).uri() == "file:/a b/c,d,offset=8192"
+    with pytest.raises(InvalidArgumentError, match="may not contain ',offset='"):
+        StreamChannel.file("/x,offset=1", 0).uri()

@@ -526,34 +526,48 @@ class Engine:
     @_bounded
     async def save(self, domain: str, path: str | os.PathLike[str], *,
                    running: bool | None = None, xml: str | None = None,
+                   image_format: str | None = None, parallel_channels: int | None = None,
                    progress: ProgressCallback | None = None,
                    timeout: float | None = None) -> None:
         """virDomainSave: write the guest's memory and device state to *path*, then stop it.
 
         The guest is paused for the save; it restores running if it was running, unless
         *running* says otherwise (``--running``/``--paused``). *xml* replaces the domain
-        definition stored in the image (same name and UUID). If the save fails, the guest
-        goes on as it was and no file is left.
+        definition stored in the image (same name and UUID). *image_format* is libvirt's
+        save-image format (``raw``, ``sparse``, ``zstd``; by default the faster one this QEMU
+        has), *parallel_channels* the multifd channels of a sparse image (virsh save
+        --image-format --parallel-channels). If the save fails, the guest goes on as it was
+        and no file is left.
         """
         target = absolute_file("the save image", path)
         async with self._session(domain) as folder:
-            await save_op.run(self._context(folder, progress), target, running=running, xml=xml)
+            await save_op.run(self._context(folder, progress), target, running=running, xml=xml,
+                              image_format=image_format, channels=parallel_channels)
 
     @_bounded
     async def managedsave(self, domain: str, *, running: bool | None = None,
+                          image_format: str | None = None,
+                          parallel_channels: int | None = None,
                           progress: ProgressCallback | None = None,
                           timeout: float | None = None) -> None:
         """virDomainManagedSave: save into the domain's own folder; ``start`` resumes from it."""
         await self.save(domain, self.state.folder(domain).managed_save, running=running,
+                        image_format=image_format, parallel_channels=parallel_channels,
                         progress=progress)
 
     @_bounded
     async def restore(self, path: str | os.PathLike[str], *, running: bool | None = None,
-                      xml: str | None = None, progress: ProgressCallback | None = None,
+                      xml: str | None = None, parallel_channels: int | None = None,
+                      progress: ProgressCallback | None = None,
                       timeout: float | None = None) -> Guest:
         """virDomainRestore: start the domain saved in *path* and load its state; returns its
         :class:`Guest` handle. A domain qsnap does not know yet is defined from the image. If
-        loading fails, its QEMU is stopped again: a guest is never left half-restored."""
+        loading fails, its QEMU is stopped again: a guest is never left half-restored.
+        *parallel_channels*: the multifd channels that read a sparse image (by default one
+        per CPU)."""
+        if parallel_channels is not None and parallel_channels < 1:
+            raise InvalidArgumentError(f"--parallel-channels must be at least 1, not "
+                                       f"{parallel_channels}")
         source = absolute_file("the save image", path)
         image = await asyncio.to_thread(read_image, source)
         domain = parse_domain(image_definition(parse_domain(image.domain_xml), xml),
@@ -568,7 +582,7 @@ class Engine:
             await self.define(domain.to_xml())
         async with self._session(domain.name) as folder:
             info = await restore_op.run(self._context(folder, progress), domain, source, image,
-                                     running)
+                                        running, channels=parallel_channels)
         return Guest(self, domain.name, info)
 
     @_bounded

@@ -25,6 +25,7 @@ from qsnap.model.domain import DomainDef
 from qsnap.monitor import BlockDevice, Monitor
 from qsnap.plan.disk_snapshot import Overlay
 from qsnap.plan.full_snapshot import FullSnapshotPlan
+from qsnap.plan.save import choose_image_format
 from qsnap.progress import ProgressCallback
 
 
@@ -102,8 +103,12 @@ async def _external(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDef,
         await monitor.pause()
     done = False
     try:
+        # A paused save takes the faster format this QEMU has; a live pre-copy stays raw (its
+        # stream is bounded by qsnap as it passes through: see memory.PRECOPY_BOUND).
+        image_format = (choose_image_format(None, None, await monitor.stream_support())
+                        if strategy == "paused" else "raw")
         await write_image(monitor, memory, domain.to_xml(secure=True), was_running,
-                          progress=progress, ram=domain.memory_bytes)
+                          progress=progress, ram=domain.memory_bytes, image_format=image_format)
         try:
             await switch_overlays(monitor, plan.overlays, devices=devices)
         except BaseException:

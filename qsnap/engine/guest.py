@@ -85,9 +85,11 @@ class Guest:
         return await self.engine.get(self.name, snapshot, timeout=timeout)
 
     async def save(self, path: str | os.PathLike[str], *, running: bool | None = None,
+                   image_format: str | None = None, parallel_channels: int | None = None,
                    progress: ProgressCallback | None = None,
                    timeout: float | None = None) -> None:
-        await self.engine.save(self.name, path, running=running, progress=progress,
+        await self.engine.save(self.name, path, running=running, image_format=image_format,
+                               parallel_channels=parallel_channels, progress=progress,
                                timeout=timeout)
 
     async def start(self, *, reset_nvram: bool = False,

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-from qsnap.engine.stream_writer import ALIGN, StreamWriter
+from qsnap import children
+from qsnap.engine import compression
+from qsnap.engine.stream_writer import ALIGN, PipeFeeder, StreamWriter
 from qsnap.errors import (
     AlreadyExistsError,
     InvalidArgumentError,
@@ -28,7 +31,7 @@ from qsnap.errors import (
 )
 from qsnap.model import save_image
 from qsnap.model.save_image import HEADER, SaveImage
-from qsnap.monitor import Monitor
+from qsnap.monitor import Monitor, StreamChannel
 from qsnap.progress import ProgressCallback, ProgressMeter
 from qsnap.store.atomic import fsync_dir
 
@@ -43,15 +46,28 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+#: multifd channels for a sparse (mapped-ram) save or restore when the caller names none: one
+#: per CPU, at most 8 (each is a thread of QEMU's that copies RAM to or from the disk).
+def default_channels() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
 async def write_image(monitor: Monitor, path: Path, domain_xml: str, was_running: bool, *,
                       background: bool = False,
                       at_start: Callable[[], Awaitable[None]] | None = None,
-                      progress: ProgressCallback | None = None, ram: int = 0) -> None:
+                      progress: ProgressCallback | None = None, ram: int = 0,
+                      image_format: str = "raw", channels: int | None = None) -> None:
     """Save the guest behind *monitor* into a new image at *path*: paused (or live pre-copy),
     or with *background* QEMU's background snapshot. *at_start* runs once the file is ready,
     just before QEMU starts writing it (a background snapshot switches the disks there).
     *progress* hears the bytes written against *ram*, the guest's RAM size (the stream is
-    about that long; a pre-copy that sends pages twice may pass it)."""
+    about that long; a pre-copy that sends pages twice may pass it). *image_format* is one of
+    :data:`save_image.WRITTEN_FORMATS`, which this QEMU can write (plan.save checks);
+    *channels* the multifd channels of a sparse one."""
+    if background and image_format != "raw":
+        raise ValueError("a background snapshot writes a raw stream (QEMU's background "
+                         "snapshot refuses multifd)")
+    support = await monitor.stream_support()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except FileExistsError:
@@ -61,19 +77,32 @@ async def write_image(monitor: Monitor, path: Path, domain_xml: str, was_running
         raise InvalidArgumentError(f"cannot create '{path}': {exc.strerror}",
                                    path=str(path)) from None
     try:
-        header = save_image.encode(domain_xml, None, was_running, partial=True, align=ALIGN)
+        header = save_image.encode(domain_xml, None, was_running, partial=True, align=ALIGN,
+                                   image_format=image_format)
+        offset = len(header)
         _write_all(fd, header)
         meter = ProgressMeter(f"save memory to {path.name}", progress)
-        heard = (lambda offset: meter(offset - len(header), max(ram, offset - len(header)))) \
+        heard = (lambda where: meter(where - offset, max(ram, where - offset))) \
             if progress is not None else None
         if background:
-            await monitor.save_to_fd(fd, background=True, just_before=at_start, progress=heard)
-        else:
-            await _save_through_pipe(monitor, fd, len(header), at_start, heard,
+            # QEMU writes this stream itself, so it goes on if qsnap dies (recovery waits for
+            # it: ending one early is the path on which QEMU 7.2 was seen to hang the guest).
+            channel = (StreamChannel.file(str(path.absolute()), offset) if support.file_uri
+                       else StreamChannel.into_file_by_dd(str(path.absolute()), offset))
+            await monitor.save(channel, background=True, just_before=at_start, progress=heard)
+        elif image_format == "sparse":
+            channel = StreamChannel.file(
+                str(path.absolute()), offset, mapped_ram_channels=channels or default_channels(),
+                direct_io=support.direct_io and _takes_direct_io(fd))
+            await monitor.save(channel, just_before=at_start, progress=heard)
+        elif image_format == "raw":
+            await _save_through_pipe(monitor, fd, offset, at_start, heard,
                                      bound=int(PRECOPY_BOUND * ram) if ram else None)
+        else:
+            await _save_compressed(monitor, fd, offset, image_format, at_start, heard)
         # Waiting for write-back takes tens of milliseconds to seconds: never on the loop.
-        await asyncio.to_thread(_seal, fd)
-        meter.finish(os.fstat(fd).st_size - len(header))
+        await asyncio.to_thread(_seal, fd, header)
+        meter.finish(os.fstat(fd).st_size - offset)
     except BaseException as exc:
         os.close(fd)
         path.unlink(missing_ok=True)
@@ -85,9 +114,67 @@ async def write_image(monitor: Monitor, path: Path, domain_xml: str, was_running
     await asyncio.to_thread(fsync_dir, path.parent)
 
 
-def _seal(fd: int) -> None:
-    """Make the whole stream durable, then mark the image complete, durably: the final magic
-    must never reach the disk before the data it vouches for."""
+def _takes_direct_io(fd: int) -> bool:
+    """Whether the file system under *fd* does O_DIRECT (tmpfs does not, and QEMU's direct-io
+    would then fail the save)."""
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
+        direct = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+        return direct
+    except OSError:
+        return False
+
+
+async def _save_compressed(monitor: Monitor, fd: int, offset: int, image_format: str,
+                           at_start: Callable[[], Awaitable[None]] | None,
+                           progress: Callable[[int], None] | None) -> None:
+    """QEMU writes into a pipe, the compressor reads it and writes the file from *offset*."""
+    async with _filter(compression.compressor(image_format), fd, offset,
+                       into_file=True) as pipe:
+        await monitor.save(StreamChannel(pipe=pipe), just_before=at_start,
+                           progress=progress, position=lambda: os.fstat(fd).st_size)
+
+
+@contextlib.asynccontextmanager
+async def _filter(argv: list[str], fd: int, offset: int, *,
+                  into_file: bool) -> AsyncIterator[int]:
+    """A compressor (*into_file*: QEMU, pipe, program, file) or a decompressor (file,
+    program, pipe, QEMU) between the file *fd* from *offset* and the pipe end it yields for
+    QEMU. Leaving the block waits for the program and raises if it failed."""
+    os.lseek(fd, offset, os.SEEK_SET)
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    ours, its = (write_end, read_end) if into_file else (read_end, write_end)
+    try:
+        child = await children.spawn_filter(argv, stdin=its if into_file else fd,
+                                            stdout=fd if into_file else its)
+    except BaseException:
+        os.close(ours)
+        raise
+    finally:
+        os.close(its)
+    try:
+        yield ours
+        if into_file:  # QEMU is done: the compressor sees the end of the stream
+            os.close(ours)
+            ours = -1
+        _, err = await children.finish(child, 600.0)
+        if child.returncode != 0:
+            raise MemoryImageError(f"{Path(argv[0]).name} failed on the memory stream: "
+                                   f"{err.decode(errors='replace').strip() or child.returncode}")
+    finally:
+        if ours >= 0:
+            os.close(ours)
+        if child.returncode is None:
+            await children.kill(child)
+
+
+def _seal(fd: int, header: bytes) -> None:
+    """Write the header (QEMU's ``file:`` truncated the file when it opened it), make it and
+    the whole stream durable, then mark the image complete, durably: the final magic must
+    never reach the disk before the data it vouches for."""
+    os.pwrite(fd, header, 0)
     os.fsync(fd)
     os.pwrite(fd, save_image.final_magic(), 0)
     os.fsync(fd)
@@ -104,10 +191,8 @@ async def _save_through_pipe(monitor: Monitor, fd: int, offset: int,
                              progress: Callable[[int], None] | None, *,
                              bound: int | None) -> None:
     """QEMU writes the stream into a pipe and :class:`StreamWriter` moves it into the file
-    with direct I/O (see there for why). A background snapshot keeps the file itself: its
-    stream must go on if qsnap dies (recovery waits for it, since ending one early is the
-    path on which QEMU 7.2 was seen to hang the guest), and a pipe closes with qsnap.
-    A guest still running once *bound* bytes have been sent is paused."""
+    with direct I/O (see there for why). A guest still running once *bound* bytes have been
+    sent is paused."""
     loop = asyncio.get_running_loop()
     passed = asyncio.Event()
     stream = StreamWriter(fd, offset, alert_at=bound,
@@ -128,8 +213,8 @@ async def _save_through_pipe(monitor: Monitor, fd: int, offset: int,
 
     bounding = asyncio.create_task(converge())
     try:
-        await monitor.save_to_fd(stream.write_end, just_before=handed_over, progress=progress,
-                                 position=lambda: offset + stream.received)
+        await monitor.save(StreamChannel(pipe=stream.write_end), just_before=handed_over,
+                           progress=progress, position=lambda: offset + stream.received)
         written = await asyncio.to_thread(stream.finish)
         if progress is not None:  # QEMU's "completed" can come before the pipe is drained
             progress(offset + written)
@@ -166,10 +251,10 @@ def read_image(path: Path) -> SaveImage:
             size = os.fstat(handle.fileno()).st_size
     except OSError as exc:
         raise SaveImageError(f"cannot read save image '{path}': {exc.strerror}") from None
-    if image.compressed:
-        raise NotSupportedError(f"save image '{path}' is compressed with "
-                                f"{save_image.COMPRESSION.get(image.compressed, '?')}; qsnap "
-                                "reads raw images only")
+    if image.compressed not in save_image.FORMAT_NAMES:
+        raise NotSupportedError(f"save image '{path}' is in an {image.format} (a newer "
+                                "libvirt's?); qsnap reads raw, sparse, gzip, bzip2, xz, lzop "
+                                "and zstd images")
     if size <= image.stream_offset:
         raise SaveImageError(f"save image '{path}' has no migration stream after its header")
     return image
@@ -185,18 +270,59 @@ def _read_ahead(fd: int, offset: int) -> None:
 
 
 async def load_image(monitor: Monitor, path: Path, image: SaveImage,
-                     progress: ProgressCallback | None = None) -> None:
+                     progress: ProgressCallback | None = None,
+                     channels: int | None = None) -> None:
     """Feed the stream of *image* into the QEMU behind *monitor* (started ``-incoming defer``);
-    *progress* hears how much of it QEMU has read."""
+    *progress* hears how much of it QEMU has read. A raw stream QEMU reads from the file
+    itself where it has ``file:`` URIs, else from a pipe qsnap fills; a sparse one through
+    *channels* multifd channels (mapped-ram); a compressed one from its decompressor."""
+    support = await monitor.stream_support()
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        await asyncio.to_thread(_read_ahead, fd, image.stream_offset)
-        os.lseek(fd, image.stream_offset, os.SEEK_SET)
-        total = os.fstat(fd).st_size - image.stream_offset
+        offset = image.stream_offset
+        total = os.fstat(fd).st_size - offset
         meter = ProgressMeter(f"load memory from {path.name}", progress)
-        await monitor.load_from_fd(
-            fd, progress=(lambda offset: meter(offset - image.stream_offset, total))
-            if progress is not None else None)
+        heard = (lambda where: meter(min(where, total), total)) if progress is not None \
+            else None
+        if image.format == "sparse":
+            if not support.mapped_ram:
+                raise NotSupportedError(f"save image '{path}' is sparse (QEMU's mapped-ram "
+                                        "format), which needs QEMU 9.0 or later to restore")
+            await monitor.load(StreamChannel.file(
+                str(path.absolute()), offset, mapped_ram_channels=channels or default_channels(),
+                direct_io=support.direct_io and _takes_direct_io(fd)), progress=heard)
+        elif image.format == "raw" and support.file_uri:
+            await asyncio.to_thread(_read_ahead, fd, offset)
+            await monitor.load(StreamChannel.file(str(path.absolute()), offset),
+                               progress=heard)
+        elif image.format == "raw":
+            await asyncio.to_thread(_read_ahead, fd, offset)
+            await _load_through_pipe(monitor, fd, offset, heard)
+        else:
+            await _load_decompressed(monitor, fd, offset, image.format, heard)
         meter.finish(total)
     finally:
         os.close(fd)
+
+
+async def _load_through_pipe(monitor: Monitor, fd: int, offset: int,
+                             progress: Callable[[int], None] | None) -> None:
+    """For a QEMU without ``file:`` URIs: a thread here splices the file into a pipe."""
+    feeder = PipeFeeder(fd, offset)
+    feeder.start()
+    try:
+        await monitor.load(StreamChannel(pipe=feeder.read_end), progress=progress,
+                           position=lambda: feeder.sent)
+    finally:
+        await asyncio.to_thread(feeder.stop)
+    if feeder.error is not None:
+        raise MemoryImageError(f"reading the memory image failed: {feeder.error.strerror}")
+
+
+async def _load_decompressed(monitor: Monitor, fd: int, offset: int, image_format: str,
+                             progress: Callable[[int], None] | None) -> None:
+    """The decompressor reads the file from *offset*, QEMU reads its output from a pipe."""
+    async with _filter(compression.decompressor(image_format), fd, offset,
+                       into_file=False) as pipe:
+        await monitor.load(StreamChannel(pipe=pipe), progress=progress,
+                           position=lambda: os.lseek(fd, 0, os.SEEK_CUR) - offset)

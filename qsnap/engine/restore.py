@@ -41,7 +41,8 @@ class RestoreWork(IntentRecord):
 
 
 async def run(ctx: Context, domain: DomainDef, source: Path, image: SaveImage,
-              running: bool | None, *, managed: bool = False) -> RuntimeInfo:
+              running: bool | None, *, managed: bool = False,
+              channels: int | None = None) -> RuntimeInfo:
     """Start *domain* from *image* (read from *source*); its QEMU is stopped again if
     loading fails: a guest is never left half-restored."""
     if ctx.running is not None:
@@ -61,7 +62,7 @@ async def run(ctx: Context, domain: DomainDef, source: Path, image: SaveImage,
     try:
         async with await Monitor.connect(info.qmp) as monitor:
             try:
-                await load_image(monitor, source, image, ctx.progress)
+                await load_image(monitor, source, image, ctx.progress, channels)
             except MonitorClosedError:
                 raise GuestExitedError(
                     f"restoring from '{source}' failed: QEMU exited while loading the saved "

@@ -30,7 +30,7 @@ from qsnap.errors import (
 from qsnap.faults import crash_point
 from qsnap.model.names import check_new_file_path
 from qsnap.monitor import Monitor
-from qsnap.plan.save import check_migratable, image_definition
+from qsnap.plan.save import check_migratable, choose_image_format, image_definition
 from qsnap.store.intent import IntentRecord, clear_intent, write_intent
 
 
@@ -44,9 +44,11 @@ class SaveWork(IntentRecord):
 
 
 async def run(ctx: Context, target: Path, *, running: bool | None,
-              xml: str | None) -> None:
+              xml: str | None, image_format: str | None = None,
+              channels: int | None = None) -> None:
     """Save the guest into *target*; it restores running if it was, unless *running* says
-    otherwise. On failure the guest goes on as it was and no file is left."""
+    otherwise. *image_format* and *channels*: see :func:`choose_image_format`. On failure
+    the guest goes on as it was and no file is left."""
     info = ctx.running
     if info is None:
         raise DomainNotRunningError(f"domain '{ctx.domain}' is not running", domain=ctx.domain)
@@ -58,6 +60,7 @@ async def run(ctx: Context, target: Path, *, running: bool | None,
                                  domain=ctx.domain, path=str(target))
     async with await Monitor.connect(info.qmp) as monitor:
         check_migratable(ctx.domain, await monitor.migration_blockers(), "save the memory")
+        chosen = choose_image_format(image_format, channels, await monitor.stream_support())
         work = SaveWork(str(target), await monitor.status() == "running")
         await asyncio.to_thread(write_intent, ctx.folder.path, work.record())
         crash_point("save: intent recorded")
@@ -66,7 +69,8 @@ async def run(ctx: Context, target: Path, *, running: bool | None,
         try:
             await write_image(monitor, target, domain_xml,
                               work.was_running if running is None else running,
-                              progress=ctx.progress, ram=definition.memory_bytes)
+                              progress=ctx.progress, ram=definition.memory_bytes,
+                              image_format=chosen, channels=channels)
         except BaseException as exc:
             try:
                 await _back(work, monitor)

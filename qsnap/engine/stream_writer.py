@@ -214,3 +214,47 @@ def _set_direct(fd: int, on: bool) -> bool:
     except OSError:
         return False
     return on and bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+
+
+class PipeFeeder:
+    """Copies a file from *offset* into a pipe whose :attr:`read_end` QEMU reads (a restore on
+    a QEMU without ``file:`` URIs, which must not be handed the file's own descriptor). A
+    thread splices it, so the data never passes through Python; QEMU closing its end (it
+    failed, or was killed) ends the thread with EPIPE."""
+
+    def __init__(self, fd: int, offset: int) -> None:
+        self.fd = fd
+        self.offset = offset
+        self.sent = 0
+        self.error: OSError | None = None
+        self.read_end, self._write_end = os.pipe2(os.O_CLOEXEC)
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(self._write_end, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+        self._thread = threading.Thread(target=self._feed, name="qsnap-stream-feed",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _feed(self) -> None:
+        try:
+            while True:
+                count = os.splice(self.fd, self._write_end, BUFFER_SIZE,
+                                  offset_src=self.offset + self.sent)
+                if count == 0:
+                    return
+                self.sent += count
+        except BrokenPipeError:
+            return  # QEMU stopped reading: its own error says why
+        except OSError as exc:
+            self.error = exc
+        finally:
+            os.close(self._write_end)
+
+    def stop(self) -> None:
+        """Wait for the thread (QEMU has read everything, or has closed its end), then close
+        the pipe."""
+        if self.read_end >= 0:
+            os.close(self.read_end)  # a thread still blocked on a full pipe gets EPIPE
+            self.read_end = -1
+        self._thread.join(30)

@@ -6,7 +6,8 @@ Layout, native byte order (x86-64: little-endian), 92 bytes::
     version        2
     data_len       bytes of domain XML + cookie + padding that follow the header
     was_running    1 when the guest should run after restore
-    compressed     0 raw (the only format qsnap writes), 1 gzip, 2 bzip2, 3 xz, 4 lzop, 5 zstd
+    format         0 raw, 1 gzip, 2 bzip2, 3 xz, 4 lzop, 5 zstd (the stream through that
+                   compressor), 6 sparse (QEMU's mapped-ram stream: RAM at fixed offsets)
     cookieOffset   offset of the cookie inside the data area, 0 without one
     unused[14]     zero
 
@@ -29,7 +30,11 @@ HEADER = struct.Struct("=16s5I56s")
 assert HEADER.size == 92
 #: Room left after the XML so it can be edited in place later, as libvirt leaves.
 PADDING = 64 * 1024
-COMPRESSION = {0: "raw", 1: "gzip", 2: "bzip2", 3: "xz", 4: "lzop", 5: "zstd"}
+#: libvirt's virQEMUSaveFormat: the on-disk numbers, never to change.
+FORMATS = {"raw": 0, "gzip": 1, "bzip2": 2, "xz": 3, "lzop": 4, "zstd": 5, "sparse": 6}
+FORMAT_NAMES = {code: name for name, code in FORMATS.items()}
+#: The formats qsnap writes (libvirt 11 writes them all; these are the fast or small ones).
+WRITTEN_FORMATS = ("raw", "sparse", "zstd")
 
 
 
@@ -41,8 +46,12 @@ class SaveImage:
     domain_xml: str
     cookie: str | None
     was_running: bool
-    compressed: int = 0
+    compressed: int = 0  # the header's format field: see FORMATS
     data_len: int = 0
+
+    @property
+    def format(self) -> str:
+        return FORMAT_NAMES.get(self.compressed, f"unknown format {self.compressed}")
 
     @property
     def stream_offset(self) -> int:
@@ -50,7 +59,7 @@ class SaveImage:
 
 
 def encode(domain_xml: str, cookie: str | None, was_running: bool,
-           partial: bool, align: int = 1) -> bytes:
+           partial: bool, align: int = 1, image_format: str = "raw") -> bytes:
     """Header plus data area for a new image (*partial*: the still-being-written magic). The
     zero padding after the XML (room for a later, longer XML, as libvirt leaves) is grown so
     that the whole is a multiple of *align*: the stream after it can then be written with
@@ -60,7 +69,8 @@ def encode(domain_xml: str, cookie: str | None, was_running: bool,
     data = xml + cookie_bytes
     padding = PADDING + (-(HEADER.size + len(data) + PADDING) % align)
     header = HEADER.pack(PARTIAL_MAGIC if partial else MAGIC, VERSION, len(data) + padding,
-                         int(was_running), 0, len(xml) if cookie else 0, bytes(56))
+                         int(was_running), FORMATS[image_format], len(xml) if cookie else 0,
+                         bytes(56))
     return header + data + bytes(padding)
 
 

@@ -1,6 +1,7 @@
 """The QMP layer: the only code in qsnap that talks to QEMU's monitor."""
 
 from qsnap.errors import MonitorClosedError, MonitorError, MonitorTimeoutError
+from qsnap.monitor.channel import StreamChannel
 from qsnap.monitor.client import (
     BlockDevice,
     Monitor,
@@ -20,6 +21,7 @@ __all__ = [
     "MonitorTimeoutError",
     "OverlaySwitch",
     "PauseClock",
+    "StreamChannel",
     "forget_connection",
     "one_connection_per_qemu",
     "share_connection",

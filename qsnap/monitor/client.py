@@ -31,8 +31,9 @@ from qemu.qmp.protocol import StateError
 
 from qsnap.errors import MonitorClosedError, MonitorError, MonitorTimeoutError, QsnapError
 from qsnap.faults import crash_point
-from qsnap.model.capabilities import QemuCapabilities
+from qsnap.model.capabilities import QemuCapabilities, StreamSupport
 from qsnap.model.domain import NVRAM_TARGET
+from qsnap.monitor.channel import StreamChannel
 from qsnap.timeouts import call_timeout
 
 log = logging.getLogger("qsnap.monitor")
@@ -88,6 +89,18 @@ class PauseClock:
         elif event == "RESUME" and self._stopped_at is not None:
             self.paused += when - self._stopped_at
             self._stopped_at = None
+
+
+def _furthest(read_position: Callable[[int | None], int],
+              pid: int | None) -> Callable[[], int]:
+    """The furthest QEMU has read so far (its file is closed once it is done with it)."""
+    furthest = 0
+
+    def position() -> int:
+        nonlocal furthest
+        furthest = max(furthest, read_position(pid))
+        return furthest
+    return position
 
 
 def _peer_pid(sock: socket.socket) -> int:
@@ -245,6 +258,7 @@ class Monitor:
         self._client = client
         self._owned = owned
         self._capabilities: QemuCapabilities | None = None
+        self._stream_support: StreamSupport | None = None
         self._job_ids = 0
 
     @classmethod
@@ -582,38 +596,102 @@ class Monitor:
             raise MonitorClosedError(f"cannot pass a file to QEMU: {exc}") from None
         await self.execute("getfd", {"fdname": name})
 
-    async def _migration(self, command: str, fd: int, timeout: float,
+    async def _migration(self, command: str, channel: StreamChannel, timeout: float,
                          just_before: Callable[[], Awaitable[None]] | None = None,
                          progress: Callable[[int], None] | None = None,
-                         position: Callable[[], int] | None = None) -> None:
-        """Run an outgoing or incoming migration over *fd* and wait until it is over;
-        *just_before* runs after all the set-up (QEMU holds its copy of *fd* by then), right
+                         position: Callable[[], int] | None = None,
+                         once_started: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Run an outgoing or incoming migration over *channel* and wait until it is over
+        (*once_started* runs beside the wait, from the moment QEMU accepted the command);
+        *just_before* runs after all the set-up (QEMU holds its copy of a pipe by then), right
         before the migration command. *progress* hears how far the stream has got about four
-        times a second: *position* tells, or else the fd's offset (QEMU reads or writes
-        through the same open file)."""
-        name = f"qsnap-migration-{os.getpid()}-{fd}"
+        times a second: *position* tells, or else how much of the channel's file is
+        written."""
         await self.execute("migrate-set-capabilities", {"capabilities": [
             {"capability": "events", "state": True}]})
-        await self.send_fd(fd, name)
-        async with self.events("MIGRATION") as listener:
-            if just_before is not None:
-                await just_before()
-            await self.execute(command, {"uri": f"fd:{name}"})
-            crash_point(f"{command}: started")
-            try:
-                where = position or (lambda: os.lseek(fd, 0, os.SEEK_CUR))
-                ended = await asyncio.wait_for(
-                    self._wait_migration(command, listener, where, progress), timeout)
-            except TimeoutError:
+        if channel.pipe is not None:
+            name = f"qsnap-migration-{os.getpid()}-{channel.pipe}"
+            await self.send_fd(channel.pipe, name)
+            uri = f"fd:{name}"
+        else:
+            uri = channel.uri()
+        restore = await self._set_stream_options(channel)
+        try:
+            async with self.events("MIGRATION") as listener:
+                if just_before is not None:
+                    await just_before()
+                await self.execute(command, {"uri": uri})
+                crash_point(f"{command}: started")
+                beside = asyncio.ensure_future(once_started()) if once_started else None
+                try:
+                    if position is None:
+                        position = (channel.position if command == "migrate"
+                                    else _furthest(channel.read_position, self.peer_pid()))
+                    ended = await asyncio.wait_for(self._wait_migration(
+                        command, listener, position, progress), timeout)
+                    if beside is not None:
+                        await beside
+                except TimeoutError:
+                    with contextlib.suppress(QsnapError):
+                        await self.execute("migrate_cancel")
+                    raise MonitorTimeoutError(f"QEMU did not finish {command} within "
+                                              f"{timeout:g} s; it was cancelled") from None
+                finally:
+                    if beside is not None and not beside.done():
+                        beside.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, QsnapError):
+                            await beside
+            if ended != "completed":  # QEMU's own event says so: no round trip to ask again
+                status = await self.execute("query-migrate")
+                raise MonitorError(command, "GenericError", status.get("error-desc")
+                                   or f"migration {status.get('status')}")
+        finally:
+            if restore:
                 with contextlib.suppress(QsnapError):
-                    await self.execute("migrate_cancel")
-                raise MonitorTimeoutError(f"QEMU did not finish {command} within "
-                                          f"{timeout:g} s; it was cancelled") from None
-        if ended == "completed":  # QEMU's own event says so: no round trip to ask again
-            return
-        status = await self.execute("query-migrate")
-        raise MonitorError(command, "GenericError",
-                           status.get("error-desc") or f"migration {status.get('status')}")
+                    await restore()
+
+    async def _set_stream_options(self, channel: StreamChannel
+                                  ) -> Callable[[], Awaitable[None]] | None:
+        """Switch on what *channel* needs (mapped-ram with multifd channels, direct I/O);
+        returns what puts the QEMU back as it was (a later background snapshot refuses
+        multifd), or None when nothing was changed."""
+        if not channel.mapped_ram_channels:
+            return None
+        before = await self.execute("query-migrate-parameters")
+        parameters: dict[str, object] = {"multifd-channels": channel.mapped_ram_channels}
+        if channel.direct_io:
+            parameters["direct-io"] = True
+        await self.execute("migrate-set-capabilities", {"capabilities": [
+            {"capability": "mapped-ram", "state": True},
+            {"capability": "multifd", "state": True}]})
+        await self.execute("migrate-set-parameters", parameters)
+
+        async def restore() -> None:
+            await self.execute("migrate-set-parameters", {
+                name: before[name] for name in parameters if name in before})
+            await self.execute("migrate-set-capabilities", {"capabilities": [
+                {"capability": "mapped-ram", "state": False},
+                {"capability": "multifd", "state": False}]})
+        return restore
+
+    async def stream_support(self) -> StreamSupport:
+        """How this QEMU can move a migration stream to and from files: ``file:`` URIs with
+        an offset (QEMU 8.2), ``mapped-ram`` with multifd (9.0), ``direct-io`` (9.1), and
+        background snapshots. Probed from its schema and migration capabilities and
+        parameters, never from its version number; once per connection."""
+        if self._stream_support is not None:
+            return self._stream_support
+        capabilities = {c["capability"] for c in await self.execute("query-migrate-capabilities")}
+        parameters = await self.execute("query-migrate-parameters")
+        schema = await self.execute("query-qmp-schema")
+        file_uri = any(e.get("meta-type") == "enum" and {"exec", "file"} <= set(e["values"])
+                       for e in schema)
+        mapped_ram = file_uri and {"mapped-ram", "multifd"} <= capabilities
+        self._stream_support = StreamSupport(
+            file_uri=file_uri, mapped_ram=mapped_ram,
+            direct_io=mapped_ram and "direct-io" in parameters,
+            background="background-snapshot" in capabilities)
+        return self._stream_support
 
     async def migration_status(self) -> str | None:
         """The state of this QEMU's last migration (``active``, ``completed``, ...), or None."""
@@ -677,12 +755,13 @@ class Monitor:
         log.warning("QEMU's %s has not moved for %.0f s; QEMU still answers, so qsnap goes "
                     "on waiting", command, still)
 
-    async def save_to_fd(self, fd: int, timeout: float = 3600.0, *, background: bool = False,
-                         just_before: Callable[[], Awaitable[None]] | None = None,
-                         progress: Callable[[int], None] | None = None,
-                         position: Callable[[], int] | None = None) -> None:
-        """Write the guest's RAM and device state into *fd* (a file, from its current offset,
-        or a pipe; *position* then tells *progress* how far the stream has got).
+    async def save(self, channel: StreamChannel, timeout: float = 3600.0, *,
+                   background: bool = False,
+                   just_before: Callable[[], Awaitable[None]] | None = None,
+                   progress: Callable[[int], None] | None = None,
+                   position: Callable[[], int] | None = None) -> None:
+        """Write the guest's RAM and device state into *channel* (for a pipe, *position* tells
+        *progress* how far the stream has got).
 
         QEMU caps migration at 128 MiB/s by default, a tenth of a disk's speed; the cap is
         lifted for the save and put back after, as libvirt does for saves to files.
@@ -699,13 +778,31 @@ class Monitor:
         if background:
             await self._set_capability("background-snapshot", True)
         try:
-            await self._migration("migrate", fd, timeout, just_before, progress, position)
+            await self._migration("migrate", channel, timeout, just_before, progress, position,
+                                  self._run_once_captured if background else None)
         finally:
             with contextlib.suppress(QsnapError):
                 await self.execute("migrate-set-parameters",
                                    {"max-bandwidth": params["max-bandwidth"]})
                 if background:
                     await self._set_capability("background-snapshot", False)
+
+    async def _run_once_captured(self) -> None:
+        """A background snapshot of a guest qsnap paused (to switch its disks at the same
+        moment): QEMU 7.2 runs the guest itself once it has the device state and has
+        write-protected the RAM; QEMU 10 puts it back in the state it found it in (paused). So wait
+        until QEMU sends RAM pages, which it does only after both, and run the guest if it is
+        still paused: running it any earlier would move the memory's moment past the disks'."""
+        while True:
+            status = await self.execute("query-migrate")
+            if status.get("status") not in _MIGRATION_UNDER_WAY:
+                break
+            ram = status.get("ram", {})
+            if ram.get("normal", 0) + ram.get("duplicate", 0) > 0:
+                break
+            await asyncio.sleep(0.001)
+        if await self.status() == "paused":
+            await self.resume()
 
     async def _set_capability(self, name: str, state: bool) -> None:
         await self.execute("migrate-set-capabilities",
@@ -742,11 +839,13 @@ class Monitor:
                     clock.add(event["event"], stamp.get("seconds", 0)
                               + stamp.get("microseconds", 0) / 1e6)
 
-    async def load_from_fd(self, fd: int, timeout: float = 3600.0,
-                           progress: Callable[[int], None] | None = None) -> None:
-        """Read a saved state from *fd* into a QEMU started with ``-incoming defer``;
-        *progress* hears the offset QEMU has read to."""
-        await self._migration("migrate-incoming", fd, timeout, progress=progress)
+    async def load(self, channel: StreamChannel, timeout: float = 3600.0,
+                   progress: Callable[[int], None] | None = None,
+                   position: Callable[[], int] | None = None) -> None:
+        """Read a saved state from *channel* into a QEMU started with ``-incoming defer``;
+        *progress* hears how far QEMU has read (*position*, for a pipe)."""
+        await self._migration("migrate-incoming", channel, timeout, progress=progress,
+                              position=position)
 
     @contextlib.asynccontextmanager
     async def events(self, *names: str) -> AsyncIterator[EventListener]:
