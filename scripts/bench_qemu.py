@@ -349,6 +349,90 @@ async def concurrent_rows(base: Path, count: int, repeat: int) -> list[tuple[str
                 await engine.destroy(name)
 
 
+def qemus() -> list[tuple[str, str | None]]:
+    """(version line, folder of its binaries or None for the system's) of each QEMU here: the
+    system's, and the QEMU 10 scripts/setup.sh unpacks beside an older one."""
+    found = []
+    for folder in (None, SECOND_QEMU):
+        binary = "qemu-system-x86_64" if folder is None else f"{folder}/qemu-system-x86_64"
+        if folder is not None and not os.access(binary, os.X_OK):
+            continue
+        line = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+        found.append((re.sub(r"^QEMU emulator version (\S+).*", r"QEMU \1", line.split("\n")[0]),
+                      folder))
+    return found
+
+
+SECOND_QEMU = os.environ.get("QSNAP_QEMU10_DIR",
+                             os.path.expanduser("~/.cache/qsnap/qemu-10")) + "/bin"
+
+
+@contextlib.contextmanager
+def using_qemu(folder: str | None) -> Iterator[None]:
+    """Run guests (and qemu-img) from *folder* inside the block, as QSNAP_QEMU_BIN does for
+    the tests: the guest fixture names the QEMU it finds first on PATH."""
+    before = os.environ["PATH"]
+    if folder is not None:
+        os.environ["PATH"] = f"{folder}{os.pathsep}{before}"
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = before
+
+
+#: (image format, parallel channels) of each save/restore row.
+SAVE_VARIANTS = [("raw", None), ("sparse", 1), ("sparse", 2), ("sparse", 4), ("zstd", None)]
+
+
+async def save_format_rows(base: Path, ram: int, repeat: int, write_speed: float,
+                           read_speed: float) -> list[tuple[str, str, str, str]]:
+    """Whole paused saves and restores of a guest with half its RAM dirty, in each format qsnap
+    writes, on each QEMU here, with the page cache dropped before each restore: as a share of
+    the disk's direct-I/O speed (stream size / time against dd's)."""
+    rows: list[tuple[str, str, str, str]] = []
+    for version, folder in qemus():
+        with using_qemu(folder):
+            guest = Guest(base, f"f{ram}-{len(rows)}", 1, ram, ram // 2)
+            await guest.start()
+            try:
+                for image_format, channels in SAVE_VARIANTS:
+                    saves: list[float] = []
+                    restores: list[float] = []
+                    sizes: list[int] = []
+                    reason = ""
+                    for _ in range(repeat):
+                        path = guest.folder / f"{guest.next('f')}.save"
+                        start = time.perf_counter()
+                        try:
+                            await guest.engine.save("g", path, image_format=image_format,
+                                                    parallel_channels=channels)
+                        except Exception as exc:  # e.g. sparse on a QEMU without mapped-ram
+                            saves, reason = [], str(exc).split(";")[0]
+                            break
+                        saves.append(time.perf_counter() - start)
+                        sizes.append(path.stat().st_blocks * 512)
+                        subprocess.run(["sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"],
+                                       check=False, capture_output=True)
+                        start = time.perf_counter()
+                        await guest.engine.restore(path, parallel_channels=channels)
+                        restores.append(time.perf_counter() - start)
+                        path.unlink()
+                    label = f"save/restore {image_format}" + \
+                        (f" x{channels}" if channels else "") + f", {ram} MiB, {version}"
+                    if not saves:
+                        rows.append((label, "-", reason, ""))
+                        continue
+                    save, restore = statistics.median(saves), statistics.median(restores)
+                    size = statistics.median(sizes)
+                    rows.append((label, f"{save:.2f} s / {restore:.2f} s",
+                                 f"{size / 2**20:.0f} MiB on disk",
+                                 f"{size / save / write_speed:.2f}x / "
+                                 f"{size / restore / read_speed:.2f}x dd"))
+            finally:
+                await guest.stop()
+    return rows
+
+
 async def run(base: Path, rams: list[int], repeat: int, libvirt: bool) -> None:
     write_speed, read_speed = dd_speed(base)
     print(f"\nqsnap QEMU benchmark (tiny guest, TCG or KVM as probed; medians of {repeat})")
@@ -360,9 +444,13 @@ async def run(base: Path, rams: list[int], repeat: int, libvirt: bool) -> None:
     rows += await concurrent_rows(base, 8, repeat)
     for ram in rams:
         rows += await memory_rows(base, ram, max(3, repeat // 2), write_speed, read_speed)
+    rows += await save_format_rows(base, max(rams), 3, write_speed, read_speed)
     width = max(len(r[0]) for r in rows) + 2
     for label, value, baseline, ratio in rows:
         print(f"{label:<{width}} {value:>10}  {baseline:<36} {ratio}")
+    print("save/restore rows: whole commands, paused save then restore with caches dropped; "
+          "the ratios are the image's allocated size per second against dd's direct-I/O "
+          "write and read speed (a restore includes starting QEMU).")
     print("full-system rows: the guest keeps half its RAM dirty; 'pause' is QEMU's STOP->RESUME "
           "time qsnap recorded; throughput = memory file size / wall time.")
     print("'gap' and 'guest pause': the largest gap between two of the guest's counters "
