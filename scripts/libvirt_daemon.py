@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 URI = "qemu:///system"
@@ -42,13 +45,19 @@ def _answering() -> bool:
         return False
 
 
-def _prepare_host() -> None:
-    """What libvirt 9.0 needs on this machine kind without systemd (only what is missing)."""
+def _prepare_accounts() -> None:
+    """The groups and user libvirt's QEMU driver looks up at start, even when told to run
+    QEMU as root."""
     for group in ("kvm", "libvirt-qemu"):
         subprocess.run(["groupadd", "-f", "-r", group], check=True, capture_output=True)
     if subprocess.run(["id", "libvirt-qemu"], capture_output=True).returncode != 0:
         subprocess.run(["useradd", "-r", "-g", "libvirt-qemu", "-M", "-s", "/usr/sbin/nologin",
                         "libvirt-qemu"], check=True, capture_output=True)
+
+
+def _prepare_host() -> None:
+    """What libvirt 9.0 needs on this machine kind without systemd (only what is missing)."""
+    _prepare_accounts()
     for folder in ("/var/log/libvirt", "/var/lib/libvirt/qemu", "/var/cache/libvirt",
                    "/run/libvirt"):
         Path(folder).mkdir(parents=True, exist_ok=True)
@@ -92,3 +101,120 @@ def libvirt_running() -> Iterator[str]:
         for pid in reversed(started):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
+
+
+# -- a second libvirt, unpacked beside the system's ---------------------------------------------
+
+SECOND_LIBVIRT = Path(os.environ.get("QSNAP_LIBVIRT11_DIR",
+                                     Path.home() / ".cache/qsnap/libvirt-11"))
+_LIBDIR = "usr/lib/x86_64-linux-gnu"
+# Where libvirt looks for its configuration, state, drivers, helpers and data: compiled-in
+# paths, so the unpacked libvirt sees its own folders there, in a mount namespace of its own.
+_STATE_FOLDERS = {"etc": "/etc/libvirt", "run": "/run/libvirt", "lib": "/var/lib/libvirt",
+                  "log": "/var/log/libvirt", "cache": "/var/cache/libvirt"}
+_PACKAGE_FOLDERS = (f"{_LIBDIR}/libvirt", "usr/lib/libvirt", "usr/share/libvirt")
+
+
+@dataclass(frozen=True)
+class Libvirt:
+    """A running libvirtd and the virsh that talks to it."""
+    uri: str
+    virsh_argv: tuple[str, ...]
+    version: str
+    how: str
+
+    def virsh(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*self.virsh_argv, "-q", "-c", self.uri, *args],
+                              capture_output=True, text=True, timeout=timeout)
+
+
+def system_libvirt_version() -> tuple[int, ...]:
+    """The system's virsh version, () where there is none."""
+    try:
+        shown = subprocess.run(["virsh", "--version"], capture_output=True, text=True,
+                               timeout=30)
+    except OSError:
+        return ()
+    return tuple(int(n) for n in re.findall(r"\d+", shown.stdout)[:3])
+
+
+def _library_version(virsh_argv: list[str], uri: str) -> str:
+    shown = subprocess.run([*virsh_argv, "-c", uri, "version"], capture_output=True, text=True,
+                           timeout=30)
+    found = re.search(r"Using library: libvirt (\S+)", shown.stdout)
+    return found.group(1) if found else ""
+
+
+def _namespace_script(root: Path, state: Path) -> str:
+    """The shell that runs in the new mount namespace: libvirt 11.3's folders and libraries
+    over the system's (its helpers, e.g. libvirt_iohelper, are started with a cleared
+    environment and find libvirt.so.0 only at the system's path), then its virtlogd and, in
+    this process, its libvirtd."""
+    binds = [(state / name, Path(target)) for name, target in _STATE_FOLDERS.items()]
+    binds += [(root / folder, Path("/") / folder) for folder in _PACKAGE_FOLDERS]
+    for library in sorted((root / _LIBDIR).glob("libvirt*.so.0")):
+        system = Path("/", _LIBDIR, library.name)
+        if system.exists():
+            binds.append((library.resolve(), system.resolve()))
+    lines = ["set -e"]
+    lines += [f"mount --bind '{source}' '{target}'" for source, target in binds]
+    lines += [f"export LD_LIBRARY_PATH='{root / _LIBDIR}'",
+              f"'{root}/usr/sbin/virtlogd' -p '{state}/run/virtlogd.pid' &",
+              f"exec '{root}/usr/sbin/libvirtd' -p '{state}/run/libvirtd.pid'"]
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def second_libvirt_running(root: Path = SECOND_LIBVIRT) -> Iterator[Libvirt]:
+    """The libvirt that scripts/setup.sh unpacked from Debian's backports (11.3 beside Debian
+    12's 9.0), running for the block in a mount namespace of its own, with a private state
+    folder: it sees its own configuration, drivers and libraries at libvirt's compiled-in
+    paths, and the system's libvirt (and one a parallel test run starts) is not touched. Its
+    socket lives in the state folder, so any virsh reaches it through the URI's ``socket=``."""
+    package = root / "root"
+    if not (package / "usr/sbin/libvirtd").exists():
+        raise LibvirtUnavailable(f"no unpacked libvirt in {root} (scripts/setup.sh "
+                                 "install_second_libvirt)")
+    if os.geteuid() != 0:
+        raise LibvirtUnavailable("running libvirtd in its own mount namespace needs root")
+    _prepare_accounts()
+    for target in [*_STATE_FOLDERS.values(), *(f"/{f}" for f in _PACKAGE_FOLDERS)]:
+        Path(target).mkdir(parents=True, exist_ok=True)  # a bind mount needs its mount point
+    with tempfile.TemporaryDirectory(prefix="qsnap-libvirt-") as folder:
+        state = Path(folder)
+        for name in _STATE_FOLDERS:
+            (state / name).mkdir()
+        (state / "lib/qemu").mkdir()
+        shutil.copytree(package / "etc/libvirt", state / "etc", dirs_exist_ok=True)
+        with open(state / "etc/qemu.conf", "a") as conf:
+            conf.write("".join(f"\n{key} = {value}" for key, value in QEMU_SETTINGS.items())
+                       + "\n")
+        uri = f"{URI}?socket={state}/run/libvirt-sock"
+        virsh_argv = [str(root / "bin/virsh")]
+        with open(state / "daemons.log", "wb") as log:
+            daemon = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh",
+                                       "-c", _namespace_script(package, state)],
+                                      stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+        try:
+            for _ in range(150):
+                if daemon.poll() is not None:
+                    break
+                if (state / "run/libvirt-sock").exists():
+                    version = _library_version(virsh_argv, uri)
+                    if version:
+                        yield Libvirt(uri, tuple(virsh_argv), version,
+                                      f"libvirt {version} from {root}, in its own mount "
+                                      "namespace, started for this run")
+                        return
+                time.sleep(0.2)
+            raise LibvirtUnavailable("the unpacked libvirtd did not answer: "
+                                     + (state / "daemons.log").read_text(errors="replace")[-600:])
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(daemon.pid, signal.SIGTERM)  # libvirtd and its virtlogd
+            try:
+                daemon.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(daemon.pid, signal.SIGKILL)
+                daemon.wait()

@@ -42,37 +42,49 @@ install_qemu() {
 }
 
 second_qemu_root=${QSNAP_QEMU10_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/qsnap/qemu-10}
+second_libvirt_root=${QSNAP_LIBVIRT11_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/qsnap/libvirt-11}
 
-install_second_qemu() {
-    # Where the system's QEMU is older than 10 (Debian 12 has 7.2), unpack QEMU 10 from Debian's
-    # bookworm-backports into $second_qemu_root, beside the system's and without touching its
-    # packages or its apt sources (a private apt state folder), and write wrappers in its bin/
-    # that give the unpacked binaries their own modules and firmware folders. The test suite
-    # runs its QEMU tests once per QEMU (tests/conftest.py, QSNAP_QEMU_BIN).
-    local version
-    version=$(qemu-system-x86_64 --version 2>/dev/null | sed -n 's/^QEMU emulator version \([0-9]*\).*/\1/p')
-    [ -n "$version" ] && [ "$version" -ge 10 ] && return 0
-    [ -x "$second_qemu_root/bin/qemu-system-x86_64" ] && return 0
-    command -v apt-get >/dev/null 2>&1 && command -v dpkg >/dev/null 2>&1 || {
-        echo "setup: no apt-get/dpkg here; QEMU 10 not installed, its test run is skipped" >&2
-        return 0
-    }
-    local work
+unpack_from_backports() {
+    # Usage: unpack_from_backports FOLDER PACKAGE...
+    # Downloads PACKAGEs from Debian's bookworm-backports and unpacks them into FOLDER/root,
+    # without touching the system's packages or apt sources (a private apt state folder);
+    # FOLDER appears whole or not at all.
+    local folder=$1 work deb
+    shift
     work=$(mktemp -d)
     mkdir -p "$work/state/lists/partial" "$work/cache/archives/partial" "$work/debs"
     echo "deb http://deb.debian.org/debian bookworm-backports main" > "$work/sources.list"
     local apt=(apt-get -qq -o "Dir::State=$work/state" -o "Dir::Cache=$work/cache"
                -o "Dir::Etc::SourceList=$work/sources.list" -o Dir::Etc::SourceParts=/dev/null
                -o Dir::State::status=/var/lib/dpkg/status -o APT::Sandbox::User=root)
-    echo "setup: unpacking QEMU 10 from bookworm-backports into $second_qemu_root" >&2
     "${apt[@]}" update >/dev/null
-    (cd "$work/debs" && "${apt[@]}" download qemu-system-x86 qemu-system-common qemu-system-data \
-        qemu-system-gui qemu-system-modules-opengl qemu-system-modules-spice qemu-utils >/dev/null)
-    rm -rf "$second_qemu_root.new"
-    mkdir -p "$second_qemu_root.new/bin"
-    local deb
-    for deb in "$work"/debs/*.deb; do dpkg -x "$deb" "$second_qemu_root.new/root"; done
+    (cd "$work/debs" && "${apt[@]}" download "$@" >/dev/null)
+    rm -rf "$folder.new"
+    mkdir -p "$folder.new/bin"
+    for deb in "$work"/debs/*.deb; do dpkg -x "$deb" "$folder.new/root"; done
     rm -rf "$work"
+}
+
+can_unpack() {
+    command -v apt-get >/dev/null 2>&1 && command -v dpkg >/dev/null 2>&1 && return 0
+    echo "setup: no apt-get/dpkg here; $1 not installed, $2" >&2
+    return 1
+}
+
+install_second_qemu() {
+    # Where the system's QEMU is older than 10 (Debian 12 has 7.2), unpack QEMU 10 from Debian's
+    # bookworm-backports into $second_qemu_root, beside the system's, and write wrappers in its
+    # bin/ that give the unpacked binaries their own modules and firmware folders. The test
+    # suite runs its QEMU tests once per QEMU (tests/conftest.py, QSNAP_QEMU_BIN).
+    local version
+    version=$(qemu-system-x86_64 --version 2>/dev/null | sed -n 's/^QEMU emulator version \([0-9]*\).*/\1/p')
+    [ -n "$version" ] && [ "$version" -ge 10 ] && return 0
+    [ -x "$second_qemu_root/bin/qemu-system-x86_64" ] && return 0
+    can_unpack "QEMU 10" "its test run is skipped" || return 0
+    echo "setup: unpacking QEMU 10 from bookworm-backports into $second_qemu_root" >&2
+    unpack_from_backports "$second_qemu_root" qemu-system-x86 qemu-system-common \
+        qemu-system-data qemu-system-gui qemu-system-modules-opengl qemu-system-modules-spice \
+        qemu-utils
     local root="$second_qemu_root/root" tool
     # Its modules from its own folder (a 7.2 module makes it abort); its own firmware blobs
     # first, then the system's SeaBIOS, which its data package links to.
@@ -90,6 +102,29 @@ WRAPPER
     chmod +x "$second_qemu_root.new"/bin/*
     rm -rf "$second_qemu_root"
     mv "$second_qemu_root.new" "$second_qemu_root"
+}
+
+install_second_libvirt() {
+    # Where the system's libvirt is older than 11.2 (Debian 12 has 9.0), unpack libvirt 11.3
+    # from bookworm-backports into $second_libvirt_root: the reference for the save-image
+    # formats libvirt 11.2 added (sparse, --parallel-channels), on QEMU 10. It never replaces
+    # the system's libvirt: scripts/libvirt_daemon.py runs it in a mount namespace of its own.
+    local version
+    version=$(virsh --version 2>/dev/null || true)
+    case "$version" in [0-9].*|10.*|11.[01].*|"") ;; *) return 0 ;; esac
+    [ -x "$second_libvirt_root/root/usr/sbin/libvirtd" ] && return 0
+    can_unpack "libvirt 11.3" "its comparisons fail" || return 0
+    echo "setup: unpacking libvirt 11.3 from bookworm-backports into $second_libvirt_root" >&2
+    unpack_from_backports "$second_libvirt_root" libvirt0 libvirt-common libvirt-clients \
+        libvirt-daemon libvirt-daemon-common libvirt-daemon-log libvirt-daemon-driver-qemu
+    local root="$second_libvirt_root/root"
+    cat > "$second_libvirt_root.new/bin/virsh" <<WRAPPER
+#!/bin/sh
+LD_LIBRARY_PATH=$root/usr/lib/x86_64-linux-gnu exec $root/usr/bin/virsh "\$@"
+WRAPPER
+    chmod +x "$second_libvirt_root.new/bin/virsh"
+    rm -rf "$second_libvirt_root"
+    mv "$second_libvirt_root.new" "$second_libvirt_root"
 }
 
 setup_venv() {

@@ -6,6 +6,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -96,3 +97,33 @@ def libvirtd() -> Iterator[str]:
         if os.geteuid() == 0 or os.environ.get("CI"):
             pytest.fail(f"libvirt, the reference these tests compare with, cannot run: {exc}")
         pytest.skip(f"libvirt cannot run here: {exc}")
+
+
+@pytest.fixture(scope="session")
+def libvirt_11() -> Iterator[Any]:
+    """A libvirt >= 11.2, the first with the sparse save format and ``--parallel-channels``:
+    the system's where it is that new (Debian 13), else the 11.3 that scripts/setup.sh
+    unpacked from Debian's backports, run in a mount namespace of its own (so it runs beside
+    the system's 9.0 and beside the other suite's libvirt). Failing to start it, as root or in
+    CI, is a failure."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from libvirt_daemon import (
+        URI,
+        Libvirt,
+        LibvirtUnavailable,
+        libvirt_running,
+        second_libvirt_running,
+        system_libvirt_version,
+    )
+    try:
+        version = system_libvirt_version()
+        if version >= (11, 2):
+            with libvirt_running() as how:
+                yield Libvirt(URI, ("virsh",), ".".join(map(str, version)), how)
+        else:
+            with second_libvirt_running() as libvirt:
+                yield libvirt
+    except LibvirtUnavailable as exc:
+        if os.geteuid() == 0 or os.environ.get("CI"):
+            pytest.fail(f"libvirt 11, the reference these tests compare with, cannot run: {exc}")
+        pytest.skip(f"libvirt 11 cannot run here: {exc}")
