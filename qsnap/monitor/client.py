@@ -615,6 +615,8 @@ class Monitor:
             uri = f"fd:{name}"
         else:
             uri = channel.uri()
+        if command == "migrate" and not channel.mapped_ram_channels:
+            await self._switch_off_leftover_mapped_ram()
         restore = await self._set_stream_options(channel)
         try:
             async with self.events("MIGRATION") as listener:
@@ -649,6 +651,21 @@ class Monitor:
             if restore:
                 with contextlib.suppress(QsnapError):
                     await restore()
+
+    async def _switch_off_leftover_mapped_ram(self) -> None:
+        """A qsnap killed during a sparse save leaves mapped-ram and multifd switched on, and
+        QEMU then refuses any stream into a pipe and any background snapshot: switch them off
+        before such a stream (one query where the QEMU has mapped-ram at all)."""
+        if not (await self.stream_support()).mapped_ram:
+            return
+        on = {c["capability"] for c in await self.execute("query-migrate-capabilities")
+              if c["state"]}
+        leftover = sorted(on & {"mapped-ram", "multifd"})
+        if leftover:
+            log.warning("QEMU still had %s on (from an interrupted sparse save?); switched off",
+                        " and ".join(leftover))
+            await self.execute("migrate-set-capabilities", {"capabilities": [
+                {"capability": name, "state": False} for name in leftover]})
 
     async def _set_stream_options(self, channel: StreamChannel
                                   ) -> Callable[[], Awaitable[None]] | None:
