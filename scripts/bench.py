@@ -112,7 +112,16 @@ def main() -> int:
     parser.add_argument("--with-libvirt", action="store_true",
                         help="also run the same operations through libvirt's virsh, side by "
                              "side (starts libvirtd if none runs; root)")
+    parser.add_argument("--memory", action="store_true",
+                        help="only the memory-image part: full-system snapshots, revert and "
+                             "save/restore in each format on every QEMU here, 1 GiB dirty "
+                             "(with --with-libvirt: libvirt 11's virsh too)")
     args = parser.parse_args()
+    if args.memory:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import bench_qemu
+        bench_qemu.main([], args.repeat, libvirt=args.with_libvirt, memory_only=True)
+        return 0
     with tempfile.TemporaryDirectory(prefix="qsnap-bench-") as tmp:
         small = asyncio.run(measure(1, args.repeat, Path(tmp)))
         large = asyncio.run(measure(args.snapshots, args.repeat, Path(tmp)))

@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from qemu.qmp import QMPClient
 
@@ -245,8 +246,11 @@ async def disk_only_rows(base: Path, disks: int, repeat: int) -> list[tuple[str,
 
 
 async def memory_rows(base: Path, ram: int, repeat: int, write_speed: float,
-                      read_speed: float) -> list[tuple[str, str, str, str]]:
-    guest = Guest(base, f"m{ram}", 1, ram, ram // 2)
+                      read_speed: float, *, dirty: int | None = None,
+                      version: str = "") -> list[tuple[str, str, str, str]]:
+    guest = Guest(base, f"m{ram}-{secrets.token_hex(2)}", 1, ram,
+                  ram // 2 if dirty is None else dirty)
+    on = f", {version}" if version else ""
     await guest.start()
     rows = []
     try:
@@ -273,7 +277,7 @@ async def memory_rows(base: Path, ram: int, repeat: int, write_speed: float,
             rate = statistics.median(sizes) / wall
             share = "(in the qcow2)" if strategy == "internal" else \
                 f"{rate / write_speed:.2f}x disk write"
-            rows.append((f"{strategy} full-system snapshot, {ram} MiB",
+            rows.append((f"{strategy} full-system snapshot, {ram} MiB{on}",
                          f"{wall:.2f} s", f"pause {statistics.median(pauses) * 1e3:.1f} ms "
                          f"(gap {statistics.median(gaps) * 1e3:.0f} ms)", share))
         name = guest.next("rv")
@@ -291,7 +295,7 @@ async def memory_rows(base: Path, ram: int, repeat: int, write_speed: float,
             await guest.engine.destroy("g")
         revert, start = statistics.median(reverts), statistics.median(starts)
         floor = memory.stat().st_size / read_speed
-        rows.append((f"revert from memory file, {ram} MiB", f"{revert:.2f} s",
+        rows.append((f"revert from memory file, {ram} MiB{on}", f"{revert:.2f} s",
                      f"start {start:.2f} s + read {floor:.2f} s",
                      f"{(revert - start) / floor:.2f}x read"))
     finally:
@@ -384,91 +388,202 @@ def using_qemu(folder: str | None) -> Iterator[None]:
 SAVE_VARIANTS = [("raw", None), ("sparse", 1), ("sparse", 2), ("sparse", 4), ("zstd", None)]
 
 
-async def save_format_rows(base: Path, ram: int, repeat: int, write_speed: float,
-                           read_speed: float) -> list[tuple[str, str, str, str]]:
-    """Whole paused saves and restores of a guest with half its RAM dirty, in each format qsnap
-    writes, on each QEMU here, with the page cache dropped before each restore: as a share of
-    the disk's direct-I/O speed (stream size / time against dd's)."""
+def _variant_label(image_format: str, channels: int | None) -> str:
+    return image_format + (f" x{channels}" if channels else "")
+
+
+def _drop_caches() -> None:
+    subprocess.run(["sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"], check=False,
+                   capture_output=True)
+
+
+def _save_row(label: str, saves: list[float], restores: list[float], sizes: list[int],
+              write_speed: float, read_speed: float, stream: float | None
+              ) -> tuple[str, str, str, str]:
+    """A row; the ratios are *stream* bytes (the raw image's size: a compressed image's
+    ratio then says how fast its RAM got saved, not its few bytes) per second against dd."""
+    save, restore = statistics.median(saves), statistics.median(restores)
+    size = statistics.median(sizes)
+    basis = stream or size
+    return (label, f"{save:.2f} s / {restore:.2f} s", f"{size / 2**20:.0f} MiB on disk",
+            f"{basis / save / write_speed:.2f}x / {basis / restore / read_speed:.2f}x dd")
+
+
+async def save_format_rows(base: Path, ram: int, dirty: int, repeat: int, write_speed: float,
+                           read_speed: float, version: str) -> list[tuple[str, str, str, str]]:
+    """Whole paused saves and restores of a guest with *dirty* MiB of its RAM dirty, in each
+    format qsnap writes, on the QEMU first on PATH, with the page cache dropped before each
+    restore: as a share of the disk's direct-I/O speed (stream size / time against dd's)."""
     rows: list[tuple[str, str, str, str]] = []
-    for version, folder in qemus():
-        with using_qemu(folder):
-            guest = Guest(base, f"f{ram}-{len(rows)}", 1, ram, ram // 2)
-            await guest.start()
+    stream: float | None = None
+    guest = Guest(base, f"f{ram}-{secrets.token_hex(2)}", 1, ram, dirty)
+    await guest.start()
+    try:
+        for image_format, channels in SAVE_VARIANTS:
+            saves: list[float] = []
+            restores: list[float] = []
+            sizes: list[int] = []
+            label = f"qsnap save/restore {_variant_label(image_format, channels)}, {version}"
             try:
-                for image_format, channels in SAVE_VARIANTS:
-                    saves: list[float] = []
-                    restores: list[float] = []
-                    sizes: list[int] = []
-                    reason = ""
-                    for _ in range(repeat):
-                        path = guest.folder / f"{guest.next('f')}.save"
-                        start = time.perf_counter()
-                        try:
-                            await guest.engine.save("g", path, image_format=image_format,
-                                                    parallel_channels=channels)
-                        except Exception as exc:  # e.g. sparse on a QEMU without mapped-ram
-                            saves, reason = [], str(exc).split(";")[0]
-                            break
-                        saves.append(time.perf_counter() - start)
-                        sizes.append(path.stat().st_blocks * 512)
-                        subprocess.run(["sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"],
-                                       check=False, capture_output=True)
-                        start = time.perf_counter()
-                        await guest.engine.restore(path, parallel_channels=channels)
-                        restores.append(time.perf_counter() - start)
-                        path.unlink()
-                    label = f"save/restore {image_format}" + \
-                        (f" x{channels}" if channels else "") + f", {ram} MiB, {version}"
-                    if not saves:
-                        rows.append((label, "-", reason, ""))
-                        continue
-                    save, restore = statistics.median(saves), statistics.median(restores)
-                    size = statistics.median(sizes)
-                    rows.append((label, f"{save:.2f} s / {restore:.2f} s",
-                                 f"{size / 2**20:.0f} MiB on disk",
-                                 f"{size / save / write_speed:.2f}x / "
-                                 f"{size / restore / read_speed:.2f}x dd"))
-            finally:
-                await guest.stop()
+                for _ in range(repeat):
+                    path = guest.folder / f"{guest.next('f')}.save"
+                    saves.append(await timed(lambda p=path, f=image_format, c=channels:
+                                             guest.engine.save("g", p, image_format=f,
+                                                               parallel_channels=c)))
+                    sizes.append(path.stat().st_blocks * 512)
+                    _drop_caches()
+                    restores.append(await timed(lambda p=path, c=channels:
+                                                guest.engine.restore(p, parallel_channels=c)))
+                    path.unlink()
+            except Exception as exc:  # e.g. sparse on a QEMU without mapped-ram
+                rows.append((label, "-", str(exc).split(";")[0], ""))
+                continue
+            stream = stream or statistics.median(sizes)  # the raw variant comes first
+            rows.append(_save_row(label, saves, restores, sizes, write_speed, read_speed,
+                                  stream))
+    finally:
+        await guest.stop()
     return rows
 
 
-async def run(base: Path, rams: list[int], repeat: int, libvirt: bool) -> None:
+def libvirt_save_rows(base: Path, ram: int, dirty: int, repeat: int, write_speed: float,
+                      read_speed: float, version: str, libvirt: Any
+                      ) -> list[tuple[str, str, str, str]]:
+    """The same saves and restores as whole ``virsh save --image-format F
+    [--parallel-channels N]`` and ``virsh restore`` commands, on the same guest definition and
+    the same QEMU (its ``<emulator>`` is the one first on PATH)."""
+    rows: list[tuple[str, str, str, str]] = []
+    stream: float | None = None
+    name = f"qsnap-bench-{secrets.token_hex(3)}"
+    folder = base / name
+    xml = GUEST.make_guest(name, 1, ram, folder, dirty=dirty)
+    serial = folder / "serial.log"
+    started = libvirt.virsh("create", str(xml))
+    if started.returncode != 0:
+        return [(f"libvirt {libvirt.version} save/restore, {version}", "-",
+                 started.stderr.strip()[:60], "")]
+    try:
+        deadline = time.monotonic() + 300
+        while not GUEST.dirty_ready(serial):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"libvirt's guest did not dirty {dirty} MiB within 300 s")
+            time.sleep(0.2)
+        for image_format, channels in SAVE_VARIANTS:
+            label = (f"libvirt {libvirt.version} save/restore "
+                     f"{_variant_label(image_format, channels)}, {version}")
+            extra = ("--parallel-channels", str(channels)) if channels else ()
+            saves: list[float] = []
+            restores: list[float] = []
+            sizes: list[int] = []
+            for n in range(repeat):
+                path = folder / f"lv{n}.save"
+                start = time.perf_counter()
+                saved = libvirt.virsh("save", name, str(path), "--image-format", image_format,
+                                      *extra)
+                saves.append(time.perf_counter() - start)
+                if saved.returncode != 0:
+                    break
+                sizes.append(path.stat().st_blocks * 512)
+                _drop_caches()
+                start = time.perf_counter()
+                restored = libvirt.virsh("restore", str(path), *extra)
+                restores.append(time.perf_counter() - start)
+                path.unlink()
+                if restored.returncode != 0:
+                    saved = restored
+                    break
+            if saved.returncode != 0:
+                rows.append((label, "-", saved.stderr.strip().split("\n")[-1][:60], ""))
+                if libvirt.virsh("domstate", name).stdout.strip() != "running":
+                    break
+                continue
+            stream = stream or statistics.median(sizes)
+            rows.append(_save_row(label, saves, restores, sizes, write_speed, read_speed,
+                                  stream))
+    finally:
+        libvirt.virsh("destroy", name)
+    return rows
+
+
+#: The memory part's guest: 1 GiB of its RAM dirty, as the QEMU-10 issue's targets say.
+MEMORY_GUEST_RAM, MEMORY_GUEST_DIRTY = 1536, 1024
+
+
+def print_rows(rows: list[tuple[str, str, str, str]]) -> None:
+    width = max(len(r[0]) for r in rows) + 2
+    for label, value, baseline, ratio in rows:
+        print(f"{label:<{width}} {value:>10}  {baseline:<36} {ratio}")
+
+
+async def memory_part(base: Path, repeat: int, write_speed: float, read_speed: float,
+                      libvirt: bool) -> None:
+    """Memory images on every QEMU here, side by side in this one run: full-system snapshots
+    of each strategy and revert, and paused save/restore in each format, by qsnap and (with
+    *libvirt*) by libvirt >= 11.2's virsh on the same QEMU."""
+    ram, dirty = MEMORY_GUEST_RAM, MEMORY_GUEST_DIRTY
+    print(f"\nmemory images: {ram} MiB guest with {dirty} MiB dirty, on each QEMU here "
+          f"(medians of {repeat})")
+    with contextlib.ExitStack() as stack:
+        reference = None
+        if libvirt:
+            from libvirt_daemon import LibvirtUnavailable, libvirt_11_running
+            try:
+                reference = stack.enter_context(libvirt_11_running())
+                print(f"libvirt: {reference.how}")
+            except LibvirtUnavailable as exc:
+                print(f"libvirt 11 not measured: {exc}")
+        rows: list[tuple[str, str, str, str]] = []
+        for version, folder in qemus():
+            with using_qemu(folder):
+                rows += await memory_rows(base, ram, repeat, write_speed, read_speed,
+                                          dirty=dirty, version=version)
+                rows += await save_format_rows(base, ram, dirty, repeat, write_speed,
+                                               read_speed, version)
+                if reference is not None:
+                    rows += await asyncio.to_thread(
+                        libvirt_save_rows, base, ram, dirty, repeat, write_speed, read_speed,
+                        version, reference)
+    print_rows(rows)
+    print("save/restore rows: whole commands (API calls for qsnap, virsh processes for "
+          "libvirt), paused save then restore with caches dropped; the ratios are the raw "
+          "image's size (the RAM stream) per second against dd's direct-I/O write and read "
+          "speed (a restore includes starting QEMU).")
+
+
+async def run(base: Path, rams: list[int], repeat: int, libvirt: bool,
+              memory_only: bool) -> None:
     write_speed, read_speed = dd_speed(base)
     print(f"\nqsnap QEMU benchmark (tiny guest, TCG or KVM as probed; medians of {repeat})")
     print(f"disk under {base}: direct-I/O write {write_speed / 1e6:.0f} MB/s, "
           f"read {read_speed / 1e6:.0f} MB/s (dd, 512 MiB, median of 3, this run)")
-    rows = []
-    for disks in (1, 8):
-        rows += await disk_only_rows(base, disks, repeat)
-    rows += await concurrent_rows(base, 8, repeat)
-    for ram in rams:
-        rows += await memory_rows(base, ram, max(3, repeat // 2), write_speed, read_speed)
-    rows += await save_format_rows(base, max(rams), 3, write_speed, read_speed)
-    width = max(len(r[0]) for r in rows) + 2
-    for label, value, baseline, ratio in rows:
-        print(f"{label:<{width}} {value:>10}  {baseline:<36} {ratio}")
-    print("save/restore rows: whole commands, paused save then restore with caches dropped; "
-          "the ratios are the image's allocated size per second against dd's direct-I/O "
-          "write and read speed (a restore includes starting QEMU).")
-    print("full-system rows: the guest keeps half its RAM dirty; 'pause' is QEMU's STOP->RESUME "
-          "time qsnap recorded; throughput = memory file size / wall time.")
-    print("'gap' and 'guest pause': the largest gap between two of the guest's counters "
-          "beyond the usual gap of its kind (after every fifth one the guest also writes its "
-          "disks), as a thread here saw the serial log grow; it also shows stalls without a "
-          "STOP (a disk transaction holds QEMU's big lock). Without any operation it reads "
-          "1-10 ms.")
+    if not memory_only:
+        rows = []
+        for disks in (1, 8):
+            rows += await disk_only_rows(base, disks, repeat)
+        rows += await concurrent_rows(base, 8, repeat)
+        for ram in rams:
+            rows += await memory_rows(base, ram, max(3, repeat // 2), write_speed, read_speed)
+        print_rows(rows)
+        print("full-system rows: the guest keeps half its RAM dirty; 'pause' is QEMU's "
+              "STOP->RESUME time qsnap recorded; throughput = memory file size / wall time.")
+        print("'gap' and 'guest pause': the largest gap between two of the guest's counters "
+              "beyond the usual gap of its kind (after every fifth one the guest also writes "
+              "its disks), as a thread here saw the serial log grow; it also shows stalls "
+              "without a STOP (a disk transaction holds QEMU's big lock). Without any "
+              "operation it reads 1-10 ms.")
+    await memory_part(base, 3, write_speed, read_speed, libvirt)
     if not libvirt:
         print("libvirt side by side: add --with-libvirt.")
 
 
-def main(rams: list[int], repeat: int, *, qemu: bool = True, libvirt: bool = False) -> None:
+def main(rams: list[int], repeat: int, *, qemu: bool = True, libvirt: bool = False,
+         memory_only: bool = False) -> None:
     base = Path(os.environ.get("QSNAP_BENCH_DIR") or "/var/tmp") / f"qsnap-bench-{os.getpid()}"
     base.mkdir(parents=True)
     try:
         if qemu:
-            asyncio.run(run(base, rams, repeat, libvirt))
-        if libvirt:
+            asyncio.run(run(base, rams, repeat, libvirt, memory_only))
+        if libvirt and not memory_only:
             import bench_libvirt
             bench_libvirt.run(base, max(3, repeat // 2))
     finally:

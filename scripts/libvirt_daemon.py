@@ -218,3 +218,17 @@ def second_libvirt_running(root: Path = SECOND_LIBVIRT) -> Iterator[Libvirt]:
             except subprocess.TimeoutExpired:
                 os.killpg(daemon.pid, signal.SIGKILL)
                 daemon.wait()
+
+
+@contextlib.contextmanager
+def libvirt_11_running() -> Iterator[Libvirt]:
+    """A libvirt >= 11.2, the first with the sparse save format and ``--parallel-channels``:
+    the system's where it is that new (Debian 13), else the one scripts/setup.sh unpacked
+    (11.3 from Debian's backports), in its own mount namespace."""
+    version = system_libvirt_version()
+    if version >= (11, 2):
+        with libvirt_running() as how:
+            yield Libvirt(URI, ("virsh",), ".".join(map(str, version)), how)
+    else:
+        with second_libvirt_running() as libvirt:
+            yield libvirt

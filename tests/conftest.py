@@ -107,22 +107,10 @@ def libvirt_11() -> Iterator[Any]:
     the system's 9.0 and beside the other suite's libvirt). Failing to start it, as root or in
     CI, is a failure."""
     sys.path.insert(0, str(REPO / "scripts"))
-    from libvirt_daemon import (
-        URI,
-        Libvirt,
-        LibvirtUnavailable,
-        libvirt_running,
-        second_libvirt_running,
-        system_libvirt_version,
-    )
+    from libvirt_daemon import LibvirtUnavailable, libvirt_11_running
     try:
-        version = system_libvirt_version()
-        if version >= (11, 2):
-            with libvirt_running() as how:
-                yield Libvirt(URI, ("virsh",), ".".join(map(str, version)), how)
-        else:
-            with second_libvirt_running() as libvirt:
-                yield libvirt
+        with libvirt_11_running() as libvirt:
+            yield libvirt
     except LibvirtUnavailable as exc:
         if os.geteuid() == 0 or os.environ.get("CI"):
             pytest.fail(f"libvirt 11, the reference these tests compare with, cannot run: {exc}")

@@ -103,6 +103,22 @@ def _furthest(read_position: Callable[[int | None], int],
     return position
 
 
+#: What each QEMU process offers for streams, by (pid, start time): fixed for its life.
+_STREAM_SUPPORT: dict[tuple[int, str], StreamSupport] = {}
+
+
+def _process_identity(pid: int | None) -> tuple[int, str] | None:
+    """*pid* with its start time (field 22 of /proc/PID/stat), which tells a reused pid
+    apart; None where it cannot be read."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return pid, stat.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
 def _peer_pid(sock: socket.socket) -> int:
     """The pid of the process on the other end of a unix socket (SO_PEERCRED)."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -694,20 +710,33 @@ class Monitor:
     async def stream_support(self) -> StreamSupport:
         """How this QEMU can move a migration stream to and from files: ``file:`` URIs with
         an offset (QEMU 8.2), ``mapped-ram`` with multifd (9.0), ``direct-io`` (9.1), and
-        background snapshots. Probed from its schema and migration capabilities and
-        parameters, never from its version number; once per connection."""
+        background snapshots. Probed from its migration capabilities and parameters, and from
+        its schema only where they leave ``file:`` open (mapped-ram exists only over
+        ``file:``; fetching and parsing the schema costs 25-40 ms here), never from its
+        version number; remembered for the life of the QEMU process (its pid and start
+        time), so the operations of an embedding program probe once."""
         if self._stream_support is not None:
             return self._stream_support
+        process = _process_identity(self.peer_pid())
+        known = _STREAM_SUPPORT.get(process) if process else None
+        if known is not None:
+            self._stream_support = known
+            return known
         capabilities = {c["capability"] for c in await self.execute("query-migrate-capabilities")}
         parameters = await self.execute("query-migrate-parameters")
-        schema = await self.execute("query-qmp-schema")
-        file_uri = any(e.get("meta-type") == "enum" and {"exec", "file"} <= set(e["values"])
-                       for e in schema)
-        mapped_ram = file_uri and {"mapped-ram", "multifd"} <= capabilities
+        mapped_ram = {"mapped-ram", "multifd"} <= capabilities
+        if mapped_ram:
+            file_uri = True
+        else:
+            schema = await self.execute("query-qmp-schema")
+            file_uri = any(e.get("meta-type") == "enum" and {"exec", "file"} <= set(e["values"])
+                           for e in schema)
         self._stream_support = StreamSupport(
             file_uri=file_uri, mapped_ram=mapped_ram,
             direct_io=mapped_ram and "direct-io" in parameters,
             background="background-snapshot" in capabilities)
+        if process:
+            _STREAM_SUPPORT[process] = self._stream_support
         return self._stream_support
 
     async def migration_status(self) -> str | None:
