@@ -217,10 +217,11 @@ def _set_direct(fd: int, on: bool) -> bool:
 
 
 class PipeFeeder:
-    """Copies a file from *offset* into a pipe whose :attr:`read_end` QEMU reads (a restore on
-    a QEMU without ``file:`` URIs, which must not be handed the file's own descriptor). A
-    thread splices it, so the data never passes through Python; QEMU closing its end (it
-    failed, or was killed) ends the thread with EPIPE."""
+    """Copies a file from *offset* into a pipe whose :attr:`read_end` QEMU reads (a raw
+    restore: QEMU must not be handed the file's own descriptor, and reading the file itself
+    through ``file:`` is slower, see :func:`qsnap.engine.memory.load_image`). A thread
+    splices it, so the data never passes through Python, and reads ahead of QEMU; QEMU
+    closing its end (it failed, or was killed) ends the thread with EPIPE."""
 
     def __init__(self, fd: int, offset: int) -> None:
         self.fd = fd
