@@ -405,7 +405,9 @@ def _save_row(label: str, saves: list[float], restores: list[float], sizes: list
     save, restore = statistics.median(saves), statistics.median(restores)
     size = statistics.median(sizes)
     basis = stream or size
-    return (label, f"{save:.2f} s / {restore:.2f} s", f"{size / 2**20:.0f} MiB on disk",
+    return (label, f"{save:.2f} s / {restore:.2f} s",
+            f"{size / 2**20:.0f} MiB; range {min(saves):.2f}-{max(saves):.2f} / "
+            f"{min(restores):.2f}-{max(restores):.2f} s",
             f"{basis / save / write_speed:.2f}x / {basis / restore / read_speed:.2f}x dd")
 
 
@@ -522,7 +524,7 @@ async def memory_part(base: Path, repeat: int, write_speed: float, read_speed: f
     *libvirt*) by libvirt >= 11.2's virsh on the same QEMU."""
     ram, dirty = MEMORY_GUEST_RAM, MEMORY_GUEST_DIRTY
     print(f"\nmemory images: {ram} MiB guest with {dirty} MiB dirty, on each QEMU here "
-          f"(medians of {repeat})")
+          f"(medians of {repeat}; save/restore rows of {repeat + 2}, with their ranges)")
     with contextlib.ExitStack() as stack:
         reference = None
         if libvirt:
@@ -537,12 +539,14 @@ async def memory_part(base: Path, repeat: int, write_speed: float, read_speed: f
             with using_qemu(folder):
                 rows += await memory_rows(base, ram, repeat, write_speed, read_speed,
                                           dirty=dirty, version=version)
-                rows += await save_format_rows(base, ram, dirty, repeat, write_speed,
+                # Five: a restore's time moves by 2x from run to run on this VM (fresh
+                # host memory for the new QEMU's RAM), more than any format's difference.
+                rows += await save_format_rows(base, ram, dirty, repeat + 2, write_speed,
                                                read_speed, version)
                 if reference is not None:
                     rows += await asyncio.to_thread(
-                        libvirt_save_rows, base, ram, dirty, repeat, write_speed, read_speed,
-                        version, reference)
+                        libvirt_save_rows, base, ram, dirty, repeat + 2, write_speed,
+                        read_speed, version, reference)
     print_rows(rows)
     print("save/restore rows: whole commands (API calls for qsnap, virsh processes for "
           "libvirt), paused save then restore with caches dropped; the ratios are the raw "

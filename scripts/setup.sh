@@ -43,6 +43,8 @@ install_qemu() {
 
 second_qemu_root=${QSNAP_QEMU10_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/qsnap/qemu-10}
 second_libvirt_root=${QSNAP_LIBVIRT11_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/qsnap/libvirt-11}
+# The bench and the tests find them by these names (scripts/bench_qemu.py, libvirt_daemon.py).
+export QSNAP_QEMU10_DIR=$second_qemu_root QSNAP_LIBVIRT11_DIR=$second_libvirt_root
 
 unpack_from_backports() {
     # Usage: unpack_from_backports FOLDER PACKAGE...
