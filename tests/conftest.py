@@ -4,15 +4,21 @@ import os
 import signal
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import REPO, conformance_dir
+
+sys.path.insert(0, str(REPO / "scripts"))
+import libvirt_daemon
+
+T = TypeVar("T")
 
 #: QSNAP_QEMU_BIN names a folder with one QEMU's qemu-system-x86_64, qemu-img and qemu-io (the
 #: wrappers scripts/setup.sh writes for the second QEMU): everything the tests and qsnap run by
@@ -78,40 +84,35 @@ def no_leaked_guests(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]
         warnings.warn(f"test left {len(leaked)} QEMU guest(s) running; killed", stacklevel=1)
 
 
+def _reference(name: str, running: Callable[[], AbstractContextManager[T]]) -> Iterator[T]:
+    """What *running* starts, for the session. libvirt is the reference, so where it could
+    run (as root, and in CI) failing to start it is a failure, not a skip; elsewhere the tests
+    that need it skip and say why."""
+    try:
+        with running() as reference:
+            yield reference
+    except libvirt_daemon.LibvirtUnavailable as exc:
+        if os.geteuid() == 0 or os.environ.get("CI"):
+            pytest.fail(f"{name}, the reference these tests compare with, cannot run: {exc}")
+        pytest.skip(f"{name} cannot run here: {exc}")
+
+
 @pytest.fixture(scope="session")
 def libvirtd() -> Iterator[str]:
     """A libvirtd with the QEMU driver on qemu:///system for the tests that compare with
     libvirt, started here when none runs (scripts/libvirt_daemon.py, as the benchmark does) and
-    stopped at the end. libvirt is the reference, so where it could run (as root, and in CI)
-    failing to start it is a failure, not a skip; elsewhere those tests skip and say why."""
+    stopped at the end."""
     elsewhere = os.environ.get("QSNAP_LIBVIRT_ELSEWHERE")
     if elsewhere:
         pytest.skip(f"libvirt comparisons run in {elsewhere} (scripts/test): two suites side "
                     "by side would define the same domains in the one libvirt")
-    sys.path.insert(0, str(REPO / "scripts"))
-    from libvirt_daemon import LibvirtUnavailable, libvirt_running
-    try:
-        with libvirt_running() as how:
-            yield how
-    except LibvirtUnavailable as exc:
-        if os.geteuid() == 0 or os.environ.get("CI"):
-            pytest.fail(f"libvirt, the reference these tests compare with, cannot run: {exc}")
-        pytest.skip(f"libvirt cannot run here: {exc}")
+    yield from _reference("libvirt", libvirt_daemon.libvirt_running)
 
 
 @pytest.fixture(scope="session")
-def libvirt_11() -> Iterator[Any]:
+def libvirt_11() -> Iterator[libvirt_daemon.Libvirt]:
     """A libvirt >= 11.2, the first with the sparse save format and ``--parallel-channels``:
     the system's where it is that new (Debian 13), else the 11.3 that scripts/setup.sh
     unpacked from Debian's backports, run in a mount namespace of its own (so it runs beside
-    the system's 9.0 and beside the other suite's libvirt). Failing to start it, as root or in
-    CI, is a failure."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    from libvirt_daemon import LibvirtUnavailable, libvirt_11_running
-    try:
-        with libvirt_11_running() as libvirt:
-            yield libvirt
-    except LibvirtUnavailable as exc:
-        if os.geteuid() == 0 or os.environ.get("CI"):
-            pytest.fail(f"libvirt 11, the reference these tests compare with, cannot run: {exc}")
-        pytest.skip(f"libvirt 11 cannot run here: {exc}")
+    the system's 9.0 and beside the other suite's libvirt)."""
+    yield from _reference("libvirt 11", libvirt_daemon.libvirt_11_running)

@@ -15,10 +15,10 @@ import shlex
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 from helpers import tree_picture
+from libvirt_daemon import Libvirt
 from lxml import etree
 from qemu_guest import (
     assert_one_moment,
@@ -489,7 +489,7 @@ QSNAP_FORMATS = ("sparse", "zstd", "raw")
 
 
 async def test_every_save_image_format_moves_between_libvirt_11_and_qsnap(
-        tmp_path: Path, libvirt_11: Any) -> None:
+        tmp_path: Path, libvirt_11: Libvirt) -> None:
     """On the QEMU under test, a guest goes back and forth between libvirt 11 and qsnap: each
     format libvirt writes (``virsh save --image-format F``, sparse with ``--parallel-channels
     4`` where the QEMU has mapped-ram) restores under qsnap, and each format qsnap writes
