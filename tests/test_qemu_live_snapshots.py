@@ -29,6 +29,7 @@ from qsnap import CreateFlags, Engine, snapshot_xml_from_args
 from qsnap.engine.memory import read_image
 from qsnap.engine.stream_writer import ALIGN
 from qsnap.model.capture import capture_of
+from qsnap.monitor import Monitor
 from qsnap.progress import Progress
 
 GUEST = guest_module()
@@ -88,6 +89,12 @@ async def test_a_precopy_that_does_not_converge_is_finished_paused(
     monkeypatch.setattr(memory_module, "PRECOPY_BOUND", 0.05)
     engine = await dirty_guest(tmp_path)
     serial = tmp_path / "g" / "serial.log"
+    # With the bandwidth cap lifted, QEMU finishes a 160 MiB pre-copy by itself once it has
+    # measured the speed (after 100 ms: all that is left fits its 300 ms downtime limit); a
+    # machine loaded enough to delay qsnap's check by that long (two suites side by side) then
+    # saw no live copy to bound. A 1 ms limit keeps QEMU copying while the guest dirties.
+    async with await Monitor.connect(engine._runtime("g")[1].qmp) as monitor:  # type: ignore[union-attr]
+        await monitor.execute("migrate-set-parameters", {"downtime-limit": 1})
     try:
         memory = tmp_path / "g" / "pre.mem"
         with caplog.at_level("INFO", logger="qsnap"):
