@@ -29,8 +29,8 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
+from libvirt_daemon import Libvirt
 from qemu.qmp import QMPClient
 
 from qsnap import CreateFlags, Engine, snapshot_xml_from_args
@@ -449,7 +449,7 @@ async def save_format_rows(base: Path, ram: int, dirty: int, repeat: int, write_
 
 
 def libvirt_save_rows(base: Path, ram: int, dirty: int, repeat: int, write_speed: float,
-                      read_speed: float, version: str, libvirt: Any
+                      read_speed: float, version: str, libvirt: Libvirt
                       ) -> list[tuple[str, str, str, str]]:
     """The same saves and restores as whole ``virsh save --image-format F
     [--parallel-channels N]`` and ``virsh restore`` commands, on the same guest definition and
@@ -477,6 +477,7 @@ def libvirt_save_rows(base: Path, ram: int, dirty: int, repeat: int, write_speed
             saves: list[float] = []
             restores: list[float] = []
             sizes: list[int] = []
+            failed = None
             for n in range(repeat):
                 path = folder / f"lv{n}.save"
                 start = time.perf_counter()
@@ -484,6 +485,7 @@ def libvirt_save_rows(base: Path, ram: int, dirty: int, repeat: int, write_speed
                                       *extra)
                 saves.append(time.perf_counter() - start)
                 if saved.returncode != 0:
+                    failed = saved
                     break
                 sizes.append(path.stat().st_blocks * 512)
                 _drop_caches()
@@ -492,10 +494,10 @@ def libvirt_save_rows(base: Path, ram: int, dirty: int, repeat: int, write_speed
                 restores.append(time.perf_counter() - start)
                 path.unlink()
                 if restored.returncode != 0:
-                    saved = restored
+                    failed = restored
                     break
-            if saved.returncode != 0:
-                rows.append((label, "-", saved.stderr.strip().split("\n")[-1][:60], ""))
+            if failed is not None:
+                rows.append((label, "-", failed.stderr.strip().split("\n")[-1][:60], ""))
                 if libvirt.virsh("domstate", name).stdout.strip() != "running":
                     break
                 continue

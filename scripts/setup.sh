@@ -144,6 +144,5 @@ if [ "${QSNAP_SKIP_SETUP:-}" = 1 ]; then
     return 0  # the caller (the test suite) already runs inside a prepared environment
 fi
 install_qemu
-install_second_qemu
 setup_venv
 export PATH="$venv/bin:$PATH"

@@ -405,7 +405,7 @@ def test_manual_disks_are_left_to_the_user_and_the_guest_paused() -> None:
 
 
 QEMU_7 = StreamSupport(background=True)
-QEMU_10 = StreamSupport(file_uri=True, mapped_ram=True, direct_io=True, background=True)
+QEMU_10 = StreamSupport(mapped_ram=True, direct_io=True, background=True)
 
 
 @pytest.mark.parametrize(("asked", "channels", "support", "chosen"), [

@@ -307,6 +307,11 @@ async def test_every_image_format_restores_and_qemu_gets_no_file(
     if not sparse:
         with pytest.raises(qsnap.NotSupportedError, match="mapped-ram"):
             await engine.save("g", folder / "no.sparse", image_format="sparse")
+    else:  # a file QEMU opens by path: its URI cannot carry ',offset=' in the path
+        with pytest.raises(qsnap.InvalidArgumentError, match="may not contain ',offset='"):
+            await engine.save("g", folder / "a,offset=1.sparse", image_format="sparse")
+        assert await engine.domstate("g") == "running"
+        assert not (folder / "a,offset=1.sparse").exists()
     for image_format, channels, error in (
             ("lz4", None, "unknown save image format 'lz4'"),
             ("gzip", None, "writes only raw, sparse, zstd"),
@@ -317,6 +322,9 @@ async def test_every_image_format_restores_and_qemu_gets_no_file(
                               parallel_channels=channels)
         assert await engine.domstate("g") == "running"
         assert not (folder / "no.save").exists()
+    with pytest.raises(qsnap.InvalidArgumentError, match="--parallel-channels must be at least 1"):
+        await engine.restore(folder / "g.raw", parallel_channels=0)
+    assert await engine.domstate("g") == "running"
 
 
 def assert_continuous_per_boot(serial: Path) -> None:

@@ -90,7 +90,7 @@ from qsnap.plan.domain_define import DefineFacts, new_mac_address, resolve_defin
 from qsnap.plan.flags import CreateFlags, DeleteFlags, ListFilter, RevertFlags
 from qsnap.plan.listing import select_snapshots
 from qsnap.plan.redefine import plan_redefine
-from qsnap.plan.save import image_definition
+from qsnap.plan.save import check_parallel_channels, image_definition
 from qsnap.progress import ProgressCallback
 from qsnap.store import KEEP, DomainFolder, StateDir, resolve_state_dir
 from qsnap.store.intent import has_intent
@@ -565,9 +565,7 @@ class Engine:
         loading fails, its QEMU is stopped again: a guest is never left half-restored.
         *parallel_channels*: the multifd channels that read a sparse image (by default one
         per CPU)."""
-        if parallel_channels is not None and parallel_channels < 1:
-            raise InvalidArgumentError(f"--parallel-channels must be at least 1, not "
-                                       f"{parallel_channels}")
+        check_parallel_channels(parallel_channels)
         source = absolute_file("the save image", path)
         image = await asyncio.to_thread(read_image, source)
         domain = parse_domain(image_definition(parse_domain(image.domain_xml), xml),

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from qsnap import children
 from qsnap.engine import compression
-from qsnap.engine.stream_writer import ALIGN, PipeFeeder, StreamWriter
+from qsnap.engine.stream_writer import ALIGN, PipeFeeder, StreamWriter, takes_direct_io
 from qsnap.errors import (
     AlreadyExistsError,
     InvalidArgumentError,
@@ -67,7 +66,6 @@ async def write_image(monitor: Monitor, path: Path, domain_xml: str, was_running
     if background and image_format != "raw":
         raise ValueError("a background snapshot writes a raw stream (QEMU's background "
                          "snapshot refuses multifd)")
-    support = await monitor.stream_support()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except FileExistsError:
@@ -87,14 +85,13 @@ async def write_image(monitor: Monitor, path: Path, domain_xml: str, was_running
         if background:
             # QEMU writes this stream itself, so it goes on if qsnap dies (recovery waits for
             # it: ending one early is the path on which QEMU 7.2 was seen to hang the guest).
-            channel = (StreamChannel.file(str(path.absolute()), offset) if support.file_uri
+            channel = (StreamChannel.file(str(path.absolute()), offset)
+                       if await monitor.takes_file_uri()
                        else StreamChannel.into_file_by_dd(str(path.absolute()), offset))
             await monitor.save(channel, background=True, just_before=at_start, progress=heard)
         elif image_format == "sparse":
-            channel = StreamChannel.file(
-                str(path.absolute()), offset, mapped_ram_channels=channels or default_channels(),
-                direct_io=support.direct_io and _takes_direct_io(fd))
-            await monitor.save(channel, just_before=at_start, progress=heard)
+            await monitor.save(await _mapped_ram_channel(monitor, path, fd, offset, channels),
+                               just_before=at_start, progress=heard)
         elif image_format == "raw":
             await _save_through_pipe(monitor, fd, offset, at_start, heard,
                                      bound=int(PRECOPY_BOUND * ram) if ram else None)
@@ -114,17 +111,15 @@ async def write_image(monitor: Monitor, path: Path, domain_xml: str, was_running
     await asyncio.to_thread(fsync_dir, path.parent)
 
 
-def _takes_direct_io(fd: int) -> bool:
-    """Whether the file system under *fd* does O_DIRECT (tmpfs does not, and QEMU's direct-io
-    would then fail the save)."""
-    try:
-        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
-        direct = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags)
-        return direct
-    except OSError:
-        return False
+async def _mapped_ram_channel(monitor: Monitor, path: Path, fd: int, offset: int,
+                              channels: int | None) -> StreamChannel:
+    """The file channel of a sparse image: *channels* multifd channels (by default one per
+    CPU), with direct I/O where QEMU has it and the file system under *fd* does it (tmpfs
+    does not, and QEMU's direct-io would then fail)."""
+    direct_io = (await monitor.stream_support()).direct_io and takes_direct_io(fd)
+    return StreamChannel.file(str(path.absolute()), offset,
+                              mapped_ram_channels=channels or default_channels(),
+                              direct_io=direct_io)
 
 
 async def _save_compressed(monitor: Monitor, fd: int, offset: int, image_format: str,
@@ -278,7 +273,6 @@ async def load_image(monitor: Monitor, path: Path, image: SaveImage,
     through the pipe, medians of 8 interleaved restores with the page cache dropped); a
     sparse one through *channels* multifd channels (mapped-ram); a compressed one from its
     decompressor."""
-    support = await monitor.stream_support()
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         offset = image.stream_offset
@@ -287,12 +281,11 @@ async def load_image(monitor: Monitor, path: Path, image: SaveImage,
         heard = (lambda where: meter(min(where, total), total)) if progress is not None \
             else None
         if image.format == "sparse":
-            if not support.mapped_ram:
+            if not (await monitor.stream_support()).mapped_ram:
                 raise NotSupportedError(f"save image '{path}' is sparse (QEMU's mapped-ram "
                                         "format), which needs QEMU 9.0 or later to restore")
-            await monitor.load(StreamChannel.file(
-                str(path.absolute()), offset, mapped_ram_channels=channels or default_channels(),
-                direct_io=support.direct_io and _takes_direct_io(fd)), progress=heard)
+            await monitor.load(await _mapped_ram_channel(monitor, path, fd, offset, channels),
+                               progress=heard)
         elif image.format == "raw":
             await asyncio.to_thread(_read_ahead, fd, offset)
             await _load_through_pipe(monitor, fd, offset, heard)

@@ -216,6 +216,15 @@ def _set_direct(fd: int, on: bool) -> bool:
     return on and bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
 
 
+def takes_direct_io(fd: int) -> bool:
+    """Whether the file system under *fd* (opened without O_DIRECT, and left so) does
+    O_DIRECT."""
+    direct = _set_direct(fd, True)
+    if direct:
+        _set_direct(fd, False)
+    return direct
+
+
 class PipeFeeder:
     """Copies a file from *offset* into a pipe whose :attr:`read_end` QEMU reads (a raw
     restore: QEMU must not be handed the file's own descriptor, and reading the file itself

@@ -25,7 +25,6 @@ class StreamSupport:
     """How a QEMU moves migration streams to and from files (probed, see
     :meth:`qsnap.monitor.Monitor.stream_support`)."""
 
-    file_uri: bool = False    # file:PATH,offset=N (QEMU 8.2+)
     mapped_ram: bool = False  # mapped-ram + multifd over file: (9.0+): the "sparse" format
     direct_io: bool = False   # the direct-io parameter for mapped-ram (9.1+)
     background: bool = False  # the background-snapshot capability

@@ -16,7 +16,7 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from qemu.qmp import (
     ConnectError,
@@ -103,8 +103,11 @@ def _furthest(read_position: Callable[[int | None], int],
     return position
 
 
+T = TypeVar("T")
+
 #: What each QEMU process offers for streams, by (pid, start time): fixed for its life.
 _STREAM_SUPPORT: dict[tuple[int, str], StreamSupport] = {}
+_FILE_URI: dict[tuple[int, str], bool] = {}
 
 
 def _process_identity(pid: int | None) -> tuple[int, str] | None:
@@ -274,7 +277,6 @@ class Monitor:
         self._client = client
         self._owned = owned
         self._capabilities: QemuCapabilities | None = None
-        self._stream_support: StreamSupport | None = None
         self._job_ids = 0
 
     @classmethod
@@ -631,9 +633,7 @@ class Monitor:
             uri = f"fd:{name}"
         else:
             uri = channel.uri()
-        if command == "migrate" and not channel.mapped_ram_channels:
-            await self._switch_off_leftover_mapped_ram()
-        restore = await self._set_stream_options(channel)
+        restore = await self._set_stream_options(channel, outgoing=command == "migrate")
         try:
             async with self.events("MIGRATION") as listener:
                 if just_before is not None:
@@ -668,27 +668,23 @@ class Monitor:
                 with contextlib.suppress(QsnapError):
                     await restore()
 
-    async def _switch_off_leftover_mapped_ram(self) -> None:
-        """A qsnap killed during a sparse save leaves mapped-ram and multifd switched on, and
-        QEMU then refuses any stream into a pipe and any background snapshot: switch them off
-        before such a stream (one query where the QEMU has mapped-ram at all)."""
-        if not (await self.stream_support()).mapped_ram:
-            return
-        on = {c["capability"] for c in await self.execute("query-migrate-capabilities")
-              if c["state"]}
-        leftover = sorted(on & {"mapped-ram", "multifd"})
-        if leftover:
-            log.warning("QEMU still had %s on (from an interrupted sparse save?); switched off",
-                        " and ".join(leftover))
-            await self.execute("migrate-set-capabilities", {"capabilities": [
-                {"capability": name, "state": False} for name in leftover]})
-
-    async def _set_stream_options(self, channel: StreamChannel
+    async def _set_stream_options(self, channel: StreamChannel, *, outgoing: bool
                                   ) -> Callable[[], Awaitable[None]] | None:
         """Switch on what *channel* needs (mapped-ram with multifd channels, direct I/O);
         returns what puts the QEMU back as it was (a later background snapshot refuses
-        multifd), or None when nothing was changed."""
+        multifd), or None when nothing was changed. An outgoing stream without mapped-ram
+        first switches off mapped-ram and multifd left on by a qsnap killed during a sparse
+        save: QEMU refuses a pipe or a background snapshot with them."""
         if not channel.mapped_ram_channels:
+            if outgoing:
+                states = {c["capability"]: c["state"]
+                          for c in await self.execute("query-migrate-capabilities")}
+                leftover = [name for name in ("mapped-ram", "multifd") if states.get(name)]
+                if leftover:
+                    log.warning("QEMU still had %s on (from an interrupted sparse save?); "
+                                "switched off", " and ".join(leftover))
+                    await self.execute("migrate-set-capabilities", {"capabilities": [
+                        {"capability": name, "state": False} for name in leftover]})
             return None
         before = await self.execute("query-migrate-parameters")
         parameters: dict[str, object] = {"multifd-channels": channel.mapped_ram_channels}
@@ -708,36 +704,42 @@ class Monitor:
         return restore
 
     async def stream_support(self) -> StreamSupport:
-        """How this QEMU can move a migration stream to and from files: ``file:`` URIs with
-        an offset (QEMU 8.2), ``mapped-ram`` with multifd (9.0), ``direct-io`` (9.1), and
-        background snapshots. Probed from its migration capabilities and parameters, and from
-        its schema only where they leave ``file:`` open (mapped-ram exists only over
-        ``file:``; fetching and parsing the schema costs 25-40 ms here), never from its
-        version number; remembered for the life of the QEMU process (its pid and start
-        time), so the operations of an embedding program probe once."""
-        if self._stream_support is not None:
-            return self._stream_support
+        """How this QEMU can move a migration stream into files: ``mapped-ram`` with multifd
+        (QEMU 9.0), ``direct-io`` (9.1), and background snapshots. Probed from its migration
+        capabilities and parameters, never from its version number."""
+        async def probe() -> StreamSupport:
+            capabilities = {c["capability"]
+                            for c in await self.execute("query-migrate-capabilities")}
+            parameters = await self.execute("query-migrate-parameters")
+            mapped_ram = {"mapped-ram", "multifd"} <= capabilities
+            return StreamSupport(mapped_ram=mapped_ram,
+                                 direct_io=mapped_ram and "direct-io" in parameters,
+                                 background="background-snapshot" in capabilities)
+        return await self._per_process(_STREAM_SUPPORT, probe)
+
+    async def takes_file_uri(self) -> bool:
+        """Whether this QEMU opens ``file:PATH,offset=N`` migration URIs itself (QEMU 8.2).
+        Mapped-ram exists only over ``file:``, so it answers without the schema, which costs
+        25-40 ms here to fetch and parse; only a QEMU without it is asked for its schema."""
+        async def probe() -> bool:
+            if (await self.stream_support()).mapped_ram:
+                return True
+            return any(e.get("meta-type") == "enum" and {"exec", "file"} <= set(e["values"])
+                       for e in await self.execute("query-qmp-schema"))
+        return await self._per_process(_FILE_URI, probe)
+
+    async def _per_process(self, known: dict[tuple[int, str], T],
+                           probe: Callable[[], Awaitable[T]]) -> T:
+        """*probe*'s answer, remembered in *known* for the life of the QEMU process (its pid
+        and start time): what a QEMU offers does not change while it runs, so the operations
+        of an embedding program probe once."""
         process = _process_identity(self.peer_pid())
-        known = _STREAM_SUPPORT.get(process) if process else None
-        if known is not None:
-            self._stream_support = known
-            return known
-        capabilities = {c["capability"] for c in await self.execute("query-migrate-capabilities")}
-        parameters = await self.execute("query-migrate-parameters")
-        mapped_ram = {"mapped-ram", "multifd"} <= capabilities
-        if mapped_ram:
-            file_uri = True
-        else:
-            schema = await self.execute("query-qmp-schema")
-            file_uri = any(e.get("meta-type") == "enum" and {"exec", "file"} <= set(e["values"])
-                           for e in schema)
-        self._stream_support = StreamSupport(
-            file_uri=file_uri, mapped_ram=mapped_ram,
-            direct_io=mapped_ram and "direct-io" in parameters,
-            background="background-snapshot" in capabilities)
-        if process:
-            _STREAM_SUPPORT[process] = self._stream_support
-        return self._stream_support
+        if process is not None and process in known:
+            return known[process]
+        answer = await probe()
+        if process is not None:
+            known[process] = answer
+        return answer
 
     async def migration_status(self) -> str | None:
         """The state of this QEMU's last migration (``active``, ``completed``, ...), or None."""

@@ -8,20 +8,26 @@ from qsnap.model.capabilities import StreamSupport
 from qsnap.model.domain import DomainDef, parse_domain, same_uuid
 
 #: Whether a save writes the sparse format (QEMU's mapped-ram, multifd, direct I/O) when the
-#: QEMU has it and none is asked for. Not on this machine kind: a whole paused save of a 1 GiB
-#: guest with 512 MiB dirty took 0.79 s raw (QEMU into a pipe, written with direct I/O here)
-#: against 1.00-1.07 s sparse with 1, 2 or 4 channels (QEMU 10.0, medians of 3); sparse
-#: restores were faster (1.04-1.14 s against 2.0 s, caches dropped) but noisier. The pause
-#: is the save's, so raw stays the default; --parallel-channels alone asks for sparse.
+#: QEMU has it and none is asked for. Not on this machine kind: a paused save of a guest with
+#: 1 GiB dirty took 0.69 s raw (QEMU into a pipe, written with direct I/O here) against
+#: 0.78-0.94 s sparse with 1, 2 or 4 channels (QEMU 10.0, medians of 5, scripts/bench
+#: --memory); sparse restores were faster (0.81-0.90 s against 1.29 s), but the guest's
+#: pause is the save's, and every libvirt and QEMU reads raw. --parallel-channels alone asks
+#: for sparse.
 SPARSE_BY_DEFAULT = False
+
+
+def check_parallel_channels(channels: int | None) -> None:
+    """virsh's --parallel-channels N of a save or restore: at least one."""
+    if channels is not None and channels < 1:
+        raise InvalidArgumentError(f"--parallel-channels must be at least 1, not {channels}")
 
 
 def choose_image_format(asked: str | None, channels: int | None,
                         support: StreamSupport) -> str:
     """The save-image format of a save or memory snapshot (virsh save --image-format F
     --parallel-channels N), or a clear refusal."""
-    if channels is not None and channels < 1:
-        raise InvalidArgumentError(f"--parallel-channels must be at least 1, not {channels}")
+    check_parallel_channels(channels)
     if asked is None:
         chosen = "sparse" if channels or (support.mapped_ram and SPARSE_BY_DEFAULT) else "raw"
     elif asked not in save_image.FORMATS:
