@@ -8,39 +8,12 @@ traceback reaches a user.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
 import os
 import sys
-from collections.abc import Sequence
-from dataclasses import asdict
+from collections.abc import Awaitable, Callable, Sequence
 from types import SimpleNamespace
 
-from qsnap import (
-    AlreadyExistsError,
-    CreateFlags,
-    DeleteFlags,
-    DomainNotRunningError,
-    DomainRunningError,
-    Engine,
-    InvalidArgumentError,
-    ListFilter,
-    NoDomainError,
-    NoSnapshotError,
-    NotSupportedError,
-    OperationFailedError,
-    OperationIncompleteError,
-    OperationInvalidError,
-    Progress,
-    QsnapError,
-    RevertFlags,
-    XMLError,
-    cli_output,
-    format_snapshot,
-    parse_snapshot,
-    snapshot_xml_from_args,
-)
+from qsnap import cli_output
 from qsnap.cli_args import (
     CommandSpec,
     Kind,
@@ -52,6 +25,37 @@ from qsnap.cli_args import (
     split_global,
     value,
 )
+from qsnap.engine.reader import NeedsSettling, Reader
+from qsnap.errors import (
+    AlreadyExistsError,
+    DomainNotRunningError,
+    DomainRunningError,
+    InvalidArgumentError,
+    NoDomainError,
+    NoSnapshotError,
+    NotSupportedError,
+    OperationFailedError,
+    OperationIncompleteError,
+    OperationInvalidError,
+    QsnapError,
+    XMLError,
+)
+from qsnap.store import StateDir, resolve_state_dir
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see qsnap.lazy)
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
+    from qsnap.engine import Engine
+    from qsnap.plan.flags import CreateFlags, ListFilter
+    from qsnap.progress import Progress
+
+    T = TypeVar("T")
+
+# Commands that only read metadata (``list``, ``snapshot-list``, ``snapshot-current``, ...) run
+# synchronously through :class:`~qsnap.engine.reader.Reader`: they start without asyncio,
+# qemu.qmp or the engine's modules, which are imported below only by the commands that use
+# them. A read that finds an operation a crash interrupted has the engine settle it first.
 
 MAX_XML_FILE = 10 * 1024 * 1024  # virsh's limit for XML files
 
@@ -133,6 +137,71 @@ def _snapshot_arg(args: Args, option: str = "snapshotname") -> str | None:
     return str(name) if name is not None else None
 
 
+class _Runner:
+    """What a command runs on: the synchronous reader, or the engine (imported, with asyncio,
+    only by the commands that need it)."""
+
+    def __init__(self, state_dir: str | None) -> None:
+        self.state = StateDir(resolve_state_dir(state_dir))
+        self.reader = Reader(self.state, warn=_warn)
+
+    def engine(self, call: Callable[[Engine], Awaitable[T]]) -> T:
+        """Run *call* on a new engine, in an event loop of its own; the engine's warnings
+        (the ``qsnap`` logger) go to stderr meanwhile."""
+        import asyncio
+        import logging
+
+        from qsnap.engine import Engine
+
+        class WarningFormatter(logging.Formatter):
+            def format(self, record: logging.LogRecord) -> str:
+                return f"warning: {record.getMessage()}"
+
+        async def main() -> T:
+            return await call(Engine(self.state.root))
+
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(WarningFormatter())
+        logger = logging.getLogger("qsnap")
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+        try:
+            return asyncio.run(main())
+        finally:
+            logger.removeHandler(handler)
+
+    def read(self, handler: Callable[[_Runner, Args, _Output], None], args: Args,
+             out: _Output) -> None:
+        """Run a reading command. A domain with an operation a crash interrupted is settled
+        by the engine first (as every command does); where that fails, the read goes on with
+        a warning, as the engine's own reads do."""
+        while True:
+            try:
+                return handler(self, args, out)
+            except NeedsSettling as pending:
+                domain = pending.domain
+                try:
+                    self.engine(lambda engine, d=domain: engine.recover(d))  # type: ignore[misc]
+                except QsnapError as exc:
+                    _warn(f"domain '{domain}': an interrupted operation could not be finished: "
+                          f"{exc}")
+                self.reader.settled.add(domain)
+
+
+_READING: set[Callable[..., None]] = set()
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _reading(handler: Callable[[_Runner, Args, _Output], None]
+             ) -> Callable[[_Runner, Args, _Output], None]:
+    """Mark a command that only reads: it runs on the reader, without an event loop."""
+    _READING.add(handler)
+    return handler
+
+
 # -- commands ------------------------------------------------------------------------------------
 
 
@@ -146,8 +215,9 @@ async def cmd_undefine(engine: Engine, args: Args, out: _Output) -> None:
     out.extra(f"Domain '{args.domain}' has been undefined\n")
 
 
-async def cmd_dumpxml(engine: Engine, args: Args, out: _Output) -> None:
-    out.print(await engine.domain_xml(args.domain, secure=args.security_info))
+@_reading
+def cmd_dumpxml(run: _Runner, args: Args, out: _Output) -> None:
+    out.print(run.reader.domain_xml(args.domain, secure=args.security_info))
 
 
 async def cmd_start(engine: Engine, args: Args, out: _Output) -> None:
@@ -218,23 +288,30 @@ async def cmd_shutdown(engine: Engine, args: Args, out: _Output) -> None:
     out.extra(f"Domain '{args.domain}' is being shutdown\n")
 
 
-async def cmd_domstate(engine: Engine, args: Args, out: _Output) -> None:
-    out.print(await engine.domstate(args.domain) + "\n")
+@_reading
+def cmd_domstate(run: _Runner, args: Args, out: _Output) -> None:
+    out.print(run.reader.domstate(args.domain) + "\n")
 
 
-async def cmd_list(engine: Engine, args: Args, out: _Output) -> None:
-    domains = [d for d in await engine.domains()
-               if args.all or (d.state == "shut off") == args.inactive]
+@_reading
+def cmd_list(run: _Runner, args: Args, out: _Output) -> None:
+    def shown(state: str) -> bool:
+        return bool(args.all or (state == "shut off") == args.inactive)
+
     if args.json:
-        out.print(json.dumps([asdict(d) for d in domains], indent=2) + "\n")
-    elif args.name:
-        out.print("".join(f"{d.name}\n" for d in domains))
+        out.print(cli_output.json_text([d for d in run.reader.domains() if shown(d.state)]))
+        return
+    domains = [(name, state) for name, state in run.reader.domain_states() if shown(state)]
+    if args.name:
+        out.print("".join(f"{name}\n" for name, _ in domains))
     else:
-        rows = [["-", d.name, d.state] for d in domains]
+        rows = [["-", name, state] for name, state in domains]
         out.print(cli_output.table(["Id", "Name", "State"], rows, header=not out.quiet))
 
 
 def _create_flags(args: Args, redefine: bool = False, current: bool = False) -> CreateFlags:
+    from qsnap.plan.flags import CreateFlags
+
     if args.live_strategy not in (None, "background", "precopy", "paused"):
         raise UsageError(f"invalid --live-strategy '{args.live_strategy}': expected "
                          "background, precopy or paused")
@@ -249,6 +326,8 @@ async def cmd_snapshot_create(engine: Engine, args: Args, out: _Output) -> None:
     flags = _create_flags(args, redefine=args.redefine, current=args.current)
     xml = _read_file(path) if path else None
     if args.print_xml:
+        from qsnap.model.snapshot import format_snapshot, parse_snapshot
+
         snap = parse_snapshot(xml or "<domainsnapshot/>", redefine=flags.redefine,
                               validate=flags.validate)
         out.print(format_snapshot(snap) + "\n")
@@ -261,6 +340,8 @@ async def cmd_snapshot_create(engine: Engine, args: Args, out: _Output) -> None:
 
 
 async def cmd_snapshot_create_as(engine: Engine, args: Args, out: _Output) -> None:
+    from qsnap.plan.create_as import snapshot_xml_from_args
+
     flags = _create_flags(args)
     xml = snapshot_xml_from_args(args.name, args.description, args.memspec, args.diskspec,
                                  disk_only=args.disk_only)
@@ -275,6 +356,8 @@ async def cmd_snapshot_create_as(engine: Engine, args: Args, out: _Output) -> No
 
 
 def _list_filter(args: Args) -> ListFilter:
+    from qsnap.plan.flags import ListFilter
+
     _exclusive(args, ("tree", "name"), ("parent", "roots"), ("parent", "tree"),
                ("roots", "tree"), ("roots", "from"), ("roots", "current"))
     for option in ("leaves", "no-leaves", "inactive", "active", "disk-only", "internal",
@@ -292,10 +375,11 @@ def _list_filter(args: Args) -> ListFilter:
     ).check()
 
 
-async def cmd_snapshot_list(engine: Engine, args: Args, out: _Output) -> None:
+@_reading
+def cmd_snapshot_list(run: _Runner, args: Args, out: _Output) -> None:
     flt = _list_filter(args)
     if args.tree:
-        tree = await engine.tree(args.domain)
+        tree = run.reader.tree(args.domain)
         start = args.from_ or (tree.current if args.current else None)
         if args.current and start is None:
             raise NoSnapshotError(f"domain '{args.domain}' has no current snapshot",
@@ -303,11 +387,11 @@ async def cmd_snapshot_list(engine: Engine, args: Args, out: _Output) -> None:
         roots = [tree.get(start).name] if start is not None else tree.roots()
         out.print(cli_output.tree(roots, tree.children))
         return
-    snapshots = await engine.snapshots(args.domain, flt)
+    snapshots = run.reader.snapshots(args.domain, flt)
     if args.json:
-        current = await engine.current(args.domain)
-        out.print(json.dumps([{**asdict(s), "location": s.location, "current": s.name == current}
-                              for s in snapshots], indent=2) + "\n")
+        current = run.reader.current(args.domain)
+        out.print(cli_output.json_text(snapshots, lambda s: {
+            "location": s.location, "current": s.name == current}))
     elif args.name:  # virsh prints the names alone, --parent or not
         out.print("".join(f"{s.name}\n" for s in snapshots))
     else:
@@ -317,10 +401,11 @@ async def cmd_snapshot_list(engine: Engine, args: Args, out: _Output) -> None:
         out.print(cli_output.table(headers, rows, header=not out.quiet))
 
 
-async def cmd_snapshot_info(engine: Engine, args: Args, out: _Output) -> None:
-    info = await engine.info(args.domain, _snapshot_arg(args))
+@_reading
+def cmd_snapshot_info(run: _Runner, args: Args, out: _Output) -> None:
+    info = run.reader.info(args.domain, _snapshot_arg(args))
     if args.json:
-        out.print(json.dumps(asdict(info), indent=2) + "\n")
+        out.print(cli_output.json_text(info))
         return
     out.print(cli_output.key_values([
         ("Name", info.name), ("Domain", info.domain), ("Current", "yes" if info.current else "no"),
@@ -331,36 +416,41 @@ async def cmd_snapshot_info(engine: Engine, args: Args, out: _Output) -> None:
     ]))
 
 
-async def cmd_snapshot_dumpxml(engine: Engine, args: Args, out: _Output) -> None:
-    out.print(await engine.get_xml(args.domain, args.snapshotname, secure=args.security_info))
+@_reading
+def cmd_snapshot_dumpxml(run: _Runner, args: Args, out: _Output) -> None:
+    out.print(run.reader.get_xml(args.domain, args.snapshotname, secure=args.security_info))
 
 
-async def cmd_snapshot_current(engine: Engine, args: Args, out: _Output) -> None:
+@_reading
+def cmd_snapshot_current(run: _Runner, args: Args, out: _Output) -> None:
     if args.snapshotname is not None:
         _exclusive(args, ("name", "snapshotname"))
-        await engine.set_current(args.domain, args.snapshotname)
+        run.engine(lambda engine: engine.set_current(args.domain, args.snapshotname))
         out.extra(f"Snapshot {args.snapshotname} set as current")
         return
-    current = await engine.current(args.domain)
+    current = run.reader.current(args.domain)
     if current is None:  # virsh's own check, in its own words
         raise UsageError(f"domain '{args.domain}' has no current snapshot")
     if args.name:
         out.print(current)
     else:
-        out.print(await engine.get_xml(args.domain, current, secure=args.security_info))
+        out.print(run.reader.get_xml(args.domain, current, secure=args.security_info))
 
 
-async def cmd_snapshot_parent(engine: Engine, args: Args, out: _Output) -> None:
+@_reading
+def cmd_snapshot_parent(run: _Runner, args: Args, out: _Output) -> None:
     snapshot = _snapshot_arg(args)
-    parent = await engine.parent(args.domain, snapshot)
+    parent = run.reader.parent(args.domain, snapshot)
     if parent is None:
-        name = snapshot if snapshot is not None else await engine.current(args.domain)
+        name = snapshot if snapshot is not None else run.reader.current(args.domain)
         raise UsageError(f"snapshot '{name}' has no parent")
     out.print(parent)
 
 
 async def cmd_snapshot_revert(engine: Engine, args: Args, out: _Output) -> None:
     snapshot = _snapshot_arg(args)
+    from qsnap.plan.flags import RevertFlags
+
     flags = RevertFlags(running=args.running, paused=args.paused, force=args.force,
                         reset_nvram=args.reset_nvram).check()
     name = await engine.revert(args.domain, snapshot, flags, progress=out.progress)
@@ -369,6 +459,8 @@ async def cmd_snapshot_revert(engine: Engine, args: Args, out: _Output) -> None:
 
 
 async def cmd_snapshot_delete(engine: Engine, args: Args, out: _Output) -> None:
+    from qsnap.plan.flags import DeleteFlags
+
     flags = DeleteFlags(children=args.children, children_only=args.children_only,
                         metadata_only=args.metadata).check()
     plan = await engine.delete(args.domain, _snapshot_arg(args), flags, progress=out.progress)
@@ -597,22 +689,12 @@ def _libvirt_reason(exc: QsnapError) -> str:
     return str(exc)
 
 
-class _WarningFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return f"warning: {record.getMessage()}"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``qsnap`` command; returns the exit status.
 
     As virsh: a command's output is followed by one newline (none with ``-q``), also when
     it fails at run time, with the error on stderr; a command line that cannot be parsed
     prints only the error. Exit status 1 on any error."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_WarningFormatter())
-    logger = logging.getLogger("qsnap")
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)
     out: _Output | None = None
     spec: CommandSpec | None = None
     args: Args | None = None
@@ -628,8 +710,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _help([spec.name], asked=True)
         args = parse_command(spec, words[1:])
         out = _Output(options.quiet, options.progress_json)
-        engine = Engine(options.state_dir)
-        asyncio.run(spec.handler(engine, args, out))  # type: ignore[operator]
+        run = _Runner(options.state_dir)
+        command: Any = spec.handler
+        if command in _READING:
+            run.read(command, args, out)
+        else:
+            run.engine(lambda engine: command(engine, args, out))
         out.end_progress()
         out.extra("\n")
         return 0
@@ -647,8 +733,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug: still no traceback for the user, but say what it was
         _failed(out, f"internal error in qsnap ({type(exc).__name__}: {exc}); please report it")
         return 1
-    finally:
-        logger.removeHandler(handler)
 
 
 def _help(topic: list[str], *, asked: bool) -> int:

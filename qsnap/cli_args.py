@@ -11,7 +11,6 @@ Mistakes get virsh's own words, and the command does not run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from enum import Enum
 from types import SimpleNamespace
 
@@ -28,17 +27,24 @@ class Kind(Enum):
     REST = "rest"  # every remaining operand, and each --NAME VALUE (virsh's VSH_OT_ARGV)
 
 
-@dataclass(frozen=True)
 class Opt:
     """One option. ``positional``: a value option a bare word may fill (virsh: every value
-    option but those it marks "option only"); ``required``: virsh's ``<name>`` options."""
+    option but those it marks "option only"); ``required``: virsh's ``<name>`` options.
 
-    name: str
-    kind: Kind = Kind.FLAG
-    help: str = ""
-    required: bool = False
-    positional: bool = True
-    metavar: str = "string"
+    The classes here are plain (no dataclasses): every ``qsnap`` command builds them, and
+    the dataclasses module alone costs several milliseconds of start-up."""
+
+    __slots__ = ("help", "kind", "metavar", "name", "positional", "required")
+
+    def __init__(self, name: str, kind: Kind = Kind.FLAG, help: str = "", *,
+                 required: bool = False, positional: bool = True,
+                 metavar: str = "string") -> None:
+        self.name = name
+        self.kind = kind
+        self.help = help
+        self.required = required
+        self.positional = positional
+        self.metavar = metavar
 
     @property
     def attribute(self) -> str:
@@ -61,12 +67,17 @@ def value(name: str, help: str, *, required: bool = False, positional: bool = Tr
                metavar=metavar)
 
 
-@dataclass(frozen=True)
 class CommandSpec:
-    name: str
-    help: str
-    opts: tuple[Opt, ...]
-    handler: object = field(default=None, compare=False)
+    """A command: its name, help line, options and the function that runs it."""
+
+    __slots__ = ("handler", "help", "name", "opts")
+
+    def __init__(self, name: str, help: str, opts: tuple[Opt, ...],
+                 handler: object = None) -> None:
+        self.name = name
+        self.help = help
+        self.opts = opts
+        self.handler = handler
 
     def find(self, name: str) -> Opt | None:
         return next((o for o in self.opts if o.name == name), None)
@@ -162,14 +173,14 @@ def _store(given: dict[str, object], opt: Opt, text: str) -> None:
     given[opt.name] = text
 
 
-@dataclass
 class GlobalOptions:
     """qsnap's own options before the command (virsh has ``-q`` and ``-c`` there)."""
 
-    state_dir: str | None = None
-    quiet: bool = False
-    progress_json: bool = False
-    help: bool = False
+    def __init__(self) -> None:
+        self.state_dir: str | None = None
+        self.quiet = False
+        self.progress_json = False
+        self.help = False
 
 
 def split_global(argv: list[str]) -> tuple[GlobalOptions, list[str]]:

@@ -10,7 +10,11 @@ import json
 import time
 from collections.abc import Callable, Sequence
 
-from qsnap.progress import Progress
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see qsnap.lazy)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from qsnap.progress import Progress
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], header: bool = True) -> str:
@@ -93,3 +97,15 @@ def progress_event(report: Progress) -> str:
                        "rate": round(report.rate), "remaining":
                        None if report.remaining is None else round(report.remaining, 1),
                        "elapsed": round(report.elapsed, 3)})
+
+
+def json_text(value: Any, extra: Callable[[Any], dict[str, Any]] | None = None) -> str:
+    """``--json`` output: a dataclass (or a list of them) as an indented JSON object (array),
+    each object with *extra*'s keys added."""
+    from dataclasses import asdict
+
+    def one(item: Any) -> dict[str, Any]:
+        return {**asdict(item), **(extra(item) if extra else {})}
+
+    data = [one(item) for item in value] if isinstance(value, list) else one(value)
+    return json.dumps(data, indent=2) + "\n"

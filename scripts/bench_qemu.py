@@ -34,7 +34,7 @@ from libvirt_daemon import Libvirt
 from qemu.qmp import QMPClient
 
 from qsnap import CreateFlags, Engine, snapshot_xml_from_args
-from qsnap.launcher.process import read_runtime, runtime_paths
+from qsnap.launcher.runtime import read_runtime, runtime_paths
 from qsnap.model.capture import capture_of
 from qsnap.model.domain import parse_domain, with_disk_images
 

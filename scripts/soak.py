@@ -53,7 +53,7 @@ from qemu_guest import (  # noqa: E402
 
 from qsnap import Engine, QsnapError  # noqa: E402
 from qsnap.faults import CRASH_EXIT  # noqa: E402
-from qsnap.launcher.process import read_runtime, runtime_paths  # noqa: E402
+from qsnap.launcher.runtime import read_runtime, runtime_paths  # noqa: E402
 from qsnap.model.domain import parse_domain  # noqa: E402
 from qsnap.monitor import Monitor  # noqa: E402
 

@@ -49,7 +49,7 @@ def manifest_cases(base: Path) -> list[Case]:
 
 #: Files a read may refresh without changing anything: the listing cache
 #: (qsnap.store.summaries), rebuilt from the snapshot files whenever it disagrees with them.
-CACHES = frozenset({"summaries.json"})
+CACHES = frozenset({"summaries.json", "definition.checked"})
 
 
 def tree_picture(root: Path) -> dict[str, tuple[int, bytes]]:

@@ -14,8 +14,9 @@ import pytest
 from lxml import etree
 
 from qsnap.errors import NotSupportedError, XMLError
-from qsnap.launcher.command import RuntimePaths, qemu_command
+from qsnap.launcher.command import qemu_command
 from qsnap.launcher.firmware import read_descriptors
+from qsnap.launcher.runtime import RuntimePaths
 from qsnap.model.domain import PciAddress, parse_domain, parse_domain_element
 from qsnap.plan.domain_define import DefineFacts, resolve_definition
 from qsnap.plan.firmware import FirmwareDescriptor, choose_firmware

@@ -384,7 +384,7 @@ async def test_a_qemu_started_but_not_yet_recorded_is_found(tmp_path: Path) -> N
     """qsnap killed between QEMU's start and its runtime record (the soak's random-time kills
     hit this in a revert): the QEMU is found by its own pid file, not left running unseen
     while the next command starts a second one on the same images."""
-    from qsnap.launcher.process import runtime_paths
+    from qsnap.launcher.runtime import runtime_paths
     engine, _ = await started_guest(tmp_path, 1)
     paths = runtime_paths(engine.state_dir, "g")
     runtime = engine._runtime("g")[1]

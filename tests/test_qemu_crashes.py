@@ -39,7 +39,7 @@ from qemu_guest import (
 
 from qsnap import CreateFlags, Engine, OperationIncompleteError, snapshot_xml_from_args
 from qsnap.faults import CRASH_EXIT
-from qsnap.launcher.process import read_runtime, runtime_paths
+from qsnap.launcher.runtime import read_runtime, runtime_paths
 from qsnap.monitor import Monitor
 
 GUEST = guest_module()

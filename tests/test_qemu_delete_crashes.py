@@ -37,7 +37,7 @@ from qemu_guest import (
 
 from qsnap import CreateFlags, Engine, RevertFlags, snapshot_xml_from_args
 from qsnap.faults import CRASH_EXIT
-from qsnap.launcher.process import read_runtime, runtime_paths
+from qsnap.launcher.runtime import read_runtime, runtime_paths
 
 GUEST = guest_module()
 

@@ -190,7 +190,7 @@ async def test_merge_back_undoes_a_disk_switch(tmp_path: Path) -> None:
     each overlay is committed into the image below it and removed; the guest writes on."""
     from qsnap.engine.disk_snapshot import switch_overlays
     from qsnap.engine.full_snapshot import merge_back
-    from qsnap.launcher.process import read_runtime, runtime_paths
+    from qsnap.launcher.runtime import read_runtime, runtime_paths
     from qsnap.monitor import Monitor
     from qsnap.plan.disk_snapshot import Overlay
     engine = await dirty_guest(tmp_path)

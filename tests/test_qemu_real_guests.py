@@ -32,8 +32,9 @@ from test_machine import VIRT_INSTALL, pci_addresses
 import qsnap
 from qsnap import CreateFlags, DeleteFlags, Engine, RevertFlags, snapshot_xml_from_args
 from qsnap.engine.memory import read_image
-from qsnap.launcher.command import RuntimePaths, qemu_command
+from qsnap.launcher.command import qemu_command
 from qsnap.launcher.machines import machine_aliases
+from qsnap.launcher.runtime import RuntimePaths
 from qsnap.model.domain import parse_domain
 from qsnap.monitor import Monitor
 from qsnap.plan.machine import complete_machine

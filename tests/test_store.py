@@ -323,6 +323,55 @@ def test_corrupt_definition_is_named(tmp_path: Path) -> None:
     assert f"error: domain definition file '{definition}' is corrupt" in result.stderr
 
 
+def test_a_definition_edited_into_garbage_is_named_after_it_was_read_fine(
+        tmp_path: Path) -> None:
+    """Reads skip parsing a definition that parsed before (the file's identity is noted in
+    definition.checked); a hand edit changes that identity, so it is parsed and named."""
+    state = tmp_path / "state"
+    build(state, tmp_path, [("root", None)], current="root")
+    assert qsnap(state, "snapshot-current", "dom", "--name").stdout.strip() == "root"
+    folder = state / "domains" / "dom"
+    assert (folder / "definition.checked").is_file()
+    definition = folder / "domain.xml"
+    definition.write_text("<domain>")
+    for command in (["snapshot-current", "dom", "--name"], ["snapshot-list", "dom"],
+                    ["domstate", "dom"]):
+        result = qsnap(state, *command)
+        assert result.returncode == 1, command
+        assert f"error: domain definition file '{definition}' is corrupt" in result.stderr, \
+            command
+
+
+#: What a command that touches no guest must not import: the engine's machinery (event loop,
+#: QMP library, logging) never; the XML library and the dataclasses/typing modules not where
+#: the command needs no parsed XML and no snapshot tree.
+ENGINE = ("asyncio", "qemu.qmp", "logging", "qsnap.engine.engine")
+LIGHTEST = (*ENGINE, "lxml.etree", "dataclasses", "typing")
+READING_COMMANDS = (
+    (["list", "--all"], LIGHTEST), (["list", "--name"], LIGHTEST),
+    (["domstate", "dom"], LIGHTEST), (["snapshot-current", "dom", "--name"], LIGHTEST),
+    (["snapshot-list", "dom"], (*ENGINE, "lxml.etree")),
+    (["snapshot-list", "dom", "--tree"], (*ENGINE, "lxml.etree")),
+    (["snapshot-parent", "dom", "leaf"], ENGINE))
+
+
+@pytest.mark.parametrize(("command", "unwanted"), READING_COMMANDS,
+                         ids=[" ".join(c) for c, _ in READING_COMMANDS])
+def test_commands_that_only_read_start_without_the_engine(
+        tmp_path: Path, command: list[str], unwanted: tuple[str, ...]) -> None:
+    """Each module costs milliseconds of every such command's start (issue 19)."""
+    state = tmp_path / "state"
+    build(state, tmp_path, [("root", None), ("leaf", "root")], current="leaf")
+    assert qsnap(state, *command).returncode == 0  # the first read notes what it checked
+    probe = ("import sys\nfrom qsnap.cli import main\n"
+             f"status = main(['--state-dir', {str(state)!r}, *{command!r}])\n"
+             f"heavy = set({unwanted!r})\n"
+             "print('LOADED', sorted(heavy & set(sys.modules)), status, file=sys.stderr)\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            timeout=60)
+    assert "LOADED [] 0" in result.stderr, result.stderr
+
+
 def test_state_dir_is_private(tmp_path: Path) -> None:
     state = tmp_path / "state"
     build(state, tmp_path, [("root", None)], current="root")

@@ -1,7 +1,28 @@
 """The engine: runs plans against the monitor, the images and the store, in a safe order.
 :class:`Engine` is qsnap's public asyncio API."""
 
-from qsnap.engine.engine import DomainInfo, Engine, SnapshotInfo
-from qsnap.engine.guest import Guest, GuestInfo
 
-__all__ = ["DomainInfo", "Engine", "Guest", "GuestInfo", "SnapshotInfo"]
+from qsnap.lazy import lazy_exports
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see qsnap.lazy)
+if TYPE_CHECKING:
+    from qsnap.engine.engine import Engine
+    from qsnap.engine.guest import Guest, GuestInfo
+    from qsnap.engine.results import DomainInfo, SnapshotInfo
+
+__all__ = [
+    "DomainInfo",
+    "Engine",
+    "Guest",
+    "GuestInfo",
+    "SnapshotInfo",
+]
+
+if not TYPE_CHECKING:
+    __getattr__, __dir__ = lazy_exports(__name__, {
+        "DomainInfo": "qsnap.engine.results",
+        "Engine": "qsnap.engine.engine",
+        "SnapshotInfo": "qsnap.engine.results",
+        "Guest": "qsnap.engine.guest",
+        "GuestInfo": "qsnap.engine.guest",
+    })

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qsnap.launcher.command import RuntimePaths
-from qsnap.launcher.process import Launcher, RuntimeInfo, read_runtime
+from qsnap.launcher.process import Launcher
+from qsnap.launcher.runtime import RuntimeInfo, RuntimePaths, read_runtime
 from qsnap.progress import ProgressCallback
 from qsnap.store.folder import DomainFolder
 

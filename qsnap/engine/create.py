@@ -26,7 +26,6 @@ same way, so one piece of code decides in both cases.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -47,8 +46,10 @@ from qsnap.errors import (
     QsnapError,
 )
 from qsnap.faults import crash_point
-from qsnap.launcher.command import RuntimePaths, agent_socket
-from qsnap.launcher.process import RuntimeInfo, create_nvram
+from qsnap.launcher.command import agent_socket
+from qsnap.launcher.process import create_nvram
+from qsnap.launcher.runtime import RuntimeInfo, RuntimePaths
+from qsnap.logs import logger
 from qsnap.model.capture import with_capture
 from qsnap.model.domain import NVRAM_TARGET, DomainDef, parse_domain_element
 from qsnap.model.names import check_new_file_path, default_snapshot_name
@@ -69,7 +70,7 @@ from qsnap.store.folder import KEEP, DomainFolder
 from qsnap.store.intent import INTENT_NAME, IntentRecord, clear_intent, write_intent
 from qsnap.store.journal import Batch
 
-log = logging.getLogger("qsnap")
+log = logger("qsnap")
 
 
 @dataclass

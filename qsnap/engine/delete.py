@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -33,7 +32,8 @@ from qsnap import images
 from qsnap.engine.context import Context
 from qsnap.errors import OperationIncompleteError, OperationInvalidError, QsnapError
 from qsnap.faults import crash_point
-from qsnap.launcher.process import RuntimeInfo
+from qsnap.launcher.runtime import RuntimeInfo
+from qsnap.logs import logger
 from qsnap.model.domain import DomainDef, parse_domain
 from qsnap.model.image_graph import ImageGraph
 from qsnap.model.snapshot import SnapshotDef, format_snapshot, parse_snapshot
@@ -52,7 +52,7 @@ from qsnap.store import KEEP, DomainFolder
 from qsnap.store.atomic import unlink_if_present
 from qsnap.store.intent import IntentRecord, clear_intent, write_intent
 
-log = logging.getLogger("qsnap")
+log = logger("qsnap")
 
 
 

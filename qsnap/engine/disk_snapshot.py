@@ -4,7 +4,6 @@ stopped one. Whatever fails, files this step created are removed and nothing is 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -12,6 +11,7 @@ from contextlib import AbstractAsyncContextManager
 
 from qsnap import images
 from qsnap.errors import InvalidArgumentError, OperationInvalidError, QsnapError
+from qsnap.logs import logger
 from qsnap.monitor import BlockDevice, Monitor, OverlaySwitch
 from qsnap.monitor.agent import GuestAgent
 from qsnap.plan.disk_snapshot import (
@@ -21,7 +21,7 @@ from qsnap.plan.disk_snapshot import (
 )
 from qsnap.store.atomic import unlink_if_present
 
-log = logging.getLogger("qsnap")
+log = logger("qsnap")
 
 
 async def take_disk_snapshot(plan: DiskSnapshotPlan, monitor: Monitor | None,

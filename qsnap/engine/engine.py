@@ -19,11 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import logging
 import os
 import uuid as uuidlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
@@ -39,7 +37,20 @@ from qsnap.engine.create import regular_disk_files
 from qsnap.engine.guest import Guest, GuestInfo
 from qsnap.engine.guests import state_of, stop
 from qsnap.engine.memory import read_image
+from qsnap.engine.reader import (
+    Reader,
+    current_snapshot,
+    domain_xml,
+    load_tree,
+    resolve,
+    snapshot_definition,
+    snapshot_info,
+    snapshot_list,
+    snapshot_parent,
+    snapshot_xml,
+)
 from qsnap.engine.recovery import finish_interrupted
+from qsnap.engine.results import DomainInfo, SnapshotInfo
 from qsnap.errors import (
     AlreadyExistsError,
     CorruptMetadataError,
@@ -47,26 +58,22 @@ from qsnap.errors import (
     DomainRunningError,
     InvalidArgumentError,
     NoDomainError,
-    NoSnapshotError,
     OperationInvalidError,
     QsnapError,
 )
 from qsnap.launcher.accel import choose_accel
-from qsnap.launcher.command import RuntimePaths
 from qsnap.launcher.firmware import read_descriptors
 from qsnap.launcher.foreign import ForeignCommand, RelaunchHook, read_process_command
 from qsnap.launcher.machines import machine_aliases
-from qsnap.launcher.process import (
-    Launcher,
+from qsnap.launcher.process import Launcher, create_nvram, foreign_launcher, start_qemu
+from qsnap.launcher.runtime import (
     RuntimeInfo,
-    create_nvram,
-    foreign_launcher,
+    RuntimePaths,
     read_runtime,
     runtime_paths,
-    start_qemu,
     write_runtime,
 )
-from qsnap.model.capture import capture_of
+from qsnap.logs import logger
 from qsnap.model.domain import (
     DomainDef,
     RunningDisk,
@@ -78,7 +85,7 @@ from qsnap.model.domain import (
     with_uuid,
 )
 from qsnap.model.names import absolute_file, check_domain_name
-from qsnap.model.snapshot import SnapshotDef, format_snapshot, parse_snapshot
+from qsnap.model.snapshot import SnapshotDef, parse_snapshot
 from qsnap.model.tree import SnapshotSummary, SnapshotTree
 from qsnap.monitor import Monitor, one_connection_per_qemu, share_connection
 from qsnap.plan.delete import (
@@ -88,7 +95,6 @@ from qsnap.plan.delete import (
 )
 from qsnap.plan.domain_define import DefineFacts, new_mac_address, resolve_definition
 from qsnap.plan.flags import CreateFlags, DeleteFlags, ListFilter, RevertFlags
-from qsnap.plan.listing import select_snapshots
 from qsnap.plan.redefine import plan_redefine
 from qsnap.plan.save import check_parallel_channels, image_definition
 from qsnap.progress import ProgressCallback
@@ -96,7 +102,7 @@ from qsnap.store import KEEP, DomainFolder, StateDir, resolve_state_dir
 from qsnap.store.intent import has_intent
 from qsnap.timeouts import bounded
 
-log = logging.getLogger("qsnap")
+log = logger("qsnap")
 T = TypeVar("T")
 P = ParamSpec("P")
 
@@ -115,30 +121,6 @@ def _bounded(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     return call
 
 
-@dataclass(frozen=True)
-class DomainInfo:
-    name: str
-    uuid: str | None
-    state: str
-
-
-@dataclass(frozen=True)
-class SnapshotInfo:
-    """What ``snapshot-info`` shows."""
-
-    name: str
-    domain: str
-    current: bool
-    state: str
-    location: str
-    parent: str | None
-    children: int
-    descendants: int
-    metadata: bool = True
-    #: For full-system snapshots qsnap took: how the memory was captured and the guest's pause.
-    memory_capture: str | None = None
-
-
 class Engine:
     """Snapshot operations on the domains of one state directory.
 
@@ -148,6 +130,7 @@ class Engine:
     def __init__(self, state_dir: str | os.PathLike[str] | None = None, *,
                  relaunch: RelaunchHook | None = None) -> None:
         self.state = StateDir(resolve_state_dir(state_dir))
+        self.reader = Reader(self.state)
         #: Starts attached domains again (revert, restore, start); per domain by ``attach``.
         self._relaunch = relaunch
         self._hooks: dict[str, RelaunchHook] = {}
@@ -157,17 +140,6 @@ class Engine:
         return self.state.root
 
     # -- plumbing ---------------------------------------------------------------------------
-
-    def _locked(self, domain: str, work: Callable[[DomainFolder], T], *,
-                must_exist: bool = True) -> T:
-        """Recover, check, and run *work*, with *domain*'s lock already held."""
-        folder = self.state.folder(domain)
-        for line in folder.recover():
-            log.warning("recovered: %s", line)
-        if must_exist:
-            _ = folder.definition  # raises NoDomainError with the domain's name
-            self._gone_if_transient(folder)
-        return work(folder)
 
     async def _run(self, domain: str, work: Callable[[DomainFolder], T], *,
                    must_exist: bool = True, reading: bool = False) -> T:
@@ -189,7 +161,8 @@ class Engine:
         lock = self.state.lock(domain)
         await lock.acquire_async()
         try:
-            return await asyncio.to_thread(self._locked, domain, work, must_exist=must_exist)
+            return await asyncio.to_thread(self.reader.locked, domain, work,
+                                          must_exist=must_exist)
         finally:
             lock.release()
 
@@ -198,7 +171,7 @@ class Engine:
         definitions (define, attach) cannot claim one UUID at once."""
         def locked() -> T:
             with self.state.defining(), self.state.lock(domain):
-                return self._locked(domain, work, must_exist=False)
+                return self.reader.locked(domain, work, must_exist=False)
 
         return await asyncio.to_thread(locked)
 
@@ -258,27 +231,6 @@ class Engine:
     def _runtime(self, domain: str) -> tuple[RuntimePaths, RuntimeInfo | None]:
         paths = runtime_paths(self.state_dir, domain)
         return paths, read_runtime(paths)
-
-    @staticmethod
-    def _tree(folder: DomainFolder) -> SnapshotTree:
-        tree = folder.load_tree()
-        for problem in tree.problems:
-            log.warning("domain '%s': %s", folder.name, problem)
-        return tree
-
-    @staticmethod
-    def _resolve(folder: DomainFolder, snapshot: str | None) -> str:
-        if snapshot is not None:
-            if not folder.has_snapshot(snapshot):
-                raise NoSnapshotError(
-                    f"domain '{folder.name}' has no snapshot named '{snapshot}'",
-                    domain=folder.name, snapshot=snapshot)
-            return snapshot
-        current = folder.read_current()
-        if current is None:
-            raise NoSnapshotError(f"domain '{folder.name}' has no current snapshot",
-                                  domain=folder.name)
-        return current
 
     # -- domains ----------------------------------------------------------------------------
 
@@ -365,30 +317,12 @@ class Engine:
         """The definition is read (and parsed, once) here, off the loop; a transient domain
         whose guest has stopped is gone."""
         _ = folder.definition
-        self._gone_if_transient(folder)
-
-    def _gone_if_transient(self, folder: DomainFolder) -> None:
-        """A transient domain whose guest has stopped no longer exists: its folder goes
-        (called with the domain's lock held, so never in the middle of a revert's restart)."""
-        if folder.transient and self._runtime(folder.name)[1] is None:
-            self.state.remove_folder(folder)
-            raise NoDomainError(f"domain '{folder.name}' is not defined (it was transient, and "
-                                "its guest has stopped)", domain=folder.name)
+        self.reader.gone_if_transient(folder)
 
     @_bounded
     async def domains(self, *, timeout: float | None = None) -> list[DomainInfo]:
-        def work() -> list[tuple[str, str | None]]:
-            self.state.sweep_trash()
-            return [(name, self.state.folder(name).definition.uuid)
-                    for name in self.state.domain_names()]
-
-        result = []
-        for name, uuid in await asyncio.to_thread(work):
-            info = self._runtime(name)[1]
-            if info is None and self.state.folder(name).transient:
-                continue  # its guest stopped: it no longer exists (removed by the next command)
-            result.append(DomainInfo(name, uuid, await state_of(info)))
-        return result
+        """Every defined domain with its UUID and state (virsh list --all)."""
+        return await asyncio.to_thread(self.reader.domains)
 
     # -- running guests ---------------------------------------------------------------------
 
@@ -610,7 +544,8 @@ class Engine:
     @_bounded
     async def domain_xml(self, domain: str, *, secure: bool = False,
                          timeout: float | None = None) -> str:
-        return await self._run(domain, lambda f: f.definition.to_xml(secure=secure), reading=True)
+        return await self._run(domain, functools.partial(domain_xml, secure=secure),
+                               reading=True)
 
     # -- creating ---------------------------------------------------------------------------
 
@@ -666,57 +601,38 @@ class Engine:
                         flt: ListFilter = ListFilter(), *,
                         timeout: float | None = None) -> list[SnapshotSummary]:
         """virDomainListAllSnapshots / virDomainSnapshotListAllChildren with their filters."""
-        flt.check()
-        return await self._run(domain, lambda f: select_snapshots(self._tree(f), flt), reading=True)
+        return await self._run(domain, functools.partial(snapshot_list, flt=flt.check()),
+                               reading=True)
 
     @_bounded
     async def tree(self, domain: str, *, timeout: float | None = None) -> SnapshotTree:
         """The whole snapshot tree, for drawing or walking."""
-        return await self._run(domain, self._tree, reading=True)
+        return await self._run(domain, load_tree, reading=True)
 
     @_bounded
     async def get_xml(self, domain: str, snapshot: str | None, *, secure: bool = False,
                       timeout: float | None = None) -> str:
         """virDomainSnapshotGetXMLDesc; *secure* includes passwords (``--security-info``)."""
-
-        def work(folder: DomainFolder) -> str:
-            snap = folder.read_snapshot(self._resolve(folder, snapshot))
-            return format_snapshot(snap, uuid=folder.definition.uuid, secure=secure)
-
-        return await self._run(domain, work, reading=True)
+        return await self._run(domain, functools.partial(snapshot_xml, snapshot=snapshot,
+                                                         secure=secure), reading=True)
 
     @_bounded
     async def get(self, domain: str, snapshot: str | None, *,
                   timeout: float | None = None) -> SnapshotDef:
         """The parsed definition of a snapshot."""
-        return await self._run(domain, lambda f: f.read_snapshot(self._resolve(f, snapshot)),
-                               reading=True)
+        return await self._run(domain, functools.partial(snapshot_definition,
+                                                         snapshot=snapshot), reading=True)
 
     @_bounded
     async def info(self, domain: str, snapshot: str | None, *,
                    timeout: float | None = None) -> SnapshotInfo:
-        def work(folder: DomainFolder) -> SnapshotInfo:
-            name = self._resolve(folder, snapshot)
-            tree = self._tree(folder)
-            summary = tree.get(name)
-            capture = capture_of(folder.read_snapshot(name).cookie)
-            return SnapshotInfo(name=name, domain=folder.name, current=tree.current == name,
-                                state=summary.state, location=summary.location,
-                                parent=tree.parent(name), children=len(tree.children(name)),
-                                descendants=len(tree.descendants(name)),
-                                memory_capture=capture.describe() if capture else None)
-
-        return await self._run(domain, work, reading=True)
+        return await self._run(domain, functools.partial(snapshot_info, snapshot=snapshot),
+                               reading=True)
 
     @_bounded
     async def current(self, domain: str, *, timeout: float | None = None) -> str | None:
         """The current snapshot's name, or None."""
-
-        def work(folder: DomainFolder) -> str | None:
-            name = folder.read_current()
-            return name if name is not None and folder.has_snapshot(name) else None
-
-        return await self._run(domain, work, reading=True)
+        return await self._run(domain, current_snapshot, reading=True)
 
     @_bounded
     async def set_current(self, domain: str, snapshot: str, *,
@@ -724,17 +640,15 @@ class Engine:
         """Make an existing snapshot current without reverting to it."""
 
         def work(folder: DomainFolder) -> None:
-            folder.save(current=self._resolve(folder, snapshot))
+            folder.save(current=resolve(folder, snapshot))
 
         await self._run(domain, work)
 
     @_bounded
     async def parent(self, domain: str, snapshot: str | None, *,
                      timeout: float | None = None) -> str | None:
-        def work(folder: DomainFolder) -> str | None:
-            return folder.read_snapshot(self._resolve(folder, snapshot)).parent
-
-        return await self._run(domain, work, reading=True)
+        return await self._run(domain, functools.partial(snapshot_parent, snapshot=snapshot),
+                               reading=True)
 
     # -- changing state ---------------------------------------------------------------------
 
@@ -747,7 +661,7 @@ class Engine:
         *progress* hears a memory file load."""
         flags.check()
         async with self._session(domain) as folder:
-            name = self._resolve(folder, snapshot)
+            name = resolve(folder, snapshot)
             await revert_op.run(self._context(folder, progress), name, flags)
             return name
 
@@ -766,12 +680,12 @@ class Engine:
         """
         flags.check()
         async with self._session(domain) as folder:
-            name = self._resolve(folder, snapshot)
+            name = resolve(folder, snapshot)
             if flags.metadata_only and not (flags.children or flags.children_only):
                 unreadable = await asyncio.to_thread(_drop_unreadable_snapshot, folder, name)
                 if unreadable is not None:
                     return unreadable
-            tree = await asyncio.to_thread(self._tree, folder)
+            tree = await asyncio.to_thread(load_tree, folder)
             plan = plan_delete_metadata(tree, name, flags)
             moved = {child: folder.read_snapshot(child).copy(parent=parent)
                      for child, parent in plan.reparent.items()}

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from qsnap.launcher.process import RuntimeInfo
+from qsnap.launcher.runtime import RuntimeInfo
 from qsnap.model.snapshot import SnapshotDef
 from qsnap.model.tree import SnapshotSummary
 from qsnap.plan.flags import CreateFlags, DeleteFlags, ListFilter, RevertFlags

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import contextlib
 
+from qsnap.engine.reader import virsh_state
 from qsnap.errors import QsnapError
-from qsnap.launcher.command import RuntimePaths
-from qsnap.launcher.process import RuntimeInfo, clear_runtime, kill_qemu, pid_alive, wait_gone
+from qsnap.launcher.process import kill_qemu, wait_gone
+from qsnap.launcher.runtime import RuntimeInfo, RuntimePaths, clear_runtime, pid_alive
 from qsnap.monitor import Monitor, forget_connection
-
-#: QEMU run states as virsh names them (all others read as paused).
-VIRSH_STATES = {"running": "running", "shutdown": "shut off", "guest-panicked": "crashed"}
 
 
 async def state_of(info: RuntimeInfo | None) -> str:
@@ -29,7 +27,7 @@ async def state_from(monitor: Monitor | None) -> str:
     """:func:`state_of` through a monitor already connected (None: no QEMU runs)."""
     if monitor is None:
         return "shut off"
-    return VIRSH_STATES.get(await monitor.status(), "paused")
+    return virsh_state(await monitor.status())
 
 
 async def stop(paths: RuntimePaths, info: RuntimeInfo) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -28,13 +27,14 @@ from qsnap.errors import (
     QsnapError,
     SaveImageError,
 )
+from qsnap.logs import logger
 from qsnap.model import save_image
 from qsnap.model.save_image import HEADER, SaveImage
 from qsnap.monitor import Monitor, StreamChannel
 from qsnap.progress import ProgressCallback, ProgressMeter
 from qsnap.store.atomic import fsync_dir
 
-log = logging.getLogger("qsnap")
+log = logger("qsnap")
 
 
 

@@ -22,7 +22,7 @@ from qsnap.engine.memory import load_image
 from qsnap.errors import DomainRunningError, GuestExitedError, MonitorClosedError
 from qsnap.faults import crash_point
 from qsnap.launcher.accel import choose_accel
-from qsnap.launcher.process import RuntimeInfo
+from qsnap.launcher.runtime import RuntimeInfo
 from qsnap.model.domain import DomainDef, rewound
 from qsnap.model.save_image import SaveImage
 from qsnap.monitor import Monitor

@@ -40,7 +40,8 @@ from qsnap.engine.memory import load_image, read_image
 from qsnap.errors import InvalidArgumentError, OperationInvalidError, QsnapError
 from qsnap.faults import crash_point
 from qsnap.launcher.accel import choose_accel
-from qsnap.launcher.process import RuntimeInfo, create_nvram, read_runtime
+from qsnap.launcher.process import create_nvram
+from qsnap.launcher.runtime import RuntimeInfo, read_runtime
 from qsnap.model.domain import DomainDef, parse_domain, rewound
 from qsnap.model.save_image import SaveImage
 from qsnap.model.snapshot import DiskSource, SnapshotDef, format_snapshot, parse_snapshot

@@ -11,8 +11,6 @@ it since.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from pathlib import Path
 
 from lxml import etree
 
@@ -25,31 +23,9 @@ from qsnap.launcher.devices import (
     refuse_unknown,
     refuse_unknown_parts,
 )
+from qsnap.launcher.runtime import RuntimePaths
 from qsnap.model.domain import DomainDef, parse_disk
 from qsnap.plan.machine import complete_machine, machine_type
-
-
-@dataclass(frozen=True)
-class RuntimePaths:
-    """Where a running domain's QEMU keeps its monitor socket and pid file."""
-
-    folder: Path
-
-    @property
-    def qmp(self) -> Path:
-        return self.folder / "qmp.sock"
-
-    @property
-    def pidfile(self) -> Path:
-        return self.folder / "qemu.pid"
-
-    @property
-    def info(self) -> Path:
-        return self.folder / "runtime.json"
-
-    @property
-    def agent(self) -> Path:
-        return self.folder / "agent.sock"
 
 
 def agent_socket(domain: DomainDef, runtime: RuntimePaths) -> str | None:

@@ -11,20 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Awaitable
-from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Protocol
 
 from qsnap import children, images
 from qsnap.errors import ImageToolError, LaunchError, OperationInvalidError
-from qsnap.launcher.command import RuntimePaths, qemu_command
+from qsnap.launcher.command import qemu_command
 from qsnap.launcher.devices import taps
 from qsnap.launcher.foreign import (
     DiskImage,
@@ -33,85 +29,15 @@ from qsnap.launcher.foreign import (
     RelaunchRequest,
     relaunch_argv,
 )
+from qsnap.launcher.runtime import (
+    RuntimeInfo,
+    RuntimePaths,
+    clear_runtime,
+    pid_alive,
+    write_runtime,
+)
 from qsnap.model.domain import DomainDef
 from qsnap.monitor import Monitor, forget_connection
-
-
-@dataclass(frozen=True)
-class RuntimeInfo:
-    """How to reach a running domain: its QEMU's pid, QMP socket and accelerator."""
-
-    pid: int
-    qmp: str
-    accel: str
-    owner: str = "qsnap"  # or "attached": launched by someone else
-
-
-def runtime_paths(state_dir: Path, domain: str) -> RuntimePaths:
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    base = Path(xdg) / "qsnap" if xdg else Path(f"/tmp/qsnap-{os.getuid()}")
-    digest = hashlib.sha256(f"{state_dir}\0{domain}".encode()).hexdigest()[:16]
-    return RuntimePaths(base / digest)
-
-
-def read_runtime(paths: RuntimePaths) -> RuntimeInfo | None:
-    """The runtime record, if the domain's QEMU is still alive; a stale record is removed.
-    With no record, a QEMU qsnap launched but was killed before recording is found by the
-    pid file QEMU writes itself (the soak's random-time kills left such a QEMU running,
-    unseen, beside the one the next command started)."""
-    try:
-        info = RuntimeInfo(**json.loads(paths.info.read_text()))
-    except (FileNotFoundError, ValueError, TypeError):
-        return _unrecorded(paths)
-    # A QEMU qsnap launched has its socket path on its command line: that guards against a
-    # recycled pid. One that was attached may have been given its socket some other way.
-    if pid_alive(info.pid, info.qmp if info.owner == "qsnap" else None):
-        return info
-    clear_runtime(paths)
-    return None
-
-
-def _unrecorded(paths: RuntimePaths) -> RuntimeInfo | None:
-    """The QEMU named by the domain's pid file, if it runs with the domain's QMP socket on
-    its command line; recorded now, so that everything else finds it as usual."""
-    try:
-        pid = int(paths.pidfile.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (FileNotFoundError, ValueError, ProcessLookupError):
-        return None
-    if not pid_alive(pid, str(paths.qmp)):
-        return None
-    machine = next((a.decode() for a in cmdline if b"accel=" in a), "")
-    accel = machine.split("accel=", 1)[1].split(",", 1)[0] if machine else "tcg"
-    info = RuntimeInfo(pid=pid, qmp=str(paths.qmp), accel=accel)
-    write_runtime(paths, info)
-    return info
-
-
-def write_runtime(paths: RuntimePaths, info: RuntimeInfo) -> None:
-    paths.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temp = paths.info.with_suffix(".tmp")
-    temp.write_text(json.dumps(asdict(info)))
-    os.replace(temp, paths.info)
-
-
-def clear_runtime(paths: RuntimePaths) -> None:
-    for path in (paths.info, paths.pidfile, paths.qmp):
-        path.unlink(missing_ok=True)
-
-
-def pid_alive(pid: int, marker: str | None = None) -> bool:
-    """True while *pid* runs and is not a zombie; with *marker*, its command line must contain
-    it (so a recycled pid is not mistaken for our QEMU)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-            return False
-        if marker is not None:
-            return marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
-        return True
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
 
 
 class Launcher(Protocol):

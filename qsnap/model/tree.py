@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from qsnap.errors import CorruptMetadataError, NoSnapshotError
-from qsnap.model.snapshot import SnapshotDef
+
+if TYPE_CHECKING:  # the tree works on summaries; only SnapshotSummary.of reads a parsed file
+    from qsnap.model.snapshot import SnapshotDef
 
 
 def name_key(name: str) -> tuple[str, str]:

@@ -31,12 +31,13 @@ from qemu.qmp.protocol import StateError
 
 from qsnap.errors import MonitorClosedError, MonitorError, MonitorTimeoutError, QsnapError
 from qsnap.faults import crash_point
+from qsnap.logs import logger
 from qsnap.model.capabilities import QemuCapabilities, StreamSupport
 from qsnap.model.domain import NVRAM_TARGET
 from qsnap.monitor.channel import StreamChannel
 from qsnap.timeouts import call_timeout
 
-log = logging.getLogger("qsnap.monitor")
+log = logger("qsnap.monitor")
 
 DEFAULT_TIMEOUT = 30.0
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 from pathlib import Path
 
 from qsnap.faults import crash_point
@@ -22,7 +21,7 @@ def temp_path(path: Path, folder: Path | None = None) -> Path:
     """A new temporary name for *path* in *folder* (its own by default): the prefix, a random
     part, and as much of *path*'s name as still fits in one file name (a snapshot name of 251
     bytes is valid, and its temporary file must be creatable too)."""
-    head = f"{TEMP_PREFIX}{secrets.token_hex(6)}-"
+    head = f"{TEMP_PREFIX}{os.urandom(6).hex()}-"
     tail = path.name.encode("utf-8", errors="surrogateescape")[:_NAME_MAX - len(head)]
     return (folder or path.parent) / (head + tail.decode("utf-8", errors="ignore"))
 

@@ -25,10 +25,6 @@ from functools import cached_property
 from pathlib import Path
 
 from qsnap.errors import CorruptMetadataError, NoDomainError, NoSnapshotError, QsnapError
-from qsnap.model.domain import DomainDef, parse_domain
-from qsnap.model.snapshot import SnapshotDef, format_snapshot, parse_snapshot
-from qsnap.model.tree import SnapshotSummary, SnapshotTree
-from qsnap.model.xmltext import format_element
 from qsnap.store.atomic import (
     TEMP_PREFIX,
     atomic_write,
@@ -37,7 +33,22 @@ from qsnap.store.atomic import (
     remove_temp_files,
 )
 from qsnap.store.journal import JOURNAL_NAME, Batch, apply_covered, commit, replay
-from qsnap.store.summaries import load_summaries
+from qsnap.store.summaries import (
+    checked_definition,
+    file_identity,
+    load_summaries,
+    note_checked_definition,
+)
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see qsnap.lazy)
+if TYPE_CHECKING:
+    from qsnap.model.domain import DomainDef
+    from qsnap.model.snapshot import SnapshotDef
+    from qsnap.model.tree import SnapshotTree
+
+# The model (lxml, and the tree's dataclasses) is imported by the methods that use it, not
+# here: commands that only read names or the current snapshot start without it (lxml alone
+# costs 20 ms of a command that otherwise takes 40).
 
 DEFINITION = "domain.xml"
 SNAPSHOTS = "snapshots"
@@ -137,13 +148,31 @@ class DomainFolder:
         except FileNotFoundError:
             raise NoDomainError(f"domain '{self.name}' is not defined",
                                 domain=self.name) from None
+        from qsnap.model.domain import parse_domain
+
         try:
             return parse_domain(text, f"domain definition '{path}'")
         except QsnapError as exc:
             raise CorruptMetadataError(f"domain definition file '{path}' is corrupt: {exc}") \
                 from None
 
+    def check_definition(self) -> None:
+        """Raise as :attr:`definition` would for a missing or corrupt definition, parsing it
+        only when it is not the very file that parsed before (see
+        :func:`~qsnap.store.summaries.checked_definition`)."""
+        try:
+            identity = file_identity(self.path / DEFINITION)
+        except FileNotFoundError:
+            identity = None  # .definition says so, with the domain's name
+        if identity is not None and identity == checked_definition(self.path):
+            return
+        _ = self.definition
+        if identity is not None:
+            note_checked_definition(self.path, identity)
+
     def write_definition(self, domain: DomainDef) -> None:
+        from qsnap.model.xmltext import format_element
+
         make_dirs(self.snapshots_dir)
         batch = Batch()
         batch.write(DEFINITION, format_element(domain.element).encode("utf-8"))
@@ -202,6 +231,8 @@ class DomainFolder:
             raise NoSnapshotError(f"domain '{self.name}' has no snapshot named '{name}'",
                                   domain=self.name, snapshot=name) \
                 from None
+        from qsnap.model.snapshot import parse_snapshot
+
         way_out = (f"; fix the file, or remove just this metadata with 'snapshot-delete "
                    f"{self.name} {name} --metadata' (no image is touched)")
         try:
@@ -230,11 +261,15 @@ class DomainFolder:
 
     def load_tree(self) -> SnapshotTree:
         """Every snapshot's summary (from the cache where the file is unchanged), as a tree."""
+        from qsnap.model.tree import SnapshotSummary, SnapshotTree
+
         summaries = load_summaries(self.path, self.snapshots_dir, SUFFIX,
                                    lambda n: SnapshotSummary.of(self.read_snapshot(n)))
         return SnapshotTree(summaries, self.read_current(), domain=self.name)
 
     def _format(self, snap: SnapshotDef, current: bool) -> bytes:
+        from qsnap.model.snapshot import format_snapshot
+
         return format_snapshot(snap, uuid=self.definition.uuid, active=current).encode("utf-8")
 
     def save(self, *, put: Sequence[SnapshotDef] = (), drop: Sequence[str] = (),
@@ -296,6 +331,8 @@ class DomainFolder:
         for name in drop:
             batch.remove(self._relative(name))
         if definition is not None:
+            from qsnap.model.xmltext import format_element
+
             batch.write(DEFINITION, format_element(definition.element).encode("utf-8"))
         return batch
 

@@ -12,12 +12,14 @@ was under way.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any, ClassVar, Self
 
 from qsnap.errors import CorruptMetadataError
 from qsnap.store.atomic import atomic_write, remove_durably
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see qsnap.lazy)
+if TYPE_CHECKING:
+    from typing import Any, ClassVar, Self
 
 INTENT_NAME = "intent.json"
 
@@ -30,6 +32,8 @@ class IntentRecord:
     KIND: ClassVar[str]
 
     def record(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
         return {"kind": self.KIND, **asdict(self)}  # type: ignore[call-overload]
 
     @classmethod

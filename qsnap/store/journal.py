@@ -10,7 +10,6 @@ the journal and applies it again; every step is idempotent, so replaying twice i
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from qsnap.errors import CorruptMetadataError
@@ -20,12 +19,12 @@ from qsnap.store.atomic import atomic_write, atomic_write_many, remove_durably
 JOURNAL_NAME = "journal.json"
 
 
-@dataclass
 class Batch:
     """File changes inside one folder: paths relative to it, written first, then removed."""
 
-    writes: dict[str, bytes] = field(default_factory=dict)
-    removals: list[str] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.writes: dict[str, bytes] = {}
+        self.removals: list[str] = []
 
     def write(self, relative: str, data: bytes) -> None:
         self.writes[_checked(relative)] = data

@@ -9,7 +9,6 @@ belong to an open file, so two tasks in one process also exclude each other.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import os
@@ -60,6 +59,8 @@ class DomainLock:
         """Wait for the lock without holding a thread: many tasks may wait on one domain
         while its holder still needs worker threads for its own file work. A cancelled wait
         closes its file descriptor (each wait opens one)."""
+        import asyncio  # here: the synchronous read path (qsnap list) runs without asyncio
+
         fd, deadline, delay = self._open(), time.monotonic() + self.timeout, 0.005
         try:
             while not self._try(fd, deadline):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -75,7 +73,9 @@ class StateDir:
         A crash after the rename leaves only a hidden trash folder, which
         :meth:`sweep_trash` removes; the domain is gone either way.
         """
-        trash = self.domains_dir / f"{_TRASH_PREFIX}{secrets.token_hex(6)}-{folder.name}"
+        import shutil  # here: commands that read start faster without it
+
+        trash = self.domains_dir / f"{_TRASH_PREFIX}{os.urandom(6).hex()}-{folder.name}"
         os.rename(folder.path, trash)
         fsync_dir(self.domains_dir)
         shutil.rmtree(trash, ignore_errors=True)
@@ -84,4 +84,6 @@ class StateDir:
         if self.domains_dir.is_dir():
             for entry in self.domains_dir.iterdir():
                 if entry.name.startswith(_TRASH_PREFIX):
+                    import shutil
+
                     shutil.rmtree(entry, ignore_errors=True)

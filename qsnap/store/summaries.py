@@ -5,7 +5,8 @@ parse 10,000 XML files (each carries a whole domain definition).
 was read (inode, size, modification time in ns) and its :class:`~qsnap.model.tree.SnapshotSummary`.
 A listing stats every snapshot file and re-reads only those whose identity changed. Snapshot
 files are only ever replaced by rename (:mod:`qsnap.store.atomic`), which gives them a new inode,
-so a changed file is always noticed. The cache is never the authority: it is written without
+so a changed file is always noticed. ``definition.checked`` likewise holds the identity of the
+domain definition that last parsed. The cache is never the authority: it is written without
 fsync, a missing or unreadable one is simply rebuilt, and a crash can at worst leave it stale,
 which the identity check catches.
 """
@@ -17,10 +18,14 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from qsnap.model.tree import SnapshotSummary
 from qsnap.store.atomic import TEMP_PREFIX, temp_path
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see qsnap.lazy)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from qsnap.model.tree import SnapshotSummary
 
 CACHE = "summaries.json"
 _VERSION = 1
@@ -30,6 +35,8 @@ def load_summaries(folder: Path, snapshots: Path, suffix: str,
                    summarize: Callable[[str], SnapshotSummary]) -> list[SnapshotSummary]:
     """The summaries of every snapshot file in *snapshots* (named NAME + *suffix*); those the
     cache in *folder* does not vouch for come from *summarize*, and the cache is updated."""
+    from qsnap.model.tree import SnapshotSummary
+
     cached = _read(folder / CACHE)
     fresh: dict[str, list[Any]] = {}
     result = []
@@ -71,10 +78,40 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def _write(path: Path, entries: dict[str, list[Any]]) -> None:
-    """Replace the cache by rename (no fsync: see the module docstring); a cache that cannot
-    be written (a read-only state directory) is simply not kept."""
+    _replace(path, json.dumps({"version": _VERSION, "snapshots": entries},
+                              separators=(",", ":")))
+
+
+#: The identity of the domain definition that last parsed without error.
+CHECKED_DEFINITION = "definition.checked"
+
+
+def file_identity(path: Path) -> str:
+    """Inode, size and modification time of *path*: files here are only ever replaced by
+    rename, so another file, or one edited by hand, has another identity."""
+    stat = path.stat()
+    return f"{stat.st_ino} {stat.st_size} {stat.st_mtime_ns}"
+
+
+def checked_definition(folder: Path) -> str | None:
+    """The identity (:func:`file_identity`) of the domain definition in *folder* that last
+    parsed without error, so that commands which need nothing from it (``snapshot-current``,
+    listings) still refuse a definition edited into garbage without parsing it each time."""
+    try:
+        return (folder / CHECKED_DEFINITION).read_text()
+    except (OSError, ValueError):
+        return None
+
+
+def note_checked_definition(folder: Path, identity: str) -> None:
+    """Note that the definition with *identity* parsed without error."""
+    _replace(folder / CHECKED_DEFINITION, identity)
+
+
+def _replace(path: Path, data: str) -> None:
+    """Replace a cache file by rename (no fsync: see the module docstring); a cache that
+    cannot be written (a read-only state directory) is simply not kept."""
     temp = temp_path(path)
-    data = json.dumps({"version": _VERSION, "snapshots": entries}, separators=(",", ":"))
     try:
         # 0600 like every other file in the state folder: it lists snapshot names.
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)

@@ -1,0 +1,33 @@
+"""What the engine's read calls return about domains and snapshots (public dataclasses).
+
+Kept apart from :mod:`qsnap.engine.reader` so that commands which return neither (``domstate``,
+``snapshot-current``) do not pay for the dataclasses module at start-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    name: str
+    uuid: str | None
+    state: str
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """What ``snapshot-info`` shows."""
+
+    name: str
+    domain: str
+    current: bool
+    state: str
+    location: str
+    parent: str | None
+    children: int
+    descendants: int
+    metadata: bool = True
+    #: For full-system snapshots qsnap took: how the memory was captured and the guest's pause.
+    memory_capture: str | None = None
