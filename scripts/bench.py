@@ -116,6 +116,9 @@ def main() -> int:
                         help="only the memory-image part: full-system snapshots, revert and "
                              "save/restore in each format on every QEMU here, 1 GiB dirty "
                              "(with --with-libvirt: libvirt 11's virsh too)")
+    parser.add_argument("--skip-memory", action="store_true",
+                        help="leave out the memory-image part (8 minutes; --memory runs it "
+                             "alone)")
     args = parser.parse_args()
     if args.memory:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -143,7 +146,8 @@ def main() -> int:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         import bench_qemu
         bench_qemu.main([int(r) for r in args.ram.split(",")], args.repeat,
-                        qemu=not args.skip_qemu, libvirt=args.with_libvirt)
+                        qemu=not args.skip_qemu, libvirt=args.with_libvirt,
+                        memory=not args.skip_memory)
     return 0
 
 

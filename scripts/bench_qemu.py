@@ -557,7 +557,7 @@ async def memory_part(base: Path, repeat: int, write_speed: float, read_speed: f
 
 
 async def run(base: Path, rams: list[int], repeat: int, libvirt: bool,
-              memory_only: bool) -> None:
+              memory_only: bool, memory: bool = True) -> None:
     write_speed, read_speed = dd_speed(base)
     print(f"\nqsnap QEMU benchmark (tiny guest, TCG or KVM as probed; medians of {repeat})")
     print(f"disk under {base}: direct-I/O write {write_speed / 1e6:.0f} MB/s, "
@@ -577,18 +577,19 @@ async def run(base: Path, rams: list[int], repeat: int, libvirt: bool,
               "its disks), as a thread here saw the serial log grow; it also shows stalls "
               "without a STOP (a disk transaction holds QEMU's big lock). Without any "
               "operation it reads 1-10 ms.")
-    await memory_part(base, 3, write_speed, read_speed, libvirt)
+    if memory:
+        await memory_part(base, 3, write_speed, read_speed, libvirt)
     if not libvirt:
         print("libvirt side by side: add --with-libvirt.")
 
 
 def main(rams: list[int], repeat: int, *, qemu: bool = True, libvirt: bool = False,
-         memory_only: bool = False) -> None:
+         memory_only: bool = False, memory: bool = True) -> None:
     base = Path(os.environ.get("QSNAP_BENCH_DIR") or "/var/tmp") / f"qsnap-bench-{os.getpid()}"
     base.mkdir(parents=True)
     try:
         if qemu:
-            asyncio.run(run(base, rams, repeat, libvirt, memory_only))
+            asyncio.run(run(base, rams, repeat, libvirt, memory_only, memory))
         if libvirt and not memory_only:
             import bench_libvirt
             bench_libvirt.run(base, max(3, repeat // 2))

@@ -117,15 +117,28 @@ _PACKAGE_FOLDERS = (f"{_LIBDIR}/libvirt", "usr/lib/libvirt", "usr/share/libvirt"
 
 @dataclass(frozen=True)
 class Libvirt:
-    """A running libvirtd and the virsh that talks to it."""
+    """A running libvirtd and the virsh that talks to it (*env*: what that virsh needs in
+    its environment, e.g. the unpacked libvirt's library folder)."""
     uri: str
     virsh_argv: tuple[str, ...]
     version: str
     how: str
+    env: tuple[tuple[str, str], ...] = ()
+
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, **dict(self.env)}
 
     def virsh(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*self.virsh_argv, "-q", "-c", self.uri, *args],
-                              capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout,
+                              env=self.environment())
+
+
+@contextlib.contextmanager
+def system_libvirt() -> Iterator[Libvirt]:
+    """The system's libvirt (libvirt_running), as a :class:`Libvirt`."""
+    with libvirt_running() as how:
+        yield Libvirt(URI, ("virsh",), ".".join(map(str, system_libvirt_version())), how)
 
 
 def system_libvirt_version() -> tuple[int, ...]:
@@ -138,9 +151,9 @@ def system_libvirt_version() -> tuple[int, ...]:
     return tuple(int(n) for n in re.findall(r"\d+", shown.stdout)[:3])
 
 
-def _library_version(virsh_argv: list[str], uri: str) -> str:
+def _library_version(virsh_argv: list[str], uri: str, env: dict[str, str]) -> str:
     shown = subprocess.run([*virsh_argv, "-c", uri, "version"], capture_output=True, text=True,
-                           timeout=30)
+                           timeout=30, env={**os.environ, **env})
     found = re.search(r"Using library: libvirt (\S+)", shown.stdout)
     return found.group(1) if found else ""
 
@@ -190,7 +203,10 @@ def second_libvirt_running(root: Path = SECOND_LIBVIRT) -> Iterator[Libvirt]:
             conf.write("".join(f"\n{key} = {value}" for key, value in QEMU_SETTINGS.items())
                        + "\n")
         uri = f"{URI}?socket={state}/run/libvirt-sock"
-        virsh_argv = [str(root / "bin/virsh")]
+        # The virsh binary itself, not setup's wrapper script: a shell in front of every
+        # command would count against libvirt in the benchmark.
+        virsh_argv = [str(package / "usr/bin/virsh")]
+        env = (("LD_LIBRARY_PATH", str(package / _LIBDIR)),)
         with open(state / "daemons.log", "wb") as log:
             daemon = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh",
                                        "-c", _namespace_script(package, state)],
@@ -201,11 +217,11 @@ def second_libvirt_running(root: Path = SECOND_LIBVIRT) -> Iterator[Libvirt]:
                 if daemon.poll() is not None:
                     break
                 if (state / "run/libvirt-sock").exists():
-                    version = _library_version(virsh_argv, uri)
+                    version = _library_version(virsh_argv, uri, dict(env))
                     if version:
                         yield Libvirt(uri, tuple(virsh_argv), version,
                                       f"libvirt {version} from {root}, in its own mount "
-                                      "namespace, started for this run")
+                                      "namespace, started for this run", env)
                         return
                 time.sleep(0.2)
             raise LibvirtUnavailable("the unpacked libvirtd did not answer: "
@@ -225,10 +241,9 @@ def libvirt_11_running() -> Iterator[Libvirt]:
     """A libvirt >= 11.2, the first with the sparse save format and ``--parallel-channels``:
     the system's where it is that new (Debian 13), else the one scripts/setup.sh unpacked
     (11.3 from Debian's backports), in its own mount namespace."""
-    version = system_libvirt_version()
-    if version >= (11, 2):
-        with libvirt_running() as how:
-            yield Libvirt(URI, ("virsh",), ".".join(map(str, version)), how)
+    if system_libvirt_version() >= (11, 2):
+        with system_libvirt() as libvirt:
+            yield libvirt
     else:
         with second_libvirt_running() as libvirt:
             yield libvirt

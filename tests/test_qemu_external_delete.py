@@ -207,3 +207,37 @@ async def test_a_merge_that_cannot_fit_is_refused_before_it_starts(lab: Chain) -
         shutil.copy2(small / "g-vda.qcow2", f / "g-vda.qcow2")
         subprocess.run(["umount", str(small)], check=True)
         small.rmdir()
+
+
+async def test_an_active_commit_never_stops_the_guest(lab: Chain) -> None:
+    """Deleting the current snapshot merges the images the guest writes to into the ones
+    below and pivots it there while it runs: no STOP event at all (qsnap used to pause the
+    guest around the pivot; libvirt does not). QEMU holds only the disks' I/O between the
+    last copy and the finalize, and the merged data is whole."""
+    from qemu.qmp import QMPClient
+
+    from qsnap.launcher.runtime import read_runtime, runtime_paths
+
+    info = read_runtime(runtime_paths(lab.engine.state_dir, "g"))
+    assert info is not None
+    watcher = QMPClient("watcher")
+    await watcher.connect(info.qmp)
+    lab.engine.share_connection(info.qmp, watcher)
+    try:
+        with watcher.listener(("STOP", "RESUME", "JOB_STATUS_CHANGE")) as listener:
+            await lab.engine.delete("g", "s5")  # both disks: two active commits
+            seen = []
+            while not listener.empty():
+                seen.append(await listener.get())
+        assert [e["event"] for e in seen if e["event"] in ("STOP", "RESUME")] == []
+        pending = [e for e in seen if e["event"] == "JOB_STATUS_CHANGE"
+                   and e["data"]["status"] == "pending"]
+        assert len(pending) == 2  # each job stopped there until qsnap marked its merge done
+        assert (await watcher.execute("query-status"))["status"] == "running"
+    finally:
+        await watcher.disconnect()
+    assert await lab.engine.current("g") == "s4"
+    del lab.moments["s5"]
+    before = GUEST.last_serial_counter(lab.serial) or 0
+    await wait_for_counter(lab.serial, before + 10)
+    await lab.check_everything()

@@ -35,7 +35,12 @@ from typing import Any, ClassVar
 from qsnap import images
 from qsnap.engine.context import Context
 from qsnap.engine.disk_snapshot import check_overlay_files, take_disk_snapshot
-from qsnap.engine.full_snapshot import background_refusal, merge_back, take_full_snapshot
+from qsnap.engine.full_snapshot import (
+    background_refusal,
+    finish_merge_backs,
+    merge_back,
+    take_full_snapshot,
+)
 from qsnap.engine.guests import state_from, stop
 from qsnap.engine.memory import image_is_complete
 from qsnap.errors import (
@@ -217,6 +222,7 @@ async def _settle_live(work: CreateWork, monitor: Monitor) -> bool:
     if work.internal:
         await monitor.settle_jobs("snapshot-save")
         return await _settle_live_tags(work, monitor)
+    await finish_merge_backs(monitor)
     chains = await monitor.block_chains()
     overlays = work.overlay_list
     switched = [o for o in overlays

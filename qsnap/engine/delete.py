@@ -15,9 +15,16 @@ Why a half-done merge is safe to redo: while the data of *top* is copied into *b
 through *top* gives exactly what it gave before (top's own data wins over base's), and nothing
 else reads *base* (the plan only merges into an image with one needed image above it). So a
 merge is finished by doing it again. The one step that is not repeatable is the pivot of an
-active commit, after which the guest writes to *base* alone: qsnap pauses the guest around it
-and marks the merge done before the guest runs again, so if QEMU dies there, *top* and *base*
-hold the same data and redoing the merge offline is still right.
+active commit, after which the guest writes to *base* alone, so that merging *top* into it
+again would overwrite newer data. Every commit job therefore runs with auto-finalize off: it
+stops at ``pending`` once *base* holds everything the guest wrote through *top*, with QEMU
+holding the disk's new I/O until the finalize. The merge is marked done there, before the
+finalize pivots: from then on *base* is the image to keep whether the pivot happened or not,
+and before it, *top* and *base* hold the same data, so redoing the merge is still right. The
+guest's vCPUs never stop for this (qsnap paused the guest around the pivot before; a record
+from then may still say ``paused``, and recovery resumes such a guest). What the guest sees
+is its disk I/O held from the end of the copy to the finalize: the last dirty data, one
+record write, one QMP round trip.
 """
 
 from __future__ import annotations
@@ -76,12 +83,15 @@ async def image_graph(snapshots: dict[str, SnapshotDef], definition: DomainDef) 
     return graph
 
 
-async def running_chains(running: RuntimeInfo | None) -> dict[str, list[str]] | None:
+Chains = dict[str, list[tuple[str, str]]]
+
+
+async def running_chains(running: RuntimeInfo | None) -> Chains | None:
+    """Each disk's chain in the running QEMU, (node, file) top first; None when stopped."""
     if running is None:
         return None
     async with await Monitor.connect(running.qmp) as monitor:
-        chains = await monitor.block_chains()
-    return {target: [f for _, f in chain] for target, chain in chains.items()}
+        return await monitor.block_chains()
 
 
 # -- checks -------------------------------------------------------------------------------------
@@ -180,11 +190,14 @@ class DeleteRun:
     """Carries out (or, after a crash, finishes) one :class:`DeleteWork`."""
 
     def __init__(self, work: DeleteWork, folder: DomainFolder, running: RuntimeInfo | None,
-                 progress: ProgressCallback | None = None) -> None:
+                 progress: ProgressCallback | None = None, chains: Chains | None = None
+                 ) -> None:
         self.work = work
         self.folder = folder
         self.running = running
         self.progress = progress
+        #: The running QEMU's chains as the plan saw them (a recovery asks QEMU again).
+        self.chains = chains
         self.changed = False  # whether any image has been touched yet
 
     async def _record(self) -> None:
@@ -211,23 +224,30 @@ class DeleteRun:
         work = self.work
         await self._delete_tags()
         crash_point("delete: internal snapshots removed")
+        if self.running is not None and work.merges:
+            await self._merge_live()  # also finishes a job a crash left pending
         if not all(work.merged):
-            if self.running is not None:
-                await self._merge_live()
             await self._merge_offline()
         await self._rebase_children()
         crash_point("delete: images merged")
-        await asyncio.to_thread(
-            self.folder.save,
-            put=[parse_snapshot(x, redefine=True, internal=True) for x in work.put],
-            drop=[n for n in work.drop if self.folder.has_snapshot(n)],
-            current=work.current if work.current_changes else KEEP,
-            definition=parse_domain(work.definition) if work.definition else None)
+        await asyncio.to_thread(self._store_metadata)
         crash_point("delete: metadata saved")
         for path in work.remove_files:
             await asyncio.to_thread(unlink_if_present, path)
             crash_point(f"delete: removed {os.path.basename(path)}")
         await asyncio.to_thread(clear_intent, self.folder.path)
+
+    def _store_metadata(self) -> None:
+        """The metadata result, applied without a journal of its own: the intent record
+        holds all of it durably, and a crash part-way is finished from there by running
+        this again (files already written are written again, the same)."""
+        work = self.work
+        folder = self.folder
+        folder.apply_covered(folder.plan_save(
+            put=[parse_snapshot(x, redefine=True, internal=True) for x in work.put],
+            drop=[n for n in work.drop if folder.has_snapshot(n)],
+            current=work.current if work.current_changes else KEEP,
+            definition=parse_domain(work.definition) if work.definition else None))
 
     async def _delete_tags(self) -> None:
         """Delete each internal tag still present (a repeat after a crash skips the done)."""
@@ -259,19 +279,28 @@ class DeleteRun:
                              f"{os.path.basename(merge.base)}", self.progress)
 
     async def _merge_live(self) -> None:
-        """Block-commit every merge whose top the running guest has open, all at once; the
-        guest is paused only around the pivots of active commits."""
+        """Block-commit every merge whose top the running guest has open, all at once. The
+        guest keeps running: each job stops at ``pending`` (auto-finalize off), where QEMU has
+        copied everything into *base* and holds the disk's I/O, and the merge is marked done
+        there, before ``job-finalize`` pivots an active commit onto *base* (see the module
+        docstring)."""
         assert self.running is not None
         work = self.work
         async with await Monitor.connect(self.running.qmp) as monitor:
-            chains = await monitor.block_chains()
+            chains = self.chains if self.chains is not None else await monitor.block_chains()
+            # A recovery takes over the jobs a crash left; a run has checked there were none.
+            leftover = {j["id"]: j for j in await monitor.jobs()} if self.chains is None else {}
             jobs: dict[str, Merge] = {}
             for merge, done in zip(list(work.merges), list(work.merged), strict=True):
-                if done:
-                    continue
                 job_id = f"qsnap-commit-{merge.target}"
+                if done:
+                    # Marked at pending, then a crash before the finalize: QEMU still holds
+                    # the disk's I/O for it.
+                    if job_id in leftover:
+                        await self._finalize(monitor, leftover[job_id], merge)
+                    continue
                 chain = chains.get(merge.target, [])
-                if await monitor.job(job_id) is None:  # else a crash left it: take it over
+                if job_id not in leftover:
                     if merge.top not in [f for _, f in chain]:
                         if merge.live:
                             await self._mark_merged(merge)  # QEMU finished it before a crash
@@ -283,47 +312,38 @@ class DeleteRun:
                     crash_point(f"delete: commit of {merge.target} started")
                 self.changed = True  # started now or by the run a crash interrupted
                 jobs[job_id] = merge
-            if not jobs:  # a crash may have come between a pivot and dropping its node
-                await monitor.drop_detached_nodes()
-                return
             for job_id, merge in jobs.items():
                 job = await monitor.wait_job(job_id, frozenset({"ready", "pending"}),
                                              progress=self._meter(merge))
-                if job["status"] == "concluded" and job.get("error"):
-                    await monitor.dismiss_job(job_id)
-                    raise OperationInvalidError(
-                        f"block commit failed while deleting disk '{merge.target}' snapshot: "
-                        f"'{job['error']}'")
-            crash_point("delete: commits ready")
-            pause = any(m.active for m in jobs.values()) and await monitor.status() == "running"
-            if pause:
-                work.paused = True
-                await self._record()
-                await monitor.pause()
-            try:
-                for job_id in jobs:
-                    status = (await monitor.job(job_id) or {}).get("status")
-                    if status == "ready":
-                        await monitor.complete_job(job_id)
-                    elif status == "pending":
-                        await monitor.finalize_job(job_id)
-                crash_point("delete: commits completing")
-                for job_id, merge in jobs.items():
-                    job = await monitor.wait_job(job_id, frozenset())
-                    await monitor.dismiss_job(job_id)
-                    if job.get("error"):
-                        raise OperationInvalidError(
-                            f"finishing block job failed while deleting disk '{merge.target}' "
-                            f"snapshot: '{job['error']}'")
-                    await self._mark_merged(merge)
-                crash_point("delete: commits done")
-            finally:
-                if pause:
-                    with contextlib.suppress(QsnapError):
-                        await monitor.resume()
-                    work.paused = False
-                    await self._record()
+                await _check_job(monitor, job, f"block commit failed while deleting disk "
+                                 f"'{merge.target}' snapshot")
+                if job["status"] == "ready":  # an active commit: copy what is left
+                    await monitor.complete_job(job_id)
+            crash_point("delete: commits completing")
+            for job_id, merge in jobs.items():
+                job = await monitor.wait_job(job_id, frozenset({"pending"}))
+                await _check_job(monitor, job, f"finishing block job failed while deleting "
+                                 f"disk '{merge.target}' snapshot")
+                # Pending: base holds every write the guest made through top, and QEMU holds
+                # new ones until the finalize. From here base is the image to keep, pivoted
+                # or not, so a crash must not merge top into it again.
+                await self._mark_merged(merge)
+                crash_point(f"delete: commit of {merge.target} pending")
+                await self._finalize(monitor, job, merge)
+            crash_point("delete: commits done")
             await monitor.drop_detached_nodes()
+
+    @staticmethod
+    async def _finalize(monitor: Monitor, job: dict[str, Any], merge: Merge) -> None:
+        """Finish commit *job* (its ``query-jobs`` entry) whose merge is marked done: pivot
+        (active commit) or rewrite the backing file above it, then dismiss it."""
+        job_id = job["id"]
+        if job["status"] == "pending":
+            await monitor.finalize_job(job_id)
+        job = await monitor.wait_job(job_id, frozenset())
+        await _check_job(monitor, job, f"finishing block job failed while deleting disk "
+                         f"'{merge.target}' snapshot")
+        await monitor.dismiss_job(job_id)
 
     async def _merge_offline(self) -> None:
         """qemu-img for merges the running guest does not have open (or any, when stopped)."""
@@ -357,6 +377,13 @@ class DeleteRun:
                     await images.rebase_unsafe(child, merge.base, merge.base_format)
             if merge.rebase:
                 crash_point(f"delete: children of {os.path.basename(merge.top)} rebased")
+
+
+async def _check_job(monitor: Monitor, job: dict[str, Any], what: str) -> None:
+    """When *job* ended in an error: dismiss it, and raise *what* with QEMU's reason."""
+    if job["status"] == "concluded" and job.get("error"):
+        await monitor.dismiss_job(job["id"])
+        raise OperationInvalidError(f"{what}: '{job['error']}'")
 
 
 def _allocated(path: str) -> int:
@@ -402,10 +429,13 @@ async def run(ctx: Context, name: str, plan: MetadataDeletePlan,
     removals = plan_delete_data(snapshots, plan, definition, active=info is not None)
     await check_internal(removals, info)
     images_plan = ExternalDeletePlan()
+    chains: Chains | None = None
     if external:
         graph = await image_graph(snapshots, definition)
-        images_plan = plan_external_delete(snapshots, plan.remove, definition, graph,
-                                           await running_chains(info))
+        chains = await running_chains(info)
+        images_plan = plan_external_delete(
+            snapshots, plan.remove, definition, graph,
+            None if chains is None else {t: [f for _, f in c] for t, c in chains.items()})
         await check_external(images_plan, graph, info)
     moved = dict(moved)
     for other, snap in snapshots.items():
@@ -417,4 +447,4 @@ async def run(ctx: Context, name: str, plan: MetadataDeletePlan,
     work = DeleteWork.build(
         name, removals, images_plan, list(moved.values()), plan.remove, plan.current,
         plan.current_changes, renamed_definition(definition, images_plan.renames))
-    await DeleteRun(work, folder, info, ctx.progress).start()
+    await DeleteRun(work, folder, info, ctx.progress, chains).start()

@@ -27,16 +27,9 @@ from typing import ParamSpec, TypeVar
 
 from qemu.qmp import QMPClient
 
-from qsnap.engine import create as create_op
-from qsnap.engine import delete as delete_op
-from qsnap.engine import restore as restore_op
-from qsnap.engine import revert as revert_op
-from qsnap.engine import save as save_op
 from qsnap.engine.context import Context
-from qsnap.engine.create import regular_disk_files
 from qsnap.engine.guest import Guest, GuestInfo
 from qsnap.engine.guests import state_of, stop
-from qsnap.engine.memory import read_image
 from qsnap.engine.reader import (
     Reader,
     current_snapshot,
@@ -342,6 +335,9 @@ class Engine:
                                          f"(QEMU pid {info.pid})", domain=domain)
             managed = folder.managed_save
             if managed.exists():
+                from qsnap.engine import restore as restore_op
+                from qsnap.engine.memory import read_image
+
                 image = await asyncio.to_thread(read_image, managed)
                 saved = parse_domain(image.domain_xml, f"managed save image '{managed}'")
                 return Guest(self, domain, await restore_op.run(
@@ -473,6 +469,8 @@ class Engine:
         --image-format --parallel-channels). If the save fails, the guest goes on as it was
         and no file is left.
         """
+        from qsnap.engine import save as save_op
+
         target = absolute_file("the save image", path)
         async with self._session(domain) as folder:
             await save_op.run(self._context(folder, progress), target, running=running, xml=xml,
@@ -499,6 +497,9 @@ class Engine:
         loading fails, its QEMU is stopped again: a guest is never left half-restored.
         *parallel_channels*: the multifd channels that read a sparse image (by default one
         per CPU)."""
+        from qsnap.engine import restore as restore_op
+        from qsnap.engine.memory import read_image
+
         check_parallel_channels(parallel_channels)
         source = absolute_file("the save image", path)
         image = await asyncio.to_thread(read_image, source)
@@ -521,6 +522,8 @@ class Engine:
     async def save_image_xml(self, path: str | os.PathLike[str], *, secure: bool = False,
                              timeout: float | None = None) -> str:
         """virDomainSaveImageGetXMLDesc: the domain definition inside a save image."""
+        from qsnap.engine.memory import read_image
+
         image = await asyncio.to_thread(read_image, absolute_file("the save image", path))
         return parse_domain(image.domain_xml, f"save image '{path}'").to_xml(secure=secure)
 
@@ -569,6 +572,8 @@ class Engine:
                                            "snapshot")
             return await self.redefine(domain, xml, current=flags.current,
                                        disk_only=flags.disk_only, validate=flags.validate)
+        from qsnap.engine import create as create_op
+
         async with self._session(domain) as folder:
             return await create_op.run(self._context(folder, progress), xml, flags,
                                     live_strategy)
@@ -582,12 +587,15 @@ class Engine:
                             validate=validate).check()
         snap = parse_snapshot(xml, redefine=True, validate=validate)
 
+        from qsnap.engine import create as create_op
+
         def work(folder: DomainFolder) -> str:
             tree = folder.lazy_tree()
             existing = (folder.read_snapshot(snap.name)
                         if snap.name is not None and snap.name in tree else None)
             plan = plan_redefine(snap, folder.definition, tree, existing, flags,
-                                 regular_files=regular_disk_files(folder.definition, snap))
+                                 regular_files=create_op.regular_disk_files(
+                                     folder.definition, snap))
             folder.save(put=[plan.snapshot],
                         current=plan.snapshot.name if plan.make_current else KEEP)
             return plan.snapshot.name or ""
@@ -659,6 +667,8 @@ class Engine:
                      timeout: float | None = None) -> str:
         """virDomainRevertToSnapshot; returns the snapshot's name, which becomes current.
         *progress* hears a memory file load."""
+        from qsnap.engine import revert as revert_op
+
         flags.check()
         async with self._session(domain) as folder:
             name = resolve(folder, snapshot)
@@ -678,6 +688,8 @@ class Engine:
         by QEMU, on a stopped one by qemu-img. *progress* hears how each merge advances.
         A crash part-way is finished by the next command on the domain.
         """
+        from qsnap.engine import delete as delete_op
+
         flags.check()
         async with self._session(domain) as folder:
             name = resolve(folder, snapshot)

@@ -156,6 +156,25 @@ async def _background(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDe
         raise
 
 
+async def finish_merge_backs(monitor: Monitor) -> None:
+    """Finish the merge-back jobs a crash left behind (:func:`merge_back` was undoing a
+    failed snapshot): each runs on to its pivot. One left at ``pending`` holds its disk's
+    I/O until it is finalized."""
+    for job in await monitor.jobs():
+        if job.get("type") != "commit" or not str(job["id"]).startswith("qsnap-undo-"):
+            continue
+        if job["status"] not in ("ready", "pending", "concluded"):
+            job = await monitor.wait_job(job["id"], frozenset({"ready", "pending"}))
+        if job["status"] == "ready":
+            await monitor.complete_job(job["id"])
+            job = await monitor.wait_job(job["id"], frozenset({"pending"}))
+        if job["status"] == "pending":
+            await monitor.finalize_job(job["id"])
+            await monitor.wait_job(job["id"], frozenset())
+        await monitor.dismiss_job(job["id"])
+    await monitor.drop_detached_nodes()
+
+
 async def merge_back(monitor: Monitor, overlays: list[Overlay]) -> None:
     """Undo a disk switch on a running guest: commit each new overlay into the image below it
     (active commit, then pivot) and remove the overlay file."""
@@ -167,6 +186,9 @@ async def merge_back(monitor: Monitor, overlays: list[Overlay]) -> None:
         job = await monitor.wait_job(job_id, frozenset({"ready"}))
         if job["status"] == "ready":
             await monitor.complete_job(job_id)
+            job = await monitor.wait_job(job_id, frozenset({"pending"}))
+        if job["status"] == "pending":  # copied: pivot onto the image below
+            await monitor.finalize_job(job_id)
             job = await monitor.wait_job(job_id, frozenset())
         await monitor.dismiss_job(job_id)
         if job.get("error"):

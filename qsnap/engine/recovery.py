@@ -6,23 +6,19 @@ once that succeeded, so a failure here is met again by the next command."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import importlib
 from typing import Any
 
-from qsnap.engine import create, delete, restore, revert, save
 from qsnap.engine.context import Context
 from qsnap.errors import OperationIncompleteError, OperationInvalidError, QsnapError
 from qsnap.store.intent import INTENT_NAME, clear_intent, read_intent
 
-#: Each operation's crash recovery, by the kind its intent record names: the module that
-#: wrote the record settles it, walking the same steps as its run.
-HANDLERS: dict[str, Callable[[Context, dict[str, Any]], Awaitable[str]]] = {
-    create.CreateWork.KIND: create.settle,
-    revert.RevertWork.KIND: revert.settle,
-    save.SaveWork.KIND: save.settle,
-    restore.RestoreWork.KIND: restore.settle,
-    delete.DeleteWork.KIND: delete.settle,
-}
+#: The module that settles each kind of record (the one that wrote it, walking the same steps
+#: as its run; its ``settle``). Imported only when a record of its kind is found, so that a
+#: command does not load every operation's code (each module's ``*Work.KIND`` is its key).
+HANDLERS = {"create": "qsnap.engine.create", "revert": "qsnap.engine.revert",
+            "save": "qsnap.engine.save", "restore": "qsnap.engine.restore",
+            "delete": "qsnap.engine.delete"}
 
 
 async def finish_interrupted(ctx: Context) -> str | None:
@@ -32,12 +28,13 @@ async def finish_interrupted(ctx: Context) -> str | None:
     record = await asyncio.to_thread(read_intent, folder.path)
     if record is None:
         return None
-    handler = HANDLERS.get(record["kind"])
-    if handler is None:
+    module = HANDLERS.get(record["kind"])
+    if module is None:
         raise OperationInvalidError(f"domain '{folder.name}': unknown interrupted operation "
                                     f"'{record['kind']}' in {folder.path}/intent.json")
+    settle: Any = importlib.import_module(module).settle
     try:
-        line = await handler(ctx, record)
+        line = await settle(ctx, record)
     except (QsnapError, OSError, KeyError, TypeError, ValueError) as exc:  # a damaged record
         raise OperationIncompleteError(
             f"domain '{folder.name}': settling the interrupted {record['kind']} failed: "

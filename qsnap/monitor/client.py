@@ -407,8 +407,17 @@ class Monitor:
         to files through ``query-named-block-nodes`` (format nodes only: the protocol node
         underneath names the same file).
         """
+        return await self._chains(await self._named_nodes())
+
+    async def _named_nodes(self) -> list[dict[str, Any]]:
+        nodes: list[dict[str, Any]] = await self.execute("query-named-block-nodes",
+                                                         {"flat": True})
+        return nodes
+
+    async def _chains(self, named: list[dict[str, Any]]) -> dict[str, list[tuple[str, str]]]:
+        """:meth:`block_chains` from a ``query-named-block-nodes`` answer already at hand."""
         nodes: dict[str, str] = {}
-        for node in await self.execute("query-named-block-nodes", {"flat": True}):
+        for node in named:
             if node.get("drv") not in _NOT_FORMAT_DRIVERS and node.get("file"):
                 nodes.setdefault(node["file"], node["node-name"])
         chains: dict[str, list[tuple[str, str]]] = {}
@@ -429,15 +438,18 @@ class Monitor:
         """Start merging the chain above *base_node* (up to *top_node*) into it.
 
         Without *top_node* this is an active commit: the job turns ``ready`` once the image
-        the guest writes to is mirrored into the base, and :meth:`complete_job` pivots the
-        guest onto the base. With it, an intermediate commit that stops at ``pending`` until
-        :meth:`finalize_job`, which rewrites the backing file of the image above *top_node*.
-        The job is never dismissed automatically, so its outcome can always be read.
+        the guest writes to is mirrored into the base, and after :meth:`complete_job` it
+        copies what is left and stops at ``pending``, holding the disk's I/O, until
+        :meth:`finalize_job` pivots the guest onto the base. With it, an intermediate commit
+        that stops at ``pending`` until :meth:`finalize_job`, which rewrites the backing file
+        of the image above *top_node*. The job is never finalized or dismissed automatically,
+        so the caller can record each step and always read the outcome.
         """
         arguments: dict[str, object] = {"job-id": job_id, "device": device,
-                                        "base-node": base_node, "auto-dismiss": False}
+                                        "base-node": base_node, "auto-dismiss": False,
+                                        "auto-finalize": False}
         if top_node is not None:
-            arguments |= {"top-node": top_node, "auto-finalize": False}
+            arguments["top-node"] = top_node
         await self.execute("block-commit", arguments)
 
     async def drop_detached_nodes(self) -> list[str]:
@@ -450,8 +462,9 @@ class Monitor:
         node"). Format nodes go first, then the protocol nodes under them; a node QEMU still
         needs, or one the monitor does not own, is refused by QEMU and left alone.
         """
-        in_use = {f for chain in (await self.block_chains()).values() for _, f in chain}
-        nodes = [n for n in await self.execute("query-named-block-nodes", {"flat": True})
+        named = await self._named_nodes()
+        in_use = {f for chain in (await self._chains(named)).values() for _, f in chain}
+        nodes = [n for n in named
                  if not n["node-name"].startswith("#") and n.get("file") not in in_use]
         nodes.sort(key=lambda n: n.get("drv") in _NOT_FORMAT_DRIVERS)
         dropped = []
