@@ -27,6 +27,6 @@ def lazy_exports(package: str, exports: Mapping[str, str]
         return value
 
     def __dir__() -> list[str]:
-        return sorted(exports)
+        return sorted(set(vars(importlib.import_module(package))) | set(exports))
 
     return __getattr__, __dir__
