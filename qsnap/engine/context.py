@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qsnap.launcher.process import Launcher
 from qsnap.launcher.runtime import RuntimeInfo, RuntimePaths, read_runtime
 from qsnap.progress import ProgressCallback
 from qsnap.store.folder import DomainFolder
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see qsnap.lazy)
+if TYPE_CHECKING:
+    from qsnap.launcher.process import Launcher
 
 
 @dataclass

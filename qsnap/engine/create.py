@@ -35,14 +35,7 @@ from typing import Any, ClassVar
 from qsnap import images
 from qsnap.engine.context import Context
 from qsnap.engine.disk_snapshot import check_overlay_files, take_disk_snapshot
-from qsnap.engine.full_snapshot import (
-    background_refusal,
-    finish_merge_backs,
-    merge_back,
-    take_full_snapshot,
-)
 from qsnap.engine.guests import state_from, stop
-from qsnap.engine.memory import image_is_complete
 from qsnap.errors import (
     AlreadyExistsError,
     InvalidArgumentError,
@@ -51,11 +44,8 @@ from qsnap.errors import (
     QsnapError,
 )
 from qsnap.faults import crash_point
-from qsnap.launcher.command import agent_socket
-from qsnap.launcher.process import create_nvram
 from qsnap.launcher.runtime import RuntimeInfo, RuntimePaths
 from qsnap.logs import logger
-from qsnap.model.capture import with_capture
 from qsnap.model.domain import NVRAM_TARGET, DomainDef, parse_domain_element
 from qsnap.model.names import check_new_file_path, default_snapshot_name
 from qsnap.model.snapshot import SnapshotDef, parse_snapshot
@@ -222,6 +212,9 @@ async def _settle_live(work: CreateWork, monitor: Monitor) -> bool:
     if work.internal:
         await monitor.settle_jobs("snapshot-save")
         return await _settle_live_tags(work, monitor)
+    from qsnap.engine.full_snapshot import finish_merge_backs, merge_back
+    from qsnap.engine.memory import image_is_complete
+
     await finish_merge_backs(monitor)
     chains = await monitor.block_chains()
     overlays = work.overlay_list
@@ -251,6 +244,8 @@ async def _settle_live_tags(work: CreateWork, monitor: Monitor) -> bool:
 
 async def _settle_offline(work: CreateWork) -> bool:
     """Settle from the files alone: the guest is stopped, or its QEMU died mid-create."""
+    from qsnap.engine.memory import image_is_complete
+
     if work.internal:
         having = [image for _, image in work.internal if await _has_tag(image, work.snapshot)]
         if len(having) == len(work.internal):
@@ -352,6 +347,8 @@ async def _run(ctx: Context, monitor: Monitor | None, xml: str | bytes | None,
         refusal = None
         if background_wanted(external=plan.external, live=flags.live,
                              requested=live_strategy):
+            from qsnap.engine.full_snapshot import background_refusal
+
             refusal = await background_refusal(monitor, definition,
                                                plan.snapshot.memory_file or "")
         strategy = choose_capture(
@@ -397,13 +394,23 @@ async def _run(ctx: Context, monitor: Monitor | None, xml: str | bytes | None,
     try:
         snapshot = plan.snapshot
         if isinstance(plan, FullSnapshotPlan):
+            # Here, not at the top: a disk-only snapshot needs none of the memory-stream code.
+            from qsnap.engine.full_snapshot import take_full_snapshot
+            from qsnap.model.capture import with_capture
+
             assert monitor is not None and strategy is not None
             capture = await take_full_snapshot(plan, definition, monitor, strategy, progress)
             snapshot = snapshot.copy(cookie=with_capture(snapshot.cookie, capture))
         else:
             if definition.nvram in plan.internal_images:
+                from qsnap.launcher.process import create_nvram
+
                 await create_nvram(definition)  # never started: none yet to take the tag
-            agent = agent_socket(definition, paths) if flags.quiesce else None
+            agent = None
+            if flags.quiesce:
+                from qsnap.launcher.command import agent_socket
+
+                agent = agent_socket(definition, paths)
             await take_disk_snapshot(plan, monitor, agent)
         crash_point("create: images in place")
         in_place = True

@@ -20,10 +20,9 @@ import asyncio
 import contextlib
 import functools
 import os
-import uuid as uuidlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from qemu.qmp import QMPClient
 
@@ -54,11 +53,6 @@ from qsnap.errors import (
     OperationInvalidError,
     QsnapError,
 )
-from qsnap.launcher.accel import choose_accel
-from qsnap.launcher.firmware import read_descriptors
-from qsnap.launcher.foreign import ForeignCommand, RelaunchHook, read_process_command
-from qsnap.launcher.machines import machine_aliases
-from qsnap.launcher.process import Launcher, create_nvram, foreign_launcher, start_qemu
 from qsnap.launcher.runtime import (
     RuntimeInfo,
     RuntimePaths,
@@ -81,19 +75,20 @@ from qsnap.model.names import absolute_file, check_domain_name
 from qsnap.model.snapshot import SnapshotDef, parse_snapshot
 from qsnap.model.tree import SnapshotSummary, SnapshotTree
 from qsnap.monitor import Monitor, one_connection_per_qemu, share_connection
-from qsnap.plan.delete import (
-    MetadataDeletePlan,
-    plan_delete_metadata,
-    plan_drop_unreadable,
-)
-from qsnap.plan.domain_define import DefineFacts, new_mac_address, resolve_definition
 from qsnap.plan.flags import CreateFlags, DeleteFlags, ListFilter, RevertFlags
-from qsnap.plan.redefine import plan_redefine
 from qsnap.plan.save import check_parallel_channels, image_definition
 from qsnap.progress import ProgressCallback
 from qsnap.store import KEEP, DomainFolder, StateDir, resolve_state_dir
 from qsnap.store.intent import has_intent
 from qsnap.timeouts import bounded
+
+if TYPE_CHECKING:
+    from qsnap.launcher.foreign import RelaunchHook
+    from qsnap.launcher.process import Launcher
+    from qsnap.plan.delete import MetadataDeletePlan
+
+# What only some operations use (starting QEMU, definitions, deletes) is imported by the
+# methods that use it: each command loads the modules of its own operation only.
 
 log = logger("qsnap")
 T = TypeVar("T")
@@ -203,6 +198,9 @@ class Engine:
         started, through the embedder's hook if one is registered. A damaged record stops
         only what would start QEMU (its error names the file); snapshots and deletes of the
         running guest go on."""
+        from qsnap.launcher.foreign import ForeignCommand
+        from qsnap.launcher.process import foreign_launcher, start_qemu
+
         recorded = folder.read_launch()
         if recorded is None:
             return start_qemu
@@ -238,6 +236,8 @@ class Engine:
         check_domain_name(domain.name)
         domain = await self._resolved(domain)
 
+        import uuid as uuidlib
+
         def work(folder: DomainFolder) -> str:
             nonlocal domain
             if folder.exists() and folder.transient:
@@ -263,6 +263,12 @@ class Engine:
 
     async def _resolved(self, domain: DomainDef) -> DomainDef:
         """*domain* with what libvirt fixes at define (:mod:`qsnap.plan.domain_define`)."""
+        import uuid as uuidlib
+
+        from qsnap.launcher.firmware import read_descriptors
+        from qsnap.launcher.machines import machine_aliases
+        from qsnap.plan.domain_define import DefineFacts, new_mac_address, resolve_definition
+
         emulator = (domain.element.findtext("devices/emulator") or "qemu-system-x86_64").strip()
         aliases, firmware = await asyncio.gather(asyncio.to_thread(machine_aliases, emulator),
                                                  asyncio.to_thread(read_descriptors))
@@ -328,6 +334,9 @@ class Engine:
         A managed save image is resumed instead (*progress* hears it load), and removed once
         the guest runs from it. *reset_nvram* makes a UEFI guest's NVRAM anew from its
         template first (virsh start --reset-nvram)."""
+        from qsnap.launcher.accel import choose_accel
+        from qsnap.launcher.process import create_nvram
+
         async with self._session(domain) as folder:
             paths, info = self._runtime(domain)
             if info is not None:
@@ -403,6 +412,10 @@ class Engine:
         *connection*: the embedder's own QMP connection to this QEMU, kept open by it; qsnap
         uses it instead of connecting (see :meth:`share_connection`).
         """
+        import uuid as uuidlib
+
+        from qsnap.launcher.foreign import ForeignCommand, read_process_command
+
         check_domain_name(domain)
         if connection is not None:
             self.share_connection(qmp, connection)
@@ -588,6 +601,7 @@ class Engine:
         snap = parse_snapshot(xml, redefine=True, validate=validate)
 
         from qsnap.engine import create as create_op
+        from qsnap.plan.redefine import plan_redefine
 
         def work(folder: DomainFolder) -> str:
             tree = folder.lazy_tree()
@@ -689,6 +703,7 @@ class Engine:
         A crash part-way is finished by the next command on the domain.
         """
         from qsnap.engine import delete as delete_op
+        from qsnap.plan.delete import plan_delete_metadata
 
         flags.check()
         async with self._session(domain) as folder:
@@ -723,6 +738,8 @@ def _drop_unreadable_snapshot(folder: DomainFolder, name: str) -> MetadataDelete
     into garbage): the way out the error message names. Its file goes; its children, whose
     new parent would be its unreadable parent, become roots; it stops being current. None
     when the file reads fine (the ordinary path then applies)."""
+    from qsnap.plan.delete import plan_drop_unreadable
+
     try:
         folder.read_snapshot(name)
         return None

@@ -6,7 +6,6 @@ import contextlib
 
 from qsnap.engine.reader import virsh_state
 from qsnap.errors import QsnapError
-from qsnap.launcher.process import kill_qemu, wait_gone
 from qsnap.launcher.runtime import RuntimeInfo, RuntimePaths, clear_runtime, pid_alive
 from qsnap.monitor import Monitor, forget_connection
 
@@ -32,6 +31,8 @@ async def state_from(monitor: Monitor | None) -> str:
 
 async def stop(paths: RuntimePaths, info: RuntimeInfo) -> None:
     """QMP quit, then SIGTERM, then SIGKILL; the runtime record goes with it."""
+    from qsnap.launcher.process import kill_qemu, wait_gone
+
     with contextlib.suppress(QsnapError):
         async with await Monitor.connect(info.qmp, timeout=5) as monitor:
             with contextlib.suppress(QsnapError):
