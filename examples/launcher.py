@@ -64,11 +64,23 @@ class Launcher:
         process = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL)
         self.processes.append(process)
-        while not self.socket.exists():
+        # The socket file appears at bind(), a moment before QEMU listens on it: a connect
+        # in between is refused (seen once in CI under load), so wait until one succeeds.
+        while not await self._listening():
             if process.returncode is not None:
                 raise RuntimeError(f"QEMU exited with status {process.returncode}")
             await asyncio.sleep(0.02)
         return str(self.socket)
+
+    async def _listening(self) -> bool:
+        """Whether QEMU accepts connections on its QMP socket yet."""
+        try:
+            _, writer = await asyncio.open_unix_connection(str(self.socket))
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False
+        writer.close()
+        await writer.wait_closed()
+        return True
 
     async def relaunch(self, request: qsnap.RelaunchRequest) -> str:
         """qsnap's relaunch hook: the same machine, on the disk image qsnap names."""
