@@ -25,7 +25,9 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -41,11 +43,17 @@ class Launcher:
         self.initrd = initrd
         self.socket = workdir / "qmp.sock"
         self.serial = workdir / "serial.log"
-        self.processes: list[asyncio.subprocess.Process] = []
+        self.pidfiles: list[Path] = []
 
     async def start(self, disk: str, *, paused: bool = False, incoming: bool = False) -> str:
-        """Start QEMU on *disk* (a qcow2 image); return its QMP socket once it listens."""
+        """Start QEMU on *disk* (a qcow2 image); return its QMP socket once it listens.
+
+        QEMU daemonizes: its first process exits once the machine is set up and its QMP
+        socket listens, and the machine itself is not this process's child. (A child QEMU
+        that qsnap quits was seen, once in CI, reaped before asyncio's child watcher got to
+        it, which then logged "Unknown child process".)"""
         self.socket.unlink(missing_ok=True)
+        pidfile = self.workdir / f"qemu-{len(self.pidfiles)}.pid"
         argv = ["qemu-system-x86_64", "-machine", "q35,accel=tcg", "-m", "128",
                 "-nodefaults", "-display", "none",
                 "-kernel", self.kernel, "-initrd", self.initrd,
@@ -56,31 +64,19 @@ class Launcher:
                 "-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0,id=nic0",
                 "-chardev", f"file,id=log,path={self.serial},append=on",
                 "-serial", "chardev:log",
-                "-qmp", f"unix:{self.socket},server=on,wait=off"]
+                "-qmp", f"unix:{self.socket},server=on,wait=off",
+                "-daemonize", "-pidfile", str(pidfile)]
         if paused or incoming:
             argv.append("-S")
         if incoming:
             argv += ["-incoming", "defer"]
         process = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL)
-        self.processes.append(process)
-        # The socket file appears at bind(), a moment before QEMU listens on it: a connect
-        # in between is refused (seen once in CI under load), so wait until one succeeds.
-        while not await self._listening():
-            if process.returncode is not None:
-                raise RuntimeError(f"QEMU exited with status {process.returncode}")
-            await asyncio.sleep(0.02)
+        self.pidfiles.append(pidfile)
+        status = await process.wait()
+        if status != 0:
+            raise RuntimeError(f"QEMU exited with status {status}")
         return str(self.socket)
-
-    async def _listening(self) -> bool:
-        """Whether QEMU accepts connections on its QMP socket yet."""
-        try:
-            _, writer = await asyncio.open_unix_connection(str(self.socket))
-        except (FileNotFoundError, ConnectionRefusedError):
-            return False
-        writer.close()
-        await writer.wait_closed()
-        return True
 
     async def relaunch(self, request: qsnap.RelaunchRequest) -> str:
         """qsnap's relaunch hook: the same machine, on the disk image qsnap names."""
@@ -88,10 +84,10 @@ class Launcher:
                                 incoming=request.incoming)
 
     async def close(self) -> None:
-        for process in self.processes:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
+        """Kill every QEMU this launcher started that still runs."""
+        for pidfile in self.pidfiles:
+            with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
+                os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
 
     def counter(self) -> int:
         """The guest's latest counter (the test guest prints one about 40 times a second)."""
