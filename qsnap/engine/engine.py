@@ -320,8 +320,12 @@ class Engine:
 
     @_bounded
     async def domains(self, *, timeout: float | None = None) -> list[DomainInfo]:
-        """Every defined domain with its UUID and state (virsh list --all)."""
-        return await asyncio.to_thread(self.reader.domains)
+        """Every defined domain with its UUID and state (virsh list --all). States are asked
+        through :func:`state_of`, which uses a connection an embedder shares (the reader's
+        blocking query would wait behind it)."""
+        defined = await asyncio.to_thread(lambda: [(folder.name, folder.definition.uuid, info)
+                                                   for folder, info in self.reader.defined()])
+        return [DomainInfo(name, uuid, await state_of(info)) for name, uuid, info in defined]
 
     # -- running guests ---------------------------------------------------------------------
 

@@ -131,16 +131,17 @@ class Reader:
 
     def domain_states(self) -> list[tuple[str, str]]:
         """Every defined domain's name and state, sorted by name (virsh list --all)."""
-        return [(folder.name, guest_state(info)) for folder, info in self._defined()]
+        return [(folder.name, guest_state(info)) for folder, info in self.defined()]
 
     def domains(self) -> list[DomainInfo]:
         """Every defined domain with its UUID and state."""
         from qsnap.engine.results import DomainInfo
 
         return [DomainInfo(folder.name, folder.definition.uuid, guest_state(info))
-                for folder, info in self._defined()]
+                for folder, info in self.defined()]
 
-    def _defined(self) -> list[tuple[DomainFolder, RuntimeInfo | None]]:
+    def defined(self) -> list[tuple[DomainFolder, RuntimeInfo | None]]:
+        """Every defined domain's folder and running QEMU (None: shut off), by name."""
         self.state.sweep_trash()
         result = []
         for name in self.state.domain_names():
