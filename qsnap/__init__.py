@@ -10,6 +10,9 @@ from qsnap.lazy import lazy_exports
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see qsnap.lazy)
 if TYPE_CHECKING:
     from qsnap.engine import (
+        BlockInfo,
+        BlockJobInfo,
+        DomainDetails,
         DomainInfo,
         Engine,
         Guest,
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
         NoSnapshotError,
         NotFoundError,
         NotSupportedError,
+        OperationAbortedError,
         OperationFailedError,
         OperationIncompleteError,
         OperationInvalidError,
@@ -76,10 +80,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AlreadyExistsError",
+    "BlockInfo",
+    "BlockJobInfo",
     "CorruptMetadataError",
     "CreateFlags",
     "DeleteFlags",
     "DiskImage",
+    "DomainDetails",
     "DomainInfo",
     "DomainNotRunningError",
     "DomainRunningError",
@@ -101,6 +108,7 @@ __all__ = [
     "NoSnapshotError",
     "NotFoundError",
     "NotSupportedError",
+    "OperationAbortedError",
     "OperationFailedError",
     "OperationIncompleteError",
     "OperationInvalidError",
@@ -123,6 +131,9 @@ __all__ = [
 
 if not TYPE_CHECKING:
     __getattr__, __dir__ = lazy_exports(__name__, {
+        "BlockInfo": "qsnap.engine",
+        "BlockJobInfo": "qsnap.engine",
+        "DomainDetails": "qsnap.engine",
         "DomainInfo": "qsnap.engine",
         "Engine": "qsnap.engine",
         "Guest": "qsnap.engine",
@@ -145,6 +156,7 @@ if not TYPE_CHECKING:
         "NoSnapshotError": "qsnap.errors",
         "NotFoundError": "qsnap.errors",
         "NotSupportedError": "qsnap.errors",
+        "OperationAbortedError": "qsnap.errors",
         "OperationFailedError": "qsnap.errors",
         "OperationIncompleteError": "qsnap.errors",
         "OperationInvalidError": "qsnap.errors",

@@ -34,6 +34,7 @@ from qsnap.errors import (
     NoDomainError,
     NoSnapshotError,
     NotSupportedError,
+    OperationAbortedError,
     OperationFailedError,
     OperationIncompleteError,
     OperationInvalidError,
@@ -70,6 +71,7 @@ class _Output:
         self.quiet = quiet
         self.progress_json = progress_json
         self._progress_shown = False
+        self._job_line = ""
 
     def progress(self, report: Progress) -> None:
         """With --progress-json, one JSON object per report on stderr (for automation);
@@ -90,6 +92,16 @@ class _Output:
         if self._progress_shown:
             sys.stderr.write("\n")
             self._progress_shown = False
+
+    def job_progress(self, label: str, done: int, total: int) -> None:
+        """virsh's block job progress line on stderr: ``\\rLABEL: [ NN %]`` (100 only once
+        the job is done)."""
+        line = f"\r{label}: [{cli_output.job_percent(done, total):3d} %]"
+        if line != self._job_line:  # virsh prints a line when the job's progress moved
+            self._job_line = line
+            sys.stdout.flush()
+            sys.stderr.write(line)
+            sys.stderr.flush()
 
     def print(self, text: str) -> None:
         try:
@@ -469,6 +481,225 @@ async def cmd_snapshot_delete(engine: Engine, args: Args, out: _Output) -> None:
               else f"Domain snapshot {plan.target} deleted\n")
 
 
+@_reading
+def cmd_domblklist(run: _Runner, args: Args, out: _Output) -> None:
+    disks = run.reader.disks(args.domain)
+    if args.details:
+        rows = [[d.type, d.device, d.target, d.source or "-"] for d in disks]
+        out.print(cli_output.table(["Type", "Device", "Target", "Source"], rows,
+                                   header=not out.quiet))
+    else:
+        rows = [[d.target, d.source or "-"] for d in disks]
+        out.print(cli_output.table(["Target", "Source"], rows, header=not out.quiet))
+
+
+@_reading
+def cmd_domblkinfo(run: _Runner, args: Args, out: _Output) -> None:
+    if args.all == (args.device is not None):
+        raise UsageError("one of --device or --all is required" if not args.all
+                         else "Options --all and --device are mutually exclusive")
+    infos = run.reader.block_info(args.domain, args.device)
+
+    def size(count: int) -> str:
+        return cli_output.pretty_size(count) if args.human else str(count)
+
+    if args.all:
+        rows = [[i.target, size(i.capacity), size(i.allocation), size(i.physical)]
+                for i in infos]
+        out.print(cli_output.table(["Target", "Capacity", "Allocation", "Physical"], rows,
+                                   header=not out.quiet))
+        return
+    info = infos[0]
+    out.print(cli_output.key_values([("Capacity", size(info.capacity)),
+                                     ("Allocation", size(info.allocation)),
+                                     ("Physical", size(info.physical))]))
+
+
+@_reading
+def cmd_dominfo(run: _Runner, args: Args, out: _Output) -> None:
+    info = run.reader.details(args.domain)
+    out.print(cli_output.key_values([
+        ("Id", "-"), ("Name", info.name), ("UUID", info.uuid or ""), ("OS Type", info.os_type),
+        ("State", info.state), ("CPU(s)", info.vcpus),
+        *([("CPU time", f"{info.cpu_time:.1f}s")] if info.cpu_time is not None else []),
+        ("Max memory", f"{info.max_memory_kib} KiB"),
+        ("Used memory", f"{info.used_memory_kib} KiB"),
+        ("Persistent", "yes" if info.persistent else "no"), ("Autostart", "disable"),
+        ("Managed save", "yes" if info.managed_save else "no"), ("Security model", "none"),
+        ("Security DOI", "0")]))
+
+
+async def cmd_suspend(engine: Engine, args: Args, out: _Output) -> None:
+    await engine.suspend(args.domain)
+    out.extra(f"Domain '{args.domain}' suspended\n")
+
+
+async def cmd_resume(engine: Engine, args: Args, out: _Output) -> None:
+    await engine.resume(args.domain)
+    out.extra(f"Domain '{args.domain}' resumed\n")
+
+
+async def cmd_reboot(engine: Engine, args: Args, out: _Output) -> None:
+    await engine.reboot(args.domain, mode=args.mode)
+    out.extra(f"Domain '{args.domain}' is being rebooted\n")
+
+
+async def cmd_reset(engine: Engine, args: Args, out: _Output) -> None:
+    await engine.reboot(args.domain, mode="reset")
+    out.extra(f"Domain '{args.domain}' was reset\n")
+
+
+def _wait_timeout(args: Args) -> float | None:
+    if args.timeout is None:
+        return None
+    try:
+        seconds = int(args.timeout)
+    except ValueError:
+        seconds = 0
+    if seconds <= 0:
+        raise UsageError(f"Numeric value '{args.timeout}' for <timeout> option is malformed "
+                         "or out of range")
+    return float(seconds)
+
+
+def _bandwidth(args: Args) -> int:
+    """virsh's --bandwidth (MiB/s; bytes/s with --bytes) in bytes per second."""
+    if args.bandwidth is None:
+        return 0
+    try:
+        number = int(args.bandwidth)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise UsageError(f"Numeric value '{args.bandwidth}' for <bandwidth> option is "
+                         "malformed or out of range")
+    return number if args.bytes else number << 20
+
+
+def _job_meter(out: _Output, label: str, verbose: bool) -> Callable[[Progress], None] | None:
+    """virsh's ``--verbose`` progress: ``\\rLABEL: [ NN %]`` on stderr."""
+    if not verbose:
+        return None
+    return lambda report: out.job_progress(label, report.done, report.total)
+
+
+class _Aborted(OperationFailedError):
+    """A --timeout passed and the job was cancelled, as virsh does (which exits 1)."""
+
+
+async def cmd_blockcommit(engine: Engine, args: Args, out: _Output) -> None:
+    _exclusive(args, ("pivot", "keep-overlay"))
+    timeout = _wait_timeout(args)
+    blocking = args.wait or args.pivot or args.keep_overlay or timeout is not None
+    if not blocking and args.verbose:
+        raise UsageError("--verbose requires at least one of --timeout, --wait, --pivot, or "
+                         "--keep-overlay")
+    active = args.active or args.pivot or args.keep_overlay
+    outcome = await engine.block_commit(
+        args.domain, args.path, base=args.base, top=args.top, active=active,
+        shallow=args.shallow, delete=args.delete, wait=blocking, pivot=args.pivot,
+        keep_overlay=args.keep_overlay, wait_timeout=timeout, bandwidth=_bandwidth(args),
+        progress=_job_meter(out, "Block commit", args.verbose))
+    out.extra({"started": "Active Block Commit started" if active else "Block Commit started",
+               "synchronized": "\nNow in synchronized phase",
+               "pivoted": "\nSuccessfully pivoted",
+               "kept": "\nCommit complete, overlay image kept",
+               "committed": "\nCommit complete", "aborted": "\nCommit aborted"}[outcome])
+    if outcome == "aborted":
+        raise _Aborted(f"the block commit did not finish within {args.timeout} s, so it was "
+                       "cancelled; nothing changed")
+
+
+async def cmd_blockpull(engine: Engine, args: Args, out: _Output) -> None:
+    timeout = _wait_timeout(args)
+    if args.verbose and not args.wait:
+        raise UsageError("Option --wait is required by option --verbose")
+    outcome = await engine.block_pull(args.domain, args.path, base=args.base,
+                                      wait=args.wait, wait_timeout=timeout,
+                                      bandwidth=_bandwidth(args),
+                                      progress=_job_meter(out, "Block Pull", args.verbose))
+    out.extra({"started": "Block Pull started", "pulled": "\nPull complete",
+               "aborted": "\nPull aborted"}[outcome])
+    if outcome == "aborted":
+        raise _Aborted(f"the block pull did not finish within {args.timeout} s, so it was "
+                       "cancelled")
+
+
+async def cmd_blockjob(engine: Engine, args: Args, out: _Output) -> None:
+    _exclusive(args, ("abort", "pivot"), ("info", "abort"), ("info", "pivot"))
+    action = "abort" if args.abort else "pivot" if args.pivot else "info"
+    info = await engine.block_job(args.domain, args.path, action)
+    if action != "info":
+        return
+    if info is None:
+        out.extra(f"No current block job for {args.path}")
+        return
+    out.job_progress(info.kind, info.done, info.total)
+    out.print("\n")
+
+
+async def cmd_snapshot_edit(engine: Engine, args: Args, out: _Output) -> None:
+    _exclusive(args, ("rename", "clone"))
+    name = args.snapshotname
+    if name is None and not args.current:
+        raise UsageError("--snapshotname or --current is required")
+    from qsnap.model.snapshot import parse_snapshot
+
+    original = await engine.get_xml(args.domain, name, secure=True)
+    old = parse_snapshot(original, redefine=True)
+    edited = _edit_text(original, f"{args.domain}-{old.name}")
+    if edited == original:
+        out.extra(f"Snapshot {old.name} XML configuration not changed.\n")
+        return
+    new = parse_snapshot(edited, redefine=True)
+    if new.name != old.name and not (args.rename or args.clone):
+        raise InvalidArgumentError(f"cannot change the name of snapshot '{old.name}' to "
+                                   f"'{new.name}' without --rename or --clone")
+    if new.name != old.name and await engine.current(args.domain) is not None and \
+            new.name in [s.name for s in await engine.snapshots(args.domain)]:
+        raise AlreadyExistsError(f"snapshot '{new.name}' already exists", snapshot=new.name)
+    was_current = await engine.current(args.domain) == old.name
+    await engine.redefine(args.domain, edited,
+                          current=bool(args.current and name is not None) or
+                          (was_current and not args.clone))
+    if new.name != old.name and args.rename:
+        from qsnap.plan.flags import DeleteFlags
+
+        await engine.delete(args.domain, old.name, DeleteFlags(metadata_only=True))
+    out.extra(f"Snapshot {new.name} edited.\n")
+
+
+def _edit_text(text: str, label: str) -> str:
+    """Open *text* in the user's editor ($VISUAL, else $EDITOR, else vi); the text saved."""
+    import shlex
+    import subprocess
+    import tempfile
+
+    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+    with tempfile.NamedTemporaryFile("w", prefix=f"qsnap-{label}-", suffix=".xml",
+                                     encoding="utf-8", delete=False) as handle:
+        handle.write(text)
+        path = handle.name
+    try:
+        if subprocess.run([*shlex.split(editor), path]).returncode != 0:
+            raise OperationFailedError(f"the editor '{editor}' failed; nothing changed")
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    finally:
+        os.unlink(path)
+
+
+@_reading
+def cmd_domjobinfo(run: _Runner, args: Args, out: _Output) -> None:
+    job = run.reader.job(args.domain, completed=args.completed)
+    out.print(cli_output.job_info(job))
+
+
+@_reading
+def cmd_domjobabort(run: _Runner, args: Args, out: _Output) -> None:
+    run.reader.abort_job(args.domain)
+
+
 async def cmd_recover(engine: Engine, args: Args, out: _Output) -> None:
     lines = await engine.recover(args.domain)
     out.extra("".join(f"{line}\n" for line in lines) if lines
@@ -612,6 +843,58 @@ COMMANDS: dict[str, CommandSpec] = {spec.name: spec for spec in (
         cmd_snapshot_delete),
     CommandSpec("recover", "finish what a crash left half-done on a domain", (_DOMAIN,),
                 cmd_recover),
+    CommandSpec("domblklist", "list all domain blocks", (
+        _DOMAIN, flag("inactive", "get inactive rather than running configuration"),
+        flag("details", "additionally display the type and device value")), cmd_domblklist),
+    CommandSpec("domblkinfo", "domain block device size information", (
+        _DOMAIN, value("device", "block device"),
+        flag("human", "Human readable output"),
+        flag("all", "display all block devices info")), cmd_domblkinfo),
+    CommandSpec("dominfo", "domain information", (_DOMAIN,), cmd_dominfo),
+    CommandSpec("suspend", "suspend a domain", (_DOMAIN,), cmd_suspend),
+    CommandSpec("resume", "resume a domain", (_DOMAIN,), cmd_resume),
+    CommandSpec("reboot", "reboot a domain", (
+        _DOMAIN, value("mode", "shutdown mode: agent (the default with a guest agent "
+                       "channel) or reset", positional=False)), cmd_reboot),
+    CommandSpec("reset", "reset a domain", (_DOMAIN,), cmd_reset),
+    CommandSpec("blockcommit", "Start a block commit operation.", (
+        _DOMAIN, value("path", "fully-qualified path of disk", required=True),
+        value("bandwidth", "bandwidth limit in MiB/s", metavar="number"),
+        value("base", "path of base file to commit into (default bottom of chain)"),
+        flag("shallow", "use backing file of top as base"),
+        value("top", "path of top file to commit from (default top of chain)"),
+        flag("active", "trigger two-stage active commit of top file"),
+        flag("delete", "delete files that were successfully committed"),
+        flag("wait", "wait for job to complete (with --active, wait for job to sync)"),
+        flag("verbose", "with --wait, display the progress"),
+        value("timeout", "implies --wait, abort if copy exceeds timeout (in seconds)",
+              metavar="number"),
+        flag("pivot", "implies --active --wait, pivot when commit is synced"),
+        flag("keep-overlay", "implies --active --wait, quit when commit is synced"),
+        flag("bytes", "the bandwidth limit is in bytes/s rather than MiB/s")),
+        cmd_blockcommit),
+    CommandSpec("blockpull", "Populate a disk from its backing image.", (
+        _DOMAIN, value("path", "fully-qualified path of disk", required=True),
+        value("bandwidth", "bandwidth limit in MiB/s", metavar="number"),
+        value("base", "path of backing file in chain for a partial pull"),
+        flag("wait", "wait for job to finish"),
+        flag("verbose", "with --wait, display the progress"),
+        value("timeout", "with --wait, abort if pull exceeds timeout (in seconds)",
+              metavar="number"),
+        flag("bytes", "the bandwidth limit is in bytes/s rather than MiB/s")), cmd_blockpull),
+    CommandSpec("blockjob", "Manage active block operations", (
+        _DOMAIN, value("path", "fully-qualified path of disk", required=True),
+        flag("abort", "abort the active job on the specified disk"),
+        flag("info", "get active job information for the specified disk"),
+        flag("pivot", "conclude and pivot a copy or commit job")), cmd_blockjob),
+    CommandSpec("domjobinfo", "domain job information", (
+        _DOMAIN, flag("completed", "return statistics of a recently completed job")),
+        cmd_domjobinfo),
+    CommandSpec("domjobabort", "abort active domain job", (_DOMAIN,), cmd_domjobabort),
+    CommandSpec("snapshot-edit", "edit XML for a snapshot", (
+        _DOMAIN, _SNAPSHOT, _current("also set edited snapshot as"),
+        flag("rename", "allow renaming an existing snapshot"),
+        flag("clone", "allow cloning to new name")), cmd_snapshot_edit),
 )}
 
 
@@ -634,6 +917,7 @@ def usage() -> str:
 #: libvirt's prefix for an error of each kind (its error code's text), so that scripts
 #: written against virsh's messages keep working.
 _LIBVIRT_PREFIX: tuple[tuple[type[QsnapError], str], ...] = (
+    (OperationAbortedError, "operation aborted: "),
     (AlreadyExistsError, "operation failed: "),
     (OperationIncompleteError, "operation failed: "),
     (OperationFailedError, "operation failed: "),
@@ -654,6 +938,9 @@ _FAILED_TO = {
     "restore": "Failed to restore domain from {file}",
     "managedsave": "Failed to save domain '{domain}' state",
     "start": "Failed to start domain '{domain}'",
+    "suspend": "Failed to suspend domain '{domain}'",
+    "resume": "Failed to resume domain '{domain}'",
+    "reboot": "Failed to reboot domain '{domain}'",
 }
 
 

@@ -72,6 +72,41 @@ def local_time(seconds: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(seconds))
 
 
+def job_percent(done: int, total: int) -> int:
+    """virsh's block job percentage: 100 only once nothing remains."""
+    if total <= 0 or done >= total:
+        return 100
+    return min(int(100 - (total - done) * 100 / total), 99)
+
+
+def pretty_size(count: int) -> str:
+    """virsh's ``--human`` sizes: ``1.500 GiB``."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.3f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def job_info(job: dict[str, Any] | None) -> str:
+    """virsh domjobinfo's layout for a job on the board (None: no job)."""
+    if job is None:
+        return f"{'Job type:':<17} {'None':<12}\n"
+    lines = [f"{'Job type:':<17} {str(job['type']).capitalize():<12}",
+             f"{'Operation:':<17} {job['operation']!s:<12}",
+             f"{'Time elapsed:':<17} {int(float(job['elapsed']) * 1000):<12} ms"]
+    if job.get("seconds_left") is not None and job["type"] != "completed":
+        lines.append(f"{'Time remaining:':<17} {int(float(job['seconds_left']) * 1000):<12} ms")
+    if "total" in job:
+        lines += [f"{'Data processed:':<17} {pretty_size(int(job['processed']))}",
+                  f"{'Data remaining:':<17} {pretty_size(int(job['remaining']))}",
+                  f"{'Data total:':<17} {pretty_size(int(job['total']))}"]
+        if job.get("rate"):
+            lines.append(f"{'Data bandwidth:':<17} {pretty_size(int(job['rate']))}/s")
+    return "".join(f"{line}\n" for line in lines)
+
+
 def _size(count: float) -> str:
     if count < 1024:
         return f"{int(count)} B"

@@ -76,6 +76,10 @@ class OperationFailedError(QsnapError):
     OPERATION_FAILED); the message says why, and what was left as it was."""
 
 
+class OperationAbortedError(OperationFailedError):
+    """The operation was stopped on request (``domjobabort``) and settled as a failed one."""
+
+
 class GuestExitedError(OperationFailedError):
     """The guest's QEMU exited while an operation needed it (e.g. while it loaded a saved
     state); the operation was undone."""

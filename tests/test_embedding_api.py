@@ -45,6 +45,7 @@ def test_every_error_class_is_exported_and_carries_its_subject() -> None:
 
 
 def test_the_package_logs_nowhere_unless_asked() -> None:
+    assert qsnap.Engine  # the engine's modules log (and import logging) when first used
     handlers = logging.getLogger("qsnap").handlers
     assert any(isinstance(h, logging.NullHandler) for h in handlers)
     assert (Path(qsnap.__file__).parent / "py.typed").exists()

@@ -6,11 +6,15 @@ from qsnap.lazy import lazy_exports
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see qsnap.lazy)
 if TYPE_CHECKING:
+    from qsnap.engine.block_jobs import BlockJobInfo
     from qsnap.engine.engine import Engine
     from qsnap.engine.guest import Guest, GuestInfo
-    from qsnap.engine.results import DomainInfo, SnapshotInfo
+    from qsnap.engine.results import BlockInfo, DomainDetails, DomainInfo, SnapshotInfo
 
 __all__ = [
+    "BlockInfo",
+    "BlockJobInfo",
+    "DomainDetails",
     "DomainInfo",
     "Engine",
     "Guest",
@@ -20,6 +24,9 @@ __all__ = [
 
 if not TYPE_CHECKING:
     __getattr__, __dir__ = lazy_exports(__name__, {
+        "BlockInfo": "qsnap.engine.results",
+        "BlockJobInfo": "qsnap.engine.block_jobs",
+        "DomainDetails": "qsnap.engine.results",
         "DomainInfo": "qsnap.engine.results",
         "Engine": "qsnap.engine.engine",
         "SnapshotInfo": "qsnap.engine.results",

@@ -31,7 +31,9 @@ from qsnap.engine.guest import Guest, GuestInfo
 from qsnap.engine.guests import state_of, stop
 from qsnap.engine.reader import (
     Reader,
+    block_info,
     current_snapshot,
+    domain_details,
     domain_xml,
     load_tree,
     resolve,
@@ -42,7 +44,7 @@ from qsnap.engine.reader import (
     snapshot_xml,
 )
 from qsnap.engine.recovery import finish_interrupted
-from qsnap.engine.results import DomainInfo, SnapshotInfo
+from qsnap.engine.results import BlockInfo, DomainDetails, DomainInfo, SnapshotInfo
 from qsnap.errors import (
     AlreadyExistsError,
     CorruptMetadataError,
@@ -63,6 +65,7 @@ from qsnap.launcher.runtime import (
 from qsnap.logs import logger
 from qsnap.model.domain import (
     DomainDef,
+    DomainDisk,
     RunningDisk,
     domain_from_qemu,
     parse_domain,
@@ -77,12 +80,13 @@ from qsnap.model.tree import SnapshotSummary, SnapshotTree
 from qsnap.monitor import Monitor, one_connection_per_qemu, share_connection
 from qsnap.plan.flags import CreateFlags, DeleteFlags, ListFilter, RevertFlags
 from qsnap.plan.save import check_parallel_channels, image_definition
-from qsnap.progress import ProgressCallback
+from qsnap.progress import ProgressCallback, ProgressMeter
 from qsnap.store import KEEP, DomainFolder, StateDir, resolve_state_dir
 from qsnap.store.intent import has_intent
 from qsnap.timeouts import bounded
 
 if TYPE_CHECKING:
+    from qsnap.engine.block_jobs import BlockJobInfo
     from qsnap.launcher.foreign import RelaunchHook
     from qsnap.launcher.process import Launcher
     from qsnap.plan.delete import MetadataDeletePlan
@@ -218,6 +222,16 @@ class Engine:
 
             return refuse
         return foreign_launcher(command, self._hooks.get(folder.name, self._relaunch))
+
+    def _job(self, folder: DomainFolder, operation: str, progress: ProgressCallback | None,
+             *, abortable: bool = True) -> contextlib.AbstractAsyncContextManager[
+                 ProgressCallback]:
+        """Post *operation* on the domain's job board for its duration (domjobinfo, and
+        domjobabort where *abortable*); yields the progress callback to hand it."""
+        from qsnap.engine.jobs import JobWatch
+
+        return JobWatch(folder.path, runtime_paths(self.state_dir, folder.name), operation,
+                        progress, abortable).posted()
 
     def _runtime(self, domain: str) -> tuple[RuntimePaths, RuntimeInfo | None]:
         paths = runtime_paths(self.state_dir, domain)
@@ -489,7 +503,8 @@ class Engine:
         from qsnap.engine import save as save_op
 
         target = absolute_file("the save image", path)
-        async with self._session(domain) as folder:
+        async with self._session(domain) as folder, \
+                self._job(folder, "Save", progress) as progress:
             await save_op.run(self._context(folder, progress), target, running=running, xml=xml,
                               image_format=image_format, channels=parallel_channels)
 
@@ -530,7 +545,8 @@ class Engine:
                                            f"with uuid {domain.uuid}, not {known}")
         else:
             await self.define(domain.to_xml())
-        async with self._session(domain.name) as folder:
+        async with self._session(domain.name) as folder, \
+                self._job(folder, "Restore", progress) as progress:
             info = await restore_op.run(self._context(folder, progress), domain, source, image,
                                         running, channels=parallel_channels)
         return Guest(self, domain.name, info)
@@ -554,6 +570,142 @@ class Engine:
                 raise DomainNotRunningError(f"domain '{domain}' is not running", domain=domain)
             async with await Monitor.connect(info.qmp) as monitor:
                 await monitor.powerdown()
+
+    async def _running_monitor(self, domain: str) -> Monitor:
+        info = self._runtime(domain)[1]
+        if info is None:
+            raise DomainNotRunningError(f"domain '{domain}' is not running", domain=domain)
+        return await Monitor.connect(info.qmp)
+
+    @_bounded
+    async def disks(self, domain: str, *, timeout: float | None = None) -> list[DomainDisk]:
+        """virsh domblklist: the domain's disks, naming the images the guest uses now."""
+        return await self._run(domain, lambda folder: list(folder.definition.disks),
+                               reading=True)
+
+    @_bounded
+    async def domain_details(self, domain: str, *,
+                             timeout: float | None = None) -> DomainDetails:
+        """virsh dominfo."""
+        return await self._run(domain, lambda folder: domain_details(
+            folder, self._runtime(domain)[1]), reading=True)
+
+    @_bounded
+    async def block_info(self, domain: str, disk: str | None = None, *,
+                         timeout: float | None = None) -> list[BlockInfo]:
+        """virsh domblkinfo: sizes of *disk* (every disk with an image when None)."""
+        return await self._run(domain, functools.partial(block_info, disk=disk),
+                               reading=True)
+
+    async def job_info(self, domain: str, *, completed: bool = False,
+                       timeout: float | None = None) -> dict[str, object] | None:
+        """virsh domjobinfo: the long operation running on *domain* (in any process), as
+        posted on its job board, or None; *completed*: the last one that finished."""
+        return await asyncio.to_thread(self.reader.job, domain, completed=completed)
+
+    async def abort_job(self, domain: str, *, timeout: float | None = None) -> None:
+        """virsh domjobabort: stop the operation running on *domain* (in any process); it
+        settles as a failed one would, and this returns once it has (within *timeout*
+        seconds, 60 by default)."""
+        await asyncio.to_thread(self.reader.abort_job, domain, timeout or 60.0)
+
+    @_bounded
+    async def suspend(self, domain: str, *, timeout: float | None = None) -> None:
+        """virsh suspend: stop the guest's vCPUs (a paused guest stays paused)."""
+        async with self._session(domain), await self._running_monitor(domain) as monitor:
+            if await monitor.status() != "paused":
+                await monitor.pause()
+
+    @_bounded
+    async def resume(self, domain: str, *, timeout: float | None = None) -> None:
+        """virsh resume: run a paused guest's vCPUs again."""
+        async with self._session(domain), await self._running_monitor(domain) as monitor:
+            status = await monitor.status()
+            if status == "running":
+                raise OperationInvalidError("domain is already running", domain=domain)
+            if status not in ("paused", "postmigrate"):
+                raise OperationInvalidError(f"domain '{domain}' cannot be resumed from "
+                                            f"QEMU's state '{status}'", domain=domain)
+            await monitor.resume()
+
+    @_bounded
+    async def reboot(self, domain: str, *, mode: str | None = None,
+                     timeout: float | None = None) -> None:
+        """virsh reboot: ask the guest to reboot; returns at once. *mode* ``agent`` (the
+        default where the definition has a guest agent channel) asks the guest agent;
+        ``reset`` resets the machine at once (virsh reset)."""
+        from qsnap.launcher.command import agent_socket
+        from qsnap.monitor.agent import GuestAgent
+
+        async with self._session(domain) as folder:
+            paths, info = self._runtime(domain)
+            if info is None:
+                raise DomainNotRunningError(f"domain '{domain}' is not running", domain=domain)
+            agent = agent_socket(folder.definition, paths)
+            chosen = mode or ("agent" if agent else "reset")
+            if chosen == "agent":
+                if agent is None:
+                    raise OperationInvalidError("QEMU guest agent is not configured",
+                                                domain=domain)
+                async with await GuestAgent.connect(agent) as channel:
+                    # The agent reboots the guest without answering (it goes down first).
+                    await channel.send_only("guest-shutdown", {"mode": "reboot"})
+            elif chosen == "reset":
+                async with await Monitor.connect(info.qmp) as monitor:
+                    await monitor.execute("system_reset")
+            else:
+                raise InvalidArgumentError(f"unsupported reboot mode '{chosen}': qsnap "
+                                           "offers agent and reset")
+
+    @_bounded
+    async def block_commit(self, domain: str, disk: str, *, base: str | None = None,
+                           top: str | None = None, active: bool = False,
+                           shallow: bool = False, delete: bool = False, wait: bool = False,
+                           pivot: bool = False, keep_overlay: bool = False,
+                           wait_timeout: float | None = None, bandwidth: int = 0,
+                           progress: ProgressCallback | None = None,
+                           timeout: float | None = None) -> str:
+        """virDomainBlockCommit (and virsh's waiting): merge *top* (default: the image the
+        guest writes to, which needs *active*) down into *base* (default: the bottom of the
+        chain) on the running guest, at most *bandwidth* bytes per second (0: as fast as
+        it goes). See :func:`qsnap.engine.block_jobs.run_commit` for
+        what it returns; the definition and the snapshots' metadata follow the merge, and a
+        commit into an image a snapshot still needs is refused."""
+        from qsnap.engine import block_jobs
+
+        async with self._session(domain) as folder, \
+                self._job(folder, "Block commit", progress) as progress:
+            return await block_jobs.run_commit(
+                self._context(folder), disk, base=base, top=top,
+                active=active or pivot or keep_overlay, shallow=shallow, delete=delete,
+                wait=wait or pivot or keep_overlay or wait_timeout is not None, pivot=pivot,
+                keep_overlay=keep_overlay, timeout=wait_timeout,
+                meter=ProgressMeter("Block commit", progress), bandwidth=bandwidth)
+
+    @_bounded
+    async def block_pull(self, domain: str, disk: str, *, base: str | None = None,
+                         wait: bool = False, wait_timeout: float | None = None,
+                         bandwidth: int = 0, progress: ProgressCallback | None = None,
+                         timeout: float | None = None) -> str:
+        """virDomainBlockPull / BlockRebase: copy the backing images' data (down to *base*)
+        into the guest's top image; ``started``, ``pulled`` or ``aborted``."""
+        from qsnap.engine import block_jobs
+
+        async with self._session(domain) as folder, \
+                self._job(folder, "Block pull", progress) as progress:
+            return await block_jobs.run_pull(
+                self._context(folder), disk, base=base,
+                wait=wait or wait_timeout is not None, timeout=wait_timeout,
+                meter=ProgressMeter("Block pull", progress), bandwidth=bandwidth)
+
+    @_bounded
+    async def block_job(self, domain: str, disk: str, action: str = "info", *,
+                        timeout: float | None = None) -> BlockJobInfo | None:
+        """virsh blockjob: ``info`` (the disk's job, or None), ``abort`` or ``pivot``."""
+        from qsnap.engine import block_jobs
+
+        async with self._session(domain) as folder:
+            return await block_jobs.block_job(self._context(folder), disk, action)
 
     @_bounded
     async def domstate(self, domain: str, *, timeout: float | None = None) -> str:
@@ -591,9 +743,10 @@ class Engine:
                                        disk_only=flags.disk_only, validate=flags.validate)
         from qsnap.engine import create as create_op
 
-        async with self._session(domain) as folder:
+        async with self._session(domain) as folder, \
+                self._job(folder, "Snapshot", progress) as progress:
             return await create_op.run(self._context(folder, progress), xml, flags,
-                                    live_strategy)
+                                       live_strategy)
 
     @_bounded
     async def redefine(self, domain: str, xml: str | bytes, *, current: bool = False,
@@ -688,7 +841,8 @@ class Engine:
         from qsnap.engine import revert as revert_op
 
         flags.check()
-        async with self._session(domain) as folder:
+        async with self._session(domain) as folder, \
+                self._job(folder, "Snapshot revert", progress, abortable=False) as progress:
             name = resolve(folder, snapshot)
             await revert_op.run(self._context(folder, progress), name, flags)
             return name
@@ -724,7 +878,9 @@ class Engine:
                 await asyncio.to_thread(folder.save, put=list(moved.values()), drop=plan.remove,
                                         current=plan.current if plan.current_changes else KEEP)
                 return plan
-            await delete_op.run(self._context(folder, progress), name, plan, moved)
+            async with self._job(folder, "Snapshot delete", progress,
+                                 abortable=False) as progress:
+                await delete_op.run(self._context(folder, progress), name, plan, moved)
             return plan
 
     @_bounded

@@ -23,7 +23,8 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see qsna
 if TYPE_CHECKING:
     from typing import TypeVar
 
-    from qsnap.engine.results import DomainInfo, SnapshotInfo
+    from qsnap.engine.results import BlockInfo, DomainDetails, DomainInfo, SnapshotInfo
+    from qsnap.model.domain import DomainDisk
     from qsnap.model.snapshot import SnapshotDef
     from qsnap.model.tree import SnapshotSummary, SnapshotTree
     from qsnap.plan.flags import ListFilter
@@ -158,6 +159,61 @@ class Reader:
     def domain_xml(self, domain: str, *, secure: bool = False) -> str:
         return self.read(domain, functools.partial(domain_xml, secure=secure))
 
+    def disks(self, domain: str) -> list[DomainDisk]:
+        """The domain's disks (virsh domblklist): the definition, which qsnap keeps naming
+        the images the running guest uses."""
+        return self.read(domain, lambda folder: list(folder.definition.disks))
+
+    def details(self, domain: str) -> DomainDetails:
+        return self.read(domain, lambda folder: domain_details(
+            folder, self.runtime(folder.name)))
+
+    def block_info(self, domain: str, disk: str | None) -> list[BlockInfo]:
+        return self.read(domain, functools.partial(block_info, disk=disk))
+
+    def job(self, domain: str, *, completed: bool = False) -> dict[str, object] | None:
+        """The job posted on *domain*'s board (domjobinfo), read without the domain's lock,
+        which the job's own process holds; None when none runs. *completed*: the last job
+        that finished instead."""
+        from qsnap.store import job_board
+
+        folder = self.state.folder(domain)
+        if not folder.exists():
+            raise NoDomainError(f"domain '{domain}' is not defined", domain=domain)
+        if completed:
+            return job_board.read(folder.path, name=job_board.DONE_NAME)
+        job = job_board.read(folder.path)
+        if job is None and self.runtime(domain) is None:
+            from qsnap.errors import DomainNotRunningError
+
+            raise DomainNotRunningError(f"domain '{domain}' is not running", domain=domain)
+        return job
+
+    def abort_job(self, domain: str, wait: float = 60.0) -> None:
+        """domjobabort: ask the job on *domain*'s board to stop, and wait until its
+        operation has settled (the job leaves the board)."""
+        import time
+
+        from qsnap.errors import OperationInvalidError
+        from qsnap.store import job_board
+
+        job = self.job(domain)
+        if job is None:
+            raise OperationInvalidError("no job is active on the domain", domain=domain)
+        if not job.get("abortable"):
+            raise OperationInvalidError(f"job '{job.get('operation')}' cannot be aborted: "
+                                        "it is past the point where stopping would lose "
+                                        "nothing", domain=domain)
+        folder = self.state.folder(domain)
+        job_board.request_abort(folder.path)
+        deadline = time.monotonic() + wait
+        while job_board.read(folder.path) is not None:
+            if time.monotonic() > deadline:
+                raise OperationInvalidError(f"job '{job.get('operation')}' did not stop "
+                                            f"within {wait:g} s of the abort request",
+                                            domain=domain)
+            time.sleep(0.05)
+
     # -- snapshots --------------------------------------------------------------------------
 
     def snapshots(self, domain: str, flt: ListFilter | None = None) -> list[SnapshotSummary]:
@@ -259,3 +315,59 @@ def current_snapshot(folder: DomainFolder) -> str | None:
 
 def snapshot_parent(folder: DomainFolder, *, snapshot: str | None) -> str | None:
     return folder.read_snapshot(resolve(folder, snapshot)).parent
+
+
+def domain_details(folder: DomainFolder, info: RuntimeInfo | None) -> DomainDetails:
+    """virsh dominfo's facts."""
+    import os
+
+    from qsnap.engine.results import DomainDetails
+
+    definition = folder.definition
+    cpu_time = None
+    if info is not None:
+        try:
+            with open(f"/proc/{info.pid}/stat", encoding="ascii") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            cpu_time = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            cpu_time = None
+    memory = definition.memory_bytes // 1024
+    return DomainDetails(name=folder.name, uuid=definition.uuid, os_type="hvm",
+                         state=guest_state(info), vcpus=definition.vcpus, cpu_time=cpu_time,
+                         max_memory_kib=memory, used_memory_kib=memory, persistent=not
+                         folder.transient, managed_save=folder.managed_save.exists())
+
+
+def block_info(folder: DomainFolder, *, disk: str | None) -> list[BlockInfo]:
+    """virsh domblkinfo: each disk's (or *disk*'s) capacity (the guest's size), allocation
+    (bytes on the host's disk) and physical size (the file's length)."""
+    import json
+    import os
+    import subprocess
+
+    from qsnap.engine.results import BlockInfo
+    from qsnap.errors import InvalidArgumentError
+
+    definition = folder.definition
+    if disk is not None:
+        found = definition.disk_by_name(disk)
+        if found is None:
+            raise InvalidArgumentError(f"invalid path {disk} not assigned to domain")
+        disks = [found]
+    else:
+        disks = [d for d in definition.disks if d.source]
+    result = []
+    for entry in disks:
+        if not entry.source:
+            result.append(BlockInfo(entry.target, 0, 0, 0))
+            continue
+        answer = subprocess.run(["qemu-img", "info", "-U", "--output=json", entry.source],
+                                capture_output=True, text=True)
+        if answer.returncode != 0:
+            raise InvalidArgumentError(f"cannot read image '{entry.source}' of disk "
+                                       f"'{entry.target}': {answer.stderr.strip()}")
+        stat = os.stat(entry.source)
+        result.append(BlockInfo(entry.target, int(json.loads(answer.stdout)["virtual-size"]),
+                                stat.st_blocks * 512, stat.st_size))
+    return result

@@ -18,12 +18,13 @@ from qsnap.store.intent import INTENT_NAME, clear_intent, read_intent
 #: command does not load every operation's code (each module's ``*Work.KIND`` is its key).
 HANDLERS = {"create": "qsnap.engine.create", "revert": "qsnap.engine.revert",
             "save": "qsnap.engine.save", "restore": "qsnap.engine.restore",
-            "delete": "qsnap.engine.delete"}
+            "delete": "qsnap.engine.delete", "blockcommit": "qsnap.engine.block_jobs"}
 
 
 async def finish_interrupted(ctx: Context) -> str | None:
     """Settle the operation a crash interrupted on the domain of *ctx*; a line saying what
-    was done, or None when there was none."""
+    was done, or None when there was none, or when the operation is one still under way in
+    QEMU (a block commit nobody waits for), whose record stays."""
     folder = ctx.folder
     record = await asyncio.to_thread(read_intent, folder.path)
     if record is None:
@@ -34,12 +35,14 @@ async def finish_interrupted(ctx: Context) -> str | None:
                                     f"'{record['kind']}' in {folder.path}/intent.json")
     settle: Any = importlib.import_module(module).settle
     try:
-        line = await settle(ctx, record)
+        line: str | None = await settle(ctx, record)
     except (QsnapError, OSError, KeyError, TypeError, ValueError) as exc:  # a damaged record
         raise OperationIncompleteError(
             f"domain '{folder.name}': settling the interrupted {record['kind']} failed: "
             f"{exc}. The record stays in {folder.path / INTENT_NAME}: fix the cause and run "
             f"'qsnap recover {folder.name}', or move the record away by hand after checking "
             "the images it names") from None
+    if line is None:
+        return None
     await asyncio.to_thread(clear_intent, folder.path)
     return f"settled an interrupted {record['kind']}: {line}"

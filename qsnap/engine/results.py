@@ -31,3 +31,29 @@ class SnapshotInfo:
     metadata: bool = True
     #: For full-system snapshots qsnap took: how the memory was captured and the guest's pause.
     memory_capture: str | None = None
+
+
+@dataclass(frozen=True)
+class DomainDetails:
+    """What ``dominfo`` shows. *cpu_time* (seconds of host CPU) only while QEMU runs."""
+
+    name: str
+    uuid: str | None
+    os_type: str
+    state: str
+    vcpus: int
+    cpu_time: float | None
+    max_memory_kib: int
+    used_memory_kib: int
+    persistent: bool
+    managed_save: bool
+
+
+@dataclass(frozen=True)
+class BlockInfo:
+    """What ``domblkinfo`` shows of one disk, in bytes."""
+
+    target: str
+    capacity: int
+    allocation: int
+    physical: int

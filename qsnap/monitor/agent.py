@@ -85,6 +85,10 @@ class GuestAgent:
                                   f"{reply['error'].get('desc', reply['error'])}")
         return reply.get("return")
 
+    async def send_only(self, command: str, arguments: dict[str, Any] | None = None) -> None:
+        """Send a command that gets no answer when it succeeds (``guest-shutdown``)."""
+        await self._send(command, arguments)
+
     async def freeze(self) -> int:
         """Freeze the guest's file systems; returns how many were frozen."""
         return int(await self.execute("guest-fsfreeze-freeze"))

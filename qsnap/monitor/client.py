@@ -434,7 +434,7 @@ class Monitor:
     # -- block jobs ---------------------------------------------------------------------------
 
     async def start_commit(self, job_id: str, device: str, base_node: str,
-                           top_node: str | None) -> None:
+                           top_node: str | None, *, speed: int = 0) -> None:
         """Start merging the chain above *base_node* (up to *top_node*) into it.
 
         Without *top_node* this is an active commit: the job turns ``ready`` once the image
@@ -450,7 +450,34 @@ class Monitor:
                                         "auto-finalize": False}
         if top_node is not None:
             arguments["top-node"] = top_node
+        if speed:
+            arguments["speed"] = speed
         await self.execute("block-commit", arguments)
+
+    async def start_stream(self, job_id: str, device: str, base_node: str | None, *,
+                           auto_dismiss: bool, speed: int = 0) -> None:
+        """Start pulling the data of the images below *device*'s top (down to *base_node*,
+        the whole chain without it) into the top image (``block-stream``). QEMU rewrites the
+        top's backing file when it finishes; the images below stay as they were. With
+        *auto_dismiss* off the concluded job stays for the caller to read and dismiss."""
+        arguments: dict[str, object] = {"job-id": job_id, "device": device,
+                                        "auto-dismiss": auto_dismiss}
+        if base_node is not None:
+            arguments["base-node"] = base_node
+        if speed:
+            arguments["speed"] = speed  # bytes per second
+        await self.execute("block-stream", arguments)
+
+    async def block_jobs(self) -> list[dict[str, Any]]:
+        """``query-block-jobs``: each block job's ``device`` (its id), ``type``, ``len``,
+        ``offset`` and ``ready``."""
+        jobs: list[dict[str, Any]] = await self.execute("query-block-jobs")
+        return jobs
+
+    async def cancel_job(self, job_id: str) -> None:
+        """``job-cancel``. A mirror (or active commit) that is ``ready`` ends cleanly without
+        switching the guest to its target; any other job stops where it is."""
+        await self.execute("job-cancel", {"id": job_id})
 
     async def drop_detached_nodes(self) -> list[str]:
         """Delete the named nodes that no disk's chain uses any more; returns their names.

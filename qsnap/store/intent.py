@@ -41,7 +41,26 @@ class IntentRecord:
         return cls(**{k: v for k, v in record.items() if k != "kind"})
 
 
+#: A record that stays while QEMU runs its job (a block commit nobody waits for): no other
+#: operation may write its own record over it.
+LASTING_KINDS = frozenset({"blockcommit"})
+
+
 def write_intent(folder: Path, record: dict[str, Any]) -> None:
+    """Write (or update) the record. One of another kind that lasts while QEMU runs its job
+    refuses the new operation before it changes anything."""
+    if record["kind"] not in LASTING_KINDS:
+        try:
+            existing = json.loads((folder / INTENT_NAME).read_bytes())
+        except (FileNotFoundError, ValueError):
+            existing = None
+        if isinstance(existing, dict) and existing.get("kind") in LASTING_KINDS:
+            from qsnap.errors import OperationInvalidError
+
+            target = existing.get("target", "?")
+            raise OperationInvalidError(
+                f"disk '{target}' is in a block job ({existing['kind']}); finish it with "
+                f"'blockjob {folder.name} {target} --pivot' or '--abort' first")
     atomic_write(folder / INTENT_NAME, json.dumps(record, indent=1).encode("utf-8"))
 
 

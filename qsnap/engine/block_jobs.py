@@ -1,0 +1,412 @@
+"""virsh blockcommit, blockpull and blockjob: QEMU block jobs on a running guest's chain.
+
+A commit is recorded in the domain's intent record, as a snapshot delete's merges are, and
+walks the same steps whether a command runs it or recovery finishes it:
+
+1. the plan is checked (:mod:`qsnap.plan.block_jobs`), and the whole outcome (the definition
+   and snapshot metadata that name the merged images afterwards, the files ``--delete``
+   removes) is written to the record; then the job starts, with auto-finalize off;
+2. the job copies; an active commit turns ``ready`` and waits there: for ``--pivot`` (or
+   ``blockjob --pivot`` from a later command) it is completed, for ``--keep-overlay`` (or
+   ``blockjob --abort``) cancelled, which leaves the guest on its top image;
+3. at ``pending`` QEMU has copied everything into base and holds the disk's new I/O: the
+   record is marked ``decided`` (from here base is the image to keep, pivoted or not), then
+   ``job-finalize`` pivots (or rewrites the backing file above top);
+4. the metadata is saved, ``--delete`` removes the merged-away files, the record goes.
+
+A commit that nobody waits for (no ``--wait``) keeps its record while QEMU runs it: each
+later command on the domain looks at the job first (:func:`settle`), and finishes it once it
+reached ``pending`` (a commit below the top) or leaves it running (``ready`` active commits
+wait for ``blockjob --pivot`` or ``--abort``, as libvirt's do). A crash anywhere is finished
+the same way. The guest never stops for any of it.
+
+A pull needs no record: it changes neither the definition nor any file qsnap removes, and a
+half-done pull leaves the chain reading as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from qsnap import images
+from qsnap.engine.context import Context
+from qsnap.errors import (
+    DomainNotRunningError,
+    InvalidArgumentError,
+    MonitorTimeoutError,
+    OperationFailedError,
+    OperationInvalidError,
+    QsnapError,
+)
+from qsnap.faults import crash_point
+from qsnap.logs import logger
+from qsnap.model.domain import parse_domain
+from qsnap.model.snapshot import format_snapshot, parse_snapshot
+from qsnap.monitor import Monitor
+from qsnap.plan.block_jobs import CommitPlan, find_disk, plan_commit, plan_pull
+from qsnap.plan.external_delete import renamed_definition, renamed_snapshot
+from qsnap.progress import ProgressMeter
+from qsnap.store import DomainFolder
+from qsnap.store.atomic import unlink_if_present
+from qsnap.store.intent import IntentRecord, clear_intent, read_intent, write_intent
+
+log = logger("qsnap")
+
+#: The statuses a job waits in for someone's decision or for QEMU.
+_UNDER_WAY = frozenset({"created", "running", "paused", "ready", "standby", "waiting"})
+
+
+def commit_job_id(target: str) -> str:
+    return f"qsnap-blockcommit-{target}"
+
+
+def pull_job_id(target: str) -> str:
+    return f"qsnap-blockpull-{target}"
+
+
+@dataclass(frozen=True)
+class BlockJobInfo:
+    """``blockjob --info``: a disk's job, as virsh labels it, and its progress in bytes."""
+
+    target: str
+    kind: str  # "Block Commit", "Active Block Commit", "Block Pull", ...
+    done: int
+    total: int
+    ready: bool
+
+
+@dataclass
+class CommitWork(IntentRecord):
+    """A block commit, as the intent record keeps it."""
+
+    target: str
+    job_id: str
+    top_file: str
+    base_file: str
+    active: bool
+    merged_away: list[str]
+    delete: bool = False
+    definition: str | None = None
+    put: list[str] = field(default_factory=list)
+    #: The guest is to be pivoted onto base (--pivot, blockjob --pivot): job-complete sent.
+    pivot: bool = False
+    #: At pending, before the finalize: base is the image to keep.
+    decided: bool = False
+    KIND: ClassVar[str] = "blockcommit"
+
+
+# -- starting -------------------------------------------------------------------------------
+
+async def _running_monitor(ctx: Context) -> Monitor:
+    if ctx.running is None:
+        raise DomainNotRunningError(f"domain '{ctx.domain}' is not running", domain=ctx.domain)
+    return await Monitor.connect(ctx.running.qmp)
+
+
+async def _refuse_busy(monitor: Monitor, target: str) -> None:
+    for job in await monitor.block_jobs():
+        if job.get("device", "").endswith(f"-{target}"):
+            raise OperationInvalidError(f"disk '{target}' already in active block job")
+
+
+async def start_commit(ctx: Context, disk: str, *, base: str | None, top: str | None,
+                       active: bool, shallow: bool, delete: bool,
+                       bandwidth: int = 0) -> CommitWork:
+    """Check, record and start a commit; returns its record."""
+    folder = ctx.folder
+    async with await _running_monitor(ctx) as monitor:
+        if read_intent(folder.path) is not None:
+            raise OperationInvalidError(
+                f"disk '{disk}' already in active block job" if _recorded_target(folder)
+                == find_disk(folder.definition, disk).target else
+                f"domain '{ctx.domain}' has another block job under way")
+        chains = await monitor.block_chains()
+        definition = folder.definition
+        snapshots = await asyncio.to_thread(
+            lambda: {n: folder.read_snapshot(n) for n in folder.snapshot_names()})
+        target = find_disk(definition, disk).target
+        files = [f for _, f in chains.get(target, [])]
+        formats = {f: (await images.facts(f)).format for f in files[1:]}
+        plan = plan_commit(definition, disk, chains, formats, snapshots, base=base, top=top,
+                           active=active, shallow=shallow)
+        await _refuse_busy(monitor, plan.target)
+        work = _work(plan, folder, snapshots, delete)
+        await asyncio.to_thread(write_intent, folder.path, work.record())
+        crash_point("blockcommit: intent recorded")
+        try:
+            await monitor.start_commit(work.job_id, plan.nodes[0], plan.nodes[plan.base],
+                                       None if plan.active else plan.nodes[plan.top],
+                                       speed=bandwidth)
+        except QsnapError:
+            await asyncio.to_thread(clear_intent, folder.path)
+            raise
+        crash_point("blockcommit: job started")
+        return work
+
+
+def _recorded_target(folder: DomainFolder) -> str | None:
+    record = read_intent(folder.path)
+    return record.get("target") if record and record.get("kind") == CommitWork.KIND else None
+
+
+def _work(plan: CommitPlan, folder: DomainFolder, snapshots: dict[str, Any],
+          delete: bool) -> CommitWork:
+    definition = renamed_definition(folder.definition, plan.renames) if plan.active else None
+    put = [renamed_snapshot(s, plan.renames) for s in snapshots.values()]
+    return CommitWork(plan.target, commit_job_id(plan.target), plan.top_file, plan.base_file,
+                      plan.active, list(plan.merged_away), delete,
+                      definition.to_xml() if definition is not None else None,
+                      [format_snapshot(s, active=False) for s in put if s is not None])
+
+
+# -- carrying it on -------------------------------------------------------------------------
+
+class CommitRun:
+    """Carries a recorded commit on from wherever it is (the run, ``blockjob``, recovery)."""
+
+    def __init__(self, ctx: Context, work: CommitWork, monitor: Monitor | None) -> None:
+        self.ctx = ctx
+        self.work = work
+        self.monitor = monitor
+
+    async def _record(self) -> None:
+        await asyncio.to_thread(write_intent, self.ctx.folder.path, self.work.record())
+
+    async def wait_copied(self, meter: ProgressMeter | None, timeout: float | None) -> bool:
+        """Wait until the copy is done (active: ``ready``; else ``pending``); False when
+        *timeout* seconds passed first (the job runs on)."""
+        assert self.monitor is not None
+        try:
+            job = await self.monitor.wait_job(self.work.job_id, frozenset({"ready", "pending"}),
+                                              progress=meter, timeout=timeout or 30 * 86400.0)
+        except MonitorTimeoutError:
+            return False
+        await self._fail_if_failed(job)
+        if meter is not None:
+            meter(job.get("total-progress", 0), job.get("total-progress", 0))
+        return True
+
+    async def _fail_if_failed(self, job: dict[str, Any]) -> None:
+        if job["status"] == "concluded":
+            assert self.monitor is not None
+            await self.monitor.dismiss_job(self.work.job_id)
+            await asyncio.to_thread(clear_intent, self.ctx.folder.path)
+            raise OperationFailedError(f"block commit of disk '{self.work.target}' failed: "
+                                       f"{job.get('error') or 'the job ended early'}")
+
+    async def pivot(self) -> None:
+        """Complete an active commit and switch the guest onto base."""
+        assert self.monitor is not None and self.work.active
+        job = await self.monitor.job(self.work.job_id)
+        if job is None or job["status"] not in ("ready", "pending"):
+            raise OperationInvalidError(f"block job '{self.work.target}' not ready for pivot "
+                                        "yet")
+        if job["status"] == "ready":
+            self.work.pivot = True
+            await self._record()
+            await self.monitor.complete_job(self.work.job_id)
+            crash_point("blockcommit: completing")
+        await self.finish()
+
+    async def finish(self) -> None:
+        """From ``pending`` (or later): mark, finalize, save the metadata, remove files."""
+        assert self.monitor is not None
+        job = await self.monitor.wait_job(self.work.job_id, frozenset({"pending"}))
+        if job["status"] == "concluded" and not self.work.decided:
+            await self._fail_if_failed(job)
+        if not self.work.decided:
+            self.work.decided = True
+            await self._record()
+            crash_point("blockcommit: pending, decided")
+        if job["status"] == "pending":
+            await self.monitor.finalize_job(self.work.job_id)
+            job = await self.monitor.wait_job(self.work.job_id, frozenset())
+        crash_point("blockcommit: finalized")
+        await self.monitor.dismiss_job(self.work.job_id)
+        with contextlib.suppress(QsnapError):
+            await self.monitor.drop_detached_nodes()
+        await self.conclude()
+
+    async def conclude(self) -> None:
+        """The decided commit's metadata, then its files, then the record."""
+        folder = self.ctx.folder
+        work = self.work
+        await asyncio.to_thread(folder.apply_covered, folder.plan_save(
+            put=[parse_snapshot(x, redefine=True, internal=True) for x in work.put],
+            definition=parse_domain(work.definition) if work.definition else None))
+        crash_point("blockcommit: metadata saved")
+        if work.delete:
+            for path in work.merged_away:
+                await asyncio.to_thread(unlink_if_present, path)
+        await asyncio.to_thread(clear_intent, folder.path)
+
+    async def cancel(self) -> None:
+        """Stop the job (an active commit that is ``ready`` ends cleanly, the guest staying
+        on its top image); nothing in the metadata changes."""
+        assert self.monitor is not None
+        job = await self.monitor.job(self.work.job_id)
+        if job is not None and job["status"] == "pending":
+            # Already copied and held: cancelling now would still be clean, but the work is
+            # done, so finish it as decided (the guest's writes are all in base).
+            await self.finish()
+            return
+        if job is not None and job["status"] != "concluded":
+            await self.monitor.cancel_job(self.work.job_id)
+            await self.monitor.wait_job(self.work.job_id, frozenset())
+        if job is not None:
+            await self.monitor.dismiss_job(self.work.job_id)
+        with contextlib.suppress(QsnapError):
+            await self.monitor.drop_detached_nodes()
+        await asyncio.to_thread(clear_intent, self.ctx.folder.path)
+
+
+async def run_commit(ctx: Context, disk: str, *, base: str | None, top: str | None,
+                     active: bool, shallow: bool, delete: bool, wait: bool, pivot: bool,
+                     keep_overlay: bool, timeout: float | None,
+                     meter: ProgressMeter | None, bandwidth: int = 0) -> str:
+    """virsh blockcommit. Returns what happened: ``started`` (no wait), ``synchronized``
+    (an active commit left ready), ``pivoted``, ``kept`` (--keep-overlay), ``committed``,
+    or ``aborted`` (--timeout passed: the job was cancelled, nothing changed)."""
+    work = await start_commit(ctx, disk, base=base, top=top, active=active, shallow=shallow,
+                              delete=delete, bandwidth=bandwidth)
+    if not wait:
+        return "started"
+    async with await _running_monitor(ctx) as monitor:
+        run = CommitRun(ctx, work, monitor)
+        if not await run.wait_copied(meter, timeout):
+            await run.cancel()
+            return "aborted"
+        if not work.active:
+            await run.finish()
+            return "committed"
+        if pivot:
+            await run.pivot()
+            return "pivoted"
+        if keep_overlay:
+            await run.cancel()
+            return "kept"
+        return "synchronized"
+
+
+async def _recorded(ctx: Context, target: str) -> CommitWork | None:
+    record = await asyncio.to_thread(read_intent, ctx.folder.path)
+    if record is None or record.get("kind") != CommitWork.KIND:
+        return None
+    work = CommitWork.from_record(record)
+    return work if work.target == target else None
+
+
+async def block_job(ctx: Context, disk: str, action: str) -> BlockJobInfo | None:
+    """virsh blockjob: *action* is ``info`` (the disk's job, None without one), ``abort``
+    or ``pivot``."""
+    target = find_disk(ctx.folder.definition, disk).target
+    async with await _running_monitor(ctx) as monitor:
+        work = await _recorded(ctx, target)
+        if action == "info":
+            return await _job_info(monitor, target, work)
+        if work is None:
+            pull = await monitor.job(pull_job_id(target))
+            if action == "abort" and pull is not None:
+                if pull["status"] in _UNDER_WAY:
+                    await monitor.cancel_job(pull["id"])
+                    await monitor.wait_job(pull["id"], frozenset())
+                with contextlib.suppress(QsnapError):
+                    await monitor.dismiss_job(pull["id"])
+                return None
+            raise InvalidArgumentError(f"disk {target} does not have an active block job")
+        run = CommitRun(ctx, work, monitor)
+        if action == "pivot":
+            if not work.active:
+                raise OperationInvalidError(f"block job '{target}' not ready for pivot yet")
+            await run.pivot()
+        else:
+            await run.cancel()
+        return None
+
+
+async def _job_info(monitor: Monitor, target: str, work: CommitWork | None
+                    ) -> BlockJobInfo | None:
+    for job in await monitor.block_jobs():
+        if job.get("device") not in (commit_job_id(target), pull_job_id(target)):
+            continue
+        kind = {"commit": "Block Commit", "stream": "Block Pull", "mirror": "Block Copy",
+                "backup": "Backup"}.get(job.get("type", ""), "Unknown job")
+        if work is not None and work.active and kind == "Block Commit":
+            kind = "Active Block Commit"
+        return BlockJobInfo(target, kind, int(job.get("offset", 0)), int(job.get("len", 0)),
+                            bool(job.get("ready")))
+    return None
+
+
+async def run_pull(ctx: Context, disk: str, *, base: str | None, wait: bool,
+                   timeout: float | None, meter: ProgressMeter | None,
+                   bandwidth: int = 0) -> str:
+    """virsh blockpull; returns ``started``, ``pulled`` or ``aborted`` (--timeout)."""
+    async with await _running_monitor(ctx) as monitor:
+        plan = plan_pull(ctx.folder.definition, disk, await monitor.block_chains(), base=base)
+        job_id = pull_job_id(plan.target)
+        leftover = await monitor.job(job_id)
+        if leftover is not None and leftover["status"] == "concluded":
+            await monitor.dismiss_job(job_id)  # one a killed qsnap waited for
+        await _refuse_busy(monitor, plan.target)
+        if read_intent(ctx.folder.path) is not None and _recorded_target(ctx.folder) \
+                == plan.target:
+            raise OperationInvalidError(f"disk '{plan.target}' already in active block job")
+        await monitor.start_stream(job_id, plan.nodes[0],
+                                   None if plan.base is None else plan.nodes[plan.base],
+                                   auto_dismiss=not wait, speed=bandwidth)
+        if not wait:
+            return "started"
+        try:
+            job = await monitor.wait_job(job_id, frozenset(), progress=meter,
+                                         timeout=timeout or 30 * 86400.0)
+        except MonitorTimeoutError:
+            await monitor.cancel_job(job_id)
+            await monitor.wait_job(job_id, frozenset())
+            await monitor.dismiss_job(job_id)
+            return "aborted"
+        await monitor.dismiss_job(job_id)
+        if job.get("error"):
+            raise OperationFailedError(f"block pull of disk '{plan.target}' failed: "
+                                       f"{job['error']}")
+        if meter is not None:
+            meter(1, 1)
+        with contextlib.suppress(QsnapError):
+            await monitor.drop_detached_nodes()
+        return "pulled"
+
+
+# -- recovery -------------------------------------------------------------------------------
+
+async def settle(ctx: Context, record: dict[str, Any]) -> str | None:
+    """Carry a recorded commit on (see the module docstring); None while its job is still
+    under way in QEMU, which keeps the record."""
+    work = CommitWork.from_record(record)
+    if ctx.running is None:
+        if work.decided:
+            await CommitRun(ctx, work, None).conclude()
+            return f"block commit of disk '{work.target}' finished (the guest had stopped)"
+        await asyncio.to_thread(clear_intent, ctx.folder.path)
+        return (f"block commit of disk '{work.target}' ended with the guest, which stays on "
+                f"'{work.top_file}'")
+    async with await Monitor.connect(ctx.running.qmp) as monitor:
+        run = CommitRun(ctx, work, monitor)
+        job = await monitor.job(work.job_id)
+        if job is None:
+            if work.decided:
+                await run.conclude()
+                return f"block commit of disk '{work.target}' finished"
+            await asyncio.to_thread(clear_intent, ctx.folder.path)
+            return f"block commit of disk '{work.target}' had ended; nothing changed"
+        if job["status"] in _UNDER_WAY:
+            return None
+        if job["status"] == "concluded" and not work.decided:
+            await monitor.dismiss_job(work.job_id)
+            await asyncio.to_thread(clear_intent, ctx.folder.path)
+            return (f"block commit of disk '{work.target}' ended without a pivot"
+                    + (f": {job['error']}" if job.get("error") else ""))
+        await run.finish()
+        return f"block commit of disk '{work.target}' finished"

@@ -1,0 +1,114 @@
+"""Job control from another process: a long operation posts its progress on the domain's job
+board (:mod:`qsnap.store.job_board`) and honours an abort request posted there.
+
+An abort does not tear anything down itself: it asks QEMU to stop the work the operation is
+waiting on (``migrate_cancel`` for a save or a memory snapshot; ``job-cancel`` for a block
+job; ``quit`` for a QEMU still loading a restore), so the operation sees its QEMU work fail
+and takes its ordinary failure path: the guest runs on as before, nothing is lost, the
+intent record is cleared. The error it raises then says that the job was aborted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from qsnap.errors import OperationAbortedError, QsnapError
+from qsnap.launcher.runtime import RuntimePaths, read_runtime
+from qsnap.logs import logger
+from qsnap.monitor import Monitor
+from qsnap.progress import Progress, ProgressCallback
+from qsnap.store import job_board
+
+log = logger("qsnap")
+
+#: How often the board is refreshed and the abort request looked for (seconds).
+POLL = 0.2
+#: QEMU states of a migration that a cancel stops.
+_MIGRATING = frozenset({"setup", "active", "pre-switchover", "device", "wait-unplug"})
+
+
+class JobWatch:
+    """One operation's entry on the board: :meth:`report` is the progress callback to hand
+    the operation (it forwards every report to *progress*)."""
+
+    def __init__(self, folder: Path, paths: RuntimePaths, operation: str,
+                 progress: ProgressCallback | None, abortable: bool) -> None:
+        self.folder = folder
+        self.paths = paths
+        self.operation = operation
+        self.progress = progress
+        self.abortable = abortable
+        self.started = time.time()
+        self.last: Progress | None = None
+        self.aborted = False
+
+    def report(self, progress: Progress) -> None:
+        self.last = progress
+        if self.progress is not None:
+            self.progress(progress)
+
+    def _entry(self, kind: str) -> dict[str, object]:
+        entry: dict[str, object] = {"pid": os.getpid(), "type": kind,
+                                    "operation": self.operation, "abortable": self.abortable,
+                                    "started": self.started,
+                                    "elapsed": time.time() - self.started}
+        if self.last is not None:
+            entry.update(processed=self.last.done, total=self.last.total,
+                         remaining=max(self.last.total - self.last.done, 0),
+                         rate=self.last.rate, seconds_left=self.last.remaining)
+        return entry
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.to_thread(job_board.post, self.folder, self._entry("unbounded"))
+            if self.abortable and not self.aborted and job_board.abort_requested(self.folder):
+                self.aborted = True
+                try:
+                    await cancel_qemu_work(self.paths)
+                except QsnapError as exc:
+                    log.warning("the abort of '%s' could not reach QEMU: %s", self.operation,
+                                exc)
+            await asyncio.sleep(POLL)
+
+    @contextlib.asynccontextmanager
+    async def posted(self) -> AsyncIterator[ProgressCallback]:
+        job_board.clear(self.folder)
+        task = asyncio.ensure_future(self._watch())
+        try:
+            yield self.report
+        except QsnapError as exc:
+            if self.aborted:
+                raise OperationAbortedError(
+                    f"job '{self.operation}' canceled by client: {exc}") from None
+            raise
+        else:
+            with contextlib.suppress(OSError):
+                job_board.post(self.folder, self._entry("completed"),
+                               name=job_board.DONE_NAME)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            job_board.clear(self.folder)
+
+
+async def cancel_qemu_work(paths: RuntimePaths) -> None:
+    """Stop what the domain's QEMU is doing for qsnap (see the module docstring)."""
+    info = read_runtime(paths)
+    if info is None:
+        return
+    async with await Monitor.connect(info.qmp) as monitor:
+        if await monitor.status() == "inmigrate":
+            await monitor.quit()
+            return
+        if await monitor.migration_status() in _MIGRATING:
+            await monitor.execute("migrate_cancel")
+        for job in await monitor.jobs():
+            if job["id"].startswith(("qsnap-blockcommit-", "qsnap-blockpull-")) and \
+                    job["status"] not in ("concluded", "null", "pending", "aborting"):
+                await monitor.cancel_job(job["id"])

@@ -1,0 +1,296 @@
+"""blockcommit, blockpull, blockjob and domblklist on a running tiny guest, through the
+``qsnap`` command as a user types it, and the live-backup recipe of libvirt's documentation:
+
+    qsnap snapshot-create-as DOM tmp --disk-only --atomic --no-metadata
+    cp BASE /backup/
+    qsnap blockcommit DOM vda --active --pivot --verbose --wait
+    qsnap domblklist DOM
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import crash_step_wanted
+from qemu_guest import (
+    backing_chain,
+    domain_disks,
+    guest_module,
+    started_guest,
+    wait_for_counter,
+)
+
+from qsnap import Engine
+
+GUEST = guest_module()
+
+
+def qsnap(state: Path, *args: str, env: dict[str, str] | None = None
+          ) -> subprocess.CompletedProcess[str]:
+    """The command's result, its output as written (a carriage return stays one)."""
+    done = subprocess.run([sys.executable, "-m", "qsnap.cli", "--state-dir", str(state),
+                           *args], capture_output=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(),
+                                       done.stderr.decode())
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+async def in_thread(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(qsnap, state, *args)
+
+
+async def test_the_live_backup_recipe(tmp_path: Path) -> None:
+    """The copied base holds the moment of 'tmp' (the guest's disk counter then), the guest
+    counts on through it all, and afterwards the disk is the base again, with everything
+    the guest wrote meanwhile, and the overlay gone from QEMU's chain."""
+    engine, folder = await started_guest(tmp_path, 1)
+    state = tmp_path / "state"
+    base = Path((await domain_disks(engine))[0])
+    serial = folder / "serial.log"
+    before = await wait_for_counter(serial, 15)
+    made = await in_thread(state, "snapshot-create-as", "g", "tmp", "--disk-only", "--atomic",
+                           "--no-metadata")
+    assert ok(made) == "Domain snapshot tmp created\n"
+    after = GUEST.last_serial_counter(serial) or 0
+    assert ok(await in_thread(state, "snapshot-list", "g", "--name")) == "\n"  # no metadata
+    overlay = Path((await domain_disks(engine))[0])
+    assert overlay != base and backing_chain(overlay) == [str(overlay), str(base)]
+
+    backup = tmp_path / "backup" / base.name
+    backup.parent.mkdir()
+    shutil.copy(base, backup)
+    frozen = GUEST.read_disk_counter(backup)
+    assert frozen is not None and before - 6 <= frozen <= after + 1, (before, frozen, after)
+
+    await wait_for_counter(serial, after + 20)  # the guest writes on, into the overlay
+    committed = await in_thread(state, "blockcommit", "g", "vda", "--active", "--pivot",
+                                "--verbose", "--wait")
+    assert ok(committed) == "\nSuccessfully pivoted\n"
+    assert committed.stderr.endswith("\rBlock commit: [100 %]")
+    listed = ok(await in_thread(state, "domblklist", "g"))
+    assert listed.splitlines()[2].split() == ["vda", str(base)]
+    assert await domain_disks(engine) == [str(base)]
+    still = GUEST.last_serial_counter(serial) or 0
+    resumed = await wait_for_counter(serial, still + 10)
+    assert resumed > still  # the guest never stopped counting
+    assert (GUEST.read_disk_counter(base) or 0) > frozen  # its writes went into base
+    assert GUEST.read_disk_counter(backup) == frozen  # the backup is the moment of tmp
+    assert await engine.domstate("g") == "running"
+    assert not (state / "domains" / "g" / "intent.json").exists()
+
+    # The backup is a whole image that a guest boots from.
+    assert subprocess.run(["qemu-img", "check", str(backup)],
+                          capture_output=True).returncode == 0
+    await engine.destroy("g")
+    copy = Engine(tmp_path / "copy-state")
+    booted = tmp_path / "backup" / "serial.log"
+    xml = (folder / "g.xml").read_text().replace(str(base), str(backup))
+    await copy.define(xml.replace("<name>g</name>", "<name>restored</name>").replace(
+        str(serial), str(booted)))
+    await copy.start("restored")
+    try:
+        await wait_for_counter(booted, 5)
+    finally:
+        await copy.destroy("restored")
+
+
+async def test_an_active_commit_pivot_never_stops_the_guest(tmp_path: Path) -> None:
+    """Through the API, watched on a shared QMP connection: no STOP, the job stops at
+    pending (where qsnap marks its decision) and the guest ends up on the base."""
+    from qemu.qmp import QMPClient
+
+    from qsnap import CreateFlags, snapshot_xml_from_args
+    from qsnap.launcher.runtime import read_runtime, runtime_paths
+
+    engine, folder = await started_guest(tmp_path, 1)
+    base = (await domain_disks(engine))[0]
+    await engine.create("g", snapshot_xml_from_args("tmp"),
+                        CreateFlags(disk_only=True, no_metadata=True))
+    info = read_runtime(runtime_paths(engine.state_dir, "g"))
+    assert info is not None
+    watcher = QMPClient("watcher")
+    await watcher.connect(info.qmp)
+    engine.share_connection(info.qmp, watcher)
+    try:
+        with watcher.listener(("STOP", "RESUME", "JOB_STATUS_CHANGE")) as listener:
+            assert await engine.block_commit("g", "vda", active=True, pivot=True,
+                                             wait=True) == "pivoted"
+            seen = []
+            while not listener.empty():
+                seen.append(await listener.get())
+        assert [e["event"] for e in seen if e["event"] in ("STOP", "RESUME")] == []
+        assert "pending" in [e["data"]["status"] for e in seen
+                             if e["event"] == "JOB_STATUS_CHANGE"]
+        assert (await watcher.execute("query-status"))["status"] == "running"
+    finally:
+        await watcher.disconnect()
+    assert await domain_disks(engine) == [base]
+    await engine.destroy("g")
+
+
+async def test_commit_left_synchronized_then_pivoted_by_another_command(tmp_path: Path
+                                                                        ) -> None:
+    """``blockcommit --active`` alone returns at once; the job is QEMU's until a later
+    ``blockjob --pivot`` (another process) finishes it. Meanwhile every other command on
+    the domain works, and what would change images is refused by name."""
+    engine, folder = await started_guest(tmp_path, 1)
+    state = tmp_path / "state"
+    base = (await domain_disks(engine))[0]
+    ok(await in_thread(state, "snapshot-create-as", "g", "tmp", "--disk-only",
+                       "--no-metadata"))
+    overlay = (await domain_disks(engine))[0]
+    assert ok(await in_thread(state, "blockcommit", "g", "vda", "--active")) == \
+        "Active Block Commit started\n"
+    again = await in_thread(state, "blockcommit", "g", "vda", "--active")
+    assert again.returncode == 1 and "already in active block job" in again.stderr
+    for _ in range(100):  # a tiny overlay: ready at once, but give QEMU its time
+        info = await in_thread(state, "blockjob", "g", "vda", "--info")
+        if info.stderr.endswith("[100 %]"):
+            break
+        await asyncio.sleep(0.1)
+    assert ok(info) == "\n\n" and info.stderr == "\rActive Block Commit: [100 %]"
+    assert ok(await in_thread(state, "domstate", "g")) == "running\n\n"
+    refused = await in_thread(state, "snapshot-create-as", "g", "s1", "--disk-only")
+    assert refused.returncode == 1 and "blockjob g vda --pivot" in refused.stderr
+    assert await domain_disks(engine) == [overlay]
+    assert ok(await in_thread(state, "blockjob", "g", "vda", "--pivot")) == "\n"
+    assert await domain_disks(engine) == [base]
+    assert ok(await in_thread(state, "blockjob", "g", "vda")) == "No current block job for vda\n"
+    gone = await in_thread(state, "blockjob", "g", "vda", "--abort")
+    assert gone.returncode == 1
+    assert gone.stderr == "error: invalid argument: disk vda does not have an active block job\n"
+    await engine.destroy("g")
+
+
+async def test_keep_overlay_and_abort_leave_the_guest_on_its_overlay(tmp_path: Path) -> None:
+    engine, folder = await started_guest(tmp_path, 1)
+    state = tmp_path / "state"
+    ok(await in_thread(state, "snapshot-create-as", "g", "tmp", "--disk-only",
+                       "--no-metadata"))
+    overlay = (await domain_disks(engine))[0]
+    kept = await in_thread(state, "blockcommit", "g", "vda", "--keep-overlay")
+    assert ok(kept) == "\nCommit complete, overlay image kept\n"
+    assert await domain_disks(engine) == [overlay]
+    assert os.path.exists(overlay)
+    ok(await in_thread(state, "blockcommit", "g", "vda", "--active", "--wait"))
+    assert ok(await in_thread(state, "blockjob", "g", "vda", "--abort")) == "\n"
+    assert await domain_disks(engine) == [overlay]
+    await wait_for_counter(folder / "serial.log", (GUEST.last_serial_counter(
+        folder / "serial.log") or 0) + 5)
+    await engine.destroy("g")
+
+
+async def test_commit_below_the_top_and_delete(tmp_path: Path) -> None:
+    """base <- mid <- top: ``--top mid`` merges mid into base (the guest stays on top, whose
+    backing file becomes base), ``--delete`` removes mid, and the disk data reads the same."""
+    engine, folder = await started_guest(tmp_path, 1)
+    state = tmp_path / "state"
+    base = (await domain_disks(engine))[0]
+    ok(await in_thread(state, "snapshot-create-as", "g", "mid", "--disk-only",
+                       "--no-metadata"))
+    mid = (await domain_disks(engine))[0]
+    ok(await in_thread(state, "snapshot-create-as", "g", "top", "--disk-only",
+                       "--no-metadata"))
+    top = (await domain_disks(engine))[0]
+    needs_active = await in_thread(state, "blockcommit", "g", "vda", "--wait")
+    assert needs_active.stderr == ("error: invalid argument: commit of 'vda' active layer "
+                                   "requires active flag\n")
+    done = await in_thread(state, "blockcommit", "g", "vda", "--top", mid, "--wait",
+                           "--delete")
+    assert ok(done) == "\nCommit complete\n"
+    assert backing_chain(Path(top)) == [top, base]
+    assert not os.path.exists(mid)
+    assert await domain_disks(engine) == [top]
+    await engine.destroy("g")
+
+
+async def test_a_commit_into_an_image_a_snapshot_needs_is_refused(tmp_path: Path) -> None:
+    engine, folder = await started_guest(tmp_path, 1)
+    state = tmp_path / "state"
+    base = (await domain_disks(engine))[0]
+    ok(await in_thread(state, "snapshot-create-as", "g", "s1", "--disk-only"))
+    overlay = (await domain_disks(engine))[0]
+    before = sorted(os.listdir(state / "domains" / "g"))
+    refused = await in_thread(state, "blockcommit", "g", "vda", "--pivot")
+    assert refused.returncode == 1
+    assert f"image '{base}' is written into this commit, but snapshot 's1'" in refused.stderr
+    assert sorted(os.listdir(state / "domains" / "g")) == before
+    assert await domain_disks(engine) == [overlay]
+    assert backing_chain(Path(overlay)) == [overlay, base]
+    await engine.destroy("g")
+
+
+async def test_blockpull_flattens_the_chain(tmp_path: Path) -> None:
+    engine, folder = await started_guest(tmp_path, 1)
+    state = tmp_path / "state"
+    base = (await domain_disks(engine))[0]
+    ok(await in_thread(state, "snapshot-create-as", "g", "tmp", "--disk-only",
+                       "--no-metadata"))
+    top = (await domain_disks(engine))[0]
+    verbose_alone = await in_thread(state, "blockpull", "g", "vda", "--verbose")
+    assert verbose_alone.stderr == "error: Option --wait is required by option --verbose\n"
+    pulled = await in_thread(state, "blockpull", "g", "vda", "--wait", "--verbose")
+    assert ok(pulled) == "\nPull complete\n"
+    assert pulled.stderr.endswith("\rBlock Pull: [100 %]")
+    assert backing_chain(Path(top)) == [top]
+    assert os.path.exists(base)
+    assert GUEST.read_disk_counter(Path(top)) is not None
+    await engine.destroy("g")
+
+
+#: Crash points of ``blockcommit --pivot --delete`` (QSNAP_CRASH_TRACE counts 20); the
+#: suites on the two QEMUs share them out (tests/helpers.py).
+PIVOT_STEPS = [k for k in range(1, 22) if crash_step_wanted(k)]
+
+
+@pytest.mark.parametrize("step", PIVOT_STEPS)
+async def test_a_crash_during_a_pivot_is_finished_by_the_next_command(tmp_path: Path,
+                                                                      step: int) -> None:
+    """Killed at each step of ``blockcommit --pivot --delete``: the next command leaves the
+    definition naming exactly the image QEMU writes to, every file it names in place, and
+    the guest running."""
+    engine, folder = await started_guest(tmp_path, 1)
+    state = tmp_path / "state"
+    base = (await domain_disks(engine))[0]
+    ok(await in_thread(state, "snapshot-create-as", "g", "tmp", "--disk-only",
+                       "--no-metadata"))
+    crashed = await asyncio.to_thread(
+        qsnap, state, "blockcommit", "g", "vda", "--pivot", "--delete",
+        env={"QSNAP_CRASH_AT": str(step)})
+    if crashed.returncode == 0:
+        assert step == PIVOT_STEPS[-1] and step > 20, "a crash point was not reached"
+        return
+    assert crashed.returncode == 86, crashed.stderr
+    ok(await in_thread(state, "recover", "g"))
+    disks = await domain_disks(engine)
+    from qsnap.launcher.runtime import read_runtime, runtime_paths
+    from qsnap.monitor import Monitor
+    info = read_runtime(runtime_paths(engine.state_dir, "g"))
+    assert info is not None
+    async with await Monitor.connect(info.qmp) as monitor:
+        chains = await monitor.block_chains()
+        jobs = await monitor.jobs()
+    if (state / "domains" / "g" / "intent.json").exists():  # the job runs on, ready: finish it
+        assert [j["status"] for j in jobs] == ["ready"]
+        ok(await in_thread(state, "blockjob", "g", "vda", "--pivot"))
+        disks = await domain_disks(engine)
+        async with await Monitor.connect(info.qmp) as monitor:
+            chains = await monitor.block_chains()
+    assert disks == [chains["vda"][0][1]]
+    assert all(os.path.exists(f) for _, f in chains["vda"])
+    assert ok(await in_thread(state, "domstate", "g")) == "running\n\n"
+    if disks != [base]:  # the crash came before the pivot: the commit can be done again
+        ok(await in_thread(state, "blockcommit", "g", "vda", "--pivot", "--delete"))
+        assert await domain_disks(engine) == [base]
+    await engine.destroy("g")
