@@ -655,8 +655,8 @@ async def cmd_snapshot_edit(engine: Engine, args: Args, out: _Output) -> None:
     if new.name != old.name and not (args.rename or args.clone):
         raise InvalidArgumentError(f"cannot change the name of snapshot '{old.name}' to "
                                    f"'{new.name}' without --rename or --clone")
-    if new.name != old.name and await engine.current(args.domain) is not None and \
-            new.name in [s.name for s in await engine.snapshots(args.domain)]:
+    if new.name != old.name and new.name in [s.name for s in await engine.snapshots(
+            args.domain)]:
         raise AlreadyExistsError(f"snapshot '{new.name}' already exists", snapshot=new.name)
     was_current = await engine.current(args.domain) == old.name
     await engine.redefine(args.domain, edited,
@@ -855,7 +855,8 @@ COMMANDS: dict[str, CommandSpec] = {spec.name: spec for spec in (
     CommandSpec("resume", "resume a domain", (_DOMAIN,), cmd_resume),
     CommandSpec("reboot", "reboot a domain", (
         _DOMAIN, value("mode", "shutdown mode: agent (the default with a guest agent "
-                       "channel) or reset", positional=False)), cmd_reboot),
+                       "channel), acpi (the default otherwise) or reset",
+                       positional=False)), cmd_reboot),
     CommandSpec("reset", "reset a domain", (_DOMAIN,), cmd_reset),
     CommandSpec("blockcommit", "Start a block commit operation.", (
         _DOMAIN, value("path", "fully-qualified path of disk", required=True),

@@ -446,3 +446,53 @@ def test_virsh_grammar_without_a_state_folder() -> None:
         assert str(info.value) == message
     listing = parse_command(COMMANDS["snapshot-list"], ["g", "s3", "--descendants"])
     assert (listing.from_, listing.descendants) == ("s3", True)
+
+
+def _editor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str) -> None:
+    """$EDITOR as a shell script that edits the file it is given (``$1``)."""
+    editor = tmp_path / "editor.sh"
+    editor.write_text(f"#!/bin/sh\n{script}\n")
+    editor.chmod(0o755)
+    monkeypatch.setenv("EDITOR", str(editor))
+    monkeypatch.delenv("VISUAL", raising=False)
+
+
+def test_snapshot_edit(cli: Cli, libvirt_tree: dict[str, Path], tmp_path: Path,
+                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """virsh's snapshot-edit: unchanged says so; an edit is redefined; a new name needs
+    --rename (the old one goes, currency follows) or --clone (both stay); whatever the
+    redefine refuses changes nothing."""
+    _editor(tmp_path, monkeypatch, "true")
+    assert cli("snapshot-edit", "QEMUGuest1", "full") == \
+        "Snapshot full XML configuration not changed.\n"
+    _editor(tmp_path, monkeypatch,
+            "sed -i 's|<description>[^<]*</description>|<description>edited</description>|' "
+            '"$1"')
+    assert cli("snapshot-edit", "QEMUGuest1", "full") == "Snapshot full edited.\n"
+    assert "<description>edited</description>" in cli("snapshot-dumpxml", "QEMUGuest1", "full")
+    assert cli("snapshot-current", "QEMUGuest1", "--name") == "ext"
+
+    _editor(tmp_path, monkeypatch, "sed -i 's|<name>ext</name>|<name>ext2</name>|' \"$1\"")
+    before = tree_picture(cli.state)
+    err = cli("snapshot-edit", "QEMUGuest1", "--current", rc=1)
+    assert "without --rename or --clone" in err
+    assert tree_picture(cli.state) == before
+    assert cli("snapshot-edit", "QEMUGuest1", "--current", "--rename") == \
+        "Snapshot ext2 edited.\n"
+    assert cli("snapshot-list", "QEMUGuest1", "--name").split() == \
+        ["disk-snap", "earlier_snap", "ext2", "full", "meta"]
+    assert cli("snapshot-current", "QEMUGuest1", "--name") == "ext2"
+
+    _editor(tmp_path, monkeypatch, "sed -i 's|<name>meta</name>|<name>meta2</name>|' \"$1\"")
+    assert cli("snapshot-edit", "QEMUGuest1", "meta", "--clone") == "Snapshot meta2 edited.\n"
+    assert {"meta", "meta2"} <= set(cli("snapshot-list", "QEMUGuest1", "--name").split())
+    assert cli("snapshot-current", "QEMUGuest1", "--name") == "ext2"
+
+    _editor(tmp_path, monkeypatch, "sed -i 's|<parent>|<parent><name>nosuch</name>|' \"$1\"")
+    before = tree_picture(cli.state)
+    cli("snapshot-edit", "QEMUGuest1", "meta", rc=1)
+    assert tree_picture(cli.state) == before
+    _editor(tmp_path, monkeypatch, "exit 3")
+    assert "failed; nothing changed" in cli("snapshot-edit", "QEMUGuest1", "meta", rc=1)
+    assert cli("snapshot-edit", "QEMUGuest1", "nosuch", rc=1) == (
+        "error: Domain snapshot not found: no domain snapshot with matching name 'nosuch'\n")

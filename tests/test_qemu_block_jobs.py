@@ -113,7 +113,7 @@ async def test_an_active_commit_pivot_never_stops_the_guest(tmp_path: Path) -> N
     from qsnap import CreateFlags, snapshot_xml_from_args
     from qsnap.launcher.runtime import read_runtime, runtime_paths
 
-    engine, folder = await started_guest(tmp_path, 1)
+    engine, _folder = await started_guest(tmp_path, 1)
     base = (await domain_disks(engine))[0]
     await engine.create("g", snapshot_xml_from_args("tmp"),
                         CreateFlags(disk_only=True, no_metadata=True))
@@ -144,7 +144,7 @@ async def test_commit_left_synchronized_then_pivoted_by_another_command(tmp_path
     """``blockcommit --active`` alone returns at once; the job is QEMU's until a later
     ``blockjob --pivot`` (another process) finishes it. Meanwhile every other command on
     the domain works, and what would change images is refused by name."""
-    engine, folder = await started_guest(tmp_path, 1)
+    engine, _folder = await started_guest(tmp_path, 1)
     state = tmp_path / "state"
     base = (await domain_disks(engine))[0]
     ok(await in_thread(state, "snapshot-create-as", "g", "tmp", "--disk-only",
@@ -194,7 +194,7 @@ async def test_keep_overlay_and_abort_leave_the_guest_on_its_overlay(tmp_path: P
 async def test_commit_below_the_top_and_delete(tmp_path: Path) -> None:
     """base <- mid <- top: ``--top mid`` merges mid into base (the guest stays on top, whose
     backing file becomes base), ``--delete`` removes mid, and the disk data reads the same."""
-    engine, folder = await started_guest(tmp_path, 1)
+    engine, _folder = await started_guest(tmp_path, 1)
     state = tmp_path / "state"
     base = (await domain_disks(engine))[0]
     ok(await in_thread(state, "snapshot-create-as", "g", "mid", "--disk-only",
@@ -216,7 +216,7 @@ async def test_commit_below_the_top_and_delete(tmp_path: Path) -> None:
 
 
 async def test_a_commit_into_an_image_a_snapshot_needs_is_refused(tmp_path: Path) -> None:
-    engine, folder = await started_guest(tmp_path, 1)
+    engine, _folder = await started_guest(tmp_path, 1)
     state = tmp_path / "state"
     base = (await domain_disks(engine))[0]
     ok(await in_thread(state, "snapshot-create-as", "g", "s1", "--disk-only"))
@@ -232,7 +232,7 @@ async def test_a_commit_into_an_image_a_snapshot_needs_is_refused(tmp_path: Path
 
 
 async def test_blockpull_flattens_the_chain(tmp_path: Path) -> None:
-    engine, folder = await started_guest(tmp_path, 1)
+    engine, _folder = await started_guest(tmp_path, 1)
     state = tmp_path / "state"
     base = (await domain_disks(engine))[0]
     ok(await in_thread(state, "snapshot-create-as", "g", "tmp", "--disk-only",
@@ -260,7 +260,7 @@ async def test_a_crash_during_a_pivot_is_finished_by_the_next_command(tmp_path: 
     """Killed at each step of ``blockcommit --pivot --delete``: the next command leaves the
     definition naming exactly the image QEMU writes to, every file it names in place, and
     the guest running."""
-    engine, folder = await started_guest(tmp_path, 1)
+    engine, _folder = await started_guest(tmp_path, 1)
     state = tmp_path / "state"
     base = (await domain_disks(engine))[0]
     ok(await in_thread(state, "snapshot-create-as", "g", "tmp", "--disk-only",

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -117,6 +118,13 @@ async def start_commit(ctx: Context, disk: str, *, base: str | None, top: str | 
                        bandwidth: int = 0) -> CommitWork:
     """Check, record and start a commit; returns its record."""
     folder = ctx.folder
+    if ctx.running is None:
+        # libvirt names a chain with nothing to commit before the stopped guest.
+        found = find_disk(folder.definition, disk)
+        if found.source and os.path.exists(found.source) and \
+                (await images.facts(found.source)).backing is None:
+            raise InvalidArgumentError(f"could not find base image in chain for "
+                                       f"'{found.target}'")
     async with await _running_monitor(ctx) as monitor:
         if read_intent(folder.path) is not None:
             raise OperationInvalidError(

@@ -630,32 +630,38 @@ class Engine:
 
     @_bounded
     async def reboot(self, domain: str, *, mode: str | None = None,
-                     timeout: float | None = None) -> None:
-        """virsh reboot: ask the guest to reboot; returns at once. *mode* ``agent`` (the
-        default where the definition has a guest agent channel) asks the guest agent;
-        ``reset`` resets the machine at once (virsh reset)."""
+                     wait: float = 120.0, timeout: float | None = None) -> None:
+        """virsh reboot. *mode* ``agent`` (the default where the definition has a guest agent
+        channel) has the guest agent reboot the guest, and returns at once; ``acpi`` (the
+        default otherwise) presses the ACPI power button and, once the guest has shut down
+        (within *wait* seconds), resets and runs the machine, as libvirt's "fake reboot"
+        does, here without a daemon: this call waits for it; ``reset`` resets the machine
+        at once (virsh reset)."""
         from qsnap.launcher.command import agent_socket
-        from qsnap.monitor.agent import GuestAgent
 
         async with self._session(domain) as folder:
             paths, info = self._runtime(domain)
             if info is None:
                 raise DomainNotRunningError(f"domain '{domain}' is not running", domain=domain)
             agent = agent_socket(folder.definition, paths)
-            chosen = mode or ("agent" if agent else "reset")
+            chosen = mode or ("agent" if agent else "acpi")
             if chosen == "agent":
+                from qsnap.monitor.agent import GuestAgent
+
                 if agent is None:
                     raise OperationInvalidError("QEMU guest agent is not configured",
                                                 domain=domain)
                 async with await GuestAgent.connect(agent) as channel:
-                    # The agent reboots the guest without answering (it goes down first).
-                    await channel.send_only("guest-shutdown", {"mode": "reboot"})
-            elif chosen == "reset":
-                async with await Monitor.connect(info.qmp) as monitor:
-                    await monitor.execute("system_reset")
-            else:
+                    await channel.shutdown("reboot")
+                return
+            if chosen not in ("acpi", "reset"):
                 raise InvalidArgumentError(f"unsupported reboot mode '{chosen}': qsnap "
-                                           "offers agent and reset")
+                                           "offers agent, acpi and reset")
+            async with await Monitor.connect(info.qmp) as monitor:
+                if chosen == "acpi":
+                    await monitor.power_cycle(wait)
+                else:
+                    await monitor.execute("system_reset")
 
     @_bounded
     async def block_commit(self, domain: str, disk: str, *, base: str | None = None,

@@ -85,9 +85,18 @@ class GuestAgent:
                                   f"{reply['error'].get('desc', reply['error'])}")
         return reply.get("return")
 
-    async def send_only(self, command: str, arguments: dict[str, Any] | None = None) -> None:
-        """Send a command that gets no answer when it succeeds (``guest-shutdown``)."""
-        await self._send(command, arguments)
+    async def shutdown(self, mode: str, refusal_within: float = 2.0) -> None:
+        """``guest-shutdown`` (*mode*: powerdown, halt or reboot). The agent answers only
+        when it fails (the guest goes down otherwise), so an answer within
+        *refusal_within* seconds is its refusal."""
+        await self._send("guest-shutdown", {"mode": mode})
+        try:
+            reply = await asyncio.wait_for(self._read(), refusal_within)
+        except (TimeoutError, GuestAgentError):
+            return  # no answer, or the channel closed as the guest went down
+        if "error" in reply:
+            raise GuestAgentError(f"the guest agent refused guest-shutdown: "
+                                  f"{reply['error'].get('desc', reply['error'])}")
 
     async def freeze(self) -> int:
         """Freeze the guest's file systems; returns how many were frozen."""

@@ -587,6 +587,28 @@ class Monitor:
     async def quit(self, timeout: float = 5.0) -> None:
         await self.execute("quit", timeout=timeout)
 
+    async def power_cycle(self, wait: float) -> None:
+        """Press the ACPI power button and, once the guest has shut down, reset and run the
+        machine instead of letting QEMU exit (libvirt's "fake reboot"): QEMU is told to
+        pause on the guest's shutdown for the while (``set-action``, QEMU 6.0), and put back
+        to QEMU's default, powering off, after. A guest that does not shut down within
+        *wait* seconds is left running, with an error."""
+        await self.execute("set-action", {"shutdown": "pause"})
+        try:
+            async with self.events("SHUTDOWN") as listener:
+                await self.powerdown()
+                try:
+                    await asyncio.wait_for(listener.get(), wait)
+                except TimeoutError:
+                    raise MonitorTimeoutError(
+                        f"the guest did not shut down within {wait:g} s of the ACPI power "
+                        "button, so it was not rebooted (does it handle ACPI?)") from None
+            await self.execute("system_reset")
+            await self.resume()
+        finally:
+            with contextlib.suppress(QsnapError):
+                await self.execute("set-action", {"shutdown": "poweroff"})
+
     async def powerdown(self) -> None:
         """Press the ACPI power button."""
         await self.execute("system_powerdown")
