@@ -46,6 +46,9 @@ def test_demo_runs(tmp_path: Path) -> None:
                             result.stdout).group(1))
     assert 1 < resumed <= taken + 1
     assert "Domain restored from" in result.stdout
+    assert "\nSuccessfully pivoted\n" in result.stdout  # the live-backup recipe
+    frozen = re.search(r"counter in the backup \(the moment of tmp\): (\d+)", result.stdout)
+    assert frozen and int(frozen.group(1)) > 0
     assert "every metadata file is byte-for-byte unchanged" in result.stdout
     assert "error: invalid argument: parent experiment-b would create cycle to installed" \
         in result.stderr

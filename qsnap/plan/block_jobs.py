@@ -146,12 +146,13 @@ def plan_commit(definition: DomainDef, disk_name: str, chains: dict[str, Chain],
     files = tuple(path for _, path in chain)
     plan = CommitPlan(target, files, tuple(node for node, _ in chain), top_index, base_index,
                       formats.get(files[base_index], "qcow2"), top_index == 0)
-    _refuse_needed_images(plan, snapshots)
+    _refuse_needed_images(plan, snapshots, definition.name)
     return CommitPlan(**{**plan.__dict__, "renames": {
         path: (plan.base_file, plan.base_format) for path in plan.merged_away}})
 
 
-def _refuse_needed_images(plan: CommitPlan, snapshots: dict[str, SnapshotDef]) -> None:
+def _refuse_needed_images(plan: CommitPlan, snapshots: dict[str, SnapshotDef],
+                          domain: str) -> None:
     """A snapshot whose disk state is base or a merged-away image would lose it."""
     changed = {plan.base_file: "is written into", **{
         path: "is left invalid by" for path in plan.merged_away}}
@@ -161,8 +162,8 @@ def _refuse_needed_images(plan: CommitPlan, snapshots: dict[str, SnapshotDef]) -
                 raise OperationInvalidError(
                     f"image '{image}' {changed[image]} this commit, but snapshot '{name}' "
                     f"needs it as it is (its disk '{target}' state); 'snapshot-delete "
-                    f"{name}' merges a snapshot's images, or 'snapshot-delete {name} "
-                    "--metadata' forgets the snapshot first")
+                    f"{domain} {name}' merges a snapshot's images, or 'snapshot-delete "
+                    f"{domain} {name} --metadata' forgets the snapshot first")
 
 
 def plan_pull(definition: DomainDef, disk_name: str, chains: dict[str, Chain], *,
