@@ -199,3 +199,39 @@ async def test_an_aborted_commit_leaves_the_guest_on_its_overlay(tmp_path: Path)
 def qsnap_argv(state: Path, *args: str) -> list[str]:
     import sys
     return [sys.executable, "-m", "qsnap.cli", "--state-dir", str(state), *args]
+
+
+async def test_a_save_is_aborted_from_another_process(tmp_path: Path) -> None:
+    """A guest with 1.5 GiB of dirty RAM takes seconds to save: domjobinfo shows the save,
+    domjobabort stops it, and the save settles as a failed one: no image left, the guest
+    running on, no record."""
+    from qsnap import Engine
+
+    engine = Engine(tmp_path / "state")
+    xml = GUEST.make_guest("g", 1, 2048, tmp_path / "g", dirty=1536)
+    await engine.define(xml.read_text())
+    serial = tmp_path / "g" / "serial.log"
+    await boot(engine, serial, 5)
+    deadline = time.monotonic() + 180
+    while b"qsnap-dirty ready" not in serial.read_bytes():
+        assert time.monotonic() < deadline, "the guest did not dirty its RAM in time"
+        await asyncio.sleep(0.5)
+    state = tmp_path / "state"
+    image = tmp_path / "g.save"
+    save = await asyncio.create_subprocess_exec(
+        *qsnap_argv(state, "save", "g", str(image)),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while "Operation:        Save" not in ok(await in_thread(state, "domjobinfo", "g")):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    ok(await in_thread(state, "domjobabort", "g"))
+    _out, err = await asyncio.wait_for(save.communicate(), 60)
+    assert save.returncode == 1, err
+    assert err.decode().startswith(f"error: Failed to save domain 'g' to {image}\nerror: "
+                                   "operation aborted: job 'Save' canceled by client"), err
+    assert not image.exists()
+    assert ok(await in_thread(state, "domstate", "g")) == "running\n\n"
+    await wait_for_counter(serial, (GUEST.last_serial_counter(serial) or 0) + 10)
+    assert not (state / "domains" / "g" / "intent.json").exists()
+    await engine.destroy("g")
