@@ -8,6 +8,7 @@ traceback reaches a user.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -625,10 +626,25 @@ async def cmd_blockpull(engine: Engine, args: Args, out: _Output) -> None:
                        "cancelled")
 
 
-async def cmd_blockjob(engine: Engine, args: Args, out: _Output) -> None:
+@_reading
+def cmd_blockjob(run: _Runner, args: Args, out: _Output) -> None:
+    """A block job that a waiting ``blockcommit``/``blockpull`` runs holds the domain's lock
+    and its QMP connection: it is read (``--info``) and stopped (``--abort``) through the
+    job board, as domjobinfo and domjobabort do; everything else goes to the engine."""
     _exclusive(args, ("abort", "pivot"), ("info", "abort"), ("info", "pivot"))
     action = "abort" if args.abort else "pivot" if args.pivot else "info"
-    info = await engine.block_job(args.domain, args.path, action)
+    waited = None
+    with contextlib.suppress(DomainNotRunningError):
+        waited = run.reader.job(args.domain)
+    if waited is not None and waited.get("disk") == args.path and action != "pivot":
+        if action == "abort":
+            run.reader.abort_job(args.domain)
+            return
+        out.job_progress(str(waited["kind"]), int(str(waited.get("processed", 0))),
+                         int(str(waited.get("total", 0))))
+        out.print("\n")
+        return
+    info = run.engine(lambda engine: engine.block_job(args.domain, args.path, action))
     if action != "info":
         return
     if info is None:
@@ -717,6 +733,12 @@ _CHANNELS = value("parallel-channels", "multifd channels of a sparse save image"
                   positional=False, metavar="number")
 _RUN_STATE = (flag("running", "run the guest after restore"),
               flag("paused", "leave the guest paused after restore"))
+
+
+_DISK_PATH = value("path", "fully-qualified path of disk", required=True)
+_BANDWIDTH = value("bandwidth", "bandwidth limit in MiB/s", metavar="number")
+_BYTES = flag("bytes", "the bandwidth limit is in bytes/s rather than MiB/s")
+_VERBOSE = flag("verbose", "with --wait, display the progress")
 
 
 def _current(what: str) -> Opt:
@@ -859,32 +881,27 @@ COMMANDS: dict[str, CommandSpec] = {spec.name: spec for spec in (
                        positional=False)), cmd_reboot),
     CommandSpec("reset", "reset a domain", (_DOMAIN,), cmd_reset),
     CommandSpec("blockcommit", "Start a block commit operation.", (
-        _DOMAIN, value("path", "fully-qualified path of disk", required=True),
-        value("bandwidth", "bandwidth limit in MiB/s", metavar="number"),
+        _DOMAIN, _DISK_PATH, _BANDWIDTH,
         value("base", "path of base file to commit into (default bottom of chain)"),
         flag("shallow", "use backing file of top as base"),
         value("top", "path of top file to commit from (default top of chain)"),
         flag("active", "trigger two-stage active commit of top file"),
         flag("delete", "delete files that were successfully committed"),
         flag("wait", "wait for job to complete (with --active, wait for job to sync)"),
-        flag("verbose", "with --wait, display the progress"),
+        _VERBOSE,
         value("timeout", "implies --wait, abort if copy exceeds timeout (in seconds)",
               metavar="number"),
         flag("pivot", "implies --active --wait, pivot when commit is synced"),
         flag("keep-overlay", "implies --active --wait, quit when commit is synced"),
-        flag("bytes", "the bandwidth limit is in bytes/s rather than MiB/s")),
-        cmd_blockcommit),
+        _BYTES), cmd_blockcommit),
     CommandSpec("blockpull", "Populate a disk from its backing image.", (
-        _DOMAIN, value("path", "fully-qualified path of disk", required=True),
-        value("bandwidth", "bandwidth limit in MiB/s", metavar="number"),
+        _DOMAIN, _DISK_PATH, _BANDWIDTH,
         value("base", "path of backing file in chain for a partial pull"),
-        flag("wait", "wait for job to finish"),
-        flag("verbose", "with --wait, display the progress"),
+        flag("wait", "wait for job to finish"), _VERBOSE,
         value("timeout", "with --wait, abort if pull exceeds timeout (in seconds)",
-              metavar="number"),
-        flag("bytes", "the bandwidth limit is in bytes/s rather than MiB/s")), cmd_blockpull),
+              metavar="number"), _BYTES), cmd_blockpull),
     CommandSpec("blockjob", "Manage active block operations", (
-        _DOMAIN, value("path", "fully-qualified path of disk", required=True),
+        _DOMAIN, _DISK_PATH,
         flag("abort", "abort the active job on the specified disk"),
         flag("info", "get active job information for the specified disk"),
         flag("pivot", "conclude and pivot a copy or commit job")), cmd_blockjob),

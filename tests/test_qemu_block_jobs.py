@@ -50,6 +50,13 @@ async def in_thread(state: Path, *args: str) -> subprocess.CompletedProcess[str]
     return await asyncio.to_thread(qsnap, state, *args)
 
 
+async def overlaid_guest(tmp_path: Path) -> tuple[Engine, Path, str, str]:
+    """A running guest "g" whose vda got an overlay from a ``--no-metadata`` disk snapshot
+    (the recipe's first step): (engine, state folder, base image, overlay)."""
+    engine, state, base, _overlay = await overlaid_guest(tmp_path)
+    return engine, state, base, (await domain_disks(engine))[0]
+
+
 async def test_the_live_backup_recipe(tmp_path: Path) -> None:
     """The copied base holds the moment of 'tmp' (the guest's disk counter then), the guest
     counts on through it all, and afterwards the disk is the base again, with everything
@@ -144,12 +151,7 @@ async def test_commit_left_synchronized_then_pivoted_by_another_command(tmp_path
     """``blockcommit --active`` alone returns at once; the job is QEMU's until a later
     ``blockjob --pivot`` (another process) finishes it. Meanwhile every other command on
     the domain works, and what would change images is refused by name."""
-    engine, _folder = await started_guest(tmp_path, 1)
-    state = tmp_path / "state"
-    base = (await domain_disks(engine))[0]
-    ok(await in_thread(state, "snapshot-create-as", "g", "tmp", "--disk-only",
-                       "--no-metadata"))
-    overlay = (await domain_disks(engine))[0]
+    engine, state, base, overlay = await overlaid_guest(tmp_path)
     assert ok(await in_thread(state, "blockcommit", "g", "vda", "--active")) == \
         "Active Block Commit started\n"
     again = await in_thread(state, "blockcommit", "g", "vda", "--active")
@@ -232,12 +234,7 @@ async def test_a_commit_into_an_image_a_snapshot_needs_is_refused(tmp_path: Path
 
 
 async def test_blockpull_flattens_the_chain(tmp_path: Path) -> None:
-    engine, _folder = await started_guest(tmp_path, 1)
-    state = tmp_path / "state"
-    base = (await domain_disks(engine))[0]
-    ok(await in_thread(state, "snapshot-create-as", "g", "tmp", "--disk-only",
-                       "--no-metadata"))
-    top = (await domain_disks(engine))[0]
+    engine, state, base, top = await overlaid_guest(tmp_path)
     verbose_alone = await in_thread(state, "blockpull", "g", "vda", "--verbose")
     assert verbose_alone.stderr == "error: Option --wait is required by option --verbose\n"
     pulled = await in_thread(state, "blockpull", "g", "vda", "--wait", "--verbose")
@@ -260,11 +257,7 @@ async def test_a_crash_during_a_pivot_is_finished_by_the_next_command(tmp_path: 
     """Killed at each step of ``blockcommit --pivot --delete``: the next command leaves the
     definition naming exactly the image QEMU writes to, every file it names in place, and
     the guest running."""
-    engine, _folder = await started_guest(tmp_path, 1)
-    state = tmp_path / "state"
-    base = (await domain_disks(engine))[0]
-    ok(await in_thread(state, "snapshot-create-as", "g", "tmp", "--disk-only",
-                       "--no-metadata"))
+    engine, state, base, _overlay = await overlaid_guest(tmp_path)
     crashed = await asyncio.to_thread(
         qsnap, state, "blockcommit", "g", "vda", "--pivot", "--delete",
         env={"QSNAP_CRASH_AT": str(step)})

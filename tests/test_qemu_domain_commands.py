@@ -162,8 +162,9 @@ async def test_a_job_is_watched_and_aborted_from_another_process(tmp_path: Path)
 
 
 async def test_an_aborted_commit_leaves_the_guest_on_its_overlay(tmp_path: Path) -> None:
-    """base <- mid (8 MiB of data) <- top: a commit of mid at 1 MiB/s, aborted from another
-    process, leaves the chain and the definition as they were, and no record."""
+    """base <- mid (8 MiB of data) <- top: a commit of mid at 1 MiB/s, watched and aborted
+    with blockjob from another process, leaves the chain and the definition as they were,
+    and no record."""
     engine, folder = await started_guest(tmp_path, 1)
     state = tmp_path / "state"
     base = (await domain_disks(engine))[0]
@@ -186,7 +187,10 @@ async def test_an_aborted_commit_leaves_the_guest_on_its_overlay(tmp_path: Path)
     while "Block commit" not in ok(await in_thread(state, "domjobinfo", "g")):
         assert time.monotonic() < deadline
         await asyncio.sleep(0.2)
-    ok(await in_thread(state, "domjobabort", "g"))
+    # blockjob reads and stops the job the waiting command runs, without waiting for it.
+    info = await in_thread(state, "blockjob", "g", "vda", "--info")
+    assert ok(info) == "\n\n" and info.stderr.startswith("\rBlock Commit: [")
+    assert ok(await in_thread(state, "blockjob", "g", "vda", "--abort")) == "\n"
     _out, err = await asyncio.wait_for(commit.communicate(), 30)
     assert commit.returncode == 1 and b"operation aborted" in err, err
     assert backing_chain(Path(top)) == [top, mid, base]

@@ -224,14 +224,14 @@ class Engine:
         return foreign_launcher(command, self._hooks.get(folder.name, self._relaunch))
 
     def _job(self, folder: DomainFolder, operation: str, progress: ProgressCallback | None,
-             *, abortable: bool = True) -> contextlib.AbstractAsyncContextManager[
-                 ProgressCallback]:
+             *, abortable: bool = True, details: dict[str, object] | None = None
+             ) -> contextlib.AbstractAsyncContextManager[ProgressCallback]:
         """Post *operation* on the domain's job board for its duration (domjobinfo, and
         domjobabort where *abortable*); yields the progress callback to hand it."""
         from qsnap.engine.jobs import JobWatch
 
         return JobWatch(folder.path, runtime_paths(self.state_dir, folder.name), operation,
-                        progress, abortable).posted()
+                        progress, abortable, details).posted()
 
     def _runtime(self, domain: str) -> tuple[RuntimePaths, RuntimeInfo | None]:
         paths = runtime_paths(self.state_dir, domain)
@@ -679,11 +679,14 @@ class Engine:
         commit into an image a snapshot still needs is refused."""
         from qsnap.engine import block_jobs
 
+        active = active or pivot or keep_overlay
+        label = "Active Block Commit" if active else "Block Commit"
         async with self._session(domain) as folder, \
-                self._job(folder, "Block commit", progress) as progress:
+                self._job(folder, "Block commit", progress,
+                          details={"disk": disk, "kind": label}) as progress:
             return await block_jobs.run_commit(
                 self._context(folder), disk, base=base, top=top,
-                active=active or pivot or keep_overlay, shallow=shallow, delete=delete,
+                active=active, shallow=shallow, delete=delete,
                 wait=wait or pivot or keep_overlay or wait_timeout is not None, pivot=pivot,
                 keep_overlay=keep_overlay, timeout=wait_timeout,
                 meter=ProgressMeter("Block commit", progress), bandwidth=bandwidth)
@@ -698,7 +701,8 @@ class Engine:
         from qsnap.engine import block_jobs
 
         async with self._session(domain) as folder, \
-                self._job(folder, "Block pull", progress) as progress:
+                self._job(folder, "Block pull", progress,
+                          details={"disk": disk, "kind": "Block Pull"}) as progress:
             return await block_jobs.run_pull(
                 self._context(folder), disk, base=base,
                 wait=wait or wait_timeout is not None, timeout=wait_timeout,

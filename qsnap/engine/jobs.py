@@ -37,12 +37,15 @@ class JobWatch:
     the operation (it forwards every report to *progress*)."""
 
     def __init__(self, folder: Path, paths: RuntimePaths, operation: str,
-                 progress: ProgressCallback | None, abortable: bool) -> None:
+                 progress: ProgressCallback | None, abortable: bool,
+                 details: dict[str, object] | None = None) -> None:
         self.folder = folder
         self.paths = paths
         self.operation = operation
         self.progress = progress
         self.abortable = abortable
+        #: What else readers of the board need (a block job's disk and virsh's label for it).
+        self.details = details or {}
         self.started = time.time()
         self.last: Progress | None = None
         self.aborted = False
@@ -56,7 +59,7 @@ class JobWatch:
         entry: dict[str, object] = {"pid": os.getpid(), "type": kind,
                                     "operation": self.operation, "abortable": self.abortable,
                                     "started": self.started,
-                                    "elapsed": time.time() - self.started}
+                                    "elapsed": time.time() - self.started, **self.details}
         if self.last is not None:
             entry.update(processed=self.last.done, total=self.last.total,
                          remaining=max(self.last.total - self.last.done, 0),
