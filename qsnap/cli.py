@@ -679,8 +679,14 @@ async def cmd_snapshot_edit(engine: Engine, args: Args, out: _Output) -> None:
                           current=bool(args.current and name is not None) or
                           (was_current and not args.clone))
     if new.name != old.name and args.rename:
-        from qsnap.plan.flags import DeleteFlags
+        from qsnap.model.snapshot import format_snapshot
+        from qsnap.plan.flags import DeleteFlags, ListFilter
 
+        # The children follow the new name (virsh's rename leaves them to the old one's
+        # parent, as deleting its metadata does).
+        for child in await engine.snapshots(args.domain, ListFilter(start=old.name)):
+            moved = (await engine.get(args.domain, child.name)).copy(parent=new.name)
+            await engine.redefine(args.domain, format_snapshot(moved))
         await engine.delete(args.domain, old.name, DeleteFlags(metadata_only=True))
     out.extra(f"Snapshot {new.name} edited.\n")
 

@@ -483,6 +483,11 @@ def test_snapshot_edit(cli: Cli, libvirt_tree: dict[str, Path], tmp_path: Path,
         ["disk-snap", "earlier_snap", "ext2", "full", "meta"]
     assert cli("snapshot-current", "QEMUGuest1", "--name") == "ext2"
 
+    _editor(tmp_path, monkeypatch, "sed -i 's|<name>full</name>|<name>full2</name>|' \"$1\"")
+    assert cli("snapshot-edit", "QEMUGuest1", "full", "--rename") == "Snapshot full2 edited.\n"
+    assert cli("snapshot-parent", "QEMUGuest1", "meta") == "full2"  # children follow
+    assert cli("snapshot-parent", "QEMUGuest1", "full2") == "earlier_snap"
+
     _editor(tmp_path, monkeypatch, "sed -i 's|<name>meta</name>|<name>meta2</name>|' \"$1\"")
     assert cli("snapshot-edit", "QEMUGuest1", "meta", "--clone") == "Snapshot meta2 edited.\n"
     assert {"meta", "meta2"} <= set(cli("snapshot-list", "QEMUGuest1", "--name").split())

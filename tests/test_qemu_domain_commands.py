@@ -50,12 +50,14 @@ async def test_suspend_and_resume(tmp_path: Path) -> None:
 async def test_reboot_and_reset_boot_the_guest_again(tmp_path: Path) -> None:
     """``--mode acpi``: the guest powers itself off at the power button, and QEMU, told to
     pause there rather than exit, is reset and run (libvirt's fake reboot). ``reset``: at
-    once. The agent mode is refused with the agent's own reason where the guest cannot
-    reboot through it (the tiny guest has no shutdown program)."""
+    once. ``--mode agent`` is refused with the agent's own reason where the guest cannot
+    reboot through it (the tiny guest has no shutdown program); without a mode, ACPI takes
+    over then, as in libvirt."""
     engine, folder = await started_guest(tmp_path, 1)
     state = tmp_path / "state"
     serial = folder / "serial.log"
-    for command in (("reboot", "g", "--mode", "acpi"), ("reset", "g")):
+    # The default tries the agent first, and the tiny guest's refuses (below).
+    for command in (("reboot", "g"), ("reboot", "g", "--mode", "acpi"), ("reset", "g")):
         mark = serial.stat().st_size
         said = ok(await in_thread(state, *command))
         assert said == ("Domain 'g' is being rebooted\n\n" if command[0] == "reboot"
@@ -66,7 +68,7 @@ async def test_reboot_and_reset_boot_the_guest_again(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, serial.read_bytes()[mark:][-300:]
             await asyncio.sleep(0.2)
         assert ok(await in_thread(state, "domstate", "g")) == "running\n\n"
-    agent = await in_thread(state, "reboot", "g")
+    agent = await in_thread(state, "reboot", "g", "--mode", "agent")
     assert agent.returncode == 1
     assert agent.stderr.startswith("error: Failed to reboot domain 'g'\nerror: the guest agent "
                                    "refused guest-shutdown")

@@ -631,12 +631,12 @@ class Engine:
     @_bounded
     async def reboot(self, domain: str, *, mode: str | None = None,
                      wait: float = 120.0, timeout: float | None = None) -> None:
-        """virsh reboot. *mode* ``agent`` (the default where the definition has a guest agent
-        channel) has the guest agent reboot the guest, and returns at once; ``acpi`` (the
-        default otherwise) presses the ACPI power button and, once the guest has shut down
+        """virsh reboot. *mode* ``agent`` has the guest agent reboot the guest, and returns at
+        once; ``acpi`` presses the ACPI power button and, once the guest has shut down
         (within *wait* seconds), resets and runs the machine, as libvirt's "fake reboot"
         does, here without a daemon: this call waits for it; ``reset`` resets the machine
-        at once (virsh reset)."""
+        at once (virsh reset). By default the agent is tried where the definition has its
+        channel, and ACPI is used where it has none or refuses (as libvirt does)."""
         from qsnap.launcher.command import agent_socket
 
         async with self._session(domain) as folder:
@@ -646,14 +646,21 @@ class Engine:
             agent = agent_socket(folder.definition, paths)
             chosen = mode or ("agent" if agent else "acpi")
             if chosen == "agent":
+                from qsnap.errors import GuestAgentError
                 from qsnap.monitor.agent import GuestAgent
 
                 if agent is None:
                     raise OperationInvalidError("QEMU guest agent is not configured",
                                                 domain=domain)
-                async with await GuestAgent.connect(agent) as channel:
-                    await channel.shutdown("reboot")
-                return
+                try:
+                    async with await GuestAgent.connect(agent) as channel:
+                        await channel.shutdown("reboot")
+                    return
+                except GuestAgentError as exc:
+                    if mode is not None:
+                        raise
+                    log.warning("%s; rebooting through ACPI instead", exc)
+                    chosen = "acpi"  # as libvirt does when the agent was not asked for
             if chosen not in ("acpi", "reset"):
                 raise InvalidArgumentError(f"unsupported reboot mode '{chosen}': qsnap "
                                            "offers agent, acpi and reset")
