@@ -53,7 +53,11 @@ async def in_thread(state: Path, *args: str) -> subprocess.CompletedProcess[str]
 async def overlaid_guest(tmp_path: Path) -> tuple[Engine, Path, str, str]:
     """A running guest "g" whose vda got an overlay from a ``--no-metadata`` disk snapshot
     (the recipe's first step): (engine, state folder, base image, overlay)."""
-    engine, state, base, _overlay = await overlaid_guest(tmp_path)
+    engine, _folder = await started_guest(tmp_path, 1)
+    state = tmp_path / "state"
+    base = (await domain_disks(engine))[0]
+    ok(await in_thread(state, "snapshot-create-as", "g", "tmp", "--disk-only",
+                       "--no-metadata"))
     return engine, state, base, (await domain_disks(engine))[0]
 
 
@@ -263,6 +267,7 @@ async def test_a_crash_during_a_pivot_is_finished_by_the_next_command(tmp_path: 
         env={"QSNAP_CRASH_AT": str(step)})
     if crashed.returncode == 0:
         assert step == PIVOT_STEPS[-1] and step > 20, "a crash point was not reached"
+        await engine.destroy("g")
         return
     assert crashed.returncode == 86, crashed.stderr
     ok(await in_thread(state, "recover", "g"))

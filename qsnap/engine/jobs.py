@@ -68,7 +68,10 @@ class JobWatch:
 
     async def _watch(self) -> None:
         while True:
-            await asyncio.to_thread(job_board.post, self.folder, self._entry("unbounded"))
+            # In the loop's thread, not a worker's (a write and a rename of a few hundred
+            # bytes, no fsync): a worker still writing when the job ends would leave a
+            # stale entry behind the board's clearing.
+            job_board.post(self.folder, self._entry("unbounded"))
             if self.abortable and not self.aborted and job_board.abort_requested(self.folder):
                 self.aborted = True
                 try:
