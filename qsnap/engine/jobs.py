@@ -71,7 +71,8 @@ class JobWatch:
             # In the loop's thread, not a worker's (a write and a rename of a few hundred
             # bytes, no fsync): a worker still writing when the job ends would leave a
             # stale entry behind the board's clearing.
-            job_board.post(self.folder, self._entry("unbounded"))
+            with contextlib.suppress(OSError):  # the board is a courtesy (a full disk...)
+                job_board.post(self.folder, self._entry("unbounded"))
             if self.abortable and not self.aborted and job_board.abort_requested(self.folder):
                 self.aborted = True
                 try:
@@ -83,7 +84,10 @@ class JobWatch:
 
     @contextlib.asynccontextmanager
     async def posted(self) -> AsyncIterator[ProgressCallback]:
-        job_board.clear(self.folder)
+        """Post the job for the block's duration. Nothing on the board may fail the
+        operation: a board that cannot be written (a full disk) is simply not there."""
+        with contextlib.suppress(OSError):
+            job_board.clear(self.folder)
         task = asyncio.ensure_future(self._watch())
         try:
             yield self.report
@@ -100,7 +104,8 @@ class JobWatch:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            job_board.clear(self.folder)
+            with contextlib.suppress(OSError):
+                job_board.clear(self.folder)
 
 
 async def cancel_qemu_work(paths: RuntimePaths) -> None:

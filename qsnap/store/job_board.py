@@ -28,8 +28,12 @@ def post(folder: Path, job: dict[str, Any], *, name: str = JOB_NAME) -> None:
     """Replace the posted job (write and rename, no fsync: see the module docstring)."""
     path = folder / name
     temporary = folder / f".{name}.{os.getpid()}"
-    temporary.write_text(json.dumps(job), encoding="utf-8")
-    os.replace(temporary, path)
+    try:
+        temporary.write_text(json.dumps(job), encoding="utf-8")
+        os.replace(temporary, path)
+    except OSError:
+        temporary.unlink(missing_ok=True)  # a full disk leaves no half-written entry
+        raise
 
 
 def read(folder: Path, *, name: str = JOB_NAME) -> dict[str, Any] | None:
