@@ -29,7 +29,10 @@ def post(folder: Path, job: dict[str, Any], *, name: str = JOB_NAME) -> None:
     path = folder / name
     temporary = folder / f".{name}.{os.getpid()}"
     try:
-        temporary.write_text(json.dumps(job), encoding="utf-8")
+        # Private, as every file of the state folder is (0600, whatever the umask).
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(job))
         os.replace(temporary, path)
     except OSError:
         temporary.unlink(missing_ok=True)  # a full disk leaves no half-written entry
@@ -67,7 +70,7 @@ def clear(folder: Path) -> None:
 
 
 def request_abort(folder: Path) -> None:
-    (folder / ABORT_NAME).write_bytes(b"")
+    os.close(os.open(folder / ABORT_NAME, os.O_WRONLY | os.O_CREAT, 0o600))
 
 
 def abort_requested(folder: Path) -> bool:
