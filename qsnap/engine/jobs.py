@@ -49,6 +49,7 @@ class JobWatch:
         self.started = time.time()
         self.last: Progress | None = None
         self.aborted = False
+        self._stop = asyncio.Event()
 
     def report(self, progress: Progress) -> None:
         self.last = progress
@@ -66,28 +67,40 @@ class JobWatch:
                          rate=self.last.rate, seconds_left=self.last.remaining)
         return entry
 
+    def _refresh(self) -> bool:
+        """Post the entry; whether an abort is asked for (in a worker thread: file work)."""
+        with contextlib.suppress(OSError):  # the board is a courtesy (a full disk...)
+            job_board.post(self.folder, self._entry("unbounded"))
+        return job_board.abort_requested(self.folder)
+
     async def _watch(self) -> None:
-        while True:
-            # In the loop's thread, not a worker's (a write and a rename of a few hundred
-            # bytes, no fsync): a worker still writing when the job ends would leave a
-            # stale entry behind the board's clearing.
-            with contextlib.suppress(OSError):  # the board is a courtesy (a full disk...)
-                job_board.post(self.folder, self._entry("unbounded"))
-            if self.abortable and not self.aborted and job_board.abort_requested(self.folder):
+        while not self._stop.is_set():
+            asked = await asyncio.to_thread(self._refresh)
+            if asked and self.abortable and not self.aborted:
                 self.aborted = True
                 try:
                     await cancel_qemu_work(self.paths)
                 except QsnapError as exc:
                     log.warning("the abort of '%s' could not reach QEMU: %s", self.operation,
                                 exc)
-            await asyncio.sleep(POLL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), POLL)
+
+    def _clear(self) -> None:
+        with contextlib.suppress(OSError):
+            job_board.clear(self.folder)
+
+    def _completed(self) -> None:
+        with contextlib.suppress(OSError):
+            job_board.post(self.folder, self._entry("completed"), name=job_board.DONE_NAME)
 
     @contextlib.asynccontextmanager
     async def posted(self) -> AsyncIterator[ProgressCallback]:
         """Post the job for the block's duration. Nothing on the board may fail the
-        operation: a board that cannot be written (a full disk) is simply not there."""
-        with contextlib.suppress(OSError):
-            job_board.clear(self.folder)
+        operation (a board that cannot be written, on a full disk, is simply not there), and
+        its file work runs in worker threads. The watcher is stopped, not cancelled, so that
+        no post of it is still under way when the board is cleared."""
+        await asyncio.to_thread(self._clear)
         task = asyncio.ensure_future(self._watch())
         try:
             yield self.report
@@ -97,15 +110,14 @@ class JobWatch:
                     f"job '{self.operation}' canceled by client: {exc}") from None
             raise
         else:
-            with contextlib.suppress(OSError):
-                job_board.post(self.folder, self._entry("completed"),
-                               name=job_board.DONE_NAME)
+            await asyncio.to_thread(self._completed)
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            self._stop.set()
+            try:
                 await task
-            with contextlib.suppress(OSError):
-                job_board.clear(self.folder)
+            except (QsnapError, OSError) as exc:
+                log.warning("the job board of '%s' failed: %s", self.operation, exc)
+            await asyncio.to_thread(self._clear)
 
 
 async def cancel_qemu_work(paths: RuntimePaths) -> None:

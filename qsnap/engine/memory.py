@@ -192,7 +192,9 @@ async def _save_through_pipe(monitor: Monitor, fd: int, offset: int,
     passed = asyncio.Event()
     stream = StreamWriter(fd, offset, alert_at=bound,
                           alert=lambda: _call_soon(loop, passed.set))
-    stream.start()
+    # Starting a thread waits until the OS has run it: tens of milliseconds on a loaded
+    # machine, which the event loop must not spend (tests/test_qemu_event_loop.py).
+    await asyncio.to_thread(stream.start)
 
     async def converge() -> None:
         await passed.wait()
@@ -300,7 +302,7 @@ async def _load_through_pipe(monitor: Monitor, fd: int, offset: int,
                              progress: Callable[[int], None] | None) -> None:
     """A thread here splices the file into a pipe QEMU reads."""
     feeder = PipeFeeder(fd, offset)
-    feeder.start()
+    await asyncio.to_thread(feeder.start)  # off the loop, as the writer's start above
     try:
         await monitor.load(StreamChannel(pipe=feeder.read_end), progress=progress,
                            position=lambda: feeder.sent)
