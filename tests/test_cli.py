@@ -320,6 +320,39 @@ BAD_INPUTS = {
         lambda t, f, c: ["define", _write(t, "d.xml", "<domain type='qemu'><name>.x</name>"
                                           "<memory>1</memory></domain>")],
         "invalid domain name '.x'"),
+    "blockcommit, bad timeout": (
+        lambda t, f, c: ["blockcommit", "QEMUGuest1", "vda", "--timeout", "soon"],
+        "Numeric value 'soon' for <timeout> option is malformed or out of range"),
+    "blockcommit, negative bandwidth": (
+        lambda t, f, c: ["blockcommit", "QEMUGuest1", "vda", "--bandwidth", "-1", "--wait"],
+        "Numeric value '-1' for <bandwidth> option is malformed or out of range"),
+    "blockcommit, verbose without waiting": (
+        lambda t, f, c: ["blockcommit", "QEMUGuest1", "vda", "--verbose"],
+        "--verbose requires at least one of --timeout, --wait, --pivot, or --keep-overlay"),
+    "blockcommit, pivot and keep the overlay": (
+        lambda t, f, c: ["blockcommit", "QEMUGuest1", "vda", "--pivot", "--keep-overlay"],
+        "Options --pivot and --keep-overlay are mutually exclusive"),
+    "blockcommit of a stopped guest": (
+        lambda t, f, c: ["blockcommit", "QEMUGuest1", "hda", "--pivot"],
+        "domain is not running"),
+    "blockcommit of a disk the domain lacks": (
+        lambda t, f, c: ["blockcommit", "QEMUGuest1", "vda", "--pivot"],
+        "invalid argument: disk 'vda' not found in domain"),
+    "blockjob, two actions": (
+        lambda t, f, c: ["blockjob", "QEMUGuest1", "vda", "--abort", "--pivot"],
+        "Options --abort and --pivot are mutually exclusive"),
+    "reboot of a stopped guest": (
+        lambda t, f, c: ["reboot", "QEMUGuest1", "--mode", "frob"], "domain is not running"),
+    "domblkinfo, neither disk nor --all": (
+        lambda t, f, c: ["domblkinfo", "QEMUGuest1"], "one of --device or --all is required"),
+    "domblkinfo, unknown disk": (
+        lambda t, f, c: ["domblkinfo", "QEMUGuest1", "vdz"],
+        "invalid path vdz not assigned to domain"),
+    "domjobabort without a job": (
+        lambda t, f, c: ["domjobabort", "QEMUGuest1"], "domain is not running"),
+    "snapshot-edit, rename and clone": (
+        lambda t, f, c: ["snapshot-edit", "QEMUGuest1", "full", "--rename", "--clone"],
+        "Options --rename and --clone are mutually exclusive"),
 }
 
 

@@ -126,11 +126,12 @@ async def start_commit(ctx: Context, disk: str, *, base: str | None, top: str | 
             raise InvalidArgumentError(f"could not find base image in chain for "
                                        f"'{found.target}'")
     async with await _running_monitor(ctx) as monitor:
-        if read_intent(folder.path) is not None:
+        recorded = _recorded_target(folder)
+        if recorded is not None:  # the session settled all else: a commit QEMU still runs
             raise OperationInvalidError(
-                f"disk '{disk}' already in active block job" if _recorded_target(folder)
-                == find_disk(folder.definition, disk).target else
-                f"domain '{ctx.domain}' has another block job under way")
+                f"disk '{recorded}' already in active block job"
+                if recorded == find_disk(folder.definition, disk).target else
+                f"domain '{ctx.domain}' has another block job under way (disk '{recorded}')")
         chains = await monitor.block_chains()
         definition = folder.definition
         snapshots = await asyncio.to_thread(
@@ -360,8 +361,7 @@ async def run_pull(ctx: Context, disk: str, *, base: str | None, wait: bool,
         if leftover is not None and leftover["status"] == "concluded":
             await monitor.dismiss_job(job_id)  # one a killed qsnap waited for
         await _refuse_busy(monitor, plan.target)
-        if read_intent(ctx.folder.path) is not None and _recorded_target(ctx.folder) \
-                == plan.target:
+        if _recorded_target(ctx.folder) == plan.target:
             raise OperationInvalidError(f"disk '{plan.target}' already in active block job")
         await monitor.start_stream(job_id, plan.nodes[0],
                                    None if plan.base is None else plan.nodes[plan.base],

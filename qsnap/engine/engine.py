@@ -564,12 +564,8 @@ class Engine:
     async def shutdown(self, domain: str, *, timeout: float | None = None) -> None:
         """Ask the guest to power off (ACPI power button), as virsh shutdown does; returns at
         once, and the guest decides when (or whether) it stops."""
-        async with self._session(domain):
-            info = self._runtime(domain)[1]
-            if info is None:
-                raise DomainNotRunningError(f"domain '{domain}' is not running", domain=domain)
-            async with await Monitor.connect(info.qmp) as monitor:
-                await monitor.powerdown()
+        async with self._session(domain), await self._running_monitor(domain) as monitor:
+            await monitor.powerdown()
 
     async def _running_monitor(self, domain: str) -> Monitor:
         info = self._runtime(domain)[1]
@@ -668,7 +664,7 @@ class Engine:
                 if chosen == "acpi":
                     await monitor.power_cycle(wait)
                 else:
-                    await monitor.execute("system_reset")
+                    await monitor.reset()
 
     @_bounded
     async def block_commit(self, domain: str, disk: str, *, base: str | None = None,

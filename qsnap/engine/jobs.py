@@ -28,8 +28,6 @@ log = logger("qsnap")
 
 #: How often the board is refreshed and the abort request looked for (seconds).
 POLL = 0.2
-#: QEMU states of a migration that a cancel stops.
-_MIGRATING = frozenset({"setup", "active", "pre-switchover", "device", "wait-unplug"})
 
 
 class JobWatch:
@@ -129,8 +127,7 @@ async def cancel_qemu_work(paths: RuntimePaths) -> None:
         if await monitor.status() == "inmigrate":
             await monitor.quit()
             return
-        if await monitor.migration_status() in _MIGRATING:
-            await monitor.execute("migrate_cancel")
+        await monitor.cancel_migration()
         for job in await monitor.jobs():
             if job["id"].startswith(("qsnap-blockcommit-", "qsnap-blockpull-")) and \
                     job["status"] not in ("concluded", "null", "pending", "aborting"):

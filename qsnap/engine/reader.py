@@ -182,7 +182,7 @@ class Reader:
             raise NoDomainError(f"domain '{domain}' is not defined", domain=domain)
         if completed:
             return job_board.read(folder.path, name=job_board.DONE_NAME)
-        job = job_board.read(folder.path)
+        job = live_job(folder)
         if job is None and self.runtime(domain) is None:
             from qsnap.errors import DomainNotRunningError
 
@@ -207,7 +207,7 @@ class Reader:
         folder = self.state.folder(domain)
         job_board.request_abort(folder.path)
         deadline = time.monotonic() + wait
-        while job_board.read(folder.path) is not None:
+        while live_job(folder) is not None:
             if time.monotonic() > deadline:
                 raise OperationInvalidError(f"job '{job.get('operation')}' did not stop "
                                             f"within {wait:g} s of the abort request",
@@ -371,3 +371,13 @@ def block_info(folder: DomainFolder, *, disk: str | None) -> list[BlockInfo]:
         result.append(BlockInfo(entry.target, int(json.loads(answer.stdout)["virtual-size"]),
                                 stat.st_blocks * 512, stat.st_size))
     return result
+
+
+def live_job(folder: DomainFolder) -> dict[str, object] | None:
+    """The job posted on *folder*'s board, unless the process that posted it is gone (a
+    crash leaves its last entry behind)."""
+    from qsnap.store import job_board
+
+    job = job_board.read(folder.path)
+    pid = job.get("pid") if job is not None else None
+    return job if isinstance(pid, int) and pid > 0 and pid_alive(pid) else None

@@ -603,11 +603,23 @@ class Monitor:
                     raise MonitorTimeoutError(
                         f"the guest did not shut down within {wait:g} s of the ACPI power "
                         "button, so it was not rebooted (does it handle ACPI?)") from None
-            await self.execute("system_reset")
+            await self.reset()
             await self.resume()
         finally:
             with contextlib.suppress(QsnapError):
                 await self.execute("set-action", {"shutdown": "poweroff"})
+
+    async def reset(self) -> None:
+        """Reset the machine at once (``system_reset``), as a reset button would."""
+        await self.execute("system_reset")
+
+    async def cancel_migration(self) -> bool:
+        """Cancel the migration (a save, a memory snapshot) under way, if one is; True if
+        there was one. The migration then ends ``cancelled`` and its waiter fails."""
+        if await self.migration_status() not in _MIGRATION_UNDER_WAY:
+            return False
+        await self.execute("migrate_cancel")
+        return True
 
     async def powerdown(self) -> None:
         """Press the ACPI power button."""

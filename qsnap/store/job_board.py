@@ -40,28 +40,15 @@ def post(folder: Path, job: dict[str, Any], *, name: str = JOB_NAME) -> None:
 
 
 def read(folder: Path, *, name: str = JOB_NAME) -> dict[str, Any] | None:
-    """The job posted in *folder*, or None (none, or one whose process is gone)."""
+    """The entry posted in *folder*, or None. Whether its process still runs is the
+    reader's question (its ``pid``)."""
     try:
         job = json.loads((folder / name).read_text(encoding="utf-8"))
     except (FileNotFoundError, ValueError):
         return None
     if not isinstance(job, dict):
         return None
-    if name == JOB_NAME and not _alive(job.get("pid")):
-        return None
     return job
-
-
-def _alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def clear(folder: Path) -> None:
