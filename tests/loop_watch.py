@@ -10,6 +10,14 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import qsnap
+
+#: Where qsnap's own modules are, as traceback prints a frame's file ('File "…/qsnap/x.py"').
+#: A substring such as "/qsnap/" would also match a checkout cloned into a folder named qsnap
+#: (git's default): the venv's site-packages and asyncio's select() beneath it (issue 28).
+QSNAP_FILES = f'File "{Path(qsnap.__file__).parent}/'
 
 
 @dataclass
@@ -19,7 +27,7 @@ class Stall:
 
     def where(self) -> str:
         """The innermost frame of qsnap's on the stack, and the innermost of all."""
-        ours = [line for line in self.stack if "/qsnap/" in line]
+        ours = [line for line in self.stack if is_qsnap_frame(line)]
         inner = self.stack[-1].strip() if self.stack else "?"
         return f"{ours[-1].strip() if ours else '-'} | innermost: {inner}"
 
@@ -28,7 +36,12 @@ class Stall:
         """qsnap's code was running on the loop thread (any call it makes, blocking or
         not, has qsnap's frame under it). Otherwise the loop was waiting in select(), or
         running asyncio's own callbacks, when the process was not scheduled in time."""
-        return any("/qsnap/" in line for line in self.stack)
+        return any(is_qsnap_frame(line) for line in self.stack)
+
+
+def is_qsnap_frame(line: str) -> bool:
+    """Whether a formatted stack entry is a frame of qsnap's package itself."""
+    return line.lstrip().startswith(QSNAP_FILES)
 
 
 class LoopWatch:

@@ -50,3 +50,19 @@ async def test_no_operation_blocks_the_event_loop(tmp_path: Path) -> None:
     report = "\n".join(f"{s.length * 1000:.1f} ms at {s.where()}" for s in watch.stalls)
     print(report)
     assert not [s for s in watch.stalls if s.in_qsnap and s.length > LIMIT], report
+
+
+def test_only_frames_of_the_qsnap_package_count_as_qsnap() -> None:
+    """A checkout cloned into a folder named qsnap (git's default) puts "/qsnap/" in the path
+    of the venv's site-packages and of asyncio's own select(): those frames are not qsnap's,
+    and a stall in them (the loop idle while the process waited for a CPU) is not qsnap's."""
+    from loop_watch import QSNAP_FILES, Stall, is_qsnap_frame
+
+    package = QSNAP_FILES.removeprefix('File "')
+    idle = ['  File "/home/u/qsnap/.venv/lib/python3.11/site-packages/qemu/qmp/x.py", '
+            'line 1, in run\n',
+            '  File "/usr/lib/python3.11/asyncio/base_events.py", line 1, in _run_once\n',
+            '  File "/home/u/qsnap/tests/test_x.py", line 1, in test\n']
+    assert not Stall(0.02, idle).in_qsnap
+    ours = f'  File "{package}engine/create.py", line 9, in run\n'
+    assert is_qsnap_frame(ours) and Stall(0.02, [*idle, ours]).in_qsnap
