@@ -534,3 +534,32 @@ def test_snapshot_edit(cli: Cli, libvirt_tree: dict[str, Path], tmp_path: Path,
     assert "failed; nothing changed" in cli("snapshot-edit", "QEMUGuest1", "meta", rc=1)
     assert cli("snapshot-edit", "QEMUGuest1", "nosuch", rc=1) == (
         "error: Domain snapshot not found: no domain snapshot with matching name 'nosuch'\n")
+
+
+def test_a_stale_or_damaged_job_entry_is_no_job(cli: Cli, libvirt_tree: dict[str, Path],
+                                                tmp_path: Path) -> None:
+    """job.json left by a killed qsnap whose pid now belongs to another process (here this
+    test's own, alive) showed a phantom job, and domjobabort waited 60 s for it; one with
+    "elapsed": NaN gave an internal error (issue 28). The poster's start time tells the
+    process apart, and an entry that is not one qsnap writes is no job."""
+    import os
+
+    from qsnap.procfs import start_time
+    from qsnap.store import job_board
+
+    folder = tmp_path / "state" / "domains" / "QEMUGuest1"
+    entry = {"pid": os.getpid(), "pid_start": "1", "type": "unbounded", "operation": "Save",
+             "abortable": True, "started": 0.0, "elapsed": 1.5}
+    for written in (entry, {**entry, "pid_start": start_time(os.getpid()),
+                            "elapsed": float("nan")},
+                    {**entry, "pid_start": start_time(os.getpid()), "total": "many"}):
+        (folder / "job.json").write_text(json.dumps(written))
+        begun = time.monotonic()
+        assert "domain is not running" in cli("domjobinfo", "QEMUGuest1", rc=1)
+        assert "domain is not running" in cli("domjobabort", "QEMUGuest1", rc=1)
+        assert time.monotonic() - begun < 1
+    # The same entry from this very process, whole, is a job (the board's reader is right).
+    live = {**entry, "pid_start": start_time(os.getpid())}
+    (folder / "job.json").write_text(json.dumps(live))
+    assert job_board.live(folder) == live
+    assert "Operation:        Save" in cli("domjobinfo", "QEMUGuest1")

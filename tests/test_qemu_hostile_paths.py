@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,120 @@ async def test_memory_file_paths_and_modes(tmp_path: Path) -> None:
         if await engine.domstate("g") != "shut off":
             await engine.destroy("g")
     assert os.path.islink(link)
+
+
+async def test_commas_and_odd_characters_in_every_path_reach_qemu_as_names(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every path qsnap puts into a QEMU option, and the domain name, with a comma, '=', a
+    colon, a space and non-ASCII in it; the serial log's name goes on with
+    ',logfile=VICTIM,logappend=off'. Unescaped, QEMU split the value at the comma: it
+    truncated the victim and wrote the console into it, and a folder with a comma could not
+    start at all (issue 28). Now each is one name: the guest counts into the log file of
+    exactly that name, its agent and VNC sockets appear where asked, and the victim stays."""
+    require_qemu()
+    odd = tmp_path / "d,x=1: é"
+    odd.mkdir()
+    import tempfile
+
+    # Short, as a socket path must be (tmp_path alone is too long for one).
+    runtime = tempfile.mkdtemp(prefix="r,t=1: é", dir="/tmp")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", runtime)
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    xml = GUEST.make_guest("g", 1, 128, odd).read_text()
+    kernel, initrd = GUEST.build()
+    for source, name in ((kernel, "vmlinuz,a=b"), (initrd, "initrd,c=d")):
+        (odd / name).write_bytes(Path(source).read_bytes())
+        xml = xml.replace(f">{source}<", f">{odd / name}<")
+    injected = xml.replace(str(odd / "serial.log"),
+                           f"{odd / 'serial.log'},logfile={victim},logappend=off")
+    serial = odd / "serial,log=1.txt"
+    xml = xml.replace(str(odd / "serial.log"), str(serial))
+    xml = xml.replace("<target type='virtio' name='org.qemu.guest_agent.0'/>",
+                      f"<source mode='bind' path='{odd / 'agent,x=y.sock'}'/>"
+                      "<target type='virtio' name='org.qemu.guest_agent.0'/>")
+    xml = xml.replace("<memballoon model='none'/>",
+                      f"<graphics type='vnc' socket='{odd / 'vnc,to=99.sock'}'/>"
+                      "<memballoon model='none'/>")
+    xml = xml.replace("<name>g</name>", "<name>g,debug-threads=off é</name>")
+    engine = Engine(tmp_path / "state,s=1")
+    # The injection: one file name, which does not exist (its "folder" serial.log,logfile=
+    # is none); QEMU says so, and the victim is untouched.
+    import re
+
+    name = await engine.define(re.sub(r"<uuid>.*</uuid>", "", injected)
+                               .replace("<name>g</name>", "<name>h</name>"))
+    with pytest.raises(qsnap.LaunchError, match=r"Could not open '.*/serial\.log,logfile="):
+        await engine.start(name)
+    assert victim.read_text() == "precious"
+    name = await engine.define(xml)
+    assert name == "g,debug-threads=off é"
+    await engine.start(name)
+    try:
+        from qemu_guest import wait_for_counter
+
+        await wait_for_counter(serial, 3)
+        assert (odd / "agent,x=y.sock").exists() and (odd / "vnc,to=99.sock").exists()
+        await engine.create(name, snapshot_xml_from_args("s1"), DISK_ONLY)
+        assert await engine.domstate(name) == "running"
+    finally:
+        await engine.destroy(name)
+        import shutil
+
+        shutil.rmtree(runtime, ignore_errors=True)
+    assert victim.read_text() == "precious"
+
+
+async def test_a_runtime_folder_someone_else_made_is_never_used(
+        stopped: tuple[Engine, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the runtime folders in a place every user can write (/tmp without
+    XDG_RUNTIME_DIR), another local user made qsnap's folder first and planted a symlink
+    where qsnap writes its record: root's 'qsnap start' truncated a root-owned file, and the
+    folder stayed the other user's (issue 28). A folder that is not the caller's, that
+    others can write, or that is a symlink is refused, naming it, before anything in it is
+    read or written; no QEMU starts, and the victim is untouched."""
+    import tempfile
+
+    from qsnap.launcher.runtime import runtime_paths
+
+    engine, _folder = stopped
+    runtime = Path(tempfile.mkdtemp(prefix="qsnap-rt-", dir="/tmp"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    paths = runtime_paths(engine.state_dir, "g")
+    other_uid = 65534 if os.geteuid() == 0 else None  # 'nobody', where we may chown
+    try:
+        cases = []
+        paths.folder.mkdir(parents=True)
+        (paths.folder / "runtime.tmp").symlink_to(victim)
+        (paths.folder / "runtime.json").write_text(
+            '{"pid": 1, "qmp": "/tmp/theirs.sock", "accel": "tcg", "owner": "attached"}')
+        if other_uid is not None:
+            os.chown(paths.folder.parent, other_uid, other_uid)
+            cases.append((r"belongs to uid 65534, not to you", paths.folder.parent))
+        cases.append((r"can be written by others \(mode 0777\)", paths.folder.parent))
+        for why, where in cases:
+            os.chmod(where, 0o777 if "others" in why else 0o700)
+            if "others" in why and other_uid is not None:
+                os.chown(paths.folder.parent, os.geteuid(), os.getegid())
+            for attempt in (engine.start("g"), engine.domstate("g")):
+                with pytest.raises(qsnap.OperationInvalidError,
+                                   match=rf"runtime folder '{where}' {why}") as refused:
+                    await attempt
+                assert refused.value.path == str(where)
+            assert victim.read_text() == "precious"
+        # A symlink in place of the folder (to one the attacker controls) is refused too.
+        os.chmod(paths.folder.parent, 0o700)
+        elsewhere = runtime / "elsewhere"
+        paths.folder.rename(elsewhere)
+        paths.folder.symlink_to(elsewhere)
+        with pytest.raises(qsnap.OperationInvalidError, match=r"is not a folder \(a symbolic"):
+            await engine.start("g")
+        assert victim.read_text() == "precious"
+        assert subprocess.run(["pgrep", "-f", str(tmp_path / "g")],
+                              capture_output=True).returncode == 1  # no QEMU started
+    finally:
+        import shutil
+
+        shutil.rmtree(runtime, ignore_errors=True)

@@ -21,6 +21,7 @@ from qsnap.errors import OperationAbortedError, QsnapError
 from qsnap.launcher.runtime import RuntimePaths, read_runtime
 from qsnap.logs import logger
 from qsnap.monitor import Monitor
+from qsnap.procfs import start_time
 from qsnap.progress import Progress, ProgressCallback
 from qsnap.store import job_board
 
@@ -45,6 +46,8 @@ class JobWatch:
         #: What else readers of the board need (a block job's disk and virsh's label for it).
         self.details = details or {}
         self.started = time.time()
+        #: Who posts: this process, by pid and start time (job_board.live).
+        self.poster = {"pid": os.getpid(), "pid_start": start_time(os.getpid()) or "?"}
         self.last: Progress | None = None
         self.aborted = False
         self._stop = asyncio.Event()
@@ -55,7 +58,7 @@ class JobWatch:
             self.progress(progress)
 
     def _entry(self, kind: str) -> dict[str, object]:
-        entry: dict[str, object] = {"pid": os.getpid(), "type": kind,
+        entry: dict[str, object] = {**self.poster, "type": kind,
                                     "operation": self.operation, "abortable": self.abortable,
                                     "started": self.started,
                                     "elapsed": time.time() - self.started, **self.details}

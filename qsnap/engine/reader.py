@@ -378,6 +378,4 @@ def live_job(folder: DomainFolder) -> dict[str, object] | None:
     crash leaves its last entry behind)."""
     from qsnap.store import job_board
 
-    job = job_board.read(folder.path)
-    pid = job.get("pid") if job is not None else None
-    return job if isinstance(pid, int) and pid > 0 and pid_alive(pid) else None
+    return job_board.live(folder.path)

@@ -25,6 +25,7 @@ from qsnap.launcher.devices import (
 )
 from qsnap.launcher.runtime import RuntimePaths
 from qsnap.model.domain import DomainDef, parse_disk
+from qsnap.model.options import escape_commas
 from qsnap.plan.machine import complete_machine, machine_type
 
 
@@ -214,12 +215,12 @@ def qemu_command(domain: DomainDef, runtime: RuntimePaths, accel: str,
     machine_props = [machine, f"accel={accel}", f"acpi={acpi}", "usb=off", *pflash]
     if smm is not None:
         machine_props.append(f"smm={smm.get('state', 'on')}")
-    argv = [emulator, "-name", f"guest={domain.name},debug-threads=on",
+    argv = [emulator, "-name", f"guest={escape_commas(domain.name)},debug-threads=on",
             "-machine", ",".join(machine_props), *firmware,
             *_cpu_args(root, domain.vcpus, accel),
             "-m", f"{domain.memory_bytes // 1024}k", "-nodefaults", "-no-user-config",
             "-display", "none",
-            "-qmp", f"unix:{runtime.qmp},server=on,wait=off",
+            "-qmp", f"unix:{escape_commas(str(runtime.qmp))},server=on,wait=off",
             "-pidfile", str(runtime.pidfile), "-daemonize"]
     if incoming:
         argv += ["-S", "-incoming", "defer"]

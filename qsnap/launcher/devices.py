@@ -19,6 +19,7 @@ from lxml import etree
 
 from qsnap.errors import NotSupportedError
 from qsnap.model.domain import GUEST_AGENT_CHANNEL, PciAddress
+from qsnap.model.options import escape_commas
 from qsnap.plan.machine import machine_family, machine_type
 
 # Everything a definition may say at the top level and still start; other elements are refused
@@ -236,7 +237,8 @@ def serial_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
     source = node.find("source")
     chardev = f"charserial{index}"
     if kind == "file" and source is not None and source.get("path"):
-        out.add("-chardev", f"file,id={chardev},path={source.get('path')},append=on")
+        out.add("-chardev", f"file,id={chardev},path={escape_commas(source.get('path', ''))},"
+                            "append=on")
     elif kind == "pty":
         out.add("-chardev", f"pty,id={chardev}")
     elif kind == "null":
@@ -266,7 +268,8 @@ def channel_args(index: int, node: etree._Element, agent: str | None, out: Devic
     address = node.find("address")
     port = int(address.get("port", "1")) if address is not None else 1
     controller = address.get("controller", "0") if address is not None else "0"
-    out.add("-chardev", f"socket,id=charchannel{index},path={agent},server=on,wait=off")
+    out.add("-chardev", f"socket,id=charchannel{index},path={escape_commas(agent or '')},"
+                        "server=on,wait=off")
     out.add(*device_arg({"driver": "virtserialport", "bus": f"virtio-serial{controller}.0",
                          "nr": port, "chardev": f"charchannel{index}", "id": f"channel{index}",
                          "name": GUEST_AGENT_CHANNEL}))
@@ -293,10 +296,10 @@ def graphics_args(node: etree._Element, audio: str | None, out: DeviceArgs) -> N
     listen = node.find("listen")
     socket = node.get("socket") or (listen.get("socket") if listen is not None else None)
     if socket:
-        display = f"unix:{socket}"
+        display = f"unix:{escape_commas(socket)}"
     else:
         host = (listen.get("address") if listen is not None else None) or node.get("listen")
-        host = host or "127.0.0.1"
+        host = escape_commas(host or "127.0.0.1")
         port = int(node.get("port", "-1"))
         # Autoport: the first free display from 5900, as libvirt picks.
         display = f"{host}:0,to=99" if port < 5900 else f"{host}:{port - 5900}"

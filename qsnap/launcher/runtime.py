@@ -1,6 +1,13 @@
 """A running domain's runtime record: where its QEMU's QMP socket, pid file and
 ``runtime.json`` live, and whether that QEMU still runs.
 
+The runtime folders may live in ``/tmp``, where any local user can make a folder first under
+the name qsnap would use, and then swap its socket, pid file or record, or plant a symlink
+where qsnap writes (root's ``qsnap start`` once truncated a root-owned file that way). So
+every folder of the runtime path qsnap makes must be a real folder, owned by the caller and
+writable by no one else, or it is refused by name (:func:`checked_folder`), before anything
+in it is read or written; and files are written under new names (``O_EXCL|O_NOFOLLOW``).
+
 Kept apart from :mod:`qsnap.launcher.process` (which starts and stops QEMU, and pulls in
 asyncio, the monitor and lxml) so that commands that only look at a guest (``list``,
 ``domstate``) start in a few milliseconds.
@@ -10,12 +17,28 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
+
+from qsnap.errors import OperationInvalidError
+from qsnap.procfs import pid_alive
 
 try:  # CPython's built-in SHA-256: hashlib would load OpenSSL first (4 ms of every command)
     from _sha256 import sha256 as _sha256  # type: ignore[import-not-found]  # Python 3.11
 except ImportError:  # pragma: no cover - Python 3.12 renamed it; hashlib is the fallback
     from hashlib import sha256 as _sha256
+
+
+__all__ = [
+    "RuntimeInfo",
+    "RuntimePaths",
+    "clear_runtime",
+    "make_runtime_folder",
+    "pid_alive",
+    "read_runtime",
+    "runtime_paths",
+    "write_runtime",
+]
 
 
 class RuntimePaths:
@@ -83,21 +106,67 @@ def runtime_paths(state_dir: Path, domain: str) -> RuntimePaths:
     return RuntimePaths(base / digest)
 
 
+def checked_folder(path: Path) -> bool:
+    """Whether *path* exists; if it does, it must be a folder (not a symlink to one) owned
+    by this process's user and writable by no one else, or it is refused with an error that
+    names it and its owner: another user could swap what qsnap keeps in it."""
+    try:
+        status = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    why = None
+    if not stat.S_ISDIR(status.st_mode):
+        why = "is not a folder" + (" (a symbolic link)" if stat.S_ISLNK(status.st_mode) else "")
+    elif status.st_uid != os.geteuid():
+        why = f"belongs to uid {status.st_uid}, not to you (uid {os.geteuid()})"
+    elif status.st_mode & 0o022:
+        why = f"can be written by others (mode {stat.S_IMODE(status.st_mode):04o})"
+    if why is not None:
+        raise OperationInvalidError(
+            f"qsnap's runtime folder '{path}' {why}: another user could replace the QMP "
+            "sockets and pid files qsnap keeps there, so qsnap will not use it. Remove it, "
+            "or set XDG_RUNTIME_DIR to a private folder", path=str(path))
+    return True
+
+
+def make_runtime_folder(paths: RuntimePaths) -> None:
+    """Create the domain's runtime folder and its parent (private, 0700), and check both
+    (:func:`checked_folder`): a folder someone else made first is refused, never used."""
+    for folder in (paths.folder.parent, paths.folder):
+        if checked_folder(folder):
+            continue
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            checked_folder(folder)  # made meanwhile: checked like any other
+            continue
+        checked_folder(folder)  # a umask cannot widen 0700, but the check costs nothing
+
+
 def read_runtime(paths: RuntimePaths) -> RuntimeInfo | None:
     """The runtime record, if the domain's QEMU is still alive; a stale record is removed.
     With no record, a QEMU qsnap launched but was killed before recording is found by the
     pid file QEMU writes itself (the soak's random-time kills left such a QEMU running,
-    unseen, beside the one the next command started)."""
+    unseen, beside the one the next command started). Nothing is read from a runtime folder
+    that another user could have written (:func:`checked_folder`)."""
+    if not (checked_folder(paths.folder.parent) and checked_folder(paths.folder)):
+        return None
     try:
         info = RuntimeInfo(**json.loads(paths.info.read_text()))
     except (FileNotFoundError, ValueError, TypeError):
         return _unrecorded(paths)
     # A QEMU qsnap launched has its socket path on its command line: that guards against a
     # recycled pid. One that was attached may have been given its socket some other way.
-    if pid_alive(info.pid, info.qmp if info.owner == "qsnap" else None):
+    if pid_alive(info.pid, _on_command_line(info.qmp) if info.owner == "qsnap" else None):
         return info
     clear_runtime(paths)
     return None
+
+
+def _on_command_line(qmp: str) -> str:
+    """How qsnap's command line spells the QMP socket path (``-qmp unix:PATH,...``, commas
+    doubled: :func:`qsnap.model.options.escape_commas`)."""
+    return f"unix:{qmp.replace(',', ',,')},"
 
 
 def _unrecorded(paths: RuntimePaths) -> RuntimeInfo | None:
@@ -108,7 +177,7 @@ def _unrecorded(paths: RuntimePaths) -> RuntimeInfo | None:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (FileNotFoundError, ValueError, ProcessLookupError):
         return None
-    if not pid_alive(pid, str(paths.qmp)):
+    if not pid_alive(pid, _on_command_line(str(paths.qmp))):
         return None
     machine = next((a.decode() for a in cmdline if b"accel=" in a), "")
     accel = machine.split("accel=", 1)[1].split(",", 1)[0] if machine else "tcg"
@@ -118,26 +187,17 @@ def _unrecorded(paths: RuntimePaths) -> RuntimeInfo | None:
 
 
 def write_runtime(paths: RuntimePaths, info: RuntimeInfo) -> None:
-    paths.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Record *info* (write a new file, rename it into place)."""
+    make_runtime_folder(paths)
     temp = paths.info.with_suffix(".tmp")
-    temp.write_text(json.dumps(info.as_dict()))
+    temp.unlink(missing_ok=True)  # one a killed qsnap left
+    descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(json.dumps(info.as_dict()))
     os.replace(temp, paths.info)
 
 
 def clear_runtime(paths: RuntimePaths) -> None:
     for path in (paths.info, paths.pidfile, paths.qmp):
         path.unlink(missing_ok=True)
-
-
-def pid_alive(pid: int, marker: str | None = None) -> bool:
-    """True while *pid* runs and is not a zombie; with *marker*, its command line must contain
-    it (so a recycled pid is not mistaken for our QEMU)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-            return False
-        if marker is not None:
-            return marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
-        return True
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False

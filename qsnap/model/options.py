@@ -22,3 +22,11 @@ def split_commas(text: str) -> list[str]:
         i += 1
     parts.append("".join(current))
     return parts
+
+
+def escape_commas(value: str) -> str:
+    """*value* as one value of a QEMU option list (``-chardev``, ``-qmp``, ``-vnc``,
+    ``-name``): every comma doubled, as libvirt writes them. A comma left single would end
+    the value there and start a new option: a serial log path
+    ``x,logfile=/root/file,logappend=off`` made QEMU truncate that file (issue 28)."""
+    return value.replace(",", ",,")

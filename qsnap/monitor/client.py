@@ -35,6 +35,7 @@ from qsnap.logs import logger
 from qsnap.model.capabilities import QemuCapabilities, StreamSupport
 from qsnap.model.domain import NVRAM_TARGET
 from qsnap.monitor.channel import StreamChannel
+from qsnap.procfs import start_time
 from qsnap.timeouts import call_timeout
 
 log = logger("qsnap.monitor")
@@ -112,15 +113,10 @@ _FILE_URI: dict[tuple[int, str], bool] = {}
 
 
 def _process_identity(pid: int | None) -> tuple[int, str] | None:
-    """*pid* with its start time (field 22 of /proc/PID/stat), which tells a reused pid
-    apart; None where it cannot be read."""
-    if pid is None:
-        return None
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return pid, stat.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
+    """*pid* with its start time, which tells a reused pid apart; None where it cannot be
+    read."""
+    started = None if pid is None else start_time(pid)
+    return None if pid is None or started is None else (pid, started)
 
 
 def _peer_pid(sock: socket.socket) -> int:
