@@ -292,6 +292,13 @@ async def cmd_managedsave(engine: Engine, args: Args, out: _Output) -> None:
     out.extra(f"\nDomain '{args.domain}' state saved by qsnap\n")
 
 
+async def cmd_managedsave_remove(engine: Engine, args: Args, out: _Output) -> None:
+    if await engine.managedsave_remove(args.domain):
+        out.print(f"Removed managedsave image for domain '{args.domain}'\n")
+    else:
+        out.print(f"Domain '{args.domain}' has no manage save image; removal skipped\n")
+
+
 async def cmd_save_image_dumpxml(engine: Engine, args: Args, out: _Output) -> None:
     out.print(await engine.save_image_xml(os.path.abspath(args.file), secure=args.security_info))
 
@@ -801,6 +808,8 @@ COMMANDS: dict[str, CommandSpec] = {spec.name: spec for spec in (
         _DOMAIN, flag("bypass-cache", "accepted for virsh compatibility"), *_RUN_STATE,
         flag("verbose", "accepted for virsh compatibility"), _IMAGE_FORMAT, _CHANNELS),
         cmd_managedsave),
+    CommandSpec("managedsave-remove", "remove the managed save image of a domain", (
+        _DOMAIN,), cmd_managedsave_remove),
     CommandSpec("save-image-dumpxml", "the domain XML inside a saved state file", (
         value("file", "saved state file to read", required=True), _SECURITY),
         cmd_save_image_dumpxml),

@@ -20,6 +20,7 @@ import qsnap
 from qsnap.launcher.foreign import (
     DiskImage,
     ForeignCommand,
+    UnprovableRewrite,
     join_options,
     relaunch_argv,
     split_options,
@@ -185,6 +186,67 @@ def test_unchanged_disks_keep_their_options_and_unknown_disks_are_refused() -> N
     with pytest.raises(qsnap.InvalidArgumentError, match="does not name image"):
         relaunch_argv(gone, {"hda": DiskImage("/img/a.ov", "qcow2")}, incoming=False,
                       paused=False, pidfile="/p")
+
+
+def _relaunched(argv: list[str], old: str, new: DiskImage) -> list[str]:
+    return relaunch_argv(_command(["qemu", *argv], {"data": old}), {"data": new},
+                         incoming=False, paused=True, pidfile="/p")[1:-4]
+
+
+def test_a_json_protocol_node_under_a_key_value_format_node_follows_the_new_format() -> None:
+    """The data loss of issue 28: a raw disk as a JSON protocol node and a key=value format
+    node naming it (file=NODE). The overlay's name went into the protocol node and the
+    format node stayed raw: the guest wrote over the overlay's qcow2 header."""
+    argv = ["-blockdev", json.dumps({"driver": "file", "filename": "/img/data.img",
+                                     "node-name": "data-proto"}),
+            "-blockdev", "driver=raw,node-name=data-fmt,file=data-proto",
+            "-device", "virtio-blk-pci,drive=data-fmt,id=data"]
+    out = _relaunched(argv, "/img/data.img", DiskImage("/img/data.s1", "qcow2"))
+    assert json.loads(out[1])["filename"] == "/img/data.s1"
+    assert out[3] == "driver=qcow2,node-name=data-fmt,file=data-proto"
+    # The other way round: a key=value protocol node under a JSON format node.
+    argv = ["-blockdev", "driver=file,filename=/img/data.img,node-name=p",
+            "-blockdev", json.dumps({"driver": "raw", "node-name": "f", "file": "p"})]
+    out = _relaunched(argv, "/img/data.img", DiskImage("/img/data.s1", "qcow2"))
+    assert out[1] == "driver=file,filename=/img/data.s1,node-name=p"
+    assert json.loads(out[3]) == {"driver": "qcow2", "node-name": "f", "file": "p"}
+    # Nested, with dotted keys, and a -drive naming its file by file.filename.
+    out = _relaunched(["-drive", "file.filename=/img/data.img,format=raw,if=virtio"],
+                      "/img/data.img", DiskImage("/img/data.s1", "qcow2"))
+    assert out == ["-drive", "file.filename=/img/data.s1,format=qcow2,if=virtio"]
+    out = _relaunched(["-drive", "file=/img/data.img,if=virtio,backing.file.filename=/b"],
+                      "/img/data.img", DiskImage("/img/data.s1", "qcow2"))
+    assert out == ["-drive", "file=/img/data.s1,if=virtio,format=qcow2"]
+
+
+@pytest.mark.parametrize(("argv", "why"), [
+    (["-blockdev", "driver=file,filename=/img/data.img,node-name=p",
+      "-device", "virtio-blk-pci,drive=p"],
+     r"opened by a protocol node \('p'\) with no format node on it, so its new qcow2 image "
+     r"would reach the guest as raw bytes"),
+    (["-blockdev", "driver=file,filename=/img/data.img,node-name=p",
+      "-blockdev", "driver=raw,node-name=f,file=p,offset=512"],
+     r"opened by a raw node with option\(s\) offset, which a qcow2 node does not take"),
+    (["-blockdev", "driver=file,filename=/img/data.img,node-name=p",
+      "-blockdev", "driver=luks,node-name=f,file=p,key-secret=s"],
+     r"opened through a 'luks' node"),
+    (["-blockdev", "driver=file,filename=/img/data.img,node-name=p",
+      "-blockdev", "driver=raw,node-name=f1,file=p", "-blockdev", "driver=raw,node-name=f2,file=p"],
+     r"is the file of 2 block nodes"),
+    (["-drive", "file=/img/data.img,format=raw,if=virtio,size=1048576"],
+     r"-drive with raw option\(s\) size"),
+    (["-drive", "file=/img/data.img,format=vmdk,if=virtio"], r"-drive of format 'vmdk'"),
+    (["-drive", "file=/img/data.img,format=raw,if=virtio",
+      "-global", "some.property=/img/data.img"],
+     r"names image '/img/data.img' in argument 4 \('some.property=/img/data.img'\)"),
+    (["-blockdev", "driver=file,filename=/img/data.img,node-name=p",
+      "-blockdev", "driver=raw,node-name=f,file=p", "-blockdev", "driver=raw,file.driver=file,"
+      "file.filename=/img/data.img,file.filename.x=1"],
+     r"gives 'filename' both a value and options"),
+])
+def test_a_rewrite_that_cannot_be_proven_right_is_refused(argv: list[str], why: str) -> None:
+    with pytest.raises(UnprovableRewrite, match=why):
+        _relaunched(argv, "/img/data.img", DiskImage("/img/data.s1", "qcow2"))
 
 
 def test_a_recorded_command_reads_back() -> None:

@@ -185,3 +185,37 @@ def test_a_backing_loop_made_by_hand_is_refused_naming_it() -> None:
     with pytest.raises(OperationInvalidError,
                        match="loops \\(/i/base → /i/o2 → /i/o1 → /i/base\\)"):
         plan_external_delete(five(), ["s1"], domain("/i/o5"), looped, None)
+
+
+def test_an_overlay_rebased_by_hand_onto_another_file_keeps_the_frozen_image() -> None:
+    """s1 froze base under o1, s2 froze o1 under o2 (stopped guest on o2). With o1 rebased by
+    hand onto another file, base looked unneeded and deleting s1 removed it: the only copy
+    of everything before s1 (issue 28). Refused, naming the overlay and what it stands on."""
+    snaps = {"s1": snapshot("s1", "/i/base", "/i/o1"),
+             "s2": snapshot("s2", "/i/o1", "/i/o2", "s1")}
+    edges = [("/i/base", None), ("/i/other", None), ("/i/o1", "/i/other"),
+             ("/i/o2", "/i/o1")]
+    with pytest.raises(OperationInvalidError,
+                       match=r"image '/i/o1' \(the overlay of snapshot 's1', disk 'vda'\) no "
+                             r"longer stands on '/i/base', the image the snapshot froze, but "
+                             r"on '/i/other'.*removes or merges nothing.*qemu-img rebase -u "
+                             r"-b /i/base /i/o1"):
+        plan_external_delete(snaps, ["s1"], domain("/i/o2"), graph(*edges), None)
+    # Rebased back, the same delete merges o1 into base as usual.
+    plan = plan_external_delete(snaps, ["s1"], domain("/i/o2"),
+                                graph(*CHAIN[:3]), None)
+    assert [(m.top, m.base) for m in plan.merges] == [("/i/o1", "/i/base")]
+
+
+def test_an_overlay_pulled_by_a_block_job_does_not_stop_the_delete() -> None:
+    """After blockpull, the overlay stands on nothing (a whole pull) or on an image below the
+    frozen one (--base): the frozen image is no longer needed by it, which is no reason to
+    refuse."""
+    snaps = {"s1": snapshot("s1", "/i/base", "/i/o1"),
+             "s2": snapshot("s2", "/i/o1", "/i/o2", "s1")}
+    pulled = [("/i/base", None), ("/i/o1", "/i/base"), ("/i/o2", None)]
+    plan = plan_external_delete(snaps, ["s2"], domain("/i/o2"), graph(*pulled), None)
+    assert plan.merges == () and plan.remove_files == ("/i/o1",)
+    partly = [("/i/base", None), ("/i/o1", "/i/base"), ("/i/o2", "/i/base")]
+    plan = plan_external_delete(snaps, ["s2"], domain("/i/o2"), graph(*partly), None)
+    assert plan.merges == () and plan.remove_files == ("/i/o1",)

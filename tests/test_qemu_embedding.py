@@ -50,12 +50,26 @@ def _disk_args(form: str, domain: DomainDef) -> list[str]:
             "-device", "virtio-blk-pci,drive=d1,id=data,bus=pcie.0,addr=0x6"]
 
 
+def _raw_data_disk_args(domain: DomainDef) -> list[str]:
+    """The first disk as a -drive, the second raw, as two -blockdev nodes in two syntaxes:
+    a JSON protocol node and a key=value format node naming it (issue 28's data loss)."""
+    first, second = (d.source or "" for d in domain.disks)
+    raw = second.removesuffix(".qcow2") + ".raw"
+    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", second, raw], check=True)
+    return ["-drive", f"file={first},format=qcow2,if=none,id=hd0",
+            "-device", "virtio-blk-pci,drive=hd0,id=system",
+            "-blockdev", json.dumps({"driver": "file", "filename": raw,
+                                     "node-name": "data-proto"}),
+            "-blockdev", "driver=raw,node-name=data-fmt,file=data-proto",
+            "-device", "virtio-blk-pci,drive=data-fmt,id=data"]
+
+
 def foreign_argv(form: str, folder: Path, domain: DomainDef) -> list[str]:
     machine = "q35" if form == "json-q35" else "pc"
     argv = ["qemu-system-x86_64", "-machine", f"{machine},accel=tcg", "-m", "128",
             "-nodefaults", "-display", "none", "-kernel", domain.kernel or "",
             "-initrd", domain.initrd or "", "-append", "console=ttyS0 quiet panic=-1",
-            *_disk_args(form, domain),
+            *(_raw_data_disk_args(domain) if form == "raw-data" else _disk_args(form, domain)),
             # append=on: the log goes on across QEMU runs, so a revert shows as a jump back
             "-chardev", f"file,id=log,path={folder / 'serial.log'},append=on",
             "-serial", "chardev:log",
@@ -332,3 +346,118 @@ async def test_each_operation_connects_once_to_each_qemu(tmp_path: Path,
     finally:
         await engine.destroy("g")
     del folder
+
+
+def image_info(path: str) -> dict[str, object]:
+    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", path], check=True,
+                         capture_output=True, text=True).stdout
+    info: dict[str, object] = json.loads(out)
+    return info
+
+
+async def test_a_raw_disk_of_two_nodes_goes_on_as_a_qcow2_overlay_after_a_revert(
+        tmp_path: Path) -> None:
+    """Issue 28's data loss: reverted to a full snapshot with no hook, the rewritten command
+    line opened the data disk's new qcow2 overlay as raw, and the guest wrote over its
+    header (a 32 MiB disk became a 192 KiB raw file without its backing link). Now the
+    format node follows the overlay, and QEMU is checked to have opened it as qcow2."""
+    require_qemu()
+    engine = Engine(tmp_path / "state")
+    with foreign_guest(tmp_path, "raw-data") as (sock, serial, _domain):
+        await engine.attach("emb", str(sock))
+        await wait_for_counter(serial, 10)
+        await engine.create("emb", snapshot_xml_from_args(
+            "s1", memspec=f"file={tmp_path / 's1.mem'}"))
+        await wait_for_counter(serial, counters(serial)[-1] + 10)
+        mark = serial.stat().st_size
+        await engine.revert("emb", "s1")
+        resumed = await resumed_from(serial, mark)
+        await wait_for_counter(serial, resumed + 3 * 5 + 5)  # the guest wrote vdb again
+        data = {d.target: d for d in await engine.disks("emb")}["data"]
+        assert data.source is not None and data.driver_type == "qcow2"
+        info = image_info(data.source)
+        assert info["format"] == "qcow2", info
+        assert str(info["backing-filename"]).endswith(".raw"), info
+        argv = qemu_cmdline((await engine.guest("emb").info()).pid or 0)
+        assert "driver=qcow2,node-name=data-fmt,file=data-proto" in argv
+        await engine.destroy("emb")
+        subprocess.run(["qemu-img", "check", data.source], check=True, capture_output=True)
+
+
+async def test_relaunch_hooks_that_fail_lie_or_are_cancelled_leave_no_qemu_behind(
+        tmp_path: Path) -> None:
+    """A hook that raises, one that returns a socket nobody answers on, one whose QEMU opens
+    a disk in another format than asked, and a revert cancelled while its hook runs: each
+    ends in a LaunchError with the cause (or the cancellation), the guest shut off, the
+    QEMU the hook started stopped, and the snapshot there to revert to again."""
+    require_qemu()
+    started: list[int] = []
+
+    def run_daemonized(argv: list[str]) -> str:
+        subprocess.run(argv, check=True, capture_output=True)
+        started.append(int(Path(argv[argv.index("-pidfile") + 1]).read_text()))
+        return argv[argv.index("-qmp") + 1].split(",")[0].removeprefix("unix:")
+
+    async def raising(request: qsnap.RelaunchRequest) -> str:
+        raise RuntimeError("the embedder's launcher is out of order")
+
+    async def dead_socket(request: qsnap.RelaunchRequest) -> str:
+        return str(tmp_path / "nobody.sock")
+
+    async def lying(request: qsnap.RelaunchRequest) -> str:
+        # Starts its own idea of the machine: the system disk's new qcow2 overlay as raw.
+        argv = [a.replace("format=qcow2,if=none,id=hd0", "format=raw,if=none,id=hd0")
+                for a in request.argv]
+        return await asyncio.to_thread(run_daemonized, argv)
+
+    hook_running = asyncio.Event()
+
+    async def slow(request: qsnap.RelaunchRequest) -> str:
+        socket = await asyncio.to_thread(run_daemonized, request.argv)
+        hook_running.set()
+        await asyncio.sleep(1.0)
+        return socket
+
+    with foreign_guest(tmp_path, "drive") as (sock, serial, _domain):
+        await Engine(tmp_path / "state").attach("emb", str(sock))
+        await wait_for_counter(serial, 10)
+        await Engine(tmp_path / "state").create("emb", snapshot_xml_from_args("d1"),
+                                                CreateFlags(disk_only=True))
+        folder = tmp_path / "state" / "domains" / "emb"
+        def images() -> list[str]:
+            return sorted(p.name for p in (tmp_path / "ext").iterdir() if p.suffix != ".sock")
+
+        before = images()
+
+        async def revert_with(hook: qsnap.RelaunchHook) -> None:
+            await Engine(tmp_path / "state", relaunch=hook).revert(
+                "emb", "d1", RevertFlags(running=True))
+
+        with pytest.raises(qsnap.LaunchError, match="the relaunch hook of domain 'emb' "
+                                                    "failed: RuntimeError: the embedder's") as e:
+            await revert_with(raising)
+        assert isinstance(e.value.__cause__, RuntimeError)
+        with pytest.raises(qsnap.LaunchError, match=r"returned QMP socket .*nobody\.sock, but "
+                                                    r"no QEMU answers there"):
+            await revert_with(dead_socket)
+        with pytest.raises(qsnap.LaunchError, match=r"opened disk 'system' as raw image .* not "
+                                                    r"as qcow2 image .*stopped before its guest"):
+            await revert_with(lying)
+        task = asyncio.ensure_future(revert_with(slow))
+        await hook_running.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for pid in started:
+            assert not Path(f"/proc/{pid}").exists() or \
+                Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z", pid
+        engine = Engine(tmp_path / "state")
+        assert await engine.domstate("emb") == "shut off"
+        assert not (folder / "intent.json").exists()
+        assert images() == before
+        assert [s.name for s in await engine.snapshots("emb")] == ["d1"]
+        # Without a hook, the attached command line starts it again.
+        mark = serial.stat().st_size
+        await engine.revert("emb", "d1", RevertFlags(running=True))
+        await first_counter_after(serial, mark)
+        await engine.destroy("emb")

@@ -354,3 +354,51 @@ async def test_mapped_ram_left_on_by_a_killed_save_does_not_break_the_next(
     await engine.restore(folder / "g.raw")
     await wait_for_counter(folder / "serial.log", saved + 5)
     assert_continuous(folder / "serial.log")
+
+
+def _image_digest(path: Path) -> str:
+    import hashlib
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+async def test_a_save_does_not_resume_onto_images_a_snapshot_froze_since(
+        guest: tuple[Engine, Path]) -> None:
+    """save, then a disk-only snapshot of the shut-off domain: its images became the
+    snapshot's frozen data (the backing files of its overlays). Restoring would run the
+    guest on them and write into the snapshot (issue 28). Refused, naming the disk, the image
+    and the snapshot, with nothing started and nothing written; the same for a managed save,
+    which managedsave-remove then discards."""
+    engine, folder = guest
+    image = folder / "g.save"
+    await engine.save("g", image)
+    (disk,) = await engine.disks("g")
+    assert disk.source is not None
+    frozen = Path(disk.source)
+    await engine.create("g", qsnap.snapshot_xml_from_args("s1"),
+                        qsnap.CreateFlags(disk_only=True))
+    before = _image_digest(frozen)
+    with pytest.raises(qsnap.OperationInvalidError,
+                       match=rf"save image '{image}' would resume domain 'g' with disk 'vda' on "
+                             rf"'{frozen}', which snapshot 's1' has frozen since the save") \
+            as refused:
+        await engine.restore(image)
+    assert (refused.value.domain, refused.value.snapshot, refused.value.path) == \
+        ("g", "s1", str(frozen))
+    assert await engine.domstate("g") == "shut off"
+    assert _image_digest(frozen) == before and image.exists()
+
+    # A managed save the same way: start refuses, managedsave-remove is the way out.
+    await engine.delete("g", "s1", qsnap.DeleteFlags())  # merges the overlay back: no data
+    await engine.restore(image)                          # then the save resumes as usual
+    await engine.managedsave("g")
+    await engine.create("g", qsnap.snapshot_xml_from_args("s2"),
+                        qsnap.CreateFlags(disk_only=True))
+    with pytest.raises(qsnap.OperationInvalidError,
+                       match=r"managed save image .* snapshot 's2' has frozen since the save.*"
+                             r"'managedsave-remove g' discards it"):
+        await engine.start("g")
+    assert await engine.domstate("g") == "shut off"
+    assert await engine.managedsave_remove("g") is True
+    assert await engine.managedsave_remove("g") is False
+    await engine.start("g")  # boots afresh, on s2's overlay
+    assert await engine.domstate("g") == "running"

@@ -203,11 +203,11 @@ class Engine:
         only what would start QEMU (its error names the file); snapshots and deletes of the
         running guest go on."""
         from qsnap.launcher.foreign import ForeignCommand
-        from qsnap.launcher.process import foreign_launcher, start_qemu
+        from qsnap.launcher.process import OWN_COMMAND_LINE, foreign_launcher
 
         recorded = folder.read_launch()
         if recorded is None:
-            return start_qemu
+            return OWN_COMMAND_LINE
         try:
             command = ForeignCommand.from_json(recorded)
         except (ValueError, KeyError, TypeError) as exc:
@@ -216,11 +216,7 @@ class Engine:
                 f"cannot be started again; 'qsnap attach {folder.name} --qmp SOCKET' records "
                 "it anew", domain=folder.name, path=str(folder.path / "launch.json"))
 
-            async def refuse(domain: DomainDef, paths: RuntimePaths, accel: str, *,
-                             incoming: bool = False, paused: bool = False) -> RuntimeInfo:
-                raise error
-
-            return refuse
+            return _Refusal(error)
         return foreign_launcher(command, self._hooks.get(folder.name, self._relaunch))
 
     def _job(self, folder: DomainFolder, operation: str, progress: ProgressCallback | None,
@@ -518,6 +514,14 @@ class Engine:
         await self.save(domain, self.state.folder(domain).managed_save, running=running,
                         image_format=image_format, parallel_channels=parallel_channels,
                         progress=progress)
+
+    @_bounded
+    async def managedsave_remove(self, domain: str, *, timeout: float | None = None) -> bool:
+        """virDomainManagedSaveRemove: discard the managed save image, so that ``start``
+        boots the domain afresh; False when there was none."""
+        from qsnap.store.atomic import unlink_if_present
+
+        return await self._run(domain, lambda folder: unlink_if_present(folder.managed_save))
 
     @_bounded
     async def restore(self, path: str | os.PathLike[str], *, running: bool | None = None,
@@ -904,6 +908,20 @@ class Engine:
         async with self._session(domain, recovered=lines):
             pass
         return lines
+
+
+class _Refusal:
+    """A launcher that refuses every start with *error* (a damaged launch record)."""
+
+    def __init__(self, error: QsnapError) -> None:
+        self.error = error
+
+    def check(self, domain: DomainDef) -> None:
+        raise self.error
+
+    async def __call__(self, domain: DomainDef, paths: RuntimePaths, accel: str, *,
+                       incoming: bool = False, paused: bool = False) -> RuntimeInfo:
+        raise self.error
 
 
 def _drop_unreadable_snapshot(folder: DomainFolder, name: str) -> MetadataDeletePlan | None:

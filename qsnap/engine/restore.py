@@ -26,6 +26,9 @@ from qsnap.launcher.runtime import RuntimeInfo
 from qsnap.model.domain import DomainDef, rewound
 from qsnap.model.save_image import SaveImage
 from qsnap.monitor import Monitor
+from qsnap.plan.external_delete import frozen_images
+from qsnap.plan.save import check_resumable
+from qsnap.store.folder import DomainFolder
 from qsnap.store.intent import IntentRecord, clear_intent, write_intent
 
 
@@ -48,6 +51,9 @@ async def run(ctx: Context, domain: DomainDef, source: Path, image: SaveImage,
     if ctx.running is not None:
         raise DomainRunningError(f"domain '{domain.name}' is already running",
                                  domain=domain.name)
+    check_resumable(domain, str(source), await asyncio.to_thread(_frozen_images, ctx.folder),
+                    managed=managed)
+    ctx.launch.check(domain)
     work = RestoreWork(str(source), image.was_running if running is None else running, managed)
     await asyncio.to_thread(write_intent, ctx.folder.path, work.record())
     crash_point("restore: intent recorded")
@@ -78,6 +84,12 @@ async def run(ctx: Context, domain: DomainDef, source: Path, image: SaveImage,
     _drop_managed(work)
     await asyncio.to_thread(clear_intent, ctx.folder.path)
     return info
+
+
+def _frozen_images(folder: DomainFolder) -> dict[str, tuple[str, str]]:
+    """The images the domain's external snapshots froze (only those snapshots are read)."""
+    external = [s.name for s in folder.load_tree() if s.external]
+    return frozen_images({name: folder.read_snapshot(name) for name in external})
 
 
 async def _forward(work: RestoreWork, monitor: Monitor) -> None:

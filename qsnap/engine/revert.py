@@ -219,6 +219,8 @@ async def prepare(ctx: Context, name: str, flags: RevertFlags
         plan = plan_revert(snap, folder.definition, flags, now=stamp)
         if not any(os.path.lexists(o.path) for o in plan.overlays):
             break
+    if plan.start:
+        ctx.launch.check(plan.domain)  # an attached QEMU's command line, before it stops
     refs = await image_references(folder)
     memory = await asyncio.to_thread(check_revert, plan, refs.shared_bases(name))
     await check_revert_images(plan)

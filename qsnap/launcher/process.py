@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import Protocol
 
 from qsnap import children, images
-from qsnap.errors import ImageToolError, LaunchError, OperationInvalidError
+from qsnap.errors import ImageToolError, LaunchError, OperationInvalidError, QsnapError
 from qsnap.launcher.command import qemu_command
 from qsnap.launcher.devices import taps
 from qsnap.launcher.foreign import (
@@ -33,6 +35,7 @@ from qsnap.launcher.runtime import (
     RuntimeInfo,
     RuntimePaths,
     clear_runtime,
+    make_runtime_folder,
     pid_alive,
     write_runtime,
 )
@@ -41,11 +44,31 @@ from qsnap.monitor import Monitor, forget_connection
 
 
 class Launcher(Protocol):
-    """Starts a domain's QEMU: qsnap's own command line (:func:`start_qemu`), an attached
-    QEMU's (:func:`foreign_launcher`), or an embedder's hook."""
+    """Starts a domain's QEMU: qsnap's own command line (:data:`OWN_COMMAND_LINE`), an
+    attached QEMU's (:class:`ForeignLauncher`, through the embedder's hook if it has one),
+    or a refusal."""
+
+    def check(self, domain: DomainDef) -> None:
+        """Raise the error starting *domain* would meet on the command line, without
+        starting anything: operations that stop the running guest first (a revert) ask
+        before they stop it."""
 
     def __call__(self, domain: DomainDef, paths: RuntimePaths, accel: str, *,
                  incoming: bool = False, paused: bool = False) -> Awaitable[RuntimeInfo]: ...
+
+
+class _OwnCommandLine:
+    """qsnap's own command line, built from the definition (:func:`start_qemu`)."""
+
+    def check(self, domain: DomainDef) -> None:
+        qemu_command(domain, RuntimePaths(Path("/run/qsnap-check")), "tcg")
+
+    def __call__(self, domain: DomainDef, paths: RuntimePaths, accel: str, *,
+                 incoming: bool = False, paused: bool = False) -> Awaitable[RuntimeInfo]:
+        return start_qemu(domain, paths, accel, incoming=incoming, paused=paused)
+
+
+OWN_COMMAND_LINE: Launcher = _OwnCommandLine()
 
 
 async def start_qemu(domain: DomainDef, paths: RuntimePaths, accel: str, *,
@@ -126,41 +149,146 @@ def _sync_into_place(temp: str, path: str) -> None:
 
 
 def foreign_launcher(command: ForeignCommand, hook: RelaunchHook | None) -> Launcher:
-    """How an attached domain starts again: *hook* if the embedder registered one, else the
-    attached QEMU's own command line with the disks and start mode changed
-    (:mod:`qsnap.launcher.foreign`)."""
+    """How an attached domain starts again (:class:`ForeignLauncher`)."""
+    return ForeignLauncher(command, hook)
 
-    async def launch(domain: DomainDef, paths: RuntimePaths, accel: str, *,
-                     incoming: bool = False, paused: bool = False) -> RuntimeInfo:
-        await _prepare(paths, command.qmp)
-        disks = {d.target: DiskImage(d.source, d.driver_type or "raw")
-                 for d in domain.disks if d.source}
-        argv = relaunch_argv(command, disks, incoming=incoming, paused=paused,
+
+def _disk_images(domain: DomainDef) -> dict[str, DiskImage]:
+    return {d.target: DiskImage(d.source, d.driver_type or "raw")
+            for d in domain.disks if d.source}
+
+
+class ForeignLauncher:
+    """An attached domain starts again as its QEMU was started: *hook* if the embedder
+    registered one, else the attached QEMU's own command line with the disks and start mode
+    changed (:mod:`qsnap.launcher.foreign`).
+
+    Either way the new QEMU starts paused, and before its guest runs a single instruction
+    every disk must have opened the image and format the definition names, or that QEMU is
+    stopped and the start fails (:class:`LaunchError`): a command line rewritten wrong, or
+    a hook that starts something else, must not let the guest write a qcow2 overlay as raw.
+
+    What a failed relaunch leaves: the old QEMU had already stopped (a revert or restore
+    stops it, or it was not running), so the guest stays shut off; the QEMU the relaunch
+    started is stopped, also when the operation is cancelled while the hook runs; the
+    operation's own undo leaves images and metadata as they were before it."""
+
+    def __init__(self, command: ForeignCommand, hook: RelaunchHook | None) -> None:
+        self.command = command
+        self.hook = hook
+
+    def check(self, domain: DomainDef) -> None:
+        """The rewrite of the attached command line for *domain*'s disks is provable (the
+        hook gets it as ``request.argv`` too)."""
+        relaunch_argv(self.command, _disk_images(domain), incoming=False, paused=True,
+                      pidfile="/run/qsnap-check.pid")
+
+    async def __call__(self, domain: DomainDef, paths: RuntimePaths, accel: str, *,
+                       incoming: bool = False, paused: bool = False) -> RuntimeInfo:
+        await _prepare(paths, self.command.qmp)
+        disks = _disk_images(domain)
+        argv = relaunch_argv(self.command, disks, incoming=incoming, paused=True,
                              pidfile=str(paths.pidfile))
-        if hook is None:
-            pid = await _run_daemonizing(argv, command.cwd, domain.name, paths)
-            info = RuntimeInfo(pid=pid, qmp=command.qmp, accel=command.accel,
+        if self.hook is None:
+            pid = await _run_daemonizing(argv, self.command.cwd, domain.name, paths)
+            info = RuntimeInfo(pid=pid, qmp=self.command.qmp, accel=self.command.accel,
                                owner="attached")
         else:
-            request = RelaunchRequest(domain.name, disks, incoming, paused, argv)
-            qmp = os.path.abspath(await hook(request))
-            async with await Monitor.connect(qmp) as monitor:
-                peer = monitor.peer_pid()
-            if peer is None:
-                raise LaunchError(f"the relaunch hook's QMP socket {qmp} has no process "
-                                  "behind it that qsnap can see", domain=domain.name, path=qmp)
-            info = RuntimeInfo(pid=peer, qmp=qmp, accel=command.accel, owner="attached")
+            info = await self._through_hook(RelaunchRequest(domain.name, disks, incoming, True,
+                                                            argv))
         write_runtime(paths, info)
+        try:
+            async with await Monitor.connect(info.qmp) as monitor:
+                await _check_disks(monitor, domain.name, disks)
+                if not (paused or incoming):
+                    await monitor.resume()
+        except BaseException:
+            with contextlib.suppress(QsnapError, OSError):
+                await kill_qemu(info)
+            clear_runtime(paths)
+            raise
         return info
 
-    return launch
+    async def _through_hook(self, request: RelaunchRequest) -> RuntimeInfo:
+        """Ask the hook; whatever goes wrong in it is a :class:`LaunchError` with the cause
+        attached. A cancel while it runs lets it finish, then stops the QEMU it started."""
+        assert self.hook is not None
+        domain = request.domain
+        task = asyncio.ensure_future(self.hook(request))
+        try:
+            qmp = os.path.abspath(await asyncio.shield(task))
+        except asyncio.CancelledError:
+            with contextlib.suppress(BaseException):
+                orphan = await RelaunchedQemu.behind(os.path.abspath(await task))
+                if orphan is not None:
+                    await kill_qemu(orphan)
+            raise
+        except Exception as exc:
+            raise LaunchError(f"the relaunch hook of domain '{domain}' failed: "
+                              f"{type(exc).__name__}: {exc}", domain=domain) from exc
+        info = await RelaunchedQemu.behind(qmp, domain)
+        if info is None:
+            raise LaunchError(f"the relaunch hook's QMP socket {qmp} has no process "
+                              "behind it that qsnap can see", domain=domain, path=qmp)
+        return RuntimeInfo(pid=info.pid, qmp=qmp, accel=self.command.accel, owner="attached")
+
+
+class RelaunchedQemu:
+    """The QEMU serving a QMP socket a hook returned."""
+
+    @staticmethod
+    async def behind(qmp: str, domain: str | None = None) -> RuntimeInfo | None:
+        """Its pid (as a runtime record), None when the socket has no visible peer; an
+        error naming the socket when nothing answers there at all."""
+        try:
+            async with await Monitor.connect(qmp, timeout=10) as monitor:
+                peer = monitor.peer_pid()
+        except (QsnapError, OSError) as exc:
+            raise LaunchError(f"the relaunch hook returned QMP socket {qmp}, but no QEMU "
+                              f"answers there: {exc}", domain=domain, path=qmp) from exc
+        return None if peer is None else RuntimeInfo(pid=peer, qmp=qmp, accel="tcg",
+                                                     owner="attached")
+
+
+def _named_files(*names: str) -> set[str]:
+    """The files QEMU's names of an image give: a plain name, or the ``filename`` inside a
+    ``json:{...}`` name (QEMU's name for a node with options of its own)."""
+    found = set(names)
+    for name in names:
+        if name.startswith("json:"):
+            with contextlib.suppress(ValueError):
+                stack = [json.loads(name[len("json:"):])]
+                while stack:
+                    item = stack.pop()
+                    if isinstance(item, dict):
+                        found.update(v for k, v in item.items()
+                                     if k == "filename" and isinstance(v, str))
+                        stack.extend(v for v in item.values() if isinstance(v, dict))
+    return found
+
+
+async def _check_disks(monitor: Monitor, domain: str, disks: dict[str, DiskImage]) -> None:
+    """Every disk of the relaunched QEMU opened the image and the format it must."""
+    opened = await monitor.disks()
+    for target, image in sorted(disks.items()):
+        disk = opened.get(target)
+        if disk is None:
+            raise LaunchError(f"the relaunched QEMU of domain '{domain}' has no disk "
+                              f"'{target}'; it was stopped before its guest ran",
+                              domain=domain, path=image.path)
+        if image.path not in _named_files(disk.file, disk.writes_to) or \
+                disk.format != image.format:
+            raise LaunchError(
+                f"the relaunched QEMU of domain '{domain}' opened disk '{target}' as "
+                f"{disk.format} image '{disk.writes_to or disk.file}', not as {image.format} "
+                f"image '{image.path}'; it was stopped before its guest ran, and nothing "
+                "was written", domain=domain, path=image.path)
 
 
 async def _prepare(paths: RuntimePaths, qmp: str | None = None) -> None:
     """The runtime folder exists, holds no record of an earlier QEMU, and the operation
     holds no connection to one on the same socket path."""
-    paths.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    paths.folder.parent.chmod(0o700)
+    make_runtime_folder(paths)
     clear_runtime(paths)
     await forget_connection(qmp or str(paths.qmp))
 

@@ -24,6 +24,7 @@ which images each merge touches.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field, replace
 
 from qsnap.errors import NotSupportedError, OperationInvalidError
@@ -95,6 +96,19 @@ def _state_images(snap: SnapshotDef) -> dict[str, str]:
     return result
 
 
+def frozen_images(snapshots: dict[str, SnapshotDef]) -> dict[str, tuple[str, str]]:
+    """Every image an external snapshot froze (a snapshot's data, which must never be
+    written again), with the snapshot and disk that froze it."""
+    frozen: dict[str, tuple[str, str]] = {}
+    for name, snap in sorted(snapshots.items()):
+        if snap.domain is None or not snap.is_external:
+            continue
+        with contextlib.suppress(OperationInvalidError):
+            for target, image in _state_images(snap).items():
+                frozen.setdefault(image, (name, target))
+    return frozen
+
+
 def plan_external_delete(snapshots: dict[str, SnapshotDef], remove: list[str],
                          definition: DomainDef, graph: ImageGraph,
                          running: dict[str, list[str]] | None) -> ExternalDeletePlan:
@@ -141,6 +155,8 @@ def plan_external_delete(snapshots: dict[str, SnapshotDef], remove: list[str],
                             if d.name == target and d.source.path), None)
             if overlay is not None and overlay in graph:
                 garbage_roots.add(overlay)
+                if overlay in required:
+                    _refuse_moved_overlay(name, target, image, overlay, graph)
 
     merges: list[Merge] = []
     merged: set[str] = set()
@@ -204,6 +220,24 @@ def _merge(target: str, run: list[str], top: str, graph: ImageGraph, required: s
     return Merge(target=target, top=top, base=base, base_format=graph[base].format,
                  between=tuple(run[1:]), live=live, active=live and chain[0] == top,
                  rebase=tuple(c for c in graph.children(top) if c in required))
+
+
+def _refuse_moved_overlay(name: str, target: str, image: str, overlay: str,
+                          graph: ImageGraph) -> None:
+    """The snapshot's overlay, which the tree still needs, must still stand on the image the
+    snapshot froze (or, after a block pull, on an image below it, or on nothing). One rebased
+    by hand onto some other file no longer says which images hold the data from before the
+    snapshot: the frozen image would read as unneeded and be removed, though it may be the
+    only copy of everything before the snapshot. Refuse, as for a missing file."""
+    backing = graph[overlay].backing
+    if backing is None or backing in graph.chain(image):
+        return
+    raise OperationInvalidError(
+        f"image '{overlay}' (the overlay of snapshot '{name}', disk '{target}') no longer "
+        f"stands on '{image}', the image the snapshot froze, but on '{backing}' (rebased by "
+        f"hand?); qsnap cannot tell what still needs '{image}', so it removes or merges "
+        f"nothing. Rebase it back ('qemu-img rebase -u -b {image} {overlay}'), or use "
+        "--metadata to remove only the metadata")
 
 
 def _unknown_chain_refusal(missing: str, graph: ImageGraph, definition: DomainDef,

@@ -67,3 +67,25 @@ def image_definition(domain: DomainDef, replacement: str | None) -> str:
                                    f"{domain.uuid}, not '{other.name}' with uuid {other.uuid}",
                                    domain=domain.name)
     return other.to_xml(secure=True)
+
+
+def check_resumable(domain: DomainDef, image: str, frozen: dict[str, tuple[str, str]], *,
+                    managed: bool) -> None:
+    """A saved guest resumes writing to the images its save names. If a snapshot has frozen
+    one of them since (a disk-only snapshot of the saved, shut-off domain made it the backing
+    file of a new overlay), the guest would write into that snapshot's data and into every
+    image built on it: refused, naming the disk, the image and the snapshot. *frozen* maps
+    each image some snapshot froze to (snapshot, disk)."""
+    for disk in domain.disks:
+        if disk.source is None or disk.source not in frozen:
+            continue
+        snapshot, _target = frozen[disk.source]
+        way_out = (f"'managedsave-remove {domain.name}' discards it, and 'start' then boots "
+                   "the domain afresh" if managed else
+                   "remove the save image, or revert to a snapshot instead")
+        raise OperationInvalidError(
+            f"{'the managed save image' if managed else 'save image'} '{image}' would resume "
+            f"domain '{domain.name}' with disk '{disk.target}' on '{disk.source}', which "
+            f"snapshot '{snapshot}' has frozen since the save: the guest would write into "
+            f"that snapshot's data. Nothing was started; {way_out}",
+            domain=domain.name, snapshot=snapshot, path=disk.source)
