@@ -218,3 +218,22 @@ def test_save_image_header_can_end_on_a_block_boundary(xml: str) -> None:
     image = save_image.decode(encoded[:size], encoded[size:], "test")
     assert (image.domain_xml, image.was_running) == (xml, True)
     assert image.stream_offset == len(encoded)
+
+
+def test_a_raw_migration_stream_is_whole_only_up_to_its_end() -> None:
+    """QEMU ends a stream with the last section's footer (0x7e + id), the end byte, and its
+    device description (0x06, length, JSON); a truncated memory file ends anywhere else
+    (issue 28: a revert to one stopped the guest, then failed)."""
+    from qsnap.model.save_image import stream_end_problem
+
+    body = b"QEVM\x00\x00\x00\x03" + bytes(100) + b"\x7e\x00\x00\x00\x2c"
+    vmdesc = b'{"page_size": 4096, "devices": []}'
+    whole = body + b"\x00\x06" + len(vmdesc).to_bytes(4, "big") + vmdesc
+    assert stream_end_problem(whole[:16], whole, len(whole)) is None
+    assert stream_end_problem(whole[:16], body + b"\x00", len(body) + 1) is None  # no JSON
+    for cut in (1, 10, len(vmdesc) + 6, len(vmdesc) + 7, 100):
+        part = whole[:-cut]
+        assert stream_end_problem(part[:16], part, len(part)) == \
+            f"its migration stream ({len(part)} bytes) stops before its end", cut
+    assert stream_end_problem(b"garbage", whole, len(whole)) == \
+        "it does not start with QEMU's migration stream"

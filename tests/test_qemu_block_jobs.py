@@ -297,3 +297,59 @@ async def test_a_crash_during_a_pivot_is_finished_by_the_next_command(tmp_path: 
         ok(await in_thread(state, "blockcommit", "g", "vda", "--pivot", "--delete"))
         assert await domain_disks(engine) == [base]
     await engine.destroy("g")
+
+
+def _crash_point_of(state: Path, label: str, *args: str) -> int:
+    """The index of crash point *label* in a run of ``qsnap ARGS`` (QSNAP_CRASH_TRACE)."""
+    trace = state.parent / "trace.txt"
+    trace.unlink(missing_ok=True)
+    ok(qsnap(state, *args, env={"QSNAP_CRASH_TRACE": str(trace)}))
+    return trace.read_text().splitlines().index(label) + 1
+
+
+async def test_a_killed_blockpull_wait_leaves_no_concluded_job_behind(tmp_path: Path) -> None:
+    """A ``blockpull --wait`` killed once its job concluded, before it dismissed it: QEMU 7.2
+    crashed at the next command's query-named-block-nodes (three of three times, issue 28),
+    taking the guest with it. The pull is recorded; the next command dismisses the job first,
+    and the guest counts on through a disk-only snapshot after it."""
+    engine, state, _base, _top = await overlaid_guest(tmp_path)
+    step = _crash_point_of(state, "blockpull: job concluded", "blockpull", "g", "vda", "--wait")
+    ok(await in_thread(state, "snapshot-create-as", "g", "again", "--disk-only",
+                       "--no-metadata"))
+    ok(await in_thread(state, "blockpull", "g", "vda", "--wait"))  # one not killed: its own
+    crashed = await asyncio.to_thread(qsnap, state, "blockpull", "g", "vda", "--wait",
+                                      env={"QSNAP_CRASH_AT": str(step)})
+    assert crashed.returncode == 86, crashed.stderr
+    assert (state / "domains" / "g" / "intent.json").exists()
+    recovered = ok(await in_thread(state, "recover", "g"))
+    assert "block pull of disk 'vda' had ended; its job was dismissed" in recovered
+    ok(await in_thread(state, "snapshot-create-as", "g", "after", "--disk-only"))
+    assert ok(await in_thread(state, "domstate", "g")) == "running\n\n"
+    serial = tmp_path / "g" / "serial.log"
+    await wait_for_counter(serial, (GUEST.last_serial_counter(serial) or 0) + 5)
+    await engine.destroy("g")
+
+
+async def test_recover_names_a_commit_whose_waiter_was_killed(tmp_path: Path) -> None:
+    """A killed ``blockcommit --active --wait`` leaves its job ready in QEMU and its record:
+    'recover' said "nothing to recover" (issue 28). It now says the commit is under way and
+    how to end it; the record stays until blockjob ends it."""
+    engine, state, base, _overlay = await overlaid_guest(tmp_path)
+    waiting = subprocess.Popen([sys.executable, "-m", "qsnap.cli", "--state-dir", str(state),
+                                "blockcommit", "g", "vda", "--active", "--wait", "--bandwidth",
+                                "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(300):  # killed while it waits, once the job runs
+        if (state / "domains" / "g" / "intent.json").exists() or waiting.poll() is not None:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+    waiting.kill()
+    waiting.wait()
+    recovered = ok(await in_thread(state, "recover", "g"))
+    assert "nothing to recover" not in recovered
+    assert ("the block commit of disk 'vda' is still under way in QEMU, and stays recorded: "
+            "'blockjob g vda --info' shows it; '--pivot' or '--abort' ends it") in recovered
+    ok(await in_thread(state, "blockjob", "g", "vda", "--pivot"))
+    assert ok(await in_thread(state, "recover", "g")) == "Domain g: nothing to recover\n\n"
+    assert await domain_disks(engine) == [base]
+    await engine.destroy("g")

@@ -20,8 +20,12 @@ reached ``pending`` (a commit below the top) or leaves it running (``ready`` act
 wait for ``blockjob --pivot`` or ``--abort``, as libvirt's do). A crash anywhere is finished
 the same way. The guest never stops for any of it.
 
-A pull needs no record: it changes neither the definition nor any file qsnap removes, and a
-half-done pull leaves the chain reading as before.
+A pull changes neither the definition nor any file qsnap removes, and a half-done pull
+leaves the chain reading as before; but one a command waits for runs with auto-dismiss off
+(so that its outcome can be read), and a killed waiter left the job ``concluded`` in QEMU:
+QEMU 7.2 then crashed at the next ``query-named-block-nodes``, taking the running guest with
+it. So a waited-for pull is recorded too (:class:`PullWork`), and the next command dismisses
+its job (and any other concluded job of qsnap's) before it sends anything else.
 """
 
 from __future__ import annotations
@@ -97,6 +101,15 @@ class CommitWork(IntentRecord):
     #: At pending, before the finalize: base is the image to keep.
     decided: bool = False
     KIND: ClassVar[str] = "blockcommit"
+
+
+@dataclass
+class PullWork(IntentRecord):
+    """A block pull a command waits for: its job must be dismissed, whoever ends it."""
+
+    target: str
+    job_id: str
+    KIND: ClassVar[str] = "blockpull"
 
 
 # -- starting -------------------------------------------------------------------------------
@@ -324,6 +337,9 @@ async def block_job(ctx: Context, disk: str, action: str) -> BlockJobInfo | None
                     await monitor.wait_job(pull["id"], frozenset())
                 with contextlib.suppress(QsnapError):
                     await monitor.dismiss_job(pull["id"])
+                record = await asyncio.to_thread(read_intent, ctx.folder.path)
+                if record is not None and record["kind"] == PullWork.KIND:
+                    await asyncio.to_thread(clear_intent, ctx.folder.path)
                 return None
             raise InvalidArgumentError(f"disk {target} does not have an active block job")
         run = CommitRun(ctx, work, monitor)
@@ -355,19 +371,31 @@ async def run_pull(ctx: Context, disk: str, *, base: str | None, wait: bool,
                    bandwidth: int = 0) -> str:
     """virsh blockpull; returns ``started``, ``pulled`` or ``aborted`` (--timeout)."""
     async with await _running_monitor(ctx) as monitor:
+        recorded = read_intent(ctx.folder.path)
+        if recorded is not None:  # the session settled all else: a block job QEMU still runs
+            raise OperationInvalidError(
+                f"disk '{recorded.get('target')}' already in active block job"
+                if recorded.get("target") == find_disk(ctx.folder.definition, disk).target
+                else f"domain '{ctx.domain}' has another block job under way (disk "
+                     f"'{recorded.get('target')}')", domain=ctx.domain)
         plan = plan_pull(ctx.folder.definition, disk, await monitor.block_chains(), base=base)
         job_id = pull_job_id(plan.target)
-        leftover = await monitor.job(job_id)
-        if leftover is not None and leftover["status"] == "concluded":
-            await monitor.dismiss_job(job_id)  # one a killed qsnap waited for
         await _refuse_busy(monitor, plan.target)
-        if _recorded_target(ctx.folder) == plan.target:
-            raise OperationInvalidError(f"disk '{plan.target}' already in active block job")
-        await monitor.start_stream(job_id, plan.nodes[0],
-                                   None if plan.base is None else plan.nodes[plan.base],
-                                   auto_dismiss=not wait, speed=bandwidth)
+        work = PullWork(plan.target, job_id)
+        if wait:
+            await asyncio.to_thread(write_intent, ctx.folder.path, work.record())
+            crash_point("blockpull: intent recorded")
+        try:
+            await monitor.start_stream(job_id, plan.nodes[0],
+                                       None if plan.base is None else plan.nodes[plan.base],
+                                       auto_dismiss=not wait, speed=bandwidth)
+        except QsnapError:
+            if wait:
+                await asyncio.to_thread(clear_intent, ctx.folder.path)
+            raise
         if not wait:
             return "started"
+        crash_point("blockpull: job started")
         try:
             job = await monitor.wait_job(job_id, frozenset(), progress=meter,
                                          timeout=timeout or 30 * 86400.0)
@@ -375,8 +403,11 @@ async def run_pull(ctx: Context, disk: str, *, base: str | None, wait: bool,
             await monitor.cancel_job(job_id)
             await monitor.wait_job(job_id, frozenset())
             await monitor.dismiss_job(job_id)
+            await asyncio.to_thread(clear_intent, ctx.folder.path)
             return "aborted"
+        crash_point("blockpull: job concluded")
         await monitor.dismiss_job(job_id)
+        await asyncio.to_thread(clear_intent, ctx.folder.path)
         if job.get("error"):
             raise OperationFailedError(f"block pull of disk '{plan.target}' failed: "
                                        f"{job['error']}")
@@ -389,9 +420,42 @@ async def run_pull(ctx: Context, disk: str, *, base: str | None, wait: bool,
 
 # -- recovery -------------------------------------------------------------------------------
 
+async def dismiss_concluded(monitor: Monitor) -> list[str]:
+    """Dismiss every job of qsnap's that QEMU holds concluded (a waiter was killed); their
+    ids. Sent before any other command of a recovery (see the module docstring)."""
+    dismissed = []
+    for job in await monitor.jobs():
+        if job["id"].startswith("qsnap-") and job["status"] == "concluded":
+            await monitor.dismiss_job(job["id"])
+            dismissed.append(job["id"])
+    return dismissed
+
+
+async def _settle_pull(ctx: Context, work: PullWork) -> str | None:
+    if ctx.running is None:
+        return f"block pull of disk '{work.target}' ended with the guest"
+    async with await Monitor.connect(ctx.running.qmp) as monitor:
+        job = await monitor.job(work.job_id)
+        if job is not None and job["status"] in _UNDER_WAY:
+            return None
+        await dismiss_concluded(monitor)
+    error = f": {job['error']}" if job is not None and job.get("error") else ""
+    return f"block pull of disk '{work.target}' had ended{error}; its job was dismissed"
+
+
+def under_way(record: dict[str, Any]) -> str:
+    """What a record of a job still under way in QEMU says, and how to end it."""
+    kind = "block pull" if record["kind"] == PullWork.KIND else "block commit"
+    target = record.get("target", "?")
+    return (f"the {kind} of disk '{target}' is still under way in QEMU, and stays recorded: "
+            f"'blockjob DOMAIN {target} --info' shows it; '--pivot' or '--abort' ends it")
+
+
 async def settle(ctx: Context, record: dict[str, Any]) -> str | None:
-    """Carry a recorded commit on (see the module docstring); None while its job is still
-    under way in QEMU, which keeps the record."""
+    """Carry a recorded commit or pull on (see the module docstring); None while its job is
+    still under way in QEMU, which keeps the record."""
+    if record["kind"] == PullWork.KIND:
+        return await _settle_pull(ctx, PullWork.from_record(record))
     work = CommitWork.from_record(record)
     if ctx.running is None:
         if work.decided:

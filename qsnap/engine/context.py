@@ -5,8 +5,10 @@ one for the operation it settles, so both walk the operation's steps with the sa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from qsnap.errors import OperationAbortedError
 from qsnap.launcher.runtime import RuntimeInfo, RuntimePaths, read_runtime
 from qsnap.progress import ProgressCallback
 from qsnap.store.folder import DomainFolder
@@ -23,10 +25,20 @@ class Context:
     running: RuntimeInfo | None
     launch: Launcher
     progress: ProgressCallback | None = None
+    #: Whether an abort was asked for (domjobabort): the operation's job on the board.
+    abort_asked: Callable[[], bool] | None = None
 
     @property
     def domain(self) -> str:
         return self.folder.name
+
+    def checkpoint(self) -> None:
+        """Raise :class:`OperationAbortedError` if an abort was asked for: called before each
+        step past which the operation could no longer be undone, so that an abort that came
+        before QEMU's work began (and that cancelling QEMU's work therefore missed) still wins."""
+        if self.abort_asked is not None and self.abort_asked():
+            raise OperationAbortedError(f"domain '{self.domain}': the operation was aborted "
+                                        "on request", domain=self.domain)
 
     def refresh(self) -> RuntimeInfo | None:
         """The QEMU running now (it may have died, or been replaced, since the call began)."""

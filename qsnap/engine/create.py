@@ -399,7 +399,8 @@ async def _run(ctx: Context, monitor: Monitor | None, xml: str | bytes | None,
             from qsnap.model.capture import with_capture
 
             assert monitor is not None and strategy is not None
-            capture = await take_full_snapshot(plan, definition, monitor, strategy, progress)
+            capture = await take_full_snapshot(plan, definition, monitor, strategy, progress,
+                                               ctx.checkpoint)
             snapshot = snapshot.copy(cookie=with_capture(snapshot.cookie, capture))
         else:
             if definition.nvram in plan.internal_images:

@@ -195,7 +195,10 @@ class Engine:
     def _context(self, folder: DomainFolder,
                  progress: ProgressCallback | None = None) -> Context:
         paths, info = self._runtime(folder.name)
-        return Context(folder, paths, info, self._launcher(folder), progress)
+        # The job board's watch (engine.jobs.JobWatch) is the progress callback of a posted
+        # operation, and says whether an abort was asked for.
+        return Context(folder, paths, info, self._launcher(folder), progress,
+                       getattr(progress, "abort_asked", None))
 
     def _launcher(self, folder: DomainFolder) -> Launcher:
         """How *folder*'s domain starts: from its definition, or (attached) as its QEMU was
@@ -904,10 +907,12 @@ class Engine:
     async def recover(self, domain: str, *, timeout: float | None = None) -> list[str]:
         """Finish whatever a crash left half-done on *domain* (``qsnap recover``); returns a
         line per thing recovered (every other command does this first, too)."""
+        from qsnap.engine.recovery import still_under_way
+
         lines: list[str] = []
-        async with self._session(domain, recovered=lines):
-            pass
-        return lines
+        async with self._session(domain, recovered=lines) as folder:
+            waiting = await asyncio.to_thread(still_under_way, self._context(folder))
+        return lines + ([waiting] if waiting else [])
 
 
 class _Refusal:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from qsnap.engine.disk_snapshot import check_tops, switch_overlays
@@ -30,20 +31,22 @@ from qsnap.progress import ProgressCallback
 
 
 async def take_full_snapshot(plan: FullSnapshotPlan, domain: DomainDef, monitor: Monitor,
-                             strategy: str, progress: ProgressCallback | None = None
-                             ) -> Capture:
+                             strategy: str, progress: ProgressCallback | None = None,
+                             checkpoint: Callable[[], None] | None = None) -> Capture:
     """Take the snapshot through *monitor* (connected to the guest's QEMU); returns how its
     memory was captured and how long the guest paused (measured from QEMU's own STOP/RESUME
     event timestamps). *progress* hears how the memory file is written (external only: an
-    internal save is one QEMU job with no byte counts)."""
+    internal save is one QEMU job with no byte counts). *checkpoint* raises where the
+    operation was aborted (domjobabort): called before the memory file is sealed."""
     async with monitor.pause_clock() as clock:
         devices = await monitor.disks()
         check_tops(devices, {d.target: d.source for d in domain.disks if d.source})
         if plan.external:
-            await _external(monitor, plan, domain, strategy, progress, devices)
+            await _external(monitor, plan, domain, strategy, progress, devices, checkpoint)
         else:
             await _internal(monitor, plan)
-    return Capture(strategy, clock.paused)
+    memory = plan.snapshot.memory_file if plan.external else None
+    return Capture(strategy, clock.paused, os.path.getsize(memory) if memory else None)
 
 
 async def background_refusal(monitor: Monitor, domain: DomainDef,
@@ -91,12 +94,13 @@ async def _internal(monitor: Monitor, plan: FullSnapshotPlan) -> None:
 
 async def _external(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDef,
                     strategy: str, progress: ProgressCallback | None,
-                    devices: dict[str, BlockDevice]) -> None:
+                    devices: dict[str, BlockDevice],
+                    checkpoint: Callable[[], None] | None) -> None:
     # The files were checked before the intent was recorded (create.check_new_files);
     # the memory file is still created exclusively, which catches a race with another writer.
     memory = Path(plan.snapshot.memory_file or "")
     if strategy == "background":
-        await _background(monitor, plan, domain, memory, progress, devices)
+        await _background(monitor, plan, domain, memory, progress, devices, checkpoint)
         return
     was_running = await monitor.status() == "running"
     if was_running and strategy == "paused":
@@ -108,7 +112,8 @@ async def _external(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDef,
         image_format = (choose_image_format(None, None, await monitor.stream_support())
                         if strategy == "paused" else "raw")
         await write_image(monitor, memory, domain.to_xml(secure=True), was_running,
-                          progress=progress, ram=domain.memory_bytes, image_format=image_format)
+                          progress=progress, ram=domain.memory_bytes, image_format=image_format,
+                          before_seal=checkpoint)
         try:
             await switch_overlays(monitor, plan.overlays, devices=devices)
         except BaseException:
@@ -125,7 +130,8 @@ async def _external(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDef,
 
 async def _background(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDef,
                       memory: Path, progress: ProgressCallback | None,
-                      devices: dict[str, BlockDevice]) -> None:
+                      devices: dict[str, BlockDevice],
+                      checkpoint: Callable[[], None] | None) -> None:
     """Pause, switch the disks, start the background snapshot (QEMU saves the device state
     and runs the guest again at once), then wait while QEMU writes RAM as it was at the pause.
     If the save fails after the switch, the overlays are merged back (active commit), so the
@@ -146,7 +152,7 @@ async def _background(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDe
     try:
         await write_image(monitor, memory, domain.to_xml(secure=True), True, background=True,
                           at_start=pause_and_switch, progress=progress,
-                          ram=domain.memory_bytes)
+                          ram=domain.memory_bytes, before_seal=checkpoint)
     except BaseException:
         with contextlib.suppress(QsnapError):
             if await monitor.status() == "paused":

@@ -32,8 +32,9 @@ POLL = 0.2
 
 
 class JobWatch:
-    """One operation's entry on the board: :meth:`report` is the progress callback to hand
-    the operation (it forwards every report to *progress*)."""
+    """One operation's entry on the board; the watch itself is the progress callback to hand
+    the operation (it forwards every report to *progress*), and tells it whether an abort
+    was asked for (:meth:`abort_asked`)."""
 
     def __init__(self, folder: Path, paths: RuntimePaths, operation: str,
                  progress: ProgressCallback | None, abortable: bool,
@@ -52,10 +53,17 @@ class JobWatch:
         self.aborted = False
         self._stop = asyncio.Event()
 
-    def report(self, progress: Progress) -> None:
+    def __call__(self, progress: Progress) -> None:
+        """The progress callback handed to the operation."""
         self.last = progress
         if self.progress is not None:
             self.progress(progress)
+
+    def abort_asked(self) -> bool:
+        """Whether an abort was posted for this job (looked up now, not at the next poll)."""
+        if self.abortable and not self.aborted and job_board.abort_requested(self.folder):
+            self.aborted = True
+        return self.aborted
 
     def _entry(self, kind: str) -> dict[str, object]:
         entry: dict[str, object] = {**self.poster, "type": kind,
@@ -75,15 +83,22 @@ class JobWatch:
         return job_board.abort_requested(self.folder)
 
     async def _watch(self) -> None:
+        """Post the entry every POLL seconds. Once an abort is asked for, QEMU's work is
+        cancelled at every poll until the operation ends: a cancel sent before QEMU's stream
+        began found nothing to cancel, and the save then completed though domjobabort had
+        said yes (issue 28). The operation checks too (Context.checkpoint)."""
+        warned = False
         while not self._stop.is_set():
             asked = await asyncio.to_thread(self._refresh)
-            if asked and self.abortable and not self.aborted:
+            if asked and self.abortable:
                 self.aborted = True
                 try:
                     await cancel_qemu_work(self.paths)
                 except QsnapError as exc:
-                    log.warning("the abort of '%s' could not reach QEMU: %s", self.operation,
-                                exc)
+                    if not warned:
+                        log.warning("the abort of '%s' could not reach QEMU: %s",
+                                    self.operation, exc)
+                    warned = True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), POLL)
 
@@ -96,7 +111,7 @@ class JobWatch:
             job_board.post(self.folder, self._entry("completed"), name=job_board.DONE_NAME)
 
     @contextlib.asynccontextmanager
-    async def posted(self) -> AsyncIterator[ProgressCallback]:
+    async def posted(self) -> AsyncIterator[JobWatch]:
         """Post the job for the block's duration. Nothing on the board may fail the
         operation (a board that cannot be written, on a full disk, is simply not there), and
         its file work runs in worker threads. The watcher is stopped, not cancelled, so that
@@ -104,11 +119,13 @@ class JobWatch:
         await asyncio.to_thread(self._clear)
         task = asyncio.ensure_future(self._watch())
         try:
-            yield self.report
+            yield self
         except QsnapError as exc:
             if self.aborted:
+                why = "" if isinstance(exc, OperationAbortedError) else f": {exc}"
                 raise OperationAbortedError(
-                    f"job '{self.operation}' canceled by client: {exc}") from None
+                    f"job '{self.operation}' canceled by client{why}",
+                    domain=exc.domain, snapshot=exc.snapshot, path=exc.path) from None
             raise
         else:
             await asyncio.to_thread(self._completed)

@@ -21,9 +21,11 @@ from qsnap.engine import compression
 from qsnap.engine.stream_writer import ALIGN, PipeFeeder, StreamWriter, takes_direct_io
 from qsnap.errors import (
     AlreadyExistsError,
+    GuestExitedError,
     InvalidArgumentError,
     MemoryImageError,
     NotSupportedError,
+    OperationAbortedError,
     QsnapError,
     SaveImageError,
 )
@@ -55,14 +57,17 @@ async def write_image(monitor: Monitor, path: Path, domain_xml: str, was_running
                       background: bool = False,
                       at_start: Callable[[], Awaitable[None]] | None = None,
                       progress: ProgressCallback | None = None, ram: int = 0,
-                      image_format: str = "raw", channels: int | None = None) -> None:
+                      image_format: str = "raw", channels: int | None = None,
+                      before_seal: Callable[[], None] | None = None) -> None:
     """Save the guest behind *monitor* into a new image at *path*: paused (or live pre-copy),
     or with *background* QEMU's background snapshot. *at_start* runs once the file is ready,
     just before QEMU starts writing it (a background snapshot switches the disks there).
     *progress* hears the bytes written against *ram*, the guest's RAM size (the stream is
     about that long; a pre-copy that sends pages twice may pass it). *image_format* is one of
     :data:`save_image.WRITTEN_FORMATS`, which this QEMU can write (plan.save checks);
-    *channels* the multifd channels of a sparse one."""
+    *channels* the multifd channels of a sparse one. *before_seal* may raise to stop the
+    image from being completed (an abort asked for while QEMU wrote it): the last moment at
+    which a save can still be undone."""
     if background and image_format != "raw":
         raise ValueError("a background snapshot writes a raw stream (QEMU's background "
                          "snapshot refuses multifd)")
@@ -97,6 +102,8 @@ async def write_image(monitor: Monitor, path: Path, domain_xml: str, was_running
                                      bound=int(PRECOPY_BOUND * ram) if ram else None)
         else:
             await _save_compressed(monitor, fd, offset, image_format, at_start, heard)
+        if before_seal is not None:
+            before_seal()
         # Waiting for write-back takes tens of milliseconds to seconds: never on the loop.
         await asyncio.to_thread(_seal, fd, header)
         meter.finish(os.fstat(fd).st_size - offset)
@@ -236,6 +243,60 @@ def image_is_complete(path: Path) -> bool:
             return handle.read(len(save_image.MAGIC)) == save_image.MAGIC
     except OSError:
         return False
+
+
+def check_whole(path: Path, image: SaveImage, recorded_size: int | None = None) -> None:
+    """The memory image at *path* is complete, or a :class:`SaveImageError` says how it is
+    not, before anything depends on it (a revert stops the running guest, a restore starts a
+    QEMU): its writer finished it (final magic), it still has the size recorded when it was
+    written (a snapshot's note), and a raw stream ends as QEMU ends one
+    (:func:`save_image.stream_end_problem`). A truncated file once stopped the running guest
+    and then failed with "QEMU closed its monitor". Compressed and sparse streams are checked
+    by their readers (the decompressor, QEMU's mapped-ram)."""
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if handle.read(len(save_image.MAGIC)) != save_image.MAGIC:
+                raise SaveImageError(f"memory image '{path}' was never completed (its writer "
+                                     "stopped part-way)", path=str(path))
+            if recorded_size is not None and size != recorded_size:
+                raise SaveImageError(
+                    f"memory image '{path}' is {size} bytes, but was {recorded_size} when the "
+                    "snapshot was taken: it was truncated or replaced", path=str(path))
+            if image.format != "raw":
+                return
+            length = size - image.stream_offset
+            handle.seek(image.stream_offset)
+            head = handle.read(16)
+            handle.seek(max(image.stream_offset, size - save_image.STREAM_TAIL))
+            tail = handle.read()
+    except OSError as exc:
+        raise SaveImageError(f"cannot read memory image '{path}': {exc.strerror}",
+                             path=str(path)) from None
+    problem = save_image.stream_end_problem(head, tail, length)
+    if problem is not None:
+        raise SaveImageError(f"memory image '{path}' is not whole: {problem} (the file was "
+                             "truncated?)", path=str(path))
+
+
+def load_failure(what: str, path: Path, image: SaveImage, *, aborted: bool,
+                 domain: str) -> QsnapError:
+    """The error for a QEMU that exited while it loaded *image* (*what* failed): the image is
+    blamed only when it really is not whole. An abort (domjobabort stops a loading QEMU) or
+    a QEMU killed from outside is no fault of the image's."""
+    if aborted:
+        return OperationAbortedError(f"{what} was aborted: its QEMU was stopped while it "
+                                     f"loaded '{path}', which is untouched", domain=domain,
+                                     path=str(path))
+    try:
+        check_whole(path, image)
+    except SaveImageError as bad:
+        return GuestExitedError(f"{what} failed: QEMU exited while loading the saved state, "
+                                f"and {bad}", domain=domain, path=str(path))
+    return GuestExitedError(
+        f"{what} failed: QEMU exited while loading '{path}', which reads whole: QEMU was "
+        "stopped from outside, or refused the state (devices that do not match the image's?)",
+        domain=domain, path=str(path))
 
 
 def read_image(path: Path) -> SaveImage:

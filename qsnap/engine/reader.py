@@ -213,6 +213,13 @@ class Reader:
                                             f"within {wait:g} s of the abort request",
                                             domain=domain)
             time.sleep(0.05)
+        done = job_board.read(folder.path, name=job_board.DONE_NAME)
+        if done is not None and done["started"] == job["started"] and \
+                done["pid"] == job["pid"]:
+            from qsnap.errors import OperationFailedError
+
+            raise OperationFailedError(f"job '{job.get('operation')}' finished before it could "
+                                       "be aborted", domain=domain)
 
     # -- snapshots --------------------------------------------------------------------------
 

@@ -18,7 +18,8 @@ from qsnap.store.intent import INTENT_NAME, clear_intent, read_intent
 #: command does not load every operation's code (each module's ``*Work.KIND`` is its key).
 HANDLERS = {"create": "qsnap.engine.create", "revert": "qsnap.engine.revert",
             "save": "qsnap.engine.save", "restore": "qsnap.engine.restore",
-            "delete": "qsnap.engine.delete", "blockcommit": "qsnap.engine.block_jobs"}
+            "delete": "qsnap.engine.delete", "blockcommit": "qsnap.engine.block_jobs",
+            "blockpull": "qsnap.engine.block_jobs"}
 
 
 async def finish_interrupted(ctx: Context) -> str | None:
@@ -46,3 +47,18 @@ async def finish_interrupted(ctx: Context) -> str | None:
         return None
     await asyncio.to_thread(clear_intent, folder.path)
     return f"settled an interrupted {record['kind']}: {line}"
+
+
+def still_under_way(ctx: Context) -> str | None:
+    """A line for ``recover`` about a record that stays because QEMU still runs its job (a
+    block commit or pull whose waiter was killed, or that nobody waits for): "nothing to
+    recover" would hide it."""
+    record = read_intent(ctx.folder.path)
+    if record is None:
+        return None
+    module = HANDLERS.get(record["kind"])
+    describe: Any = getattr(importlib.import_module(module), "under_way", None) \
+        if module else None
+    if describe is None:
+        return None
+    return f"domain '{ctx.domain}': {describe(record)}".replace("DOMAIN", ctx.domain)

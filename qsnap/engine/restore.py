@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 
 from qsnap.engine.context import Context
 from qsnap.engine.guests import stop
-from qsnap.engine.memory import load_image
-from qsnap.errors import DomainRunningError, GuestExitedError, MonitorClosedError
+from qsnap.engine.memory import check_whole, load_failure, load_image
+from qsnap.errors import DomainRunningError, MonitorClosedError
 from qsnap.faults import crash_point
 from qsnap.launcher.accel import choose_accel
 from qsnap.launcher.runtime import RuntimeInfo
@@ -54,6 +54,7 @@ async def run(ctx: Context, domain: DomainDef, source: Path, image: SaveImage,
     check_resumable(domain, str(source), await asyncio.to_thread(_frozen_images, ctx.folder),
                     managed=managed)
     ctx.launch.check(domain)
+    await asyncio.to_thread(check_whole, source, image)
     work = RestoreWork(str(source), image.was_running if running is None else running, managed)
     await asyncio.to_thread(write_intent, ctx.folder.path, work.record())
     crash_point("restore: intent recorded")
@@ -70,10 +71,9 @@ async def run(ctx: Context, domain: DomainDef, source: Path, image: SaveImage,
             try:
                 await load_image(monitor, source, image, ctx.progress, channels)
             except MonitorClosedError:
-                raise GuestExitedError(
-                    f"restoring from '{source}' failed: QEMU exited while loading the saved "
-                    "state (the image is truncated or damaged, or does not match the "
-                    "domain's devices)", domain=domain.name, path=str(source)) from None
+                raise load_failure(f"restoring from '{source}'", source, image,
+                                   aborted=ctx.abort_asked is not None and ctx.abort_asked(),
+                                   domain=domain.name) from None
             crash_point("restore: state loaded")
             await _forward(work, monitor)
     except BaseException:

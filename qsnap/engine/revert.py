@@ -36,12 +36,19 @@ from qsnap import images
 from qsnap.engine.context import Context
 from qsnap.engine.disk_snapshot import check_overlay_files
 from qsnap.engine.guests import stop
-from qsnap.engine.memory import load_image, read_image
-from qsnap.errors import InvalidArgumentError, OperationInvalidError, QsnapError
+from qsnap.engine.memory import check_whole, load_failure, load_image, read_image
+from qsnap.errors import (
+    InvalidArgumentError,
+    MonitorClosedError,
+    OperationInvalidError,
+    QsnapError,
+    SaveImageError,
+)
 from qsnap.faults import crash_point
 from qsnap.launcher.accel import choose_accel
 from qsnap.launcher.process import create_nvram
 from qsnap.launcher.runtime import RuntimeInfo, read_runtime
+from qsnap.model.capture import capture_of
 from qsnap.model.domain import DomainDef, parse_domain, rewound
 from qsnap.model.save_image import SaveImage
 from qsnap.model.snapshot import DiskSource, SnapshotDef, format_snapshot, parse_snapshot
@@ -120,8 +127,10 @@ def with_new_overlays(snap: SnapshotDef, plan: RevertPlan) -> SnapshotDef | None
     return snap.copy(disks=disks)
 
 
-def check_revert(plan: RevertPlan, shared_bases: dict[str, str]) -> SaveImage | None:
-    """The file-system checks; returns the memory image header for an external memory revert.
+def check_revert(plan: RevertPlan, shared_bases: dict[str, str],
+                 memory_bytes: int | None = None) -> SaveImage | None:
+    """The file-system checks; returns the memory image header for an external memory revert,
+    whose file must be whole (with *memory_bytes*, the size the snapshot noted for it).
     *shared_bases* maps images other snapshots build on to one such snapshot's name."""
     for overlay in plan.overlays:
         if not os.path.isfile(overlay.backing):
@@ -141,7 +150,14 @@ def check_revert(plan: RevertPlan, shared_bases: dict[str, str]) -> SaveImage | 
     if plan.memory == "external":
         if not plan.memory_file:
             raise InvalidArgumentError(f"snapshot '{plan.target}' has no memory file")
-        return read_image(Path(plan.memory_file))
+        saved = read_image(Path(plan.memory_file))
+        try:
+            check_whole(Path(plan.memory_file), saved, memory_bytes)
+        except SaveImageError as exc:
+            raise SaveImageError(f"cannot revert to snapshot '{plan.target}': {exc}; the "
+                                 "guest was left as it was", snapshot=plan.target,
+                                 path=plan.memory_file) from None
+        return saved
     return None
 
 
@@ -222,7 +238,9 @@ async def prepare(ctx: Context, name: str, flags: RevertFlags
     if plan.start:
         ctx.launch.check(plan.domain)  # an attached QEMU's command line, before it stops
     refs = await image_references(folder)
-    memory = await asyncio.to_thread(check_revert, plan, refs.shared_bases(name))
+    capture = capture_of(snap.cookie)
+    memory = await asyncio.to_thread(check_revert, plan, refs.shared_bases(name),
+                                     capture.memory_bytes if capture is not None else None)
     await check_revert_images(plan)
     work = RevertWork(name, asdict(flags), stamp, folder.definition.to_xml(),
                       ctx.running.pid if ctx.running is not None else None)
@@ -304,7 +322,12 @@ async def _carry_out(ctx: Context, plan: RevertPlan, memory: SaveImage | None) -
         ctx.running = started
         async with await Monitor.connect(started.qmp) as monitor:
             if plan.memory == "external" and memory is not None:
-                await load_image(monitor, Path(plan.memory_file or ""), memory, ctx.progress)
+                source = Path(plan.memory_file or "")
+                try:
+                    await load_image(monitor, source, memory, ctx.progress)
+                except MonitorClosedError:
+                    raise load_failure(f"reverting to snapshot '{plan.target}'", source,
+                                       memory, aborted=False, domain=ctx.domain) from None
             elif plan.memory == "internal":
                 tops = await monitor.block_tops(nvram=True)
                 nodes = [tops[t] for t in plan.internal_disks]

@@ -62,15 +62,17 @@ async def run(ctx: Context, target: Path, *, running: bool | None,
         check_migratable(ctx.domain, await monitor.migration_blockers(), "save the memory")
         chosen = choose_image_format(image_format, channels, await monitor.stream_support())
         work = SaveWork(str(target), await monitor.status() == "running")
+        ctx.checkpoint()
         await asyncio.to_thread(write_intent, ctx.folder.path, work.record())
         crash_point("save: intent recorded")
-        if work.was_running:
-            await monitor.pause()
         try:
+            if work.was_running:
+                await monitor.pause()
             await write_image(monitor, target, domain_xml,
                               work.was_running if running is None else running,
                               progress=ctx.progress, ram=definition.memory_bytes,
-                              image_format=chosen, channels=channels)
+                              image_format=chosen, channels=channels,
+                              before_seal=ctx.checkpoint)
         except BaseException as exc:
             try:
                 await _back(work, monitor)

@@ -24,6 +24,8 @@ STRATEGIES = ("background", "precopy", "paused", "internal")
 class Capture:
     strategy: str
     pause: float  # seconds the guest's vCPUs were stopped, by QEMU's event timestamps
+    #: The external memory file's size once complete: a revert checks the file still has it.
+    memory_bytes: int | None = None
 
     def describe(self) -> str:
         return f"{self.strategy}, guest paused {self.pause * 1000:.1f} ms"
@@ -34,8 +36,10 @@ def with_capture(cookie: etree._Element | None, capture: Capture) -> etree._Elem
     result = copy.deepcopy(cookie) if cookie is not None else etree.Element("cookie")
     for old in result.findall(ELEMENT):
         result.remove(old)
-    etree.SubElement(result, ELEMENT, strategy=capture.strategy,
-                     pauseMicroseconds=str(round(capture.pause * 1e6)))
+    node = etree.SubElement(result, ELEMENT, strategy=capture.strategy,
+                            pauseMicroseconds=str(round(capture.pause * 1e6)))
+    if capture.memory_bytes is not None:
+        node.set("memoryBytes", str(capture.memory_bytes))
     return result
 
 
@@ -46,6 +50,8 @@ def capture_of(cookie: etree._Element | None) -> Capture | None:
         return None
     try:
         pause = int(node.get("pauseMicroseconds", "")) / 1e6
+        size = node.get("memoryBytes")
+        memory_bytes = int(size) if size is not None else None
     except ValueError:
         return None
-    return Capture(node.get("strategy", ""), pause)
+    return Capture(node.get("strategy", ""), pause, memory_bytes)

@@ -116,3 +116,34 @@ def decode(header: bytes, data: bytes, what: str) -> SaveImage:
         cookie = data[cookie_offset:cookie_end].decode("utf-8", errors="replace") or None
     return SaveImage(data[:xml_end].decode("utf-8"), cookie, bool(was_running), compressed,
                      data_len)
+
+
+#: How much of a raw stream's end :func:`stream_end_problem` needs: QEMU's device description
+#: (the JSON after the stream's end marker) is 100-200 KiB for the guests seen here.
+STREAM_TAIL = 4 << 20
+#: QEMU's migration stream: its magic, the end-of-stream byte, the section footer byte, and
+#: the device description's section (savevm.c: QEMU_VM_EOF, QEMU_VM_SECTION_FOOTER,
+#: QEMU_VM_VMDESCRIPTION).
+_STREAM_MAGIC = b"QEVM"
+_EOF = 0x00
+_FOOTER = 0x7E
+_VMDESC = 0x06
+
+
+def stream_end_problem(head: bytes, tail: bytes, length: int) -> str | None:
+    """What is wrong with a raw migration stream of *length* bytes, from its first bytes
+    *head* and its last *tail*; None when it is whole. A stream ends with the last section's
+    footer (0x7e and a 4-byte section id), the end byte (0x00), and usually the device
+    description: 0x06, its length in 4 bytes, that much JSON, to the end of the file. A
+    stream cut short (a truncated file) ends anywhere else. JSON holds no NUL byte, so the
+    description's start is the last ``00 06`` in the file."""
+    if not head.startswith(_STREAM_MAGIC):
+        return "it does not start with QEMU's migration stream"
+    marker = tail.rfind(bytes([_EOF, _VMDESC]))
+    if marker >= 5 and tail[marker - 5] == _FOOTER:
+        described = int.from_bytes(tail[marker + 2:marker + 6], "big")
+        if described == len(tail) - marker - 6:
+            return None
+    if len(tail) >= 6 and tail[-1] == _EOF and tail[-6] == _FOOTER:
+        return None  # a stream without the device description
+    return f"its migration stream ({length} bytes) stops before its end"

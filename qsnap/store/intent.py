@@ -43,7 +43,7 @@ class IntentRecord:
 
 #: A record that stays while QEMU runs its job (a block commit nobody waits for): no other
 #: operation may write its own record over it.
-LASTING_KINDS = frozenset({"blockcommit"})
+LASTING_KINDS = frozenset({"blockcommit", "blockpull"})
 
 
 def write_intent(folder: Path, record: dict[str, Any]) -> None:
