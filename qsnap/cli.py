@@ -681,20 +681,12 @@ async def cmd_snapshot_edit(engine: Engine, args: Args, out: _Output) -> None:
     if new.name != old.name and new.name in [s.name for s in await engine.snapshots(
             args.domain)]:
         raise AlreadyExistsError(f"snapshot '{new.name}' already exists", snapshot=new.name)
-    was_current = await engine.current(args.domain) == old.name
-    await engine.redefine(args.domain, edited,
-                          current=bool(args.current and name is not None) or
-                          (was_current and not args.clone))
-    if new.name != old.name and args.rename:
-        from qsnap.model.snapshot import format_snapshot
-        from qsnap.plan.flags import DeleteFlags, ListFilter
-
-        # The children follow the new name (virsh's rename leaves them to the old one's
-        # parent, as deleting its metadata does).
-        for child in await engine.snapshots(args.domain, ListFilter(start=old.name)):
-            moved = (await engine.get(args.domain, child.name)).copy(parent=new.name)
-            await engine.redefine(args.domain, format_snapshot(moved))
-        await engine.delete(args.domain, old.name, DeleteFlags(metadata_only=True))
+    # One locked, journaled change, refused if the snapshot changed while the editor was
+    # open. A rename's children follow the new name (virsh's rename leaves them to the old
+    # one's parent, as deleting its metadata does).
+    await engine.redefine(args.domain, edited, current=bool(args.current and name is not None),
+                          edited_from=old.name, expected=original,
+                          rename=bool(args.rename))
     out.extra(f"Snapshot {new.name} edited.\n")
 
 

@@ -15,6 +15,7 @@ import pytest
 from helpers import tree_picture
 from lxml import etree
 
+import qsnap.errors as qsnap_errors
 from qsnap.cli import main
 from qsnap.model.snapshot import format_snapshot, parse_snapshot
 from qsnap.progress import Progress
@@ -516,15 +517,33 @@ def test_snapshot_edit(cli: Cli, libvirt_tree: dict[str, Path], tmp_path: Path,
         ["disk-snap", "earlier_snap", "ext2", "full", "meta"]
     assert cli("snapshot-current", "QEMUGuest1", "--name") == "ext2"
 
+    # An internal snapshot's data is the tag of its name in its images: no rename.
     _editor(tmp_path, monkeypatch, "sed -i 's|<name>full</name>|<name>full2</name>|' \"$1\"")
-    assert cli("snapshot-edit", "QEMUGuest1", "full", "--rename") == "Snapshot full2 edited.\n"
-    assert cli("snapshot-parent", "QEMUGuest1", "meta") == "full2"  # children follow
-    assert cli("snapshot-parent", "QEMUGuest1", "full2") == "earlier_snap"
+    before = tree_picture(cli.state)
+    assert "snapshot 'full' is internal: its data is the tag 'full' inside its disk images, " \
+        "which qcow2 cannot rename" in cli("snapshot-edit", "QEMUGuest1", "full", "--rename",
+                                           rc=1)
+    assert tree_picture(cli.state) == before
+    _editor(tmp_path, monkeypatch,
+            "sed -i 's|<name>disk-snap</name>|<name>disk2</name>|' \"$1\"")
+    assert "snapshot 'disk-snap' is internal" in cli(  # one of its disks is
+        "snapshot-edit", "QEMUGuest1", "disk-snap", "--rename", rc=1)
+    child = renamed(libvirt_tree["ext"], tmp_path / "child.xml", "child", "ext2")
+    cli("snapshot-create", "QEMUGuest1", str(child), "--redefine")
+    _editor(tmp_path, monkeypatch, "sed -i 's|<name>ext2</name>|<name>ext3</name>|' \"$1\"")
+    assert cli("snapshot-edit", "QEMUGuest1", "ext2", "--rename") == "Snapshot ext3 edited.\n"
+    assert cli("snapshot-parent", "QEMUGuest1", "child") == "ext3"  # children follow
+    assert cli("snapshot-parent", "QEMUGuest1", "ext3") == "disk-snap"
+    assert cli("snapshot-current", "QEMUGuest1", "--name") == "ext3"
 
     _editor(tmp_path, monkeypatch, "sed -i 's|<name>meta</name>|<name>meta2</name>|' \"$1\"")
-    assert cli("snapshot-edit", "QEMUGuest1", "meta", "--clone") == "Snapshot meta2 edited.\n"
-    assert {"meta", "meta2"} <= set(cli("snapshot-list", "QEMUGuest1", "--name").split())
-    assert cli("snapshot-current", "QEMUGuest1", "--name") == "ext2"
+    assert "a copy under another name would name a tag 'meta2' its disk images do not " \
+        "hold" in cli("snapshot-edit", "QEMUGuest1", "meta", "--clone", rc=1)
+    _editor(tmp_path, monkeypatch, "sed -i 's|<name>child</name>|<name>child2</name>|' \"$1\"")
+    assert cli("snapshot-edit", "QEMUGuest1", "child", "--clone") == \
+        "Snapshot child2 edited.\n"
+    assert {"child", "child2"} <= set(cli("snapshot-list", "QEMUGuest1", "--name").split())
+    assert cli("snapshot-current", "QEMUGuest1", "--name") == "ext3"
 
     _editor(tmp_path, monkeypatch, "sed -i 's|<parent>|<parent><name>nosuch</name>|' \"$1\"")
     before = tree_picture(cli.state)
@@ -563,3 +582,103 @@ def test_a_stale_or_damaged_job_entry_is_no_job(cli: Cli, libvirt_tree: dict[str
     (folder / "job.json").write_text(json.dumps(live))
     assert job_board.live(folder) == live
     assert "Operation:        Save" in cli("domjobinfo", "QEMUGuest1")
+
+
+def test_an_edit_is_refused_if_its_snapshot_changed_while_the_editor_was_open(
+        cli: Cli, libvirt_tree: dict[str, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """snapshot-edit holds no lock while the editor is open (a person may take minutes): a
+    snapshot deleted meanwhile came back, naming an overlay its delete had merged away
+    (issue 28). The redefine is refused when the snapshot changed or vanished since it was
+    read, and changes nothing."""
+    import shlex
+    import sys
+
+    other = f"{shlex.quote(sys.executable)} -m qsnap.cli --state-dir {shlex.quote(str(cli.state))}"
+    edit = "sed -i 's|<name>ext</name>|<name>ext9</name>|' \"$1\""
+    _editor(tmp_path, monkeypatch,
+            f"{other} snapshot-delete QEMUGuest1 ext --metadata >/dev/null && {edit}")
+    before_names = cli("snapshot-list", "QEMUGuest1", "--name").split()
+    err = cli("snapshot-edit", "QEMUGuest1", "ext", "--rename", rc=1)
+    assert "snapshot 'ext' was deleted while it was being edited; nothing was changed" in err
+    assert cli("snapshot-list", "QEMUGuest1", "--name").split() == \
+        [n for n in before_names if n != "ext"]
+    changed = renamed(libvirt_tree["meta"], tmp_path / "meta-new.xml", "meta", "full")
+    changed.write_text(changed.read_text().replace("!@#$%^", "by another"))
+    _editor(tmp_path, monkeypatch, f"{other} snapshot-create QEMUGuest1 {changed} --redefine "
+            ">/dev/null && sed -i 's|<description>[^<]*</description>|<description>mine"
+            "</description>|' \"$1\"")
+    err = cli("snapshot-edit", "QEMUGuest1", "meta", rc=1)
+    assert "snapshot 'meta' changed while it was being edited (by another command)" in err
+    stored = cli("snapshot-dumpxml", "QEMUGuest1", "meta")
+    assert "by another" in stored and "mine" not in stored  # the other command's change
+
+
+def test_a_rename_killed_at_any_step_leaves_one_name_whole(
+        cli: Cli, libvirt_tree: dict[str, Path], tmp_path: Path) -> None:
+    """snapshot-edit --rename was five and more engine calls: killed part-way it left both
+    names, children split between them, a UEFI guest's NVRAM copy behind, and 'recover'
+    said nothing to do (issue 28). It is one journaled change: killed at each of its crash
+    points and recovered, the tree is the old one or the new one, whole: names, the
+    children's parent, the current snapshot and the NVRAM copy."""
+    import os
+    import subprocess
+    import sys
+
+    folder = cli.state / "domains" / "QEMUGuest1"
+    child = renamed(libvirt_tree["ext"], tmp_path / "child.xml", "child", "ext")
+    cli("snapshot-create", "QEMUGuest1", str(child), "--redefine")
+    (folder / "nvram").mkdir()
+    (folder / "nvram" / "ext").write_bytes(b"\x01firmware variables\x00")
+    editor = tmp_path / "rename.sh"
+    editor.write_text("#!/bin/sh\nsed -i 's|<name>ext</name>|<name>ext-renamed</name>|' "
+                      "\"$1\"\n")
+    editor.chmod(0o755)
+
+    def qsnap(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "qsnap.cli", "--state-dir",
+                               str(cli.state), *args], capture_output=True, text=True,
+                              env={**os.environ, "EDITOR": str(editor), **env}, timeout=60)
+
+    def state() -> tuple[str, ...]:
+        names = qsnap("snapshot-list", "QEMUGuest1", "--name").stdout.split()
+        current = qsnap("snapshot-current", "QEMUGuest1", "--name").stdout.strip()
+        parent = qsnap("snapshot-parent", "QEMUGuest1", "child").stdout.strip()
+        copies = sorted(p.name for p in (folder / "nvram").iterdir())
+        return (*names, f"current={current}", f"parent={parent}", *copies)
+
+    import shutil
+
+    pristine = tmp_path / "pristine"
+    shutil.copytree(cli.state, pristine, symlinks=True)
+    old = state()
+    trace = tmp_path / "trace"
+    assert qsnap("snapshot-edit", "QEMUGuest1", "ext", "--rename",
+                 QSNAP_CRASH_TRACE=str(trace)).returncode == 0
+    new = state()
+    assert new == tuple(n.replace("ext", "ext-renamed") if n in
+                        ("ext", "current=ext", "parent=ext") else n for n in old), new
+    assert (folder / "nvram" / "ext-renamed").read_bytes() == b"\x01firmware variables\x00"
+    points = len(trace.read_text().splitlines())
+    assert points >= 3
+    for step in range(1, points + 1):
+        shutil.rmtree(cli.state)  # back to before the rename
+        shutil.copytree(pristine, cli.state, symlinks=True)
+        assert state() == old
+        killed = qsnap("snapshot-edit", "QEMUGuest1", "ext", "--rename",
+                       QSNAP_CRASH_AT=str(step))
+        assert killed.returncode == 86, (step, killed.stderr)
+        assert qsnap("recover", "QEMUGuest1").returncode == 0
+        assert state() in (old, new), (step, state())
+    # The same operation for an embedder, without an editor.
+    import asyncio
+
+    from qsnap import Engine
+
+    assert state() in (old, new)
+    if state() == old:
+        asyncio.run(Engine(cli.state).rename_snapshot("QEMUGuest1", "ext", "ext-renamed"))
+    assert state() == new
+    with pytest.raises(qsnap_errors.AlreadyExistsError, match="snapshot 'child' already"):
+        asyncio.run(Engine(cli.state).rename_snapshot("QEMUGuest1", "ext-renamed", "child"))
+    assert state() == new

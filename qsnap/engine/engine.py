@@ -52,6 +52,7 @@ from qsnap.errors import (
     DomainRunningError,
     InvalidArgumentError,
     NoDomainError,
+    NotSupportedError,
     OperationInvalidError,
     QsnapError,
 )
@@ -74,7 +75,7 @@ from qsnap.model.domain import (
     with_disk_images,
     with_uuid,
 )
-from qsnap.model.names import absolute_file, check_domain_name
+from qsnap.model.names import absolute_file, check_domain_name, check_snapshot_name
 from qsnap.model.snapshot import SnapshotDef, parse_snapshot
 from qsnap.model.tree import SnapshotSummary, SnapshotTree
 from qsnap.monitor import Monitor, one_connection_per_qemu, share_connection
@@ -771,27 +772,79 @@ class Engine:
     @_bounded
     async def redefine(self, domain: str, xml: str | bytes, *, current: bool = False,
                        disk_only: bool = False, validate: bool = False,
-                       timeout: float | None = None) -> str:
-        """Add or replace snapshot metadata without touching any image (``--redefine``)."""
+                       edited_from: str | None = None, expected: str | None = None,
+                       rename: bool = False, timeout: float | None = None) -> str:
+        """Add or replace snapshot metadata without touching any image (``--redefine``).
+
+        An edit (``snapshot-edit``) names the snapshot its XML was read from
+        (*edited_from*) and that XML as it was read (*expected*, from :meth:`get_xml` with
+        ``secure=True``): if that snapshot changed or vanished since, nothing is stored.
+        With *rename*, the XML (under another name) replaces *edited_from*: its children
+        follow it, its NVRAM copy moves, it stays current if it was, and the old name goes,
+        all in one journaled change (:meth:`rename_snapshot`). Without it, a new name is a
+        clone, which keeps a copy of the NVRAM copy."""
         flags = CreateFlags(redefine=True, current=current, disk_only=disk_only,
                             validate=validate).check()
         snap = parse_snapshot(xml, redefine=True, validate=validate)
+        if rename and edited_from is None:
+            raise InvalidArgumentError("a rename needs the name of the snapshot it renames")
 
         from qsnap.engine import create as create_op
-        from qsnap.plan.redefine import plan_redefine
+        from qsnap.plan.redefine import (
+            check_unchanged,
+            names_its_data,
+            plan_redefine,
+            plan_rename,
+        )
 
         def work(folder: DomainFolder) -> str:
             tree = folder.lazy_tree()
+            if edited_from is not None and expected is not None:
+                stored = (snapshot_xml(folder, snapshot=edited_from, secure=True)
+                          if edited_from in tree else None)
+                check_unchanged(edited_from, expected, stored)
+            regular = create_op.regular_disk_files(folder.definition, snap)
+            if rename and edited_from is not None and snap.name != edited_from:
+                old = folder.read_snapshot(edited_from)
+                children = [folder.read_snapshot(c.name) for c in folder.load_tree()
+                            if c.parent == edited_from]
+                moved = plan_rename(snap, folder.definition, tree, old, children, flags,
+                                    regular)
+                folder.save(put=[moved.snapshot, *moved.children], drop=[moved.old],
+                            current=moved.snapshot.name if moved.make_current else KEEP,
+                            renamed=(moved.old, moved.snapshot.name or ""))
+                return moved.snapshot.name or ""
             existing = (folder.read_snapshot(snap.name)
                         if snap.name is not None and snap.name in tree else None)
             plan = plan_redefine(snap, folder.definition, tree, existing, flags,
-                                 regular_files=create_op.regular_disk_files(
-                                     folder.definition, snap))
+                                 regular_files=regular)
+            if edited_from is not None and snap.name != edited_from:  # a clone
+                if names_its_data(folder.read_snapshot(edited_from)):
+                    raise NotSupportedError(
+                        f"snapshot '{edited_from}' is internal: a copy under another name would "
+                        f"name a tag '{snap.name}' its disk images do not hold",
+                        snapshot=edited_from)
+                folder.copy_nvram(edited_from, plan.snapshot.name or "")
             folder.save(put=[plan.snapshot],
                         current=plan.snapshot.name if plan.make_current else KEEP)
             return plan.snapshot.name or ""
 
         return await self._run(domain, work)
+
+    @_bounded
+    async def rename_snapshot(self, domain: str, snapshot: str, new_name: str, *,
+                              timeout: float | None = None) -> None:
+        """Rename *snapshot* to *new_name* (snapshot-edit --rename, without an editor): its
+        children follow it, its NVRAM copy moves, it stays current if it was; one journaled
+        change, so a crash leaves either name, never both. Internal snapshots cannot be
+        renamed (their name is the tag in their images)."""
+        from qsnap.model.snapshot import format_snapshot
+
+        check_snapshot_name(new_name)
+        read = await self.get_xml(domain, snapshot, secure=True)
+        snap = parse_snapshot(read, redefine=True)
+        await self.redefine(domain, format_snapshot(snap.copy(name=new_name), active=False),
+                            edited_from=snapshot, expected=read, rename=True)
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -10,7 +10,12 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from qsnap.errors import InvalidArgumentError
+from qsnap.errors import (
+    AlreadyExistsError,
+    InvalidArgumentError,
+    NotSupportedError,
+    OperationInvalidError,
+)
 from qsnap.model.domain import DomainDef, parse_domain_element, same_uuid
 from qsnap.model.names import check_snapshot_name
 from qsnap.model.snapshot import SnapshotDef
@@ -88,3 +93,56 @@ def plan_redefine(snap: SnapshotDef, domain: DomainDef, tree: TreeView,
     was_current = existing is not None and tree.current == snap.name
     return RedefinePlan(snapshot=result, make_current=flags.current or was_current,
                         replaces=existing is not None)
+
+
+def check_unchanged(name: str, expected: str, stored: str | None) -> None:
+    """An edit (snapshot-edit) of snapshot *name* started from its XML *expected*; *stored*
+    is its XML now (None: it is gone). The editor held no lock, so anything may have
+    happened meanwhile: a snapshot deleted while the editor was open came back, naming an
+    overlay its delete had merged away (issue 28). Such a redefine is refused."""
+    if stored is None:
+        raise OperationInvalidError(f"snapshot '{name}' was deleted while it was being edited; "
+                                    "nothing was changed", snapshot=name)
+    if stored != expected:
+        raise OperationInvalidError(f"snapshot '{name}' changed while it was being edited (by "
+                                    "another command); nothing was changed: edit it again",
+                                    snapshot=name)
+
+
+def names_its_data(snap: SnapshotDef) -> bool:
+    """Whether *snap*'s data is found by its name: an internal snapshot's tag in its qcow2
+    images is the snapshot's name (and a tag cannot be renamed)."""
+    return snap.memory == "internal" or any(d.snapshot == "internal" for d in snap.disks)
+
+
+@dataclass(frozen=True)
+class RenamePlan:
+    """A snapshot stored under a new name (with the edits made to it), its children
+    re-parented to it, the old name gone; current if the old one was."""
+
+    snapshot: SnapshotDef
+    children: list[SnapshotDef]
+    old: str
+    make_current: bool
+
+
+def plan_rename(snap: SnapshotDef, domain: DomainDef, tree: TreeView, old: SnapshotDef,
+                children: list[SnapshotDef], flags: CreateFlags,
+                regular_files: Collection[str] = ()) -> RenamePlan:
+    """Check renaming snapshot *old* into *snap* (snapshot-edit --rename; the engine's
+    rename_snapshot), with *children* its children."""
+    assert old.name is not None
+    check_snapshot_name(snap.name)
+    if snap.name in tree:
+        raise AlreadyExistsError(f"snapshot '{snap.name}' already exists", snapshot=snap.name)
+    if names_its_data(old):
+        raise NotSupportedError(
+            f"snapshot '{old.name}' is internal: its data is the tag '{old.name}' inside its "
+            "disk images, which qcow2 cannot rename, so the snapshot cannot be renamed",
+            snapshot=old.name)
+    if snap.parent == old.name:
+        raise InvalidArgumentError(f"snapshot '{snap.name}' cannot have its own old name "
+                                   f"'{old.name}' as its parent", snapshot=snap.name)
+    plan = plan_redefine(snap, domain, tree, old, flags, regular_files)
+    return RenamePlan(plan.snapshot, [c.copy(parent=snap.name) for c in children], old.name,
+                      flags.current or tree.current == old.name)

@@ -204,6 +204,12 @@ class DomainFolder:
         atomic_write(Path(nvram), data)
         return True
 
+    def copy_nvram(self, snapshot: str, to: str) -> None:
+        """Keep *snapshot*'s NVRAM copy for snapshot *to* as well (a clone)."""
+        copy = self.nvram_copy(snapshot)
+        if copy.exists():
+            self.keep_nvram(to, str(copy))
+
     def drop_nvram(self, snapshot: str) -> None:
         copy = self.nvram_copy(snapshot)
         if copy.exists():
@@ -273,10 +279,14 @@ class DomainFolder:
         return format_snapshot(snap, uuid=self.definition.uuid, active=current).encode("utf-8")
 
     def save(self, *, put: Sequence[SnapshotDef] = (), drop: Sequence[str] = (),
-             current: str | _Keep | None = KEEP, definition: DomainDef | None = None) -> None:
+             current: str | _Keep | None = KEEP, definition: DomainDef | None = None,
+             renamed: tuple[str, str] | None = None) -> None:
         """Store *put*, remove *drop*, set the current snapshot and (if given) a new domain
-        definition, all in one atomic change (see :meth:`plan_save`)."""
+        definition, all in one atomic change (see :meth:`plan_save`). *renamed* (old, new):
+        a snapshot renamed, whose NVRAM copy moves with it in the same change."""
         batch = self.plan_save(put=put, drop=drop, current=current, definition=definition)
+        if renamed is not None and self.nvram_copy(renamed[0]).exists():
+            batch.move(f"{NVRAM_COPIES}/{renamed[0]}", f"{NVRAM_COPIES}/{renamed[1]}")
         commit(self.path, batch)
         self._changed(batch)
 

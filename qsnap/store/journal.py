@@ -10,21 +10,35 @@ the journal and applies it again; every step is idempotent, so replaying twice i
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path, PurePosixPath
 
 from qsnap.errors import CorruptMetadataError
 from qsnap.faults import crash_point
-from qsnap.store.atomic import atomic_write, atomic_write_many, remove_durably
+from qsnap.store.atomic import (
+    atomic_write,
+    atomic_write_many,
+    fsync_dir,
+    make_dirs,
+    remove_durably,
+)
 
 JOURNAL_NAME = "journal.json"
 
 
 class Batch:
-    """File changes inside one folder: paths relative to it, written first, then removed."""
+    """File changes inside one folder: paths relative to it, written first, then moved
+    (renamed, e.g. a snapshot's NVRAM copy when the snapshot is renamed), then removed."""
 
     def __init__(self) -> None:
         self.writes: dict[str, bytes] = {}
+        self.moves: dict[str, str] = {}
         self.removals: list[str] = []
+
+    def move(self, source: str, target: str) -> None:
+        """Rename *source* to *target* (replacing it), if *source* exists when applied: a
+        replay after the move finds the source gone and the target in place."""
+        self.moves[_checked(source)] = _checked(target)
 
     def write(self, relative: str, data: bytes) -> None:
         self.writes[_checked(relative)] = data
@@ -37,27 +51,31 @@ class Batch:
             self.removals.append(_checked(relative))
 
     def __len__(self) -> int:
-        return len(self.writes) + len(self.removals)
+        return len(self.writes) + len(self.moves) + len(self.removals)
 
     def to_record(self) -> dict[str, object]:
         """As JSON-able data (metadata files are UTF-8 text)."""
         return {"writes": {k: v.decode("utf-8") for k, v in self.writes.items()},
-                "removals": list(self.removals)}
+                "moves": dict(self.moves), "removals": list(self.removals)}
 
     @classmethod
     def from_record(cls, record: object) -> Batch:
         """The batch :meth:`to_record` gave; ValueError naming the fault when *record* is
         not one (it comes from a file a crash or a person may have damaged)."""
         writes = record.get("writes") if isinstance(record, dict) else None
+        moves = record.get("moves", {}) if isinstance(record, dict) else None
         removals = record.get("removals") if isinstance(record, dict) else None
         if not isinstance(writes, dict) or not isinstance(removals, list) or \
-                not all(isinstance(v, str) for v in writes.values()) or \
+                not isinstance(moves, dict) or \
+                not all(isinstance(v, str) for v in (*writes.values(), *moves.values())) or \
                 not all(isinstance(r, str) for r in removals):
-            raise ValueError("a metadata change needs 'writes' (file -> text) and 'removals' "
-                             "(a list of files)")
+            raise ValueError("a metadata change needs 'writes' (file -> text), 'moves' (file "
+                             "-> file) and 'removals' (a list of files)")
         batch = cls()
         for relative, data in writes.items():
             batch.write(relative, data.encode("utf-8"))
+        for source, target in moves.items():
+            batch.move(source, target)
         for relative in removals:
             batch.remove(relative)
         return batch
@@ -74,6 +92,13 @@ def _apply(folder: Path, batch: Batch) -> None:
     atomic_write_many({folder / relative: data for relative, data in batch.writes.items()},
                       temp_dir=folder)
     crash_point("journal: applied writes")
+    for source, target in batch.moves.items():
+        if (folder / source).exists():
+            make_dirs((folder / target).parent)
+            os.replace(folder / source, folder / target)
+            fsync_dir((folder / target).parent)
+            fsync_dir((folder / source).parent)
+        crash_point(f"journal: applied move {source}")
     for relative in batch.removals:
         remove_durably(folder / relative)
         crash_point(f"journal: applied removal {relative}")
