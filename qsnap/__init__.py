@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from qsnap.errors import (
         AlreadyExistsError,
         CorruptMetadataError,
+        DomainBusyError,
         DomainNotRunningError,
         DomainRunningError,
         GuestAgentError,
@@ -86,6 +87,7 @@ __all__ = [
     "CreateFlags",
     "DeleteFlags",
     "DiskImage",
+    "DomainBusyError",
     "DomainDetails",
     "DomainInfo",
     "DomainNotRunningError",
@@ -141,6 +143,7 @@ if not TYPE_CHECKING:
         "SnapshotInfo": "qsnap.engine",
         "AlreadyExistsError": "qsnap.errors",
         "CorruptMetadataError": "qsnap.errors",
+        "DomainBusyError": "qsnap.errors",
         "DomainNotRunningError": "qsnap.errors",
         "DomainRunningError": "qsnap.errors",
         "GuestAgentError": "qsnap.errors",

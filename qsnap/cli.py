@@ -310,7 +310,7 @@ async def cmd_shutdown(engine: Engine, args: Args, out: _Output) -> None:
 
 @_reading
 def cmd_domstate(run: _Runner, args: Args, out: _Output) -> None:
-    out.print(run.reader.domstate(args.domain) + "\n")
+    out.print(run.reader.domstate(args.domain, reason=args.reason) + "\n")
 
 
 @_reading
@@ -338,7 +338,8 @@ def _create_flags(args: Args, redefine: bool = False, current: bool = False) -> 
     return CreateFlags(redefine=redefine, current=current, no_metadata=args.no_metadata,
                        halt=args.halt, disk_only=args.disk_only,
                        reuse_external=args.reuse_external, quiesce=args.quiesce,
-                       atomic=args.atomic, live=args.live, validate=args.validate).check()
+                       atomic=args.atomic, live=args.live, validate=args.validate,
+                       crash_consistent=args.crash_consistent).check()
 
 
 async def cmd_snapshot_create(engine: Engine, args: Args, out: _Output) -> None:
@@ -758,6 +759,8 @@ _CREATE_FLAGS = (
     flag("quiesce", "quiesce guest's file systems"),
     flag("atomic", "require atomic operation"),
     flag("live", "take a live snapshot"),
+    flag("crash-consistent", "take a disk snapshot of a guest whose QEMU crashed (its disks "
+         "hold what it had half-written)"),
 )
 _CREATE_EXTRAS = (
     value("live-strategy", "how to capture memory: background, precopy or paused (default: "
@@ -781,7 +784,8 @@ COMMANDS: dict[str, CommandSpec] = {spec.name: spec for spec in (
                 cmd_destroy),
     CommandSpec("shutdown", "gracefully shutdown a domain (ACPI power button)", (_DOMAIN,),
                 cmd_shutdown),
-    CommandSpec("domstate", "domain state", (_DOMAIN,), cmd_domstate),
+    CommandSpec("domstate", "domain state", (
+        _DOMAIN, flag("reason", "also print reason for the state")), cmd_domstate),
     CommandSpec("attach", "adopt a QEMU launched by someone else, via its QMP socket", (
         _DOMAIN, value("qmp", "path of its QMP unix socket", required=True, positional=False,
                        metavar="socket")), cmd_attach),

@@ -50,6 +50,18 @@ class OperationInvalidError(QsnapError):
     """The operation is not valid in the object's present state (libvirt's OPERATION_INVALID)."""
 
 
+class DomainBusyError(OperationInvalidError):
+    """Another call or process holds the domain (its lock) for longer than the caller's
+    ``timeout=``: *holder_pid* and *operation* name who (where it could be told)."""
+
+    def __init__(self, message: str = "", *, domain: str | None = None,
+                 path: str | None = None, holder_pid: int | None = None,
+                 operation: str | None = None) -> None:
+        super().__init__(message, domain=domain, path=path)
+        self.holder_pid = holder_pid
+        self.operation = operation
+
+
 class DomainNotRunningError(OperationInvalidError):
     """The operation needs the domain's guest running, and it is not."""
 

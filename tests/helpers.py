@@ -58,8 +58,8 @@ def tree_picture(root: Path) -> dict[str, tuple[int, bytes]]:
     picture = {}
     if root.exists():
         for path in sorted(root.rglob("*")):
-            if path.name in CACHES:
-                continue
+            if path.name in CACHES or (path.suffix == ".lock" and path.parent.name == "locks"):
+                continue  # a lock file holds its last holder's pid and operation, not data
             if path.is_symlink():
                 picture[str(path.relative_to(root)) + "@"] = (0, os.readlink(path).encode())
             elif path.is_file():

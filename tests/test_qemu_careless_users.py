@@ -486,3 +486,77 @@ async def test_an_abort_asked_before_qemus_stream_begins_still_wins(
     finally:
         with contextlib.suppress(qsnap.QsnapError):
             await engine.destroy("g")
+
+
+async def test_a_crashed_qemu_says_so_and_its_disks_are_not_taken_for_quiescent(
+        tmp_path: Path) -> None:
+    """A QEMU that died under qsnap read as plain "shut off", and a disk-only snapshot then
+    took the stopped-guest path as if the guest had shut down cleanly (issue 28). QEMU
+    removes its pid file on a clean exit only, so one killed or crashed is told apart:
+    'shut off (crashed)'; a snapshot of its disks needs --crash-consistent; a clean stop or
+    a new start leaves no such note."""
+    engine, folder = await started_guest(tmp_path, 1)
+    state = tmp_path / "state"
+
+    def qsnap_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "qsnap.cli", "--state-dir", str(state),
+                               *args], capture_output=True, text=True, timeout=120)
+
+    info = await engine.guest("g").info()
+    assert info.pid is not None and info.reason is None
+    os.kill(info.pid, signal.SIGKILL)
+    for _ in range(100):
+        if not Path(f"/proc/{info.pid}").exists():
+            break
+        await asyncio.sleep(0.05)
+    assert qsnap_cli("domstate", "g").stdout == "shut off\n\n"
+    assert qsnap_cli("domstate", "g", "--reason").stdout == "shut off (crashed)\n\n"
+    assert (await engine.guest("g").info()).reason == "crashed"
+    before = _pictures(tmp_path)
+    with pytest.raises(qsnap.OperationInvalidError,
+                       match=rf"domain 'g' crashed \(its QEMU, pid {info.pid}, ended without a "
+                             r"clean exit, killed or crashed; noticed .*\): its disks hold "
+                             r"whatever the guest had half-written.*--crash-consistent"):
+        await engine.create("g", snapshot_xml_from_args("s1"), DISK_ONLY)
+    assert _pictures(tmp_path) == before
+    made = qsnap_cli("snapshot-create-as", "g", "s1", "--disk-only", "--crash-consistent")
+    assert made.returncode == 0, made.stderr
+    # Started again, then stopped cleanly: no crash any more.
+    await engine.start("g")
+    await wait_for_counter(folder / "serial.log", 3)
+    await engine.destroy("g")
+    assert qsnap_cli("domstate", "g", "--reason").stdout == "shut off (unknown)\n\n"
+    assert (await engine.guest("g").info()).reason is None
+
+
+async def test_guest_state_does_not_wait_behind_a_long_operation(tmp_path: Path) -> None:
+    """Guest.state() waited for the domain's lock, which a long operation holds (here a
+    block pull at 1 MiB/s in this process): it now asks QEMU beside it, through the same
+    connection, and honours timeout= (issue 28)."""
+    from qemu_guest import boot
+
+    engine = Engine(tmp_path / "state")
+    xml = GUEST.make_guest("g", 1, 128, tmp_path / "g")
+    subprocess.run(["qemu-io", "-c", "write -P 0x5a 1M 16M", str(tmp_path / "g" / "g-vda.qcow2")],
+                   check=True, capture_output=True)  # 16 MiB for the pull to copy up
+    await engine.define(xml.read_text())
+    await boot(engine, tmp_path / "g" / "serial.log", 3)
+    try:
+        await engine.create("g", snapshot_xml_from_args("o"),
+                            CreateFlags(disk_only=True, no_metadata=True))
+        pulling = asyncio.ensure_future(engine.block_pull("g", "vda", wait=True,
+                                                          bandwidth=1 << 20))
+        for _ in range(100):
+            if (tmp_path / "state" / "domains" / "g" / "intent.json").exists():
+                break
+            await asyncio.sleep(0.02)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await engine.guest("g").state(timeout=2) == "running"
+        assert loop.time() - started < 0.5
+        assert not pulling.done()
+        with pytest.raises(qsnap.DomainBusyError):  # the virsh path does wait for the lock
+            await engine.domstate("g", timeout=0.2)
+        assert await pulling == "pulled"
+    finally:
+        await engine.destroy("g")

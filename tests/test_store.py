@@ -240,7 +240,7 @@ def test_same_domain_waits_other_domains_do_not(tmp_path: Path) -> None:
         # The same domain waits, and says who holds it when it gives up.
         busy = qsnap(state, "snapshot-list", "dom", env={"QSNAP_LOCK_TIMEOUT": "0.3"})
         assert busy.returncode == 1
-        assert f"domain 'dom' is busy: another qsnap process (pid {holder.pid})" in busy.stderr
+        assert f"domain 'dom' is busy: qsnap process {holder.pid} has held it" in busy.stderr
         waiter = subprocess.Popen(
             [sys.executable, "-m", "qsnap.cli", "--state-dir", str(state), "snapshot-list",
              "dom", "--name"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -301,8 +301,8 @@ def test_corrupt_snapshot_file_is_named_and_left_alone(tmp_path: Path, content: 
         assert f"error: snapshot metadata file '{bad}' is corrupt" in result.stderr
         assert message in result.stderr
         assert "Traceback" not in result.stderr
-        assert "or remove just this metadata with 'snapshot-delete dom a --metadata'" \
-            in result.stderr
+        assert "or delete just this snapshot's metadata (a metadata-only delete: " \
+            "'snapshot-delete dom a --metadata'" in result.stderr
     assert tree_picture(state / "domains") == before
     # The way out the message names: the unreadable file goes, its children become roots.
     removed = qsnap(state, "snapshot-delete", "dom", "a", "--metadata")

@@ -44,14 +44,19 @@ from qsnap.errors import (
     QsnapError,
 )
 from qsnap.faults import crash_point
-from qsnap.launcher.runtime import RuntimeInfo, RuntimePaths
+from qsnap.launcher.runtime import RuntimeInfo, RuntimePaths, crash_words, read_crash
 from qsnap.logs import logger
 from qsnap.model.domain import NVRAM_TARGET, DomainDef, parse_domain_element
 from qsnap.model.names import check_new_file_path, default_snapshot_name
 from qsnap.model.snapshot import SnapshotDef, parse_snapshot
 from qsnap.monitor import Monitor
 from qsnap.plan.create import check_create_request
-from qsnap.plan.disk_snapshot import DiskSnapshotPlan, Overlay, plan_disk_snapshot
+from qsnap.plan.disk_snapshot import (
+    DiskSnapshotPlan,
+    Overlay,
+    check_not_crashed,
+    plan_disk_snapshot,
+)
 from qsnap.plan.flags import CreateFlags
 from qsnap.plan.full_snapshot import (
     FullSnapshotPlan,
@@ -133,10 +138,10 @@ def check_new_files(overlays: list[Overlay], snapshot: SnapshotDef, domain: Doma
         check_new_file_path("the snapshot's memory file", memory)
     if memory and os.path.islink(memory):
         raise InvalidArgumentError(f"the snapshot's memory file '{memory}' is a symbolic link; "
-                                   "name the file itself")
+                                   "name the file itself", path=memory)
     if memory and os.path.lexists(memory):
         raise AlreadyExistsError(f"refusing to overwrite existing file '{memory}' (the "
-                                 "snapshot's memory file)")
+                                 "snapshot's memory file)", path=memory)
 
 
 async def store_snapshot(work: CreateWork, folder: DomainFolder, paths: RuntimePaths,
@@ -323,6 +328,8 @@ async def _run(ctx: Context, monitor: Monitor | None, xml: str | bytes | None,
     folder, paths, info, progress = ctx.folder, ctx.paths, ctx.running, ctx.progress
     domain = folder.name
     active = info is not None
+    if not active and not flags.redefine:
+        check_not_crashed(domain, crash_words(read_crash(paths)), flags)
     request = parse_snapshot(xml if xml is not None else "<domainsnapshot/>",
                              validate=flags.validate,
                              offline=flags.disk_only or not active)

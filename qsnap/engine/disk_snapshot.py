@@ -136,11 +136,13 @@ async def _check_reused_overlay(overlay: Overlay) -> None:
     backing = details.backing
     if details.format != overlay.format:
         raise InvalidArgumentError(f"existing overlay '{overlay.path}' for disk {overlay.target} "
-                                   f"is {details.format}, not {overlay.format}")
+                                   f"is {details.format}, not {overlay.format}",
+                                   path=overlay.path)
     if backing is not None and os.path.realpath(str(backing)) != \
             os.path.realpath(overlay.backing):
         raise InvalidArgumentError(f"existing overlay '{overlay.path}' for disk {overlay.target} "
-                                   f"has backing file '{backing}', not '{overlay.backing}'")
+                                   f"has backing file '{backing}', not '{overlay.backing}'",
+                                   path=overlay.path)
 
 
 async def _create_overlays_offline(plan: DiskSnapshotPlan) -> None:

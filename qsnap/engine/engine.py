@@ -84,7 +84,7 @@ from qsnap.plan.save import check_parallel_channels, image_definition
 from qsnap.progress import ProgressCallback, ProgressMeter
 from qsnap.store import KEEP, DomainFolder, StateDir, resolve_state_dir
 from qsnap.store.intent import has_intent
-from qsnap.timeouts import bounded
+from qsnap.timeouts import bounded, operation
 
 if TYPE_CHECKING:
     from qsnap.engine.block_jobs import BlockJobInfo
@@ -102,14 +102,34 @@ P = ParamSpec("P")
 
 def _bounded(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     """Every public operation: its ``timeout=`` keyword bounds its waits
-    (:mod:`qsnap.timeouts`), and it talks to each QEMU over one connection at most."""
+    (:mod:`qsnap.timeouts`), and it talks to each QEMU over one connection at most. An error
+    it raises names the domain and snapshot the call was about where the code that raised it
+    did not (an embedder branches on ``exc.domain`` and ``exc.snapshot``, issue 28)."""
+    code = method.__code__
+    names = code.co_varnames[:code.co_argcount]
+    where: dict[str, int] = {key: names.index(key) for key in ("domain", "snapshot")
+                             if key in names}
+
+    def subject(key: str, args: tuple[object, ...], kwargs: dict[str, object]) -> object:
+        if key in kwargs:
+            return kwargs[key]
+        index = where.get(key)
+        return args[index] if index is not None and index < len(args) else None
 
     @functools.wraps(method)
     async def call(*args: P.args, **kwargs: P.kwargs) -> T:
         timeout = kwargs.get("timeout")
-        with bounded(timeout if isinstance(timeout, int | float) else None):
-            async with one_connection_per_qemu():
-                return await method(*args, **kwargs)
+        try:
+            with bounded(timeout if isinstance(timeout, int | float) else None), \
+                    operation(method.__name__):
+                async with one_connection_per_qemu():
+                    return await method(*args, **kwargs)
+        except QsnapError as exc:
+            for key in where:
+                value = subject(key, args, kwargs)
+                if getattr(exc, key) is None and isinstance(value, str):
+                    setattr(exc, key, value)
+            raise
 
     return call
 
@@ -392,12 +412,27 @@ class Engine:
     @_bounded
     async def guest_info(self, domain: str, *, timeout: float | None = None) -> GuestInfo:
         """The guest as it is now: state, and its QEMU's pid, QMP socket and accelerator."""
+        from qsnap.launcher.runtime import read_crash
+
         async with self._session(domain):
-            info = self._runtime(domain)[1]
+            paths, info = self._runtime(domain)
             state = await state_of(info)
+            crashed = info is None and read_crash(paths) is not None
         if info is None:
-            return GuestInfo(domain, state, None, None, None, None)
+            return GuestInfo(domain, state, None, None, None, None,
+                             "crashed" if crashed else None)
         return GuestInfo(domain, state, info.pid, info.qmp, info.accel, info.owner)
+
+    @_bounded
+    async def guest_state(self, domain: str, *, timeout: float | None = None) -> str:
+        """The guest's state (virsh domstate) without waiting for the domain's lock, which a
+        long operation may hold for minutes: QEMU is asked beside it (through the same
+        connection, when that operation runs in this process), and a QEMU that does not
+        answer within *timeout* (5 s by default) reads as ``unknown``."""
+        if not self.state.folder(domain).exists():
+            raise NoDomainError(f"domain '{domain}' is not defined", domain=domain)
+        return await state_of(self._runtime(domain)[1], borrow=True,
+                              timeout=5.0 if timeout is None else timeout)
 
 
     @_bounded

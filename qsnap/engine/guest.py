@@ -34,6 +34,9 @@ class GuestInfo:
     qmp: str | None
     accel: str | None
     owner: str | None
+    #: Why it is in that state, where qsnap knows: ``crashed`` (its QEMU ended without a
+    #: clean exit, virsh's "shut off (crashed)"), else None.
+    reason: str | None = None
 
 
 class Guest:
@@ -54,9 +57,11 @@ class Guest:
     async def info(self, *, timeout: float | None = None) -> GuestInfo:
         return await self.engine.guest_info(self.name, timeout=timeout)
 
-    async def state(self) -> str:
-        """virsh domstate: running, paused, crashed or shut off."""
-        return (await self.info()).state
+    async def state(self, *, timeout: float | None = None) -> str:
+        """virsh domstate: running, paused or shut off (``unknown`` when QEMU does not answer
+        within *timeout*). It does not wait for an operation that holds the domain: it asks
+        QEMU beside it (:meth:`Engine.guest_state`)."""
+        return await self.engine.guest_state(self.name, timeout=timeout)
 
     async def snapshot(self, xml: str | bytes | None = None, flags: CreateFlags = CreateFlags(),
                        *, progress: ProgressCallback | None = None,

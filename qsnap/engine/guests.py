@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 from qsnap.engine.reader import virsh_state
@@ -10,15 +11,19 @@ from qsnap.launcher.runtime import RuntimeInfo, RuntimePaths, clear_runtime, pid
 from qsnap.monitor import Monitor, forget_connection
 
 
-async def state_of(info: RuntimeInfo | None) -> str:
+async def state_of(info: RuntimeInfo | None, *, borrow: bool = False,
+                   timeout: float = 5.0) -> str:
     """running, paused, crashed or shut off; a QEMU that stopped answering reads as shut off
-    once its process is gone."""
+    once its process is gone, else (after *timeout* seconds) as unknown. *borrow*: see
+    :meth:`Monitor.connect`."""
     if info is None:
         return "shut off"
     try:
-        async with await Monitor.connect(info.qmp, timeout=5) as monitor:
-            return await state_from(monitor)
-    except QsnapError:
+        async with asyncio.timeout(timeout):
+            async with await Monitor.connect(info.qmp, timeout=timeout,
+                                             borrow=borrow) as monitor:
+                return await state_from(monitor)
+    except (QsnapError, TimeoutError):
         return "shut off" if not pid_alive(info.pid) else "unknown"
 
 

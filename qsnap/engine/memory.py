@@ -308,13 +308,18 @@ def read_image(path: Path) -> SaveImage:
             image = save_image.decode(header, handle.read(data_len), f"'{path}'")
             size = os.fstat(handle.fileno()).st_size
     except OSError as exc:
-        raise SaveImageError(f"cannot read save image '{path}': {exc.strerror}") from None
+        raise SaveImageError(f"cannot read save image '{path}': {exc.strerror}",
+                             path=str(path)) from None
+    except SaveImageError as exc:
+        exc.path = exc.path or str(path)
+        raise
     if image.compressed not in save_image.FORMAT_NAMES:
         raise NotSupportedError(f"save image '{path}' is in an {image.format} (a newer "
                                 "libvirt's?); qsnap reads raw, sparse, gzip, bzip2, xz, lzop "
-                                "and zstd images")
+                                "and zstd images", path=str(path))
     if size <= image.stream_offset:
-        raise SaveImageError(f"save image '{path}' has no migration stream after its header")
+        raise SaveImageError(f"save image '{path}' has no migration stream after its header",
+                             path=str(path))
     return image
 
 

@@ -15,7 +15,13 @@ import functools
 from collections.abc import Callable
 
 from qsnap.errors import NoDomainError, NoSnapshotError, QsnapError
-from qsnap.launcher.runtime import RuntimeInfo, pid_alive, read_runtime, runtime_paths
+from qsnap.launcher.runtime import (
+    RuntimeInfo,
+    pid_alive,
+    read_crash,
+    read_runtime,
+    runtime_paths,
+)
 from qsnap.store import DomainFolder, StateDir
 from qsnap.store.intent import has_intent
 
@@ -153,8 +159,18 @@ class Reader:
             result.append((folder, info))
         return result
 
-    def domstate(self, domain: str) -> str:
-        return self.read(domain, lambda folder: guest_state(self.runtime(folder.name)))
+    def domstate(self, domain: str, *, reason: bool = False) -> str:
+        """virsh domstate; with *reason*, virsh's ``(reason)`` after it: ``crashed`` for a
+        QEMU that died without a clean exit, else ``unknown`` (qsnap keeps no other)."""
+        def read(folder: DomainFolder) -> str:
+            state = guest_state(self.runtime(folder.name))
+            if not reason:
+                return state
+            crash = read_crash(runtime_paths(self.state.root, folder.name)) \
+                if state == "shut off" else None
+            return f"{state} ({'crashed' if crash is not None else 'unknown'})"
+
+        return self.read(domain, read)
 
     def domain_xml(self, domain: str, *, secure: bool = False) -> str:
         return self.read(domain, functools.partial(domain_xml, secure=secure))

@@ -47,7 +47,7 @@ from qsnap.errors import (
 from qsnap.faults import crash_point
 from qsnap.launcher.accel import choose_accel
 from qsnap.launcher.process import create_nvram
-from qsnap.launcher.runtime import RuntimeInfo, read_runtime
+from qsnap.launcher.runtime import RuntimeInfo, forget_crash, read_runtime
 from qsnap.model.capture import capture_of
 from qsnap.model.domain import DomainDef, parse_domain, rewound
 from qsnap.model.save_image import SaveImage
@@ -258,6 +258,7 @@ async def run(ctx: Context, name: str, flags: RevertFlags) -> None:
         await asyncio.to_thread(clear_intent, ctx.folder.path)
         raise
     await _started(ctx, work, plan, refs)
+    forget_crash(ctx.paths)  # the crashed present, if it was one, is gone
     await asyncio.to_thread(clear_intent, ctx.folder.path)
 
 

@@ -35,6 +35,7 @@ from qsnap.launcher.runtime import (
     RuntimeInfo,
     RuntimePaths,
     clear_runtime,
+    forget_crash,
     make_runtime_folder,
     pid_alive,
     write_runtime,
@@ -290,6 +291,7 @@ async def _prepare(paths: RuntimePaths, qmp: str | None = None) -> None:
     holds no connection to one on the same socket path."""
     make_runtime_folder(paths)
     clear_runtime(paths)
+    forget_crash(paths)
     await forget_connection(qmp or str(paths.qmp))
 
 

@@ -15,6 +15,7 @@ asyncio, the monitor and lxml) so that commands that only look at a guest (``lis
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -159,8 +160,59 @@ def read_runtime(paths: RuntimePaths) -> RuntimeInfo | None:
     # recycled pid. One that was attached may have been given its socket some other way.
     if pid_alive(info.pid, _on_command_line(info.qmp) if info.owner == "qsnap" else None):
         return info
+    _note_if_crashed(paths, info.pid)
     clear_runtime(paths)
     return None
+
+
+#: In the runtime folder: the QEMU recorded there died without a clean exit.
+CRASH_NOTE = "crashed.json"
+
+
+def _note_if_crashed(paths: RuntimePaths, pid: int) -> None:
+    """QEMU removes its pid file when it exits cleanly (``quit``, SIGTERM, the guest powering
+    off); one killed or crashed (SIGKILL, SIGSEGV, abort) leaves it. So a recorded QEMU that
+    is gone with its pid file still naming it crashed: noted, for ``domstate --reason`` and
+    so that its disks are not taken for a cleanly stopped guest's."""
+    try:
+        if int(paths.pidfile.read_text().strip()) != pid:
+            return
+    except (OSError, ValueError):
+        return
+    import time
+
+    with contextlib.suppress(OSError):
+        _write_new(paths.folder / CRASH_NOTE, json.dumps({"pid": pid, "noticed": time.time()}))
+
+
+def read_crash(paths: RuntimePaths) -> tuple[int, float] | None:
+    """The crash noted for the domain's last QEMU: its pid, and when it was noticed (epoch
+    seconds); None if there was none. A QEMU that died unnoticed since is noted first."""
+    read_runtime(paths)
+    if not checked_folder(paths.folder):
+        return None
+    try:
+        note = json.loads((paths.folder / CRASH_NOTE).read_text())
+        return int(note["pid"]), float(note["noticed"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def crash_words(note: tuple[int, float] | None) -> str | None:
+    """A crash note in words (None for none)."""
+    if note is None:
+        return None
+    import time
+
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(note[1]))
+    return (f"its QEMU, pid {note[0]}, ended without a clean exit, killed or crashed; "
+            f"noticed {when}")
+
+
+def forget_crash(paths: RuntimePaths) -> None:
+    """A new QEMU starts (or a revert replaces the present): the old crash is history."""
+    with contextlib.suppress(OSError):
+        (paths.folder / CRASH_NOTE).unlink(missing_ok=True)
 
 
 def _on_command_line(qmp: str) -> str:
@@ -178,6 +230,8 @@ def _unrecorded(paths: RuntimePaths) -> RuntimeInfo | None:
     except (FileNotFoundError, ValueError, ProcessLookupError):
         return None
     if not pid_alive(pid, _on_command_line(str(paths.qmp))):
+        _note_if_crashed(paths, pid)
+        paths.pidfile.unlink(missing_ok=True)
         return None
     machine = next((a.decode() for a in cmdline if b"accel=" in a), "")
     accel = machine.split("accel=", 1)[1].split(",", 1)[0] if machine else "tcg"
@@ -189,13 +243,18 @@ def _unrecorded(paths: RuntimePaths) -> RuntimeInfo | None:
 def write_runtime(paths: RuntimePaths, info: RuntimeInfo) -> None:
     """Record *info* (write a new file, rename it into place)."""
     make_runtime_folder(paths)
-    temp = paths.info.with_suffix(".tmp")
+    _write_new(paths.info, json.dumps(info.as_dict()))
+
+
+def _write_new(path: Path, text: str) -> None:
+    """Write *path* through a new file renamed into place (in a folder checked private)."""
+    temp = path.with_suffix(".tmp")
     temp.unlink(missing_ok=True)  # one a killed qsnap left
     descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                          | os.O_CLOEXEC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
-        handle.write(json.dumps(info.as_dict()))
-    os.replace(temp, paths.info)
+        handle.write(text)
+    os.replace(temp, path)
 
 
 def clear_runtime(paths: RuntimePaths) -> None:

@@ -63,13 +63,13 @@ def check_new_file_path(what: str, path: str, hint: str = "") -> str:
     encoded = path.encode("utf-8", errors="surrogateescape")
     if len(encoded) >= PATH_MAX:
         raise InvalidArgumentError(f"{what} '{path[:60]}...' is a path of {len(encoded)} bytes; "
-                                   f"the limit is {PATH_MAX - 1}")
+                                   f"the limit is {PATH_MAX - 1}", path=path)
     for part in encoded.split(b"/"):
         if len(part) > NAME_MAX:
             name = part.decode("utf-8", errors="replace")
             raise InvalidArgumentError(
                 f"{what} '{path[:60]}...': its name '{name[:40]}...' is {len(part)} bytes, "
-                f"longer than the {NAME_MAX} a file name may have{hint}")
+                f"longer than the {NAME_MAX} a file name may have{hint}", path=path)
     return path
 
 

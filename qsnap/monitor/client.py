@@ -195,6 +195,12 @@ def _shared(socket_path: str) -> QMPClient | None:
 _POOL: ContextVar[dict[str, QMPClient] | None] = ContextVar("qsnap_monitor_pool", default=None)
 
 
+#: Every connection an operation of this process holds open now, by socket path: QEMU
+#: serves one QMP client at a time, so a quick question from another task of the same
+#: process (:meth:`Monitor.connect` with ``borrow``) asks through it instead of waiting.
+_IN_USE: dict[str, QMPClient] = {}
+
+
 @contextlib.asynccontextmanager
 async def one_connection_per_qemu() -> AsyncIterator[None]:
     """Inside the block, one connection per QEMU serves every :meth:`Monitor.connect`; they
@@ -208,7 +214,9 @@ async def one_connection_per_qemu() -> AsyncIterator[None]:
         yield
     finally:
         _POOL.reset(token)
-        for client in pool.values():
+        for path, client in pool.items():
+            if _IN_USE.get(path) is client:
+                del _IN_USE[path]
             await _disconnect(client)
 
 
@@ -218,8 +226,11 @@ async def forget_connection(socket_path: str) -> None:
     connection is noticed anyway, but only once its reader has seen the end, which may
     come after the next connect.)"""
     pool = _POOL.get()
-    client = pool.pop(os.path.realpath(socket_path), None) if pool is not None else None
+    path = os.path.realpath(socket_path)
+    client = pool.pop(path, None) if pool is not None else None
     if client is not None:
+        if _IN_USE.get(path) is client:
+            del _IN_USE[path]
         await _disconnect(client)
 
 
@@ -277,20 +288,29 @@ class Monitor:
         self._job_ids = 0
 
     @classmethod
-    async def connect(cls, socket_path: str, timeout: float | None = None) -> Monitor:
+    async def connect(cls, socket_path: str, timeout: float | None = None, *,
+                      borrow: bool = False) -> Monitor:
         """Connect to the QMP socket at *socket_path* (the QMP handshake proves it is QMP),
-        or use the connection an embedder shares for it."""
+        or use the connection an embedder shares for it. With *borrow*, a connection another
+        operation of this process holds open serves too (for a quick question asked
+        beside it)."""
         shared = _shared(socket_path)
         if shared is not None:
             return cls(shared, owned=False)
+        path = os.path.realpath(socket_path)
         pool = _POOL.get()
         if pool is not None:
-            pooled = pool.get(os.path.realpath(socket_path))
+            pooled = pool.get(path)
             if pooled is not None and pooled.runstate == Runstate.RUNNING:
                 return cls(pooled, owned=False)
+        if borrow:
+            busy = _IN_USE.get(path)
+            if busy is not None and busy.runstate == Runstate.RUNNING:
+                return cls(busy, owned=False)
         monitor = await cls._open(socket_path, timeout)
         if pool is not None:
-            pool[os.path.realpath(socket_path)] = monitor._client
+            pool[path] = monitor._client
+            _IN_USE[path] = monitor._client
             monitor._owned = False
         return monitor
 
@@ -303,20 +323,23 @@ class Monitor:
         except ConnectError as exc:
             cause = exc.exc
             if isinstance(cause, TimeoutError | asyncio.CancelledError):
-                raise MonitorTimeoutError(_silent_peer(socket_path, timeout)) from None
+                raise MonitorTimeoutError(_silent_peer(socket_path, timeout),
+                                          path=socket_path) from None
             if isinstance(cause, OSError):
                 raise MonitorClosedError(f"cannot connect to QMP socket {socket_path}: "
-                                         f"{cause.strerror or cause}") from None
+                                         f"{cause.strerror or cause}",
+                                         path=socket_path) from None
             reason = str(cause or exc).splitlines()[0] if str(cause or exc) else "no reason"
             raise MonitorClosedError(f"{socket_path} is not a QEMU monitor (QMP handshake "
-                                     f"failed: {reason})") from None
+                                     f"failed: {reason})", path=socket_path) from None
         except TimeoutError:
             with contextlib.suppress(Exception):
                 await client.disconnect()
-            raise MonitorTimeoutError(_silent_peer(socket_path, timeout)) from None
+            raise MonitorTimeoutError(_silent_peer(socket_path, timeout),
+                                          path=socket_path) from None
         except OSError as exc:  # after TimeoutError, which is an OSError too
             raise MonitorClosedError(f"cannot connect to QMP socket {socket_path}: "
-                                     f"{exc.strerror or exc}") from None
+                                     f"{exc.strerror or exc}", path=socket_path) from None
         return cls(client)
 
     async def capabilities(self) -> QemuCapabilities:

@@ -82,7 +82,8 @@ def plan_delete_data(snapshots: dict[str, SnapshotDef], plan: MetadataDeletePlan
         if snap.domain is None:
             raise NotSupportedError(
                 f"snapshot '{name}' records no domain definition, so qsnap cannot tell which "
-                "images hold it; --metadata removes only its metadata")
+                "images hold it; a metadata-only delete removes only its metadata",
+                snapshot=name)
         recorded_domain = parse_domain_element(snap.domain)
         recorded = {d.target: d.source for d in recorded_domain.disks}
         now = {d.target: d.source for d in domain_now.disks}

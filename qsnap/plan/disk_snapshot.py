@@ -14,7 +14,7 @@ import os
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from qsnap.errors import InvalidArgumentError, NotSupportedError
+from qsnap.errors import InvalidArgumentError, NotSupportedError, OperationInvalidError
 from qsnap.model.domain import DomainDef, with_disk_images
 from qsnap.model.names import check_new_file_path, check_snapshot_name, default_snapshot_name
 from qsnap.model.snapshot import SnapshotDef
@@ -192,11 +192,12 @@ def check_overlay_targets(overlays: list[Overlay], *, nonempty: Collection[str],
     for overlay in overlays:
         if overlay.path in seen:
             raise InvalidArgumentError(f"disks '{seen[overlay.path]}' and '{overlay.target}' "
-                                       f"would both use the overlay '{overlay.path}'")
+                                       f"would both use the overlay '{overlay.path}'",
+                                       path=overlay.path)
         seen[overlay.path] = overlay.target
         if overlay.path in disk_images:
             raise InvalidArgumentError(f"overlay '{overlay.path}' for disk {overlay.target} is "
-                                       "an image the domain already uses")
+                                       "an image the domain already uses", path=overlay.path)
         folder = os.path.dirname(overlay.path)
         check_new_file_path(f"overlay for disk {overlay.target}", overlay.path,
                             " (a default overlay name is the image's name, a dot and the "
@@ -204,17 +205,32 @@ def check_overlay_targets(overlays: list[Overlay], *, nonempty: Collection[str],
         if overlay.reuse:
             if overlay.path not in existing:
                 raise InvalidArgumentError(
-                    f"missing existing file for disk {overlay.target}: {overlay.path}")
+                    f"missing existing file for disk {overlay.target}: {overlay.path}",
+                    path=overlay.path)
             continue
         if overlay.path in links:
             raise InvalidArgumentError(f"external snapshot file for disk {overlay.target} is a "
                                        f"symbolic link: {overlay.path} (name the file itself, "
-                                       "or use --reuse-external for an existing overlay)")
+                                       "or use --reuse-external for an existing overlay)",
+                                       path=overlay.path)
         if overlay.path in nonempty:
             raise InvalidArgumentError(f"external snapshot file for disk {overlay.target} "
                                        f"already exists and is not a block device: "
-                                       f"{overlay.path}")
+                                       f"{overlay.path}", path=overlay.path)
         if folder in unwritable_dirs:
             raise InvalidArgumentError(f"cannot create the overlay '{overlay.path}' for disk "
                                        f"{overlay.target}: folder '{folder}' does not exist or "
-                                       "is not writable")
+                                       "is not writable", path=overlay.path)
+
+
+def check_not_crashed(domain: str, crash: str | None, flags: CreateFlags) -> None:
+    """A guest whose QEMU crashed (*crash* says how; None: it did not) left its disks as a
+    power cut would, with writes half done, not as a shut-down guest does. A snapshot of
+    them then is not the quiescent one a snapshot of a stopped guest promises: refused
+    unless the user says they want it (``crash_consistent``). Starting or reverting the
+    guest ends it (its file systems recover, or the present is discarded)."""
+    if crash is not None and not flags.crash_consistent:
+        raise OperationInvalidError(
+            f"domain '{domain}' crashed ({crash}): its disks hold whatever the guest had "
+            "half-written, not a shut-down guest's. Start it once so its file systems "
+            "recover, or take the snapshot anyway with --crash-consistent", domain=domain)

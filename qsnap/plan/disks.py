@@ -36,7 +36,7 @@ def align_disks(snap: SnapshotDef, domain: DomainDef, default_location: str, *,
     for disk in snap.disks:
         domain_disk = domain.disk_by_name(disk.name)
         if domain_disk is None:
-            raise InvalidArgumentError(f"no disk named '{disk.name}'")
+            raise InvalidArgumentError(f"no disk named '{disk.name}'", snapshot=snap.name)
         if domain_disk.target in requested:
             raise InvalidArgumentError(f"disk '{disk.name}' specified twice")
         location = disk.snapshot

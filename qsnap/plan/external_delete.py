@@ -83,7 +83,8 @@ def _state_images(snap: SnapshotDef) -> dict[str, str]:
     if snap.domain is None:
         raise NotSupportedError(
             f"snapshot '{snap.name}' records no domain definition, so qsnap cannot tell which "
-            "images hold it; --metadata removes only its metadata")
+            "images hold it; a metadata-only delete removes only its metadata",
+            snapshot=snap.name)
     sources = disk_sources(snap)
     result = {}
     for disk in snap.disks:
@@ -91,7 +92,8 @@ def _state_images(snap: SnapshotDef) -> dict[str, str]:
             continue
         if disk.name not in sources:
             raise OperationInvalidError(f"snapshot '{snap.name}' has disk '{disk.name}', which "
-                                        "its domain definition does not describe")
+                                        "its domain definition does not describe",
+                                        snapshot=snap.name)
         result[disk.name] = sources[disk.name]
     return result
 
@@ -148,7 +150,8 @@ def plan_external_delete(snapshots: dict[str, SnapshotDef], remove: list[str],
             if image not in graph:
                 raise OperationInvalidError(
                     f"image '{image}' of snapshot '{name}' (disk '{target}') does not exist, so "
-                    "its data cannot be merged; --metadata removes only the metadata")
+                    "its data cannot be merged; a metadata-only delete removes only the "
+                    "metadata", snapshot=name, path=image)
             if image not in frozen:
                 candidates.setdefault(image, (name, target))
             overlay = next((d.source.path for d in snap.disks
@@ -214,7 +217,7 @@ def _merge(target: str, run: list[str], top: str, graph: ImageGraph, required: s
             raise OperationInvalidError(
                 f"image '{path}' holds internal snapshot {names}, which merging it into "
                 f"'{base}' would destroy; delete {'it' if len(doomed) == 1 else 'them'} first, "
-                "or use --metadata")
+                "or delete only the metadata", path=path)
     chain = (running or {}).get(target, [])
     live = top in chain
     return Merge(target=target, top=top, base=base, base_format=graph[base].format,
@@ -236,8 +239,8 @@ def _refuse_moved_overlay(name: str, target: str, image: str, overlay: str,
         f"image '{overlay}' (the overlay of snapshot '{name}', disk '{target}') no longer "
         f"stands on '{image}', the image the snapshot froze, but on '{backing}' (rebased by "
         f"hand?); qsnap cannot tell what still needs '{image}', so it removes or merges "
-        f"nothing. Rebase it back ('qemu-img rebase -u -b {image} {overlay}'), or use "
-        "--metadata to remove only the metadata")
+        f"nothing. Rebase it back ('qemu-img rebase -u -b {image} {overlay}'), or delete "
+        "only the metadata", snapshot=name, path=overlay)
 
 
 def _unknown_chain_refusal(missing: str, graph: ImageGraph, definition: DomainDef,
@@ -254,7 +257,7 @@ def _unknown_chain_refusal(missing: str, graph: ImageGraph, definition: DomainDe
     return OperationInvalidError(
         f"image '{missing}' does not exist, but {', '.join(users) or 'a snapshot'} still needs "
         "it; qsnap cannot tell which images it was built on, so it removes or merges none. "
-        "Put the file back, or use --metadata to remove only the metadata")
+        "Put the file back, or delete only the metadata", path=missing)
 
 
 def _branches_refusal(owner: str, image: str, target: str,
@@ -264,7 +267,7 @@ def _branches_refusal(owner: str, image: str, target: str,
         f"deletion of external disk snapshot with multiple children snapshots not supported: "
         f"image '{image}' of snapshot '{owner}' (disk '{target}') is the base of {len(above)} "
         f"images still in use ({users}); merging it into one would change what the others "
-        "read")
+        "read", snapshot=owner, path=image)
 
 
 

@@ -27,6 +27,9 @@ class CreateFlags:
     atomic: bool = False
     live: bool = False
     validate: bool = False
+    #: qsnap's own: a snapshot of the disks of a guest whose QEMU crashed is wanted anyway
+    #: (``--crash-consistent``); see :func:`qsnap.plan.disk_snapshot.check_not_crashed`.
+    crash_consistent: bool = False
 
     def check(self) -> CreateFlags:
         """Refuse combinations libvirt refuses, before anything is read or changed."""

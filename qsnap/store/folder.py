@@ -239,8 +239,9 @@ class DomainFolder:
                 from None
         from qsnap.model.snapshot import parse_snapshot
 
-        way_out = (f"; fix the file, or remove just this metadata with 'snapshot-delete "
-                   f"{self.name} {name} --metadata' (no image is touched)")
+        way_out = (f"; fix the file, or delete just this snapshot's metadata (a "
+                   f"metadata-only delete: 'snapshot-delete {self.name} {name} --metadata'; no "
+                   "image is touched)")
         try:
             snap = parse_snapshot(data, redefine=True, internal=True,
                                   what=f"snapshot metadata file '{path}'")
