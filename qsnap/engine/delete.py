@@ -45,7 +45,12 @@ from qsnap.model.domain import DomainDef, parse_domain
 from qsnap.model.image_graph import ImageGraph
 from qsnap.model.snapshot import SnapshotDef, format_snapshot, parse_snapshot
 from qsnap.monitor import Monitor
-from qsnap.plan.delete import InternalRemoval, MetadataDeletePlan, plan_delete_data
+from qsnap.plan.delete import (
+    InternalRemoval,
+    MetadataDeletePlan,
+    needs_open_images,
+    plan_delete_data,
+)
 from qsnap.plan.external_delete import (
     ExternalDeletePlan,
     Merge,
@@ -98,12 +103,14 @@ async def running_chains(running: RuntimeInfo | None) -> Chains | None:
 
 async def check_internal(removals: list[InternalRemoval], running: RuntimeInfo | None) -> None:
     """Every tag to delete is present: a deletion does not stop half-way over a missing one."""
-    if running is None:
-        for removal in removals:
-            for _, image in removal.disks:
-                if removal.name not in (await images.facts(image)).tags:
-                    raise OperationInvalidError(f"image '{image}' holds no internal snapshot "
-                                                f"'{removal.name}'")
+    for removal in removals:
+        for _, image in (removal.offline if running is not None else
+                         removal.disks + removal.offline):
+            if removal.name not in (await images.facts(image)).tags:
+                raise OperationInvalidError(f"image '{image}' holds no internal snapshot "
+                                            f"'{removal.name}'", snapshot=removal.name,
+                                            path=image)
+    if running is None or not any(r.disks for r in removals):
         return
     async with await Monitor.connect(running.qmp) as monitor:
         tops = await monitor.block_tops(nvram=True)
@@ -177,7 +184,8 @@ class DeleteWork(IntentRecord):
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> DeleteWork:
         data = {k: v for k, v in record.items() if k != "kind"}
-        data["internal"] = [InternalRemoval(r["name"], [tuple(d) for d in r["disks"]])
+        data["internal"] = [InternalRemoval(r["name"], [tuple(d) for d in r["disks"]],
+                                            [tuple(d) for d in r.get("offline", [])])
                             for r in data["internal"]]
         data["merges"] = [Merge(**{**m, "between": tuple(m["between"]),
                                    "rebase": tuple(m["rebase"])}) for m in data["merges"]]
@@ -254,12 +262,13 @@ class DeleteRun:
         removals = self.work.internal
         if not removals:
             return
-        if self.running is None:
-            for removal in removals:
-                for _, image in removal.disks:
-                    if removal.name in (await images.facts(image)).tags:
-                        self.changed = True
-                        await images.snapshot_delete(image, removal.name)
+        for removal in removals:  # with qemu-img: images QEMU does not have open
+            for _, image in (removal.offline if self.running is not None else
+                             removal.disks + removal.offline):
+                if removal.name in (await images.facts(image)).tags:
+                    self.changed = True
+                    await images.snapshot_delete(image, removal.name)
+        if self.running is None or not any(r.disks for r in removals):
             return
         async with await Monitor.connect(self.running.qmp) as monitor:
             tops = await monitor.block_tops(nvram=True)
@@ -426,13 +435,17 @@ async def run(ctx: Context, name: str, plan: MetadataDeletePlan,
     external = any(folder.read_snapshot(n).is_external for n in plan.remove)
     names = folder.snapshot_names() if external else plan.remove
     snapshots = await asyncio.to_thread(lambda: {n: folder.read_snapshot(n) for n in names})
-    removals = plan_delete_data(snapshots, plan, definition, active=info is not None)
+    chains: Chains | None = None
+    if info is not None and (external or needs_open_images(snapshots, plan.remove,
+                                                           definition)):
+        chains = await running_chains(info)
+    removals = plan_delete_data(
+        snapshots, plan, definition, active=info is not None,
+        open_images=None if chains is None else {f for c in chains.values() for _, f in c})
     await check_internal(removals, info)
     images_plan = ExternalDeletePlan()
-    chains: Chains | None = None
     if external:
         graph = await image_graph(snapshots, definition)
-        chains = await running_chains(info)
         images_plan = plan_external_delete(
             snapshots, plan.remove, definition, graph,
             None if chains is None else {t: [f for _, f in c] for t, c in chains.items()})

@@ -60,19 +60,28 @@ def plan_drop_unreadable(name: str, parents: dict[str, str | None],
 
 @dataclass(frozen=True)
 class InternalRemoval:
-    """One internal snapshot's data: the tag to delete from each (target, image)."""
+    """One internal snapshot's data: the tag to delete from each (target, image) of *disks*
+    (through QEMU, where the guest runs on them), and from each of *offline*: images the
+    running guest does not have open at all (a branch a revert left), which ``qemu-img``
+    changes beside it."""
 
     name: str
     disks: list[tuple[str, str]]
+    offline: list[tuple[str, str]] = field(default_factory=list)
 
 
 def plan_delete_data(snapshots: dict[str, SnapshotDef], plan: MetadataDeletePlan,
-                     domain_now: DomainDef, *, active: bool) -> list[InternalRemoval]:
+                     domain_now: DomainDef, *, active: bool,
+                     open_images: set[str] | None = None) -> list[InternalRemoval]:
     """The internal snapshots among ``plan.remove`` and the images that hold them.
 
-    Internal snapshots are removed from every image holding them, as libvirt does; a running
-    guest must be using exactly those images. External snapshots are planned by
-    :mod:`qsnap.plan.external_delete`.
+    Internal snapshots are removed from every image holding them, as libvirt does. On a
+    running guest an image it writes to loses the tag through QEMU; one it does not have
+    open at all (*open_images*: every image of its disks' chains; a branch a revert left
+    behind) through ``qemu-img``. libvirt refuses both; refusing the second left guests
+    reverted around internal and external snapshots with none that could be deleted
+    (issue 28). An image the guest reads as a backing file (open read-only) is refused.
+    External snapshots are planned by :mod:`qsnap.plan.external_delete`.
     """
     removals = []
     for name in plan.remove:
@@ -88,16 +97,37 @@ def plan_delete_data(snapshots: dict[str, SnapshotDef], plan: MetadataDeletePlan
         recorded = {d.target: d.source for d in recorded_domain.disks}
         now = {d.target: d.source for d in domain_now.disks}
         disks = []
+        offline = []
         for disk in snap.disks:
             if disk.snapshot != "internal":
                 continue
             image = recorded.get(disk.name) or ""
-            if active and now.get(disk.name) != image:
+            if not active or now.get(disk.name) == image:
+                disks.append((disk.name, image))
+            elif open_images is not None and image not in open_images:
+                offline.append((disk.name, image))
+            else:
                 raise OperationInvalidError(
                     f"disk image '{image}' for internal snapshot '{name}' is not the same as "
-                    "disk image currently used by VM")
-            disks.append((disk.name, image))
-        if disks and recorded_domain.nvram_takes_tags:
+                    "disk image currently used by VM (the running guest reads it as a "
+                    "backing image)", snapshot=name, path=image)
+        if (disks or offline) and recorded_domain.nvram_takes_tags:
             disks.append((NVRAM_TARGET, recorded_domain.nvram or ""))  # it took the tag too
-        removals.append(InternalRemoval(name, disks))
+        removals.append(InternalRemoval(name, disks, offline))
     return removals
+
+
+def needs_open_images(snapshots: dict[str, SnapshotDef], remove: list[str],
+                      domain_now: DomainDef) -> bool:
+    """Whether an internal snapshot among *remove* is on an image the running guest's disks
+    do not write to (so :func:`plan_delete_data` must know which images it has open)."""
+    now = {d.target: d.source for d in domain_now.disks}
+    for name in remove:
+        snap = snapshots[name]
+        if snap.is_external or snap.domain is None:
+            continue
+        recorded = {d.target: d.source for d in parse_domain_element(snap.domain).disks}
+        if any(d.snapshot == "internal" and now.get(d.name) != recorded.get(d.name)
+               for d in snap.disks):
+            return True
+    return False
