@@ -66,6 +66,8 @@ class Launcher:
                 "-serial", "chardev:log",
                 "-qmp", f"unix:{self.socket},server=on,wait=off",
                 "-daemonize", "-pidfile", str(pidfile)]
+        if os.environ.get("QSNAP_QEMU_COMPAT"):  # the test suite's policy for every QEMU
+            argv += ["-compat", os.environ["QSNAP_QEMU_COMPAT"]]
         if paused or incoming:
             argv.append("-S")
         if incoming:

@@ -106,6 +106,56 @@ WRAPPER
     mv "$second_qemu_root.new" "$second_qemu_root"
 }
 
+third_qemu_root=${QSNAP_QEMU11_DIR:-/var/cache/qsnap/qemu-11}
+export QSNAP_QEMU11_DIR=$third_qemu_root
+
+install_third_qemu() {
+    # The newest QEMU there is (Debian unstable's; 11.1.3 on 2026-12-07), for the third suite:
+    # its glibc is newer than Debian 12's, so it runs in a debootstrap tree of its own, through
+    # chroot wrappers in $third_qemu_root/bin with /tmp, /root, /run, /proc, /sys and /dev
+    # bound in (every path the tests hand QEMU lies under /tmp or /root). Needs root (chroot,
+    # mount); elsewhere the third suite is not run, and scripts/test says so.
+    [ "$(id -u)" -eq 0 ] || { echo "setup: not root: no QEMU 11 tree (chroot needs root)" >&2; return 0; }
+    local tree="$third_qemu_root/root" tool mount
+    if [ ! -x "$tree/usr/bin/qemu-system-x86_64" ]; then
+        install_debian_packages debootstrap debootstrap
+        command -v debootstrap >/dev/null 2>&1 || { echo "setup: no debootstrap: no QEMU 11" >&2; return 0; }
+        echo "setup: debootstrap of Debian unstable with QEMU into $tree (about a minute)" >&2
+        rm -rf "$third_qemu_root.new"
+        mkdir -p "$third_qemu_root.new"
+        if ! debootstrap --variant=minbase --include=qemu-system-x86,qemu-utils,ovmf sid \
+                "$third_qemu_root.new/root" http://deb.debian.org/debian >"$third_qemu_root.log" 2>&1; then
+            echo "setup: debootstrap failed (see $third_qemu_root.log): no QEMU 11" >&2
+            rm -rf "$third_qemu_root.new"
+            return 0
+        fi
+        rm -rf "$third_qemu_root"
+        mv "$third_qemu_root.new" "$third_qemu_root"
+    fi
+    # /tmp is shared with the tree, not only bound into it: a file system a test mounts under
+    # /tmp later (a small tmpfs to fill up) must be what the chrooted QEMU sees there too.
+    mountpoint -q /tmp || mount --bind /tmp /tmp
+    mount --make-shared /tmp
+    if mountpoint -q "$tree/tmp" && [ "$(findmnt -no PROPAGATION "$tree/tmp")" != shared ]; then
+        umount -l "$tree/tmp"
+    fi
+    for mount in tmp root run proc sys dev; do
+        mountpoint -q "$tree/$mount" && continue
+        mkdir -p "$tree/$mount"
+        case $mount in sys|dev) mount --rbind "/$mount" "$tree/$mount" ;;
+                       *) mount --bind "/$mount" "$tree/$mount" ;; esac
+    done
+    mkdir -p "$third_qemu_root/bin"
+    for tool in qemu-system-x86_64 qemu-img qemu-io qemu-nbd; do
+        # The caller's working folder goes along (attached QEMUs start in theirs).
+        cat > "$third_qemu_root/bin/$tool" <<WRAPPER
+#!/bin/sh
+exec /usr/sbin/chroot $tree /bin/sh -c 'cd "\$1" 2>/dev/null || cd /; shift; exec /usr/bin/$tool "\$@"' $tool "\$PWD" "\$@"
+WRAPPER
+        chmod +x "$third_qemu_root/bin/$tool"
+    done
+}
+
 install_second_libvirt() {
     # Where the system's libvirt is older than 11.2 (Debian 12 has 9.0), unpack libvirt 11.3
     # from bookworm-backports into $second_libvirt_root: the reference for the save-image

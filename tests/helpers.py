@@ -71,10 +71,11 @@ def tree_picture(root: Path) -> dict[str, tuple[int, bytes]]:
 
 def crash_step_wanted(k: int) -> bool:
     """Whether a kill-at-every-step walk kills at step boundary *k*. scripts/test runs the
-    suite on two QEMUs side by side and gives each half of the boundaries of every walk
-    (QSNAP_CRASH_STEPS=1/2 and 2/2: the odd and the even ones), so that together they kill
-    at all of them within CI's time; unset, a walk kills at every boundary. The walk still
-    runs the operation through to its end either way."""
+    suite on two or three QEMUs side by side and gives each a share of the boundaries of
+    every walk (QSNAP_CRASH_STEPS=1/3, 2/3 and 3/3: every third one, from the first, second
+    and third), so that together they kill at all of them within CI's time; unset, a walk
+    kills at every boundary. The walk still runs the operation through to its end either
+    way."""
     share = os.environ.get("QSNAP_CRASH_STEPS")
     if not share:
         return True

@@ -66,7 +66,8 @@ def _raw_data_disk_args(domain: DomainDef) -> list[str]:
 
 def foreign_argv(form: str, folder: Path, domain: DomainDef) -> list[str]:
     machine = "q35" if form == "json-q35" else "pc"
-    argv = ["qemu-system-x86_64", "-machine", f"{machine},accel=tcg", "-m", "128",
+    argv = ["qemu-system-x86_64", "-compat", os.environ["QSNAP_QEMU_COMPAT"],
+            "-machine", f"{machine},accel=tcg", "-m", "128",
             "-nodefaults", "-display", "none", "-kernel", domain.kernel or "",
             "-initrd", domain.initrd or "", "-append", "console=ttyS0 quiet panic=-1",
             *(_raw_data_disk_args(domain) if form == "raw-data" else _disk_args(form, domain)),

@@ -77,7 +77,8 @@ def foreign_qemu(tmp_path: Path) -> object:
     domain = qsnap.model.domain.parse_domain(xml.read_text())
     sock, pidfile = tmp_path / "ext" / "mon.sock", tmp_path / "ext" / "qemu.pid"
     subprocess.run(
-        ["qemu-system-x86_64", "-machine", "pc,accel=tcg", "-m", "128", "-nodefaults",
+        ["qemu-system-x86_64", "-compat", os.environ["QSNAP_QEMU_COMPAT"],
+         "-machine", "pc,accel=tcg", "-m", "128", "-nodefaults",
          "-display", "none", "-kernel", domain.kernel, "-initrd", domain.initrd,
          "-append", "console=ttyS0 quiet panic=-1",
          "-drive", f"file={domain.disks[0].source},format=qcow2,if=none,id=disk0",

@@ -198,13 +198,16 @@ def _firmware_args(root: etree._Element) -> tuple[list[str], list[str]]:
 
 def qemu_command(domain: DomainDef, runtime: RuntimePaths, accel: str,
                  emulator: str = "qemu-system-x86_64", incoming: bool = False,
-                 paused: bool = False) -> list[str]:
+                 paused: bool = False, compat: str | None = None) -> list[str]:
     """argv that starts *domain* daemonized, with its QMP socket in *runtime*; with *incoming*,
     paused and waiting for a saved state (``-incoming defer``).
 
     The machine is the one libvirt builds for the same XML (:mod:`qsnap.plan.machine` and
     :mod:`qsnap.launcher.devices`): the same devices at the same addresses, with ACPI only
     when asked for, which is what lets memory images move between qsnap and libvirt.
+    *compat* is QEMU's ``-compat`` policy (``$QSNAP_QEMU_COMPAT``: the test suites run every
+    QEMU with ``deprecated-input=reject,deprecated-output=hide``, so that a deprecated command
+    or field qsnap still used would fail them).
     """
     root = complete_machine(domain.element)
     refuse_unknown(root)
@@ -226,6 +229,8 @@ def qemu_command(domain: DomainDef, runtime: RuntimePaths, accel: str,
         argv += ["-S", "-incoming", "defer"]
     elif paused:
         argv += ["-S"]
+    if compat:
+        argv += ["-compat", compat]
     if domain.uuid:
         argv += ["-uuid", domain.uuid]
     genid = root.findtext("genid")

@@ -79,7 +79,7 @@ async def start_qemu(domain: DomainDef, paths: RuntimePaths, accel: str, *,
     emulator = domain.element.findtext("devices/emulator") or "qemu-system-x86_64"
     # The command line first: a definition it refuses leaves no NVRAM or runtime folder behind.
     argv = qemu_command(domain, paths, accel, emulator=emulator.strip(), incoming=incoming,
-                        paused=paused)
+                        paused=paused, compat=os.environ.get("QSNAP_QEMU_COMPAT"))
     await _prepare(paths)
     await create_nvram(domain)
     pid = await _run_daemonizing(argv, None, domain.name, paths)
@@ -220,35 +220,30 @@ class ForeignLauncher:
             qmp = os.path.abspath(await asyncio.shield(task))
         except asyncio.CancelledError:
             with contextlib.suppress(BaseException):
-                orphan = await RelaunchedQemu.behind(os.path.abspath(await task))
-                if orphan is not None:
-                    await kill_qemu(orphan)
+                orphan = os.path.abspath(await task)
+                pid = await _serving_pid(orphan, domain)
+                if pid is not None:
+                    await kill_qemu(RuntimeInfo(pid, orphan, self.command.accel))
             raise
         except Exception as exc:
             raise LaunchError(f"the relaunch hook of domain '{domain}' failed: "
                               f"{type(exc).__name__}: {exc}", domain=domain) from exc
-        info = await RelaunchedQemu.behind(qmp, domain)
-        if info is None:
+        pid = await _serving_pid(qmp, domain)
+        if pid is None:
             raise LaunchError(f"the relaunch hook's QMP socket {qmp} has no process "
                               "behind it that qsnap can see", domain=domain, path=qmp)
-        return RuntimeInfo(pid=info.pid, qmp=qmp, accel=self.command.accel, owner="attached")
+        return RuntimeInfo(pid=pid, qmp=qmp, accel=self.command.accel, owner="attached")
 
 
-class RelaunchedQemu:
-    """The QEMU serving a QMP socket a hook returned."""
-
-    @staticmethod
-    async def behind(qmp: str, domain: str | None = None) -> RuntimeInfo | None:
-        """Its pid (as a runtime record), None when the socket has no visible peer; an
-        error naming the socket when nothing answers there at all."""
-        try:
-            async with await Monitor.connect(qmp, timeout=10) as monitor:
-                peer = monitor.peer_pid()
-        except (QsnapError, OSError) as exc:
-            raise LaunchError(f"the relaunch hook returned QMP socket {qmp}, but no QEMU "
-                              f"answers there: {exc}", domain=domain, path=qmp) from exc
-        return None if peer is None else RuntimeInfo(pid=peer, qmp=qmp, accel="tcg",
-                                                     owner="attached")
+async def _serving_pid(qmp: str, domain: str) -> int | None:
+    """The pid of the QEMU serving the QMP socket a hook returned; None when the socket has
+    no peer qsnap can see; an error naming the socket when nothing answers there."""
+    try:
+        async with await Monitor.connect(qmp, timeout=10) as monitor:
+            return monitor.peer_pid()
+    except (QsnapError, OSError) as exc:
+        raise LaunchError(f"the relaunch hook returned QMP socket {qmp}, but no QEMU "
+                          f"answers there: {exc}", domain=domain, path=qmp) from exc
 
 
 def _named_files(*names: str) -> set[str]:

@@ -42,9 +42,12 @@ log = logger("qsnap.monitor")
 
 DEFAULT_TIMEOUT = 30.0
 
-#: Migration states in which QEMU is still reading or writing the stream.
+#: Migration states in which QEMU is still reading or writing the stream, or still holds it:
+#: QEMU 10.2 added ``postcopy-device``, and 11.0 ``failing`` (an error happened, its
+#: clean-up is under way; ``failed`` follows), in which QEMU still has the image open.
 _MIGRATION_UNDER_WAY = frozenset({"setup", "active", "pre-switchover", "device", "cancelling",
-                                  "wait-unplug", "postcopy-active"})
+                                  "wait-unplug", "postcopy-active", "postcopy-device",
+                                  "failing"})
 
 #: Block drivers that are not an image format: protocol nodes and the filters jobs insert.
 _NOT_FORMAT_DRIVERS = frozenset({"file", "host_device", "host_cdrom", "commit_top",
@@ -117,6 +120,16 @@ def _process_identity(pid: int | None) -> tuple[int, str] | None:
     read."""
     started = None if pid is None else start_time(pid)
     return None if pid is None or started is None else (pid, started)
+
+
+def _enum_names(entry: dict[str, Any]) -> set[str]:
+    """The names of an enum in ``query-qmp-schema``: its ``members`` (QEMU 6.2+); its
+    ``values``, deprecated since then (and hidden under ``-compat deprecated-output=hide``),
+    where a QEMU has only those."""
+    members = entry.get("members")
+    if isinstance(members, list):
+        return {str(m.get("name")) for m in members if isinstance(m, dict)}
+    return {str(v) for v in entry.get("values", [])}
 
 
 def _peer_pid(sock: socket.socket) -> int:
@@ -651,8 +664,20 @@ class Monitor:
             uuid=None if uuid == "00000000-0000-0000-0000-000000000000" else uuid,
             memory=int((await self.execute("query-memory-size-summary"))["base-memory"]),
             vcpus=len(await self.execute("query-cpus-fast")),
-            kvm=bool((await self.execute("query-kvm"))["enabled"]),
+            kvm=await self._kvm_enabled(),
             disks=await self.disks())
+
+    async def _kvm_enabled(self) -> bool:
+        """Whether this QEMU runs its guest under KVM: ``query-accelerators`` where offered
+        (``query-kvm`` is deprecated since QEMU 11.0 and refused under
+        ``-compat deprecated-input=reject``), else ``query-kvm``."""
+        try:
+            answer = await self.execute("query-accelerators")
+        except MonitorError as exc:
+            if exc.qmp_class != "CommandNotFound":
+                raise
+            return bool((await self.execute("query-kvm"))["enabled"])
+        return bool(answer.get("enabled") == "kvm")
 
     # -- disks and internal snapshots ---------------------------------------------------------
 
@@ -818,7 +843,7 @@ class Monitor:
         async def probe() -> bool:
             if (await self.stream_support()).mapped_ram:
                 return True
-            return any(e.get("meta-type") == "enum" and {"exec", "file"} <= set(e["values"])
+            return any(e.get("meta-type") == "enum" and {"exec", "file"} <= _enum_names(e)
                        for e in await self.execute("query-qmp-schema"))
         return await self._per_process(_FILE_URI, probe)
 
