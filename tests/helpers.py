@@ -72,12 +72,28 @@ def tree_picture(root: Path) -> dict[str, tuple[int, bytes]]:
 def crash_step_wanted(k: int) -> bool:
     """Whether a kill-at-every-step walk kills at step boundary *k*. scripts/test runs the
     suite on two or three QEMUs side by side and gives each a share of the boundaries of
-    every walk (QSNAP_CRASH_STEPS=1/3, 2/3 and 3/3: every third one, from the first, second
-    and third), so that together they kill at all of them within CI's time; unset, a walk
-    kills at every boundary. The walk still runs the operation through to its end either
-    way."""
+    every walk, so that together they kill at all of them within CI's time:
+    QSNAP_CRASH_STEPS=R/N kills where k % N == R % N, and R may list several residues
+    (``3,4/4``: the third and fourth of every four). Unset, a walk kills at every boundary.
+    The walk still runs the operation through to its end either way."""
     share = os.environ.get("QSNAP_CRASH_STEPS")
     if not share:
         return True
-    part, parts = (int(n) for n in share.split("/"))
-    return k % parts == part % parts
+    parts, total = share.split("/")
+    return k % int(total) in {int(p) % int(total) for p in parts.split(",")}
+
+
+def crash_share() -> float:
+    """The fraction of a walk's step boundaries this run kills at (1.0: all of them)."""
+    share = os.environ.get("QSNAP_CRASH_STEPS")
+    if not share:
+        return 1.0
+    parts, total = share.split("/")
+    return len(parts.split(",")) / int(total)
+
+
+def walks_every_step() -> bool:
+    """Whether this run's walks kill at every step boundary (no QSNAP_CRASH_STEPS share):
+    only then must one walk show each of its outcomes (rolled forward and back, ...); a
+    share may miss the few boundaries of one, which another suite's share then has."""
+    return not os.environ.get("QSNAP_CRASH_STEPS")

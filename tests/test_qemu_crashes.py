@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from helpers import crash_step_wanted
+from helpers import crash_step_wanted, walks_every_step
 from qemu_guest import (
     WRITE_ROUND,
     assert_one_moment,
@@ -210,7 +210,8 @@ async def test_kill_at_every_step_of_a_create(lab: CrashLab, case: str) -> None:
         raise AssertionError("the create never got through")
     print(f"create {case}: {k - 1} step boundaries killed, {dict(lab.outcomes)}")
     assert k > 5, "suspiciously few step boundaries"
-    assert lab.outcomes["rolled forward"] and lab.outcomes["rolled back"], lab.outcomes
+    if walks_every_step():
+        assert lab.outcomes["rolled forward"] and lab.outcomes["rolled back"], lab.outcomes
     if (with_memory or internal) and forward:
         # A full-system snapshot that recovery stored reverts to its moment: within the
         # counters printed around the create, and (external) one moment with its disks.
@@ -303,9 +304,10 @@ async def test_kill_at_every_step_of_save_and_restore(lab: CrashLab, tmp_path: P
         raise AssertionError("the restore never got through")
     print(f"save: {k - 1}, restore: {j - 1} step boundaries killed, "
           f"{dict(lab.outcomes)}")
-    assert lab.outcomes["save finished"] and lab.outcomes["save undone"], lab.outcomes
-    assert lab.outcomes["restore finished"] and lab.outcomes["restore undone"], \
-        lab.outcomes
+    if walks_every_step():
+        assert lab.outcomes["save finished"] and lab.outcomes["save undone"], lab.outcomes
+        assert lab.outcomes["restore finished"] and lab.outcomes["restore undone"], \
+            lab.outcomes
     await lab.finish()
 
 

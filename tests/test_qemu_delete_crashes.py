@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import crash_step_wanted
+from helpers import crash_share, crash_step_wanted
 from qemu_guest import (
     WRITE_ROUND,
     check_snapshot_data,
@@ -194,7 +194,8 @@ async def test_kill_at_every_step_of_an_external_delete(tmp_path: Path, scenario
             raise AssertionError("the delete never got through")
         print(f"{scenario}: {k - 1} step boundaries killed, {outcomes}")
         assert k > 10, "suspiciously few step boundaries"
-        assert outcomes["finished by recover"] > 5, outcomes
+        # Over 5 of every step boundary (or of this run's share of them) were finished.
+        assert outcomes["finished by recover"] > 10 * crash_share(), outcomes
         assert outcomes["boots retried"] <= 2, outcomes
         if await engine.domstate("g") == "running":
             await engine.destroy("g")  # so the images it wrote to are checked too
