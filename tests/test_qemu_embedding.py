@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import os
 import re
@@ -18,7 +17,13 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from qemu_guest import first_counter_after, guest_module, require_qemu, wait_for_counter
+from qemu_guest import (
+    first_counter_after,
+    guest_module,
+    require_qemu,
+    resumed_counter,
+    wait_for_counter,
+)
 
 import qsnap
 from qsnap import CreateFlags, DeleteFlags, Engine, RevertFlags, snapshot_xml_from_args
@@ -116,20 +121,6 @@ def counters(serial: Path, since: int = 0) -> list[int]:
     return [int(c) for c in re.findall(rb"qsnap-counter (\d+)\s", serial.read_bytes()[since:])]
 
 
-async def resumed_from(serial: Path, mark: int) -> int:
-    """The counter a reverted or restored guest went on from (the first that does not
-    continue the count the log had at byte *mark*)."""
-    last = [int(c) for c in re.findall(rb"qsnap-counter (\d+)\s",
-                                         serial.read_bytes()[:mark])][-1:]
-    for _ in range(300):
-        values = last + counters(serial, mark)
-        jumps = [b for a, b in itertools.pairwise(values) if b != a + 1]
-        if jumps:
-            return jumps[0]
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"the counter never jumped back after {last}")
-
-
 async def taken(serial: Path, snapshot: Awaitable[object]) -> tuple[int, int]:
     """Take a snapshot; return the guest's counters in the log just before, and a moment
     after (the log lags the guest's own count when TCG guests load the CPUs: a counter
@@ -169,7 +160,7 @@ async def test_an_attached_qemu_is_started_again_as_its_embedder_started_it(
         # Revert to the memory snapshot: a new QEMU, from the embedder's command line.
         mark = serial.stat().st_size
         await engine.revert("emb", "s1")
-        resumed = await resumed_from(serial, mark)
+        resumed = await resumed_counter(serial, mark)
         assert before <= resumed <= after + 1, (before, resumed, after)
         relaunched = (await engine.guest("emb").info()).pid
         assert relaunched != info.pid
@@ -186,7 +177,7 @@ async def test_an_attached_qemu_is_started_again_as_its_embedder_started_it(
         await wait_for_counter(serial, after + 10)
         mark = serial.stat().st_size
         await engine.revert("emb", "i1")
-        assert before <= await resumed_from(serial, mark) <= after + 1
+        assert before <= await resumed_counter(serial, mark) <= after + 1
 
         # Save, then restore: a new QEMU waiting for the state.
         saved = tmp_path / "emb.save"
@@ -248,7 +239,7 @@ async def test_a_relaunch_hook_starts_the_guest_its_own_way(tmp_path: Path) -> N
         await wait_for_counter(serial, after + 10)
         mark = serial.stat().st_size
         await engine.revert("emb", "s1")
-        assert before <= await resumed_from(serial, mark) <= after + 1
+        assert before <= await resumed_counter(serial, mark) <= after + 1
         (request,) = requests
         assert request.incoming and request.domain == "emb"
         assert set(request.disks) == {"system", "data"}
@@ -295,7 +286,7 @@ async def test_qsnap_works_through_the_embedders_own_connection(tmp_path: Path) 
         await wait_for_counter(serial, after + 10)
         mark = serial.stat().st_size
         await engine.revert("emb", "i1", timeout=30)
-        assert before <= await resumed_from(serial, mark) <= after + 1
+        assert before <= await resumed_counter(serial, mark) <= after + 1
         assert len(clients) == 2 and clients[1].runstate == Runstate.RUNNING
         assert (await clients[1].execute("query-status"))["status"] == "running"
         await engine.delete("emb", "d1", DeleteFlags(children=True), timeout=30)
@@ -372,7 +363,7 @@ async def test_a_raw_disk_of_two_nodes_goes_on_as_a_qcow2_overlay_after_a_revert
         await wait_for_counter(serial, counters(serial)[-1] + 10)
         mark = serial.stat().st_size
         await engine.revert("emb", "s1")
-        resumed = await resumed_from(serial, mark)
+        resumed = await resumed_counter(serial, mark)
         await wait_for_counter(serial, resumed + 3 * 5 + 5)  # the guest wrote vdb again
         data = {d.target: d for d in await engine.disks("emb")}["data"]
         assert data.source is not None and data.driver_type == "qcow2"
