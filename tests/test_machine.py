@@ -247,16 +247,20 @@ def _with(device: str) -> str:
 
 
 @pytest.mark.parametrize(("xml", "message"), [
-    (_with("<sound model='ich9'/>"), r"<devices><sound>: this device class"),
+    (_with("<sound model='pcspk'/>"), r"<sound model='pcspk'>: not supported"),
     (_with("<interface type='network'><source network='default'/><model type='virtio'/>"
            "</interface>"), r"<interface type='network'> #2: libvirt virtual networks"),
     (_with("<interface type='user'/>"), r"model 'rtl8139' is a conventional PCI device"),
     (VIRT_INSTALL.replace("<vcpu>2</vcpu>", "<vcpu>2</vcpu><iothreads>1</iothreads>"),
      r"<iothreads>: not supported"),
-    (VIRT_INSTALL.replace("<apic/>", "<apic/><hyperv/>"), r"<features><hyperv>"),
+    (VIRT_INSTALL.replace("<apic/>", "<apic/><hyperv><evmcs state='on'/><tlbflush "
+                              "state='on'><direct state='on'/></tlbflush></hyperv>"),
+         r"<hyperv><tlbflush>"),
+        (VIRT_INSTALL.replace("<apic/>", "<apic/><pvspinlock/>"), r"<features><pvspinlock>"),
     (VIRT_INSTALL.replace("<cpu mode='custom'><model>qemu64</model></cpu>",
                           "<cpu mode='host-model'/>"), r"host-model'> under TCG"),
-    (_with("<graphics type='spice'/>"), r"<graphics type='spice'>: only VNC"),
+    (_with("<graphics type='spice' tlsPort='5901'/>"), r"<graphics type='spice' tlsPort=>"),
+        (_with("<graphics type='sdl'/>"), r"<graphics type='sdl'>: only VNC and SPICE"),
     (_with("<controller type='scsi' index='1' model='lsilogic'/>"),
      r"model 'lsilogic' is a conventional PCI device"),
     (VIRT_INSTALL.replace("bus='sata'", "bus='usb'"), r"bus 'usb' is not supported"),
@@ -283,12 +287,12 @@ async def test_a_refused_start_changes_nothing(tmp_path: Path) -> None:
         pytest.fail("QEMU's firmware descriptors are missing: scripts/test installs ovmf")
     engine = Engine(tmp_path / "state")
     xml = VIRT_INSTALL.replace("<os>", "<os firmware='efi'>").replace(
-        "</devices>", "<sound model='ich9'/></devices>")
+        "</devices>", "<sound model='pcspk'/></devices>")
     await engine.define(xml)
     nvram = parse_domain(await engine.domain_xml("vi")).nvram
     assert nvram is not None
     before = tree_picture(tmp_path / "state")
-    with pytest.raises(NotSupportedError, match=r"<devices><sound>: this device class"):
+    with pytest.raises(NotSupportedError, match=r"<sound model='pcspk'>: not supported"):
         await engine.start("vi")
     assert tree_picture(tmp_path / "state") == before
     assert not Path(nvram).exists()

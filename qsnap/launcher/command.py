@@ -15,18 +15,20 @@ import json
 from lxml import etree
 
 from qsnap.errors import NotSupportedError
+from qsnap.launcher.device_list import device_args
 from qsnap.launcher.devices import (
     DeviceArgs,
+    apply_boot_order,
     device_arg,
-    device_args,
     placement,
     refuse_unknown,
     refuse_unknown_parts,
 )
+from qsnap.launcher.platform import platform
 from qsnap.launcher.runtime import RuntimePaths
 from qsnap.model.domain import DomainDef, parse_disk
 from qsnap.model.options import escape_commas
-from qsnap.plan.machine import complete_machine, machine_type
+from qsnap.plan.machine import complete_machine, machine_family, machine_type
 
 
 def agent_socket(domain: DomainDef, runtime: RuntimePaths) -> str | None:
@@ -95,6 +97,14 @@ def _disk_args(node: etree._Element, out: DeviceArgs) -> None:
     else:
         raise NotSupportedError(f"{what}: bus '{bus}' is not supported by qsnap's launcher "
                                 "(use virtio, sata, scsi or ide)")
+    target_node = node.find("target")
+    if target_node is not None:
+        refuse_unknown_parts(target_node, f"{what} <target>", set(),
+                             {"dev", "bus", "rotation_rate"})
+        if target_node.get("rotation_rate") is not None:
+            if bus == "virtio":
+                raise NotSupportedError(f"{what}: rotation_rate needs bus ide, sata or scsi")
+            device["rotation_rate"] = int(target_node.get("rotation_rate", "0"))
     boot = node.find("boot")
     if boot is not None:
         device["bootindex"] = int(boot.get("order", "0"))
@@ -133,38 +143,30 @@ def _driver_options(driver: etree._Element | None, what: str) -> dict[str, objec
     return options
 
 
-def _cpu_args(root: etree._Element, vcpus: int, accel: str) -> list[str]:
+def _smp_args(root: etree._Element, vcpus: int) -> list[str]:
+    """``-smp``: ``<vcpu current=>`` starts fewer than the maximum, as libvirt does."""
+    vcpu = root.find("vcpu")
+    current = vcpus
+    if vcpu is not None and vcpu.get("current") is not None:
+        current = int(vcpu.get("current", "0"))
+        if not 1 <= current <= vcpus:
+            raise NotSupportedError(f"<vcpu current='{current}'> must be between 1 and {vcpus}")
+    head = f"{current},maxcpus={vcpus}" if current != vcpus else str(vcpus)
     cpu = root.find("cpu")
-    argv: list[str] = []
-    if cpu is not None:
-        mode = cpu.get("mode", "custom")
-        model = cpu.findtext("model")
-        if mode == "host-passthrough" or (mode == "host-model" and accel == "kvm"):
-            if accel != "kvm":
-                raise NotSupportedError(f"<cpu mode='{mode}'> needs KVM (this guest runs under "
-                                        f"{accel}); use <cpu mode='custom'><model>…</model>")
-            argv += ["-cpu", "host"]
-        elif mode == "host-model":
-            raise NotSupportedError("<cpu mode='host-model'> under TCG needs libvirt's CPU map "
-                                    "to name the host's model; use <cpu mode='custom'>"
-                                    "<model>…</model></cpu> or host-passthrough with KVM")
-        elif model:
-            if cpu.find("feature") is not None:
-                raise NotSupportedError("<cpu><feature> is not supported by qsnap's launcher")
-            argv += ["-cpu", model.strip()]
     topology = cpu.find("topology") if cpu is not None else None
     if topology is not None:
         sockets, cores, threads = (int(topology.get(k, "1")) for k in ("sockets", "cores",
                                                                         "threads"))
         dies = int(topology.get("dies", "1"))
+        if topology.get("clusters", "1") != "1":
+            raise NotSupportedError("<cpu><topology clusters=> other than 1 is not supported "
+                                    "by qsnap's launcher")
         if sockets * dies * cores * threads != vcpus:
             raise NotSupportedError(f"<cpu><topology> gives {sockets * dies * cores * threads} "
                                     f"vCPUs but <vcpu> is {vcpus}")
-        argv += ["-smp", f"{vcpus},sockets={sockets},dies={dies},cores={cores},"
-                         f"threads={threads}"]
-    else:
-        argv += ["-smp", f"{vcpus},sockets={vcpus},cores=1,threads=1"]
-    return argv
+        return ["-smp", f"{head},sockets={sockets},dies={dies},cores={cores},"
+                        f"threads={threads}"]
+    return ["-smp", f"{head},sockets={vcpus},cores=1,threads=1"]
 
 
 def _firmware_args(root: etree._Element) -> tuple[list[str], list[str]]:
@@ -198,7 +200,8 @@ def _firmware_args(root: etree._Element) -> tuple[list[str], list[str]]:
 
 def qemu_command(domain: DomainDef, runtime: RuntimePaths, accel: str,
                  emulator: str = "qemu-system-x86_64", incoming: bool = False,
-                 paused: bool = False, compat: str | None = None) -> list[str]:
+                 paused: bool = False, compat: str | None = None,
+                 now: float | None = None) -> list[str]:
     """argv that starts *domain* daemonized, with its QMP socket in *runtime*; with *incoming*,
     paused and waiting for a saved state (``-incoming defer``).
 
@@ -207,20 +210,21 @@ def qemu_command(domain: DomainDef, runtime: RuntimePaths, accel: str,
     when asked for, which is what lets memory images move between qsnap and libvirt.
     *compat* is QEMU's ``-compat`` policy (``$QSNAP_QEMU_COMPAT``: the test suites run every
     QEMU with ``deprecated-input=reject,deprecated-output=hide``, so that a deprecated command
-    or field qsnap still used would fail them).
+    or field qsnap still used would fail them). *now* is the moment a ``<clock
+    offset='variable'>`` counts from (the current time by default; tests fix it).
     """
     root = complete_machine(domain.element)
     refuse_unknown(root)
+    apply_boot_order(root)
     machine = machine_type(root)
     acpi = "on" if domain.acpi else "off"
     firmware, pflash = _firmware_args(root)
-    smm = root.find("features/smm")
-    machine_props = [machine, f"accel={accel}", f"acpi={acpi}", "usb=off", *pflash]
-    if smm is not None:
-        machine_props.append(f"smm={smm.get('state', 'on')}")
+    around = platform(root, machine_family(machine), accel, now)
+    machine_props = [machine, f"accel={accel}", f"acpi={acpi}", "usb=off", *pflash,
+                     *around.machine]
     argv = [emulator, "-name", f"guest={escape_commas(domain.name)},debug-threads=on",
-            "-machine", ",".join(machine_props), *firmware,
-            *_cpu_args(root, domain.vcpus, accel),
+            "-machine", ",".join(machine_props), *firmware, *around.args,
+            *_smp_args(root, domain.vcpus),
             "-m", f"{domain.memory_bytes // 1024}k", "-nodefaults", "-no-user-config",
             "-display", "none",
             "-qmp", f"unix:{escape_commas(str(runtime.qmp))},server=on,wait=off",

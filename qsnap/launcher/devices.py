@@ -18,24 +18,31 @@ from dataclasses import dataclass, field
 from lxml import etree
 
 from qsnap.errors import NotSupportedError
-from qsnap.model.domain import GUEST_AGENT_CHANNEL, PciAddress
+from qsnap.model.domain import GUEST_AGENT_CHANNEL, PciAddress, c_integer
 from qsnap.model.options import escape_commas
-from qsnap.plan.machine import machine_family, machine_type
+from qsnap.model.units import parse_scaled_integer
 
 # Everything a definition may say at the top level and still start; other elements are refused
 # (element kept in the definition, the start names it).
 _STARTABLE_TOP = {"name", "uuid", "genid", "title", "description", "metadata", "memory",
                   "currentMemory", "vcpu", "os", "features", "cpu", "clock", "on_poweroff",
                   "on_reboot", "on_crash", "pm", "devices", "resource", "seclabel"}
-_STARTABLE_FEATURES = {"acpi", "apic", "pae", "smm", "vmport", "vmcoreinfo"}
+_STARTABLE_OS = {"type", "kernel", "initrd", "cmdline", "loader", "nvram", "boot", "firmware"}
 _STARTABLE_DEVICES = {"emulator", "disk", "controller", "interface", "serial", "console",
-                      "channel", "input", "graphics", "video", "memballoon", "rng", "audio"}
+                      "channel", "input", "graphics", "video", "memballoon", "rng", "audio",
+                      "sound", "watchdog", "redirdev"}
 _VIDEO_DEVICES = {"cirrus": "cirrus-vga", "vga": "VGA", "virtio": "virtio-vga",
-                  "bochs": "bochs-display"}
+                  "bochs": "bochs-display", "qxl": "qxl-vga"}
 _NIC_DEVICES = {"virtio": "virtio-net-pci", "e1000e": "e1000e", "e1000": "e1000",
                 "rtl8139": "rtl8139"}
 _USB_CONTROLLERS = {"qemu-xhci": "qemu-xhci", "nec-xhci": "nec-usb-xhci",
-                    "piix3-uhci": "piix3-usb-uhci"}
+                    "piix3-uhci": "piix3-usb-uhci", "ich9-ehci1": "ich9-usb-ehci1",
+                    "piix4-uhci": "piix4-usb-uhci"}
+#: The UHCI companions of an ICH9 EHCI controller: no id of their own, they feed its bus.
+_USB2_COMPANIONS = ("ich9-uhci1", "ich9-uhci2", "ich9-uhci3")
+#: ``<driver>`` attributes of virtio devices, as QEMU's properties (guest-visible all).
+_VIRTIO_OPTIONS = {"iommu": "iommu_platform", "ats": "ats", "packed": "packed",
+                   "page_per_vq": "page-per-vq"}
 
 
 def _refuse(what: str, why: str) -> NotSupportedError:
@@ -45,22 +52,42 @@ def _refuse(what: str, why: str) -> NotSupportedError:
 
 def refuse_unknown(root: etree._Element) -> None:
     """Refuse, by element, what the launcher would otherwise leave out of the machine."""
+    if root.get("type", "qemu") not in ("qemu", "kvm"):
+        raise _refuse(f"<domain type='{root.get('type')}'>", "qsnap starts QEMU with TCG "
+                      "(type='qemu') or KVM (type='kvm')")
     for child in root:
         if not isinstance(child.tag, str):
             continue
         if child.tag not in _STARTABLE_TOP:
             raise _refuse(f"<{child.tag}>", "not supported by qsnap's launcher")
-    for feature in root.findall("features/*"):
-        if feature.tag not in _STARTABLE_FEATURES:
-            raise _refuse(f"<features><{feature.tag}>", "not supported by qsnap's launcher")
     for device in root.findall("devices/*"):
         if isinstance(device.tag, str) and device.tag not in _STARTABLE_DEVICES:
             raise _refuse(f"<devices><{device.tag}>", "this device class is not supported by "
                           "qsnap's launcher")
-    clock = root.find("clock")
-    if clock is not None and (clock.get("offset", "utc") not in ("utc", "localtime")
-                              or len(clock)):
-        raise _refuse("<clock>", "only offset='utc' or 'localtime' without timers is supported")
+    for child in root.findall("os/*"):
+        if child.tag not in _STARTABLE_OS:
+            raise _refuse(f"<os><{child.tag}>", "not supported by qsnap's launcher")
+
+
+def apply_boot_order(root: etree._Element) -> None:
+    """``<os><boot dev=...>`` as per-device boot indexes, as libvirt gives them
+    (qemuProcessPrepareDomainDiskBootorder): the first disk, CD-ROM, floppy and NIC get the
+    position of their kind in the boot list. *root* is a completed copy, changed in place."""
+    order = {boot.get("dev"): position
+             for position, boot in enumerate(root.findall("os/boot"), start=1)}
+    if not order:
+        return
+    kinds = {"disk": "hd", "lun": "hd", "cdrom": "cdrom", "floppy": "fd"}
+    taken: set[str] = set()
+    for disk in root.iterfind("devices/disk"):
+        kind = kinds.get(disk.get("device", "disk"), "")
+        if kind in order and kind not in taken:
+            taken.add(kind)
+            etree.SubElement(disk, "boot", order=str(order[kind]))
+    for nic in root.iterfind("devices/interface"):
+        if "network" in order:
+            etree.SubElement(nic, "boot", order=str(order["network"]))
+        break
 
 
 def refuse_unknown_parts(node: etree._Element, what: str, children: set[str],
@@ -75,6 +102,21 @@ def refuse_unknown_parts(node: etree._Element, what: str, children: set[str],
         if attribute not in attributes | {"type"}:
             raise _refuse(f"{what}: attribute {attribute}=", "not supported by qsnap's "
                           "launcher")
+
+
+def virtio_options(node: etree._Element) -> dict[str, object]:
+    """A virtio device's ``<driver iommu= ats= packed= page_per_vq=>`` as QEMU properties;
+    any other ``<driver>`` attribute is refused by name."""
+    driver = node.find("driver")
+    if driver is None:
+        return {}
+    options: dict[str, object] = {}
+    for key, value in driver.attrib.items():
+        name = str(key)
+        if name not in _VIRTIO_OPTIONS:
+            raise _refuse(f"<{node.tag}><driver {name}=>", "not supported by qsnap's launcher")
+        options[_VIRTIO_OPTIONS[name]] = value == "on"
+    return options
 
 
 def pci_bus_name(bus: int, family: str) -> str:
@@ -93,6 +135,8 @@ def placement(device: etree._Element, family: str) -> dict[str, object]:
                                  "addr": address.qemu_addr}
     if address.multifunction:
         placed["multifunction"] = True
+    elif device.find("address[@multifunction='off']") is not None:
+        placed["multifunction"] = False  # said in the XML, so said to QEMU
     return placed
 
 
@@ -109,9 +153,28 @@ class DeviceArgs:
     family: str
     domain_key: str = ""
     argv: list[str] = field(default_factory=list)
+    #: Chooses a free TCP port on a host address (SPICE's autoport); tests give a fixed one.
+    free_port: Callable[[str], int] = field(default=lambda host: 5900)
 
     def add(self, *args: str) -> None:
         self.argv.extend(args)
+
+
+def _root_bus_options(controller: etree._Element, out: DeviceArgs) -> None:
+    """The PCI root's ``<pcihole64>`` and ``<target hotplug=>`` (i440FX's ACPI hotplug of
+    the root bus), as libvirt turns them into globals of the host bridge."""
+    host = "q35-pcihost" if out.family == "q35" else "i440FX-pcihost"
+    refuse_unknown_parts(controller, f"<controller model='{controller.get('model')}'>",
+                         {"pcihole64", "target", "model", "address"}, {"index", "model"})
+    hole = controller.find("pcihole64")
+    if hole is not None:
+        size = parse_scaled_integer(hole.text, hole.get("unit"), "<pcihole64>", default=1024)
+        out.add("-global", f"{host}.pci-hole64-size={size // 1024}K")
+    target = controller.find("target")
+    if target is not None and target.get("hotplug") is not None:
+        if out.family == "q35":
+            raise _refuse("<controller model='pcie-root'><target hotplug=>", "not supported")
+        out.add("-global", f"PIIX4_PM.acpi-root-pci-hotplug={target.get('hotplug')}")
 
 
 def controller_args(controller: etree._Element, out: DeviceArgs) -> None:
@@ -119,13 +182,22 @@ def controller_args(controller: etree._Element, out: DeviceArgs) -> None:
     index = int(controller.get("index", "0"))
     placed = placement(controller, out.family)
     if kind == "pci":
+        target = controller.find("target")
         if model in ("pcie-root", "pci-root"):
+            _root_bus_options(controller, out)
             return
+        if target is not None and target.get("hotplug") is not None:
+            raise _refuse(f"<controller type='pci' model='{model}'><target hotplug=>",
+                          "not supported by qsnap's launcher")
         if model == "pcie-root-port":
-            target = controller.find("target")
             chassis = int(target.get("chassis", str(index))) if target is not None else index
-            port = int(target.get("port", "0"), 16) if target is not None else 0
-            out.add(*device_arg({"driver": "pcie-root-port", "port": port, "chassis": chassis,
+            port = c_integer(target.get("port", "0")) if target is not None else 0
+            model_node = controller.find("model")
+            name = (model_node.get("name") if model_node is not None else None) or model
+            if name not in ("pcie-root-port", "ioh3420"):
+                raise _refuse(f"<controller model='{model}'><model name='{name}'>",
+                              "use pcie-root-port or ioh3420")
+            out.add(*device_arg({"driver": name, "port": port, "chassis": chassis,
                                  "id": f"pci.{index}", **placed}))
             return
         if model == "pcie-to-pci-bridge":
@@ -140,21 +212,37 @@ def controller_args(controller: etree._Element, out: DeviceArgs) -> None:
     if kind == "usb":
         if model == "none":
             return
+        bus_id = "usb" if index == 0 else f"usb{index}"
+        if model in _USB2_COMPANIONS:
+            master = controller.find("master")
+            start = int(master.get("startport", "0")) if master is not None else 0
+            out.add(*device_arg({"driver": model.replace("ich9-", "ich9-usb-"),
+                                 "masterbus": f"{bus_id}.0", "firstport": start, **placed}))
+            return
         driver = _USB_CONTROLLERS.get(model or "")
         if driver is None:
             raise _refuse(f"<controller type='usb' model='{model}'>", "not supported")
-        out.add(*device_arg({"driver": driver, "id": "usb" if index == 0 else f"usb{index}",
-                             **placed}))
+        device: dict[str, object] = {"driver": driver, "id": bus_id}
+        ports = controller.get("ports")
+        if ports is not None and driver in ("qemu-xhci", "nec-usb-xhci"):
+            device.update(p2=int(ports), p3=int(ports))
+        elif ports is not None:
+            raise _refuse(f"<controller type='usb' model='{model}' ports=>", "not supported")
+        out.add(*device_arg({**device, **virtio_options(controller), **placed}))
         return
     if kind == "scsi":
         if model != "virtio-scsi":
             raise _refuse(f"<controller type='scsi' model='{model}'>",
                           "only model='virtio-scsi' is supported")
-        out.add(*device_arg({"driver": "virtio-scsi-pci", "id": f"scsi{index}", **placed}))
+        out.add(*device_arg({"driver": "virtio-scsi-pci", "id": f"scsi{index}",
+                             **virtio_options(controller), **placed}))
         return
     if kind == "virtio-serial":
-        out.add(*device_arg({"driver": "virtio-serial-pci", "id": f"virtio-serial{index}",
-                             **placed}))
+        device = {"driver": "virtio-serial-pci", "id": f"virtio-serial{index}"}
+        for attribute, option in (("ports", "max_ports"), ("vectors", "vectors")):
+            if controller.get(attribute) is not None:
+                device[option] = int(controller.get(attribute, "0"))
+        out.add(*device_arg({**device, **virtio_options(controller), **placed}))
         return
     raise _refuse(f"<controller type='{kind}'>", "not supported")
 
@@ -184,14 +272,14 @@ def tap_of(domain_key: str, index: int, node: etree._Element) -> Tap | None:
     return Tap(name, bridge)
 
 
-def _domain_key(root: etree._Element) -> str:
+def domain_key(root: etree._Element) -> str:
     """What generated tap names are made from: the UUID, else the name."""
     return root.findtext("uuid") or root.findtext("name") or ""
 
 
 def taps(root: etree._Element) -> list[Tap]:
     """Every tap the domain's NICs use, in interface order."""
-    key = _domain_key(root)
+    key = domain_key(root)
     found = (tap_of(key, i, n) for i, n in enumerate(root.iterfind("devices/interface")))
     return [t for t in found if t is not None]
 
@@ -292,7 +380,7 @@ def input_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
 
 def graphics_args(node: etree._Element, audio: str | None, out: DeviceArgs) -> None:
     if node.get("type") != "vnc":
-        raise _refuse(f"<graphics type='{node.get('type')}'>", "only VNC is supported")
+        raise _refuse(f"<graphics type='{node.get('type')}'>", "only VNC and SPICE are supported")
     listen = node.find("listen")
     socket = node.get("socket") or (listen.get("socket") if listen is not None else None)
     if socket:
@@ -309,18 +397,43 @@ def graphics_args(node: etree._Element, audio: str | None, out: DeviceArgs) -> N
 
 
 def video_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
+    """A ``<video>`` card with libvirt's memory sizes (``vram`` and friends are KiB in the
+    XML; each model takes them in its own unit)."""
     model = node.find("model")
     kind = model.get("type", "cirrus") if model is not None else "cirrus"
     if kind == "none":
         return
+    what = f"<video><model type='{kind}'>"
+    if model is not None:
+        refuse_unknown_parts(model, what, set(),
+                             {"vram", "heads", "primary", "ram", "vgamem", "vram64"})
+    refuse_unknown_parts(node, "<video>", {"model", "address", "driver"})
     driver = _VIDEO_DEVICES.get(kind)
     if driver is None:
-        raise _refuse(f"<video><model type='{kind}'>", "not supported")
+        raise _refuse(what, "not supported")
+    if node.find("driver") is not None and kind != "virtio":
+        raise _refuse("<video><driver>", "only virtio options on a virtio card")
     if index and kind == "virtio":
         driver = "virtio-gpu-pci"  # only the primary card is a VGA one
+    if index and kind == "qxl":
+        driver = "qxl"
     device: dict[str, object] = {"driver": driver, "id": f"video{index}"}
-    if kind == "virtio" and model is not None:
-        device["max_outputs"] = int(model.get("heads", "1"))
+
+    def kib(attribute: str, default: int) -> int:
+        return int(model.get(attribute, str(default))) if model is not None else default
+
+    if kind == "virtio":
+        device["max_outputs"] = kib("heads", 1)
+        device.update(virtio_options(node))
+    elif kind == "qxl":
+        device.update(max_outputs=kib("heads", 1), ram_size=kib("ram", 65536) * 1024,
+                      vram_size=kib("vram", 65536) * 1024,
+                      vram64_size_mb=kib("vram64", 0) // 1024,
+                      vgamem_mb=kib("vgamem", 16384) // 1024)
+    elif kind == "vga":
+        device["vgamem_mb"] = kib("vram", 16384) // 1024
+    elif kind == "bochs":
+        device["vgamem"] = kib("vram", 16384) * 1024
     out.add(*device_arg({**device, **placement(node, out.family)}))
 
 
@@ -330,8 +443,14 @@ def balloon_args(node: etree._Element, out: DeviceArgs) -> None:
         return
     if model != "virtio":
         raise _refuse(f"<memballoon model='{model}'>", "only model='virtio' is supported")
-    out.add(*device_arg({"driver": "virtio-balloon-pci", "id": "balloon0",
-                         **placement(node, out.family)}))
+    refuse_unknown_parts(node, "<memballoon>", {"address", "stats", "driver"},
+                         {"model", "autodeflate", "freePageReporting"})
+    device: dict[str, object] = {"driver": "virtio-balloon-pci", "id": "balloon0"}
+    for attribute, option in (("autodeflate", "deflate-on-oom"),
+                              ("freePageReporting", "free-page-reporting")):
+        if node.get(attribute) is not None:
+            device[option] = node.get(attribute) == "on"
+    out.add(*device_arg({**device, **virtio_options(node), **placement(node, out.family)}))
 
 
 def rng_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
@@ -347,55 +466,7 @@ def rng_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
         out.add("-object", json.dumps({"qom-type": "rng-builtin", "id": f"objrng{index}"}))
     else:
         raise _refuse(f"<rng><backend model='{kind}'>", "use 'random' or 'builtin'")
+    refuse_unknown_parts(node, "<rng>", {"backend", "address", "driver"}, {"model"})
     out.add(*device_arg({"driver": "virtio-rng-pci", "rng": f"objrng{index}", "id": f"rng{index}",
+                         **virtio_options(node),
                          **placement(node, out.family)}))
-
-
-def audio_args(node: etree._Element, out: DeviceArgs) -> str:
-    if node.get("type", "none") != "none":
-        raise _refuse(f"<audio type='{node.get('type')}'>", "only type='none' is supported")
-    audio = f"audio{node.get('id', '1')}"
-    out.add("-audiodev", json.dumps({"id": audio, "driver": "none"}))
-    return audio
-
-
-DiskArgs = Callable[[etree._Element, DeviceArgs], None]
-
-
-def device_args(root: etree._Element, agent: str | None, disk_args: DiskArgs) -> list[str]:
-    """Every device's arguments, in libvirt's order (controllers first, so buses exist)."""
-    out = DeviceArgs(machine_family(machine_type(root)), _domain_key(root))
-    devices = root.find("devices")
-    if devices is None:
-        return []
-    pci = [c for c in devices.findall("controller") if c.get("type") == "pci"]
-    pci.sort(key=lambda c: int(c.get("index", "0")))
-    for controller in pci:
-        controller_args(controller, out)
-    for controller in devices.findall("controller"):
-        if controller.get("type") != "pci":
-            controller_args(controller, out)
-    for disk in devices.findall("disk"):
-        disk_args(disk, out)
-    for index, node in enumerate(devices.findall("interface")):
-        interface_args(index, node, out)
-    for index, node in enumerate(devices.findall("serial")):
-        serial_args(index, node, out)
-    for node in devices.findall("console"):
-        console_check(node)
-    for index, node in enumerate(devices.findall("channel")):
-        channel_args(index, node, agent, out)
-    for index, node in enumerate(devices.findall("input")):
-        input_args(index, node, out)
-    audio = None
-    for node in devices.findall("audio"):
-        audio = audio_args(node, out)
-    for node in devices.findall("graphics"):
-        graphics_args(node, audio, out)
-    for index, node in enumerate(devices.findall("video")):
-        video_args(index, node, out)
-    for node in devices.findall("memballoon"):
-        balloon_args(node, out)
-    for index, node in enumerate(devices.findall("rng")):
-        rng_args(index, node, out)
-    return out.argv

@@ -81,8 +81,10 @@ class DomainDef:
 
     @property
     def memory_bytes(self) -> int:
-        """The guest's RAM in bytes (QEMU's default of 128 MiB when the definition has none)."""
-        return (self.memory_kib or 131072) * 1024
+        """The guest's RAM in bytes (QEMU's default of 128 MiB when the definition has none),
+        rounded up to whole MiB as libvirt aligns it on x86 (219100 KiB is 214 MiB)."""
+        kib = self.memory_kib or 131072
+        return -(-kib // 1024) * 1024 * 1024
 
     def disk_by_name(self, name: str) -> DomainDisk | None:
         """libvirt's virDomainDiskByName: a target such as ``vda``, or the source path of
@@ -116,13 +118,15 @@ class PciAddress:
         if node is None or node.get("type") != "pci":
             return None
         try:
-            return cls(bus=int(node.get("bus", "0"), 16), slot=int(node.get("slot", "0"), 16),
-                       function=int(node.get("function", "0"), 16),
-                       multifunction=node.get("multifunction") == "on",
-                       domain=int(node.get("domain", "0"), 16))
+            domain, bus, slot, function = (c_integer(node.get(k, "0") or "0")
+                                           for k in ("domain", "bus", "slot", "function"))
         except ValueError:
             raise XMLError(f"invalid PCI address of <{device.tag}>: "
                            f"{etree.tostring(node).decode().strip()}") from None
+        if not (domain or bus or slot or function):
+            return None  # all zero: any address, which libvirt then chooses
+        return cls(bus=bus, slot=slot, function=function,
+                   multifunction=node.get("multifunction") == "on", domain=domain)
 
     def write(self, device: etree._Element) -> None:
         """Give *device* this address (replacing any ``<address>`` it has)."""
@@ -141,6 +145,18 @@ class PciAddress:
         return f"{self.slot:#x}" if self.function == 0 else f"{self.slot:#x}.{self.function:#x}"
 
 
+def c_integer(text: str) -> int:
+    """An integer as libvirt reads an address attribute (``strtoul`` with base 0): ``0x12``
+    is hexadecimal, ``022`` octal, ``18`` decimal. Reading ``18`` as hex put a device at another
+    slot than libvirt's."""
+    text = text.strip()
+    if text[:2].lower() == "0x":
+        return int(text[2:], 16)
+    if len(text) > 1 and text.startswith("0"):
+        return int(text[1:], 8)
+    return int(text, 10)
+
+
 def _leaf_text(parent: etree._Element, tag: str) -> str | None:
     node = parent.find(tag)
     if node is None or node.text is None or not node.text.strip():
@@ -153,10 +169,10 @@ def parse_disk(node: etree._Element, index: int | None = None) -> DomainDisk:
     where = "a disk of the domain" if index is None else f"disk #{index + 1} of the domain"
     disk_type = node.get("type", "file")
     if disk_type not in DISK_TYPES:
-        raise XMLError(f"unknown type '{disk_type}' of {where}")
+        raise XMLError(f"unknown <disk type='{disk_type}'> of {where}")
     device = node.get("device", "disk")
     if device not in DISK_DEVICES:
-        raise XMLError(f"unknown device '{device}' of {where}")
+        raise XMLError(f"unknown <disk device='{device}'> of {where}")
     target = node.find("target")
     if target is None or not target.get("dev"):
         raise XMLError(f"missing <target dev=...> in {where}")

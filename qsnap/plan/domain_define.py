@@ -51,8 +51,12 @@ def _firmware(root: etree._Element, os_node: etree._Element, facts: DefineFacts,
         smm = None if smm_node is None else smm_node.get("state", "on") == "on"
         os_type = os_node.find("type")
         arch = (os_type.get("arch") if os_type is not None else None) or "x86_64"
+        secure = {"yes": True, "no": False}.get(loader.get("secure", "")) \
+            if loader is not None else None
+        if loader is not None and loader.get("stateless") == "yes":
+            secure = False  # the SMM-protected builds keep their variables in the NVRAM
         chosen = choose_firmware(facts.firmware, arch=arch, machine=machine, wanted=wanted,
-                                 smm=smm)
+                                 smm=smm, secure=secure)
         # Recorded as the explicit pair both libvirt 9.0 and 11.x accept: 11.x keeps
         # firmware='efi' beside it, but 9.0 refuses a loader under autoselection, and a
         # save image or snapshot must load under either.
@@ -73,13 +77,13 @@ def _firmware(root: etree._Element, os_node: etree._Element, facts: DefineFacts,
                     os_node.addnext(features)
                 etree.SubElement(features, "smm", state="on")
         loader.text = chosen.executable
-        if nvram is None:
+        if nvram is None and loader.get("stateless") != "yes":
             nvram = etree.SubElement(os_node, "nvram")
-        if not nvram.get("template") and chosen.nvram_template:
+        if nvram is not None and not nvram.get("template") and chosen.nvram_template:
             nvram.set("template", chosen.nvram_template)
             nvram.set("templateFormat", chosen.nvram_format)
     if loader is not None and loader.get("type", "pflash") == "pflash" and nvram is None \
-            and loader.get("readonly") == "yes":
+            and loader.get("readonly") == "yes" and loader.get("stateless") != "yes":
         nvram = etree.SubElement(os_node, "nvram")
     if nvram is not None and not (nvram.text or "").strip():
         nvram.text = facts.nvram_path

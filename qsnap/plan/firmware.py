@@ -62,9 +62,11 @@ class FirmwareDescriptor:
 
 
 def choose_firmware(descriptors: list[FirmwareDescriptor], *, arch: str, machine: str,
-                    wanted: dict[str, bool], smm: bool | None) -> FirmwareDescriptor:
+                    wanted: dict[str, bool], smm: bool | None,
+                    secure: bool | None = None) -> FirmwareDescriptor:
     """The firmware libvirt would pick (see the module docstring); an error says what was
-    asked and what the descriptors offer when none fits."""
+    asked and what the descriptors offer when none fits. *secure* is ``<loader secure=>``:
+    whether the firmware must (or must not) be the SMM-protected build."""
     for name in wanted:
         if name not in REQUESTABLE:
             raise NotSupportedError(f"<firmware><feature name='{name}'> is not supported "
@@ -77,6 +79,8 @@ def choose_firmware(descriptors: list[FirmwareDescriptor], *, arch: str, machine
         if any((name in descriptor.features) != enabled for name, enabled in wanted.items()):
             continue
         if descriptor.secure and smm is False:
+            continue
+        if secure is not None and descriptor.secure != secure:
             continue
         if descriptor.nvram_template is None:
             continue

@@ -17,12 +17,14 @@ The rules were taken from libvirt 9.0 on QEMU 7.2 by defining definitions and re
 controllers, virtio disks, memory balloon, RNG; on q35 each PCI Express device gets a root port
 of its own (root ports fill functions 0-7 of the first free slots on ``pcie.0``, and one spare
 port is added), the video card takes slot 1 and the ICH9 functions slot 0x1f; on pc the PIIX3
-takes slot 1 and devices follow the video card from slot 2.
+takes slot 1 and devices follow the video card from slot 2 (or take slot 2 themselves when
+there is none: libvirt keeps no slot free for a video card added later).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 from lxml import etree
 
@@ -33,6 +35,8 @@ from qsnap.model.domain import PciAddress
 _UNITS_PER_CONTROLLER = {"scsi": 7, "sata": 6}
 _AFTER_CONTROLLERS = ("interface", "serial", "console", "channel", "input", "graphics", "audio",
                       "video", "memballoon", "rng")
+#: An ICH9 EHCI controller and its UHCI companions, and the function each takes in their slot.
+_USB2_MODELS = {"ich9-ehci1": 7, "ich9-uhci1": 0, "ich9-uhci2": 1, "ich9-uhci3": 2}
 #: The controllers whose PCI function the chipset itself provides.
 _CHIPSET_CONTROLLERS = {("sata", "q35"): (0x1F, 2), ("ide", "pc"): (0x01, 1),
                         ("usb", "pc"): (0x01, 2)}
@@ -59,6 +63,65 @@ def disk_index(target: str) -> int:
     for char in target[2:]:
         index = index * 26 + (ord(char) - ord("a") + 1)
     return index - 1
+
+
+def _inserted_in_order(devices: etree._Element, nodes: list[etree._Element],
+                       group: Callable[[etree._Element], str],
+                       index: Callable[[etree._Element], int]) -> None:
+    """Reorder *nodes* among *devices* as libvirt inserts them (virDomainDiskInsert,
+    virDomainControllerInsert): each goes after the last node of its group, or before the
+    first node of its group with a higher index."""
+    ordered: list[etree._Element] = []
+    for node in nodes:
+        at = -1
+        for position in range(len(ordered) - 1, -1, -1):
+            if group(ordered[position]) != group(node):
+                continue
+            if index(ordered[position]) > index(node):
+                at = position
+            elif at == -1:
+                at = position + 1
+        ordered.insert(len(ordered) if at == -1 else at, node)
+    if ordered == nodes:
+        return
+    slots = [devices.index(n) for n in nodes]
+    for node in nodes:
+        devices.remove(node)
+    for position, node in zip(slots, ordered, strict=True):
+        devices.insert(position, node)
+
+
+def _disk_target_index(disk: etree._Element) -> int:
+    """virDiskNameToIndex, -1 for a name it does not read."""
+    target = disk.find("target")
+    name = (target.get("dev") if target is not None else None) or ""
+    stem = next((s for s in ("xvd", "ubd", "fd", "hd", "sd", "vd") if name.startswith(s)), None)
+    letters = name[len(stem):] if stem else ""
+    if not letters or not letters.isalpha() or not letters.islower():
+        return -1
+    value = 0
+    for char in letters:
+        value = value * 26 + (ord(char) - ord("a") + 1)
+    return value - 1
+
+
+def _libvirt_order(devices: etree._Element) -> None:
+    """Disks, controllers and videos in the order libvirt keeps them: disks by bus and
+    index (which virtio disk gets the lower PCI address, which disk ``<boot dev='hd'/>``
+    boots), controllers by type and index (which takes a slot first), and the primary video
+    card first."""
+    def disk_bus(disk: etree._Element) -> str:
+        target = disk.find("target")
+        return (target.get("bus") if target is not None else None) or ""
+
+    _inserted_in_order(devices, devices.findall("disk"), disk_bus, _disk_target_index)
+    _inserted_in_order(devices, devices.findall("controller"),
+                       lambda c: c.get("type", ""), lambda c: int(c.get("index", "-1")))
+    videos = devices.findall("video")
+    primary = [v for v in videos if v.find("model") is not None
+               and v.find("model").get("primary") == "yes"]  # type: ignore[union-attr]
+    if primary and primary[0] is not videos[0]:
+        videos[0].addprevious(primary[0])
 
 
 def _sub(parent: etree._Element, tag: str, attrs: dict[str, str] | None = None,
@@ -141,9 +204,25 @@ def _drive_addresses(devices: etree._Element, family: str) -> None:
 
 def _implicit_devices(root: etree._Element, devices: etree._Element, family: str) -> None:
     """What libvirt adds to every x86 definition (qemuDomainDefAddDefaultDevices and friends)."""
-    if any(ch.find("target") is not None and ch.find("target").get("type") == "virtio"  # type: ignore[union-attr]
-           for ch in devices.findall("channel")):
-        _ensure_controller(devices, "virtio-serial", 0)
+    for channel in _virtio_channels(devices):
+        address = channel.find("address")
+        if address is not None and address.get("controller") is not None:
+            _ensure_controller(devices, "virtio-serial", int(address.get("controller", "0")))
+        elif not _controllers(devices, "virtio-serial"):
+            _ensure_controller(devices, "virtio-serial", 0)
+    consoles = devices.findall("console")
+    if not devices.findall("serial") and consoles:
+        target = consoles[0].find("target")
+        if target is None or target.get("type", "serial") == "serial":
+            # A lone serial console is the first serial port (virDomainDefAddConsoleCompat).
+            serial = copy.deepcopy(consoles[0])
+            serial.tag = "serial"
+            for child in list(serial):
+                if child.tag in ("target", "alias", "address"):
+                    serial.remove(child)
+            consoles[0].addprevious(serial)
+            if target is None:
+                etree.SubElement(consoles[0], "target", type="serial", port="0")
     serials = devices.findall("serial")
     for port, serial in enumerate(serials):
         if serial.find("target") is None:
@@ -176,7 +255,19 @@ def _implicit_devices(root: etree._Element, devices: etree._Element, family: str
             if listen is not None and listen.get("type") == "socket" and listen.get("socket"):
                 graphics.set("socket", listen.get("socket", ""))
     if root.find("devices/audio") is None:
-        _sub(devices, "audio", {"id": "1", "type": "none"}, before="video")
+        spice = any(g.get("type") == "spice" for g in devices.findall("graphics"))
+        _sub(devices, "audio", {"id": "1", "type": "spice" if spice else "none"},
+             before="video")
+    if family == "q35" and not any(w.get("model") == "itco"
+                                   for w in devices.findall("watchdog")):
+        # ICH9's own TCO watchdog, which libvirt (9.2 and later) lists and lets reboot.
+        watchdogs = devices.findall("watchdog")
+        action = watchdogs[0].get("action", "reset") if watchdogs else "reset"
+        attrs = {"model": "itco", "action": action}
+        if watchdogs:
+            watchdogs[-1].addnext(etree.Element("watchdog", attrs))
+        else:
+            _sub(devices, "watchdog", attrs, before="memballoon")
     if devices.findall("graphics") and not devices.findall("video"):
         video = _sub(devices, "video", before="memballoon")
         etree.SubElement(video, "model", type="cirrus", vram="16384", heads="1", primary="yes")
@@ -194,9 +285,13 @@ def _implicit_devices(root: etree._Element, devices: etree._Element, family: str
 def _pci_endpoints(devices: etree._Element) -> list[etree._Element]:
     """The devices that need a PCI address, in the order libvirt hands them out."""
     ordered: list[etree._Element] = list(devices.findall("interface"))
+    ordered += [s for s in devices.findall("sound")
+                if s.get("model") not in ("sb16", "pcspk", "usb")]
     for controller in devices.findall("controller"):
         kind, model = controller.get("type"), controller.get("model")
         if kind in ("pci", "sata", "ide") or (kind == "usb" and model == "none"):
+            continue
+        if kind == "usb" and model in _USB2_MODELS and controller.find("address") is not None:
             continue
         if kind == "usb" and model == "piix3-uhci":
             continue  # the chipset's, fixed below
@@ -205,9 +300,12 @@ def _pci_endpoints(devices: etree._Element) -> list[etree._Element]:
                 if d.find("target") is not None and d.find("target").get("bus") == "virtio"]  # type: ignore[union-attr]
     ordered += [m for m in devices.findall("memballoon") if m.get("model") != "none"]
     ordered += devices.findall("rng")
+    ordered += [w for w in devices.findall("watchdog") if w.get("model") == "i6300esb"]
     videos = devices.findall("video")
-    ordered += [v for v in videos[1:] if v.find("model") is None
+    # The primary card has its slot already unless a device the XML placed holds it.
+    ordered += [v for v in videos if v.find("model") is None
                 or v.find("model").get("type") != "none"]  # type: ignore[union-attr]
+    ordered += [i for i in devices.findall("input") if i.get("bus") == "virtio"]
     return ordered
 
 
@@ -219,6 +317,13 @@ def _conventional_pci_model(device: etree._Element) -> str | None:
         return name if name in ("rtl8139", "e1000") else None
     if device.tag == "controller" and device.get("type") == "scsi":
         return device.get("model") if device.get("model") != "virtio-scsi" else None
+    if device.tag == "watchdog":
+        return device.get("model")
+    if device.tag == "sound" and device.get("model") != "ich9":
+        return device.get("model")
+    if device.tag == "controller" and device.get("type") == "usb" and \
+            device.get("model") in ("piix3-uhci", "piix4-uhci"):
+        return device.get("model")
     return None
 
 
@@ -249,21 +354,36 @@ def _pci_addresses(devices: etree._Element, family: str) -> None:
         if PciAddress.of(videos[0]) is None and (0, primary_slot, 0) not in used:
             PciAddress(0, primary_slot, 0).write(videos[0])
         used.add((0, primary_slot, 0))
-    elif family == "pc":
-        reserved_slots.add(primary_slot)  # libvirt keeps slot 2 for a video card added later
 
-    def free_root_slot(start: int) -> int:
+    sounds = devices.findall("sound")
+    if family == "q35" and sounds and sounds[0].get("model") == "ich9" and \
+            PciAddress.of(sounds[0]) is None and (0, 0x1B, 0) not in used:
+        PciAddress(0, 0x1B, 0).write(sounds[0])  # where ICH9's own HDA sits
+        used.add((0, 0x1B, 0))
+
+    def free_root_slot(start: int, device: etree._Element) -> int:
         slot = start
         while slot in reserved_slots or any(u[0] == 0 and u[1] == slot for u in used):
             slot += 1
             if slot > 0x1F:
-                raise NotSupportedError("no free slot left on the PCI root bus")
+                raise NotSupportedError(
+                    f"<{device.tag}>: no free slot left on the PCI root bus for it; libvirt "
+                    "would add a pci-bridge here, which qsnap does not add by itself (list "
+                    "fewer devices, or give them addresses)")
         return slot
 
+    _usb2_addresses(devices, family, used)
     endpoints = [d for d in _pci_endpoints(devices) if PciAddress.of(d) is None]
     if family == "pc":
+        usb2_slots: dict[str, int] = {}
         for device in endpoints:
-            slot = free_root_slot(1)
+            if device.get("model") in _USB2_MODELS and device.tag == "controller":
+                group = device.get("index", "0")
+                if group not in usb2_slots:
+                    usb2_slots[group] = free_root_slot(1, device)
+                _usb2_member_at(device, 0, usb2_slots[group], used)
+                continue
+            slot = free_root_slot(1, device)
             PciAddress(0, slot).write(device)
             used.add((0, slot, 0))
         return
@@ -284,53 +404,214 @@ def _pci_addresses(devices: etree._Element, family: str) -> None:
     new_ports = max(0, len(endpoints) - len(free_buses))
     if endpoints and len(free_buses) <= len(endpoints):
         new_ports += 1  # one spare, for a device added later
-    port_slot, port_function = free_root_slot(1), 0
     anchor = _controllers(devices, "pci")[-1] if _controllers(devices, "pci") else None
-    for made in range(new_ports):
-        if port_function == 8:
-            used.update((0, port_slot, f) for f in range(8))
-            port_slot, port_function = free_root_slot(port_slot + 1), 0
+    for _ in range(new_ports):
         port = etree.Element("controller", type="pci", index=str(next_index),
                              model="pcie-root-port")
-        etree.SubElement(port, "model", name="pcie-root-port")
-        etree.SubElement(port, "target", chassis=str(next_index),
-                         port=f"{(port_slot << 3) + port_function:#x}")
-        # Function 0 says multifunction only when more ports share its slot.
-        shared = port_function == 0 and new_ports - made > 1
-        PciAddress(0, port_slot, port_function, multifunction=shared).write(port)
         if anchor is not None:
             anchor.addnext(port)
         else:
             _sub(devices, "controller", before="interface").addnext(port)
         anchor = port
+        ports.append(port)
         free_buses.append(next_index)
         next_index += 1
-        port_function += 1
+    _place_root_ports(ports, used, lambda d, start: free_root_slot(start, d))
+    for port in ports:
+        target = port.find("target")
+        address = PciAddress.of(port)
+        if address is not None and (target is None or target.get("port") is None):
+            if target is None:
+                target = etree.SubElement(port, "target")
+            target.set("chassis", target.get("chassis", port.get("index", "0")))
+            target.set("port", f"{(address.slot << 3) + address.function:#x}")
     for device, bus in zip(endpoints, free_buses, strict=False):
         PciAddress(bus, 0).write(device)
 
 
-def _usb_addresses(devices: etree._Element) -> None:
-    port = 1
-    for node in devices.findall("input"):
-        if node.get("bus") != "usb":
+def _place_root_ports(ports: list[etree._Element], used: set[tuple[int, int, int]],
+                      free_slot: Callable[[etree._Element, int], int]) -> None:
+    """Root ports without an address take the free functions of the slots of ``pcie.0`` that
+    root ports already share, then functions 0-7 of the first free slots, as libvirt
+    aggregates them; each gets its ``<model>`` and ``<target chassis= port=>`` (the chassis
+    its index, the port its slot and function)."""
+    shared = sorted({u[1] for u in used if u[0] == 0} & {
+        a.slot for c in ports if (a := PciAddress.of(c)) is not None and a.bus == 0})
+    for port in ports:
+        if PciAddress.of(port) is not None:
             continue
-        address = node.find("address")
-        if address is None:
+        spot = _root_port_spot(port, shared, used, free_slot)
+        if port.find("model") is None:
+            etree.SubElement(port, "model", name="pcie-root-port")
+        target = port.find("target")
+        if target is None:
+            target = etree.SubElement(port, "target")
+        target.set("chassis", target.get("chassis", port.get("index", "0")))
+        target.set("port", target.get("port", f"{(spot[0] << 3) + spot[1]:#x}"))
+        PciAddress(0, spot[0], spot[1]).write(port)
+        used.add((0, spot[0], spot[1]))
+
+
+def _root_port_spot(port: etree._Element, shared: list[int], used: set[tuple[int, int, int]],
+                    free_slot: Callable[[etree._Element, int], int]) -> tuple[int, int]:
+    """The lowest slot of ``pcie.0`` that is free or shared by root ports with a function
+    free, and that function."""
+    for slot in range(1, 0x20):
+        if slot in shared:
+            function = next((f for f in range(8) if (0, slot, f) not in used), None)
+            if function is not None:
+                return slot, function
+        elif free_slot(port, slot) == slot:
+            shared.append(slot)
+            return slot, 0
+    raise AssertionError("free_slot raises when no slot is left")
+
+
+def _multifunction(devices: etree._Element) -> None:
+    """Function 0 of a slot whose other functions are in use says multifunction='on' unless
+    the XML says otherwise, as libvirt sets it."""
+    slots: dict[tuple[int, int], list[tuple[int, etree._Element]]] = {}
+    for device in devices:
+        address = PciAddress.of(device)
+        if address is not None:
+            slots.setdefault((address.bus, address.slot), []).append((address.function, device))
+    for functions in slots.values():
+        if len(functions) < 2:
+            continue
+        for function, device in functions:
+            node = device.find("address")
+            if function == 0 and node is not None and node.get("multifunction") is None:
+                node.set("multifunction", "on")
+
+
+def _usb2_addresses(devices: etree._Element, family: str,
+                    used: set[tuple[int, int, int]]) -> None:
+    """An ICH9 EHCI controller and its UHCI companions share one slot (functions 7 and 0-2):
+    the slot one of them was given, or on q35 ICH9's own (0x1d for the first, 0x1a for the
+    second). On pc the first of a set without one takes the next free slot when its turn
+    comes among the controllers (:func:`_pci_addresses`). Companions start at ports 0, 2
+    and 4 of the EHCI bus unless ``<master startport=>`` says otherwise."""
+    groups: dict[str, list[etree._Element]] = {}
+    for controller in _controllers(devices, "usb"):
+        if controller.get("model") in _USB2_MODELS:
+            groups.setdefault(controller.get("index", "0"), []).append(controller)
+            if controller.get("model", "").startswith("ich9-uhci") and \
+                    controller.find("master") is None:
+                start = 2 * _USB2_MODELS[controller.get("model", "")]
+                controller.insert(0, etree.Element("master", startport=str(start)))
+    for index, members in groups.items():
+        placed = [a for m in members if (a := PciAddress.of(m)) is not None]
+        if placed:
+            slot, bus = placed[0].slot, placed[0].bus
+        elif family == "q35":
+            slot, bus = {"0": 0x1D, "1": 0x1A}.get(index, 0), 0
+            if not slot:
+                raise NotSupportedError(f"<controller type='usb' index='{index}' model="
+                                        f"'{members[0].get('model')}'>: only two ICH9 USB2 "
+                                        "controllers fit on a q35 machine's own slots")
+        else:
+            continue
+        for member in members:
+            _usb2_member_at(member, bus, slot, used)
+
+
+def _usb2_member_at(member: etree._Element, bus: int, slot: int,
+                    used: set[tuple[int, int, int]]) -> None:
+    function = _USB2_MODELS[member.get("model", "")]
+    if PciAddress.of(member) is None:
+        PciAddress(bus, slot, function, multifunction=function == 0).write(member)
+    used.add((bus, slot, function))
+
+
+def _usb_addresses(devices: etree._Element) -> None:
+    """USB devices take the first free port of the first bus, in libvirt's order: input,
+    sound, then redirected ports."""
+    found = [n for n in devices.findall("input") if n.get("bus") == "usb"]
+    found += [n for n in devices.findall("sound") if n.get("model") == "usb"]
+    found += [n for n in devices.findall("redirdev") if n.get("bus", "usb") == "usb"]
+    taken = {a.get("port") for n in found if (a := n.find("address")) is not None}
+    port = 1
+    for node in found:
+        if node.find("address") is None:
+            while str(port) in taken:
+                port += 1
             etree.SubElement(node, "address", type="usb", bus="0", port=str(port))
-        port += 1
+            taken.add(str(port))
+
+
+def _virtio_channels(devices: etree._Element) -> list[etree._Element]:
+    return [c for c in devices.findall("channel")
+            if (t := c.find("target")) is not None and t.get("type") == "virtio"]
 
 
 def _virtio_serial_addresses(devices: etree._Element) -> None:
-    port = 1
-    for channel in devices.findall("channel"):
-        target = channel.find("target")
-        if target is None or target.get("type") != "virtio":
+    """Each virtio channel without a port takes the first free one (from 1: port 0 is the
+    console's) of its controller, or of the first controller with a free port
+    (virDomainVirtioSerialAddrAutoAssign)."""
+    channels = _virtio_channels(devices)
+    taken: set[tuple[int, int]] = set()
+    for channel in channels:
+        address = channel.find("address")
+        if address is not None and address.get("port") is not None:
+            taken.add((int(address.get("controller", "0")), int(address.get("port", "0"))))
+    limits = {int(c.get("index", "0")): int(c.get("ports", "31"))
+              for c in _controllers(devices, "virtio-serial")}
+    for channel in channels:
+        address = channel.find("address")
+        if address is not None and address.get("port") is not None:
+            address.set("bus", address.get("bus", "0"))
             continue
-        if channel.find("address") is None:
-            etree.SubElement(channel, "address", type="virtio-serial", controller="0", bus="0",
-                             port=str(port))
-        port += 1
+        wanted = address.get("controller") if address is not None else None
+        for controller in sorted(limits) if wanted is None else [int(wanted)]:
+            free = [p for p in range(1, limits.get(controller, 31))
+                    if (controller, p) not in taken]
+            if free:
+                break
+        else:
+            raise NotSupportedError("<channel>: no free port left on the virtio-serial "
+                                    "controllers")
+        if address is None:
+            address = etree.SubElement(channel, "address", type="virtio-serial")
+        address.set("controller", str(controller))
+        address.set("bus", "0")  # as libvirt, which has one bus per controller
+        address.set("port", str(free[0]))
+        taken.add((controller, free[0]))
+
+
+def _check_pci_buses(devices: etree._Element) -> None:
+    """Every device placed on a PCI bus other than the root's names a bus a PCI controller of
+    the definition makes (libvirt would add pci-bridges for the missing ones)."""
+    buses = {int(c.get("index", "0")) for c in _controllers(devices, "pci")} | {0}
+    for device in devices:
+        address = PciAddress.of(device)
+        if address is not None and address.bus not in buses:
+            raise NotSupportedError(
+                f"<{device.tag}> sits on PCI bus {address.bus}, which no <controller "
+                f"type='pci' index='{address.bus}'> of the definition makes; libvirt would add "
+                "pci-bridges for it, which qsnap does not add by itself: list them")
+
+
+#: How many ports each USB controller model has (QEMU's defaults).
+_USB_PORTS = {"piix3-uhci": 2, "piix4-uhci": 2, "ich9-ehci1": 6, "qemu-xhci": 4,
+              "nec-xhci": 4}
+
+
+def _check_usb_ports(devices: etree._Element) -> None:
+    """USB devices fit the first controller's ports (libvirt would add a usb-hub)."""
+    first = next((c for c in _controllers(devices, "usb") if c.get("index", "0") == "0"), None)
+    if first is None or first.get("model") not in _USB_PORTS:
+        return
+    ports = int(first.get("ports", str(_USB_PORTS[first.get("model", "")])))
+    for node in devices:
+        address = node.find("address")
+        if address is None or address.get("type") != "usb":
+            continue
+        port = address.get("port", "")
+        if "." in port or not port.isdigit() or int(port) > ports:
+            raise NotSupportedError(
+                f"<{node.tag}> on USB port {port}: the {first.get('model')} controller has "
+                f"{ports} ports, and libvirt would add a usb-hub, which qsnap does not add by "
+                "itself (give the controller more ports, or list fewer USB devices)")
 
 
 def complete_machine(element: etree._Element) -> etree._Element:
@@ -345,16 +626,26 @@ def complete_machine(element: etree._Element) -> etree._Element:
     if devices is None:
         devices = etree.SubElement(root, "devices")
     _controller_indexes(devices)
-    if not _controllers(devices, "usb"):
-        _ensure_controller(devices, "usb", 0, "qemu-xhci" if family == "q35" else "piix3-uhci")
+    _libvirt_order(devices)
+    usb_default = "qemu-xhci" if family == "q35" else "piix3-uhci"
+    if not _controllers(devices, "usb") and machine_type(root) != "isapc":
+        _ensure_controller(devices, "usb", 0, usb_default)
+    for controller in _controllers(devices, "usb"):
+        if controller.get("model") is None:
+            # A listed controller without a model is piix3-uhci on either machine
+            # (qemuDomainDefaultUSBControllerModel); only one libvirt adds itself is qemu-xhci.
+            controller.set("model", "piix3-uhci")
     if family == "q35":
         _ensure_controller(devices, "sata", 0)
         _ensure_controller(devices, "pci", 0, "pcie-root")
-    else:
+    elif machine_type(root) != "isapc":
         _ensure_controller(devices, "pci", 0, "pci-root")
     _drive_addresses(devices, family)
     _implicit_devices(root, devices, family)
     _pci_addresses(devices, family)
     _usb_addresses(devices)
+    _check_usb_ports(devices)
+    _check_pci_buses(devices)
+    _multifunction(devices)
     _virtio_serial_addresses(devices)
     return root

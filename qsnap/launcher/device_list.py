@@ -1,0 +1,105 @@
+"""Every device of a completed definition, in libvirt's order (controllers first, so the buses
+they make exist when devices name them)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from lxml import etree
+
+from qsnap.errors import NotSupportedError
+from qsnap.launcher.desktop import (
+    audio_backend,
+    free_tcp_port,
+    pty_channel_args,
+    redirdev_args,
+    sound_args,
+    spice_args,
+    spice_channel_args,
+    virtio_input_args,
+    watchdog_args,
+)
+from qsnap.launcher.devices import (
+    DeviceArgs,
+    balloon_args,
+    channel_args,
+    console_check,
+    controller_args,
+    domain_key,
+    graphics_args,
+    input_args,
+    interface_args,
+    rng_args,
+    serial_args,
+    video_args,
+)
+from qsnap.plan.machine import machine_family, machine_type
+
+DiskArgs = Callable[[etree._Element, DeviceArgs], None]
+
+
+def _channel(index: int, node: etree._Element, agent: str | None, out: DeviceArgs) -> None:
+    kind = node.get("type")
+    if kind == "spicevmc":
+        spice_channel_args(index, node, out)
+    elif kind == "pty":
+        pty_channel_args(index, node, out)
+    else:
+        channel_args(index, node, agent, out)
+
+
+def device_args(root: etree._Element, agent: str | None, disk_args: DiskArgs,
+                free_port: Callable[[str], int] = free_tcp_port) -> list[str]:
+    """Every device's arguments; *free_port* picks SPICE's port where the XML leaves it to
+    the host."""
+    out = DeviceArgs(machine_family(machine_type(root)), domain_key(root), free_port=free_port)
+    devices = root.find("devices")
+    if devices is None:
+        return []
+    pci = [c for c in devices.findall("controller") if c.get("type") == "pci"]
+    pci.sort(key=lambda c: int(c.get("index", "0")))
+    for controller in pci:
+        controller_args(controller, out)
+    for controller in devices.findall("controller"):
+        if controller.get("type") != "pci":
+            controller_args(controller, out)
+    for disk in devices.findall("disk"):
+        disk_args(disk, out)
+    for index, node in enumerate(devices.findall("interface")):
+        interface_args(index, node, out)
+    for index, node in enumerate(devices.findall("serial")):
+        serial_args(index, node, out)
+    for node in devices.findall("console"):
+        console_check(node)
+    for index, node in enumerate(devices.findall("channel")):
+        _channel(index, node, agent, out)
+    for index, node in enumerate(devices.findall("input")):
+        if node.get("bus") == "virtio":
+            virtio_input_args(index, node, out)
+        else:
+            input_args(index, node, out)
+    audio = None
+    for node in devices.findall("audio"):
+        audio = audio_backend(node, out)
+    for node in devices.findall("graphics"):
+        if node.get("type") == "spice":
+            spice_args(node, out)
+        else:
+            graphics_args(node, audio, out)
+    for index, node in enumerate(devices.findall("sound")):
+        sound_args(index, node, audio, out)
+    for index, node in enumerate(devices.findall("video")):
+        video_args(index, node, out)
+    actions = {watchdog_args(i, n, out) for i, n in enumerate(devices.findall("watchdog"))}
+    if len(actions) > 1:
+        raise NotSupportedError(f"<watchdog>: the watchdogs' actions differ ({sorted(actions)}); "
+                                "QEMU has one action for all")
+    if actions:
+        out.add("-watchdog-action", actions.pop())
+    for index, node in enumerate(devices.findall("redirdev")):
+        redirdev_args(index, node, out)
+    for node in devices.findall("memballoon"):
+        balloon_args(node, out)
+    for index, node in enumerate(devices.findall("rng")):
+        rng_args(index, node, out)
+    return out.argv
