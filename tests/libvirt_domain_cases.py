@@ -197,6 +197,7 @@ def guest_of(argv: list[str]) -> Guest:
     globals_: set[str] = set()
     devices: list[dict[str, str]] = []
     other: list[tuple[str, str]] = []
+    hpet_off = False
     for option, value in _options(argv):
         if option == "-machine":
             machine = {k: v for k, v in _keyvals(value, "type").items()
@@ -213,8 +214,12 @@ def guest_of(argv: list[str]) -> Guest:
             globals_.add(_global(value))
         elif option == "-device":
             devices.append(_device(value))
+        elif option == "-no-hpet":
+            hpet_off = True  # libvirt's spelling for QEMUs before machine property hpet=
         elif option not in _HOST_OPTIONS:
             other.append((option, value))
+    if hpet_off:
+        machine["hpet"] = "off"
     rtc.setdefault("base", "utc")
     if smp.get("clusters") == "1":
         del smp["clusters"]

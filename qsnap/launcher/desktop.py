@@ -50,14 +50,17 @@ _SPICE_COMPRESSION = {"image": "image-compression", "jpeg": "jpeg-wan-compressio
 def spice_args(node: etree._Element, out: DeviceArgs) -> None:
     """``-spice`` for ``<graphics type='spice'>``: a plain TCP listener (TLS and passwords are
     refused by name), with libvirt's compression, streaming and agent options."""
-    for attribute in ("tlsPort", "passwd", "keymap", "defaultMode"):
+    if node.get("tlsPort") not in (None, "-1"):
+        raise _refuse("<graphics type='spice' tlsPort=>", "TLS is not supported by qsnap's "
+                      "launcher (tlsPort='-1' with autoport, virt-install's, asks for none)")
+    for attribute in ("passwd", "keymap", "defaultMode"):
         if node.get(attribute) is not None:
             raise _refuse(f"<graphics type='spice' {attribute}=>", "not supported by qsnap's "
                           "launcher")
     refuse_unknown_parts(node, "<graphics type='spice'>",
                          {"listen", "image", "jpeg", "zlib", "playback", "streaming",
                           "clipboard", "filetransfer", "mouse"},
-                         {"port", "autoport", "listen"})
+                         {"port", "autoport", "listen", "tlsPort"})
     listen = node.find("listen")
     if listen is not None and listen.get("type", "address") != "address":
         raise _refuse(f"<graphics type='spice'><listen type='{listen.get('type')}'>",

@@ -165,11 +165,20 @@ def _ensure_controller(devices: etree._Element, kind: str, index: int = 0,
 
 
 def _controller_indexes(devices: etree._Element) -> None:
-    """A controller without an index gets the first one its type has free, as in libvirt."""
+    """A controller without an index gets the first one its type has free, as in libvirt;
+    an ICH9 UHCI companion the index of the EHCI controller before it (they are one USB
+    controller), or 0."""
+    master = "0"
     for controller in devices.findall("controller"):
+        model = controller.get("model", "")
         if controller.get("index") is None:
+            if model.startswith("ich9-uhci"):
+                controller.set("index", master)
+                continue
             taken = {c.get("index") for c in _controllers(devices, controller.get("type", ""))}
             controller.set("index", str(next(i for i in range(1 << 16) if str(i) not in taken)))
+        if model == "ich9-ehci1":
+            master = controller.get("index", "0")
 
 
 def _drive_addresses(devices: etree._Element, family: str) -> None:
