@@ -44,3 +44,22 @@ def start_time(pid: int) -> str | None:
 def same_process(pid: int, started: str | None) -> bool:
     """Whether *pid* is still the live process that had start time *started*."""
     return started is not None and start_time(pid) == started and pid_alive(pid)
+
+
+def generation_id(pid: int) -> str | None:
+    """The VM generation ID on *pid*'s command line (``vmgenid``'s ``guid``, in qsnap's JSON
+    ``-device`` or a launcher's ``vmgenid,guid=...``); None without one. A revert or restore
+    starts QEMU with a new one, which the definition on disk does not hold."""
+    import re
+
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            words = cmdline.read().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+    for word in words:
+        if "vmgenid" in word:
+            found = re.search(r'guid["=:\s]+"?([0-9a-fA-F-]{36})', word)
+            if found:
+                return found.group(1)
+    return None

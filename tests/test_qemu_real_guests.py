@@ -48,12 +48,13 @@ def virsh(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=120)
 
 
-def virt_install_guest(name: str, directory: Path, memory: int = 256) -> Path:
+def virt_install_guest(name: str, directory: Path, memory: int = 256,
+                       profile: str = "virt-install") -> Path:
     require_qemu()
     if not Path("/usr/share/qemu/firmware").is_dir():
         pytest.fail("QEMU's firmware descriptors are missing: scripts/test installs Debian's "
                     "ovmf")
-    return GUEST.make_guest(name, 2, memory, directory, profile="virt-install")
+    return GUEST.make_guest(name, 2, memory, directory, profile=profile)
 
 
 def libvirt_completion(xml: str) -> etree._Element:
@@ -179,12 +180,15 @@ def test_command_line_matches_libvirt(tmp_path: Path, libvirtd: str) -> None:
     assert ours[ours.index("-smp") + 1] == theirs[theirs.index("-smp") + 1]
 
 
-async def test_virt_install_guest_snapshots_reverts_and_restores(tmp_path: Path) -> None:
+@pytest.mark.parametrize("profile", ["virt-install", "desktop"])
+async def test_virt_install_guest_snapshots_reverts_and_restores(tmp_path: Path,
+                                                                 profile: str) -> None:
     """Disk-only (one moment across virtio and virtio-scsi), external and internal full-system
     snapshots, their reverts, and save/restore of a q35 + OVMF + network guest (its NVRAM in
-    qcow2, which internal snapshots need)."""
+    qcow2, which internal snapshots need); the desktop profile has virt-install's Windows 11
+    devices too (SPICE, QXL, ICH9 sound, USB redirection, Hyper-V, its timers)."""
     folder = tmp_path / "g"
-    xml = virt_install_guest("g", folder)
+    xml = virt_install_guest("g", folder, profile=profile)
     engine = Engine(tmp_path / "state")
     await engine.define(xml.read_text().replace("<cmdline>", "<nvram format='qcow2'/><cmdline>"))
     defined = parse_domain(await engine.domain_xml("g"))
@@ -202,7 +206,12 @@ async def test_virt_install_guest_snapshots_reverts_and_restores(tmp_path: Path)
         pid = (await engine.guest_info("g")).pid
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
         assert any('"virtio-net-pci"' in a for a in cmdline)
-        assert (folder / "vnc.sock").is_socket()
+        if profile == "desktop":
+            assert any('"qxl-vga"' in a for a in cmdline)
+            assert any('"ich9-intel-hda"' in a for a in cmdline)
+            assert any("hv-relaxed=on" in a for a in cmdline)
+        else:
+            assert (folder / "vnc.sock").is_socket()
         genid = defined.element.findtext("genid")
         assert genid and await generation_id(engine) == genid  # a start keeps it
 
@@ -228,6 +237,10 @@ async def test_virt_install_guest_snapshots_reverts_and_restores(tmp_path: Path)
             assert taken_at - 5 <= resumed <= taken_at + 5, (name, taken_at, resumed)
             rewound = await generation_id(engine)
             assert rewound != genid, name  # the guest can tell it was rewound
+            # ...and dumpxml of the running domain shows the ID it now has, as libvirt's
+            # live XML does (the stored definition keeps the defined one).
+            assert parse_domain(await engine.domain_xml("g")).element.findtext(
+                "genid") == rewound
             genid = rewound
 
         assert "i1" in internal_tags(nvram)  # the firmware's variables took the tag too
@@ -240,7 +253,10 @@ async def test_virt_install_guest_snapshots_reverts_and_restores(tmp_path: Path)
         await wait_for_counter(serial, saved_at + 10)
         assert b"qsnap-guest ready" not in serial.read_bytes()[offset:]
         assert saved_at - 5 <= _counters_since(serial, offset)[0] <= saved_at + 5
-        assert await generation_id(engine) != genid
+        restored_id = await generation_id(engine)
+        assert restored_id != genid
+        assert parse_domain(await engine.domain_xml("g")).element.findtext(
+            "genid") == restored_id
     finally:
         await engine.destroy("g")
 
@@ -319,13 +335,16 @@ def _counters_since(serial: Path, offset: int) -> list[int]:
     return [int(n) for n in re.findall(rb"qsnap-counter (\d+)", serial.read_bytes()[offset:])]
 
 
-async def test_save_images_move_between_libvirt_and_qsnap(tmp_path: Path, libvirtd: str) -> None:
-    """``virsh save`` of the q35 + OVMF + network + virtio-scsi + CD-ROM guest restores under
-    ``qsnap restore``, and qsnap's save restores under ``virsh restore``; each time the guest
-    goes on counting from where it was saved (no boot in between)."""
+@pytest.mark.parametrize("profile", ["virt-install", "desktop"])
+async def test_save_images_move_between_libvirt_and_qsnap(tmp_path: Path, libvirtd: str,
+                                                          profile: str) -> None:
+    """``virsh save`` of the q35 + OVMF + network + virtio-scsi + CD-ROM guest (and of the
+    desktop one: SPICE, QXL, sound, USB redirection, Hyper-V) restores under ``qsnap
+    restore``, and qsnap's save restores under ``virsh restore``; each time the guest goes on
+    counting from where it was saved (no boot in between)."""
     name = f"qsnap-lx-{tmp_path.name[-6:]}"
     folder = tmp_path / "g"
-    xml = virt_install_guest(name, folder)
+    xml = virt_install_guest(name, folder, profile=profile)
     serial = folder / "serial.log"
     virsh("undefine", name, "--nvram")
     assert virsh("define", str(xml)).returncode == 0

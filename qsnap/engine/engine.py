@@ -73,6 +73,7 @@ from qsnap.model.domain import (
     parse_domain_element,
     same_uuid,
     with_disk_images,
+    with_generation_id,
     with_uuid,
 )
 from qsnap.model.names import absolute_file, check_domain_name, check_snapshot_name
@@ -81,6 +82,7 @@ from qsnap.model.tree import SnapshotSummary, SnapshotTree
 from qsnap.monitor import Monitor, one_connection_per_qemu, share_connection
 from qsnap.plan.flags import CreateFlags, DeleteFlags, ListFilter, RevertFlags
 from qsnap.plan.save import check_parallel_channels, image_definition
+from qsnap.procfs import generation_id
 from qsnap.progress import ProgressCallback, ProgressMeter
 from qsnap.store import KEEP, DomainFolder, StateDir, resolve_state_dir
 from qsnap.store.intent import has_intent
@@ -772,8 +774,13 @@ class Engine:
     @_bounded
     async def domain_xml(self, domain: str, *, secure: bool = False,
                          timeout: float | None = None) -> str:
-        return await self._run(domain, functools.partial(domain_xml, secure=secure),
-                               reading=True)
+        """The definition; while the guest runs, with the generation ID it runs with (a
+        revert to a memory snapshot or a restore gives it a new one, as libvirt does)."""
+        xml = await self._run(domain, functools.partial(domain_xml, secure=secure),
+                              reading=True)
+        info = self._runtime(domain)[1]
+        guid = generation_id(info.pid) if info is not None else None
+        return with_generation_id(xml, guid) if guid else xml
 
     # -- creating ---------------------------------------------------------------------------
 

@@ -294,6 +294,17 @@ def rewound(domain: DomainDef, guid: str) -> DomainDef:
     return parse_domain_element(element)
 
 
+def with_generation_id(xml: str, guid: str) -> str:
+    """*xml* (a formatted definition) showing the generation ID *guid*, where it has a
+    ``<genid>``: a running guest's, as libvirt's live XML shows it after a revert."""
+    root = etree.fromstring(xml.encode())
+    node = root.find("genid")
+    if node is None or (node.text or "").strip() == guid:
+        return xml
+    node.text = guid
+    return format_element(root)
+
+
 # Attributes that hold secrets in libvirt domain XML, by element: shown only with --security-info.
 _SECRET_ATTRIBUTES = {"graphics": ("passwd",)}
 

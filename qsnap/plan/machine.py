@@ -644,6 +644,13 @@ def complete_machine(element: etree._Element) -> etree._Element:
             # A listed controller without a model is piix3-uhci on either machine
             # (qemuDomainDefaultUSBControllerModel); only one libvirt adds itself is qemu-xhci.
             controller.set("model", "piix3-uhci")
+    root_model = "pcie-root" if family == "q35" else "pci-root"
+    for controller in _controllers(devices, "pci"):
+        if controller.get("index") == "0" and controller.get("model") not in (None, root_model):
+            raise XMLError(f"<controller type='pci' index='0' model="
+                           f"'{controller.get('model')}'>: PCI controller 0 is the machine's "
+                           f"root, model '{root_model}' (list it first, or give the others "
+                           "indexes from 1)")
     if family == "q35":
         _ensure_controller(devices, "sata", 0)
         _ensure_controller(devices, "pci", 0, "pcie-root")
