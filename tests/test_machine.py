@@ -310,3 +310,94 @@ async def test_define_without_fitting_firmware_defines_nothing(tmp_path: Path) -
         await engine.define(xml)
     assert await engine.domains() == []
     assert not (tmp_path / "state" / "domains" / "vi").exists()
+
+
+# The eight silent differences real guests showed (issue 29), each pinned by a case.
+
+def _argv(xml: str, accel: str = "tcg") -> list[str]:
+    return qemu_command(parse_domain(xml), RuntimePaths(Path("/run/qsnap/t")), accel)
+
+
+def _devices(argv: list[str]) -> list[dict[str, object]]:
+    return [json.loads(argv[i + 1]) for i, a in enumerate(argv)
+            if a == "-device" and argv[i + 1].startswith("{")]
+
+
+PC_BARE = ("<domain type='qemu'><name>p</name><memory unit='KiB'>{memory}</memory><os><type "
+           "machine='pc-i440fx-7.2'>hvm</type></os>{clock}<devices>{devices}</devices>"
+           "</domain>")
+
+
+def test_root_ports_listed_without_addresses_take_libvirts_slots() -> None:
+    """virt-install lists 14 root ports with no index or address; libvirt (11.3's
+    domxml-to-native, tests/test_qemu_virt_install_guests.py) puts them at 0x2.0-0x2.7 and
+    0x3.0-0x3.5 beside the video card at 0x1, function 0 of each slot multifunction."""
+    xml = VIRT_INSTALL.replace("<devices>", "<devices><controller type='pci' model='pcie-root'/>"
+                               + "<controller type='pci' model='pcie-root-port'/>" * 14)
+    ports = [d for d in _devices(_argv(xml)) if d["driver"] == "pcie-root-port"]
+    assert [(p["addr"], p.get("multifunction"), p["port"], p["chassis"]) for p in ports[:9]] \
+        == [("0x2", True, 16, 1), *[(f"0x2.0x{f}", None, 16 + f, 1 + f) for f in range(1, 8)],
+            ("0x3", True, 24, 9)]
+    assert len(ports) == 14 and len({p["addr"] for p in ports}) == 14
+    assert [d["addr"] for d in _devices(_argv(xml)) if d["driver"] == "virtio-vga"] == ["0x1"]
+
+
+def test_a_lone_pty_console_is_the_first_serial_port() -> None:
+    xml = PC_BARE.format(memory=131072, clock="", devices="<console type='pty'/>")
+    argv = _argv(xml)
+    assert "pty,id=charserial0" in argv
+    assert {"driver": "isa-serial", "chardev": "charserial0", "id": "serial0",
+            "index": 0} in _devices(argv)
+
+
+def test_pc_without_video_keeps_no_slot_free() -> None:
+    xml = PC_BARE.format(memory=131072, clock="", devices="<memballoon model='virtio'/>")
+    assert [d["addr"] for d in _devices(_argv(xml))
+            if d["driver"] == "virtio-balloon-pci"] == ["0x2"]
+
+
+def test_pci_address_attributes_are_read_as_libvirt_reads_them() -> None:
+    """strtoul with base 0: ``18`` is decimal, ``0x12`` hexadecimal, ``022`` octal."""
+    for spelling in ("18", "0x12", "022"):
+        xml = PC_BARE.format(memory=131072, clock="", devices=(
+            "<memballoon model='virtio'><address type='pci' domain='0' bus='0' "
+            f"slot='{spelling}' function='0'/></memballoon>"))
+        assert [d["addr"] for d in _devices(_argv(xml))
+                if d["driver"] == "virtio-balloon-pci"] == ["0x12"], spelling
+
+
+def test_memory_is_whole_mib_as_libvirt_rounds_it() -> None:
+    argv = _argv(PC_BARE.format(memory=219100, clock="", devices=""))
+    assert argv[argv.index("-m") + 1] == "219136k"  # 214 MiB
+
+
+@pytest.mark.parametrize(("clock", "rtc"), [
+    ("", "base=utc"),
+    ("<clock offset='localtime'/>", "base=localtime"),
+    ("<clock offset='utc'><timer name='rtc' tickpolicy='catchup' track='guest'/></clock>",
+     "base=utc,clock=vm,driftfix=slew"),
+    ("<clock offset='variable' adjustment='3600' basis='utc'/>", "base=2009-02-14T00:31:30"),
+    ("<clock offset='absolute' start='0'/>", "base=1970-01-01T00:00:00"),
+])
+def test_clock_offsets_and_timers_reach_the_rtc(clock: str, rtc: str) -> None:
+    xml = PC_BARE.format(memory=131072, clock=clock, devices="")
+    argv = qemu_command(parse_domain(xml), RuntimePaths(Path("/run/qsnap/t")), "tcg",
+                        now=1234567890)
+    assert argv[argv.index("-rtc") + 1] == rtc
+
+
+def test_an_ioh3420_root_port_is_one() -> None:
+    xml = VIRT_INSTALL.replace("<devices>", "<devices><controller type='pci' index='1' "
+                               "model='pcie-root-port'><model name='ioh3420'/></controller>")
+    drivers = [d["driver"] for d in _devices(_argv(xml)) if d.get("id") == "pci.1"]
+    assert drivers == ["ioh3420"]
+
+
+def test_host_model_is_refused_naming_it_under_kvm_too() -> None:
+    """libvirt expands host-model to a named model and features from its CPU map; qsnap has
+    no CPU map, so it refuses rather than start ``-cpu host`` (another guest)."""
+    xml = VIRT_INSTALL.replace("<cpu mode='custom'><model>qemu64</model></cpu>",
+                               "<cpu mode='host-model'/>")
+    for accel in ("kvm", "tcg"):
+        with pytest.raises(NotSupportedError, match=r"<cpu mode='host-model'>"):
+            _argv(xml, accel)
