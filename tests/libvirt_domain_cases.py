@@ -37,8 +37,8 @@ CASES = Path(__file__).resolve().parents[2] / "shared/conformance/libvirt/qemuxm
 _HOST_OPTIONS = {
     "-name", "-S", "-object", "-accel", "-overcommit", "-uuid", "-no-user-config", "-nodefaults",
     "-chardev", "-mon", "-no-shutdown", "-sandbox", "-msg", "-blockdev", "-netdev", "-display",
-    "-vnc", "-spice", "-audiodev", "-qmp", "-pidfile", "-daemonize", "-compat", "-add-fd",
-    "-incoming", "-drive", "-kernel", "-initrd", "-append", "-boot", "-k",
+    "-vnc", "-spice", "-qmp", "-pidfile", "-daemonize", "-compat", "-add-fd",
+    "-incoming", "-drive", "-kernel", "-initrd", "-append", "-k",
     "-run-with", "-runas", "-enable-kvm", "-no-acpi", "-action", "-bios", "-mem-prealloc",
     "-mem-path", "-device-cdrom", "-monitor", "-serial", "-parallel", "-loadvm", "-sdl",
     "-nographic", "-vga", "-iscsi", "-set", "-throttle",
@@ -186,6 +186,9 @@ class Guest:
     globals_: set[str]
     devices: list[dict[str, str]]
     other: list[tuple[str, str]]
+    boot: dict[str, str]
+    #: Host-side, but compared: a backend built wrong would fail the start.
+    audio: list[str]
 
 
 def guest_of(argv: list[str]) -> Guest:
@@ -198,6 +201,8 @@ def guest_of(argv: list[str]) -> Guest:
     devices: list[dict[str, str]] = []
     other: list[tuple[str, str]] = []
     hpet_off = False
+    boot: dict[str, str] = {}
+    audio: list[str] = []
     for option, value in _options(argv):
         if option == "-machine":
             machine = {k: v for k, v in _keyvals(value, "type").items()
@@ -210,6 +215,12 @@ def guest_of(argv: list[str]) -> Guest:
             smp = _keyvals(value, "cpus")
         elif option == "-rtc":
             rtc = _keyvals(value)
+        elif option == "-audiodev":
+            backend = json.loads(value) if value.startswith("{") else _keyvals(value)
+            audio.append(json.dumps({k: v for k, v in backend.items() if k != "id"},
+                                    sort_keys=True))
+        elif option == "-boot":
+            boot = _keyvals(value)
         elif option == "-global":
             globals_.add(_global(value))
         elif option == "-device":
@@ -231,7 +242,7 @@ def guest_of(argv: list[str]) -> Guest:
         del rtc["driftfix"]
     smp.setdefault("dies", "1")
     machine.setdefault("acpi", "on")
-    return Guest(machine, cpu, memory, smp, rtc, globals_, devices, other)
+    return Guest(machine, cpu, memory, smp, rtc, globals_, devices, other, boot, sorted(audio))
 
 
 def _global(value: str) -> str:
@@ -247,7 +258,7 @@ def _device_key(device: dict[str, str]) -> str:
 
 def differences(libvirt: Guest, qsnap: Guest) -> list[str]:
     found: list[str] = []
-    for what in ("machine", "cpu", "memory_kib", "smp", "rtc"):
+    for what in ("machine", "cpu", "memory_kib", "smp", "rtc", "boot", "audio"):
         a, b = getattr(libvirt, what), getattr(qsnap, what)
         if a != b:
             found.append(f"{what}: libvirt {a} qsnap {b}")
@@ -286,11 +297,16 @@ def qsnap_argv(xml: bytes) -> list[str]:
     return argv[1:]
 
 
-#: Cases whose libvirt test runs with capabilities removed that QEMU 9.1 has, so that
-#: libvirt builds another machine than it builds on a real QEMU 9.1.
+#: Cases whose libvirt test runs with capabilities removed that QEMU 9.1 has, or with
+#: qemu.conf settings other than libvirt's defaults, so that libvirt builds another machine
+#: than it builds on a real QEMU 9.1 with a default configuration.
 HARNESS_ONLY = {
     "usb-controller-automatic-unavailable-q35": "the test removes QEMU's xHCI controllers "
     "from the capabilities, so libvirt adds no USB controller",
+    "audio-default-nographics": "the test turns on qemu.conf's nographics_allow_host_audio, "
+    "so libvirt picks the host's backend (alsa) where its default is none",
+    "audio-default-vnc": "the test turns on qemu.conf's vnc_allow_host_audio, so libvirt "
+    "picks the host's backend (alsa) where its default is none",
 }
 
 

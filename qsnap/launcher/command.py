@@ -50,9 +50,11 @@ def _disk_args(node: etree._Element, out: DeviceArgs) -> None:
     """A disk's two ``-blockdev`` nodes (none for an empty drive) and its ``-device``."""
     disk = parse_disk(node)
     what = f"disk '{disk.target}'"
-    if disk.device not in ("disk", "cdrom"):
+    if disk.device not in ("disk", "cdrom", "floppy"):
         raise NotSupportedError(f"{what}: device '{disk.device}' is not supported by qsnap's "
-                                "launcher (use disk or cdrom)")
+                                "launcher (use disk, cdrom or floppy)")
+    if (disk.device == "floppy") != (disk.bus == "fdc"):
+        raise NotSupportedError(f"{what}: a floppy is on bus 'fdc', and only a floppy is")
     if disk.type not in ("file", "block"):
         raise NotSupportedError(f"{what}: type '{disk.type}' is not supported by qsnap's "
                                 "launcher (use file or block)")
@@ -83,7 +85,16 @@ def _disk_args(node: etree._Element, out: DeviceArgs) -> None:
             raise NotSupportedError(f"{what}: a cdrom cannot be on bus 'virtio'")
         device = {"driver": "virtio-blk-pci", **placement(node, out.family), **device}
     elif bus == "sata":
-        device = {"driver": "ide-cd" if cdrom else "ide-hd", "bus": f"ide.{unit}", **device}
+        controller = address.get("controller", "0") if address is not None else "0"
+        sata_bus = f"sata{controller}.{unit}" if out.family == "pc" else f"ide.{unit}"
+        device = {"driver": "ide-cd" if cdrom else "ide-hd", "bus": sata_bus, **device}
+    elif bus == "fdc":
+        if out.family != "pc":
+            raise NotSupportedError(f"{what}: a floppy needs a pc machine (q35 has no floppy "
+                                    "controller of its own)")
+        if unit not in (0, 1):
+            raise NotSupportedError(f"{what}: a floppy controller has units 0 and 1")
+        device = {"driver": "floppy", "unit": unit, **device}
     elif bus == "ide":
         ide_bus = int(address.get("bus", "0")) if address is not None else 0
         device = {"driver": "ide-cd" if cdrom else "ide-hd", "bus": f"ide.{ide_bus}",
@@ -91,12 +102,19 @@ def _disk_args(node: etree._Element, out: DeviceArgs) -> None:
     elif bus == "scsi":
         controller = address.get("controller", "0") if address is not None else "0"
         target = int(address.get("target", "0")) if address is not None else 0
-        device = {"driver": "scsi-cd" if cdrom else "scsi-hd", "bus": f"scsi{controller}.0",
-                  "channel": 0, "scsi-id": target, "lun": unit,
-                  "device_id": f"drive-scsi{controller}-0-{target}-{unit}", **device}
+        if out.scsi_models.get(int(controller)) == "lsilogic":
+            # LSI has one LUN per target: libvirt addresses its disks by unit alone.
+            device = {"driver": "scsi-cd" if cdrom else "scsi-hd", "bus": f"scsi{controller}.0",
+                      "scsi-id": unit, "device_id": f"drive-scsi{controller}-0-{unit}",
+                      **device}
+        else:
+            device = {"driver": "scsi-cd" if cdrom else "scsi-hd",
+                      "bus": f"scsi{controller}.0", "channel": 0, "scsi-id": target,
+                      "lun": unit, "device_id": f"drive-scsi{controller}-0-{target}-{unit}",
+                      **device}
     else:
         raise NotSupportedError(f"{what}: bus '{bus}' is not supported by qsnap's launcher "
-                                "(use virtio, sata, scsi or ide)")
+                                "(use virtio, sata, scsi, ide or fdc)")
     target_node = node.find("target")
     if target_node is not None:
         refuse_unknown_parts(target_node, f"{what} <target>", set(),
@@ -106,7 +124,10 @@ def _disk_args(node: etree._Element, out: DeviceArgs) -> None:
                 raise NotSupportedError(f"{what}: rotation_rate needs bus ide, sata or scsi")
             device["rotation_rate"] = int(target_node.get("rotation_rate", "0"))
     boot = node.find("boot")
-    if boot is not None:
+    if boot is not None and bus == "fdc":
+        # A floppy's boot index belongs to its controller's drive A or B.
+        out.add("-global", f"isa-fdc.bootindex{'AB'[unit]}={int(boot.get('order', '0'))}")
+    elif boot is not None:
         device["bootindex"] = int(boot.get("order", "0"))
     out.add(*device_arg(device))
 
@@ -138,8 +159,11 @@ def _driver_options(driver: etree._Element | None, what: str) -> dict[str, objec
         options["aio"] = io
     if driver.get("discard") in ("unmap", "ignore"):
         options["discard"] = driver.get("discard")
-    if driver.get("detect_zeroes") in ("on", "off", "unmap"):
-        options["detect-zeroes"] = driver.get("detect_zeroes")
+    detect = driver.get("detect_zeroes")
+    if detect in ("on", "off", "unmap"):
+        # QEMU unmaps zeroes only where discards reach the file; libvirt asks for "on" else.
+        options["detect-zeroes"] = "on" if detect == "unmap" and \
+            driver.get("discard") != "unmap" else detect
     return options
 
 
@@ -219,7 +243,8 @@ def qemu_command(domain: DomainDef, runtime: RuntimePaths, accel: str,
     machine = machine_type(root)
     acpi = "on" if domain.acpi else "off"
     firmware, pflash = _firmware_args(root)
-    around = platform(root, machine_family(machine), accel, now)
+    around = platform(root, machine_family(machine), accel, domain.memory_bytes,
+                      str(runtime.folder), now)
     machine_props = [machine, f"accel={accel}", f"acpi={acpi}", "usb=off", *pflash,
                      *around.machine]
     argv = [emulator, "-name", f"guest={escape_commas(domain.name)},debug-threads=on",

@@ -145,8 +145,12 @@ _SOUND_DEVICES = {"ich6": "intel-hda", "ich9": "ich9-intel-hda", "ac97": "AC97",
 
 def sound_args(index: int, node: etree._Element, audio: str | None, out: DeviceArgs) -> None:
     """``<sound model=...>``: the card, and for HDA cards their codecs (``hda-duplex`` when
-    none is listed), each playing through the domain's audio backend."""
+    none is listed), each playing through the domain's audio backend (or the one its
+    ``<audio id=>`` names)."""
     model = node.get("model", "")
+    chosen = node.find("audio")
+    if chosen is not None and chosen.get("id"):
+        audio = f"audio{chosen.get('id')}"
     driver = _SOUND_DEVICES.get(model)
     if driver is None:
         raise _refuse(f"<sound model='{model}'>", "not supported by qsnap's launcher")
@@ -218,11 +222,70 @@ def virtio_input_args(index: int, node: etree._Element, out: DeviceArgs) -> None
                          **virtio_options(node), **placement(node, out.family)}))
 
 
+#: libvirt's ``<audio type>`` as QEMU's audiodev driver; each reads only its own options.
+_AUDIO_DRIVERS = {"none": "none", "spice": "spice", "alsa": "alsa", "oss": "oss",
+                  "pulseaudio": "pa", "pipewire": "pipewire", "sdl": "sdl", "jack": "jack",
+                  "file": "wav", "dbus": "dbus"}
+
+
+#: ``<audio>`` attributes by backend, as audiodev properties (pulseaudio's server is
+#: ``server``; the rest are the attribute spelt in QEMU's kebab case). pipewire's
+#: ``runtimeDir`` (libvirt sets QEMU's XDG_RUNTIME_DIR for it) and SDL's ``driver`` (its
+#: SDL_AUDIODRIVER) are refused: qsnap gives QEMU no environment of the guest's.
+_AUDIO_TOP = {"timerPeriod": "timer-period", "path": "path", "tryMMap": "try-mmap",
+              "exclusive": "exclusive", "dspPolicy": "dsp-policy"}
+_AUDIO_DIRECTION = {"mixingEngine": "mixing-engine", "fixedSettings": "fixed-settings",
+                    "voices": "voices", "bufferLength": "buffer-length",
+                    "bufferCount": "buffer-count", "dev": "dev", "name": "name",
+                    "streamName": "stream-name", "latency": "latency", "tryPoll": "try-poll",
+                    "serverName": "server-name", "clientName": "client-name",
+                    "connectPorts": "connect-ports", "exactName": "exact-name"}
+_AUDIO_SETTINGS = {"frequency": "frequency", "channels": "channels", "format": "format"}
+
+
+def _audio_value(text: str) -> object:
+    if text in ("yes", "no"):
+        return text == "yes"
+    return int(text) if text.isdigit() else text
+
+
+def _audio_properties(node: etree._Element, names: dict[str, str],
+                      what: str) -> dict[str, object]:
+    found: dict[str, object] = {}
+    for key, value in node.attrib.items():
+        name = str(key)
+        if name not in names:
+            raise _refuse(f"{what} {name}=", "not supported by qsnap's launcher")
+        found[names[name]] = _audio_value(str(value))
+    return found
+
+
 def audio_backend(node: etree._Element, out: DeviceArgs) -> str:
-    """``<audio type='none'|'spice'>`` as ``-audiodev`` (its id for the cards)."""
+    """``<audio type=...>`` as ``-audiodev`` (its id for the cards), with its timer, its
+    backend's own attributes and each direction's (``<input>``, ``<output>``) settings."""
     kind = node.get("type", "none")
-    if kind not in ("none", "spice"):
-        raise _refuse(f"<audio type='{kind}'>", "only type='none' or 'spice' is supported")
+    if kind not in _AUDIO_DRIVERS:
+        raise _refuse(f"<audio type='{kind}'>", "not a backend QEMU has on Linux")
+    what = f"<audio type='{kind}'>"
     audio = f"audio{node.get('id', '1')}"
-    out.add("-audiodev", json.dumps({"id": audio, "driver": kind}))
+    backend: dict[str, object] = {"id": audio, "driver": _AUDIO_DRIVERS[kind]}
+    top = {k: v for k, v in node.attrib.items() if str(k) not in ("id", "type")}
+    if kind == "pulseaudio" and "serverName" in top:
+        backend["server"] = top.pop("serverName")
+    probe = etree.Element("audio", {str(k): str(v) for k, v in top.items()})
+    backend.update(_audio_properties(probe, _AUDIO_TOP, what))
+    for child in node:
+        if not isinstance(child.tag, str):
+            continue
+        if child.tag not in ("input", "output"):
+            raise _refuse(f"{what}: <{child.tag}>", "not supported by qsnap's launcher")
+        direction = _audio_properties(child, _AUDIO_DIRECTION, f"{what}<{child.tag}>")
+        for settings in child:
+            if isinstance(settings.tag, str):
+                if settings.tag != "settings":
+                    raise _refuse(f"{what}<{child.tag}><{settings.tag}>", "not supported")
+                direction.update(_audio_properties(settings, _AUDIO_SETTINGS,
+                                                   f"{what}<{child.tag}><settings>"))
+        backend["in" if child.tag == "input" else "out"] = direction
+    out.add("-audiodev", json.dumps(backend))
     return audio

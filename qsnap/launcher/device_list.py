@@ -60,9 +60,11 @@ def device_args(root: etree._Element, agent: str | None, disk_args: DiskArgs,
     pci.sort(key=lambda c: int(c.get("index", "0")))
     for controller in pci:
         controller_args(controller, out)
-    for controller in devices.findall("controller"):
-        if controller.get("type") != "pci":
-            controller_args(controller, out)
+    others = [c for c in devices.findall("controller") if c.get("type") != "pci"]
+    # An ICH9 UHCI companion names its EHCI controller's bus, which must exist first.
+    others.sort(key=lambda c: c.get("model", "").startswith("ich9-uhci"))
+    for controller in others:
+        controller_args(controller, out)
     for disk in devices.findall("disk"):
         disk_args(disk, out)
     for index, node in enumerate(devices.findall("interface")):
@@ -78,9 +80,8 @@ def device_args(root: etree._Element, agent: str | None, disk_args: DiskArgs,
             virtio_input_args(index, node, out)
         else:
             input_args(index, node, out)
-    audio = None
-    for node in devices.findall("audio"):
-        audio = audio_backend(node, out)
+    backends = [audio_backend(node, out) for node in devices.findall("audio")]
+    audio = backends[0] if backends else None
     for node in devices.findall("graphics"):
         if node.get("type") == "spice":
             spice_args(node, out)

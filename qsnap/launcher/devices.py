@@ -25,9 +25,11 @@ from qsnap.model.units import parse_scaled_integer
 # Everything a definition may say at the top level and still start; other elements are refused
 # (element kept in the definition, the start names it).
 _STARTABLE_TOP = {"name", "uuid", "genid", "title", "description", "metadata", "memory",
+                  "memoryBacking",
                   "currentMemory", "vcpu", "os", "features", "cpu", "clock", "on_poweroff",
                   "on_reboot", "on_crash", "pm", "devices", "resource", "seclabel"}
-_STARTABLE_OS = {"type", "kernel", "initrd", "cmdline", "loader", "nvram", "boot", "firmware"}
+_STARTABLE_OS = {"type", "kernel", "initrd", "cmdline", "loader", "nvram", "boot", "firmware",
+                 "bootmenu", "bios"}
 _STARTABLE_DEVICES = {"emulator", "disk", "controller", "interface", "serial", "console",
                       "channel", "input", "graphics", "video", "memballoon", "rng", "audio",
                       "sound", "watchdog", "redirdev"}
@@ -153,6 +155,8 @@ class DeviceArgs:
     family: str
     domain_key: str = ""
     argv: list[str] = field(default_factory=list)
+    #: The model of each SCSI controller by index, for the disks on it.
+    scsi_models: dict[int, str] = field(default_factory=dict)
     #: Chooses a free TCP port on a host address (SPICE's autoport); tests give a fixed one.
     free_port: Callable[[str], int] = field(default=lambda host: 5900)
 
@@ -200,10 +204,20 @@ def controller_args(controller: etree._Element, out: DeviceArgs) -> None:
             out.add(*device_arg({"driver": name, "port": port, "chassis": chassis,
                                  "id": f"pci.{index}", **placed}))
             return
+        if model == "pci-bridge" and out.family == "pc":
+            chassis = int(target.get("chassisNr", str(index))) if target is not None else index
+            out.add(*device_arg({"driver": "pci-bridge", "chassis_nr": chassis,
+                                 "id": f"pci.{index}", **placed}))
+            return
         if model == "pcie-to-pci-bridge":
             out.add(*device_arg({"driver": "pcie-pci-bridge", "id": f"pci.{index}", **placed}))
             return
         raise _refuse(f"<controller type='pci' model='{model}'>", "not supported")
+    if kind == "sata" and out.family == "pc":
+        out.add(*device_arg({"driver": "ahci", "id": f"sata{index}", **placed}))
+        return
+    if kind == "fdc" and out.family == "pc" and index == 0:
+        return  # the PIIX3's own floppy controller
     if kind in ("sata", "ide"):
         if index == 0:
             return  # the chipset's own (ICH9 AHCI on q35, PIIX3 IDE on pc)
@@ -231,9 +245,13 @@ def controller_args(controller: etree._Element, out: DeviceArgs) -> None:
         out.add(*device_arg({**device, **virtio_options(controller), **placed}))
         return
     if kind == "scsi":
+        out.scsi_models[index] = model or "lsilogic"
+        if model == "lsilogic":
+            out.add(*device_arg({"driver": "lsi", "id": f"scsi{index}", **placed}))
+            return
         if model != "virtio-scsi":
             raise _refuse(f"<controller type='scsi' model='{model}'>",
-                          "only model='virtio-scsi' is supported")
+                          "only models 'virtio-scsi' and 'lsilogic' are supported")
         out.add(*device_arg({"driver": "virtio-scsi-pci", "id": f"scsi{index}",
                              **virtio_options(controller), **placed}))
         return
@@ -384,7 +402,7 @@ def graphics_args(node: etree._Element, audio: str | None, out: DeviceArgs) -> N
     listen = node.find("listen")
     socket = node.get("socket") or (listen.get("socket") if listen is not None else None)
     if socket:
-        display = f"unix:{escape_commas(socket)}"
+        display = f"vnc=unix:{escape_commas(socket)}"  # vnc=: a path may hold '='.
     else:
         host = (listen.get("address") if listen is not None else None) or node.get("listen")
         host = escape_commas(host or "127.0.0.1")

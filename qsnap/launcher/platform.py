@@ -10,6 +10,7 @@ starts as another machine than libvirt's without a word.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -173,6 +174,78 @@ def _clock(root: etree._Element, out: Platform, now: float) -> None:
     out.args += ["-rtc", ",".join(rtc)]
 
 
+def _boot(root: etree._Element, out: Platform) -> None:
+    """``-boot``: the firmware's boot menu and reboot timeout, and strict order (a guest that
+    lists boot devices boots only from those), as libvirt always asks for it."""
+    options = []
+    menu = root.find("os/bootmenu")
+    if menu is not None:
+        enabled = menu.get("enable") == "yes"
+        options.append(f"menu={'on' if enabled else 'off'}")
+        if enabled and menu.get("timeout") is not None:
+            options.append(f"splash-time={int(menu.get('timeout', '0'))}")
+    bios = root.find("os/bios")
+    if bios is not None:
+        if bios.get("useserial") is not None:
+            raise _refuse("<os><bios useserial=>", "the serial graphics adapter is not "
+                          "supported by qsnap's launcher")
+        if bios.get("rebootTimeout") is not None:
+            options.append(f"reboot-timeout={int(bios.get('rebootTimeout', '0'))}")
+    out.args += ["-boot", ",".join([*options, "strict=on"])]
+
+
+def _memory_backing(root: etree._Element, memory_bytes: int, runtime_folder: str,
+                    out: Platform) -> None:
+    """``<memoryBacking>`` as the guest RAM's own backend object (``pc.ram``, the RAM block
+    name QEMU gives plain ``-m`` too, so memory images still move between the two): memfd
+    or a file in the runtime folder, shared or private, allocated at start, locked, not
+    merged. Huge pages are refused: this machine kind has no hugetlbfs set up for them."""
+    backing = root.find("memoryBacking")
+    if backing is None:
+        return
+    source, share, prealloc, discard = "anonymous", None, False, False
+    for child in backing:
+        if not isinstance(child.tag, str):
+            continue
+        if child.tag == "source":
+            source = child.get("type", "anonymous")
+        elif child.tag == "access":
+            share = child.get("mode") == "shared"
+        elif child.tag == "allocation":
+            if child.get("threads") is not None:
+                raise _refuse("<memoryBacking><allocation threads=>", "not supported")
+            prealloc = child.get("mode") == "immediate"
+        elif child.tag == "locked":
+            out.args += ["-overcommit", "mem-lock=on"]
+        elif child.tag == "nosharepages":
+            out.machine.append("mem-merge=off")
+        elif child.tag == "discard":
+            discard = True
+        else:
+            raise _refuse(f"<memoryBacking><{child.tag}>", "not supported by qsnap's launcher "
+                          "(huge pages need hugetlbfs, which this host does not set up)")
+    kinds = {"anonymous": "memory-backend-ram", "memfd": "memory-backend-memfd",
+             "file": "memory-backend-file"}
+    if source not in kinds:
+        raise _refuse(f"<memoryBacking><source type='{source}'>", "use anonymous, memfd or file")
+    if source == "anonymous" and (share or discard):
+        source = "file"  # as libvirt: shared or discardable RAM needs a file
+    backend: dict[str, object] = {"qom-type": kinds[source], "id": "pc.ram"}
+    if source == "file":
+        backend["mem-path"] = f"{runtime_folder}/pc.ram"
+    if share is not None:
+        backend["share"] = share
+    if source != "anonymous":
+        backend["x-use-canonical-path-for-ramblock-id"] = False
+    if prealloc:
+        backend["prealloc"] = True
+    if discard:
+        backend["discard-data"] = True
+    backend["size"] = memory_bytes
+    out.machine.append("memory-backend=pc.ram")
+    out.args += ["-object", json.dumps(backend)]
+
+
 def _power_management(root: etree._Element, family: str, out: Platform) -> None:
     pm = root.find("pm")
     if pm is None:
@@ -238,14 +311,16 @@ def _model_and_features(root: etree._Element, accel: str, out: Platform) -> str 
     return model or None
 
 
-def platform(root: etree._Element, family: str, accel: str,
-             now: float | None = None) -> Platform:
+def platform(root: etree._Element, family: str, accel: str, memory_bytes: int,
+             runtime_folder: str, now: float | None = None) -> Platform:
     """Everything but the devices, for a completed definition: machine options, ``-cpu`` (in
     :attr:`Platform.args`), clock, timers and power management. *now* is the moment
     ``offset='variable'`` counts from (the current time by default)."""
     out = Platform()
     _features(root, family, out)
     _clock(root, out, time.time() if now is None else now)
+    _boot(root, out)
+    _memory_backing(root, memory_bytes, runtime_folder, out)
     _power_management(root, family, out)
     model = _model_and_features(root, accel, out)
     if model is None and out.cpu_flags:

@@ -187,12 +187,16 @@ def _drive_addresses(devices: etree._Element, family: str) -> None:
     for disk in devices.findall("disk"):
         target = disk.find("target")
         bus = target.get("bus") if target is not None else None
-        if bus not in ("scsi", "sata", "ide") or target is None:
+        if bus not in ("scsi", "sata", "ide", "fdc") or target is None:
             continue
         address = disk.find("address")
         if address is None:
-            index = disk_index(target.get("dev", ""))
-            if bus == "ide":
+            index = _disk_target_index(disk)
+            if index < 0:
+                index = disk_index(target.get("dev", ""))  # raises, naming the target
+            if bus == "fdc":
+                attrs = {"controller": "0", "bus": "0", "target": "0", "unit": str(index % 2)}
+            elif bus == "ide":
                 attrs = {"controller": str(index // 4), "bus": str(index % 4 // 2),
                          "target": "0", "unit": str(index % 2)}
             else:
@@ -201,9 +205,6 @@ def _drive_addresses(devices: etree._Element, family: str) -> None:
                          "unit": str(index % per)}
             address = etree.SubElement(disk, "address", {"type": "drive", **attrs})
         controller = int(address.get("controller", "0"))
-        if bus == "sata" and family == "pc":
-            raise NotSupportedError(f"disk '{target.get('dev')}': bus 'sata' on a pc machine "
-                                    "needs an AHCI controller qsnap does not add; use q35")
         if bus == "ide" and family == "q35":
             raise NotSupportedError(f"disk '{target.get('dev')}': IDE controllers are not "
                                     "supported on a q35 machine (use sata)")
@@ -291,15 +292,17 @@ def _implicit_devices(root: etree._Element, devices: etree._Element, family: str
         _sub(devices, "memballoon", {"model": "virtio"}, before="rng")
 
 
-def _pci_endpoints(devices: etree._Element) -> list[etree._Element]:
+def _pci_endpoints(devices: etree._Element, family: str) -> list[etree._Element]:
     """The devices that need a PCI address, in the order libvirt hands them out."""
     ordered: list[etree._Element] = list(devices.findall("interface"))
     ordered += [s for s in devices.findall("sound")
                 if s.get("model") not in ("sb16", "pcspk", "usb")]
     for controller in devices.findall("controller"):
         kind, model = controller.get("type"), controller.get("model")
-        if kind in ("pci", "sata", "ide") or (kind == "usb" and model == "none"):
+        if kind in ("pci", "ide", "fdc") or (kind == "usb" and model == "none"):
             continue
+        if kind == "sata" and family == "q35" and controller.get("index") == "0":
+            continue  # ICH9's own
         if kind == "usb" and model in _USB2_MODELS and controller.find("address") is not None:
             continue
         if kind == "usb" and model == "piix3-uhci":
@@ -382,19 +385,40 @@ def _pci_addresses(devices: etree._Element, family: str) -> None:
         return slot
 
     _usb2_addresses(devices, family, used)
-    endpoints = [d for d in _pci_endpoints(devices) if PciAddress.of(d) is None]
+    endpoints = [d for d in _pci_endpoints(devices, family) if PciAddress.of(d) is None]
     if family == "pc":
-        usb2_slots: dict[str, int] = {}
-        for device in endpoints:
+        bridges = sorted(int(c.get("index", "0")) for c in _controllers(devices, "pci")
+                         if c.get("model") == "pci-bridge")
+
+        def free_slot(device: etree._Element) -> tuple[int, int]:
+            """The first free slot of the root bus, then of each pci-bridge (slots 1-31)."""
+            for bus in [0, *bridges]:
+                if bus and device.get("index") is not None and device.tag == "controller" \
+                        and int(device.get("index", "0")) <= bus:
+                    break  # a bridge sits on a bus made before it
+                for slot in range(1, 0x20):
+                    if bus == 0 and slot in reserved_slots:
+                        continue
+                    if not any(u[0] == bus and u[1] == slot for u in used):
+                        return bus, slot
+            raise NotSupportedError(
+                f"<{device.tag}>: no free PCI slot left for it; libvirt would add a "
+                "pci-bridge here, which qsnap does not add by itself (list one: "
+                "<controller type='pci' model='pci-bridge'/>)")
+
+        placed_first = [c for c in _controllers(devices, "pci")
+                        if c.get("model") == "pci-bridge" and PciAddress.of(c) is None]
+        usb2_slots: dict[str, tuple[int, int]] = {}
+        for device in placed_first + endpoints:
             if device.get("model") in _USB2_MODELS and device.tag == "controller":
                 group = device.get("index", "0")
                 if group not in usb2_slots:
-                    usb2_slots[group] = free_root_slot(1, device)
-                _usb2_member_at(device, 0, usb2_slots[group], used)
+                    usb2_slots[group] = free_slot(device)
+                _usb2_member_at(device, *usb2_slots[group], used)
                 continue
-            slot = free_root_slot(1, device)
-            PciAddress(0, slot).write(device)
-            used.add((0, slot, 0))
+            bus, slot = free_slot(device)
+            PciAddress(bus, slot).write(device)
+            used.add((bus, slot, 0))
         return
     for device in endpoints:
         conventional = _conventional_pci_model(device)
