@@ -25,6 +25,7 @@ from qemu_guest import (
     guest_module,
     read_counters,
     require_qemu,
+    resumed_counter,
     wait_for_counter,
 )
 from test_machine import VIRT_INSTALL, pci_addresses
@@ -573,3 +574,49 @@ async def test_every_save_image_format_moves_between_libvirt_11_and_qsnap(
         libvirt_11.virsh("undefine", name)
         if await engine.domstate(name) == "running":
             await engine.destroy(name)
+
+
+async def test_memory_backing_guests_save_restore_and_revert(tmp_path: Path) -> None:
+    """A guest whose RAM is shared memfd memory, allocated at start (``<memoryBacking>``, what
+    virtiofs guests need): a full-system snapshot and its revert, a save and a restore, and
+    the save image restored with plain anonymous RAM (the RAM block is ``pc.ram`` either
+    way), each time counting on from where it was."""
+    require_qemu()
+    folder = tmp_path / "g"
+    xml = GUEST.make_guest("mb", 1, 128, folder).read_text()
+    backing = ("<memoryBacking><source type='memfd'/><access mode='shared'/>"
+               "<allocation mode='immediate'/></memoryBacking>")
+    xml = re.sub(r"(</memory>|</currentMemory>)", r"\1" + backing, xml, count=1)
+    assert backing in xml
+    engine = Engine(tmp_path / "state")
+    await engine.define(xml)
+    serial = folder / "serial.log"
+    await engine.start("mb")
+    try:
+        pid = (await engine.guest_info("mb")).pid
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+        assert '"memory-backend-memfd"' in cmdline and "memory-backend=pc.ram" in cmdline
+        await wait_for_counter(serial, 10)
+        await engine.create("mb", snapshot_xml_from_args(
+            "m1", memspec=f"file={folder / 'm1.mem'}"), CreateFlags())
+        taken_at = GUEST.last_serial_counter(serial) or 0
+        await wait_for_counter(serial, taken_at + 30)
+        offset = serial.stat().st_size
+        await engine.revert("mb", "m1")
+        assert taken_at - 5 <= await resumed_counter(serial, offset) <= taken_at + 5
+
+        for round_, plain in enumerate((False, True)):
+            current = etree.fromstring((await engine.domain_xml("mb")).encode())
+            node = current.find("memoryBacking")
+            assert node is not None
+            current.remove(node)
+            definition = etree.tostring(current).decode() if plain else None
+            saved_at = GUEST.last_serial_counter(serial) or 0
+            await engine.save("mb", folder / f"mb{round_}.save")
+            offset = serial.stat().st_size
+            await engine.restore(folder / f"mb{round_}.save", xml=definition)
+            await wait_for_counter(serial, saved_at + 5)
+            assert saved_at - 5 <= _counters_since(serial, offset)[0] <= saved_at + 5
+            assert b"qsnap-guest ready" not in serial.read_bytes()[offset:]
+    finally:
+        await engine.destroy("mb")
