@@ -28,13 +28,15 @@ OS_VARIANTS = ("debian12", "ubuntu24.04", "fedora40", "centos-stream9", "win10",
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "virt-install"
 
 
-def print_xml(name: str, variant: str, uefi: bool, graphics: str) -> str:
+def print_xml(name: str, variant: str, uefi: bool, graphics: str,
+              extra: tuple[str, ...] = ()) -> str:
     argv = ["virt-install", "--connect", libvirt_daemon.URI, "--print-xml", "--name", name,
             "--osinfo", variant, "--memory", "1024", "--vcpus", "2", "--import",
             "--disk", f"path=/var/lib/qsnap-guests/{name}.qcow2,format=qcow2,size=1",
             "--graphics", graphics, "--network", "user", "--noautoconsole"]
     if uefi:
         argv += ["--boot", "uefi"]
+    argv += extra
     result = subprocess.run(argv, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(argv)}: {result.stderr.strip()}")
@@ -56,6 +58,12 @@ def main() -> None:
                         f"<!-- virt-install {version} with print-xml (scripts/"
                         f"virt_install_guests.py) -->\n{xml}")
                     print(name)
+        # The demo's guest: as a user without KVM asks for it (TCG and a named CPU).
+        demo = FIXTURES.parent / "demo" / "win11-virt-install.xml"
+        xml = print_xml("win11", "win11", True, "spice",
+                        ("--virt-type", "qemu", "--cpu", "qemu64"))
+        demo.write_text(f"<!-- virt-install {version} with print-xml, virt-type qemu and cpu "
+                        f"qemu64 (scripts/virt_install_guests.py) -->\n{xml}")
     subprocess.run(["virsh", "-c", libvirt_daemon.URI, "pool-destroy", "qsnap-guests"],
                    capture_output=True, check=False)
 
