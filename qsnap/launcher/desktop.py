@@ -21,6 +21,7 @@ from qsnap.launcher.devices import (
     placement,
     refuse_unknown_parts,
     virtio_options,
+    virtserial_port,
 )
 from qsnap.model.options import escape_commas
 
@@ -95,13 +96,7 @@ def spice_channel_args(index: int, node: etree._Element, out: DeviceArgs) -> Non
     """``<channel type='spicevmc'>``: the SPICE agent's virtio-serial port."""
     target = node.find("target")
     name = (target.get("name") if target is not None else None) or "com.redhat.spice.0"
-    address = node.find("address")
-    port = int(address.get("port", "1")) if address is not None else 1
-    controller = address.get("controller", "0") if address is not None else "0"
-    out.add("-chardev", f"spicevmc,id=charchannel{index},name=vdagent")
-    out.add(*device_arg({"driver": "virtserialport", "bus": f"virtio-serial{controller}.0",
-                         "nr": port, "chardev": f"charchannel{index}", "id": f"channel{index}",
-                         "name": name}))
+    virtserial_port(index, node, "spicevmc,name=vdagent", name, out)
 
 
 def pty_channel_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
@@ -109,13 +104,7 @@ def pty_channel_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
     target = node.find("target")
     if target is None or target.get("type") != "virtio" or not target.get("name"):
         raise _refuse("<channel type='pty'>", "only a named virtio target is supported")
-    address = node.find("address")
-    port = int(address.get("port", "1")) if address is not None else 1
-    controller = address.get("controller", "0") if address is not None else "0"
-    out.add("-chardev", f"pty,id=charchannel{index}")
-    out.add(*device_arg({"driver": "virtserialport", "bus": f"virtio-serial{controller}.0",
-                         "nr": port, "chardev": f"charchannel{index}", "id": f"channel{index}",
-                         "name": target.get("name", "")}))
+    virtserial_port(index, node, "pty", target.get("name", ""), out)
 
 
 def redirdev_args(index: int, node: etree._Element, out: DeviceArgs) -> None:

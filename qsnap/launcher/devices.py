@@ -366,19 +366,27 @@ def console_check(node: etree._Element) -> None:
                       "only a console on the serial port is supported")
 
 
+def virtserial_port(index: int, node: etree._Element, backend: str, name: str,
+                    out: DeviceArgs) -> None:
+    """A ``<channel>`` with a virtio target: the chardev *backend* (``KIND,OPTIONS`` without
+    the id) and the virtio-serial port the guest sees as *name*, at the channel's address."""
+    address = node.find("address")
+    port = int(address.get("port", "1")) if address is not None else 1
+    controller = address.get("controller", "0") if address is not None else "0"
+    kind, _, options = backend.partition(",")
+    out.add("-chardev", ",".join(filter(None, [kind, f"id=charchannel{index}", options])))
+    out.add(*device_arg({"driver": "virtserialport", "bus": f"virtio-serial{controller}.0",
+                         "nr": port, "chardev": f"charchannel{index}", "id": f"channel{index}",
+                         "name": name}))
+
+
 def channel_args(index: int, node: etree._Element, agent: str | None, out: DeviceArgs) -> None:
     target = node.find("target")
     if node.get("type") != "unix" or target is None or target.get("name") != GUEST_AGENT_CHANNEL:
         raise _refuse(f"<channel type='{node.get('type')}'>",
                       f"only the guest agent's unix channel ({GUEST_AGENT_CHANNEL}) is supported")
-    address = node.find("address")
-    port = int(address.get("port", "1")) if address is not None else 1
-    controller = address.get("controller", "0") if address is not None else "0"
-    out.add("-chardev", f"socket,id=charchannel{index},path={escape_commas(agent or '')},"
-                        "server=on,wait=off")
-    out.add(*device_arg({"driver": "virtserialport", "bus": f"virtio-serial{controller}.0",
-                         "nr": port, "chardev": f"charchannel{index}", "id": f"channel{index}",
-                         "name": GUEST_AGENT_CHANNEL}))
+    virtserial_port(index, node, f"socket,path={escape_commas(agent or '')},server=on,wait=off",
+                    GUEST_AGENT_CHANNEL, out)
 
 
 def input_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
