@@ -41,7 +41,7 @@ _HOST_OPTIONS = {
     "-incoming", "-drive", "-kernel", "-initrd", "-append", "-k",
     "-run-with", "-runas", "-enable-kvm", "-no-acpi", "-action", "-bios", "-mem-prealloc",
     "-mem-path", "-device-cdrom", "-monitor", "-serial", "-parallel", "-loadvm", "-sdl",
-    "-nographic", "-vga", "-iscsi", "-set", "-throttle",
+    "-nographic", "-vga", "-iscsi", "-set", "-throttle", "-fsdev",
 }
 # -machine options that are host-side only.
 _HOST_MACHINE_OPTIONS = {"dump-guest-core", "memory-backend", "mem-merge", "accel",
@@ -166,12 +166,22 @@ def _device(value: str) -> dict[str, str]:
     return device
 
 
-def _memory_kib(value: str) -> int:
-    text = _keyvals(value, "size").get("size", "128M")
+def _kib(text: str) -> int:
     units = {"k": 1, "K": 1, "M": 1024, "G": 1024 * 1024}
     if text[-1] in units:
         return int(text[:-1]) * units[text[-1]]
     return int(text) * 1024
+
+
+def _memory(value: str) -> dict[str, int]:
+    """``-m``: size and maxmem in KiB, slots."""
+    parts = _keyvals(value, "size")
+    memory = {"size": _kib(parts.get("size", "128M"))}
+    if "maxmem" in parts:
+        memory["maxmem"] = _kib(parts["maxmem"])
+    if "slots" in parts:
+        memory["slots"] = int(parts["slots"])
+    return memory
 
 
 @dataclass
@@ -180,7 +190,7 @@ class Guest:
 
     machine: dict[str, str]
     cpu: str
-    memory_kib: int
+    memory: dict[str, int]
     smp: dict[str, str]
     rtc: dict[str, str]
     globals_: set[str]
@@ -194,7 +204,7 @@ class Guest:
 def guest_of(argv: list[str]) -> Guest:
     machine: dict[str, str] = {}
     cpu = ""
-    memory = 128 * 1024
+    memory = {"size": 128 * 1024}
     smp: dict[str, str] = {"cpus": "1"}
     rtc: dict[str, str] = {}
     globals_: set[str] = set()
@@ -210,7 +220,7 @@ def guest_of(argv: list[str]) -> Guest:
         elif option == "-cpu":
             cpu = value
         elif option == "-m":
-            memory = _memory_kib(value)
+            memory = _memory(value)
         elif option == "-smp":
             smp = _keyvals(value, "cpus")
         elif option == "-rtc":
@@ -258,7 +268,7 @@ def _device_key(device: dict[str, str]) -> str:
 
 def differences(libvirt: Guest, qsnap: Guest) -> list[str]:
     found: list[str] = []
-    for what in ("machine", "cpu", "memory_kib", "smp", "rtc", "boot", "audio"):
+    for what in ("machine", "cpu", "memory", "smp", "rtc", "boot", "audio"):
         a, b = getattr(libvirt, what), getattr(qsnap, what)
         if a != b:
             found.append(f"{what}: libvirt {a} qsnap {b}")

@@ -251,12 +251,16 @@ def _with(device: str) -> str:
     (_with("<interface type='network'><source network='default'/><model type='virtio'/>"
            "</interface>"), r"<interface type='network'> #2: libvirt virtual networks"),
     (_with("<interface type='user'/>"), r"model 'rtl8139' is a conventional PCI device"),
-    (VIRT_INSTALL.replace("<vcpu>2</vcpu>", "<vcpu>2</vcpu><iothreads>1</iothreads>"),
-     r"<iothreads>: not supported"),
+    (VIRT_INSTALL.replace("<vcpu>2</vcpu>", "<vcpu>2</vcpu><numatune><memory "
+                          "mode='strict' nodeset='0'/></numatune>"),
+     r"<numatune>: not supported"),
+    (VIRT_INSTALL.replace("type='qcow2'/><source file='/i/root",
+                          "type='qcow2' iothread='2'/><source file='/i/root"),
+     r"disk 'vda': iothread '2' is not one the domain's <iothreads> makes"),
     (VIRT_INSTALL.replace("<apic/>", "<apic/><hyperv><evmcs state='on'/><tlbflush "
                               "state='on'><direct state='on'/></tlbflush></hyperv>"),
          r"<hyperv><tlbflush>"),
-        (VIRT_INSTALL.replace("<apic/>", "<apic/><pvspinlock/>"), r"<features><pvspinlock>"),
+        (VIRT_INSTALL.replace("<apic/>", "<apic/><gic/>"), r"<features><gic>"),
     (VIRT_INSTALL.replace("<cpu mode='custom'><model>qemu64</model></cpu>",
                           "<cpu mode='host-model'/>"), r"host-model'> under TCG"),
     (_with("<graphics type='spice' tlsPort='5901'/>"), r"<graphics type='spice' tlsPort=>"),
@@ -368,7 +372,7 @@ def test_pci_address_attributes_are_read_as_libvirt_reads_them() -> None:
 
 def test_memory_is_whole_mib_as_libvirt_rounds_it() -> None:
     argv = _argv(PC_BARE.format(memory=219100, clock="", devices=""))
-    assert argv[argv.index("-m") + 1] == "219136k"  # 214 MiB
+    assert argv[argv.index("-m") + 1] == "size=219136k"  # 214 MiB
 
 
 @pytest.mark.parametrize(("clock", "rtc"), [

@@ -576,11 +576,18 @@ async def test_every_save_image_format_moves_between_libvirt_11_and_qsnap(
             await engine.destroy(name)
 
 
-async def test_memory_backing_guests_save_restore_and_revert(tmp_path: Path) -> None:
+NUMA_CELLS = ("<numa><cell id='0' cpus='0' memory='64' unit='MiB'/>"
+              "<cell id='1' memory='64' unit='MiB' memAccess='shared'/></numa>")
+
+
+@pytest.mark.parametrize("layout", ["memfd", "numa"])
+async def test_memory_backing_guests_save_restore_and_revert(tmp_path: Path,
+                                                             layout: str) -> None:
     """A guest whose RAM is shared memfd memory, allocated at start (``<memoryBacking>``, what
-    virtiofs guests need): a full-system snapshot and its revert, a save and a restore, and
-    the save image restored with plain anonymous RAM (the RAM block is ``pc.ram`` either
-    way), each time counting on from where it was."""
+    virtiofs guests need), or two NUMA cells (a RAM block each): a full-system snapshot and
+    its revert, a save and a restore, and (memfd) the save image restored with plain
+    anonymous RAM (the RAM block is ``pc.ram`` either way), each time counting on from where
+    it was."""
     require_qemu()
     folder = tmp_path / "g"
     xml = GUEST.make_guest("mb", 1, 128, folder).read_text()
@@ -588,6 +595,11 @@ async def test_memory_backing_guests_save_restore_and_revert(tmp_path: Path) -> 
                "<allocation mode='immediate'/></memoryBacking>")
     xml = re.sub(r"(</memory>|</currentMemory>)", r"\1" + backing, xml, count=1)
     assert backing in xml
+    if layout == "numa":
+        xml = xml.replace(backing, "")
+        assert "<cpu" not in xml
+        xml = re.sub(r"(</vcpu>)", r"\1<cpu mode='custom'><model>qemu64</model>"
+                     + NUMA_CELLS + "</cpu>", xml, count=1)
     engine = Engine(tmp_path / "state")
     await engine.define(xml)
     serial = folder / "serial.log"
@@ -595,7 +607,10 @@ async def test_memory_backing_guests_save_restore_and_revert(tmp_path: Path) -> 
     try:
         pid = (await engine.guest_info("mb")).pid
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
-        assert '"memory-backend-memfd"' in cmdline and "memory-backend=pc.ram" in cmdline
+        if layout == "numa":
+            assert "node,nodeid=1,memdev=ram-node1" in cmdline
+        else:
+            assert '"memory-backend-memfd"' in cmdline and "memory-backend=pc.ram" in cmdline
         await wait_for_counter(serial, 10)
         await engine.create("mb", snapshot_xml_from_args(
             "m1", memspec=f"file={folder / 'm1.mem'}"), CreateFlags())
@@ -605,11 +620,11 @@ async def test_memory_backing_guests_save_restore_and_revert(tmp_path: Path) -> 
         await engine.revert("mb", "m1")
         assert taken_at - 5 <= await resumed_counter(serial, offset) <= taken_at + 5
 
-        for round_, plain in enumerate((False, True)):
+        for round_, plain in enumerate((False, True) if layout == "memfd" else (False,)):
             current = etree.fromstring((await engine.domain_xml("mb")).encode())
             node = current.find("memoryBacking")
-            assert node is not None
-            current.remove(node)
+            if plain and node is not None:
+                current.remove(node)
             definition = etree.tostring(current).decode() if plain else None
             saved_at = GUEST.last_serial_counter(serial) or 0
             await engine.save("mb", folder / f"mb{round_}.save")
@@ -620,3 +635,34 @@ async def test_memory_backing_guests_save_restore_and_revert(tmp_path: Path) -> 
             assert b"qsnap-guest ready" not in serial.read_bytes()[offset:]
     finally:
         await engine.destroy("mb")
+
+
+async def test_a_guest_with_a_9p_share_starts_and_snapshots(tmp_path: Path) -> None:
+    """``<filesystem type='mount'>``: the host folder is a 9p share the guest sees by its
+    mount tag; the guest (which does not mount it) takes a full-system snapshot, reverts and
+    saves as any other."""
+    require_qemu()
+    folder = tmp_path / "g"
+    share = tmp_path / "share, with a comma"
+    share.mkdir()
+    xml = GUEST.make_guest("fs", 1, 128, folder).read_text().replace(
+        "<devices>", f"<devices><filesystem type='mount' accessmode='mapped'><source "
+        f"dir='{share}'/><target dir='hostshare'/></filesystem>", 1)
+    engine = Engine(tmp_path / "state")
+    await engine.define(xml)
+    serial = folder / "serial.log"
+    await engine.start("fs")
+    try:
+        pid = (await engine.guest_info("fs")).pid
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+        assert '"virtio-9p-pci"' in cmdline and '"mount_tag": "hostshare"' in cmdline
+        await wait_for_counter(serial, 10)
+        await engine.create("fs", snapshot_xml_from_args(
+            "m1", memspec=f"file={folder / 'm1.mem'}"), CreateFlags())
+        taken_at = GUEST.last_serial_counter(serial) or 0
+        await wait_for_counter(serial, taken_at + 30)
+        offset = serial.stat().st_size
+        await engine.revert("fs", "m1")
+        assert taken_at - 5 <= await resumed_counter(serial, offset) <= taken_at + 5
+    finally:
+        await engine.destroy("fs")

@@ -24,6 +24,7 @@ from qsnap.launcher.devices import (
     refuse_unknown,
     refuse_unknown_parts,
 )
+from qsnap.launcher.memory import guest_memory
 from qsnap.launcher.platform import platform
 from qsnap.launcher.runtime import RuntimePaths
 from qsnap.model.domain import DomainDef, parse_disk
@@ -80,10 +81,16 @@ def _disk_args(node: etree._Element, out: DeviceArgs) -> None:
         device["drive"] = format_node(disk.target)
     address = node.find("address")
     unit = int(address.get("unit", "0")) if address is not None else 0
+    driver_node = node.find("driver")
+    iothread = driver_node.get("iothread") if driver_node is not None else None
+    if iothread is not None and bus != "virtio":
+        raise NotSupportedError(f"{what}: <driver iothread=> needs bus 'virtio'")
     if bus == "virtio":
         if cdrom:
             raise NotSupportedError(f"{what}: a cdrom cannot be on bus 'virtio'")
         device = {"driver": "virtio-blk-pci", **placement(node, out.family), **device}
+        if iothread is not None:
+            device["iothread"] = out.iothread(iothread, what)
     elif bus == "sata":
         controller = address.get("controller", "0") if address is not None else "0"
         sata_bus = f"sata{controller}.{unit}" if out.family == "pc" else f"ide.{unit}"
@@ -144,7 +151,7 @@ def _driver_options(driver: etree._Element | None, what: str) -> dict[str, objec
     if driver is None:
         return {}
     refuse_unknown_parts(driver, f"{what} <driver>", set(),
-                         {"name", "cache", "io", "discard", "detect_zeroes"})
+                         {"name", "cache", "io", "discard", "detect_zeroes", "iothread"})
     options: dict[str, object] = {}
     cache = driver.get("cache")
     if cache is not None:
@@ -165,6 +172,26 @@ def _driver_options(driver: etree._Element | None, what: str) -> dict[str, objec
         options["detect-zeroes"] = "on" if detect == "unmap" and \
             driver.get("discard") != "unmap" else detect
     return options
+
+
+def _iothread_args(root: etree._Element) -> tuple[list[str], set[str]]:
+    """``<iothreads>N</iothreads>`` (and ``<iothreadids>``) as iothread objects, and their
+    ids: libvirt's ``iothread1``..``iothreadN`` unless the ids are listed."""
+    count_text = root.findtext("iothreads")
+    if count_text is None:
+        return [], set()
+    listed = [node.get("id", "") for node in root.iterfind("iothreadids/iothread")]
+    for node in root.iterfind("iothreadids/iothread"):
+        if len(node) or set(node.attrib) - {"id"}:
+            raise NotSupportedError("<iothreadids><iothread>: only id= is supported by qsnap's "
+                                    "launcher")
+    count = int(count_text.strip() or "0")
+    ids = listed + [str(i) for i in range(1, count + 1) if str(i) not in listed]
+    ids = ids[:max(count, len(listed))]
+    argv: list[str] = []
+    for number in ids:
+        argv += ["-object", json.dumps({"qom-type": "iothread", "id": f"iothread{number}"})]
+    return argv, set(ids)
 
 
 def _smp_args(root: etree._Element, vcpus: int) -> list[str]:
@@ -243,14 +270,14 @@ def qemu_command(domain: DomainDef, runtime: RuntimePaths, accel: str,
     machine = machine_type(root)
     acpi = "on" if domain.acpi else "off"
     firmware, pflash = _firmware_args(root)
-    around = platform(root, machine_family(machine), accel, domain.memory_bytes,
-                      str(runtime.folder), now)
+    around = platform(root, machine_family(machine), accel, now)
+    ram = guest_memory(root, domain.memory_bytes, str(runtime.folder))
     machine_props = [machine, f"accel={accel}", f"acpi={acpi}", "usb=off", *pflash,
-                     *around.machine]
+                     *around.machine, *ram.machine]
     argv = [emulator, "-name", f"guest={escape_commas(domain.name)},debug-threads=on",
             "-machine", ",".join(machine_props), *firmware, *around.args,
             *_smp_args(root, domain.vcpus),
-            "-m", f"{domain.memory_bytes // 1024}k", "-nodefaults", "-no-user-config",
+            "-m", ram.size, *ram.args, "-nodefaults", "-no-user-config",
             "-display", "none",
             "-qmp", f"unix:{escape_commas(str(runtime.qmp))},server=on,wait=off",
             "-pidfile", str(runtime.pidfile), "-daemonize"]
@@ -271,5 +298,7 @@ def qemu_command(domain: DomainDef, runtime: RuntimePaths, accel: str,
             argv += ["-initrd", domain.initrd]
         if domain.cmdline:
             argv += ["-append", domain.cmdline]
-    argv += device_args(root, agent_socket(domain, runtime), _disk_args)
+    iothreads, iothread_ids = _iothread_args(root)
+    argv += iothreads
+    argv += device_args(root, agent_socket(domain, runtime), _disk_args, iothreads=iothread_ids)
     return argv

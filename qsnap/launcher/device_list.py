@@ -23,12 +23,15 @@ from qsnap.launcher.devices import (
     DeviceArgs,
     balloon_args,
     channel_args,
-    console_check,
+    console_args,
     controller_args,
     domain_key,
+    filesystem_args,
     graphics_args,
     input_args,
     interface_args,
+    panic_args,
+    parallel_args,
     rng_args,
     serial_args,
     video_args,
@@ -49,10 +52,12 @@ def _channel(index: int, node: etree._Element, agent: str | None, out: DeviceArg
 
 
 def device_args(root: etree._Element, agent: str | None, disk_args: DiskArgs,
-                free_port: Callable[[str], int] = free_tcp_port) -> list[str]:
+                free_port: Callable[[str], int] = free_tcp_port,
+                iothreads: set[str] | None = None) -> list[str]:
     """Every device's arguments; *free_port* picks SPICE's port where the XML leaves it to
-    the host."""
-    out = DeviceArgs(machine_family(machine_type(root)), domain_key(root), free_port=free_port)
+    the host; *iothreads* are the iothreads the domain makes (by number)."""
+    out = DeviceArgs(machine_family(machine_type(root)), domain_key(root), free_port=free_port,
+                     iothreads=iothreads or set())
     devices = root.find("devices")
     if devices is None:
         return []
@@ -67,12 +72,16 @@ def device_args(root: etree._Element, agent: str | None, disk_args: DiskArgs,
         controller_args(controller, out)
     for disk in devices.findall("disk"):
         disk_args(disk, out)
+    for index, node in enumerate(devices.findall("filesystem")):
+        filesystem_args(index, node, out)
     for index, node in enumerate(devices.findall("interface")):
         interface_args(index, node, out)
     for index, node in enumerate(devices.findall("serial")):
         serial_args(index, node, out)
-    for node in devices.findall("console"):
-        console_check(node)
+    for index, node in enumerate(devices.findall("parallel")):
+        parallel_args(index, node, out)
+    for index, node in enumerate(devices.findall("console")):
+        console_args(index, node, out)
     for index, node in enumerate(devices.findall("channel")):
         _channel(index, node, agent, out)
     for index, node in enumerate(devices.findall("input")):
@@ -99,6 +108,8 @@ def device_args(root: etree._Element, agent: str | None, disk_args: DiskArgs,
         out.add("-watchdog-action", actions.pop())
     for index, node in enumerate(devices.findall("redirdev")):
         redirdev_args(index, node, out)
+    for node in devices.findall("panic"):
+        panic_args(node, out)
     for node in devices.findall("memballoon"):
         balloon_args(node, out)
     for index, node in enumerate(devices.findall("rng")):

@@ -10,6 +10,7 @@ monitor finds them. A device or attribute qsnap cannot start is refused by name
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from lxml import etree
 
 from qsnap.errors import NotSupportedError
+from qsnap.launcher.chardev import chardev
 from qsnap.model.domain import GUEST_AGENT_CHANNEL, PciAddress, c_integer
 from qsnap.model.options import escape_commas
 from qsnap.model.units import parse_scaled_integer
@@ -25,14 +27,14 @@ from qsnap.model.units import parse_scaled_integer
 # Everything a definition may say at the top level and still start; other elements are refused
 # (element kept in the definition, the start names it).
 _STARTABLE_TOP = {"name", "uuid", "genid", "title", "description", "metadata", "memory",
-                  "memoryBacking",
+                  "memoryBacking", "iothreads", "iothreadids", "maxMemory",
                   "currentMemory", "vcpu", "os", "features", "cpu", "clock", "on_poweroff",
                   "on_reboot", "on_crash", "pm", "devices", "resource", "seclabel"}
 _STARTABLE_OS = {"type", "kernel", "initrd", "cmdline", "loader", "nvram", "boot", "firmware",
                  "bootmenu", "bios"}
 _STARTABLE_DEVICES = {"emulator", "disk", "controller", "interface", "serial", "console",
                       "channel", "input", "graphics", "video", "memballoon", "rng", "audio",
-                      "sound", "watchdog", "redirdev"}
+                      "sound", "watchdog", "redirdev", "parallel", "panic", "filesystem"}
 _VIDEO_DEVICES = {"cirrus": "cirrus-vga", "vga": "VGA", "virtio": "virtio-vga",
                   "bochs": "bochs-display", "qxl": "qxl-vga"}
 _NIC_DEVICES = {"virtio": "virtio-net-pci", "e1000e": "e1000e", "e1000": "e1000",
@@ -109,14 +111,17 @@ def refuse_unknown_parts(node: etree._Element, what: str, children: set[str],
 def virtio_options(node: etree._Element) -> dict[str, object]:
     """A virtio device's ``<driver iommu= ats= packed= page_per_vq=>`` as QEMU properties;
     any other ``<driver>`` attribute is refused by name."""
-    driver = node.find("driver")
+    return _virtio_driver(node.find("driver"), str(node.tag))
+
+
+def _virtio_driver(driver: etree._Element | None, tag: str) -> dict[str, object]:
     if driver is None:
         return {}
     options: dict[str, object] = {}
     for key, value in driver.attrib.items():
         name = str(key)
         if name not in _VIRTIO_OPTIONS:
-            raise _refuse(f"<{node.tag}><driver {name}=>", "not supported by qsnap's launcher")
+            raise _refuse(f"<{tag}><driver {name}=>", "not supported by qsnap's launcher")
         options[_VIRTIO_OPTIONS[name]] = value == "on"
     return options
 
@@ -155,6 +160,8 @@ class DeviceArgs:
     family: str
     domain_key: str = ""
     argv: list[str] = field(default_factory=list)
+    #: The iothreads ``<iothreads>`` makes, by number.
+    iothreads: set[str] = field(default_factory=set)
     #: The model of each SCSI controller by index, for the disks on it.
     scsi_models: dict[int, str] = field(default_factory=dict)
     #: Chooses a free TCP port on a host address (SPICE's autoport); tests give a fixed one.
@@ -162,6 +169,13 @@ class DeviceArgs:
 
     def add(self, *args: str) -> None:
         self.argv.extend(args)
+
+    def iothread(self, number: str, what: str) -> str:
+        """The object id of iothread *number*, which ``<iothreads>`` must make."""
+        if number not in self.iothreads:
+            raise NotSupportedError(f"{what}: iothread '{number}' is not one the domain's "
+                                    "<iothreads> makes")
+        return f"iothread{number}"
 
 
 def _root_bus_options(controller: etree._Element, out: DeviceArgs) -> None:
@@ -252,8 +266,14 @@ def controller_args(controller: etree._Element, out: DeviceArgs) -> None:
         if model != "virtio-scsi":
             raise _refuse(f"<controller type='scsi' model='{model}'>",
                           "only models 'virtio-scsi' and 'lsilogic' are supported")
-        out.add(*device_arg({"driver": "virtio-scsi-pci", "id": f"scsi{index}",
-                             **virtio_options(controller), **placed}))
+        scsi: dict[str, object] = {"driver": "virtio-scsi-pci", "id": f"scsi{index}"}
+        options = controller.find("driver")
+        if options is not None and options.get("iothread") is not None:
+            scsi["iothread"] = out.iothread(options.get("iothread", ""),
+                                            "<controller type='scsi'>")
+            options = copy.deepcopy(options)
+            del options.attrib["iothread"]
+        out.add(*device_arg({**scsi, **_virtio_driver(options, "controller"), **placed}))
         return
     if kind == "virtio-serial":
         device = {"driver": "virtio-serial-pci", "id": f"virtio-serial{index}"}
@@ -313,14 +333,18 @@ def interface_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
         assert tap is not None
         if kind == "bridge" and not tap.bridge:
             raise _refuse(what, "a bridge interface needs <source bridge=...>")
-        # QEMU opens the tap by name, creating it (and removing it at exit) if missing.
-        netdev.update(type="tap", ifname=tap.name, script="no", downscript="no")
+        # QEMU opens the tap by name, creating it (and removing it at exit) if missing; it
+        # runs <script path=> with the tap's name, as libvirt does once it made the tap.
+        script = node.find("script")
+        path = script.get("path", "") if script is not None and kind == "ethernet" else ""
+        netdev.update(type="tap", ifname=tap.name, script=path or "no", downscript="no")
     elif kind == "network":
         raise _refuse(what, "libvirt virtual networks need libvirt's network driver, which "
                       "qsnap does not use; use type='user', 'ethernet' or 'bridge'")
     else:
         raise _refuse(what, "not supported")
-    refuse_unknown_parts(node, what, {"mac", "source", "target", "model", "address", "boot"})
+    refuse_unknown_parts(node, what, {"mac", "source", "target", "model", "address", "boot",
+                                      *(("script",) if kind == "ethernet" else ())})
     model_node = node.find("model")
     model = model_node.get("type", "rtl8139") if model_node is not None else "rtl8139"
     driver = _NIC_DEVICES.get(model)
@@ -339,31 +363,45 @@ def interface_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
 
 
 def serial_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
-    kind = node.get("type", "pty")
-    source = node.find("source")
-    chardev = f"charserial{index}"
-    if kind == "file" and source is not None and source.get("path"):
-        out.add("-chardev", f"file,id={chardev},path={escape_commas(source.get('path', ''))},"
-                            "append=on")
-    elif kind == "pty":
-        out.add("-chardev", f"pty,id={chardev}")
-    elif kind == "null":
-        out.add("-chardev", f"null,id={chardev}")
-    else:
-        raise _refuse(f"<serial type='{kind}'>", "use type='file', 'pty' or 'null'")
+    chardev_id = f"charserial{index}"
+    out.add("-chardev", chardev(node, chardev_id))
     target = node.find("target")
     if target is not None and target.get("type", "isa-serial") != "isa-serial":
         raise _refuse(f"<serial><target type='{target.get('type')}'>", "not supported")
     port = int(target.get("port", str(index))) if target is not None else index
-    out.add(*device_arg({"driver": "isa-serial", "chardev": chardev, "id": f"serial{index}",
-                         "index": port}))
+    device: dict[str, object] = {"driver": "isa-serial", "chardev": chardev_id,
+                                 "id": f"serial{index}", "index": port}
+    address = node.find("address")
+    if address is not None and address.get("type") == "isa":
+        for attribute in ("iobase", "irq"):
+            if address.get(attribute) is not None:
+                device[attribute] = c_integer(address.get(attribute, "0"))
+    out.add(*device_arg(device))
 
 
-def console_check(node: etree._Element) -> None:
+def parallel_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
     target = node.find("target")
-    if target is not None and target.get("type", "serial") != "serial":
-        raise _refuse(f"<console><target type='{target.get('type')}'>",
-                      "only a console on the serial port is supported")
+    if target is not None and target.get("port", str(index)) != str(index):
+        raise _refuse("<parallel><target port=>", "ports are numbered in order")
+    chardev_id = f"charparallel{index}"
+    out.add("-chardev", chardev(node, chardev_id, host_device="parallel"))
+    out.add(*device_arg({"driver": "isa-parallel", "chardev": chardev_id,
+                         "id": f"parallel{index}"}))
+
+
+def console_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
+    """A ``<console>`` on the serial port is that port's (built with it); a virtio one is a
+    ``virtconsole`` of its own, on the first virtio-serial controller."""
+    target = node.find("target")
+    kind = target.get("type", "serial") if target is not None else "serial"
+    if kind == "serial":
+        return
+    if kind != "virtio":
+        raise _refuse(f"<console><target type='{kind}'>", "use serial or virtio")
+    chardev_id = f"charconsole{index}"
+    out.add("-chardev", chardev(node, chardev_id))
+    out.add(*device_arg({"driver": "virtconsole", "chardev": chardev_id,
+                         "id": f"console{index}"}))
 
 
 def virtserial_port(index: int, node: etree._Element, backend: str, name: str,
@@ -387,6 +425,64 @@ def channel_args(index: int, node: etree._Element, agent: str | None, out: Devic
                       f"only the guest agent's unix channel ({GUEST_AGENT_CHANNEL}) is supported")
     virtserial_port(index, node, f"socket,path={escape_commas(agent or '')},server=on,wait=off",
                     GUEST_AGENT_CHANNEL, out)
+
+
+_9P_SECURITY = {"passthrough": "passthrough", "mapped": "mapped", "squash": "none"}
+
+
+def filesystem_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
+    """``<filesystem type='mount'>`` over 9p: a local ``-fsdev`` of the host folder and a
+    ``virtio-9p-pci`` with the guest's mount tag. virtiofs needs a virtiofsd per share and
+    shared guest RAM, which qsnap's launcher does not start: refused by name."""
+    kind = node.get("type", "mount")
+    what = f"<filesystem type='{kind}'>"
+    driver = node.find("driver")
+    backend = (driver.get("type") if driver is not None else None) or "path"
+    if kind != "mount":
+        raise _refuse(what, "only type='mount' (a host folder) is supported")
+    if backend != "path":
+        raise _refuse(f"{what}<driver type='{backend}'>", "qsnap's launcher shares folders "
+                      "over 9p (type='path'); virtiofs needs a virtiofsd it does not start")
+    refuse_unknown_parts(node, what, {"driver", "source", "target", "readonly", "address"},
+                         {"accessmode", "multidevs", "fmode", "dmode"})
+    if driver is not None:
+        refuse_unknown_parts(driver, f"{what}<driver>", set(), {"wrpolicy"})
+    source, target = node.find("source"), node.find("target")
+    if source is None or not source.get("dir") or target is None or not target.get("dir"):
+        raise _refuse(what, "it needs <source dir=...> and <target dir=...>")
+    access = node.get("accessmode", "passthrough")
+    if access not in _9P_SECURITY:
+        raise _refuse(f"{what} accessmode='{access}'", "use passthrough, mapped or squash")
+    options = ["local", f"security_model={_9P_SECURITY[access]}"]
+    if driver is not None and driver.get("wrpolicy") == "immediate":
+        options.append("writeout=immediate")
+    for attribute, option in (("fmode", "fmode"), ("dmode", "dmode"),
+                              ("multidevs", "multidevs")):
+        if node.get(attribute) is not None:
+            options.append(f"{option}={node.get(attribute)}")
+    options.append(f"id=fsdev-fs{index}")
+    options.append(f"path={escape_commas(source.get('dir', ''))}")
+    if node.find("readonly") is not None:
+        options.append("readonly=on")
+    out.add("-fsdev", ",".join(options))
+    out.add(*device_arg({"driver": "virtio-9p-pci", "id": f"fs{index}",
+                         "fsdev": f"fsdev-fs{index}", "mount_tag": target.get("dir", ""),
+                         **placement(node, out.family)}))
+
+
+def panic_args(node: etree._Element, out: DeviceArgs) -> None:
+    """``<panic>``: the ISA pvpanic device (at its ``iobase``); Hyper-V's (crash MSRs) is a
+    CPU flag, which :mod:`qsnap.launcher.platform` adds."""
+    model = node.get("model", "isa")
+    if model == "hyperv":
+        return
+    if model != "isa":
+        raise _refuse(f"<panic model='{model}'>", "use isa or hyperv")
+    device: dict[str, object] = {"driver": "pvpanic"}
+    address = node.find("address")
+    if address is not None and address.get("type") == "isa" and address.get("iobase"):
+        device["ioport"] = c_integer(address.get("iobase", "0"))
+    out.add(*device_arg(device))
 
 
 def input_args(index: int, node: etree._Element, out: DeviceArgs) -> None:

@@ -1,5 +1,6 @@
 """The platform around the devices: machine options, CPU model and flags, clock and timers,
-power management, as libvirt puts them on QEMU's command line.
+boot options, power management, as libvirt puts them on QEMU's command line (guest RAM is
+:mod:`qsnap.launcher.memory`'s).
 
 Each rule follows libvirt's ``qemuBuildMachineCommandLine``, ``qemuBuildCpuCommandLine``,
 ``qemuBuildClockCommandLine`` and ``qemuBuildPMCommandLine`` (libvirt 10.7's test cases in
@@ -10,7 +11,6 @@ starts as another machine than libvirt's without a word.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 
@@ -25,6 +25,8 @@ _HYPERV_FLAGS = {"relaxed": "hv-relaxed", "vapic": "hv-vapic", "vpindex": "hv-vp
                  "reenlightenment": "hv-reenlightenment", "tlbflush": "hv-tlbflush",
                  "ipi": "hv-ipi", "evmcs": "hv-evmcs", "avic": "hv-avic",
                  "emsr_bitmap": "hv-emsr-bitmap", "xmm_input": "hv-xmm-input"}
+#: libvirt's CPU feature names QEMU spells otherwise than with '-' for '_' (libvirt's CPU map).
+_FEATURE_NAMES = {"pclmuldq": "pclmulqdq"}
 # libvirt's <cpu><feature policy=> as QEMU's flag values.
 _FEATURE_POLICIES = {"require": "on", "force": "on", "disable": "off", "forbid": "off"}
 
@@ -81,6 +83,25 @@ def _hyperv(node: etree._Element, out: Platform) -> None:
         out.cpu_flags.append(f"{flag}={state}")
 
 
+_KVM_FLAGS = {"hint-dedicated": "kvm-hint-dedicated", "poll-control": "kvm-poll-control",
+              "pv-ipi": "kvm-pv-ipi"}
+
+
+def _kvm(node: etree._Element, out: Platform) -> None:
+    """``<features><kvm>``: hiding KVM's signature, and its paravirtual hints."""
+    for child in node:
+        if not isinstance(child.tag, str):
+            continue
+        state = "on" if _on(child) else "off"
+        if child.tag == "hidden":
+            if state == "on":
+                out.cpu_flags.append("kvm=off")
+        elif child.tag in _KVM_FLAGS:
+            out.cpu_flags.append(f"{_KVM_FLAGS[child.tag]}={state}")
+        else:
+            raise _refuse(f"<features><kvm><{child.tag}>", "not supported by qsnap's launcher")
+
+
 def _features(root: etree._Element, family: str, out: Platform) -> None:
     for feature in root.findall("features/*"):
         tag = feature.tag
@@ -107,6 +128,14 @@ def _features(root: etree._Element, family: str, out: Platform) -> None:
                 out.args += ["-device", '{"driver":"vmcoreinfo"}']
         elif tag == "hyperv":
             _hyperv(feature, out)
+        elif tag == "pvspinlock":
+            out.cpu_flags.append(f"kvm-pv-unhalt={'on' if _on(feature) else 'off'}")
+        elif tag == "pmu":
+            out.cpu_flags.append(f"pmu={'on' if _on(feature) else 'off'}")
+        elif tag == "ps2":
+            out.machine.append(f"i8042={'on' if _on(feature) else 'off'}")
+        elif tag == "kvm":
+            _kvm(feature, out)
         else:
             raise _refuse(f"<features><{tag}>", "not supported by qsnap's launcher")
 
@@ -194,58 +223,6 @@ def _boot(root: etree._Element, out: Platform) -> None:
     out.args += ["-boot", ",".join([*options, "strict=on"])]
 
 
-def _memory_backing(root: etree._Element, memory_bytes: int, runtime_folder: str,
-                    out: Platform) -> None:
-    """``<memoryBacking>`` as the guest RAM's own backend object (``pc.ram``, the RAM block
-    name QEMU gives plain ``-m`` too, so memory images still move between the two): memfd
-    or a file in the runtime folder, shared or private, allocated at start, locked, not
-    merged. Huge pages are refused: this machine kind has no hugetlbfs set up for them."""
-    backing = root.find("memoryBacking")
-    if backing is None:
-        return
-    source, share, prealloc, discard = "anonymous", None, False, False
-    for child in backing:
-        if not isinstance(child.tag, str):
-            continue
-        if child.tag == "source":
-            source = child.get("type", "anonymous")
-        elif child.tag == "access":
-            share = child.get("mode") == "shared"
-        elif child.tag == "allocation":
-            if child.get("threads") is not None:
-                raise _refuse("<memoryBacking><allocation threads=>", "not supported")
-            prealloc = child.get("mode") == "immediate"
-        elif child.tag == "locked":
-            out.args += ["-overcommit", "mem-lock=on"]
-        elif child.tag == "nosharepages":
-            out.machine.append("mem-merge=off")
-        elif child.tag == "discard":
-            discard = True
-        else:
-            raise _refuse(f"<memoryBacking><{child.tag}>", "not supported by qsnap's launcher "
-                          "(huge pages need hugetlbfs, which this host does not set up)")
-    kinds = {"anonymous": "memory-backend-ram", "memfd": "memory-backend-memfd",
-             "file": "memory-backend-file"}
-    if source not in kinds:
-        raise _refuse(f"<memoryBacking><source type='{source}'>", "use anonymous, memfd or file")
-    if source == "anonymous" and (share or discard):
-        source = "file"  # as libvirt: shared or discardable RAM needs a file
-    backend: dict[str, object] = {"qom-type": kinds[source], "id": "pc.ram"}
-    if source == "file":
-        backend["mem-path"] = f"{runtime_folder}/pc.ram"
-    if share is not None:
-        backend["share"] = share
-    if source != "anonymous":
-        backend["x-use-canonical-path-for-ramblock-id"] = False
-    if prealloc:
-        backend["prealloc"] = True
-    if discard:
-        backend["discard-data"] = True
-    backend["size"] = memory_bytes
-    out.machine.append("memory-backend=pc.ram")
-    out.args += ["-object", json.dumps(backend)]
-
-
 def _power_management(root: etree._Element, family: str, out: Platform) -> None:
     pm = root.find("pm")
     if pm is None:
@@ -268,7 +245,8 @@ def _model_and_features(root: etree._Element, accel: str, out: Platform) -> str 
     if cpu is None:
         return None
     for child in cpu:
-        if isinstance(child.tag, str) and child.tag not in ("model", "topology", "feature"):
+        if isinstance(child.tag, str) and child.tag not in ("model", "topology", "feature",
+                                                             "numa"):
             raise _refuse(f"<cpu><{child.tag}>", "not supported by qsnap's launcher")
     mode = cpu.get("mode", "custom")
     model_node = cpu.find("model")
@@ -304,23 +282,26 @@ def _model_and_features(root: etree._Element, accel: str, out: Platform) -> str 
         if policy not in _FEATURE_POLICIES:
             raise _refuse(f"<cpu><feature policy='{policy}'>", "use require, force, disable "
                           "or forbid")
-        flags.append(f"{feature.get('name', '').replace('_', '-')}={_FEATURE_POLICIES[policy]}")
+        name = feature.get("name", "")
+        name = _FEATURE_NAMES.get(name, name.replace("_", "-"))
+        flags.append(f"{name}={_FEATURE_POLICIES[policy]}")
     if flags and not model:
         raise _refuse("<cpu><feature> without <model>", "name the model the features change")
     out.cpu_flags[:0] = flags
     return model or None
 
 
-def platform(root: etree._Element, family: str, accel: str, memory_bytes: int,
-             runtime_folder: str, now: float | None = None) -> Platform:
+def platform(root: etree._Element, family: str, accel: str,
+             now: float | None = None) -> Platform:
     """Everything but the devices, for a completed definition: machine options, ``-cpu`` (in
     :attr:`Platform.args`), clock, timers and power management. *now* is the moment
     ``offset='variable'`` counts from (the current time by default)."""
     out = Platform()
     _features(root, family, out)
+    if any(p.get("model") == "hyperv" for p in root.iterfind("devices/panic")):
+        out.cpu_flags.append("hv-crash")  # Hyper-V's crash MSRs (libvirt's <panic model>)
     _clock(root, out, time.time() if now is None else now)
     _boot(root, out)
-    _memory_backing(root, memory_bytes, runtime_folder, out)
     _power_management(root, family, out)
     model = _model_and_features(root, accel, out)
     if model is None and out.cpu_flags:

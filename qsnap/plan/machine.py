@@ -214,6 +214,9 @@ def _drive_addresses(devices: etree._Element, family: str) -> None:
 
 def _implicit_devices(root: etree._Element, devices: etree._Element, family: str) -> None:
     """What libvirt adds to every x86 definition (qemuDomainDefAddDefaultDevices and friends)."""
+    if any((t := c.find("target")) is not None and t.get("type") == "virtio"
+           for c in devices.findall("console")) and not _controllers(devices, "virtio-serial"):
+        _ensure_controller(devices, "virtio-serial", 0)
     for channel in _virtio_channels(devices):
         address = channel.find("address")
         if address is not None and address.get("controller") is not None:
@@ -294,7 +297,8 @@ def _implicit_devices(root: etree._Element, devices: etree._Element, family: str
 
 def _pci_endpoints(devices: etree._Element, family: str) -> list[etree._Element]:
     """The devices that need a PCI address, in the order libvirt hands them out."""
-    ordered: list[etree._Element] = list(devices.findall("interface"))
+    ordered: list[etree._Element] = list(devices.findall("filesystem"))
+    ordered += devices.findall("interface")
     ordered += [s for s in devices.findall("sound")
                 if s.get("model") not in ("sb16", "pcspk", "usb")]
     for controller in devices.findall("controller"):
