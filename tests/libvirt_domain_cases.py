@@ -17,10 +17,12 @@ sandbox, fds, paths, display back-ends, chardev and netdev back-ends) are not.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from helpers import _DEFAULT_CONFORMANCE
 from lxml import etree
 
 from qsnap.errors import QsnapError
@@ -31,7 +33,8 @@ from qsnap.plan.domain_define import DefineFacts, resolve_definition
 from qsnap.plan.firmware import FirmwareDescriptor
 from qsnap.plan.machine import complete_machine
 
-CASES = Path(__file__).resolve().parents[2] / "shared/conformance/libvirt/qemuxmlconf"
+#: In the conformance folder (``QSNAP_CONFORMANCE_DIR``, as tests/helpers.py finds it).
+CASES = Path(os.environ.get("QSNAP_CONFORMANCE_DIR", _DEFAULT_CONFORMANCE)) / "qemuxmlconf"
 
 # Command-line options that choose nothing the guest sees (host back-ends, monitor, process).
 _HOST_OPTIONS = {
@@ -412,7 +415,6 @@ _RANK = {"different": 0, "refused": 1, "excluded": 1, "equal": 2}
 
 def classify_all() -> list[Verdict]:
     """Every case's verdict, with libvirt's test harness's time zone in effect."""
-    import os
     import time
 
     old = os.environ.get("TZ")
