@@ -8,6 +8,8 @@ the same question the same way.
 
 from __future__ import annotations
 
+import re
+
 
 def _stat_fields(pid: int) -> list[str] | None:
     """The fields of /proc/PID/stat after the command name (which may hold spaces and
@@ -50,8 +52,6 @@ def generation_id(pid: int) -> str | None:
     """The VM generation ID on *pid*'s command line (``vmgenid``'s ``guid``, in qsnap's JSON
     ``-device`` or a launcher's ``vmgenid,guid=...``); None without one. A revert or restore
     starts QEMU with a new one, which the definition on disk does not hold."""
-    import re
-
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
             words = cmdline.read().decode(errors="replace").split("\0")

@@ -16,9 +16,12 @@ sandbox, fds, paths, display back-ends, chardev and netdev back-ends) are not.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shlex
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,10 +30,10 @@ from lxml import etree
 
 from qsnap.errors import QsnapError
 from qsnap.launcher.command import qemu_command
+from qsnap.launcher.firmware import read_descriptors
 from qsnap.launcher.runtime import RuntimePaths
 from qsnap.model.domain import parse_domain, parse_domain_element
 from qsnap.plan.domain_define import DefineFacts, resolve_definition
-from qsnap.plan.firmware import FirmwareDescriptor
 from qsnap.plan.machine import complete_machine
 
 #: In the conformance folder (``QSNAP_CONFORMANCE_DIR``, as tests/helpers.py finds it).
@@ -61,12 +64,6 @@ LIBVIRT_TEST_NOW = 1234567890
 LIBVIRT_TEST_TZ = "VIR00:30"
 #: The GUID its mocked random source gives an empty <genid/>.
 LIBVIRT_TEST_GUID = "00010203-0405-4607-8809-0a0b0c0d0e0f"
-
-
-def _fake_firmware() -> list[FirmwareDescriptor]:
-    from qsnap.launcher.firmware import read_descriptors
-
-    return read_descriptors()
 
 
 @dataclass(frozen=True)
@@ -292,7 +289,7 @@ def differences(libvirt: Guest, qsnap: Guest) -> list[str]:
 
 def _define_facts(name: str) -> DefineFacts:
     counter = iter(range(1 << 20))
-    return DefineFacts(machine_aliases={}, firmware=_fake_firmware(),
+    return DefineFacts(machine_aliases={}, firmware=read_descriptors(),
                        nvram_path=f"/var/lib/qsnap/{name}/VARS.fd",
                        new_mac=lambda: f"52:54:00:00:00:{next(counter):02x}",
                        new_guid=lambda: LIBVIRT_TEST_GUID)
@@ -415,7 +412,6 @@ _RANK = {"different": 0, "refused": 1, "excluded": 1, "equal": 2}
 
 def classify_all() -> list[Verdict]:
     """Every case's verdict, with libvirt's test harness's time zone in effect."""
-    import time
 
     old = os.environ.get("TZ")
     os.environ["TZ"] = LIBVIRT_TEST_TZ
@@ -448,9 +444,6 @@ def write_baseline(verdicts: list[Verdict]) -> None:
 
 
 if __name__ == "__main__":
-    import collections
-    import sys
-
     results = classify_all()
     print(dict(collections.Counter(v.verdict for v in results)))
     if "--write" in sys.argv:

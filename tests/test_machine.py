@@ -248,6 +248,22 @@ def _with(device: str) -> str:
 
 @pytest.mark.parametrize(("xml", "message"), [
     (_with("<sound model='pcspk'/>"), r"<sound model='pcspk'>: not supported"),
+    (VIRT_INSTALL.replace("<vcpu>2</vcpu>", "<vcpu>2</vcpu><memoryBacking><hugepages/>"
+                          "</memoryBacking>"), r"<memoryBacking><hugepages>"),
+    (VIRT_INSTALL.replace("<cpu mode='custom'>", "<cpu mode='custom' match='minimum'>"),
+     r"<cpu match='minimum'>"),
+    (VIRT_INSTALL.replace("<devices>", "<clock offset='timezone' timezone='Europe/Paris'/>"
+                          "<devices>"), r"<clock offset='timezone'>"),
+    (_with("<watchdog model='i6300esb' action='dump'><address type='pci' bus='0' slot='9'/>"
+           "</watchdog>"), r"<watchdog action='dump'>"),
+    (_with("<input type='mouse' bus='usb'/><input type='keyboard' bus='usb'/>"
+           "<input type='tablet' bus='usb'/><input type='mouse' bus='usb'/>"),
+     r"<input> on USB port 5: the qemu-xhci controller has 4 ports"),
+    (_with("<memballoon model='virtio'><address type='pci' bus='9' slot='1'/></memballoon>"),
+     r"<memballoon> sits on PCI bus 9, which no <controller type='pci' index='9'>"),
+    (_with("<filesystem type='mount'><driver type='virtiofs'/><source dir='/s'/>"
+           "<target dir='t'/></filesystem>"), r"<driver type='virtiofs'>: .*virtiofsd"),
+    (_with("<graphics type='spice' passwd='x'/>"), r"<graphics type='spice' passwd=>"),
     (_with("<interface type='network'><source network='default'/><model type='virtio'/>"
            "</interface>"), r"<interface type='network'> #2: libvirt virtual networks"),
     (_with("<interface type='user'/>"), r"model 'rtl8139' is a conventional PCI device"),
@@ -281,7 +297,25 @@ def test_what_cannot_start_is_refused_by_name(xml: str, message: str) -> None:
         _argv(xml)
 
 
-async def test_a_refused_start_changes_nothing(tmp_path: Path) -> None:
+def test_pci_controller_zero_is_the_root() -> None:
+    """libvirt refuses a definition whose PCI controller 0 is not the machine's root (the
+    first root port listed without an index would take that index)."""
+    xml = VIRT_INSTALL.replace("<devices>", "<devices><controller type='pci' "
+                               "model='pcie-root-port'/>")
+    with pytest.raises(XMLError, match=r"<controller type='pci' index='0' "
+                                       r"model='pcie-root-port'>: PCI controller 0"):
+        complete_machine(etree.fromstring(xml))
+
+
+@pytest.mark.parametrize(("device", "message"), [
+    ("<sound model='pcspk'/>", r"<sound model='pcspk'>: not supported"),
+    ("<filesystem type='mount'><driver type='virtiofs'/><source dir='/s'/><target dir='t'/>"
+     "</filesystem>", r"<driver type='virtiofs'>"),
+    ("<memballoon model='virtio'><address type='pci' bus='9' slot='1'/></memballoon>",
+     r"<memballoon> sits on PCI bus 9"),
+])
+async def test_a_refused_start_changes_nothing(tmp_path: Path, device: str,
+                                               message: str) -> None:
     """A definition start cannot build is refused before anything is made: no NVRAM from its
     template, no runtime record, no QEMU; the state folder is as define left it."""
     from helpers import tree_picture
@@ -291,12 +325,12 @@ async def test_a_refused_start_changes_nothing(tmp_path: Path) -> None:
         pytest.fail("QEMU's firmware descriptors are missing: scripts/test installs ovmf")
     engine = Engine(tmp_path / "state")
     xml = VIRT_INSTALL.replace("<os>", "<os firmware='efi'>").replace(
-        "</devices>", "<sound model='pcspk'/></devices>")
+        "</devices>", device + "</devices>")
     await engine.define(xml)
     nvram = parse_domain(await engine.domain_xml("vi")).nvram
     assert nvram is not None
     before = tree_picture(tmp_path / "state")
-    with pytest.raises(NotSupportedError, match=r"<sound model='pcspk'>: not supported"):
+    with pytest.raises(NotSupportedError, match=message):
         await engine.start("vi")
     assert tree_picture(tmp_path / "state") == before
     assert not Path(nvram).exists()

@@ -576,6 +576,20 @@ async def test_every_save_image_format_moves_between_libvirt_11_and_qsnap(
             await engine.destroy(name)
 
 
+async def revert_resumes_where_taken(engine: Engine, domain: str, folder: Path) -> None:
+    """A running guest's external full-system snapshot (``m1``), and a revert to it that
+    resumes the guest's counter where the snapshot was taken."""
+    serial = folder / "serial.log"
+    await wait_for_counter(serial, 10)
+    await engine.create(domain, snapshot_xml_from_args(
+        "m1", memspec=f"file={folder / 'm1.mem'}"), CreateFlags())
+    taken_at = GUEST.last_serial_counter(serial) or 0
+    await wait_for_counter(serial, taken_at + 30)
+    offset = serial.stat().st_size
+    await engine.revert(domain, "m1")
+    assert taken_at - 5 <= await resumed_counter(serial, offset) <= taken_at + 5
+
+
 NUMA_CELLS = ("<numa><cell id='0' cpus='0' memory='64' unit='MiB'/>"
               "<cell id='1' memory='64' unit='MiB' memAccess='shared'/></numa>")
 
@@ -611,14 +625,7 @@ async def test_memory_backing_guests_save_restore_and_revert(tmp_path: Path,
             assert "node,nodeid=1,memdev=ram-node1" in cmdline
         else:
             assert '"memory-backend-memfd"' in cmdline and "memory-backend=pc.ram" in cmdline
-        await wait_for_counter(serial, 10)
-        await engine.create("mb", snapshot_xml_from_args(
-            "m1", memspec=f"file={folder / 'm1.mem'}"), CreateFlags())
-        taken_at = GUEST.last_serial_counter(serial) or 0
-        await wait_for_counter(serial, taken_at + 30)
-        offset = serial.stat().st_size
-        await engine.revert("mb", "m1")
-        assert taken_at - 5 <= await resumed_counter(serial, offset) <= taken_at + 5
+        await revert_resumes_where_taken(engine, "mb", folder)
 
         for round_, plain in enumerate((False, True) if layout == "memfd" else (False,)):
             current = etree.fromstring((await engine.domain_xml("mb")).encode())
@@ -639,8 +646,8 @@ async def test_memory_backing_guests_save_restore_and_revert(tmp_path: Path,
 
 async def test_a_guest_with_a_9p_share_starts_and_snapshots(tmp_path: Path) -> None:
     """``<filesystem type='mount'>``: the host folder is a 9p share the guest sees by its
-    mount tag; the guest (which does not mount it) takes a full-system snapshot, reverts and
-    saves as any other."""
+    mount tag; the guest (which does not mount it) takes a full-system snapshot and reverts
+    to it as any other."""
     require_qemu()
     folder = tmp_path / "g"
     share = tmp_path / "share, with a comma"
@@ -650,19 +657,11 @@ async def test_a_guest_with_a_9p_share_starts_and_snapshots(tmp_path: Path) -> N
         f"dir='{share}'/><target dir='hostshare'/></filesystem>", 1)
     engine = Engine(tmp_path / "state")
     await engine.define(xml)
-    serial = folder / "serial.log"
     await engine.start("fs")
     try:
         pid = (await engine.guest_info("fs")).pid
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
         assert '"virtio-9p-pci"' in cmdline and '"mount_tag": "hostshare"' in cmdline
-        await wait_for_counter(serial, 10)
-        await engine.create("fs", snapshot_xml_from_args(
-            "m1", memspec=f"file={folder / 'm1.mem'}"), CreateFlags())
-        taken_at = GUEST.last_serial_counter(serial) or 0
-        await wait_for_counter(serial, taken_at + 30)
-        offset = serial.stat().st_size
-        await engine.revert("fs", "m1")
-        assert taken_at - 5 <= await resumed_counter(serial, offset) <= taken_at + 5
+        await revert_resumes_where_taken(engine, "fs", folder)
     finally:
         await engine.destroy("fs")

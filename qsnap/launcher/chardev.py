@@ -6,13 +6,8 @@ from __future__ import annotations
 
 from lxml import etree
 
-from qsnap.errors import NotSupportedError
+from qsnap.launcher.refusal import refuse
 from qsnap.model.options import escape_commas
-
-
-def _refuse(what: str, why: str) -> NotSupportedError:
-    return NotSupportedError(f"{what}: {why}; qsnap keeps it in the definition but cannot start "
-                             "it (docs/domain-xml.md lists what starts)")
 
 
 def _source(node: etree._Element, mode: str) -> etree._Element | None:
@@ -34,11 +29,11 @@ def chardev(node: etree._Element, chardev_id: str, host_device: str = "serial") 
     for child in node:
         if isinstance(child.tag, str) and child.tag not in ("source", "target", "address",
                                                             "alias", "protocol"):
-            raise _refuse(f"{what}: <{child.tag}>", "not supported by qsnap's launcher")
+            raise refuse(f"{what}: <{child.tag}>", "not supported by qsnap's launcher")
     if kind in ("pty", "null"):
         return f"{kind},id={chardev_id}"
     if kind in ("file", "dev", "unix") and not path:
-        raise _refuse(what, "it needs <source path=...>")
+        raise refuse(what, "it needs <source path=...>")
     if kind == "file":
         return f"file,id={chardev_id},path={path},append=on"
     if kind == "dev":
@@ -49,25 +44,25 @@ def chardev(node: etree._Element, chardev_id: str, host_device: str = "serial") 
         return f"socket,id={chardev_id},path={path}{server}"
     if kind == "tcp":
         if source is None:
-            raise _refuse(what, "it needs <source host= service=>")
+            raise refuse(what, "it needs <source host= service=>")
         options = f"socket,id={chardev_id},host={source.get('host', '')}," \
                   f"port={source.get('service', '')}"
         protocol = node.find("protocol")
         if protocol is not None and protocol.get("type", "raw") == "telnet":
             options += ",telnet=on"
         elif protocol is not None and protocol.get("type", "raw") != "raw":
-            raise _refuse(f"{what} <protocol type='{protocol.get('type')}'>", "use raw or "
-                          "telnet")
+            raise refuse(f"{what} <protocol type='{protocol.get('type')}'>", "use raw or "
+                         "telnet")
         if source.get("mode") == "bind":
             options += ",server=on,wait=off"
         return options
     if kind == "udp":
         target, local = _source(node, "connect"), _source(node, "bind")
         if target is None:
-            raise _refuse(what, "it needs <source mode='connect' service=>")
+            raise refuse(what, "it needs <source mode='connect' service=>")
         options = f"udp,id={chardev_id},host={target.get('host', '')}," \
                   f"port={target.get('service', '')}"
         if local is not None:
             options += f",localaddr={local.get('host', '')},localport={local.get('service', '')}"
         return options
-    raise _refuse(what, "use type pty, file, null, dev, unix, tcp or udp")
+    raise refuse(what, "use type pty, file, null, dev, unix, tcp or udp")

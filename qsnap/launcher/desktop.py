@@ -23,12 +23,8 @@ from qsnap.launcher.devices import (
     virtio_options,
     virtserial_port,
 )
+from qsnap.launcher.refusal import refuse
 from qsnap.model.options import escape_commas
-
-
-def _refuse(what: str, why: str) -> NotSupportedError:
-    return NotSupportedError(f"{what}: {why}; qsnap keeps it in the definition but cannot start "
-                             "it (docs/domain-xml.md lists what starts)")
 
 
 def free_tcp_port(host: str, start: int = 5900) -> int:
@@ -52,20 +48,20 @@ def spice_args(node: etree._Element, out: DeviceArgs) -> None:
     """``-spice`` for ``<graphics type='spice'>``: a plain TCP listener (TLS and passwords are
     refused by name), with libvirt's compression, streaming and agent options."""
     if node.get("tlsPort") not in (None, "-1"):
-        raise _refuse("<graphics type='spice' tlsPort=>", "TLS is not supported by qsnap's "
-                      "launcher (tlsPort='-1' with autoport, virt-install's, asks for none)")
+        raise refuse("<graphics type='spice' tlsPort=>", "TLS is not supported by qsnap's "
+                     "launcher (tlsPort='-1' with autoport, virt-install's, asks for none)")
     for attribute in ("passwd", "keymap", "defaultMode"):
         if node.get(attribute) is not None:
-            raise _refuse(f"<graphics type='spice' {attribute}=>", "not supported by qsnap's "
-                          "launcher")
+            raise refuse(f"<graphics type='spice' {attribute}=>", "not supported by qsnap's "
+                         "launcher")
     refuse_unknown_parts(node, "<graphics type='spice'>",
                          {"listen", "image", "jpeg", "zlib", "playback", "streaming",
                           "clipboard", "filetransfer", "mouse"},
                          {"port", "autoport", "listen", "tlsPort"})
     listen = node.find("listen")
     if listen is not None and listen.get("type", "address") != "address":
-        raise _refuse(f"<graphics type='spice'><listen type='{listen.get('type')}'>",
-                      "only type='address' is supported")
+        raise refuse(f"<graphics type='spice'><listen type='{listen.get('type')}'>",
+                     "only type='address' is supported")
     host = ((listen.get("address") if listen is not None else None) or node.get("listen")
             or "127.0.0.1")
     port = int(node.get("port", "-1"))
@@ -103,15 +99,15 @@ def pty_channel_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
     """``<channel type='pty'>`` with a virtio target: a virtio-serial port on a host pty."""
     target = node.find("target")
     if target is None or target.get("type") != "virtio" or not target.get("name"):
-        raise _refuse("<channel type='pty'>", "only a named virtio target is supported")
+        raise refuse("<channel type='pty'>", "only a named virtio target is supported")
     virtserial_port(index, node, "pty", target.get("name", ""), out)
 
 
 def redirdev_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
     """``<redirdev bus='usb' type='spicevmc'>``: a USB port the SPICE client can fill."""
     if node.get("type") != "spicevmc" or node.get("bus", "usb") != "usb":
-        raise _refuse(f"<redirdev type='{node.get('type')}'>", "only type='spicevmc' on USB "
-                      "is supported")
+        raise refuse(f"<redirdev type='{node.get('type')}'>", "only type='spicevmc' on USB "
+                     "is supported")
     refuse_unknown_parts(node, "<redirdev>", {"address"}, {"bus"})
     out.add("-chardev", f"spicevmc,id=charredir{index},name=usbredir")
     out.add(*device_arg({"driver": "usb-redir", "chardev": f"charredir{index}",
@@ -142,7 +138,7 @@ def sound_args(index: int, node: etree._Element, audio: str | None, out: DeviceA
         audio = f"audio{chosen.get('id')}"
     driver = _SOUND_DEVICES.get(model)
     if driver is None:
-        raise _refuse(f"<sound model='{model}'>", "not supported by qsnap's launcher")
+        raise refuse(f"<sound model='{model}'>", "not supported by qsnap's launcher")
     refuse_unknown_parts(node, f"<sound model='{model}'>", {"codec", "address", "audio"},
                          {"model", "multichannel"})
     device: dict[str, object] = {"driver": driver, "id": f"sound{index}"}
@@ -160,7 +156,7 @@ def sound_args(index: int, node: etree._Element, audio: str | None, out: DeviceA
     codecs = [c.get("type", "duplex") for c in node.findall("codec")] or ["duplex"]
     for cad, codec in enumerate(codecs):
         if codec not in _HDA_CODECS:
-            raise _refuse(f"<sound><codec type='{codec}'>", "not supported")
+            raise refuse(f"<sound><codec type='{codec}'>", "not supported")
         codec_device: dict[str, object] = {"driver": _HDA_CODECS[codec],
                                            "id": f"sound{index}-codec{cad}",
                                            "bus": f"sound{index}.0", "cad": cad}
@@ -179,13 +175,13 @@ def watchdog_args(index: int, node: etree._Element, out: DeviceArgs) -> str:
     model = node.get("model")
     action = node.get("action", "reset")
     if action not in _WATCHDOG_ACTIONS:
-        raise _refuse(f"<watchdog action='{action}'>", "libvirt takes the dump itself, which "
-                      "qsnap does not; use reset, shutdown, poweroff, pause, none or "
-                      "inject-nmi")
+        raise refuse(f"<watchdog action='{action}'>", "libvirt takes the dump itself, which "
+                     "qsnap does not; use reset, shutdown, poweroff, pause, none or "
+                     "inject-nmi")
     refuse_unknown_parts(node, f"<watchdog model='{model}'>", {"address"}, {"model", "action"})
     if model == "itco":
         if out.family != "q35":
-            raise _refuse("<watchdog model='itco'>", "only on a q35 machine")
+            raise refuse("<watchdog model='itco'>", "only on a q35 machine")
         out.add("-global", "ICH9-LPC.noreboot=off")
     elif model == "i6300esb":
         out.add(*device_arg({"driver": "i6300esb", "id": f"watchdog{index}",
@@ -193,7 +189,7 @@ def watchdog_args(index: int, node: etree._Element, out: DeviceArgs) -> str:
     elif model == "ib700":
         out.add(*device_arg({"driver": "ib700", "id": f"watchdog{index}"}))
     else:
-        raise _refuse(f"<watchdog model='{model}'>", "not supported by qsnap's launcher")
+        raise refuse(f"<watchdog model='{model}'>", "not supported by qsnap's launcher")
     return _WATCHDOG_ACTIONS[action]
 
 
@@ -204,7 +200,7 @@ _INPUT_DEVICES = {"keyboard": "virtio-keyboard-pci", "mouse": "virtio-mouse-pci"
 def virtio_input_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
     kind = node.get("type", "")
     if kind not in _INPUT_DEVICES:
-        raise _refuse(f"<input type='{kind}' bus='virtio'>", "not supported")
+        raise refuse(f"<input type='{kind}' bus='virtio'>", "not supported")
     refuse_unknown_parts(node, f"<input type='{kind}' bus='virtio'>", {"address", "driver"},
                          {"bus"})
     out.add(*device_arg({"driver": _INPUT_DEVICES[kind], "id": f"input{index}",
@@ -238,15 +234,19 @@ def _audio_value(text: str) -> object:
     return int(text) if text.isdigit() else text
 
 
-def _audio_properties(node: etree._Element, names: dict[str, str],
+def _audio_properties(attributes: dict[str, str], names: dict[str, str],
                       what: str) -> dict[str, object]:
+    """XML *attributes* as audiodev properties by *names*; any other is refused by name."""
     found: dict[str, object] = {}
-    for key, value in node.attrib.items():
-        name = str(key)
+    for name, value in attributes.items():
         if name not in names:
-            raise _refuse(f"{what} {name}=", "not supported by qsnap's launcher")
-        found[names[name]] = _audio_value(str(value))
+            raise refuse(f"{what} {name}=", "not supported by qsnap's launcher")
+        found[names[name]] = _audio_value(value)
     return found
+
+
+def _attributes(node: etree._Element) -> dict[str, str]:
+    return {str(k): str(v) for k, v in node.attrib.items()}
 
 
 def audio_backend(node: etree._Element, out: DeviceArgs) -> str:
@@ -254,26 +254,26 @@ def audio_backend(node: etree._Element, out: DeviceArgs) -> str:
     backend's own attributes and each direction's (``<input>``, ``<output>``) settings."""
     kind = node.get("type", "none")
     if kind not in _AUDIO_DRIVERS:
-        raise _refuse(f"<audio type='{kind}'>", "not a backend QEMU has on Linux")
+        raise refuse(f"<audio type='{kind}'>", "not a backend QEMU has on Linux")
     what = f"<audio type='{kind}'>"
     audio = f"audio{node.get('id', '1')}"
     backend: dict[str, object] = {"id": audio, "driver": _AUDIO_DRIVERS[kind]}
-    top = {k: v for k, v in node.attrib.items() if str(k) not in ("id", "type")}
+    top = {k: v for k, v in _attributes(node).items() if k not in ("id", "type")}
     if kind == "pulseaudio" and "serverName" in top:
         backend["server"] = top.pop("serverName")
-    probe = etree.Element("audio", {str(k): str(v) for k, v in top.items()})
-    backend.update(_audio_properties(probe, _AUDIO_TOP, what))
+    backend.update(_audio_properties(top, _AUDIO_TOP, what))
     for child in node:
         if not isinstance(child.tag, str):
             continue
         if child.tag not in ("input", "output"):
-            raise _refuse(f"{what}: <{child.tag}>", "not supported by qsnap's launcher")
-        direction = _audio_properties(child, _AUDIO_DIRECTION, f"{what}<{child.tag}>")
+            raise refuse(f"{what}: <{child.tag}>", "not supported by qsnap's launcher")
+        direction = _audio_properties(_attributes(child), _AUDIO_DIRECTION,
+                                      f"{what}<{child.tag}>")
         for settings in child:
             if isinstance(settings.tag, str):
                 if settings.tag != "settings":
-                    raise _refuse(f"{what}<{child.tag}><{settings.tag}>", "not supported")
-                direction.update(_audio_properties(settings, _AUDIO_SETTINGS,
+                    raise refuse(f"{what}<{child.tag}><{settings.tag}>", "not supported")
+                direction.update(_audio_properties(_attributes(settings), _AUDIO_SETTINGS,
                                                    f"{what}<{child.tag}><settings>"))
         backend["in" if child.tag == "input" else "out"] = direction
     out.add("-audiodev", json.dumps(backend))

@@ -20,6 +20,7 @@ from lxml import etree
 
 from qsnap.errors import NotSupportedError
 from qsnap.launcher.chardev import chardev
+from qsnap.launcher.refusal import refuse
 from qsnap.model.domain import GUEST_AGENT_CHANNEL, PciAddress, c_integer
 from qsnap.model.options import escape_commas
 from qsnap.model.units import parse_scaled_integer
@@ -49,28 +50,24 @@ _VIRTIO_OPTIONS = {"iommu": "iommu_platform", "ats": "ats", "packed": "packed",
                    "page_per_vq": "page-per-vq"}
 
 
-def _refuse(what: str, why: str) -> NotSupportedError:
-    return NotSupportedError(f"{what}: {why}; qsnap keeps it in the definition but cannot start "
-                             "it (docs/domain-xml.md lists what starts)")
-
 
 def refuse_unknown(root: etree._Element) -> None:
     """Refuse, by element, what the launcher would otherwise leave out of the machine."""
     if root.get("type", "qemu") not in ("qemu", "kvm"):
-        raise _refuse(f"<domain type='{root.get('type')}'>", "qsnap starts QEMU with TCG "
-                      "(type='qemu') or KVM (type='kvm')")
+        raise refuse(f"<domain type='{root.get('type')}'>", "qsnap starts QEMU with TCG "
+                     "(type='qemu') or KVM (type='kvm')")
     for child in root:
         if not isinstance(child.tag, str):
             continue
         if child.tag not in _STARTABLE_TOP:
-            raise _refuse(f"<{child.tag}>", "not supported by qsnap's launcher")
+            raise refuse(f"<{child.tag}>", "not supported by qsnap's launcher")
     for device in root.findall("devices/*"):
         if isinstance(device.tag, str) and device.tag not in _STARTABLE_DEVICES:
-            raise _refuse(f"<devices><{device.tag}>", "this device class is not supported by "
-                          "qsnap's launcher")
+            raise refuse(f"<devices><{device.tag}>", "this device class is not supported by "
+                         "qsnap's launcher")
     for child in root.findall("os/*"):
         if child.tag not in _STARTABLE_OS:
-            raise _refuse(f"<os><{child.tag}>", "not supported by qsnap's launcher")
+            raise refuse(f"<os><{child.tag}>", "not supported by qsnap's launcher")
 
 
 def apply_boot_order(root: etree._Element) -> None:
@@ -100,12 +97,12 @@ def refuse_unknown_parts(node: etree._Element, what: str, children: set[str],
     carry into QEMU (``<alias>`` is libvirt's own bookkeeping, never refused)."""
     for child in node:
         if isinstance(child.tag, str) and child.tag not in children | {"alias"}:
-            raise _refuse(f"{what}: <{child.tag}>", "not supported by qsnap's launcher")
+            raise refuse(f"{what}: <{child.tag}>", "not supported by qsnap's launcher")
     for key in node.attrib:
         attribute = key.decode() if isinstance(key, bytes) else str(key)
         if attribute not in attributes | {"type"}:
-            raise _refuse(f"{what}: attribute {attribute}=", "not supported by qsnap's "
-                          "launcher")
+            raise refuse(f"{what}: attribute {attribute}=", "not supported by qsnap's "
+                         "launcher")
 
 
 def virtio_options(node: etree._Element) -> dict[str, object]:
@@ -121,7 +118,7 @@ def _virtio_driver(driver: etree._Element | None, tag: str) -> dict[str, object]
     for key, value in driver.attrib.items():
         name = str(key)
         if name not in _VIRTIO_OPTIONS:
-            raise _refuse(f"<{tag}><driver {name}=>", "not supported by qsnap's launcher")
+            raise refuse(f"<{tag}><driver {name}=>", "not supported by qsnap's launcher")
         options[_VIRTIO_OPTIONS[name]] = value == "on"
     return options
 
@@ -136,8 +133,8 @@ def placement(device: etree._Element, family: str) -> dict[str, object]:
     if address is None:
         return {}
     if address.domain:
-        raise _refuse(f"<{device.tag}> address domain {address.domain:#x}",
-                      "PCI domains other than 0 are not supported")
+        raise refuse(f"<{device.tag}> address domain {address.domain:#x}",
+                     "PCI domains other than 0 are not supported")
     placed: dict[str, object] = {"bus": pci_bus_name(address.bus, family),
                                  "addr": address.qemu_addr}
     if address.multifunction:
@@ -191,7 +188,7 @@ def _root_bus_options(controller: etree._Element, out: DeviceArgs) -> None:
     target = controller.find("target")
     if target is not None and target.get("hotplug") is not None:
         if out.family == "q35":
-            raise _refuse("<controller model='pcie-root'><target hotplug=>", "not supported")
+            raise refuse("<controller model='pcie-root'><target hotplug=>", "not supported")
         out.add("-global", f"PIIX4_PM.acpi-root-pci-hotplug={target.get('hotplug')}")
 
 
@@ -205,16 +202,16 @@ def controller_args(controller: etree._Element, out: DeviceArgs) -> None:
             _root_bus_options(controller, out)
             return
         if target is not None and target.get("hotplug") is not None:
-            raise _refuse(f"<controller type='pci' model='{model}'><target hotplug=>",
-                          "not supported by qsnap's launcher")
+            raise refuse(f"<controller type='pci' model='{model}'><target hotplug=>",
+                         "not supported by qsnap's launcher")
         if model == "pcie-root-port":
             chassis = int(target.get("chassis", str(index))) if target is not None else index
             port = c_integer(target.get("port", "0")) if target is not None else 0
             model_node = controller.find("model")
             name = (model_node.get("name") if model_node is not None else None) or model
             if name not in ("pcie-root-port", "ioh3420"):
-                raise _refuse(f"<controller model='{model}'><model name='{name}'>",
-                              "use pcie-root-port or ioh3420")
+                raise refuse(f"<controller model='{model}'><model name='{name}'>",
+                             "use pcie-root-port or ioh3420")
             out.add(*device_arg({"driver": name, "port": port, "chassis": chassis,
                                  "id": f"pci.{index}", **placed}))
             return
@@ -226,7 +223,7 @@ def controller_args(controller: etree._Element, out: DeviceArgs) -> None:
         if model == "pcie-to-pci-bridge":
             out.add(*device_arg({"driver": "pcie-pci-bridge", "id": f"pci.{index}", **placed}))
             return
-        raise _refuse(f"<controller type='pci' model='{model}'>", "not supported")
+        raise refuse(f"<controller type='pci' model='{model}'>", "not supported")
     if kind == "sata" and out.family == "pc":
         out.add(*device_arg({"driver": "ahci", "id": f"sata{index}", **placed}))
         return
@@ -235,8 +232,8 @@ def controller_args(controller: etree._Element, out: DeviceArgs) -> None:
     if kind in ("sata", "ide"):
         if index == 0:
             return  # the chipset's own (ICH9 AHCI on q35, PIIX3 IDE on pc)
-        raise _refuse(f"<controller type='{kind}' index='{index}'>",
-                      "only the chipset's own controller is supported")
+        raise refuse(f"<controller type='{kind}' index='{index}'>",
+                     "only the chipset's own controller is supported")
     if kind == "usb":
         if model == "none":
             return
@@ -249,13 +246,13 @@ def controller_args(controller: etree._Element, out: DeviceArgs) -> None:
             return
         driver = _USB_CONTROLLERS.get(model or "")
         if driver is None:
-            raise _refuse(f"<controller type='usb' model='{model}'>", "not supported")
+            raise refuse(f"<controller type='usb' model='{model}'>", "not supported")
         device: dict[str, object] = {"driver": driver, "id": bus_id}
         ports = controller.get("ports")
         if ports is not None and driver in ("qemu-xhci", "nec-usb-xhci"):
             device.update(p2=int(ports), p3=int(ports))
         elif ports is not None:
-            raise _refuse(f"<controller type='usb' model='{model}' ports=>", "not supported")
+            raise refuse(f"<controller type='usb' model='{model}' ports=>", "not supported")
         out.add(*device_arg({**device, **virtio_options(controller), **placed}))
         return
     if kind == "scsi":
@@ -264,8 +261,8 @@ def controller_args(controller: etree._Element, out: DeviceArgs) -> None:
             out.add(*device_arg({"driver": "lsi", "id": f"scsi{index}", **placed}))
             return
         if model != "virtio-scsi":
-            raise _refuse(f"<controller type='scsi' model='{model}'>",
-                          "only models 'virtio-scsi' and 'lsilogic' are supported")
+            raise refuse(f"<controller type='scsi' model='{model}'>",
+                         "only models 'virtio-scsi' and 'lsilogic' are supported")
         scsi: dict[str, object] = {"driver": "virtio-scsi-pci", "id": f"scsi{index}"}
         options = controller.find("driver")
         if options is not None and options.get("iothread") is not None:
@@ -282,7 +279,7 @@ def controller_args(controller: etree._Element, out: DeviceArgs) -> None:
                 device[option] = int(controller.get(attribute, "0"))
         out.add(*device_arg({**device, **virtio_options(controller), **placed}))
         return
-    raise _refuse(f"<controller type='{kind}'>", "not supported")
+    raise refuse(f"<controller type='{kind}'>", "not supported")
 
 
 @dataclass(frozen=True)
@@ -332,24 +329,24 @@ def interface_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
         tap = tap_of(out.domain_key, index, node)
         assert tap is not None
         if kind == "bridge" and not tap.bridge:
-            raise _refuse(what, "a bridge interface needs <source bridge=...>")
+            raise refuse(what, "a bridge interface needs <source bridge=...>")
         # QEMU opens the tap by name, creating it (and removing it at exit) if missing; it
         # runs <script path=> with the tap's name, as libvirt does once it made the tap.
         script = node.find("script")
         path = script.get("path", "") if script is not None and kind == "ethernet" else ""
         netdev.update(type="tap", ifname=tap.name, script=path or "no", downscript="no")
     elif kind == "network":
-        raise _refuse(what, "libvirt virtual networks need libvirt's network driver, which "
-                      "qsnap does not use; use type='user', 'ethernet' or 'bridge'")
+        raise refuse(what, "libvirt virtual networks need libvirt's network driver, which "
+                     "qsnap does not use; use type='user', 'ethernet' or 'bridge'")
     else:
-        raise _refuse(what, "not supported")
+        raise refuse(what, "not supported")
     refuse_unknown_parts(node, what, {"mac", "source", "target", "model", "address", "boot",
                                       *(("script",) if kind == "ethernet" else ())})
     model_node = node.find("model")
     model = model_node.get("type", "rtl8139") if model_node is not None else "rtl8139"
     driver = _NIC_DEVICES.get(model)
     if driver is None:
-        raise _refuse(f"{what} model '{model}'", "not supported")
+        raise refuse(f"{what} model '{model}'", "not supported")
     mac = node.find("mac")
     out.add("-netdev", json.dumps(netdev))
     device: dict[str, object] = {"driver": driver, "netdev": f"hostnet{index}",
@@ -367,7 +364,7 @@ def serial_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
     out.add("-chardev", chardev(node, chardev_id))
     target = node.find("target")
     if target is not None and target.get("type", "isa-serial") != "isa-serial":
-        raise _refuse(f"<serial><target type='{target.get('type')}'>", "not supported")
+        raise refuse(f"<serial><target type='{target.get('type')}'>", "not supported")
     port = int(target.get("port", str(index))) if target is not None else index
     device: dict[str, object] = {"driver": "isa-serial", "chardev": chardev_id,
                                  "id": f"serial{index}", "index": port}
@@ -382,7 +379,7 @@ def serial_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
 def parallel_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
     target = node.find("target")
     if target is not None and target.get("port", str(index)) != str(index):
-        raise _refuse("<parallel><target port=>", "ports are numbered in order")
+        raise refuse("<parallel><target port=>", "ports are numbered in order")
     chardev_id = f"charparallel{index}"
     out.add("-chardev", chardev(node, chardev_id, host_device="parallel"))
     out.add(*device_arg({"driver": "isa-parallel", "chardev": chardev_id,
@@ -397,7 +394,7 @@ def console_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
     if kind == "serial":
         return
     if kind != "virtio":
-        raise _refuse(f"<console><target type='{kind}'>", "use serial or virtio")
+        raise refuse(f"<console><target type='{kind}'>", "use serial or virtio")
     chardev_id = f"charconsole{index}"
     out.add("-chardev", chardev(node, chardev_id))
     out.add(*device_arg({"driver": "virtconsole", "chardev": chardev_id,
@@ -421,8 +418,8 @@ def virtserial_port(index: int, node: etree._Element, backend: str, name: str,
 def channel_args(index: int, node: etree._Element, agent: str | None, out: DeviceArgs) -> None:
     target = node.find("target")
     if node.get("type") != "unix" or target is None or target.get("name") != GUEST_AGENT_CHANNEL:
-        raise _refuse(f"<channel type='{node.get('type')}'>",
-                      f"only the guest agent's unix channel ({GUEST_AGENT_CHANNEL}) is supported")
+        raise refuse(f"<channel type='{node.get('type')}'>",
+                     f"only the guest agent's unix channel ({GUEST_AGENT_CHANNEL}) is supported")
     virtserial_port(index, node, f"socket,path={escape_commas(agent or '')},server=on,wait=off",
                     GUEST_AGENT_CHANNEL, out)
 
@@ -439,20 +436,20 @@ def filesystem_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
     driver = node.find("driver")
     backend = (driver.get("type") if driver is not None else None) or "path"
     if kind != "mount":
-        raise _refuse(what, "only type='mount' (a host folder) is supported")
+        raise refuse(what, "only type='mount' (a host folder) is supported")
     if backend != "path":
-        raise _refuse(f"{what}<driver type='{backend}'>", "qsnap's launcher shares folders "
-                      "over 9p (type='path'); virtiofs needs a virtiofsd it does not start")
+        raise refuse(f"{what}<driver type='{backend}'>", "qsnap's launcher shares folders "
+                     "over 9p (type='path'); virtiofs needs a virtiofsd it does not start")
     refuse_unknown_parts(node, what, {"driver", "source", "target", "readonly", "address"},
                          {"accessmode", "multidevs", "fmode", "dmode"})
     if driver is not None:
         refuse_unknown_parts(driver, f"{what}<driver>", set(), {"wrpolicy"})
     source, target = node.find("source"), node.find("target")
     if source is None or not source.get("dir") or target is None or not target.get("dir"):
-        raise _refuse(what, "it needs <source dir=...> and <target dir=...>")
+        raise refuse(what, "it needs <source dir=...> and <target dir=...>")
     access = node.get("accessmode", "passthrough")
     if access not in _9P_SECURITY:
-        raise _refuse(f"{what} accessmode='{access}'", "use passthrough, mapped or squash")
+        raise refuse(f"{what} accessmode='{access}'", "use passthrough, mapped or squash")
     options = ["local", f"security_model={_9P_SECURITY[access]}"]
     if driver is not None and driver.get("wrpolicy") == "immediate":
         options.append("writeout=immediate")
@@ -477,7 +474,7 @@ def panic_args(node: etree._Element, out: DeviceArgs) -> None:
     if model == "hyperv":
         return
     if model != "isa":
-        raise _refuse(f"<panic model='{model}'>", "use isa or hyperv")
+        raise refuse(f"<panic model='{model}'>", "use isa or hyperv")
     device: dict[str, object] = {"driver": "pvpanic"}
     address = node.find("address")
     if address is not None and address.get("type") == "isa" and address.get("iobase"):
@@ -491,7 +488,7 @@ def input_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
         return  # the chipset's own
     drivers = {"tablet": "usb-tablet", "mouse": "usb-mouse", "keyboard": "usb-kbd"}
     if bus != "usb" or kind not in drivers:
-        raise _refuse(f"<input type='{kind}' bus='{bus}'>", "not supported")
+        raise refuse(f"<input type='{kind}' bus='{bus}'>", "not supported")
     address = node.find("address")
     device: dict[str, object] = {"driver": drivers[kind or ""], "id": f"input{index}",
                                  "bus": "usb.0"}
@@ -502,7 +499,7 @@ def input_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
 
 def graphics_args(node: etree._Element, audio: str | None, out: DeviceArgs) -> None:
     if node.get("type") != "vnc":
-        raise _refuse(f"<graphics type='{node.get('type')}'>", "only VNC and SPICE are supported")
+        raise refuse(f"<graphics type='{node.get('type')}'>", "only VNC and SPICE are supported")
     listen = node.find("listen")
     socket = node.get("socket") or (listen.get("socket") if listen is not None else None)
     if socket:
@@ -514,7 +511,7 @@ def graphics_args(node: etree._Element, audio: str | None, out: DeviceArgs) -> N
         # Autoport: the first free display from 5900, as libvirt picks.
         display = f"{host}:0,to=99" if port < 5900 else f"{host}:{port - 5900}"
     if node.get("passwd"):
-        raise _refuse("<graphics passwd=...>", "VNC passwords are not supported")
+        raise refuse("<graphics passwd=...>", "VNC passwords are not supported")
     out.add("-vnc", display + (f",audiodev={audio}" if audio else ""))
 
 
@@ -532,9 +529,9 @@ def video_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
     refuse_unknown_parts(node, "<video>", {"model", "address", "driver"})
     driver = _VIDEO_DEVICES.get(kind)
     if driver is None:
-        raise _refuse(what, "not supported")
+        raise refuse(what, "not supported")
     if node.find("driver") is not None and kind != "virtio":
-        raise _refuse("<video><driver>", "only virtio options on a virtio card")
+        raise refuse("<video><driver>", "only virtio options on a virtio card")
     if index and kind == "virtio":
         driver = "virtio-gpu-pci"  # only the primary card is a VGA one
     if index and kind == "qxl":
@@ -564,7 +561,7 @@ def balloon_args(node: etree._Element, out: DeviceArgs) -> None:
     if model == "none":
         return
     if model != "virtio":
-        raise _refuse(f"<memballoon model='{model}'>", "only model='virtio' is supported")
+        raise refuse(f"<memballoon model='{model}'>", "only model='virtio' is supported")
     refuse_unknown_parts(node, "<memballoon>", {"address", "stats", "driver"},
                          {"model", "autodeflate", "freePageReporting"})
     device: dict[str, object] = {"driver": "virtio-balloon-pci", "id": "balloon0"}
@@ -577,7 +574,7 @@ def balloon_args(node: etree._Element, out: DeviceArgs) -> None:
 
 def rng_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
     if node.get("model") != "virtio":
-        raise _refuse(f"<rng model='{node.get('model')}'>", "only model='virtio' is supported")
+        raise refuse(f"<rng model='{node.get('model')}'>", "only model='virtio' is supported")
     backend = node.find("backend")
     kind = backend.get("model") if backend is not None else None
     if kind == "random":
@@ -587,7 +584,7 @@ def rng_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
     elif kind == "builtin":
         out.add("-object", json.dumps({"qom-type": "rng-builtin", "id": f"objrng{index}"}))
     else:
-        raise _refuse(f"<rng><backend model='{kind}'>", "use 'random' or 'builtin'")
+        raise refuse(f"<rng><backend model='{kind}'>", "use 'random' or 'builtin'")
     refuse_unknown_parts(node, "<rng>", {"backend", "address", "driver"}, {"model"})
     out.add(*device_arg({"driver": "virtio-rng-pci", "rng": f"objrng{index}", "id": f"rng{index}",
                          **virtio_options(node),

@@ -13,17 +13,13 @@ from dataclasses import dataclass, field
 
 from lxml import etree
 
-from qsnap.errors import NotSupportedError
+from qsnap.launcher.refusal import refuse
 from qsnap.model.units import parse_scaled_integer
 
 MIB = 1024 * 1024
 _BACKENDS = {"anonymous": "memory-backend-ram", "memfd": "memory-backend-memfd",
              "file": "memory-backend-file"}
 
-
-def _refuse(what: str, why: str) -> NotSupportedError:
-    return NotSupportedError(f"{what}: {why}; qsnap keeps it in the definition but cannot start "
-                             "it (docs/domain-xml.md lists what starts)")
 
 
 def _whole_mib(size: int) -> int:
@@ -81,7 +77,7 @@ def _backing(root: etree._Element, out: GuestMemory) -> Backing:
             backing.share = child.get("mode") == "shared"
         elif child.tag == "allocation":
             if child.get("threads") is not None:
-                raise _refuse("<memoryBacking><allocation threads=>", "not supported")
+                raise refuse("<memoryBacking><allocation threads=>", "not supported")
             backing.prealloc = child.get("mode") == "immediate"
         elif child.tag == "locked":
             out.args += ["-overcommit", "mem-lock=on"]
@@ -90,11 +86,11 @@ def _backing(root: etree._Element, out: GuestMemory) -> Backing:
         elif child.tag == "discard":
             backing.discard = True
         else:
-            raise _refuse(f"<memoryBacking><{child.tag}>", "not supported by qsnap's launcher "
-                          "(huge pages need hugetlbfs, which this host does not set up)")
+            raise refuse(f"<memoryBacking><{child.tag}>", "not supported by qsnap's launcher "
+                         "(huge pages need hugetlbfs, which this host does not set up)")
     if backing.source not in _BACKENDS:
-        raise _refuse(f"<memoryBacking><source type='{backing.source}'>",
-                      "use anonymous, memfd or file")
+        raise refuse(f"<memoryBacking><source type='{backing.source}'>",
+                     "use anonymous, memfd or file")
     return backing
 
 
@@ -102,7 +98,7 @@ def _cpu_ranges(text: str) -> list[str]:
     """libvirt's cpuset (``0-3,8-11``) as QEMU's ``cpus=`` ranges; ``^N`` exclusions are
     refused."""
     if "^" in text:
-        raise _refuse(f"<cell cpus='{text}'>", "exclusions are not supported")
+        raise refuse(f"<cell cpus='{text}'>", "exclusions are not supported")
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
@@ -117,7 +113,7 @@ def _numa(root: etree._Element, backing: Backing, runtime_folder: str,
     cells = numa.findall("cell")
     for child in numa:
         if isinstance(child.tag, str) and child.tag != "cell":
-            raise _refuse(f"<cpu><numa><{child.tag}>", "not supported by qsnap's launcher")
+            raise refuse(f"<cpu><numa><{child.tag}>", "not supported by qsnap's launcher")
     distances: dict[tuple[str, str], str] = {}
     ids: list[str] = []
     legacy = _legacy_numa(root, backing, cells)
@@ -128,8 +124,8 @@ def _numa(root: etree._Element, backing: Backing, runtime_folder: str,
         ids.append(node_id)
         for key in cell.attrib:
             if str(key) not in ("id", "cpus", "memory", "unit", "memAccess", "discard"):
-                raise _refuse(f"<cpu><numa><cell {key!s}=>", "not supported by qsnap's "
-                              "launcher")
+                raise refuse(f"<cpu><numa><cell {key!s}=>", "not supported by qsnap's "
+                             "launcher")
         size = _whole_mib(parse_scaled_integer(cell.get("memory"), cell.get("unit"),
                                                f"<cell id='{node_id}'> memory", default=1024))
         total += size
@@ -149,7 +145,7 @@ def _numa(root: etree._Element, backing: Backing, runtime_folder: str,
             if not isinstance(child.tag, str):
                 continue
             if child.tag != "distances":
-                raise _refuse(f"<cpu><numa><cell><{child.tag}>", "not supported")
+                raise refuse(f"<cpu><numa><cell><{child.tag}>", "not supported")
             for sibling in child.findall("sibling"):
                 distances[(node_id, sibling.get("id", ""))] = sibling.get("value", "")
     if distances:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from lxml import etree
 
 from qsnap.errors import NotSupportedError
+from qsnap.launcher.refusal import refuse
 
 #: ``<features>`` children that start, and the machine option or flag each becomes.
 _HYPERV_FLAGS = {"relaxed": "hv-relaxed", "vapic": "hv-vapic", "vpindex": "hv-vpindex",
@@ -30,10 +31,6 @@ _FEATURE_NAMES = {"pclmuldq": "pclmulqdq"}
 # libvirt's <cpu><feature policy=> as QEMU's flag values.
 _FEATURE_POLICIES = {"require": "on", "force": "on", "disable": "off", "forbid": "off"}
 
-
-def _refuse(what: str, why: str) -> NotSupportedError:
-    return NotSupportedError(f"{what}: {why}; qsnap keeps it in the definition but cannot start "
-                             "it (docs/domain-xml.md lists what starts)")
 
 
 def _on(node: etree._Element, attribute: str = "state") -> bool:
@@ -55,32 +52,29 @@ def _hyperv(node: etree._Element, out: Platform) -> None:
         out.cpu_flags.append("hv-passthrough=on")
         return
     if mode != "custom":
-        raise _refuse(f"<hyperv mode='{mode}'>", "not a Hyper-V mode")
+        raise refuse(f"<hyperv mode='{mode}'>", "not a Hyper-V mode")
     for child in node:
         if not isinstance(child.tag, str):
             continue
+        special = child.tag in ("spinlocks", "vendor_id", "stimer")
+        if not special and (child.tag not in _HYPERV_FLAGS or len(child)):
+            raise refuse(f"<hyperv><{child.tag}>", "this Hyper-V enlightenment is not "
+                         "supported by qsnap's launcher")
         if not _on(child):
             continue  # libvirt passes only the enlightenments turned on
-        state = "on"
         if child.tag == "spinlocks":
-            if state == "on":
-                out.cpu_flags.append(f"hv-spinlocks={int(child.get('retries', '4095')):#x}")
+            out.cpu_flags.append(f"hv-spinlocks={int(child.get('retries', '4095')):#x}")
             continue
         if child.tag == "vendor_id":
-            if state == "on":
-                out.cpu_flags.append(f"hv-vendor-id={child.get('value', '')}")
+            out.cpu_flags.append(f"hv-vendor-id={child.get('value', '')}")
             continue
         if child.tag == "stimer":
-            out.cpu_flags.append(f"hv-stimer={state}")
+            out.cpu_flags.append("hv-stimer=on")
             direct = child.find("direct")
             if direct is not None and _on(direct):
                 out.cpu_flags.append("hv-stimer-direct=on")
             continue
-        flag = _HYPERV_FLAGS.get(child.tag)
-        if flag is None or len(child):
-            raise _refuse(f"<hyperv><{child.tag}>", "this Hyper-V enlightenment is not "
-                          "supported by qsnap's launcher")
-        out.cpu_flags.append(f"{flag}={state}")
+        out.cpu_flags.append(f"{_HYPERV_FLAGS[child.tag]}=on")
 
 
 _KVM_FLAGS = {"hint-dedicated": "kvm-hint-dedicated", "poll-control": "kvm-poll-control",
@@ -99,7 +93,7 @@ def _kvm(node: etree._Element, out: Platform) -> None:
         elif child.tag in _KVM_FLAGS:
             out.cpu_flags.append(f"{_KVM_FLAGS[child.tag]}={state}")
         else:
-            raise _refuse(f"<features><kvm><{child.tag}>", "not supported by qsnap's launcher")
+            raise refuse(f"<features><kvm><{child.tag}>", "not supported by qsnap's launcher")
 
 
 def _features(root: etree._Element, family: str, out: Platform) -> None:
@@ -121,7 +115,7 @@ def _features(root: etree._Element, family: str, out: Platform) -> None:
                 unit = tseg.get("unit", "MiB")
                 scale = {"MiB": 1, "M": 1, "GiB": 1024, "G": 1024}.get(unit)
                 if scale is None or family != "q35":
-                    raise _refuse("<smm><tseg>", "a TSEG size in MiB or GiB, on q35 only")
+                    raise refuse("<smm><tseg>", "a TSEG size in MiB or GiB, on q35 only")
                 out.args += ["-global", f"mch.extended-tseg-mbytes={size * scale}"]
         elif tag == "vmcoreinfo":
             if _on(feature):
@@ -137,7 +131,7 @@ def _features(root: etree._Element, family: str, out: Platform) -> None:
         elif tag == "kvm":
             _kvm(feature, out)
         else:
-            raise _refuse(f"<features><{tag}>", "not supported by qsnap's launcher")
+            raise refuse(f"<features><{tag}>", "not supported by qsnap's launcher")
 
 
 def _clock_base(clock: etree._Element, now: float) -> str:
@@ -153,7 +147,7 @@ def _clock_base(clock: etree._Element, now: float) -> str:
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(moment))
     if offset == "absolute":
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(clock.get("start", "0"))))
-    raise _refuse(f"<clock offset='{offset}'>", "use utc, localtime, variable or absolute")
+    raise refuse(f"<clock offset='{offset}'>", "use utc, localtime, variable or absolute")
 
 
 def _clock(root: etree._Element, out: Platform, now: float) -> None:
@@ -166,7 +160,7 @@ def _clock(root: etree._Element, out: Platform, now: float) -> None:
         if not isinstance(timer.tag, str):
             continue
         if timer.tag != "timer":
-            raise _refuse(f"<clock><{timer.tag}>", "not supported")
+            raise refuse(f"<clock><{timer.tag}>", "not supported")
         name = timer.get("name")
         what = f"<timer name='{name}'>"
         policy, present = timer.get("tickpolicy"), timer.get("present")
@@ -175,19 +169,19 @@ def _clock(root: etree._Element, out: Platform, now: float) -> None:
             clocks = {"guest": "vm", "wall": "host", "realtime": "rt"}
             if track is not None:
                 if track not in clocks:
-                    raise _refuse(f"{what} track='{track}'", "use boot, guest, wall or realtime")
+                    raise refuse(f"{what} track='{track}'", "use boot, guest, wall or realtime")
                 if track != "boot":
                     rtc.append(f"clock={clocks[track]}")
             if policy == "catchup":
                 rtc.append("driftfix=slew")
             elif policy not in (None, "delay"):
-                raise _refuse(f"{what} tickpolicy='{policy}'", "use delay or catchup")
+                raise refuse(f"{what} tickpolicy='{policy}'", "use delay or catchup")
         elif name == "pit":
             policies = {"delay": "delay", "catchup": "slew", "discard": "discard"}
             if policy is not None:
                 if policy not in policies:
-                    raise _refuse(f"{what} tickpolicy='{policy}'",
-                                  "use delay, catchup or discard")
+                    raise refuse(f"{what} tickpolicy='{policy}'",
+                                 "use delay, catchup or discard")
                 out.args += ["-global", f"kvm-pit.lost_tick_policy={policies[policy]}"]
         elif name == "hpet":
             if present is not None:
@@ -197,9 +191,9 @@ def _clock(root: etree._Element, out: Platform, now: float) -> None:
         elif name == "kvmclock" and present is not None:
             out.cpu_flags.append(f"kvmclock={'on' if present == 'yes' else 'off'}")
         else:
-            raise _refuse(what, "this timer setting is not supported by qsnap's launcher")
+            raise refuse(what, "this timer setting is not supported by qsnap's launcher")
         if policy is not None and name in ("hpet", "hypervclock", "kvmclock"):
-            raise _refuse(f"{what} tickpolicy=", "not supported")
+            raise refuse(f"{what} tickpolicy=", "not supported")
     out.args += ["-rtc", ",".join(rtc)]
 
 
@@ -216,8 +210,8 @@ def _boot(root: etree._Element, out: Platform) -> None:
     bios = root.find("os/bios")
     if bios is not None:
         if bios.get("useserial") is not None:
-            raise _refuse("<os><bios useserial=>", "the serial graphics adapter is not "
-                          "supported by qsnap's launcher")
+            raise refuse("<os><bios useserial=>", "the serial graphics adapter is not "
+                         "supported by qsnap's launcher")
         if bios.get("rebootTimeout") is not None:
             options.append(f"reboot-timeout={int(bios.get('rebootTimeout', '0'))}")
     out.args += ["-boot", ",".join([*options, "strict=on"])]
@@ -233,7 +227,7 @@ def _power_management(root: etree._Element, family: str, out: Platform) -> None:
             continue
         which = {"suspend-to-mem": "disable_s3", "suspend-to-disk": "disable_s4"}.get(child.tag)
         if which is None:
-            raise _refuse(f"<pm><{child.tag}>", "not supported")
+            raise refuse(f"<pm><{child.tag}>", "not supported")
         enabled = child.get("enabled")
         if enabled is not None:
             out.args += ["-global", f"{device}.{which}={0 if enabled == 'yes' else 1}"]
@@ -247,12 +241,12 @@ def _model_and_features(root: etree._Element, accel: str, out: Platform) -> str 
     for child in cpu:
         if isinstance(child.tag, str) and child.tag not in ("model", "topology", "feature",
                                                              "numa"):
-            raise _refuse(f"<cpu><{child.tag}>", "not supported by qsnap's launcher")
+            raise refuse(f"<cpu><{child.tag}>", "not supported by qsnap's launcher")
     mode = cpu.get("mode", "custom")
     model_node = cpu.find("model")
     model = (model_node.text or "").strip() if model_node is not None else ""
     if model_node is not None and model_node.get("vendor_id"):
-        raise _refuse("<cpu><model vendor_id=>", "not supported")
+        raise refuse("<cpu><model vendor_id=>", "not supported")
     if mode == "host-passthrough" or (mode == "host-model" and accel == "kvm"):
         if accel != "kvm":
             raise NotSupportedError(f"<cpu mode='{mode}'> needs KVM (this guest runs under "
@@ -263,7 +257,7 @@ def _model_and_features(root: etree._Element, accel: str, out: Platform) -> str 
                                     "qsnap does not have; use host-passthrough or "
                                     "<cpu mode='custom'><model>…</model></cpu>")
         if cpu.find("feature") is not None:
-            raise _refuse("<cpu mode='host-passthrough'><feature>", "not supported")
+            raise refuse("<cpu mode='host-passthrough'><feature>", "not supported")
         out.cpu_flags.insert(0, f"migratable={cpu.get('migratable', 'on')}")
         return "host"
     if mode == "host-model":
@@ -271,22 +265,22 @@ def _model_and_features(root: etree._Element, accel: str, out: Platform) -> str 
                                 "to name the host's model; use <cpu mode='custom'>"
                                 "<model>…</model></cpu> or host-passthrough with KVM")
     if mode != "custom":
-        raise _refuse(f"<cpu mode='{mode}'>", "not supported")
+        raise refuse(f"<cpu mode='{mode}'>", "not supported")
     if cpu.get("match") not in (None, "exact", "strict"):
-        raise _refuse(f"<cpu match='{cpu.get('match')}'>", "libvirt makes this model from the "
-                      "host's CPU and its CPU map, which qsnap does not have; use "
-                      "match='exact'")
+        raise refuse(f"<cpu match='{cpu.get('match')}'>", "libvirt makes this model from the "
+                     "host's CPU and its CPU map, which qsnap does not have; use "
+                     "match='exact'")
     flags = []
     for feature in cpu.findall("feature"):
         policy = feature.get("policy", "require")
         if policy not in _FEATURE_POLICIES:
-            raise _refuse(f"<cpu><feature policy='{policy}'>", "use require, force, disable "
-                          "or forbid")
+            raise refuse(f"<cpu><feature policy='{policy}'>", "use require, force, disable "
+                         "or forbid")
         name = feature.get("name", "")
         name = _FEATURE_NAMES.get(name, name.replace("_", "-"))
         flags.append(f"{name}={_FEATURE_POLICIES[policy]}")
     if flags and not model:
-        raise _refuse("<cpu><feature> without <model>", "name the model the features change")
+        raise refuse("<cpu><feature> without <model>", "name the model the features change")
     out.cpu_flags[:0] = flags
     return model or None
 

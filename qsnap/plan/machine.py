@@ -53,16 +53,24 @@ def machine_family(machine: str) -> str:
     return "q35" if "q35" in machine else "pc"
 
 
-def disk_index(target: str) -> int:
-    """The index a disk name encodes (``sda`` 0, ``sdb`` 1, ``sdaa`` 26), as virDiskNameToIndex."""
-    letters = target.lstrip("abcdefghijklmnopqrstuvwxyz")  # digits (partitions) are not allowed
-    stem = target[:2] if target[:2] in ("sd", "hd", "vd", "xv") else None
-    if stem is None or letters or len(target) < 3:
-        raise XMLError(f"disk target '{target}' is not a disk name such as sda, hdc or vda")
+def _name_index(name: str) -> int | None:
+    """The index a disk name encodes (virDiskNameToIndex), None for a name it does not read."""
+    stem = next((s for s in ("xvd", "ubd", "fd", "hd", "sd", "vd") if name.startswith(s)), None)
+    letters = name[len(stem):] if stem else ""
+    if not letters or not letters.isalpha() or not letters.islower() or not letters.isascii():
+        return None
     index = 0
-    for char in target[2:]:
+    for char in letters:
         index = index * 26 + (ord(char) - ord("a") + 1)
     return index - 1
+
+
+def disk_index(target: str) -> int:
+    """The index a disk name encodes (``sda`` 0, ``sdb`` 1, ``sdaa`` 26), as virDiskNameToIndex."""
+    index = _name_index(target)
+    if index is None:  # digits (partitions) are not allowed either
+        raise XMLError(f"disk target '{target}' is not a disk name such as sda, hdc or vda")
+    return index
 
 
 def _inserted_in_order(devices: etree._Element, nodes: list[etree._Element],
@@ -92,17 +100,10 @@ def _inserted_in_order(devices: etree._Element, nodes: list[etree._Element],
 
 
 def _disk_target_index(disk: etree._Element) -> int:
-    """virDiskNameToIndex, -1 for a name it does not read."""
+    """A disk's index by its target name; -1 (first) for a name that encodes none."""
     target = disk.find("target")
-    name = (target.get("dev") if target is not None else None) or ""
-    stem = next((s for s in ("xvd", "ubd", "fd", "hd", "sd", "vd") if name.startswith(s)), None)
-    letters = name[len(stem):] if stem else ""
-    if not letters or not letters.isalpha() or not letters.islower():
-        return -1
-    value = 0
-    for char in letters:
-        value = value * 26 + (ord(char) - ord("a") + 1)
-    return value - 1
+    index = _name_index((target.get("dev") if target is not None else None) or "")
+    return -1 if index is None else index
 
 
 def _libvirt_order(devices: etree._Element) -> None:
@@ -191,9 +192,7 @@ def _drive_addresses(devices: etree._Element, family: str) -> None:
             continue
         address = disk.find("address")
         if address is None:
-            index = _disk_target_index(disk)
-            if index < 0:
-                index = disk_index(target.get("dev", ""))  # raises, naming the target
+            index = disk_index(target.get("dev", ""))
             if bus == "fdc":
                 attrs = {"controller": "0", "bus": "0", "target": "0", "unit": str(index % 2)}
             elif bus == "ide":
