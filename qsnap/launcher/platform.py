@@ -28,6 +28,12 @@ _HYPERV_FLAGS = {"relaxed": "hv-relaxed", "vapic": "hv-vapic", "vpindex": "hv-vp
                  "emsr_bitmap": "hv-emsr-bitmap", "xmm_input": "hv-xmm-input"}
 #: libvirt's CPU feature names QEMU spells otherwise than with '-' for '_' (libvirt's CPU map).
 _FEATURE_NAMES = {"pclmuldq": "pclmulqdq"}
+#: Models whose libvirt definition differs from QEMU's of the same name, and how: libvirt turns
+#: QEMU's extra features off on the command line (its qemuxmlconf case
+#: cpu-Icelake-Server-pconfig: "-cpu Icelake-Server,intel-pt=off,mpx=off").
+_MODELS_LIBVIRT_REDEFINES = {
+    "Icelake-Server": "without pconfig, intel-pt or mpx",
+}
 # libvirt's <cpu><feature policy=> as QEMU's flag values.
 _FEATURE_POLICIES = {"require": "on", "force": "on", "disable": "off", "forbid": "off"}
 
@@ -270,6 +276,10 @@ def _model_and_features(root: etree._Element, accel: str, out: Platform) -> str 
         raise refuse(f"<cpu match='{cpu.get('match')}'>", "libvirt makes this model from the "
                      "host's CPU and its CPU map, which qsnap does not have; use "
                      "match='exact'")
+    if model in _MODELS_LIBVIRT_REDEFINES:
+        raise refuse(f"<cpu><model>{model}</model>", "libvirt's CPU map defines this model "
+                     f"otherwise than QEMU does ({_MODELS_LIBVIRT_REDEFINES[model]}), and "
+                     "qsnap has no CPU map to build libvirt's version")
     flags = []
     for feature in cpu.findall("feature"):
         policy = feature.get("policy", "require")
