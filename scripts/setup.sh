@@ -33,12 +33,12 @@ install_debian_packages() {
 }
 
 install_qemu() {
-    # OVMF with QEMU's firmware descriptors, for UEFI guests (<os firmware='efi'>); the
-    # compressors of libvirt's compressed save-image formats (gzip, bzip2 and xz are Debian's
-    # own).
+    # OVMF with QEMU's firmware descriptors, for UEFI guests (<os firmware='efi'>); swtpm for
+    # emulated TPMs (<tpm><backend type='emulator'>); the compressors of libvirt's compressed
+    # save-image formats (gzip, bzip2 and xz are Debian's own).
     install_debian_packages qemu-system-x86_64 qemu-system-x86 qemu-img qemu-utils \
-        /usr/share/qemu/firmware/60-edk2-x86_64.json ovmf zstd zstd lzop lzop xz xz-utils \
-        bzip2 bzip2
+        /usr/share/qemu/firmware/60-edk2-x86_64.json ovmf swtpm swtpm swtpm_setup swtpm-tools \
+        zstd zstd lzop lzop xz xz-utils bzip2 bzip2
 }
 
 second_qemu_root=${QSNAP_QEMU10_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/qsnap/qemu-10}

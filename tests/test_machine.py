@@ -291,10 +291,47 @@ def _with(device: str) -> str:
      r"disk 'vda' <driver>: attribute copy_on_read="),
     (VIRT_INSTALL.replace("<model type='virtio'/></interface>", "<model type='virtio'/>"
                           "<bandwidth/></interface>"), r"#1: <bandwidth>"),
+    (_with("<tpm><backend type='passthrough'><device path='/dev/tpm0'/></backend></tpm>"),
+     r"<tpm><backend type='passthrough'>: a passthrough TPM"),
+    (_with("<tpm><backend type='emulator' version='2.0'><encryption secret="
+           "'32ee7e76-2178-47a1-ab7b-269e6e348015'/></backend></tpm>"),
+     r"<tpm><backend type='emulator'>: <encryption>"),
+    (_with("<tpm model='tpm-crb'><backend type='emulator' version='1.2'/></tpm>"),
+     r"<tpm model='tpm-crb'>: a CRB interface needs TPM version 2.0"),
+    (_with("<tpm model='tpm-spapr'><backend type='emulator'/></tpm>"),
+     r"<tpm model='tpm-spapr'>: not an x86 TPM interface"),
+    (_with("<tpm><backend type='emulator'/></tpm><tpm><backend type='emulator'/></tpm>"),
+     r"<tpm> #2: an x86 guest has one TPM"),
+    (_with("<tpm><backend type='emulator' version='1.2'><active_pcr_banks><sha256/>"
+           "</active_pcr_banks></backend></tpm>"), r"<active_pcr_banks> needs TPM version 2.0"),
 ])
 def test_what_cannot_start_is_refused_by_name(xml: str, message: str) -> None:
     with pytest.raises(NotSupportedError, match=message):
         _argv(xml)
+
+
+@pytest.mark.parametrize(("tpm", "model", "socket"), [
+    ("<tpm><backend type='emulator'/></tpm>", "tpm-tis", "/run/q/swtpm.sock"),
+    ("<tpm model='tpm-crb'><backend type='emulator'/></tpm>", "tpm-crb", "/run/q/swtpm.sock"),
+    ("<tpm><backend type='external'><source type='unix' mode='connect' path='/s,x.sock'/>"
+     "</backend></tpm>", "tpm-tis", "/s,,x.sock"),
+])
+def test_a_tpm_is_built_as_libvirt_builds_it(tpm: str, model: str, socket: str) -> None:
+    """libvirt's three arguments (qemuBuildTPMCommandLine), on qsnap's swtpm socket in the
+    runtime folder or the external one the XML names; the completed definition gets
+    libvirt's defaults (TIS, and TPM 2.0 only for CRB)."""
+    argv = _argv(_with(tpm))
+    at = argv.index("-tpmdev")
+    assert argv[at - 2:at + 4] == [
+        "-chardev", f"socket,id=chrtpm,path={socket}", "-tpmdev",
+        "emulator,id=tpm-tpm0,chardev=chrtpm", "-device",
+        json.dumps({"driver": model, "tpmdev": "tpm-tpm0", "id": "tpm0"})]
+    completed = complete_machine(etree.fromstring(_with(tpm))).find("devices/tpm")
+    assert completed is not None and completed.get("model") == model
+    backend = completed.find("backend")
+    assert backend is not None
+    if backend.get("type") == "emulator":
+        assert backend.get("version") == ("2.0" if model == "tpm-crb" else "1.2")
 
 
 def test_pci_controller_zero_is_the_root() -> None:
@@ -351,10 +388,6 @@ async def test_define_without_fitting_firmware_defines_nothing(tmp_path: Path) -
 
 
 # The eight silent differences real guests showed (issue 29), each pinned by a case.
-
-def _argv(xml: str, accel: str = "tcg") -> list[str]:
-    return qemu_command(parse_domain(xml), RuntimePaths(Path("/run/qsnap/t")), accel)
-
 
 def _devices(argv: list[str]) -> list[dict[str, object]]:
     return [json.loads(argv[i + 1]) for i, a in enumerate(argv)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from qsnap.errors import OperationAbortedError
 from qsnap.launcher.runtime import RuntimeInfo, RuntimePaths, read_runtime
@@ -27,6 +28,8 @@ class Context:
     progress: ProgressCallback | None = None
     #: Whether an abort was asked for (domjobabort): the operation's job on the board.
     abort_asked: Callable[[], bool] | None = None
+    #: Where the domain's emulated TPM keeps its state (StateDir.tpm_state).
+    tpm_state: Path | None = None
 
     @property
     def domain(self) -> str:

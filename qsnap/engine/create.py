@@ -45,6 +45,7 @@ from qsnap.errors import (
 )
 from qsnap.faults import crash_point
 from qsnap.launcher.runtime import RuntimeInfo, RuntimePaths, crash_words, read_crash
+from qsnap.launcher.tpm import permanent_state
 from qsnap.logs import logger
 from qsnap.model.domain import NVRAM_TARGET, DomainDef, parse_domain_element
 from qsnap.model.names import check_new_file_path, default_snapshot_name
@@ -66,7 +67,7 @@ from qsnap.plan.full_snapshot import (
 )
 from qsnap.plan.save import check_migratable
 from qsnap.store.atomic import unlink_if_present
-from qsnap.store.folder import KEEP, DomainFolder
+from qsnap.store.folder import KEEP, NVRAM_COPIES, TPM_COPIES, DomainFolder
 from qsnap.store.intent import INTENT_NAME, IntentRecord, clear_intent, write_intent
 from qsnap.store.journal import Batch
 
@@ -195,7 +196,7 @@ async def settle_create(work: CreateWork, folder: DomainFolder, paths: RuntimePa
             if work.was_running and not (complete and work.leave_paused):
                 await monitor.resume_if_stopped()
         if not complete:
-            await asyncio.to_thread(folder.drop_nvram, work.snapshot)
+            await asyncio.to_thread(folder.drop_kept, work.snapshot)
         if complete and work.halt:
             await stop(paths, running)
         return complete
@@ -203,7 +204,7 @@ async def settle_create(work: CreateWork, folder: DomainFolder, paths: RuntimePa
     if complete:
         await store_snapshot(work, folder, paths, None)
     else:
-        await asyncio.to_thread(folder.drop_nvram, work.snapshot)
+        await asyncio.to_thread(folder.drop_kept, work.snapshot)
     return complete
 
 
@@ -376,11 +377,18 @@ async def _run(ctx: Context, monitor: Monitor | None, xml: str | bytes | None,
             state = await state_from(monitor)  # the guest pauses: a rollback resumes it
         internal = [("", image) for image in plan.internal_images]
 
+    tpm_file = permanent_state(definition.element, ctx.tpm_state) \
+        if definition.emulated_tpm and ctx.tpm_state is not None else None
+
     def record() -> CreateWork:  # file checks, metadata and intent: one worker-thread trip
         check_new_files(plan.overlays, plan.snapshot, definition)
         if definition.nvram and plan.snapshot.is_external and not flags.no_metadata:
             # The firmware's variables as the snapshot finds them, for its revert.
-            folder.keep_nvram(plan.snapshot.name or "", definition.nvram)
+            folder.keep_state(NVRAM_COPIES, plan.snapshot.name or "", definition.nvram)
+        if tpm_file is not None and not flags.no_metadata:
+            # The TPM's permanent state as the snapshot finds it (internal or external:
+            # only a memory snapshot's stream has it otherwise).
+            folder.keep_state(TPM_COPIES, plan.snapshot.name or "", tpm_file)
         metadata = CreateWork.plan_metadata(folder, plan.snapshot, plan.domain_after,
                                             keep=not flags.no_metadata)
         work = CreateWork.build(

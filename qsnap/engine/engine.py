@@ -221,7 +221,10 @@ class Engine:
         # The job board's watch (engine.jobs.JobWatch) is the progress callback of a posted
         # operation, and says whether an abort was asked for.
         return Context(folder, paths, info, self._launcher(folder), progress,
-                       getattr(progress, "abort_asked", None))
+                       getattr(progress, "abort_asked", None), self._tpm_state(folder))
+
+    def _tpm_state(self, folder: DomainFolder) -> Path:
+        return self.state.tpm_state(folder.definition.uuid or folder.name)
 
     def _launcher(self, folder: DomainFolder) -> Launcher:
         """How *folder*'s domain starts: from its definition, or (attached) as its QEMU was
@@ -229,11 +232,11 @@ class Engine:
         only what would start QEMU (its error names the file); snapshots and deletes of the
         running guest go on."""
         from qsnap.launcher.foreign import ForeignCommand
-        from qsnap.launcher.process import OWN_COMMAND_LINE, foreign_launcher
+        from qsnap.launcher.process import OwnCommandLine, foreign_launcher
 
         recorded = folder.read_launch()
         if recorded is None:
-            return OWN_COMMAND_LINE
+            return OwnCommandLine(self._tpm_state(folder))
         try:
             command = ForeignCommand.from_json(recorded)
         except (ValueError, KeyError, TypeError) as exc:
@@ -344,7 +347,14 @@ class Engine:
             if names and not snapshots_metadata:
                 raise OperationInvalidError(
                     f"cannot delete inactive domain with {len(names)} snapshots")
+            backend = folder.definition.element.find("devices/tpm/backend[@type='emulator']")
+            tpm_state = self._tpm_state(folder)
             self.state.remove_folder(folder)
+            if backend is not None and backend.get("persistent_state") != "yes":
+                # libvirt removes an emulated TPM's state with its domain, unless asked not to.
+                import shutil
+
+                shutil.rmtree(tpm_state, ignore_errors=True)
 
         await self._run(domain, work)
 
@@ -866,7 +876,7 @@ class Engine:
                         f"snapshot '{edited_from}' is internal: a copy under another name would "
                         f"name a tag '{snap.name}' its disk images do not hold",
                         snapshot=edited_from)
-                folder.copy_nvram(edited_from, plan.snapshot.name or "")
+                folder.copy_kept(edited_from, plan.snapshot.name or "")
             folder.save(put=[plan.snapshot],
                         current=plan.snapshot.name if plan.make_current else KEEP)
             return plan.snapshot.name or ""

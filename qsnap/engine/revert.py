@@ -46,8 +46,9 @@ from qsnap.errors import (
 )
 from qsnap.faults import crash_point
 from qsnap.launcher.accel import choose_accel
-from qsnap.launcher.process import create_nvram
+from qsnap.launcher.process import create_nvram, end_swtpm
 from qsnap.launcher.runtime import RuntimeInfo, forget_crash, read_runtime
+from qsnap.launcher.tpm import permanent_state
 from qsnap.model.capture import capture_of
 from qsnap.model.domain import DomainDef, parse_domain, rewound
 from qsnap.model.save_image import SaveImage
@@ -57,7 +58,7 @@ from qsnap.plan.external_delete import disk_sources
 from qsnap.plan.flags import RevertFlags
 from qsnap.plan.revert import RevertPlan, plan_revert
 from qsnap.store.atomic import unlink_if_present
-from qsnap.store.folder import DomainFolder
+from qsnap.store.folder import NVRAM_COPIES, TPM_COPIES, DomainFolder
 from qsnap.store.intent import IntentRecord, clear_intent, write_intent
 
 
@@ -293,7 +294,23 @@ async def _nvram(ctx: Context, plan: RevertPlan) -> None:
     if plan.nvram_from == "template":
         await create_nvram(plan.domain, reset=True)
     elif plan.nvram_from == "snapshot" and plan.domain.nvram:
-        await asyncio.to_thread(ctx.folder.restore_nvram, plan.target, plan.domain.nvram)
+        await asyncio.to_thread(ctx.folder.restore_state, NVRAM_COPIES, plan.target,
+                                plan.domain.nvram)
+
+
+async def _tpm(ctx: Context, plan: RevertPlan) -> None:
+    """The emulated TPM's permanent state as the snapshot found it (its kept copy), once the
+    old guest's swtpm has ended; a memory snapshot's stream then sets the rest. A snapshot
+    that kept none (taken before qsnap kept them) leaves the TPM as it is, as libvirt does."""
+    if not plan.domain.emulated_tpm or ctx.tpm_state is None:
+        return
+    target = permanent_state(plan.domain.element, ctx.tpm_state)
+    if target is None or not target.parent.is_dir():
+        return  # never started: its first start makes it
+    await end_swtpm(ctx.paths)
+    if await asyncio.to_thread(ctx.folder.restore_state, TPM_COPIES, plan.target, target):
+        for stale in target.parent.glob("*.volatilestate"):
+            await asyncio.to_thread(unlink_if_present, str(stale))
 
 
 async def _carry_out(ctx: Context, plan: RevertPlan, memory: SaveImage | None) -> None:
@@ -305,6 +322,7 @@ async def _carry_out(ctx: Context, plan: RevertPlan, memory: SaveImage | None) -
         await stop(ctx.paths, ctx.running)
         ctx.running = None
     await _nvram(ctx, plan)
+    await _tpm(ctx, plan)
     created: list[str] = []
     started: RuntimeInfo | None = None
     try:

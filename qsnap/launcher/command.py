@@ -27,6 +27,7 @@ from qsnap.launcher.devices import (
 from qsnap.launcher.memory import guest_memory
 from qsnap.launcher.platform import platform
 from qsnap.launcher.runtime import RuntimePaths
+from qsnap.launcher.tpm import read_tpm, tpm_args
 from qsnap.model.domain import DomainDef, parse_disk
 from qsnap.model.options import escape_commas
 from qsnap.plan.machine import complete_machine, machine_family, machine_type
@@ -300,5 +301,7 @@ def qemu_command(domain: DomainDef, runtime: RuntimePaths, accel: str,
             argv += ["-append", domain.cmdline]
     iothreads, iothread_ids = _iothread_args(root)
     argv += iothreads
-    argv += device_args(root, agent_socket(domain, runtime), _disk_args, iothreads=iothread_ids)
+    tpm = read_tpm(root)
+    argv += device_args(root, agent_socket(domain, runtime), _disk_args, iothreads=iothread_ids,
+                        tpm=tpm_args(tpm, runtime) if tpm is not None else None)
     return argv

@@ -53,9 +53,10 @@ def _channel(index: int, node: etree._Element, agent: str | None, out: DeviceArg
 
 def device_args(root: etree._Element, agent: str | None, disk_args: DiskArgs,
                 free_port: Callable[[str], int] = free_tcp_port,
-                iothreads: set[str] | None = None) -> list[str]:
+                iothreads: set[str] | None = None, tpm: list[str] | None = None) -> list[str]:
     """Every device's arguments; *free_port* picks SPICE's port where the XML leaves it to
-    the host; *iothreads* are the iothreads the domain makes (by number)."""
+    the host; *iothreads* are the iothreads the domain makes (by number); *tpm* is the TPM's
+    arguments (:mod:`qsnap.launcher.tpm`), placed where libvirt places them."""
     out = DeviceArgs(machine_family(machine_type(root)), domain_key(root), free_port=free_port,
                      iothreads=iothreads or set())
     devices = root.find("devices")
@@ -84,6 +85,7 @@ def device_args(root: etree._Element, agent: str | None, disk_args: DiskArgs,
         console_args(index, node, out)
     for index, node in enumerate(devices.findall("channel")):
         _channel(index, node, agent, out)
+    out.add(*(tpm or []))
     for index, node in enumerate(devices.findall("input")):
         if node.get("bus") == "virtio":
             virtio_input_args(index, node, out)

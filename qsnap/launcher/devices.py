@@ -35,7 +35,8 @@ _STARTABLE_OS = {"type", "kernel", "initrd", "cmdline", "loader", "nvram", "boot
                  "bootmenu", "bios"}
 _STARTABLE_DEVICES = {"emulator", "disk", "controller", "interface", "serial", "console",
                       "channel", "input", "graphics", "video", "memballoon", "rng", "audio",
-                      "sound", "watchdog", "redirdev", "parallel", "panic", "filesystem"}
+                      "sound", "watchdog", "redirdev", "parallel", "panic", "filesystem",
+                      "tpm"}
 _VIDEO_DEVICES = {"cirrus": "cirrus-vga", "vga": "VGA", "virtio": "virtio-vga",
                   "bochs": "bochs-display", "qxl": "qxl-vga"}
 _NIC_DEVICES = {"virtio": "virtio-net-pci", "e1000e": "e1000e", "e1000": "e1000",

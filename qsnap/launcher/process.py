@@ -40,12 +40,14 @@ from qsnap.launcher.runtime import (
     pid_alive,
     write_runtime,
 )
+from qsnap.launcher.tpm import manufacture, read_tpm, run_swtpm, running_swtpm
 from qsnap.model.domain import DomainDef
 from qsnap.monitor import Monitor, forget_connection
+from qsnap.plan.machine import complete_machine
 
 
 class Launcher(Protocol):
-    """Starts a domain's QEMU: qsnap's own command line (:data:`OWN_COMMAND_LINE`), an
+    """Starts a domain's QEMU: qsnap's own command line (:class:`OwnCommandLine`), an
     attached QEMU's (:class:`ForeignLauncher`, through the embedder's hook if it has one),
     or a refusal."""
 
@@ -58,31 +60,41 @@ class Launcher(Protocol):
                  incoming: bool = False, paused: bool = False) -> Awaitable[RuntimeInfo]: ...
 
 
-class _OwnCommandLine:
-    """qsnap's own command line, built from the definition (:func:`start_qemu`)."""
+class OwnCommandLine:
+    """qsnap's own command line, built from the definition (:func:`start_qemu`); an emulated
+    TPM keeps its state in *tpm_state* (the domain's folder in the store)."""
+
+    def __init__(self, tpm_state: Path | None = None) -> None:
+        self.tpm_state = tpm_state
 
     def check(self, domain: DomainDef) -> None:
         qemu_command(domain, RuntimePaths(Path("/run/qsnap-check")), "tcg")
 
     def __call__(self, domain: DomainDef, paths: RuntimePaths, accel: str, *,
                  incoming: bool = False, paused: bool = False) -> Awaitable[RuntimeInfo]:
-        return start_qemu(domain, paths, accel, incoming=incoming, paused=paused)
-
-
-OWN_COMMAND_LINE: Launcher = _OwnCommandLine()
+        return start_qemu(domain, paths, accel, incoming=incoming, paused=paused,
+                          tpm_state=self.tpm_state)
 
 
 async def start_qemu(domain: DomainDef, paths: RuntimePaths, accel: str, *,
-                     incoming: bool = False, paused: bool = False) -> RuntimeInfo:
+                     incoming: bool = False, paused: bool = False,
+                     tpm_state: Path | None = None) -> RuntimeInfo:
     """Start *domain*'s QEMU; return once its monitor listens (with *incoming*: paused,
-    waiting for ``migrate-incoming``)."""
+    waiting for ``migrate-incoming``). An emulated TPM's swtpm starts first, on its state in
+    *tpm_state* (made on the first start)."""
     emulator = domain.element.findtext("devices/emulator") or "qemu-system-x86_64"
     # The command line first: a definition it refuses leaves no NVRAM or runtime folder behind.
     argv = qemu_command(domain, paths, accel, emulator=emulator.strip(), incoming=incoming,
                         paused=paused, compat=os.environ.get("QSNAP_QEMU_COMPAT"))
     await _prepare(paths)
     await create_nvram(domain)
-    pid = await _run_daemonizing(argv, None, domain.name, paths)
+    swtpm = await _start_swtpm(domain, paths, tpm_state)
+    try:
+        pid = await _run_daemonizing(argv, None, domain.name, paths)
+    except BaseException:
+        if swtpm is not None:  # QEMU never connected to it, so it would not end by itself
+            await _end(swtpm)
+        raise
     info = RuntimeInfo(pid=pid, qmp=str(paths.qmp), accel=accel)
     write_runtime(paths, info)
     try:
@@ -92,6 +104,40 @@ async def start_qemu(domain: DomainDef, paths: RuntimePaths, accel: str, *,
         clear_runtime(paths)
         raise
     return info
+
+
+async def _start_swtpm(domain: DomainDef, paths: RuntimePaths,
+                       tpm_state: Path | None) -> int | None:
+    """The emulator of *domain*'s TPM, if it has one qsnap runs; its pid. An emulator of the
+    QEMU this start replaces (a revert's, a restore's) ends when that QEMU's socket closes;
+    it is waited for, since it holds the state folder's lock."""
+    tpm = read_tpm(complete_machine(domain.element))
+    if tpm is None or tpm.backend != "emulator":
+        return None
+    if tpm_state is None:
+        raise LaunchError(f"domain '{domain.name}' has an emulated TPM, and this launcher was "
+                          "given no folder for its state", domain=domain.name)
+    await end_swtpm(paths)
+    vmid = f"{domain.name}:{domain.uuid or ''}"
+    await manufacture(tpm, tpm_state, paths, domain.name, vmid)
+    return await run_swtpm(tpm, tpm_state, paths, domain.name)
+
+
+async def end_swtpm(paths: RuntimePaths) -> None:
+    """Wait for the emulator of the QEMU that ran here (it ends when QEMU's socket closes), so
+    its state folder is free."""
+    old = running_swtpm(paths)
+    if old is not None:
+        await _end(old)
+
+
+async def _end(pid: int) -> None:
+    """Wait a moment for a process to end by itself, then SIGKILL it."""
+    if await wait_gone(pid, 2.0):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    await wait_gone(pid, 5.0)
 
 
 def plug_taps(domain: DomainDef) -> None:

@@ -72,6 +72,15 @@ class RuntimePaths:
     def agent(self) -> Path:
         return self.folder / "agent.sock"
 
+    @property
+    def swtpm(self) -> Path:
+        """The TPM emulator's control socket (qsnap.launcher.tpm)."""
+        return self.folder / "swtpm.sock"
+
+    @property
+    def swtpm_pid(self) -> Path:
+        return self.folder / "swtpm.pid"
+
 
 class RuntimeInfo:
     """How to reach a running domain: its QEMU's pid, QMP socket and accelerator; *owner* is

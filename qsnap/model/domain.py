@@ -80,6 +80,11 @@ class DomainDef:
         return self.nvram is not None and self.nvram_format == "qcow2"
 
     @property
+    def emulated_tpm(self) -> bool:
+        """Whether qsnap runs an swtpm for the guest (whose state snapshots then keep)."""
+        return self.element.find("devices/tpm/backend[@type='emulator']") is not None
+
+    @property
     def memory_bytes(self) -> int:
         """The guest's RAM in bytes (QEMU's default of 128 MiB when the definition has none),
         rounded up to whole MiB as libvirt aligns it on x86 (219100 KiB is 214 MiB)."""

@@ -691,4 +691,18 @@ def complete_machine(element: etree._Element) -> etree._Element:
     _check_pci_buses(devices)
     _multifunction(devices)
     _virtio_serial_addresses(devices)
+    _tpm_defaults(devices)
     return root
+
+
+def _tpm_defaults(devices: etree._Element) -> None:
+    """A ``<tpm>``'s model and TPM version where the XML leaves them out, as libvirt
+    (qemuDomainTPMDefPostParse) fills them in on x86: a TIS interface, and TPM 2.0 only for a
+    CRB interface (which has no 1.2), else 1.2."""
+    for tpm in devices.findall("tpm"):
+        if tpm.get("model") is None:
+            tpm.set("model", "tpm-tis")
+        backend = tpm.find("backend")
+        if backend is not None and backend.get("type") == "emulator" and \
+                backend.get("version") is None:
+            backend.set("version", "2.0" if tpm.get("model") == "tpm-crb" else "1.2")

@@ -9,6 +9,7 @@ Layout (``STATE`` is the state directory)::
     STATE/domains/NAME/summaries.json       a cache for listings (see qsnap.store.summaries)
     STATE/domains/NAME/VARS.fd              a UEFI guest's NVRAM (where define puts it)
     STATE/domains/NAME/nvram/SNAP           the NVRAM as external snapshot SNAP found it
+    STATE/domains/NAME/tpm/SNAP             an emulated TPM's permanent state as SNAP found it
 
 Snapshot files are exactly what libvirt keeps in ``/var/lib/libvirt/qemu/snapshot/NAME/``
 (including ``<active>1</active>`` on the current one), so a tree can move between the two. The
@@ -58,8 +59,11 @@ CURRENT = "current"
 TRANSIENT = "transient"
 #: How to start an attached QEMU again (its own command line), written by ``attach``.
 LAUNCH = "launch.json"
-#: Each external snapshot's copy of the guest's NVRAM, by snapshot name.
+#: What snapshots keep of a guest's state outside its disks, each in a folder of copies by
+#: snapshot name: the UEFI NVRAM (external snapshots), an emulated TPM's permanent state.
 NVRAM_COPIES = "nvram"
+TPM_COPIES = "tpm"
+KEPT_STATES = (NVRAM_COPIES, TPM_COPIES)
 SUFFIX = ".xml"
 
 
@@ -179,41 +183,44 @@ class DomainFolder:
         commit(self.path, batch)
         self._changed(batch)
 
-    # -- a UEFI guest's NVRAM, kept with its external snapshots -------------------------------
+    # -- state outside the disks (NVRAM, TPM), kept with snapshots ---------------------------
 
-    def nvram_copy(self, snapshot: str) -> Path:
-        return self.path / NVRAM_COPIES / snapshot
+    def kept_copy(self, kind: str, snapshot: str) -> Path:
+        """Where snapshot *snapshot* keeps its copy of *kind* (one of :data:`KEPT_STATES`)."""
+        return self.path / kind / snapshot
 
-    def keep_nvram(self, snapshot: str, nvram: str) -> None:
-        """Keep the NVRAM file *nvram* as snapshot *snapshot* found it (replacing an older
-        copy of that name), so a revert restores the firmware's variables too."""
+    def keep_state(self, kind: str, snapshot: str, source: str | Path) -> None:
+        """Keep the file *source* as snapshot *snapshot* found it (replacing an older copy of
+        that name), so a revert restores it too."""
         try:
-            data = Path(nvram).read_bytes()
+            data = Path(source).read_bytes()
         except FileNotFoundError:
-            return  # never started: its first start makes it from the template
-        folder = self.path / NVRAM_COPIES
+            return  # never started: its first start makes it
+        folder = self.path / kind
         make_dirs(folder)
         atomic_write(folder / snapshot, data, temp_dir=folder)
 
-    def restore_nvram(self, snapshot: str, nvram: str) -> bool:
-        """Put snapshot *snapshot*'s copy back as *nvram*; False if it kept none."""
+    def restore_state(self, kind: str, snapshot: str, target: str | Path) -> bool:
+        """Put snapshot *snapshot*'s copy of *kind* back as *target*; False if it kept none."""
         try:
-            data = self.nvram_copy(snapshot).read_bytes()
+            data = self.kept_copy(kind, snapshot).read_bytes()
         except FileNotFoundError:
             return False
-        atomic_write(Path(nvram), data)
+        atomic_write(Path(target), data)
         return True
 
-    def copy_nvram(self, snapshot: str, to: str) -> None:
-        """Keep *snapshot*'s NVRAM copy for snapshot *to* as well (a clone)."""
-        copy = self.nvram_copy(snapshot)
-        if copy.exists():
-            self.keep_nvram(to, str(copy))
+    def copy_kept(self, snapshot: str, to: str) -> None:
+        """Keep *snapshot*'s copies for snapshot *to* as well (a clone)."""
+        for kind in KEPT_STATES:
+            copy = self.kept_copy(kind, snapshot)
+            if copy.exists():
+                self.keep_state(kind, to, copy)
 
-    def drop_nvram(self, snapshot: str) -> None:
-        copy = self.nvram_copy(snapshot)
-        if copy.exists():
-            remove_durably(copy)
+    def drop_kept(self, snapshot: str) -> None:
+        for kind in KEPT_STATES:
+            copy = self.kept_copy(kind, snapshot)
+            if copy.exists():
+                remove_durably(copy)
 
     # -- snapshots --------------------------------------------------------------------------
 
@@ -284,10 +291,13 @@ class DomainFolder:
              renamed: tuple[str, str] | None = None) -> None:
         """Store *put*, remove *drop*, set the current snapshot and (if given) a new domain
         definition, all in one atomic change (see :meth:`plan_save`). *renamed* (old, new):
-        a snapshot renamed, whose NVRAM copy moves with it in the same change."""
+        a snapshot renamed, whose kept copies (NVRAM, TPM) move with it in the same change."""
         batch = self.plan_save(put=put, drop=drop, current=current, definition=definition)
-        if renamed is not None and self.nvram_copy(renamed[0]).exists():
-            batch.move(f"{NVRAM_COPIES}/{renamed[0]}", f"{NVRAM_COPIES}/{renamed[1]}")
+        if renamed is not None:
+            old, new = renamed
+            for kind in KEPT_STATES:
+                if self.kept_copy(kind, old).exists():
+                    batch.move(f"{kind}/{old}", f"{kind}/{new}")
         commit(self.path, batch)
         self._changed(batch)
 
@@ -300,11 +310,11 @@ class DomainFolder:
     def _changed(self, batch: Batch) -> None:
         if DEFINITION in batch.writes:
             self.__dict__.pop("definition", None)
-        # A removed snapshot's NVRAM copy goes with it (one a crash leaves behind is never
-        # used: only a new external snapshot of that name would, and it replaces it first).
+        # A removed snapshot's kept copies go with it (one a crash leaves behind is never
+        # used: only a new snapshot of that name would, and it replaces it first).
         for relative in batch.removals:
             if relative.startswith(f"{SNAPSHOTS}/") and relative.endswith(SUFFIX):
-                self.drop_nvram(relative[len(SNAPSHOTS) + 1:-len(SUFFIX)])
+                self.drop_kept(relative[len(SNAPSHOTS) + 1:-len(SUFFIX)])
 
     def snapshot_file(self, snap: SnapshotDef, *, current: bool) -> tuple[str, bytes]:
         """Where in a batch *snap* is stored, and its bytes there."""

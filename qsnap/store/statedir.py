@@ -35,6 +35,13 @@ class StateDir:
         self.domains_dir = root / "domains"
         self.locks_dir = root / "locks"
 
+    def tpm_state(self, uuid: str) -> Path:
+        """Where the emulated TPM of the domain with *uuid* keeps its state
+        (``STATE/swtpm/UUID/tpm2``, as libvirt keeps ``/var/lib/libvirt/swtpm/UUID/tpm2``):
+        by UUID and outside the domain's folder, so that state a definition asks to keep
+        (``persistent_state='yes'``) outlives an undefine and serves a definition again."""
+        return self.root / "swtpm" / uuid
+
     def folder(self, name: str) -> DomainFolder:
         check_domain_name(name)
         return DomainFolder(self.domains_dir / name, name)
