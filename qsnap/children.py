@@ -29,11 +29,13 @@ def dies_with_us() -> tuple[str, ...]:
     return (setpriv, "--pdeathsig", "KILL", "--") if setpriv else ()
 
 
-async def spawn(argv: Sequence[str], *, cwd: str | None = None) -> subprocess.Popen[bytes]:
-    """Start *argv* with stdin from /dev/null and stdout/stderr piped."""
+async def spawn(argv: Sequence[str], *, cwd: str | None = None,
+                env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start *argv* with stdin from /dev/null and stdout/stderr piped; *env* adds to (or
+    replaces names of) our environment."""
     return await asyncio.to_thread(
         subprocess.Popen, list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, cwd=cwd)
+        stderr=subprocess.PIPE, cwd=cwd, env={**os.environ, **env} if env else None)
 
 
 async def finish(child: subprocess.Popen[bytes], timeout: float) -> tuple[bytes, bytes]:

@@ -291,6 +291,25 @@ def _with(device: str) -> str:
      r"disk 'vda' <driver>: attribute copy_on_read="),
     (VIRT_INSTALL.replace("<model type='virtio'/></interface>", "<model type='virtio'/>"
                           "<bandwidth/></interface>"), r"#1: <bandwidth>"),
+    (VIRT_INSTALL.replace("<model type='virtio'/></interface>", "<model type='virtio'/>"
+                          "<driver queues='4'/></interface>"),
+     r"#1: <driver queues='4'>: multiqueue needs a tap"),
+    (_with("<interface type='user'><model type='e1000e'/><driver txmode='iothread'/>"
+           "</interface>"), r"#2: <driver>: driver options are for virtio NICs"),
+    (VIRT_INSTALL.replace("<model>qemu64</model>", "<model>qemu64</model><cache "
+                          "mode='passthrough'/>"),
+     r"<cpu><cache mode='passthrough'> needs <cpu mode='host-passthrough'>"),
+    (VIRT_INSTALL.replace("<model>qemu64</model>", "<model>qemu64</model><cache "
+                          "level='2' mode='emulate'/>"), r"needs level='3'"),
+    (VIRT_INSTALL.replace("</domain>", "<qemu:capabilities xmlns:qemu='http://libvirt.org/"
+                          "schemas/domain/qemu/1.0'/></domain>"),
+     r"<qemu:capabilities>: not supported"),
+    (VIRT_INSTALL.replace("type='qcow2'/><source file='/i/root",
+                          "type='qcow2' rerror_policy='enospace'/><source file='/i/root"),
+     r"<driver rerror_policy='enospace'> is not a policy"),
+    (VIRT_INSTALL.replace("<driver name='qemu' type='raw'/><target dev='sdb'",
+                          "<driver name='qemu' type='raw' queues='2'/><target dev='sdb'"),
+     r"disk 'sdb': <driver queues=> needs bus 'virtio'"),
     (_with("<tpm><backend type='passthrough'><device path='/dev/tpm0'/></backend></tpm>"),
      r"<tpm><backend type='passthrough'>: a passthrough TPM"),
     (_with("<tpm><backend type='emulator' version='2.0'><encryption secret="

@@ -504,6 +504,71 @@ async def test_more_device_classes_start_and_save(tmp_path: Path, machine: str) 
         await engine.destroy("g")
 
 
+DEVICE_OPTIONS = (
+    "<disk type='file' device='disk'><driver name='qemu' type='raw' queues='2' "
+    "queue_size='128' event_idx='on' ioeventfd='on' error_policy='report' "
+    "rerror_policy='ignore' packed='on'/><source file='{data}'/><target dev='vdb' "
+    "bus='virtio'/></disk>"
+    "<interface type='user'><model type='virtio'/><driver txmode='iothread' "
+    "rx_queue_size='512' event_idx='off'><host csum='off' tso4='off'/><guest ecn='off'/>"
+    "</driver></interface>"
+    "<rng model='virtio'><rate bytes='1024' period='1000'/><backend model='egd' "
+    "type='unix'><source mode='bind' path='{egd}'/></backend></rng>")
+
+
+async def test_device_options_start_and_save(tmp_path: Path) -> None:
+    """libvirt's options of virtio disks (queues, notification, error policies, packed
+    rings) and NICs (transmit mode, queue sizes, offloads), an entropy daemon's
+    socket with a rate limit, the CPU's L3 cache and physical address width, and
+    ``<qemu:commandline>`` arguments and environment reach QEMU; the guest's state survives
+    a save and restore with them."""
+    require_qemu()
+    folder = tmp_path / "g"
+    xml = GUEST.make_guest("o", 1, 128, folder).read_text()
+    data = folder / "data.raw"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(data), "8M"], check=True)
+    xml = xml.replace("<memballoon", DEVICE_OPTIONS.format(data=data, egd=folder / "egd.sock")
+                      + "<memballoon").replace(
+        "<vcpu>1</vcpu>", "<vcpu>1</vcpu><cpu mode='custom'><model>qemu64</model><cache "
+        "level='3' mode='emulate'/><maxphysaddr mode='emulate' bits='40'/></cpu>").replace(
+        "</devices>", "</devices><qemu:commandline xmlns:qemu='http://libvirt.org/schemas/"
+        "domain/qemu/1.0'><qemu:arg value='-global'/><qemu:arg value='kvm-pit.lost_tick_"
+        "policy=discard'/><qemu:env name='QSNAP_PASSED' value='yes'/></qemu:commandline>")
+    engine = Engine(tmp_path / "state")
+    await engine.define(xml)
+    await engine.start("o")
+    serial = folder / "serial.log"
+    try:
+        await wait_for_counter(serial, 5, timeout=60)
+        pid = (await engine.guest_info("o")).pid
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        devices = {d.get("id"): d for d in (json.loads(a) for a in argv
+                                            if a.startswith('{"driver"'))}
+        assert {k: devices["vdb"][k] for k in ("num-queues", "queue-size", "event_idx",
+                                               "ioeventfd", "werror", "rerror", "packed")} \
+            == {"num-queues": 2, "queue-size": 128, "event_idx": True, "ioeventfd": True,
+                "werror": "report", "rerror": "ignore", "packed": True}
+        assert {k: devices["net0"][k] for k in ("tx", "rx_queue_size", "event_idx", "csum",
+                                                "host_tso4", "guest_ecn")} \
+            == {"tx": "bh", "rx_queue_size": 512,
+                "event_idx": False, "csum": False, "host_tso4": False, "guest_ecn": False}
+        assert (devices["rng0"]["max-bytes"], devices["rng0"]["period"]) == (1024, 1000)
+        assert (folder / "egd.sock").is_socket()
+        assert argv[argv.index("-cpu") + 1] == "qemu64,l3-cache=on,phys-bits=40"
+        assert argv[-3:] == ["-global", "kvm-pit.lost_tick_policy=discard", ""]  # NUL-ended
+        assert b"QSNAP_PASSED=yes\0" in Path(f"/proc/{pid}/environ").read_bytes()
+        saved_at = GUEST.last_serial_counter(serial) or 0
+        await engine.save("o", folder / "o.save")
+        offset = serial.stat().st_size
+        await engine.restore(folder / "o.save")
+        await wait_for_counter(serial, saved_at + 5)
+        assert saved_at - 5 <= _counters_since(serial, offset)[0] <= saved_at + 5
+        pid = (await engine.guest_info("o")).pid
+        assert b"QSNAP_PASSED=yes\0" in Path(f"/proc/{pid}/environ").read_bytes()
+    finally:
+        await engine.destroy("o")
+
+
 #: Every format libvirt 11 writes, and the three qsnap writes.
 LIBVIRT_FORMATS = ("raw", "sparse", "gzip", "bzip2", "xz", "lzop", "zstd")
 QSNAP_FORMATS = ("sparse", "zstd", "raw")

@@ -17,6 +17,7 @@ from lxml import etree
 from qsnap.errors import NotSupportedError
 from qsnap.launcher.device_list import device_args
 from qsnap.launcher.devices import (
+    VIRTIO_OPTIONS,
     DeviceArgs,
     apply_boot_order,
     device_arg,
@@ -123,6 +124,7 @@ def _disk_args(node: etree._Element, out: DeviceArgs) -> None:
     else:
         raise NotSupportedError(f"{what}: bus '{bus}' is not supported by qsnap's launcher "
                                 "(use virtio, sata, scsi, ide or fdc)")
+    device.update(_device_options(driver_node, bus, what))
     target_node = node.find("target")
     if target_node is not None:
         refuse_unknown_parts(target_node, f"{what} <target>", set(),
@@ -140,6 +142,42 @@ def _disk_args(node: etree._Element, out: DeviceArgs) -> None:
     out.add(*device_arg(device))
 
 
+# <driver> attributes of a virtio disk that are properties of its device, as libvirt names
+# them in QEMU (qemuBuildDiskDeviceProps); "on"/"off" ones are booleans.
+_DEVICE_DRIVER_OPTIONS = {"event_idx": "event_idx", "ioeventfd": "ioeventfd",
+                          "queues": "num-queues", "queue_size": "queue-size"}
+_ERROR_POLICIES = {"stop": "stop", "report": "report", "ignore": "ignore",
+                   "enospace": "enospc"}
+
+
+def _device_options(driver: etree._Element | None, bus: str, what: str) -> dict[str, object]:
+    """The disk device's properties from ``<driver>``: virtio's queues and notification
+    options, and what the guest sees on an I/O error (``error_policy`` for writes, and for
+    reads too unless ``rerror_policy`` says otherwise, as libvirt)."""
+    if driver is None:
+        return {}
+    options: dict[str, object] = {}
+    for attribute, prop in (*_DEVICE_DRIVER_OPTIONS.items(), *VIRTIO_OPTIONS.items()):
+        value = driver.get(attribute)
+        if value is None:
+            continue
+        if bus != "virtio":
+            raise NotSupportedError(f"{what}: <driver {attribute}=> needs bus 'virtio'")
+        options[prop] = int(value) if attribute in ("queues", "queue_size") else value == "on"
+    write, read = driver.get("error_policy"), driver.get("rerror_policy")
+    for attribute, value in (("error_policy", write), ("rerror_policy", read)):
+        if value is not None and (value not in _ERROR_POLICIES or
+                                  (attribute == "rerror_policy" and value == "enospace")):
+            raise NotSupportedError(f"{what}: <driver {attribute}='{value}'> is not a policy")
+    if write is not None:
+        options["werror"] = _ERROR_POLICIES[write]
+    if read is None and write not in (None, "enospace"):
+        read = write
+    if read is not None:
+        options["rerror"] = _ERROR_POLICIES[read]
+    return options
+
+
 # <driver cache=>: (cache.direct, cache.no-flush), as libvirt maps them.
 _CACHE_MODES = {"none": (True, False), "writeback": (False, False),
                 "writethrough": (False, False), "directsync": (True, False),
@@ -152,7 +190,9 @@ def _driver_options(driver: etree._Element | None, what: str) -> dict[str, objec
     if driver is None:
         return {}
     refuse_unknown_parts(driver, f"{what} <driver>", set(),
-                         {"name", "cache", "io", "discard", "detect_zeroes", "iothread"})
+                         {"name", "cache", "io", "discard", "detect_zeroes", "iothread",
+                          *_DEVICE_DRIVER_OPTIONS, *VIRTIO_OPTIONS, "error_policy",
+                          "rerror_policy"})
     options: dict[str, object] = {}
     cache = driver.get("cache")
     if cache is not None:
@@ -173,6 +213,27 @@ def _driver_options(driver: etree._Element | None, what: str) -> dict[str, objec
         options["detect-zeroes"] = "on" if detect == "unmap" and \
             driver.get("discard") != "unmap" else detect
     return options
+
+
+QEMU_NAMESPACE = "http://libvirt.org/schemas/domain/qemu/1.0"
+
+
+def passthrough(root: etree._Element) -> tuple[list[str], dict[str, str]]:
+    """``<qemu:commandline>``: arguments added at the end of QEMU's command line, and
+    variables set in its environment (an ``<qemu:env>`` without a value is set empty), as
+    libvirt adds them, unchecked: what QEMU makes of them is the definition's business."""
+    args: list[str] = []
+    env: dict[str, str] = {}
+    for node in root.iterfind(f"{{{QEMU_NAMESPACE}}}commandline"):
+        for item in node:
+            if item.tag == f"{{{QEMU_NAMESPACE}}}arg":
+                args.append(item.get("value", ""))
+            elif item.tag == f"{{{QEMU_NAMESPACE}}}env":
+                name = item.get("name", "")
+                if not name or "=" in name:
+                    raise NotSupportedError(f"<qemu:env name='{name}'>: not a variable name")
+                env[name] = item.get("value", "")
+    return args, env
 
 
 def _iothread_args(root: etree._Element) -> tuple[list[str], set[str]]:
@@ -304,4 +365,5 @@ def qemu_command(domain: DomainDef, runtime: RuntimePaths, accel: str,
     tpm = read_tpm(root)
     argv += device_args(root, agent_socket(domain, runtime), _disk_args, iothreads=iothread_ids,
                         tpm=tpm_args(tpm, runtime) if tpm is not None else None)
+    argv += passthrough(root)[0]
     return argv

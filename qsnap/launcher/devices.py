@@ -30,7 +30,8 @@ from qsnap.model.units import parse_scaled_integer
 _STARTABLE_TOP = {"name", "uuid", "genid", "title", "description", "metadata", "memory",
                   "memoryBacking", "iothreads", "iothreadids", "maxMemory",
                   "currentMemory", "vcpu", "os", "features", "cpu", "clock", "on_poweroff",
-                  "on_reboot", "on_crash", "pm", "devices", "resource", "seclabel"}
+                  "on_reboot", "on_crash", "pm", "devices", "resource", "seclabel",
+                  "{http://libvirt.org/schemas/domain/qemu/1.0}commandline"}
 _STARTABLE_OS = {"type", "kernel", "initrd", "cmdline", "loader", "nvram", "boot", "firmware",
                  "bootmenu", "bios"}
 _STARTABLE_DEVICES = {"emulator", "disk", "controller", "interface", "serial", "console",
@@ -47,7 +48,7 @@ _USB_CONTROLLERS = {"qemu-xhci": "qemu-xhci", "nec-xhci": "nec-usb-xhci",
 #: The UHCI companions of an ICH9 EHCI controller: no id of their own, they feed its bus.
 _USB2_COMPANIONS = ("ich9-uhci1", "ich9-uhci2", "ich9-uhci3")
 #: ``<driver>`` attributes of virtio devices, as QEMU's properties (guest-visible all).
-_VIRTIO_OPTIONS = {"iommu": "iommu_platform", "ats": "ats", "packed": "packed",
+VIRTIO_OPTIONS = {"iommu": "iommu_platform", "ats": "ats", "packed": "packed",
                    "page_per_vq": "page-per-vq"}
 
 
@@ -61,7 +62,8 @@ def refuse_unknown(root: etree._Element) -> None:
         if not isinstance(child.tag, str):
             continue
         if child.tag not in _STARTABLE_TOP:
-            raise refuse(f"<{child.tag}>", "not supported by qsnap's launcher")
+            tag = str(child.tag).replace("{http://libvirt.org/schemas/domain/qemu/1.0}", "qemu:")
+            raise refuse(f"<{tag}>", "not supported by qsnap's launcher")
     for device in root.findall("devices/*"):
         if isinstance(device.tag, str) and device.tag not in _STARTABLE_DEVICES:
             raise refuse(f"<devices><{device.tag}>", "this device class is not supported by "
@@ -112,15 +114,23 @@ def virtio_options(node: etree._Element) -> dict[str, object]:
     return _virtio_driver(node.find("driver"), str(node.tag))
 
 
+def virtio_keys(driver: etree._Element | None) -> dict[str, object]:
+    """The virtio options of a ``<driver>`` that has others too (a disk's, a NIC's)."""
+    if driver is None:
+        return {}
+    return {prop: driver.get(attribute) == "on" for attribute, prop in VIRTIO_OPTIONS.items()
+            if driver.get(attribute) is not None}
+
+
 def _virtio_driver(driver: etree._Element | None, tag: str) -> dict[str, object]:
     if driver is None:
         return {}
     options: dict[str, object] = {}
     for key, value in driver.attrib.items():
         name = str(key)
-        if name not in _VIRTIO_OPTIONS:
+        if name not in VIRTIO_OPTIONS:
             raise refuse(f"<{tag}><driver {name}=>", "not supported by qsnap's launcher")
-        options[_VIRTIO_OPTIONS[name]] = value == "on"
+        options[VIRTIO_OPTIONS[name]] = value == "on"
     return options
 
 
@@ -342,22 +352,79 @@ def interface_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
     else:
         raise refuse(what, "not supported")
     refuse_unknown_parts(node, what, {"mac", "source", "target", "model", "address", "boot",
-                                      *(("script",) if kind == "ethernet" else ())})
+                                      "driver", *(("script",) if kind == "ethernet" else ())})
     model_node = node.find("model")
     model = model_node.get("type", "rtl8139") if model_node is not None else "rtl8139"
     driver = _NIC_DEVICES.get(model)
     if driver is None:
         raise refuse(f"{what} model '{model}'", "not supported")
     mac = node.find("mac")
+    options = _nic_driver(node.find("driver"), model, what, netdev)
     out.add("-netdev", json.dumps(netdev))
-    device: dict[str, object] = {"driver": driver, "netdev": f"hostnet{index}",
+    device: dict[str, object] = {"driver": driver, **options, "netdev": f"hostnet{index}",
                                  "id": f"net{index}"}
     if mac is not None and mac.get("address"):
-        device["mac"] = mac.get("address", "")
+        device["mac"] = mac.get("address", "").lower()  # as libvirt formats it
     boot = node.find("boot")
     if boot is not None:
         device["bootindex"] = int(boot.get("order", "0"))
     out.add(*device_arg({**device, **placement(node, out.family)}))
+
+
+# <driver><host ...> and <guest ...> offloads as virtio-net-pci's properties.
+_HOST_OFFLOADS = {"csum": "csum", "gso": "gso", "tso4": "host_tso4", "tso6": "host_tso6",
+                  "ecn": "host_ecn", "ufo": "host_ufo", "mrg_rxbuf": "mrg_rxbuf"}
+_GUEST_OFFLOADS = {"csum": "guest_csum", "tso4": "guest_tso4", "tso6": "guest_tso6",
+                   "ecn": "guest_ecn", "ufo": "guest_ufo"}
+_TX_MODES = {"iothread": "bh", "timer": "timer"}
+
+
+def _nic_driver(driver: etree._Element | None, model: str, what: str,
+                netdev: dict[str, object]) -> dict[str, object]:
+    """A virtio NIC's ``<driver>`` as libvirt turns it into device properties
+    (qemuBuildNicDevProps): transmit mode, notification options, queue sizes, RSS, offloads,
+    virtio options; ``queues`` makes a multiqueue device (and its netdev's queues). ``name``
+    (vhost or qemu) is the host's business; for a tap, vhost asks QEMU for vhost-net."""
+    if driver is None:
+        return {}
+    if model != "virtio":
+        raise refuse(f"{what}: <driver>", f"driver options are for virtio NICs, not '{model}'")
+    refuse_unknown_parts(driver, f"{what}: <driver>", {"host", "guest"},
+                         {"name", "txmode", "ioeventfd", "event_idx", "queues",
+                          "rx_queue_size", "tx_queue_size", "rss", "rss_hash_report",
+                          *VIRTIO_OPTIONS})
+    options: dict[str, object] = {}
+    txmode = driver.get("txmode")
+    if txmode is not None:
+        if txmode not in _TX_MODES:
+            raise refuse(f"{what}: <driver txmode='{txmode}'>", "use iothread or timer")
+        options["tx"] = _TX_MODES[txmode]
+    for attribute, prop in (("ioeventfd", "ioeventfd"), ("event_idx", "event_idx"),
+                            ("rss", "rss"), ("rss_hash_report", "hash")):
+        if driver.get(attribute) is not None:
+            options[prop] = driver.get(attribute) == "on"
+    queues = int(driver.get("queues", "1"))
+    if queues > 1 and netdev.get("type") != "tap":
+        raise NotSupportedError(f"{what}: <driver queues='{queues}'>: multiqueue needs a tap "
+                                "(type 'ethernet' or 'bridge'); QEMU's user network has one "
+                                "queue")
+    if queues > 1:
+        options.update(mq=True, vectors=2 * queues + 2)
+        netdev["queues"] = queues
+    for attribute in ("rx_queue_size", "tx_queue_size"):
+        if driver.get(attribute) is not None:
+            options[attribute] = int(driver.get(attribute, "0"))
+    for tag, names in (("host", _HOST_OFFLOADS), ("guest", _GUEST_OFFLOADS)):
+        offloads = driver.find(tag)
+        if offloads is None:
+            continue
+        refuse_unknown_parts(offloads, f"{what}: <driver><{tag}>", set(), set(names))
+        for attribute, prop in names.items():
+            if offloads.get(attribute) is not None:
+                options[prop] = offloads.get(attribute) == "on"
+    if driver.get("name") == "vhost" and netdev.get("type") == "tap":
+        netdev["vhost"] = True
+    return {**options, **virtio_keys(driver)}
 
 
 def serial_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
@@ -444,7 +511,8 @@ def filesystem_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
     refuse_unknown_parts(node, what, {"driver", "source", "target", "readonly", "address"},
                          {"accessmode", "multidevs", "fmode", "dmode"})
     if driver is not None:
-        refuse_unknown_parts(driver, f"{what}<driver>", set(), {"wrpolicy"})
+        refuse_unknown_parts(driver, f"{what}<driver>", set(), {"wrpolicy", "type",
+                                                                 *VIRTIO_OPTIONS})
     source, target = node.find("source"), node.find("target")
     if source is None or not source.get("dir") or target is None or not target.get("dir"):
         raise refuse(what, "it needs <source dir=...> and <target dir=...>")
@@ -463,7 +531,7 @@ def filesystem_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
     if node.find("readonly") is not None:
         options.append("readonly=on")
     out.add("-fsdev", ",".join(options))
-    out.add(*device_arg({"driver": "virtio-9p-pci", "id": f"fs{index}",
+    out.add(*device_arg({"driver": "virtio-9p-pci", "id": f"fs{index}", **virtio_keys(driver),
                          "fsdev": f"fsdev-fs{index}", "mount_tag": target.get("dir", ""),
                          **placement(node, out.family)}))
 
@@ -584,9 +652,21 @@ def rng_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
                                        "filename": source or "/dev/urandom"}))
     elif kind == "builtin":
         out.add("-object", json.dumps({"qom-type": "rng-builtin", "id": f"objrng{index}"}))
+    elif kind == "egd" and backend is not None:
+        # The entropy-gathering daemon's socket: a character device, as a serial port's.
+        out.add("-chardev", chardev(backend, f"charrng{index}"))
+        out.add("-object", json.dumps({"qom-type": "rng-egd", "id": f"objrng{index}",
+                                       "chardev": f"charrng{index}"}))
     else:
-        raise refuse(f"<rng><backend model='{kind}'>", "use 'random' or 'builtin'")
-    refuse_unknown_parts(node, "<rng>", {"backend", "address", "driver"}, {"model"})
+        raise refuse(f"<rng><backend model='{kind}'>", "use 'random', 'builtin' or 'egd'")
+    refuse_unknown_parts(node, "<rng>", {"backend", "address", "driver", "rate"}, {"model"})
+    rate: dict[str, object] = {}
+    rate_node = node.find("rate")
+    if rate_node is not None:
+        refuse_unknown_parts(rate_node, "<rng><rate>", set(), {"bytes", "period"})
+        rate["max-bytes"] = int(rate_node.get("bytes", "0"))
+        if rate_node.get("period") is not None:
+            rate["period"] = int(rate_node.get("period", "0"))
     out.add(*device_arg({"driver": "virtio-rng-pci", "rng": f"objrng{index}", "id": f"rng{index}",
-                         **virtio_options(node),
+                         **rate, **virtio_options(node),
                          **placement(node, out.family)}))

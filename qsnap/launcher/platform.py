@@ -246,9 +246,10 @@ def _model_and_features(root: etree._Element, accel: str, out: Platform) -> str 
         return None
     for child in cpu:
         if isinstance(child.tag, str) and child.tag not in ("model", "topology", "feature",
-                                                             "numa"):
+                                                             "numa", "cache", "maxphysaddr"):
             raise refuse(f"<cpu><{child.tag}>", "not supported by qsnap's launcher")
     mode = cpu.get("mode", "custom")
+    out.cpu_flags += _cache_and_address_bits(cpu, mode)
     model_node = cpu.find("model")
     model = (model_node.text or "").strip() if model_node is not None else ""
     if model_node is not None and model_node.get("vendor_id"):
@@ -293,6 +294,54 @@ def _model_and_features(root: etree._Element, accel: str, out: Platform) -> str 
         raise refuse("<cpu><feature> without <model>", "name the model the features change")
     out.cpu_flags[:0] = flags
     return model or None
+
+
+def _cache_and_address_bits(cpu: etree._Element, mode: str) -> list[str]:
+    """``<cache>`` and ``<maxphysaddr>`` as libvirt's CPU flags (qemuBuildCpuModelArgStr):
+    an emulated L3 cache, the host's cache description, or neither; the guest's physical
+    address width, given or the host's (with a limit)."""
+    flags: list[str] = []
+    cache = cpu.find("cache")
+    if cache is not None:
+        cache_mode, level = cache.get("mode"), cache.get("level")
+        host_off = l3_off = False
+        if cache_mode == "emulate":
+            if level != "3":
+                raise NotSupportedError("<cpu><cache mode='emulate'> needs level='3' (QEMU "
+                                        "emulates an L3 cache only)")
+            flags.append("l3-cache=on")
+            host_off = True
+        elif cache_mode == "passthrough":
+            if mode != "host-passthrough":
+                raise NotSupportedError("<cpu><cache mode='passthrough'> needs <cpu "
+                                        "mode='host-passthrough'>")
+            flags.append("host-cache-info=on")
+            l3_off = True
+        elif cache_mode == "disable":
+            host_off = l3_off = True
+        else:
+            raise refuse(f"<cpu><cache mode='{cache_mode}'>", "use emulate, passthrough or "
+                         "disable")
+        if host_off and mode == "host-passthrough":
+            flags.append("host-cache-info=off")
+        if l3_off:
+            flags.append("l3-cache=off")
+    phys = cpu.find("maxphysaddr")
+    if phys is not None:
+        if phys.get("mode") == "emulate":
+            bits = phys.get("bits")
+            flags.append(f"phys-bits={int(bits)}" if bits else "host-phys-bits=off")
+        elif phys.get("mode") == "passthrough":
+            if mode != "host-passthrough":
+                raise NotSupportedError("<cpu><maxphysaddr mode='passthrough'> needs <cpu "
+                                        "mode='host-passthrough'>")
+            flags.append("host-phys-bits=on")
+            if phys.get("limit"):
+                flags.append(f"host-phys-bits-limit={int(phys.get('limit', '0'))}")
+        else:
+            raise refuse(f"<cpu><maxphysaddr mode='{phys.get('mode')}'>", "use emulate or "
+                         "passthrough")
+    return flags
 
 
 def platform(root: etree._Element, family: str, accel: str,

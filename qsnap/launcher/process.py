@@ -22,7 +22,7 @@ from typing import Protocol
 
 from qsnap import children, images
 from qsnap.errors import ImageToolError, LaunchError, OperationInvalidError, QsnapError
-from qsnap.launcher.command import qemu_command
+from qsnap.launcher.command import passthrough, qemu_command
 from qsnap.launcher.devices import taps
 from qsnap.launcher.foreign import (
     DiskImage,
@@ -90,7 +90,8 @@ async def start_qemu(domain: DomainDef, paths: RuntimePaths, accel: str, *,
     await create_nvram(domain)
     swtpm = await _start_swtpm(domain, paths, tpm_state)
     try:
-        pid = await _run_daemonizing(argv, None, domain.name, paths)
+        pid = await _run_daemonizing(argv, None, domain.name, paths,
+                                     passthrough(domain.element)[1])
     except BaseException:
         if swtpm is not None:  # QEMU never connected to it, so it would not end by itself
             await _end(swtpm)
@@ -337,10 +338,11 @@ async def _prepare(paths: RuntimePaths, qmp: str | None = None) -> None:
 
 
 async def _run_daemonizing(argv: list[str], cwd: str | None, domain: str,
-                           paths: RuntimePaths) -> int:
-    """Run a QEMU command line that daemonizes; its pid from the pid file it writes."""
+                           paths: RuntimePaths, env: dict[str, str] | None = None) -> int:
+    """Run a QEMU command line that daemonizes (with *env* added to its environment); its
+    pid from the pid file it writes."""
     try:
-        proc = await children.spawn(argv, cwd=cwd)
+        proc = await children.spawn(argv, cwd=cwd, env=env)
     except FileNotFoundError:
         raise LaunchError(f"cannot start domain '{domain}': emulator '{argv[0]}' not found "
                           "(install Debian's qemu-system-x86)", domain=domain) from None
