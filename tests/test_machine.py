@@ -256,9 +256,15 @@ def _with(device: str) -> str:
                           "<devices>"), r"<clock offset='timezone'>"),
     (_with("<watchdog model='i6300esb' action='dump'><address type='pci' bus='0' slot='9'/>"
            "</watchdog>"), r"<watchdog action='dump'>"),
-    (_with("<input type='mouse' bus='usb'/><input type='keyboard' bus='usb'/>"
-           "<input type='tablet' bus='usb'/><input type='mouse' bus='usb'/>"),
-     r"<input> on USB port 5: the qemu-xhci controller has 4 ports"),
+    (_with("<input type='mouse' bus='usb'><address type='usb' bus='0' port='5'/></input>"),
+     r"<input> on USB bus 0 port 5: no USB controller or hub of the domain has that port"),
+    (_with("<input type='mouse' bus='usb'><address type='usb' bus='0' port='2.1'/></input>"),
+     r"<input> on USB bus 0 port 2.1: no USB controller or hub"),
+    (_with("<hub type='usb'><address type='usb' bus='0' port='1'/></hub><input type='mouse' "
+           "bus='usb'><address type='usb' bus='0' port='1'/></input>"),
+     r"<input> on USB bus 0 port 1: the port is taken"),
+    (_with("<input type='mouse' bus='usb'><address type='usb' bus='0'/></input>"),
+     r"<input><address type='usb'> without a port"),
     (_with("<memballoon model='virtio'><address type='pci' bus='9' slot='1'/></memballoon>"),
      r"<memballoon> sits on PCI bus 9, which no <controller type='pci' index='9'>"),
     (_with("<filesystem type='mount'><driver type='virtiofs'/><source dir='/s'/>"

@@ -569,6 +569,48 @@ async def test_device_options_start_and_save(tmp_path: Path) -> None:
         await engine.destroy("o")
 
 
+USB_TREE = (
+    "<controller type='usb' index='0' model='piix3-uhci'/>"
+    "<input type='mouse' bus='usb'/><input type='keyboard' bus='usb'/>"
+    "<input type='tablet' bus='usb'/>"
+    "<smartcard mode='passthrough' type='unix'><source mode='bind' path='{socket}'/>"
+    "</smartcard>")
+
+
+async def test_usb_hubs_and_smartcards_start_and_save(tmp_path: Path) -> None:
+    """More USB devices than the controller has ports: libvirt's hub is added and the
+    devices fill the controller's ports, then the hub's; a smartcard reader with a card
+    passed through a socket takes its port too; the guest's state survives a save and
+    restore."""
+    require_qemu()
+    folder = tmp_path / "g"
+    xml = GUEST.make_guest("u", 1, 128, folder).read_text().replace(
+        "<controller type='usb' index='0' model='none'/>", "").replace(
+        "<memballoon", USB_TREE.format(socket=folder / "card.sock") + "<memballoon")
+    engine = Engine(tmp_path / "state")
+    await engine.define(xml)
+    await engine.start("u")
+    serial = folder / "serial.log"
+    try:
+        await wait_for_counter(serial, 5, timeout=60)
+        pid = (await engine.guest_info("u")).pid
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        placed = {(d["driver"], d.get("port")) for d in (json.loads(a) for a in argv
+                                                          if a.startswith('{"driver"'))}
+        # libvirt's order: hubs, readers, then input devices.
+        assert {("usb-hub", "1"), ("usb-ccid", "2"), ("usb-mouse", "1.1"),
+                ("usb-kbd", "1.2"), ("usb-tablet", "1.3"),
+                ("ccid-card-passthru", None)} <= placed
+        saved_at = GUEST.last_serial_counter(serial) or 0
+        await engine.save("u", folder / "u.save")
+        offset = serial.stat().st_size
+        await engine.restore(folder / "u.save")
+        await wait_for_counter(serial, saved_at + 5)
+        assert saved_at - 5 <= _counters_since(serial, offset)[0] <= saved_at + 5
+    finally:
+        await engine.destroy("u")
+
+
 #: Every format libvirt 11 writes, and the three qsnap writes.
 LIBVIRT_FORMATS = ("raw", "sparse", "gzip", "bzip2", "xz", "lzop", "zstd")
 QSNAP_FORMATS = ("sparse", "zstd", "raw")

@@ -20,6 +20,7 @@ from qsnap.launcher.devices import (
     device_arg,
     placement,
     refuse_unknown_parts,
+    usb_port,
     virtio_options,
     virtserial_port,
 )
@@ -111,16 +112,7 @@ def redirdev_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
     refuse_unknown_parts(node, "<redirdev>", {"address"}, {"bus"})
     out.add("-chardev", f"spicevmc,id=charredir{index},name=usbredir")
     out.add(*device_arg({"driver": "usb-redir", "chardev": f"charredir{index}",
-                         "id": f"redir{index}", **_usb_port(node)}))
-
-
-def _usb_port(node: etree._Element) -> dict[str, object]:
-    address = node.find("address")
-    placed: dict[str, object] = {"bus": f"usb.{address.get('bus', '0')}"
-                                 if address is not None else "usb.0"}
-    if address is not None and address.get("port"):
-        placed["port"] = address.get("port", "")
-    return placed
+                         "id": f"redir{index}", **usb_port(node)}))
 
 
 _HDA_CODECS = {"duplex": "hda-duplex", "micro": "hda-micro", "output": "hda-output"}
@@ -148,7 +140,7 @@ def sound_args(index: int, node: etree._Element, audio: str | None, out: DeviceA
     if model == "usb":
         if node.get("multichannel") == "yes":
             device["multi"] = True
-        out.add(*device_arg({**device, **_usb_port(node)}))
+        out.add(*device_arg({**device, **usb_port(node)}))
         return
     out.add(*device_arg({**device, **placement(node, out.family)}))
     if not hda:

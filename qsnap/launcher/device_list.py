@@ -22,18 +22,21 @@ from qsnap.launcher.desktop import (
 from qsnap.launcher.devices import (
     DeviceArgs,
     balloon_args,
+    ccid_args,
     channel_args,
     console_args,
     controller_args,
     domain_key,
     filesystem_args,
     graphics_args,
+    hub_args,
     input_args,
     interface_args,
     panic_args,
     parallel_args,
     rng_args,
     serial_args,
+    smartcard_args,
     video_args,
 )
 from qsnap.plan.machine import machine_family, machine_type
@@ -66,11 +69,17 @@ def device_args(root: etree._Element, agent: str | None, disk_args: DiskArgs,
     pci.sort(key=lambda c: int(c.get("index", "0")))
     for controller in pci:
         controller_args(controller, out)
-    others = [c for c in devices.findall("controller") if c.get("type") != "pci"]
+    others = [c for c in devices.findall("controller") if c.get("type") not in ("pci", "ccid")]
     # An ICH9 UHCI companion names its EHCI controller's bus, which must exist first.
     others.sort(key=lambda c: c.get("model", "").startswith("ich9-uhci"))
     for controller in others:
         controller_args(controller, out)
+    for index, node in enumerate(devices.findall("hub")):  # before the devices on them
+        hub_args(index, node, out)
+    for controller in devices.findall("controller[@type='ccid']"):
+        ccid_args(controller, out)
+    for index, node in enumerate(devices.findall("smartcard")):
+        smartcard_args(index, node, out)
     for disk in devices.findall("disk"):
         disk_args(disk, out)
     for index, node in enumerate(devices.findall("filesystem")):

@@ -43,7 +43,6 @@ from qsnap.launcher.runtime import (
 from qsnap.launcher.tpm import manufacture, read_tpm, run_swtpm, running_swtpm
 from qsnap.model.domain import DomainDef
 from qsnap.monitor import Monitor, forget_connection
-from qsnap.plan.machine import complete_machine
 
 
 class Launcher(Protocol):
@@ -112,7 +111,7 @@ async def _start_swtpm(domain: DomainDef, paths: RuntimePaths,
     """The emulator of *domain*'s TPM, if it has one qsnap runs; its pid. An emulator of the
     QEMU this start replaces (a revert's, a restore's) ends when that QEMU's socket closes;
     it is waited for, since it holds the state folder's lock."""
-    tpm = read_tpm(complete_machine(domain.element))
+    tpm = read_tpm(domain.element)
     if tpm is None or tpm.backend != "emulator":
         return None
     if tpm_state is None:

@@ -29,7 +29,7 @@ from qsnap.errors import LaunchError, NotSupportedError
 from qsnap.launcher.refusal import refuse
 from qsnap.launcher.runtime import RuntimePaths
 from qsnap.model.options import escape_commas
-from qsnap.plan.machine import complete_machine
+from qsnap.plan.machine import default_tpm_version
 from qsnap.procfs import pid_alive
 
 _PCR_BANKS = ("sha1", "sha256", "sha384", "sha512")
@@ -37,8 +37,7 @@ _PCR_BANKS = ("sha1", "sha256", "sha384", "sha512")
 
 @dataclass(frozen=True)
 class Tpm:
-    """A completed ``<tpm>`` (:func:`qsnap.plan.machine.complete_machine` gave it a model
-    and version)."""
+    """A ``<tpm>``, with libvirt's defaults for what it leaves out."""
 
     model: str
     #: "emulator" (qsnap runs swtpm) or "external" (an swtpm someone else runs).
@@ -99,7 +98,7 @@ def read_tpm(root: etree._Element) -> Tpm | None:
                          "driver, which qsnap does not use")
         if child.tag != "active_pcr_banks":
             raise refuse(f"{what}: <{child.tag}>", "not supported by qsnap's launcher")
-    version = backend.get("version", "1.2")
+    version = backend.get("version", default_tpm_version(model))
     if version not in ("1.2", "2.0"):
         raise NotSupportedError(f"{what}: version '{version}' is not a TPM version (use 1.2 "
                                 "or 2.0)")
@@ -119,9 +118,9 @@ def read_tpm(root: etree._Element) -> Tpm | None:
 
 
 def permanent_state(element: etree._Element, state: Path) -> Path | None:
-    """The permanent-state file of the emulated TPM of the (not yet completed) domain
-    *element*, or None if it has none."""
-    tpm = read_tpm(complete_machine(element))
+    """The permanent-state file of the emulated TPM of the domain *element*, or None if it
+    has none."""
+    tpm = read_tpm(element)
     return tpm.permanent_state(state) if tpm is not None and tpm.backend == "emulator" \
         else None
 
