@@ -31,6 +31,7 @@ from lxml import etree
 from qsnap.errors import QsnapError
 from qsnap.launcher.command import qemu_command
 from qsnap.launcher.firmware import read_descriptors
+from qsnap.launcher.host_memory import HostMemory
 from qsnap.launcher.runtime import RuntimePaths
 from qsnap.model.domain import parse_domain, parse_domain_element
 from qsnap.plan.domain_define import DefineFacts, resolve_definition
@@ -62,6 +63,10 @@ _HOST_DEVICE_PROPERTIES = {"id", "drive", "netdev", "chardev", "audiodev", "rng"
 #: its time zone is TZ=VIR00:30 (set by the test module).
 LIBVIRT_TEST_NOW = 1234567890
 LIBVIRT_TEST_TZ = "VIR00:30"
+#: The host libvirt's harness mocks: hugetlbfs of 2 MiB (the default) and 1 GiB pages, and
+#: four NUMA nodes.
+LIBVIRT_TEST_HOST = HostMemory({2048: "/dev/hugepages2M", 1048576: "/dev/hugepages1G"}, 2048,
+                               frozenset({0, 1, 2, 3}))
 #: The GUID its mocked random source gives an empty <genid/>.
 LIBVIRT_TEST_GUID = "00010203-0405-4607-8809-0a0b0c0d0e0f"
 
@@ -303,7 +308,7 @@ def qsnap_argv(xml: bytes) -> list[str]:
                                                      _define_facts(domain.name)))
     runtime = RuntimePaths(Path("/run/qsnap/case"))
     argv = qemu_command(domain, runtime, "kvm" if domain.type == "kvm" else "tcg",
-                        now=LIBVIRT_TEST_NOW)
+                        now=LIBVIRT_TEST_NOW, host_memory=LIBVIRT_TEST_HOST)
     return argv[1:]
 
 
@@ -317,6 +322,8 @@ HARNESS_ONLY = {
     "so libvirt picks the host's backend (alsa) where its default is none",
     "audio-default-vnc": "the test turns on qemu.conf's vnc_allow_host_audio, so libvirt "
     "picks the host's backend (alsa) where its default is none",
+    "migrate-numa-unaligned": "the test starts an incoming migration (-incoming fd:7), for "
+    "which libvirt keeps the source's unaligned NUMA cell sizes; a start aligns them",
 }
 
 

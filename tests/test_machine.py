@@ -16,6 +16,7 @@ from lxml import etree
 from qsnap.errors import NotSupportedError, XMLError
 from qsnap.launcher.command import qemu_command
 from qsnap.launcher.firmware import read_descriptors
+from qsnap.launcher.host_memory import HostMemory
 from qsnap.launcher.runtime import RuntimePaths
 from qsnap.model.domain import PciAddress, parse_domain, parse_domain_element
 from qsnap.plan.domain_define import DefineFacts, resolve_definition
@@ -210,8 +211,13 @@ def test_define_keeps_the_machine_when_qemu_cannot_be_asked() -> None:
     assert root.find("os/type").get("machine") == "q35"  # type: ignore[union-attr]
 
 
+#: A host with no hugetlbfs mounted and one NUMA node, whatever this one has.
+PLAIN_HOST = HostMemory()
+
+
 def _argv(xml: str, accel: str = "tcg") -> list[str]:
-    return qemu_command(parse_domain(xml), RuntimePaths(Path("/run/q")), accel)
+    return qemu_command(parse_domain(xml), RuntimePaths(Path("/run/q")), accel,
+                        host_memory=PLAIN_HOST)
 
 
 def test_disk_driver_options_reach_qemu() -> None:
@@ -249,7 +255,11 @@ def _with(device: str) -> str:
 @pytest.mark.parametrize(("xml", "message"), [
     (_with("<sound model='pcspk'/>"), r"<sound model='pcspk'>: not supported"),
     (VIRT_INSTALL.replace("<vcpu>2</vcpu>", "<vcpu>2</vcpu><memoryBacking><hugepages/>"
-                          "</memoryBacking>"), r"<memoryBacking><hugepages>"),
+                          "</memoryBacking>"), r"<memoryBacking><hugepages>: this host's kernel "
+     r"has no huge pages"),
+    (VIRT_INSTALL.replace("<vcpu>2</vcpu>", "<vcpu>2</vcpu><memoryBacking><hugepages><page "
+                          "size='2' unit='MiB'/></hugepages></memoryBacking>"),
+     r"no hugetlbfs of 2048 KiB pages is mounted on this host \(mounted: none\)"),
     (VIRT_INSTALL.replace("<cpu mode='custom'>", "<cpu mode='custom' match='minimum'>"),
      r"<cpu match='minimum'>"),
     (VIRT_INSTALL.replace("<devices>", "<clock offset='timezone' timezone='Europe/Paris'/>"
@@ -274,8 +284,15 @@ def _with(device: str) -> str:
            "</interface>"), r"<interface type='network'> #2: libvirt virtual networks"),
     (_with("<interface type='user'/>"), r"model 'rtl8139' is a conventional PCI device"),
     (VIRT_INSTALL.replace("<vcpu>2</vcpu>", "<vcpu>2</vcpu><numatune><memory "
+                          "mode='strict' nodeset='0-1'/></numatune>"),
+     r"<numatune><memory> nodeset='0-1' names NUMA nodes this host lacks \(\[1\]; it has "
+     r"\[0\]\)"),
+    (VIRT_INSTALL.replace("<vcpu>2</vcpu>", "<vcpu>2</vcpu><numatune><memory "
+                          "mode='strict' placement='auto'/></numatune>"),
+     r"placement='auto': libvirt asks numad"),
+    (VIRT_INSTALL.replace("<vcpu>2</vcpu>", "<vcpu>2</vcpu><numatune><memnode cellid='1' "
                           "mode='strict' nodeset='0'/></numatune>"),
-     r"<numatune>: not supported"),
+     r"<numatune><memnode cellid='1'>: the guest has no such NUMA cell"),
     (VIRT_INSTALL.replace("type='qcow2'/><source file='/i/root",
                           "type='qcow2' iothread='2'/><source file='/i/root"),
      r"disk 'vda': iothread '2' is not one the domain's <iothreads> makes"),

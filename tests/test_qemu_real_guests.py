@@ -14,6 +14,8 @@ import re
 import shlex
 import shutil
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -695,6 +697,86 @@ async def revert_resumes_where_taken(engine: Engine, domain: str, folder: Path) 
     offset = serial.stat().st_size
     await engine.revert(domain, "m1")
     assert taken_at - 5 <= await resumed_counter(serial, offset) <= taken_at + 5
+
+
+@pytest.fixture
+def huge_pages(tmp_path: Path) -> Iterator[Path]:
+    """A hugetlbfs of 2 MiB pages with 160 MiB reserved, for the test's duration."""
+    if os.geteuid() != 0:
+        pytest.fail("huge pages need root (mount, nr_hugepages): run the tests as root")
+    count = Path("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")
+    before = count.read_text().strip()
+    mount = tmp_path / "hugepages"
+    mount.mkdir()
+    count.write_text(str(int(before) + 80))
+    subprocess.run(["mount", "-t", "hugetlbfs", "-o", "pagesize=2M", "none", str(mount)],
+                   check=True)
+    try:
+        if int(count.read_text()) < int(before) + 80:
+            pytest.fail("the kernel could not reserve 80 huge pages of 2 MiB")
+        yield mount
+    finally:
+        for _ in range(50):  # QEMU's last file there may close a moment after it exits
+            if subprocess.run(["umount", str(mount)], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)
+        else:
+            subprocess.run(["umount", "-l", str(mount)], check=True)
+        count.write_text(before)
+
+
+async def test_a_huge_page_guest_bound_to_a_node_snapshots_and_saves(
+        tmp_path: Path, huge_pages: Path) -> None:
+    """``<hugepages/>`` with ``<numatune>``: the guest's RAM is a file QEMU makes on the host's
+    hugetlbfs (its pages taken at start), bound to NUMA node 0; a full-system snapshot and
+    its revert, a save and a restore go on from where they were."""
+    require_qemu()
+    free = Path("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
+    folder = tmp_path / "g"
+    xml = GUEST.make_guest("hp", 1, 128, folder).read_text()
+    xml = re.sub(r"(</memory>)", r"\1<memoryBacking><hugepages><page size='2048' "
+                 r"unit='KiB'/></hugepages></memoryBacking><numatune><memory mode='strict' "
+                 r"nodeset='0'/></numatune>", xml, count=1)
+    engine = Engine(tmp_path / "state")
+    await engine.define(xml)
+    idle = int(free.read_text())
+    await engine.start("hp")
+    try:
+        pid = (await engine.guest_info("hp")).pid
+        objects = [json.loads(a) for a in Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+                   if a.startswith('{"qom-type"')]
+        ram = next(o for o in objects if o["id"] == "pc.ram")
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
+                  if " hugetlbfs " in line and "pagesize=2M" in line]
+        assert ram["mem-path"] in mounts and str(huge_pages) in mounts
+        assert (ram["prealloc"], ram["host-nodes"], ram["policy"]) == (True, [0], "bind")
+        assert idle - int(free.read_text()) == 64  # 128 MiB of 2 MiB pages, taken at start
+        await revert_resumes_where_taken(engine, "hp", folder)
+        serial = folder / "serial.log"
+        saved_at = GUEST.last_serial_counter(serial) or 0
+        await engine.save("hp", folder / "hp.save")
+        assert int(free.read_text()) == idle  # given back with the guest
+        offset = serial.stat().st_size
+        await engine.restore(folder / "hp.save")
+        await wait_for_counter(serial, saved_at + 5)
+        assert saved_at - 5 <= _counters_since(serial, offset)[0] <= saved_at + 5
+    finally:
+        await engine.destroy("hp")
+
+
+async def test_huge_pages_without_hugetlbfs_are_refused_by_name(tmp_path: Path) -> None:
+    """A page size no hugetlbfs serves is refused at start, naming the size and the fix,
+    and nothing is started."""
+    require_qemu()
+    xml = GUEST.make_guest("hq", 1, 128, tmp_path / "g").read_text()
+    xml = re.sub(r"(</memory>)", r"\1<memoryBacking><hugepages><page size='1' unit='GiB'/>"
+                 r"</hugepages></memoryBacking>", xml, count=1)
+    engine = Engine(tmp_path / "state")
+    await engine.define(xml)
+    with pytest.raises(qsnap.NotSupportedError, match=r"no hugetlbfs of 1048576 KiB pages is "
+                       r"mounted on this host .*mount -t hugetlbfs -o pagesize=1048576k"):
+        await engine.start("hq")
+    assert await engine.domstate("hq") == "shut off"
 
 
 NUMA_CELLS = ("<numa><cell id='0' cpus='0' memory='64' unit='MiB'/>"

@@ -25,6 +25,7 @@ from qsnap.launcher.devices import (
     refuse_unknown,
     refuse_unknown_parts,
 )
+from qsnap.launcher.host_memory import HostMemory
 from qsnap.launcher.memory import guest_memory
 from qsnap.launcher.platform import platform
 from qsnap.launcher.runtime import RuntimePaths
@@ -314,7 +315,7 @@ def _firmware_args(root: etree._Element) -> tuple[list[str], list[str]]:
 def qemu_command(domain: DomainDef, runtime: RuntimePaths, accel: str,
                  emulator: str = "qemu-system-x86_64", incoming: bool = False,
                  paused: bool = False, compat: str | None = None,
-                 now: float | None = None) -> list[str]:
+                 now: float | None = None, host_memory: HostMemory | None = None) -> list[str]:
     """argv that starts *domain* daemonized, with its QMP socket in *runtime*; with *incoming*,
     paused and waiting for a saved state (``-incoming defer``).
 
@@ -325,6 +326,7 @@ def qemu_command(domain: DomainDef, runtime: RuntimePaths, accel: str,
     QEMU with ``deprecated-input=reject,deprecated-output=hide``, so that a deprecated command
     or field qsnap still used would fail them). *now* is the moment a ``<clock
     offset='variable'>`` counts from (the current time by default; tests fix it).
+    *host_memory* is what the host offers guest RAM (read from it by default; tests give it).
     """
     root = complete_machine(domain.element)
     refuse_unknown(root)
@@ -333,7 +335,7 @@ def qemu_command(domain: DomainDef, runtime: RuntimePaths, accel: str,
     acpi = "on" if domain.acpi else "off"
     firmware, pflash = _firmware_args(root)
     around = platform(root, machine_family(machine), accel, now)
-    ram = guest_memory(root, domain.memory_bytes, str(runtime.folder))
+    ram = guest_memory(root, domain.memory_bytes, str(runtime.folder), host_memory)
     machine_props = [machine, f"accel={accel}", f"acpi={acpi}", "usb=off", *pflash,
                      *around.machine, *ram.machine]
     argv = [emulator, "-name", f"guest={escape_commas(domain.name)},debug-threads=on",

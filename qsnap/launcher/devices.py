@@ -30,6 +30,7 @@ from qsnap.model.units import parse_scaled_integer
 _STARTABLE_TOP = {"name", "uuid", "genid", "title", "description", "metadata", "memory",
                   "memoryBacking", "iothreads", "iothreadids", "maxMemory",
                   "currentMemory", "vcpu", "os", "features", "cpu", "clock", "on_poweroff",
+                  "numatune",
                   "on_reboot", "on_crash", "pm", "devices", "resource", "seclabel",
                   "{http://libvirt.org/schemas/domain/qemu/1.0}commandline"}
 _STARTABLE_OS = {"type", "kernel", "initrd", "cmdline", "loader", "nvram", "boot", "firmware",

@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 
 from lxml import etree
 
+from qsnap.errors import NotSupportedError
+from qsnap.launcher.host_memory import HostMemory, read_host_memory
 from qsnap.launcher.refusal import refuse
+from qsnap.model.cpuset import parse_cpuset
 from qsnap.model.units import parse_scaled_integer
 
 MIB = 1024 * 1024
@@ -26,6 +29,14 @@ def _whole_mib(size: int) -> int:
     return -(-size // MIB) * MIB
 
 
+@dataclass(frozen=True)
+class Binding:
+    """Where on the host a RAM block's pages must lie (``<numatune>``)."""
+
+    nodes: tuple[int, ...]
+    policy: str  # QEMU's: bind, preferred, interleave
+
+
 @dataclass
 class Backing:
     """What ``<memoryBacking>`` asks of every RAM backend."""
@@ -35,25 +46,62 @@ class Backing:
     prealloc: bool = False
     discard: bool = False
     given: bool = False
+    #: ``<hugepages><page size= nodeset=>``: (size in KiB, the NUMA cells it is for, or None
+    #: for every cell).
+    pages: list[tuple[int, set[int] | None]] = field(default_factory=list)
+    host: HostMemory = field(default_factory=HostMemory)
+
+    def huge_page(self, cell: int | None) -> int | None:
+        """The huge page size (KiB) of cell *cell* (None: the guest's one RAM block), or
+        None for ordinary pages (no page names it, or it names the host's ordinary size)."""
+        chosen = next((size for size, cells in self.pages
+                       if cells is not None and cell is not None and cell in cells), None)
+        if chosen is None:
+            chosen = next((size for size, cells in self.pages if cells is None), None)
+        if chosen is None and cell is None and self.pages:
+            chosen = self.pages[0][0]
+        if chosen is None or chosen == self.host.page_kib:
+            return None
+        return chosen
 
     def backend(self, name: str, size: int, runtime_folder: str, share: bool | None,
-                numa: bool) -> dict[str, object]:
+                numa: bool, huge_kib: int | None = None,
+                binding: Binding | None = None) -> dict[str, object]:
         source = self.source
-        if source == "anonymous" and (share or self.discard):
-            source = "file"  # as libvirt: shared or discardable RAM needs a file
+        if source == "anonymous" and (share or self.discard or huge_kib):
+            source = "file"  # as libvirt: shared, discardable or huge-page RAM needs a file
         backend: dict[str, object] = {"qom-type": _BACKENDS[source], "id": name}
         if source == "file":
-            backend["mem-path"] = f"{runtime_folder}/{name}"
+            backend["mem-path"] = self._hugetlbfs(huge_kib) if huge_kib else \
+                f"{runtime_folder}/{name}"
+        elif huge_kib:  # memfd
+            backend.update(hugetlb=True, hugetlbsize=huge_kib * 1024)
         if share is not None:
             backend["share"] = share
         if source != "anonymous" and not numa:
             backend["x-use-canonical-path-for-ramblock-id"] = False
-        if self.prealloc:
-            backend["prealloc"] = True
+        if self.prealloc or huge_kib:
+            backend["prealloc"] = True  # libvirt preallocates huge pages always
         if self.discard:
             backend["discard-data"] = True
         backend["size"] = size
+        if binding is not None:
+            backend.update({"host-nodes": list(binding.nodes), "policy": binding.policy})
         return backend
+
+    def _hugetlbfs(self, size_kib: int) -> str:
+        """The hugetlbfs mount serving *size_kib* pages: QEMU makes the guest's RAM file in
+        it (and unlinks it at once), as libvirt's per-domain folder there holds it."""
+        mount = self.host.hugepage_mounts.get(size_kib)
+        if mount is None:
+            have = ", ".join(f"{k} KiB at {m}" for k, m in
+                             sorted(self.host.hugepage_mounts.items())) or "none"
+            raise NotSupportedError(
+                f"<memoryBacking><hugepages>: no hugetlbfs of {size_kib} KiB pages is mounted "
+                f"on this host (mounted: {have}); mount one (mount -t hugetlbfs -o "
+                f"pagesize={size_kib}k none /dev/hugepages) and reserve its pages "
+                f"(/sys/kernel/mm/hugepages/hugepages-{size_kib}kB/nr_hugepages)")
+        return mount
 
 
 @dataclass
@@ -65,9 +113,32 @@ class GuestMemory:
     args: list[str] = field(default_factory=list)
 
 
-def _backing(root: etree._Element, out: GuestMemory) -> Backing:
+def _pages(node: etree._Element, host: HostMemory) -> list[tuple[int, set[int] | None]]:
+    """``<hugepages>``'s pages; one with no size is the host's default huge page."""
+    pages: list[tuple[int, set[int] | None]] = []
+    for page in node:
+        if not isinstance(page.tag, str):
+            continue
+        if page.tag != "page":
+            raise refuse(f"<hugepages><{page.tag}>", "not supported by qsnap's launcher")
+        size = parse_scaled_integer(page.get("size"), page.get("unit"), "<page size=>")
+        nodeset = page.get("nodeset")
+        try:
+            cells = parse_cpuset(nodeset) if nodeset is not None else None
+        except ValueError as exc:
+            raise NotSupportedError(f"<hugepages><page nodeset=>: {exc}") from None
+        pages.append((size // 1024, cells))
+    if not pages:
+        if not host.default_hugepage_kib:
+            raise NotSupportedError("<memoryBacking><hugepages>: this host's kernel has no "
+                                    "huge pages (no Hugepagesize in /proc/meminfo)")
+        pages.append((host.default_hugepage_kib, None))
+    return pages
+
+
+def _backing(root: etree._Element, out: GuestMemory, host: HostMemory) -> Backing:
     node = root.find("memoryBacking")
-    backing = Backing(given=node is not None)
+    backing = Backing(given=node is not None, host=host)
     for child in node if node is not None else ():
         if not isinstance(child.tag, str):
             continue
@@ -85,13 +156,73 @@ def _backing(root: etree._Element, out: GuestMemory) -> Backing:
             out.machine.append("mem-merge=off")
         elif child.tag == "discard":
             backing.discard = True
+        elif child.tag == "hugepages":
+            backing.pages = _pages(child, host)
         else:
-            raise refuse(f"<memoryBacking><{child.tag}>", "not supported by qsnap's launcher "
-                         "(huge pages need hugetlbfs, which this host does not set up)")
+            raise refuse(f"<memoryBacking><{child.tag}>", "not supported by qsnap's launcher")
     if backing.source not in _BACKENDS:
         raise refuse(f"<memoryBacking><source type='{backing.source}'>",
                      "use anonymous, memfd or file")
     return backing
+
+
+_POLICIES = {"strict": "bind", "preferred": "preferred", "interleave": "interleave"}
+
+
+@dataclass
+class NumaTune:
+    """``<numatune>``: the binding of all guest RAM, and of each NUMA cell that has its own."""
+
+    memory: Binding | None = None
+    cells: dict[int, Binding] = field(default_factory=dict)
+
+    def of(self, cell: int | None) -> Binding | None:
+        return self.cells.get(cell, self.memory) if cell is not None else self.memory
+
+
+def _binding(node: etree._Element, what: str, host: HostMemory) -> Binding:
+    mode = node.get("mode", "strict")
+    if mode == "restrictive":
+        raise refuse(f"{what} mode='restrictive'", "libvirt applies it through the host's "
+                     "cgroups only, which qsnap does not manage")
+    if mode not in _POLICIES:
+        raise NotSupportedError(f"{what} mode='{mode}' is not a memory mode (use strict, "
+                                "preferred or interleave)")
+    nodeset = node.get("nodeset")
+    if node.get("placement", "static" if nodeset else "auto") == "auto":
+        raise refuse(f"{what} placement='auto'", "libvirt asks numad for the nodes, which "
+                     "qsnap does not run; give nodeset=")
+    try:
+        nodes = parse_cpuset(nodeset or "")
+    except ValueError as exc:
+        raise NotSupportedError(f"{what} nodeset: {exc}") from None
+    missing = sorted(nodes - host.numa_nodes)
+    if not nodes or missing:
+        raise NotSupportedError(f"{what} nodeset='{nodeset}' names NUMA nodes this host "
+                                f"lacks ({missing}; it has {sorted(host.numa_nodes)})")
+    return Binding(tuple(sorted(nodes)), _POLICIES[mode])
+
+
+def _numatune(root: etree._Element, host: HostMemory) -> NumaTune:
+    tune = NumaTune()
+    node = root.find("numatune")
+    if node is None:
+        return tune
+    cells = {int(c.get("id", str(i))) for i, c in enumerate(root.iterfind("cpu/numa/cell"))}
+    for child in node:
+        if not isinstance(child.tag, str):
+            continue
+        if child.tag == "memory":
+            tune.memory = _binding(child, "<numatune><memory>", host)
+        elif child.tag == "memnode":
+            cell = int(child.get("cellid", "-1"))
+            if cell not in cells:
+                raise NotSupportedError(f"<numatune><memnode cellid='{cell}'>: the guest has "
+                                        "no such NUMA cell")
+            tune.cells[cell] = _binding(child, f"<numatune><memnode cellid='{cell}'>", host)
+        else:
+            raise refuse(f"<numatune><{child.tag}>", "not supported by qsnap's launcher")
+    return tune
 
 
 def _cpu_ranges(text: str) -> list[str]:
@@ -102,7 +233,7 @@ def _cpu_ranges(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _numa(root: etree._Element, backing: Backing, runtime_folder: str,
+def _numa(root: etree._Element, backing: Backing, tune: NumaTune, runtime_folder: str,
           out: GuestMemory) -> int | None:
     """NUMA cells as one RAM backend each and ``-numa node``/``dist``; the RAM they add up
     to, or None without cells."""
@@ -116,7 +247,7 @@ def _numa(root: etree._Element, backing: Backing, runtime_folder: str,
             raise refuse(f"<cpu><numa><{child.tag}>", "not supported by qsnap's launcher")
     distances: dict[tuple[str, str], str] = {}
     ids: list[str] = []
-    legacy = _legacy_numa(root, backing, cells)
+    legacy = _legacy_numa(root, backing, cells) and not tune.cells and tune.memory is None
     if legacy and backing.prealloc:
         out.args.append("-mem-prealloc")
     for position, cell in enumerate(cells):
@@ -138,8 +269,10 @@ def _numa(root: etree._Element, backing: Backing, runtime_folder: str,
         if legacy:
             out.args += ["-numa", ",".join([*node, f"mem={size // MIB}"])]
         else:
-            out.args += ["-object", json.dumps(backing.backend(name, size, runtime_folder,
-                                                               share, numa=True))]
+            cell_id = int(node_id)
+            out.args += ["-object", json.dumps(backing.backend(
+                name, size, runtime_folder, share, numa=True,
+                huge_kib=backing.huge_page(cell_id), binding=tune.of(cell_id)))]
             out.args += ["-numa", ",".join([*node, f"memdev={name}"])]
         for child in cell:
             if not isinstance(child.tag, str):
@@ -171,21 +304,31 @@ def _legacy_numa(root: etree._Element, backing: Backing, cells: list[etree._Elem
         return False
     # A discard alone asks for no backend: it matters to file-backed RAM only.
     needs_backend = backing.source != "anonymous" or backing.share is not None or \
-        any(c.get("memAccess") for c in cells)
+        any(c.get("memAccess") for c in cells) or bool(backing.pages)
     return (major, minor) <= (5, 0) and not needs_backend
 
 
-def guest_memory(root: etree._Element, memory_bytes: int, runtime_folder: str) -> GuestMemory:
-    """The RAM arguments for a completed definition of *memory_bytes* of RAM (whole MiB)."""
+def guest_memory(root: etree._Element, memory_bytes: int, runtime_folder: str,
+                 host: HostMemory | None = None) -> GuestMemory:
+    """The RAM arguments for a completed definition of *memory_bytes* of RAM (whole MiB).
+    *host* is what this host offers (hugetlbfs mounts, NUMA nodes): read from the host
+    where the definition asks for either."""
     out = GuestMemory(size="")
-    backing = _backing(root, out)
-    total = _numa(root, backing, runtime_folder, out)
+    if host is None:
+        wants_host = root.find("memoryBacking/hugepages") is not None or \
+            root.find("numatune") is not None
+        host = read_host_memory() if wants_host else HostMemory()
+    backing = _backing(root, out, host)
+    tune = _numatune(root, host)
+    total = _numa(root, backing, tune, runtime_folder, out)
     if total is None:
         total = memory_bytes
-        if backing.given:
+        binding = tune.of(None)
+        if backing.given or binding is not None:
             out.machine.append("memory-backend=pc.ram")
             out.args += ["-object", json.dumps(backing.backend(
-                "pc.ram", total, runtime_folder, backing.share, numa=False))]
+                "pc.ram", total, runtime_folder, backing.share, numa=False,
+                huge_kib=backing.huge_page(None), binding=binding))]
     size = [f"size={total // 1024}k"]
     maximum = root.find("maxMemory")
     if maximum is not None:
