@@ -764,6 +764,44 @@ async def test_a_huge_page_guest_bound_to_a_node_snapshots_and_saves(
         await engine.destroy("hp")
 
 
+async def test_a_guest_with_a_memory_module_snapshots_and_saves(tmp_path: Path) -> None:
+    """A DIMM in a slot of ``<maxMemory slots=>`` (its own RAM block, ``memdimm0``, beside the
+    cell's ``ram-node0``): a full-system snapshot and its revert, a save and a restore carry
+    both blocks."""
+    require_qemu()
+    folder = tmp_path / "g"
+    # (With memory hotplug on, the guest's kernel runs out of memory in 128 MiB.)
+    xml = GUEST.make_guest("dm", 1, 256, folder).read_text()
+    xml = re.sub(r"<memory unit='MiB'>256</memory>",
+                 "<maxMemory slots='4' unit='MiB'>1024</maxMemory><memory unit='MiB'>320"
+                 "</memory>", xml, count=1)
+    assert "<maxMemory" in xml and "<cpu" not in xml
+    xml = xml.replace("<vcpu>1</vcpu>", "<vcpu>1</vcpu><cpu mode='custom'><model>qemu64"
+                      "</model><numa><cell id='0' cpus='0' memory='256' unit='MiB'/></numa>"
+                      "</cpu>").replace("<memballoon", "<memory model='dimm'><target><size "
+                                        "unit='MiB'>64</size><node>0</node></target></memory>"
+                                        "<memballoon")
+    engine = Engine(tmp_path / "state")
+    await engine.define(xml)
+    await engine.start("dm")
+    try:
+        pid = (await engine.guest_info("dm")).pid
+        argv = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+        assert argv[argv.index("-m") + 1] == "size=262144k,slots=4,maxmem=1048576k"
+        dimm = next(json.loads(a) for a in argv if a.startswith('{"driver": "pc-dimm"'))
+        assert (dimm["memdev"], dimm["node"], dimm["slot"]) == ("memdimm0", 0, 0)
+        await revert_resumes_where_taken(engine, "dm", folder)
+        serial = folder / "serial.log"
+        saved_at = GUEST.last_serial_counter(serial) or 0
+        await engine.save("dm", folder / "dm.save")
+        offset = serial.stat().st_size
+        await engine.restore(folder / "dm.save")
+        await wait_for_counter(serial, saved_at + 5)
+        assert saved_at - 5 <= _counters_since(serial, offset)[0] <= saved_at + 5
+    finally:
+        await engine.destroy("dm")
+
+
 async def test_huge_pages_without_hugetlbfs_are_refused_by_name(tmp_path: Path) -> None:
     """A page size no hugetlbfs serves is refused at start, naming the size and the fix,
     and nothing is started."""

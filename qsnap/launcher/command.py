@@ -23,11 +23,11 @@ from qsnap.launcher.devices import (
     device_arg,
     placement,
     refuse_unknown,
-    refuse_unknown_parts,
 )
 from qsnap.launcher.host_memory import HostMemory
 from qsnap.launcher.memory import guest_memory
 from qsnap.launcher.platform import platform
+from qsnap.launcher.refusal import refuse_unknown_parts
 from qsnap.launcher.runtime import RuntimePaths
 from qsnap.launcher.tpm import read_tpm, tpm_args
 from qsnap.model.domain import DomainDef, parse_disk

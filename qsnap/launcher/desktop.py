@@ -19,12 +19,11 @@ from qsnap.launcher.devices import (
     DeviceArgs,
     device_arg,
     placement,
-    refuse_unknown_parts,
     usb_port,
     virtio_options,
     virtserial_port,
 )
-from qsnap.launcher.refusal import refuse
+from qsnap.launcher.refusal import refuse, refuse_unknown_parts
 from qsnap.model.options import escape_commas
 
 

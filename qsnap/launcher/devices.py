@@ -20,7 +20,7 @@ from lxml import etree
 
 from qsnap.errors import NotSupportedError
 from qsnap.launcher.chardev import chardev
-from qsnap.launcher.refusal import refuse
+from qsnap.launcher.refusal import refuse, refuse_unknown_parts
 from qsnap.model.domain import GUEST_AGENT_CHANNEL, PciAddress, c_integer
 from qsnap.model.options import escape_commas
 from qsnap.model.units import parse_scaled_integer
@@ -38,7 +38,7 @@ _STARTABLE_OS = {"type", "kernel", "initrd", "cmdline", "loader", "nvram", "boot
 _STARTABLE_DEVICES = {"emulator", "disk", "controller", "interface", "serial", "console",
                       "channel", "input", "graphics", "video", "memballoon", "rng", "audio",
                       "sound", "watchdog", "redirdev", "parallel", "panic", "filesystem",
-                      "tpm", "hub", "smartcard"}
+                      "tpm", "hub", "smartcard", "memory"}
 _VIDEO_DEVICES = {"cirrus": "cirrus-vga", "vga": "VGA", "virtio": "virtio-vga",
                   "bochs": "bochs-display", "qxl": "qxl-vga"}
 _NIC_DEVICES = {"virtio": "virtio-net-pci", "e1000e": "e1000e", "e1000": "e1000",
@@ -93,20 +93,6 @@ def apply_boot_order(root: etree._Element) -> None:
         if "network" in order:
             etree.SubElement(nic, "boot", order=str(order["network"]))
         break
-
-
-def refuse_unknown_parts(node: etree._Element, what: str, children: set[str],
-                         attributes: frozenset[str] | set[str] = frozenset()) -> None:
-    """Refuse, by name, a child element or attribute of a device that the launcher would not
-    carry into QEMU (``<alias>`` is libvirt's own bookkeeping, never refused)."""
-    for child in node:
-        if isinstance(child.tag, str) and child.tag not in children | {"alias"}:
-            raise refuse(f"{what}: <{child.tag}>", "not supported by qsnap's launcher")
-    for key in node.attrib:
-        attribute = key.decode() if isinstance(key, bytes) else str(key)
-        if attribute not in attributes | {"type"}:
-            raise refuse(f"{what}: attribute {attribute}=", "not supported by qsnap's "
-                         "launcher")
 
 
 def virtio_options(node: etree._Element) -> dict[str, object]:

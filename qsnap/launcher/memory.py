@@ -15,7 +15,7 @@ from lxml import etree
 
 from qsnap.errors import NotSupportedError
 from qsnap.launcher.host_memory import HostMemory, read_host_memory
-from qsnap.launcher.refusal import refuse
+from qsnap.launcher.refusal import refuse, refuse_unknown_parts
 from qsnap.model.cpuset import parse_cpuset
 from qsnap.model.units import parse_scaled_integer
 
@@ -46,6 +46,8 @@ class Backing:
     prealloc: bool = False
     discard: bool = False
     given: bool = False
+    #: ``<allocation threads=>``: how many threads allocate the RAM at start.
+    prealloc_threads: int | None = None
     #: ``<hugepages><page size= nodeset=>``: (size in KiB, the NUMA cells it is for, or None
     #: for every cell).
     pages: list[tuple[int, set[int] | None]] = field(default_factory=list)
@@ -82,6 +84,8 @@ class Backing:
             backend["x-use-canonical-path-for-ramblock-id"] = False
         if self.prealloc or huge_kib:
             backend["prealloc"] = True  # libvirt preallocates huge pages always
+            if self.prealloc_threads:
+                backend["prealloc-threads"] = self.prealloc_threads
         if self.discard:
             backend["discard-data"] = True
         backend["size"] = size
@@ -147,9 +151,9 @@ def _backing(root: etree._Element, out: GuestMemory, host: HostMemory) -> Backin
         elif child.tag == "access":
             backing.share = child.get("mode") == "shared"
         elif child.tag == "allocation":
-            if child.get("threads") is not None:
-                raise refuse("<memoryBacking><allocation threads=>", "not supported")
             backing.prealloc = child.get("mode") == "immediate"
+            if child.get("threads") is not None:
+                backing.prealloc_threads = int(child.get("threads", "0"))
         elif child.tag == "locked":
             out.args += ["-overcommit", "mem-lock=on"]
         elif child.tag == "nosharepages":
@@ -292,6 +296,108 @@ def _numa(root: etree._Element, backing: Backing, tune: NumaTune, runtime_folder
     return total
 
 
+#: What a memory module's size is rounded up to on x86, as libvirt aligns it.
+_MODULE_ALIGN = 2 * MIB
+
+
+def _memory_devices(root: etree._Element, backing: Backing, tune: NumaTune,
+                    runtime_folder: str, out: GuestMemory) -> None:
+    """``<devices><memory model='dimm'|'nvdimm'>``: a RAM backend each (``memdimmN``, or a
+    file for an NVDIMM: ``memnvdimmN``) and its ``pc-dimm``/``nvdimm`` device in a slot of
+    ``<maxMemory slots=>``, as libvirt builds them (qemuBuildMemoryDeviceProps). They need
+    NUMA cells (a module sits in one) and slots, as libvirt requires."""
+    modules = root.findall("devices/memory")
+    if not modules:
+        return
+    for module in modules:
+        if module.get("model") not in ("dimm", "nvdimm"):
+            raise refuse(f"<memory model='{module.get('model')}'>", "qsnap builds DIMM and "
+                         "NVDIMM modules (virtio-mem and virtio-pmem are PCI devices it does "
+                         "not place)")
+        address = module.find("address")
+        if address is not None and address.get("type", "dimm") != "dimm":
+            raise NotSupportedError(f"<memory model='{module.get('model')}'><address "
+                                    f"type='{address.get('type')}'>: a module sits in a DIMM "
+                                    "slot (type='dimm')")
+    cells = {int(c.get("id", str(i))) for i, c in enumerate(root.iterfind("cpu/numa/cell"))}
+    maximum = root.find("maxMemory")
+    slots = int(maximum.get("slots", "0")) if maximum is not None else 0
+    if not cells:
+        raise NotSupportedError("<devices><memory>: a memory module sits in a guest NUMA "
+                                "cell, and the domain has none (<cpu><numa>)")
+    if not slots:
+        raise NotSupportedError("<devices><memory>: memory modules need <maxMemory slots=>")
+    taken = {int(a.get("slot", "0")) for m in modules
+             if (a := m.find("address")) is not None and a.get("slot") is not None}
+    free = (slot for slot in range(slots) if slot not in taken)
+    if any(m.get("model") == "nvdimm" for m in modules):
+        out.machine.append("nvdimm=on")
+    for index, module in enumerate(modules):
+        model = module.get("model")
+        what = f"<memory model='{model}'>"
+        refuse_unknown_parts(module, what, {"source", "target", "address"},
+                             {"model", "access", "discard"})
+        source, target = module.find("source"), module.find("target")
+        if target is None or target.find("size") is None:
+            raise NotSupportedError(f"{what} needs <target><size>")
+        refuse_unknown_parts(target, f"{what}<target>", {"size", "node"})
+        size_node = target.find("size")
+        assert size_node is not None
+        size = -(-parse_scaled_integer(size_node.text, size_node.get("unit"), f"{what} size",
+                                       default=1024) // _MODULE_ALIGN) * _MODULE_ALIGN
+        cell = int((target.findtext("node") or "0").strip())
+        if cell not in cells:
+            raise NotSupportedError(f"{what}: <node>{cell}</node> is not a NUMA cell of the "
+                                    "guest")
+        address = module.find("address")
+        slot = int(address.get("slot", "0")) if address is not None and \
+            address.get("slot") is not None else next(free, None)
+        if slot is None or slot >= slots:
+            raise NotSupportedError(f"{what}: no free slot of the {slots} <maxMemory slots=> "
+                                    "gives")
+        share = {"shared": True, "private": False}.get(module.get("access", ""))
+        if model == "nvdimm":
+            path = (source.findtext("path") or "").strip() if source is not None else ""
+            if not path:
+                raise NotSupportedError(f"{what} needs <source><path>")
+            if source is not None:
+                refuse_unknown_parts(source, f"{what}<source>", {"path"})
+            name = f"memnvdimm{index}"
+            backend: dict[str, object] = {"qom-type": "memory-backend-file", "id": name,
+                                          "mem-path": path}
+            if share is not None:
+                backend["share"] = share
+            backend.update(prealloc=True, size=size)
+            binding = tune.of(None)
+            if binding is not None:
+                backend.update({"host-nodes": list(binding.nodes), "policy": binding.policy})
+            device = "nvdimm"
+        else:
+            huge = backing.huge_page(cell)
+            binding = tune.of(None)
+            if source is not None:
+                refuse_unknown_parts(source, f"{what}<source>", {"nodemask", "pagesize"})
+                page = source.find("pagesize")
+                if page is not None:
+                    kib = parse_scaled_integer(page.text, page.get("unit"), f"{what} pagesize")
+                    huge = kib // 1024 if kib // 1024 != backing.host.page_kib else None
+                mask = source.findtext("nodemask")
+                if mask is not None:
+                    binding = _binding(etree.Element("memory", mode="strict", nodeset=mask),
+                                       f"{what}<source><nodemask>", backing.host)
+            name = f"memdimm{index}"
+            backend = backing.backend(name, size, runtime_folder,
+                                      share if share is not None else backing.share,
+                                      numa=True, huge_kib=huge, binding=binding)
+            device = "pc-dimm"
+        props: dict[str, object] = {"driver": device, "node": cell, "memdev": name,
+                                    "id": f"{'nvdimm' if model == 'nvdimm' else 'dimm'}{index}",
+                                    "slot": slot}
+        if address is not None and address.get("base") is not None:
+            props["addr"] = int(address.get("base", "0"), 0)
+        out.args += ["-object", json.dumps(backend), "-device", json.dumps(props)]
+
+
 def _legacy_numa(root: etree._Element, backing: Backing, cells: list[etree._Element]) -> bool:
     """Whether cells get QEMU's old ``mem=`` instead of a backend each, as libvirt gives them
     on machine types up to 5.0 (the last that take it) when nothing asks for a backend."""
@@ -321,6 +427,7 @@ def guest_memory(root: etree._Element, memory_bytes: int, runtime_folder: str,
     backing = _backing(root, out, host)
     tune = _numatune(root, host)
     total = _numa(root, backing, tune, runtime_folder, out)
+    _memory_devices(root, backing, tune, runtime_folder, out)
     if total is None:
         total = memory_bytes
         binding = tune.of(None)
