@@ -18,6 +18,17 @@ def _source(node: etree._Element, mode: str) -> etree._Element | None:
     return None
 
 
+def _reconnect(source: etree._Element | None) -> str:
+    """A client socket's ``<reconnect enabled= timeout=>``: seconds between attempts to
+    connect again once the other end went away (0: never)."""
+    reconnect = source.find("reconnect") if source is not None else None
+    if reconnect is None:
+        return ""
+    if reconnect.get("enabled") == "yes":
+        return f",reconnect={int(reconnect.get('timeout', '0'))}"
+    return ",reconnect=0"
+
+
 def chardev(node: etree._Element, chardev_id: str, host_device: str = "serial") -> str:
     """``-chardev``'s value for the character device *node* (``<serial>``, ``<parallel>``,
     ``<console>``); *host_device* is QEMU's backend for ``type='dev'`` (``serial`` or
@@ -40,7 +51,7 @@ def chardev(node: etree._Element, chardev_id: str, host_device: str = "serial") 
         return f"{host_device},id={chardev_id},path={path}"
     if kind == "unix":
         server = ",server=on,wait=off" if source is not None and \
-            source.get("mode") == "bind" else ""
+            source.get("mode") == "bind" else _reconnect(source)
         return f"socket,id={chardev_id},path={path}{server}"
     if kind == "tcp":
         if source is None:
@@ -55,6 +66,8 @@ def chardev(node: etree._Element, chardev_id: str, host_device: str = "serial") 
                          "telnet")
         if source.get("mode") == "bind":
             options += ",server=on,wait=off"
+        else:
+            options += _reconnect(source)
         return options
     if kind == "udp":
         target, local = _source(node, "connect"), _source(node, "bind")

@@ -366,6 +366,7 @@ def qemu_command(domain: DomainDef, runtime: RuntimePaths, accel: str,
     argv += iothreads
     tpm = read_tpm(root)
     argv += device_args(root, agent_socket(domain, runtime), _disk_args, iothreads=iothread_ids,
-                        tpm=tpm_args(tpm, runtime) if tpm is not None else None)
+                        tpm=tpm_args(tpm, runtime) if tpm is not None else None,
+                        runtime_folder=str(runtime.folder))
     argv += passthrough(root)[0]
     return argv

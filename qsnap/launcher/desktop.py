@@ -9,14 +9,17 @@ is refused by name.
 
 from __future__ import annotations
 
+import copy
 import json
 import socket
 
 from lxml import etree
 
 from qsnap.errors import NotSupportedError
+from qsnap.launcher.chardev import chardev
 from qsnap.launcher.devices import (
     DeviceArgs,
+    channel_chardev,
     device_arg,
     placement,
     usb_port,
@@ -92,26 +95,68 @@ def spice_channel_args(index: int, node: etree._Element, out: DeviceArgs) -> Non
     """``<channel type='spicevmc'>``: the SPICE agent's virtio-serial port."""
     target = node.find("target")
     name = (target.get("name") if target is not None else None) or "com.redhat.spice.0"
-    virtserial_port(index, node, "spicevmc,name=vdagent", name, out)
+    virtserial_port(index, node, f"spicevmc,id={channel_chardev(index)},name=vdagent", name,
+                    out)
 
 
-def pty_channel_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
-    """``<channel type='pty'>`` with a virtio target: a virtio-serial port on a host pty."""
-    target = node.find("target")
-    if target is None or target.get("type") != "virtio" or not target.get("name"):
-        raise refuse("<channel type='pty'>", "only a named virtio target is supported")
-    virtserial_port(index, node, "pty", target.get("name", ""), out)
+def redirdev_args(index: int, node: etree._Element, usb_filter: str | None,
+                  out: DeviceArgs) -> None:
+    """``<redirdev bus='usb'>``: a USB port the SPICE client (``spicevmc``), or a usbredir
+    server on a socket, can fill; *usb_filter* is ``<redirfilter>``'s rule
+    (:func:`redirect_filter`)."""
+    if node.get("bus", "usb") != "usb":
+        raise refuse(f"<redirdev bus='{node.get('bus')}'>", "only USB redirection exists")
+    boot = node.find("boot")
+    if boot is not None:
+        node = copy.deepcopy(node)  # the chardev reads the rest
+        for order in node.findall("boot"):
+            node.remove(order)
+    if node.get("type") == "spicevmc":
+        refuse_unknown_parts(node, "<redirdev>", {"address"}, {"bus"})
+        out.add("-chardev", f"spicevmc,id=charredir{index},name=usbredir")
+    else:
+        out.add("-chardev", chardev(node, f"charredir{index}"))
+    device: dict[str, object] = {"driver": "usb-redir", "chardev": f"charredir{index}",
+                                 "id": f"redir{index}"}
+    if usb_filter is not None:
+        device["filter"] = usb_filter
+    if boot is not None:
+        device["bootindex"] = int(boot.get("order", "0"))
+    out.add(*device_arg({**device, **usb_port(node)}))
 
 
-def redirdev_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
-    """``<redirdev bus='usb' type='spicevmc'>``: a USB port the SPICE client can fill."""
-    if node.get("type") != "spicevmc" or node.get("bus", "usb") != "usb":
-        raise refuse(f"<redirdev type='{node.get('type')}'>", "only type='spicevmc' on USB "
-                     "is supported")
-    refuse_unknown_parts(node, "<redirdev>", {"address"}, {"bus"})
-    out.add("-chardev", f"spicevmc,id=charredir{index},name=usbredir")
-    out.add(*device_arg({"driver": "usb-redir", "chardev": f"charredir{index}",
-                         "id": f"redir{index}", **usb_port(node)}))
+def _usb_version(text: str | None) -> str:
+    """``1.10`` as the BCD that USB descriptors hold (0x0110); a one-digit minor is tenths."""
+    if text is None or text == "-1":
+        return "-1"
+    major, _, minor = text.partition(".")
+    minor = (minor + "0")[:2] if len(minor) < 2 else minor[:2]
+    digits = f"{int(major):02d}{int(minor or '0'):02d}"
+    return f"0x{digits}"
+
+
+def redirect_filter(root: etree._Element) -> str | None:
+    """``<redirfilter>``: usb-redir's filter rules, ``class:vendor:product:version:allow``
+    joined by ``|``, as libvirt writes them (-1 for any)."""
+    node = root.find("devices/redirfilter")
+    if node is None:
+        return None
+    rules = []
+    for rule in node:
+        if not isinstance(rule.tag, str):
+            continue
+        if rule.tag != "usbdev":
+            raise refuse(f"<redirfilter><{rule.tag}>", "not supported")
+        refuse_unknown_parts(rule, "<redirfilter><usbdev>", set(),
+                             {"class", "vendor", "product", "version", "allow"})
+        kind, vendor, product = (rule.get(k, "-1") for k in ("class", "vendor", "product"))
+        if kind != "-1":
+            kind = f"0x{int(kind, 16):02X}"
+        vendor, product = (f"0x{int(v, 16):04X}" if v != "-1" else "-1"
+                           for v in (vendor, product))
+        allow = "1" if rule.get("allow") == "yes" else "0"
+        rules.append(f"{kind}:{vendor}:{product}:{_usb_version(rule.get('version'))}:{allow}")
+    return "|".join(rules)
 
 
 _HDA_CODECS = {"duplex": "hda-duplex", "micro": "hda-micro", "output": "hda-output"}

@@ -11,8 +11,8 @@ from qsnap.errors import NotSupportedError
 from qsnap.launcher.desktop import (
     audio_backend,
     free_tcp_port,
-    pty_channel_args,
     redirdev_args,
+    redirect_filter,
     sound_args,
     spice_args,
     spice_channel_args,
@@ -32,6 +32,7 @@ from qsnap.launcher.devices import (
     hub_args,
     input_args,
     interface_args,
+    iommu_args,
     panic_args,
     parallel_args,
     rng_args,
@@ -48,23 +49,25 @@ def _channel(index: int, node: etree._Element, agent: str | None, out: DeviceArg
     kind = node.get("type")
     if kind == "spicevmc":
         spice_channel_args(index, node, out)
-    elif kind == "pty":
-        pty_channel_args(index, node, out)
     else:
         channel_args(index, node, agent, out)
 
 
 def device_args(root: etree._Element, agent: str | None, disk_args: DiskArgs,
                 free_port: Callable[[str], int] = free_tcp_port,
-                iothreads: set[str] | None = None, tpm: list[str] | None = None) -> list[str]:
+                iothreads: set[str] | None = None, tpm: list[str] | None = None,
+                runtime_folder: str = "/run/qsnap") -> list[str]:
     """Every device's arguments; *free_port* picks SPICE's port where the XML leaves it to
     the host; *iothreads* are the iothreads the domain makes (by number); *tpm* is the TPM's
-    arguments (:mod:`qsnap.launcher.tpm`), placed where libvirt places them."""
+    arguments (:mod:`qsnap.launcher.tpm`), placed where libvirt places them; host ends the
+    definition leaves to the host go in *runtime_folder*."""
     out = DeviceArgs(machine_family(machine_type(root)), domain_key(root), free_port=free_port,
-                     iothreads=iothreads or set())
+                     iothreads=iothreads or set(), runtime_folder=runtime_folder)
     devices = root.find("devices")
     if devices is None:
         return []
+    for node in devices.findall("iommu"):  # before the PCI devices it translates for
+        iommu_args(node, out)
     pci = [c for c in devices.findall("controller") if c.get("type") == "pci"]
     pci.sort(key=lambda c: int(c.get("index", "0")))
     for controller in pci:
@@ -117,8 +120,9 @@ def device_args(root: etree._Element, agent: str | None, disk_args: DiskArgs,
                                 "QEMU has one action for all")
     if actions:
         out.add("-watchdog-action", actions.pop())
+    usb_filter = redirect_filter(root)
     for index, node in enumerate(devices.findall("redirdev")):
-        redirdev_args(index, node, out)
+        redirdev_args(index, node, usb_filter, out)
     for node in devices.findall("panic"):
         panic_args(node, out)
     for node in devices.findall("memballoon"):

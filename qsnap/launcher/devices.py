@@ -38,7 +38,8 @@ _STARTABLE_OS = {"type", "kernel", "initrd", "cmdline", "loader", "nvram", "boot
 _STARTABLE_DEVICES = {"emulator", "disk", "controller", "interface", "serial", "console",
                       "channel", "input", "graphics", "video", "memballoon", "rng", "audio",
                       "sound", "watchdog", "redirdev", "parallel", "panic", "filesystem",
-                      "tpm", "hub", "smartcard", "memory"}
+                      "tpm", "hub", "smartcard", "memory", "iommu",
+                      "redirfilter"}
 _VIDEO_DEVICES = {"cirrus": "cirrus-vga", "vga": "VGA", "virtio": "virtio-vga",
                   "bochs": "bochs-display", "qxl": "qxl-vga"}
 _NIC_DEVICES = {"virtio": "virtio-net-pci", "e1000e": "e1000e", "e1000": "e1000",
@@ -159,6 +160,8 @@ class DeviceArgs:
     iothreads: set[str] = field(default_factory=set)
     #: The model of each SCSI controller by index, for the disks on it.
     scsi_models: dict[int, str] = field(default_factory=dict)
+    #: Where host ends the definition leaves to the host (a channel's socket) are made.
+    runtime_folder: str = "/run/qsnap"
     #: Chooses a free TCP port on a host address (SPICE's autoport); tests give a fixed one.
     free_port: Callable[[str], int] = field(default=lambda host: 5900)
 
@@ -456,27 +459,70 @@ def console_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
                          "id": f"console{index}"}))
 
 
-def virtserial_port(index: int, node: etree._Element, backend: str, name: str,
+def channel_chardev(index: int) -> str:
+    return f"charchannel{index}"
+
+
+def virtserial_port(index: int, node: etree._Element, backend: str, name: str | None,
                     out: DeviceArgs) -> None:
-    """A ``<channel>`` with a virtio target: the chardev *backend* (``KIND,OPTIONS`` without
-    the id) and the virtio-serial port the guest sees as *name*, at the channel's address."""
+    """A ``<channel>`` with a virtio target: its chardev *backend* (``-chardev``'s value,
+    with the id :func:`channel_chardev` gives) and the virtio-serial port the guest sees as
+    *name* (None: unnamed), at the channel's address."""
     address = node.find("address")
     port = int(address.get("port", "1")) if address is not None else 1
     controller = address.get("controller", "0") if address is not None else "0"
-    kind, _, options = backend.partition(",")
-    out.add("-chardev", ",".join(filter(None, [kind, f"id=charchannel{index}", options])))
-    out.add(*device_arg({"driver": "virtserialport", "bus": f"virtio-serial{controller}.0",
-                         "nr": port, "chardev": f"charchannel{index}", "id": f"channel{index}",
-                         "name": name}))
+    out.add("-chardev", backend)
+    device: dict[str, object] = {"driver": "virtserialport",
+                                 "bus": f"virtio-serial{controller}.0", "nr": port,
+                                 "chardev": f"charchannel{index}", "id": f"channel{index}"}
+    if name:
+        device["name"] = name
+    out.add(*device_arg(device))
 
 
 def channel_args(index: int, node: etree._Element, agent: str | None, out: DeviceArgs) -> None:
+    """A ``<channel>`` with a virtio target (libvirt's qemuBuildChannelsCommandLine): the guest
+    agent's socket; any other host end a serial port can have (a unix socket without a path
+    gets one in the runtime folder, as libvirt's channel folder); QEMU's own clipboard and
+    mouse agent (``qemu-vdagent``)."""
+    kind = node.get("type")
     target = node.find("target")
-    if node.get("type") != "unix" or target is None or target.get("name") != GUEST_AGENT_CHANNEL:
-        raise refuse(f"<channel type='{node.get('type')}'>",
-                     f"only the guest agent's unix channel ({GUEST_AGENT_CHANNEL}) is supported")
-    virtserial_port(index, node, f"socket,path={escape_commas(agent or '')},server=on,wait=off",
-                    GUEST_AGENT_CHANNEL, out)
+    if target is None or target.get("type") != "virtio":
+        raise refuse(f"<channel type='{kind}'><target type="
+                     f"'{target.get('type') if target is not None else None}'>",
+                     "only virtio channels are supported (guestfwd needs libvirt's user "
+                     "network plumbing)")
+    name = target.get("name")
+    source = node.find("source")
+    chardev_id = channel_chardev(index)
+    if kind == "unix" and name == GUEST_AGENT_CHANNEL:
+        backend = f"socket,id={chardev_id},path={escape_commas(agent or '')},server=on," \
+                  "wait=off"
+    elif kind == "unix" and (source is None or not source.get("path")):
+        path = f"{out.runtime_folder}/channel{index}.sock"
+        backend = f"socket,id={chardev_id},path={escape_commas(path)},server=on,wait=off"
+    elif kind == "qemu-vdagent":
+        backend = f"qemu-vdagent,id={chardev_id},name=vdagent" + _vdagent_options(source)
+        name = name or "com.redhat.spice.0"
+    else:
+        backend = chardev(node, chardev_id)
+    virtserial_port(index, node, backend, name, out)
+
+
+def _vdagent_options(source: etree._Element | None) -> str:
+    """``qemu-vdagent``'s clipboard sharing and mouse mode (the client's is QEMU's)."""
+    if source is None:
+        return ""
+    refuse_unknown_parts(source, "<channel type='qemu-vdagent'><source>",
+                         {"clipboard", "mouse"})
+    options = ""
+    clipboard = source.find("clipboard")
+    if clipboard is not None:
+        options += f",clipboard={'on' if clipboard.get('copypaste') == 'yes' else 'off'}"
+    mouse = source.find("mouse")
+    if mouse is not None:
+        options += f",mouse={'on' if mouse.get('mode') == 'client' else 'off'}"
+    return options
 
 
 _9P_SECURITY = {"passthrough": "passthrough", "mapped": "mapped", "squash": "none"}
@@ -601,6 +647,34 @@ def smartcard_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
         raise refuse(f"<smartcard mode='{mode}'>", "use host, host-certificates or "
                      "passthrough")
     out.add(*device_arg({**card, "id": f"smartcard{index}", "bus": f"ccid{reader}.0"}))
+
+
+# <iommu model='intel'><driver ...>: each attribute as intel-iommu's property and its type.
+_INTEL_IOMMU = {"intremap": ("intremap", str), "caching_mode": ("caching-mode", bool),
+                "eim": ("eim", str), "iotlb": ("device-iotlb", bool),
+                "aw_bits": ("aw-bits", int), "dma_translation": ("dma-translation", bool)}
+
+
+def iommu_args(node: etree._Element, out: DeviceArgs) -> None:
+    """``<iommu model='intel'>``: QEMU's VT-d on q35, with libvirt's driver options; its
+    interrupt remapping needs QEMU's own I/O APIC (``<features><ioapic driver='qemu'/>``),
+    as libvirt checks."""
+    model = node.get("model")
+    if model != "intel":
+        raise refuse(f"<iommu model='{model}'>", "qsnap builds the Intel IOMMU (model='intel')")
+    if out.family != "q35":
+        raise NotSupportedError("<iommu model='intel'> needs a q35 machine")
+    refuse_unknown_parts(node, "<iommu>", {"driver"}, {"model"})
+    device: dict[str, object] = {"driver": "intel-iommu", "id": "iommu0"}
+    driver = node.find("driver")
+    if driver is not None:
+        refuse_unknown_parts(driver, "<iommu><driver>", set(), set(_INTEL_IOMMU))
+        for attribute, (prop, kind) in _INTEL_IOMMU.items():
+            value = driver.get(attribute)
+            if value is not None:
+                device[prop] = value == "on" if kind is bool else int(value) \
+                    if kind is int else value
+    out.add(*device_arg(device))
 
 
 def hub_args(index: int, node: etree._Element, out: DeviceArgs) -> None:

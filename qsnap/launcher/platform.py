@@ -136,6 +136,13 @@ def _features(root: etree._Element, family: str, out: Platform) -> None:
             out.machine.append(f"i8042={'on' if _on(feature) else 'off'}")
         elif tag == "kvm":
             _kvm(feature, out)
+        elif tag == "ioapic":
+            # Whose I/O APIC: QEMU's own (split irqchip, which an IOMMU's interrupt
+            # remapping needs) or KVM's; TCG has only QEMU's.
+            driver = feature.get("driver", "kvm")
+            if driver not in ("qemu", "kvm"):
+                raise refuse(f"<features><ioapic driver='{driver}'>", "use qemu or kvm")
+            out.machine.append("kernel_irqchip=" + ("split" if driver == "qemu" else "on"))
         else:
             raise refuse(f"<features><{tag}>", "not supported by qsnap's launcher")
 

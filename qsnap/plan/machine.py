@@ -218,10 +218,10 @@ def _implicit_devices(root: etree._Element, devices: etree._Element, family: str
         _ensure_controller(devices, "virtio-serial", 0)
     for channel in _virtio_channels(devices):
         address = channel.find("address")
-        if address is not None and address.get("controller") is not None:
-            _ensure_controller(devices, "virtio-serial", int(address.get("controller", "0")))
-        elif not _controllers(devices, "virtio-serial"):
-            _ensure_controller(devices, "virtio-serial", 0)
+        # A channel the XML gives no controller is on controller 0, which libvirt adds even
+        # beside others (virDomainDefMaybeAddVirtioSerialController).
+        controller = address.get("controller") if address is not None else None
+        _ensure_controller(devices, "virtio-serial", int(controller or "0"))
     consoles = devices.findall("console")
     if not devices.findall("serial") and consoles:
         target = consoles[0].find("target")
