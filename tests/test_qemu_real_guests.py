@@ -685,6 +685,52 @@ async def test_qemus_own_vdagent_channel_starts(tmp_path: Path) -> None:
         await engine.destroy("va")
 
 
+DISK_IDENTITY = (
+    "<controller type='usb' model='piix3-uhci'/>"
+    "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{usb}'/>"
+    "<target dev='sdb' bus='usb' removable='on'/></disk>"
+    "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{ide}'/>"
+    "<target dev='hdb' bus='ide'/><wwn>5000c50015ea71ad</wwn><serial>QS-1</serial>"
+    "<geometry cyls='16' heads='16' secs='63' trans='lba'/><blockio "
+    "logical_block_size='512' physical_block_size='4096'/><shareable/></disk>")
+
+
+async def test_a_usb_stick_and_disk_identities_snapshot_and_revert(tmp_path: Path) -> None:
+    """A qcow2 USB stick (usb-storage on the controller's first port) and an IDE disk with
+    what the guest reads about it (WWN, serial, geometry, block sizes, shared): both take
+    part in a disk-only snapshot and an external full-system one, and the revert finds them
+    by their targets."""
+    require_qemu()
+    folder = tmp_path / "g"
+    xml = GUEST.make_guest("us", 1, 128, folder).read_text()
+    usb, ide = folder / "usb.qcow2", folder / "ide.qcow2"
+    for image in (usb, ide):
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "8M"],
+                       check=True)
+    xml = xml.replace("<controller type='usb' index='0' model='none'/>", "").replace(
+        "<memballoon", DISK_IDENTITY.format(usb=usb, ide=ide) + "<memballoon")
+    engine = Engine(tmp_path / "state")
+    await engine.define(xml)
+    await engine.start("us")
+    try:
+        argv = Path(f"/proc/{(await engine.guest_info('us')).pid}/cmdline").read_text()
+        devices = {d["id"]: d for d in (json.loads(a) for a in argv.split("\0")
+                                        if a.startswith('{"driver"')) if "id" in d}
+        assert {k: devices["sdb"][k] for k in ("driver", "bus", "port", "removable")} == \
+            {"driver": "usb-storage", "bus": "usb.0", "port": "1", "removable": True}
+        assert {k: devices["hdb"][k] for k in ("wwn", "serial", "cyls", "bios-chs-trans",
+                                               "physical_block_size", "share-rw")} == \
+            {"wwn": 0x5000c50015ea71ad, "serial": "QS-1", "cyls": 16, "bios-chs-trans": "lba",
+             "physical_block_size": 4096, "share-rw": True}
+        await engine.create("us", snapshot_xml_from_args("d1"), CreateFlags(disk_only=True))
+        snapshot = etree.fromstring((await engine.get_xml("us", "d1")).encode())
+        assert {d.get("name") for d in snapshot.iterfind("disks/disk")
+                if d.get("snapshot") == "external"} >= {"sdb", "hdb"}
+        await revert_resumes_where_taken(engine, "us", folder)
+    finally:
+        await engine.destroy("us")
+
+
 #: Every format libvirt 11 writes, and the three qsnap writes.
 LIBVIRT_FORMATS = ("raw", "sparse", "gzip", "bzip2", "xz", "lzop", "zstd")
 QSNAP_FORMATS = ("sparse", "zstd", "raw")

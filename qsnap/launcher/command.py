@@ -19,15 +19,17 @@ from qsnap.launcher.device_list import device_args
 from qsnap.launcher.devices import (
     VIRTIO_OPTIONS,
     DeviceArgs,
+    acpi_index,
     apply_boot_order,
     device_arg,
     placement,
     refuse_unknown,
+    usb_port,
 )
 from qsnap.launcher.host_memory import HostMemory
 from qsnap.launcher.memory import guest_memory
 from qsnap.launcher.platform import platform
-from qsnap.launcher.refusal import refuse_unknown_parts
+from qsnap.launcher.refusal import refuse, refuse_unknown_parts
 from qsnap.launcher.runtime import RuntimePaths
 from qsnap.launcher.tpm import read_tpm, tpm_args
 from qsnap.model.domain import DomainDef, parse_disk
@@ -65,7 +67,9 @@ def _disk_args(node: etree._Element, out: DeviceArgs) -> None:
     if disk.source is None and disk.device == "disk":
         raise NotSupportedError(f"{what} has no source")
     refuse_unknown_parts(node, what, {"driver", "source", "target", "readonly", "address",
-                                      "boot", "backingStore", "serial"}, {"device", "snapshot"})
+                                      "boot", "backingStore", "serial", "wwn", "vendor",
+                                      "product", "geometry", "blockio", "acpi", "shareable"},
+                         {"device", "snapshot"})
     bus = disk.bus or "virtio"
     cdrom = disk.device == "cdrom"
     device: dict[str, object] = {"id": disk.target}
@@ -115,21 +119,33 @@ def _disk_args(node: etree._Element, out: DeviceArgs) -> None:
         if out.scsi_models.get(int(controller)) == "lsilogic":
             # LSI has one LUN per target: libvirt addresses its disks by unit alone.
             device = {"driver": "scsi-cd" if cdrom else "scsi-hd", "bus": f"scsi{controller}.0",
-                      "scsi-id": unit, "device_id": f"drive-scsi{controller}-0-{unit}",
+                      "scsi-id": unit,
+                      "device_id": serial or f"drive-scsi{controller}-0-{unit}",
                       **device}
         else:
             device = {"driver": "scsi-cd" if cdrom else "scsi-hd",
                       "bus": f"scsi{controller}.0", "channel": 0, "scsi-id": target,
-                      "lun": unit, "device_id": f"drive-scsi{controller}-0-{target}-{unit}",
+                      "lun": unit,
+                      "device_id": serial or f"drive-scsi{controller}-0-{target}-{unit}",
                       **device}
+    elif bus == "usb":
+        device = {"driver": "usb-storage", **usb_port(node), **device, "removable": False}
     else:
         raise NotSupportedError(f"{what}: bus '{bus}' is not supported by qsnap's launcher "
-                                "(use virtio, sata, scsi, ide or fdc)")
+                                "(use virtio, sata, scsi, ide, usb or fdc)")
     device.update(_device_options(driver_node, bus, what))
+    device.update(_disk_identity(node, bus, what))
     target_node = node.find("target")
     if target_node is not None:
         refuse_unknown_parts(target_node, f"{what} <target>", set(),
-                             {"dev", "bus", "rotation_rate"})
+                             {"dev", "bus", "rotation_rate", "removable", "tray"})
+        if target_node.get("tray", "closed") != "closed":
+            raise refuse(f"{what} <target tray='{target_node.get('tray')}'>", "qsnap starts "
+                         "a removable drive with its tray closed")
+        if target_node.get("removable") is not None:
+            if bus not in ("usb", "scsi"):
+                raise NotSupportedError(f"{what}: removable= is for USB and SCSI disks")
+            device["removable"] = target_node.get("removable") == "on"
         if target_node.get("rotation_rate") is not None:
             if bus == "virtio":
                 raise NotSupportedError(f"{what}: rotation_rate needs bus ide, sata or scsi")
@@ -141,6 +157,47 @@ def _disk_args(node: etree._Element, out: DeviceArgs) -> None:
     elif boot is not None:
         device["bootindex"] = int(boot.get("order", "0"))
     out.add(*device_arg(device))
+
+
+def _disk_identity(node: etree._Element, bus: str, what: str) -> dict[str, object]:
+    """What the guest reads about a disk besides its data, as libvirt gives it
+    (qemuBuildDiskDeviceProps): WWN, SCSI vendor and product, CHS geometry, block sizes,
+    ACPI index, and whether another guest may share it (``<shareable/>``)."""
+    props: dict[str, object] = {}
+    wwn = (node.findtext("wwn") or "").strip()
+    if wwn:
+        if bus not in ("ide", "sata", "scsi"):
+            raise NotSupportedError(f"{what}: <wwn> is for IDE, SATA and SCSI disks")
+        props["wwn"] = int(wwn, 16)
+    for tag in ("vendor", "product"):
+        text = node.findtext(tag)
+        if text is not None:
+            if bus != "scsi":
+                raise NotSupportedError(f"{what}: <{tag}> is for SCSI disks")
+            props[tag] = text
+    geometry = node.find("geometry")
+    if geometry is not None:
+        refuse_unknown_parts(geometry, f"{what} <geometry>", set(),
+                             {"cyls", "heads", "secs", "trans"})
+        for attribute in ("cyls", "heads", "secs"):
+            props[attribute] = int(geometry.get(attribute, "0"))
+        if geometry.get("trans") is not None:
+            props["bios-chs-trans"] = geometry.get("trans")
+    blockio = node.find("blockio")
+    if blockio is not None:
+        refuse_unknown_parts(blockio, f"{what} <blockio>", set(),
+                             {"logical_block_size", "physical_block_size",
+                              "discard_granularity"})
+        for attribute in ("logical_block_size", "physical_block_size", "discard_granularity"):
+            if blockio.get(attribute) is not None:
+                props[attribute] = int(blockio.get(attribute, "0"))
+    index = acpi_index(node)
+    if index and bus != "virtio":
+        raise NotSupportedError(f"{what}: <acpi index=> is for PCI devices (bus 'virtio')")
+    props.update(index)
+    if node.find("shareable") is not None:
+        props["share-rw"] = True
+    return props
 
 
 # <driver> attributes of a virtio disk that are properties of its device, as libvirt names

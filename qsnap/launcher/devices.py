@@ -143,6 +143,14 @@ def placement(device: etree._Element, family: str) -> dict[str, object]:
     return placed
 
 
+def acpi_index(device: etree._Element) -> dict[str, object]:
+    """A PCI device's ``<acpi index=>``: the index the guest names its slot by (eno1...)."""
+    acpi = device.find("acpi")
+    if acpi is None or acpi.get("index") is None:
+        return {}
+    return {"acpi-index": int(acpi.get("index", "0"))}
+
+
 def device_arg(properties: dict[str, object]) -> list[str]:
     """``-device`` in QEMU's JSON form, which keeps every value's type and needs no escaping."""
     return ["-device", json.dumps(properties)]
@@ -342,7 +350,8 @@ def interface_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
     else:
         raise refuse(what, "not supported")
     refuse_unknown_parts(node, what, {"mac", "source", "target", "model", "address", "boot",
-                                      "driver", *(("script",) if kind == "ethernet" else ())})
+                                      "driver", "acpi",
+                                      *(("script",) if kind == "ethernet" else ())})
     model_node = node.find("model")
     model = model_node.get("type", "rtl8139") if model_node is not None else "rtl8139"
     driver = _NIC_DEVICES.get(model)
@@ -358,7 +367,7 @@ def interface_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
     boot = node.find("boot")
     if boot is not None:
         device["bootindex"] = int(boot.get("order", "0"))
-    out.add(*device_arg({**device, **placement(node, out.family)}))
+    out.add(*device_arg({**device, **acpi_index(node), **placement(node, out.family)}))
 
 
 # <driver><host ...> and <guest ...> offloads as virtio-net-pci's properties.
@@ -714,7 +723,7 @@ def video_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
     if model is not None:
         refuse_unknown_parts(model, what, set(),
                              {"vram", "heads", "primary", "ram", "vgamem", "vram64"})
-    refuse_unknown_parts(node, "<video>", {"model", "address", "driver"})
+    refuse_unknown_parts(node, "<video>", {"model", "address", "driver", "acpi"})
     driver = _VIDEO_DEVICES.get(kind)
     if driver is None:
         raise refuse(what, "not supported")
@@ -741,7 +750,7 @@ def video_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
         device["vgamem_mb"] = kib("vram", 16384) // 1024
     elif kind == "bochs":
         device["vgamem"] = kib("vram", 16384) * 1024
-    out.add(*device_arg({**device, **placement(node, out.family)}))
+    out.add(*device_arg({**device, **acpi_index(node), **placement(node, out.family)}))
 
 
 def balloon_args(node: etree._Element, out: DeviceArgs) -> None:

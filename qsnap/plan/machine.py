@@ -591,8 +591,10 @@ class _UsbHub:
 
 def _usb_users(devices: etree._Element) -> list[etree._Element]:
     """The devices that take a USB port, in libvirt's order (virDomainUSBDeviceDefForeach):
-    hubs, smartcard readers, input, sound, redirected ports."""
+    hubs, USB disks, smartcard readers, input, sound, redirected ports."""
     found = list(devices.findall("hub"))
+    found += [d for d in devices.findall("disk")
+              if (t := d.find("target")) is not None and t.get("bus") == "usb"]
     found += [c for c in _controllers(devices, "ccid")]
     found += [n for n in devices.findall("input") if n.get("bus") == "usb"]
     found += [n for n in devices.findall("sound") if n.get("model") == "usb"]
