@@ -278,7 +278,11 @@ def _with(device: str) -> str:
     (_with("<memballoon model='virtio'><address type='pci' bus='9' slot='1'/></memballoon>"),
      r"<memballoon> sits on PCI bus 9, which no <controller type='pci' index='9'>"),
     (_with("<filesystem type='mount'><driver type='virtiofs'/><source dir='/s'/>"
-           "<target dir='t'/></filesystem>"), r"<driver type='virtiofs'>: .*virtiofsd"),
+           "<target dir='t'/></filesystem>"),
+     r"<driver type='virtiofs'>: virtiofs needs the guest's RAM shared"),
+    (_with("<filesystem type='mount'><driver type='virtiofs'/><source dir='/s'/>"
+           "<target dir='t'/><idmap><uid start='0' target='1' count='1'/></idmap>"
+           "</filesystem>"), r"<driver type='virtiofs'>: <idmap>: not supported"),
     (_with("<graphics type='spice' passwd='x'/>"), r"<graphics type='spice' passwd=>"),
     (_with("<interface type='network'><source network='default'/><model type='virtio'/>"
            "</interface>"), r"<interface type='network'> #2: libvirt virtual networks"),
@@ -398,7 +402,7 @@ def test_pci_controller_zero_is_the_root() -> None:
 @pytest.mark.parametrize(("device", "message"), [
     ("<sound model='pcspk'/>", r"<sound model='pcspk'>: not supported"),
     ("<filesystem type='mount'><driver type='virtiofs'/><source dir='/s'/><target dir='t'/>"
-     "</filesystem>", r"<driver type='virtiofs'>"),
+     "</filesystem>", r"virtiofs needs the guest's RAM shared"),
     ("<memballoon model='virtio'><address type='pci' bus='9' slot='1'/></memballoon>",
      r"<memballoon> sits on PCI bus 9"),
 ])

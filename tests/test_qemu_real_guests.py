@@ -989,6 +989,61 @@ async def test_memory_backing_guests_save_restore_and_revert(tmp_path: Path,
         await engine.destroy("mb")
 
 
+async def test_a_guest_with_a_virtiofs_share(tmp_path: Path) -> None:
+    """``<filesystem><driver type='virtiofs'>`` on shared memfd RAM: qsnap starts a virtiofsd
+    for the share (nobody's child, on a socket in the runtime folder), QEMU's
+    vhost-user-fs-pci carries the mount tag, and the daemon ends with QEMU. A disk-only
+    snapshot and its revert work; a memory snapshot and a save are refused up front (QEMU
+    cannot migrate the device: 7.2 names it a blocker, 10 fails in the middle of the stream),
+    nothing is written, and the guest runs on."""
+    require_qemu()
+    folder = tmp_path / "g"
+    share = tmp_path / "share"
+    share.mkdir()
+    xml = GUEST.make_guest("vf", 1, 128, folder).read_text()
+    xml = re.sub(r"(</memory>)", r"\1<memoryBacking><source type='memfd'/><access "
+                 r"mode='shared'/></memoryBacking>", xml, count=1).replace(
+        "<memballoon", f"<filesystem type='mount' accessmode='passthrough'><driver "
+        f"type='virtiofs' queue='256'/><binary xattr='on'><sandbox mode='chroot'/></binary>"
+        f"<source dir='{share}'/><target dir='hostshare'/></filesystem><memballoon")
+    engine = Engine(tmp_path / "state")
+    await engine.define(xml)
+    await engine.start("vf")
+    serial = folder / "serial.log"
+    try:
+        await wait_for_counter(serial, 5, timeout=60)
+        info = await engine.guest_info("vf")
+        argv = Path(f"/proc/{info.pid}/cmdline").read_text()
+        assert '"driver": "vhost-user-fs-pci"' in argv and '"tag": "hostshare"' in argv
+        socket = Path(info.qmp or "").parent / "fs0-fs.sock"
+        daemon = int(socket.with_suffix(".pid").read_text())
+        assert f"source={share}" in Path(f"/proc/{daemon}/cmdline").read_text()
+        assert os.getppid() != daemon and Path(f"/proc/{daemon}/stat").read_text().split()[3] \
+            != str(os.getpid())  # not our child
+        await engine.create("vf", snapshot_xml_from_args("d1"), CreateFlags(disk_only=True))
+        for attempt in (engine.create("vf", snapshot_xml_from_args(
+                "m1", memspec=f"file={folder / 'm1.mem'}"), CreateFlags()),
+                engine.save("vf", folder / "vf.save")):
+            with pytest.raises(qsnap.OperationInvalidError, match=r"QEMU cannot save its "
+                               r"state: .*vhost-user-fs"):
+                await attempt
+        assert not (folder / "m1.mem").exists() and not (folder / "vf.save").exists()
+        assert await engine.domstate("vf") == "running"
+        await engine.destroy("vf")
+        for _ in range(100):  # the daemon ends when QEMU closes its socket
+            if not Path(f"/proc/{daemon}").exists() or \
+                    Path(f"/proc/{daemon}/stat").read_text().split()[2] == "Z":
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("virtiofsd outlived its QEMU")
+        await engine.revert("vf", "d1", RevertFlags(running=True))
+        await wait_for_counter(serial, 5, timeout=60)
+    finally:
+        if await engine.domstate("vf") != "shut off":
+            await engine.destroy("vf")
+
+
 async def test_a_guest_with_a_9p_share_starts_and_snapshots(tmp_path: Path) -> None:
     """``<filesystem type='mount'>``: the host folder is a 9p share the guest sees by its
     mount tag; the guest (which does not mount it) takes a full-system snapshot and reverts

@@ -65,7 +65,7 @@ from qsnap.plan.full_snapshot import (
     choose_capture,
     plan_full_snapshot,
 )
-from qsnap.plan.save import check_migratable
+from qsnap.plan.save import check_migratable, device_blockers
 from qsnap.store.atomic import unlink_if_present
 from qsnap.store.folder import KEEP, NVRAM_COPIES, TPM_COPIES, DomainFolder
 from qsnap.store.intent import INTENT_NAME, IntentRecord, clear_intent, write_intent
@@ -362,8 +362,8 @@ async def _run(ctx: Context, monitor: Monitor | None, xml: str | bytes | None,
         strategy = choose_capture(
             external=plan.external, live=flags.live, requested=live_strategy,
             running=state == "running", background_refusal=refusal)
-        check_migratable(domain, await monitor.migration_blockers(),
-                         "take a memory snapshot")
+        check_migratable(domain, await monitor.migration_blockers()
+                         + device_blockers(definition), "take a memory snapshot")
         sources = {d.target: d.source or "" for d in definition.disks}
         sources[NVRAM_TARGET] = definition.nvram or ""
         internal = [(t, sources[t]) for t in plan.internal_disks]

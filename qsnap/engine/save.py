@@ -30,7 +30,12 @@ from qsnap.errors import (
 from qsnap.faults import crash_point
 from qsnap.model.names import check_new_file_path
 from qsnap.monitor import Monitor
-from qsnap.plan.save import check_migratable, choose_image_format, image_definition
+from qsnap.plan.save import (
+    check_migratable,
+    choose_image_format,
+    device_blockers,
+    image_definition,
+)
 from qsnap.store.intent import IntentRecord, clear_intent, write_intent
 
 
@@ -59,7 +64,8 @@ async def run(ctx: Context, target: Path, *, running: bool | None,
         raise AlreadyExistsError(f"refusing to overwrite existing file '{target}'",
                                  domain=ctx.domain, path=str(target))
     async with await Monitor.connect(info.qmp) as monitor:
-        check_migratable(ctx.domain, await monitor.migration_blockers(), "save the memory")
+        check_migratable(ctx.domain, await monitor.migration_blockers()
+                         + device_blockers(definition), "save the memory")
         chosen = choose_image_format(image_format, channels, await monitor.stream_support())
         work = SaveWork(str(target), await monitor.status() == "running")
         ctx.checkpoint()

@@ -35,11 +35,13 @@ from qsnap.launcher.devices import (
     iommu_args,
     panic_args,
     parallel_args,
+    placement,
     rng_args,
     serial_args,
     smartcard_args,
     video_args,
 )
+from qsnap.launcher.virtiofs import read_shares, share_args
 from qsnap.plan.machine import machine_family, machine_type
 
 DiskArgs = Callable[[etree._Element, DeviceArgs], None]
@@ -85,8 +87,12 @@ def device_args(root: etree._Element, agent: str | None, disk_args: DiskArgs,
         smartcard_args(index, node, out)
     for disk in devices.findall("disk"):
         disk_args(disk, out)
+    shares = {share.index: share for share in read_shares(root, out.runtime_folder)}
     for index, node in enumerate(devices.findall("filesystem")):
-        filesystem_args(index, node, out)
+        if index in shares:
+            out.add(*share_args(shares[index], node, placement(node, out.family)))
+        else:
+            filesystem_args(index, node, out)
     for index, node in enumerate(devices.findall("interface")):
         interface_args(index, node, out)
     for index, node in enumerate(devices.findall("serial")):

@@ -539,8 +539,7 @@ _9P_SECURITY = {"passthrough": "passthrough", "mapped": "mapped", "squash": "non
 
 def filesystem_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
     """``<filesystem type='mount'>`` over 9p: a local ``-fsdev`` of the host folder and a
-    ``virtio-9p-pci`` with the guest's mount tag. virtiofs needs a virtiofsd per share and
-    shared guest RAM, which qsnap's launcher does not start: refused by name."""
+    ``virtio-9p-pci`` with the guest's mount tag (virtiofs: :mod:`qsnap.launcher.virtiofs`)."""
     kind = node.get("type", "mount")
     what = f"<filesystem type='{kind}'>"
     driver = node.find("driver")
@@ -548,8 +547,8 @@ def filesystem_args(index: int, node: etree._Element, out: DeviceArgs) -> None:
     if kind != "mount":
         raise refuse(what, "only type='mount' (a host folder) is supported")
     if backend != "path":
-        raise refuse(f"{what}<driver type='{backend}'>", "qsnap's launcher shares folders "
-                     "over 9p (type='path'); virtiofs needs a virtiofsd it does not start")
+        raise refuse(f"{what}<driver type='{backend}'>", "qsnap shares folders over 9p "
+                     "(type='path') or virtiofs")
     refuse_unknown_parts(node, what, {"driver", "source", "target", "readonly", "address"},
                          {"accessmode", "multidevs", "fmode", "dmode"})
     if driver is not None:

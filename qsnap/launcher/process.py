@@ -41,6 +41,7 @@ from qsnap.launcher.runtime import (
     write_runtime,
 )
 from qsnap.launcher.tpm import manufacture, read_tpm, run_swtpm, running_swtpm
+from qsnap.launcher.virtiofs import read_shares, start_daemons, stop_daemons
 from qsnap.model.domain import DomainDef
 from qsnap.monitor import Monitor, forget_connection
 
@@ -87,12 +88,16 @@ async def start_qemu(domain: DomainDef, paths: RuntimePaths, accel: str, *,
                         paused=paused, compat=os.environ.get("QSNAP_QEMU_COMPAT"))
     await _prepare(paths)
     await create_nvram(domain)
-    swtpm = await _start_swtpm(domain, paths, tpm_state)
+    shares = await start_daemons(read_shares(domain.element, str(paths.folder)), domain.name)
+    swtpm = None
     try:
+        swtpm = await _start_swtpm(domain, paths, tpm_state)
         pid = await _run_daemonizing(argv, None, domain.name, paths,
                                      passthrough(domain.element)[1])
     except BaseException:
-        if swtpm is not None:  # QEMU never connected to it, so it would not end by itself
+        # QEMU never connected to them, so they would not end by themselves.
+        stop_daemons(shares)
+        if swtpm is not None:
             await _end(swtpm)
         raise
     info = RuntimeInfo(pid=pid, qmp=str(paths.qmp), accel=accel)
