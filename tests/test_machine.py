@@ -286,7 +286,6 @@ def _with(device: str) -> str:
     (_with("<graphics type='spice' passwd='x'/>"), r"<graphics type='spice' passwd=>"),
     (_with("<interface type='network'><source network='default'/><model type='virtio'/>"
            "</interface>"), r"<interface type='network'> #2: libvirt virtual networks"),
-    (_with("<interface type='user'/>"), r"model 'rtl8139' is a conventional PCI device"),
     (VIRT_INSTALL.replace("<vcpu>2</vcpu>", "<vcpu>2</vcpu><numatune><memory "
                           "mode='strict' nodeset='0-1'/></numatune>"),
      r"<numatune><memory> nodeset='0-1' names NUMA nodes this host lacks \(\[1\]; it has "
@@ -308,8 +307,9 @@ def _with(device: str) -> str:
                           "<cpu mode='host-model'/>"), r"host-model'> under TCG"),
     (_with("<graphics type='spice' tlsPort='5901'/>"), r"<graphics type='spice' tlsPort=>"),
         (_with("<graphics type='sdl'/>"), r"<graphics type='sdl'>: only VNC and SPICE"),
-    (_with("<controller type='scsi' index='1' model='lsilogic'/>"),
-     r"model 'lsilogic' is a conventional PCI device"),
+    (VIRT_INSTALL.replace("<devices>", "<devices><controller type='pci' index='0' "
+                          "model='pcie-root'/><controller type='pci' model='pci-bridge'/>"),
+     r"<controller model='pci-bridge'> on q35 plugs into a dmi-to-pci-bridge"),
     (VIRT_INSTALL.replace("bus='sata'", "bus='sd'"), r"bus 'sd' is not supported"),
     (VIRT_INSTALL.replace("<target dev='sdb' bus='sata'/>",
                           "<target dev='sdb' bus='sata' tray='open'/>"),
@@ -387,6 +387,38 @@ def test_a_tpm_is_built_as_libvirt_builds_it(tpm: str, model: str, socket: str) 
     assert backend is not None
     if backend.get("type") == "emulator":
         assert backend.get("version") == ("2.0" if model == "tpm-crb" else "1.2")
+
+
+def test_conventional_pci_devices_on_q35_go_behind_a_bridge_libvirt_adds() -> None:
+    """A conventional PCI NIC and SCSI controller on q35 (no PCI Express form) take slots 1
+    and 2 of a pcie-to-pci-bridge, added on a new root port as libvirt adds it (with one
+    spare root port); a listed dmi-to-pci-bridge takes slot 0x1e and a pci-bridge plugs into
+    it, and conventional devices then go there."""
+    root = complete_machine(etree.fromstring(_with(
+        "<interface type='user'><model type='rtl8139'/></interface>"
+        "<controller type='scsi' index='1' model='lsilogic'/>")))
+    controllers = {c.get("index"): c for c in root.iterfind("devices/controller[@type='pci']")}
+    bridge = [i for i, c in controllers.items() if c.get("model") == "pcie-to-pci-bridge"]
+    assert len(bridge) == 1
+    port = controllers[str(int(bridge[0]) - 1)]
+    assert port.get("model") == "pcie-root-port"
+    assert PciAddress.of(controllers[bridge[0]]) == PciAddress(int(port.get("index", "")), 0)
+    nic = root.findall("devices/interface")[-1]
+    scsi = root.find("devices/controller[@type='scsi'][@index='1']")
+    assert scsi is not None
+    assert (PciAddress.of(nic), PciAddress.of(scsi)) == (
+        PciAddress(int(bridge[0]), 1), PciAddress(int(bridge[0]), 2))
+    dmi = complete_machine(etree.fromstring(VIRT_INSTALL.replace("<devices>", (
+        "<devices><controller type='pci' index='0' model='pcie-root'/><controller type='pci' "
+        "model='dmi-to-pci-bridge'/><controller type='pci' model='pci-bridge'/><interface "
+        "type='user'><model type='e1000'/></interface>"))))
+    made = {c.get("model"): c for c in dmi.iterfind("devices/controller[@type='pci']")}
+    assert PciAddress.of(made["dmi-to-pci-bridge"]) == PciAddress(0, 0x1E)
+    dmi_bus = int(made["dmi-to-pci-bridge"].get("index", ""))
+    assert PciAddress.of(made["pci-bridge"]) == PciAddress(dmi_bus, 0)
+    assert PciAddress.of(dmi.find("devices/interface/model[@type='e1000']/..")) == \
+        PciAddress(int(made["pci-bridge"].get("index", "")), 1)
+    assert "pcie-to-pci-bridge" not in made
 
 
 def test_pci_controller_zero_is_the_root() -> None:

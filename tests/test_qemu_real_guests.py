@@ -450,7 +450,9 @@ EXTRA_Q35 = (
     "<serial type='pty'><target port='1'/></serial>"
     "<input type='keyboard' bus='usb'/><controller type='usb' model='qemu-xhci'/>"
     "<video><model type='vga'/></video><graphics type='vnc' port='-1'/>"
-    "<rng model='virtio'><backend model='builtin'/></rng>")
+    "<rng model='virtio'><backend model='builtin'/></rng>"
+    "<controller type='pci' index='30' model='dmi-to-pci-bridge'/><controller type='pci' "
+    "index='31' model='pci-bridge'/><interface type='user'><model type='e1000'/></interface>")
 EXTRA_PC = (
     "<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='{media}'/>"
     "<target dev='hdc' bus='ide'/><readonly/></disk>"
@@ -465,7 +467,8 @@ EXTRA_PC = (
 async def test_more_device_classes_start_and_save(tmp_path: Path, machine: str) -> None:
     """The device classes the virt-install guest does not have (CD-ROMs with media on SATA,
     SCSI and IDE, boot order, a pty serial port, a pcie-to-pci-bridge with a conventional NIC
-    behind it, USB keyboard, VGA and cirrus, the builtin RNG, CPU topology) start under real
+    behind it, a dmi-to-pci-bridge with a pci-bridge and another conventional NIC, USB
+    keyboard, VGA and cirrus, the builtin RNG, CPU topology) start under real
     QEMU, and their state survives a save and restore."""
     folder = tmp_path / "g"
     xml = GUEST.make_guest("g", 1, 128, folder).read_text()
@@ -491,7 +494,8 @@ async def test_more_device_classes_start_and_save(tmp_path: Path, machine: str) 
         expected = {"ide-cd", "usb-kbd" if machine == "q35" else "usb-tablet",
                     "VGA" if machine == "q35" else "cirrus-vga"}
         if machine == "q35":
-            expected |= {"scsi-cd", "pcie-pci-bridge", "rtl8139", "virtio-rng-pci"}
+            expected |= {"scsi-cd", "pcie-pci-bridge", "rtl8139", "virtio-rng-pci",
+                         "i82801b11-bridge", "pci-bridge", "e1000"}
         else:
             expected |= {"ide-hd", "rtl8139", "piix3-usb-uhci"}
         assert expected <= drivers, expected - drivers

@@ -213,6 +213,13 @@ def controller_args(controller: etree._Element, out: DeviceArgs) -> None:
         if target is not None and target.get("hotplug") is not None:
             raise refuse(f"<controller type='pci' model='{model}'><target hotplug=>",
                          "not supported by qsnap's launcher")
+        reserve: dict[str, object] = {}
+        if target is not None:
+            refuse_unknown_parts(target, f"<controller type='pci' model='{model}'><target>",
+                                 set(), {"chassis", "port", "chassisNr", "memReserve"})
+            if target.get("memReserve") is not None:
+                # KiB of memory window kept for devices plugged in later.
+                reserve["mem-reserve"] = int(target.get("memReserve", "0")) * 1024
         if model == "pcie-root-port":
             chassis = int(target.get("chassis", str(index))) if target is not None else index
             port = c_integer(target.get("port", "0")) if target is not None else 0
@@ -222,11 +229,15 @@ def controller_args(controller: etree._Element, out: DeviceArgs) -> None:
                 raise refuse(f"<controller model='{model}'><model name='{name}'>",
                              "use pcie-root-port or ioh3420")
             out.add(*device_arg({"driver": name, "port": port, "chassis": chassis,
-                                 "id": f"pci.{index}", **placed}))
+                                 **reserve, "id": f"pci.{index}", **placed}))
             return
-        if model == "pci-bridge" and out.family == "pc":
+        if model == "dmi-to-pci-bridge" and out.family == "q35":
+            out.add(*device_arg({"driver": "i82801b11-bridge", "id": f"pci.{index}",
+                                 **placed}))
+            return
+        if model == "pci-bridge":
             chassis = int(target.get("chassisNr", str(index))) if target is not None else index
-            out.add(*device_arg({"driver": "pci-bridge", "chassis_nr": chassis,
+            out.add(*device_arg({"driver": "pci-bridge", "chassis_nr": chassis, **reserve,
                                  "id": f"pci.{index}", **placed}))
             return
         if model == "pcie-to-pci-bridge":

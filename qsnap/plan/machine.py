@@ -308,7 +308,7 @@ def _pci_endpoints(devices: etree._Element, family: str) -> list[etree._Element]
             continue  # ICH9's own
         if kind == "usb" and model in _USB2_MODELS and controller.find("address") is not None:
             continue
-        if kind == "usb" and model == "piix3-uhci":
+        if kind == "usb" and model == "piix3-uhci" and family == "pc":
             continue  # the chipset's, fixed below
         ordered.append(controller)
     ordered += [d for d in devices.findall("disk")
@@ -360,7 +360,9 @@ def _pci_addresses(devices: etree._Element, family: str) -> None:
             if int(controller.get("index", "0")) == 0 and PciAddress.of(controller) is None and (
                     kind != "usb" or controller.get("model") == "piix3-uhci"):
                 PciAddress(0, slot, function).write(controller)
-    reserved_slots = {0x1F} if family == "q35" else {0x01}
+    reserved_slots = {0x1F, _DMI_BRIDGE_SLOT} if family == "q35" and any(
+        c.get("model") == "dmi-to-pci-bridge" for c in _controllers(devices, "pci")) \
+        else {0x1F} if family == "q35" else {0x01}
     reserved_slots.add(0)
     videos = [v for v in devices.findall("video")
               if v.find("model") is None or v.find("model").get("type") != "none"]  # type: ignore[union-attr]
@@ -423,14 +425,10 @@ def _pci_addresses(devices: etree._Element, family: str) -> None:
             PciAddress(bus, slot).write(device)
             used.add((bus, slot, 0))
         return
-    for device in endpoints:
-        conventional = _conventional_pci_model(device)
-        if conventional:
-            raise NotSupportedError(
-                f"<{device.tag}> model '{conventional}' is a conventional PCI device: on q35 "
-                "libvirt puts it behind a pcie-to-pci-bridge, which qsnap does not add by "
-                "itself; use a PCI Express model (virtio, e1000e, virtio-scsi) or give the "
-                "device an address on a bridge the definition lists")
+    _q35_bridges(devices, used)
+    conventional = [d for d in endpoints if _conventional_pci_model(d)]
+    endpoints = [d for d in endpoints if not _conventional_pci_model(d)]
+    bridge_port = _conventional_devices(devices, conventional, used)
     ports = [c for c in devices.findall("controller") if _is_pci_root_port(c)]
     port_buses = [int(c.get("index", "0")) for c in ports]
     busy = {u[0] for u in used}
@@ -438,7 +436,7 @@ def _pci_addresses(devices: etree._Element, family: str) -> None:
     next_index = max([int(c.get("index", "0")) for c in devices.findall("controller")
                       if c.get("type") == "pci"], default=0) + 1
     new_ports = max(0, len(endpoints) - len(free_buses))
-    if endpoints and len(free_buses) <= len(endpoints):
+    if (endpoints or bridge_port is not None) and len(free_buses) <= len(endpoints):
         new_ports += 1  # one spare, for a device added later
     anchor = _controllers(devices, "pci")[-1] if _controllers(devices, "pci") else None
     for _ in range(new_ports):
@@ -463,6 +461,74 @@ def _pci_addresses(devices: etree._Element, family: str) -> None:
             target.set("port", f"{(address.slot << 3) + address.function:#x}")
     for device, bus in zip(endpoints, free_buses, strict=False):
         PciAddress(bus, 0).write(device)
+
+
+#: Where libvirt puts a dmi-to-pci-bridge on q35's root bus (its slot is kept for it).
+_DMI_BRIDGE_SLOT = 0x1E
+#: Buses conventional PCI devices plug into, and their first slot.
+_CONVENTIONAL_BUSES = {"pci-bridge": 1, "pcie-to-pci-bridge": 1}
+
+
+def _q35_bridges(devices: etree._Element, used: set[tuple[int, int, int]]) -> None:
+    """A dmi-to-pci-bridge without an address takes its slot of the root bus (0x1e); a
+    pci-bridge without one plugs into the first dmi-to-pci-bridge, as libvirt places them."""
+    dmi = [c for c in _controllers(devices, "pci") if c.get("model") == "dmi-to-pci-bridge"]
+    for bridge in dmi:
+        if PciAddress.of(bridge) is None:
+            if (0, _DMI_BRIDGE_SLOT, 0) in used:
+                raise NotSupportedError("<controller model='dmi-to-pci-bridge'>: slot 0x1e of "
+                                        "the root bus, where it goes, is taken")
+            PciAddress(0, _DMI_BRIDGE_SLOT, 0).write(bridge)
+            used.add((0, _DMI_BRIDGE_SLOT, 0))
+    dmi_buses = [int(c.get("index", "0")) for c in dmi]
+    for bridge in _controllers(devices, "pci"):
+        if bridge.get("model") != "pci-bridge" or PciAddress.of(bridge) is not None:
+            continue
+        for bus in dmi_buses:
+            slot = next((s for s in range(0x20) if not any(u[0] == bus and u[1] == s
+                                                           for u in used)), None)
+            if slot is not None:
+                PciAddress(bus, slot).write(bridge)
+                used.add((bus, slot, 0))
+                break
+        else:
+            raise NotSupportedError("<controller model='pci-bridge'> on q35 plugs into a "
+                                    "dmi-to-pci-bridge (list one) or needs an address")
+
+
+def _conventional_devices(devices: etree._Element, conventional: list[etree._Element],
+                          used: set[tuple[int, int, int]]) -> etree._Element | None:
+    """Conventional PCI devices on q35 take the free slots of its PCI buses (pci-bridges and
+    pcie-to-pci-bridges, by index); where it has none, libvirt adds a pcie-to-pci-bridge on
+    a new root port, and so does qsnap. Returns that new root port (placed with the others)."""
+    if not conventional:
+        return None
+    buses = sorted(int(c.get("index", "0")) for c in _controllers(devices, "pci")
+                   if c.get("model") in _CONVENTIONAL_BUSES)
+    added = None
+    if not buses:
+        index = max([int(c.get("index", "0")) for c in _controllers(devices, "pci")],
+                    default=0) + 1
+        added = etree.Element("controller", type="pci", index=str(index),
+                              model="pcie-root-port")
+        bridge = etree.Element("controller", type="pci", index=str(index + 1),
+                               model="pcie-to-pci-bridge")
+        etree.SubElement(bridge, "model", name="pcie-pci-bridge")
+        PciAddress(index, 0).write(bridge)
+        used.add((index, 0, 0))
+        anchor = _controllers(devices, "pci")[-1]
+        anchor.addnext(added)
+        added.addnext(bridge)
+        buses = [index + 1]
+    for device in conventional:
+        spot = next(((bus, slot) for bus in buses for slot in range(1, 0x20)
+                     if not any(u[0] == bus and u[1] == slot for u in used)), None)
+        if spot is None:
+            raise NotSupportedError(f"<{device.tag}>: no free slot left on the domain's PCI "
+                                    "bridges (list another pcie-to-pci-bridge)")
+        PciAddress(*spot).write(device)
+        used.add((spot[0], spot[1], 0))
+    return added
 
 
 def _place_root_ports(ports: list[etree._Element], used: set[tuple[int, int, int]],
@@ -784,6 +850,9 @@ def complete_machine(element: etree._Element) -> etree._Element:
     usb_default = "qemu-xhci" if family == "q35" else "piix3-uhci"
     if not _controllers(devices, "usb") and machine_type(root) != "isapc":
         _ensure_controller(devices, "usb", 0, usb_default)
+    for controller in _controllers(devices, "scsi"):
+        if controller.get("model") is None:
+            controller.set("model", "lsilogic")  # libvirt's default SCSI controller on x86
     for controller in _controllers(devices, "usb"):
         if controller.get("model") is None:
             # A listed controller without a model is piix3-uhci on either machine
