@@ -421,6 +421,21 @@ def test_conventional_pci_devices_on_q35_go_behind_a_bridge_libvirt_adds() -> No
     assert "pcie-to-pci-bridge" not in made
 
 
+def test_a_floppy_on_q35_has_an_isa_controller_with_its_boot_order() -> None:
+    """q35 has no floppy controller of its own: libvirt gives it an ISA one, whose property
+    holds the drive's boot index (on pc it is a global of the PIIX3's)."""
+    xml = _with("<disk type='file' device='floppy'><source file='/f.img'/><target dev='fda' "
+                "bus='fdc'/><boot order='1'/></disk>").replace(
+        "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source "
+        "file='/i/root.qcow2'/>\n<target dev='vda' bus='virtio'/>",
+        "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source "
+        "file='/i/root.qcow2'/>\n<target dev='vda' bus='virtio'/><boot order='2'/>")
+    devices = _devices(_argv(xml))
+    assert {"driver": "isa-fdc", "bootindexA": 1} in devices
+    assert any(d["driver"] == "floppy" and d["unit"] == 0 for d in devices)
+    assert not any(a.startswith("isa-fdc.bootindex") for a in _argv(xml))
+
+
 def test_pci_controller_zero_is_the_root() -> None:
     """libvirt refuses a definition whose PCI controller 0 is not the machine's root (the
     first root port listed without an index would take that index)."""

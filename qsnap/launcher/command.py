@@ -103,9 +103,6 @@ def _disk_args(node: etree._Element, out: DeviceArgs) -> None:
         sata_bus = f"sata{controller}.{unit}" if out.family == "pc" else f"ide.{unit}"
         device = {"driver": "ide-cd" if cdrom else "ide-hd", "bus": sata_bus, **device}
     elif bus == "fdc":
-        if out.family != "pc":
-            raise NotSupportedError(f"{what}: a floppy needs a pc machine (q35 has no floppy "
-                                    "controller of its own)")
         if unit not in (0, 1):
             raise NotSupportedError(f"{what}: a floppy controller has units 0 and 1")
         device = {"driver": "floppy", "unit": unit, **device}
@@ -152,8 +149,10 @@ def _disk_args(node: etree._Element, out: DeviceArgs) -> None:
             device["rotation_rate"] = int(target_node.get("rotation_rate", "0"))
     boot = node.find("boot")
     if boot is not None and bus == "fdc":
-        # A floppy's boot index belongs to its controller's drive A or B.
-        out.add("-global", f"isa-fdc.bootindex{'AB'[unit]}={int(boot.get('order', '0'))}")
+        # A floppy's boot index belongs to its controller's drive A or B: the PIIX3's own
+        # takes it as a global; q35's ISA controller has it (DeviceArgs.floppy_boot).
+        if out.family == "pc":
+            out.add("-global", f"isa-fdc.bootindex{'AB'[unit]}={int(boot.get('order', '0'))}")
     elif boot is not None:
         device["bootindex"] = int(boot.get("order", "0"))
     out.add(*device_arg(device))
@@ -340,6 +339,18 @@ def _smp_args(root: etree._Element, vcpus: int) -> list[str]:
     return ["-smp", f"{head},sockets={vcpus},cores=1,threads=1"]
 
 
+def _acpi_tables(root: etree._Element) -> list[str]:
+    """``<os><acpi><table type='slic'>FILE</table>``: an ACPI table the guest's firmware
+    hands on (a SLIC licence table), as libvirt passes it."""
+    argv: list[str] = []
+    for table in root.iterfind("os/acpi/table"):
+        if table.get("type") != "slic":
+            raise refuse(f"<os><acpi><table type='{table.get('type')}'>", "only type='slic' "
+                         "is supported")
+        argv += ["-acpitable", f"sig=SLIC,file={escape_commas((table.text or '').strip())}"]
+    return argv
+
+
 def _firmware_args(root: etree._Element) -> tuple[list[str], list[str]]:
     """(``-blockdev`` arguments, ``-machine`` properties) for a pflash firmware and its NVRAM."""
     loader = root.find("os/loader")
@@ -413,6 +424,7 @@ def qemu_command(domain: DomainDef, runtime: RuntimePaths, accel: str,
     genid = root.findtext("genid")
     if genid and genid.strip():
         argv += device_arg({"driver": "vmgenid", "guid": genid.strip(), "id": "vmgenid0"})
+    argv += _acpi_tables(root)
     if domain.kernel:
         argv += ["-kernel", domain.kernel]
         if domain.initrd:

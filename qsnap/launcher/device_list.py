@@ -70,6 +70,11 @@ def device_args(root: etree._Element, agent: str | None, disk_args: DiskArgs,
         return []
     for node in devices.findall("iommu"):  # before the PCI devices it translates for
         iommu_args(node, out)
+    for disk in devices.iterfind("disk[@device='floppy']"):
+        boot, address = disk.find("boot"), disk.find("address")
+        if boot is not None:
+            unit = int(address.get("unit", "0")) if address is not None else 0
+            out.floppy_boot[f"bootindex{'AB'[unit]}"] = int(boot.get("order", "0"))
     pci = [c for c in devices.findall("controller") if c.get("type") == "pci"]
     pci.sort(key=lambda c: int(c.get("index", "0")))
     for controller in pci:

@@ -10,7 +10,6 @@ monitor finds them. A device or attribute qsnap cannot start is refused by name
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from collections.abc import Callable
@@ -34,7 +33,7 @@ _STARTABLE_TOP = {"name", "uuid", "genid", "title", "description", "metadata", "
                   "on_reboot", "on_crash", "pm", "devices", "resource", "seclabel",
                   "{http://libvirt.org/schemas/domain/qemu/1.0}commandline"}
 _STARTABLE_OS = {"type", "kernel", "initrd", "cmdline", "loader", "nvram", "boot", "firmware",
-                 "bootmenu", "bios"}
+                 "bootmenu", "bios", "acpi"}
 _STARTABLE_DEVICES = {"emulator", "disk", "controller", "interface", "serial", "console",
                       "channel", "input", "graphics", "video", "memballoon", "rng", "audio",
                       "sound", "watchdog", "redirdev", "parallel", "panic", "filesystem",
@@ -168,6 +167,8 @@ class DeviceArgs:
     iothreads: set[str] = field(default_factory=set)
     #: The model of each SCSI controller by index, for the disks on it.
     scsi_models: dict[int, str] = field(default_factory=dict)
+    #: An ISA floppy controller's boot indexes by drive (``bootindexA``), from its disks.
+    floppy_boot: dict[str, object] = field(default_factory=dict)
     #: Where host ends the definition leaves to the host (a channel's socket) are made.
     runtime_folder: str = "/run/qsnap"
     #: Chooses a free TCP port on a host address (SPICE's autoport); tests give a fixed one.
@@ -249,6 +250,10 @@ def controller_args(controller: etree._Element, out: DeviceArgs) -> None:
         return
     if kind == "fdc" and out.family == "pc" and index == 0:
         return  # the PIIX3's own floppy controller
+    if kind == "fdc" and index == 0:
+        # q35 has no floppy controller of its own: an ISA one, with its drives' boot order.
+        out.add(*device_arg({"driver": "isa-fdc", **out.floppy_boot}))
+        return
     if kind in ("sata", "ide"):
         if index == 0:
             return  # the chipset's own (ICH9 AHCI on q35, PIIX3 IDE on pc)
@@ -285,12 +290,20 @@ def controller_args(controller: etree._Element, out: DeviceArgs) -> None:
                          "only models 'virtio-scsi' and 'lsilogic' are supported")
         scsi: dict[str, object] = {"driver": "virtio-scsi-pci", "id": f"scsi{index}"}
         options = controller.find("driver")
-        if options is not None and options.get("iothread") is not None:
-            scsi["iothread"] = out.iothread(options.get("iothread", ""),
-                                            "<controller type='scsi'>")
-            options = copy.deepcopy(options)
-            del options.attrib["iothread"]
-        out.add(*device_arg({**scsi, **_virtio_driver(options, "controller"), **placed}))
+        if options is not None:
+            refuse_unknown_parts(options, "<controller type='scsi'><driver>", set(),
+                                 {"iothread", "queues", "cmd_per_lun", "max_sectors",
+                                  "ioeventfd", *VIRTIO_OPTIONS})
+            if options.get("iothread") is not None:
+                scsi["iothread"] = out.iothread(options.get("iothread", ""),
+                                                "<controller type='scsi'>")
+            for attribute, prop in (("queues", "num_queues"), ("cmd_per_lun", "cmd_per_lun"),
+                                    ("max_sectors", "max_sectors")):
+                if options.get(attribute) is not None:
+                    scsi[prop] = int(options.get(attribute, "0"))
+            if options.get("ioeventfd") is not None:
+                scsi["ioeventfd"] = options.get("ioeventfd") == "on"
+        out.add(*device_arg({**scsi, **virtio_keys(options), **placed}))
         return
     if kind == "virtio-serial":
         device = {"driver": "virtio-serial-pci", "id": f"virtio-serial{index}"}
