@@ -670,13 +670,14 @@ async def test_an_iommu_and_virtio_channels_start_and_save(tmp_path: Path) -> No
 
 async def test_qemus_own_vdagent_channel_starts(tmp_path: Path) -> None:
     """``<channel type='qemu-vdagent'>``: QEMU's clipboard and mouse agent on the SPICE
-    agent's port. (QEMU 7.2 cannot migrate it, so a memory snapshot is refused up front with
-    QEMU's reason, as any migration blocker is.)"""
+    agent's port, beside SPICE on a unix socket. (QEMU 7.2 cannot migrate it, so a memory
+    snapshot is refused up front with QEMU's reason, as any migration blocker is.)"""
     require_qemu()
     folder = tmp_path / "g"
     xml = GUEST.make_guest("va", 1, 128, folder).read_text().replace(
         "<memballoon", "<channel type='qemu-vdagent'><target type='virtio'/><source>"
-        "<clipboard copypaste='no'/><mouse mode='client'/></source></channel><memballoon")
+        "<clipboard copypaste='no'/><mouse mode='client'/></source></channel>"
+        "<graphics type='spice'><listen type='socket'/></graphics><memballoon")
     engine = Engine(tmp_path / "state")
     await engine.define(xml)
     await engine.start("va")
@@ -685,6 +686,9 @@ async def test_qemus_own_vdagent_channel_starts(tmp_path: Path) -> None:
         assert "qemu-vdagent,id=charchannel1,name=vdagent,clipboard=off,mouse=on" in argv
         assert '"name": "com.redhat.spice.0"' in argv
         assert await engine.domstate("va") == "running"
+        # SPICE on a unix socket the definition leaves to the host: in the runtime folder.
+        runtime = Path((await engine.guest_info("va")).qmp or "").parent
+        assert (runtime / "spice.sock").is_socket()
     finally:
         await engine.destroy("va")
 

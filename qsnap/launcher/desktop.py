@@ -62,15 +62,23 @@ def spice_args(node: etree._Element, out: DeviceArgs) -> None:
                           "clipboard", "filetransfer", "mouse"},
                          {"port", "autoport", "listen", "tlsPort"})
     listen = node.find("listen")
-    if listen is not None and listen.get("type", "address") != "address":
-        raise refuse(f"<graphics type='spice'><listen type='{listen.get('type')}'>",
-                     "only type='address' is supported")
-    host = ((listen.get("address") if listen is not None else None) or node.get("listen")
-            or "127.0.0.1")
-    port = int(node.get("port", "-1"))
-    if port < 0 or node.get("autoport") == "yes":
-        port = out.free_port(host)
-    options = [f"port={port}", f"addr={escape_commas(host)}"]
+    kind = listen.get("type", "address") if listen is not None else "address"
+    if kind == "none":
+        options = ["port=0"]  # no listener: a client comes in through QMP's add_client
+    elif kind == "socket":
+        assert listen is not None
+        path = listen.get("socket") or f"{out.runtime_folder}/spice.sock"
+        options = ["unix=on", f"addr={escape_commas(path)}"]
+    elif kind == "address":
+        host = ((listen.get("address") if listen is not None else None) or node.get("listen")
+                or "127.0.0.1")
+        port = int(node.get("port", "-1"))
+        if port < 0 or node.get("autoport") == "yes":
+            port = out.free_port(host)
+        options = [f"port={port}", f"addr={escape_commas(host)}"]
+    else:
+        raise refuse(f"<graphics type='spice'><listen type='{kind}'>", "a libvirt network "
+                     "needs libvirt's network driver; use type='address', 'socket' or 'none'")
     for tag, option in _SPICE_COMPRESSION.items():
         child = node.find(tag)
         if child is not None:
