@@ -392,6 +392,7 @@ def _pci_addresses(devices: etree._Element, family: str) -> None:
     _usb2_addresses(devices, family, used)
     endpoints = [d for d in _pci_endpoints(devices, family) if PciAddress.of(d) is None]
     if family == "pc":
+        _pc_bridges_for_room(devices, endpoints, used, reserved_slots)
         bridges = sorted(int(c.get("index", "0")) for c in _controllers(devices, "pci")
                          if c.get("model") == "pci-bridge")
 
@@ -406,13 +407,11 @@ def _pci_addresses(devices: etree._Element, family: str) -> None:
                         continue
                     if not any(u[0] == bus and u[1] == slot for u in used):
                         return bus, slot
-            raise NotSupportedError(
-                f"<{device.tag}>: no free PCI slot left for it; libvirt would add a "
-                "pci-bridge here, which qsnap does not add by itself (list one: "
-                "<controller type='pci' model='pci-bridge'/>)")
+            raise NotSupportedError(f"<{device.tag}>: no free PCI slot left for it")
 
-        placed_first = [c for c in _controllers(devices, "pci")
-                        if c.get("model") == "pci-bridge" and PciAddress.of(c) is None]
+        placed_first = sorted((c for c in _controllers(devices, "pci")
+                               if c.get("model") == "pci-bridge" and PciAddress.of(c) is None),
+                              key=lambda c: int(c.get("index", "0")))  # by index, as libvirt
         usb2_slots: dict[str, tuple[int, int]] = {}
         for device in placed_first + endpoints:
             if device.get("model") in _USB2_MODELS and device.tag == "controller":
@@ -467,6 +466,23 @@ def _pci_addresses(devices: etree._Element, family: str) -> None:
 _DMI_BRIDGE_SLOT = 0x1E
 #: Buses conventional PCI devices plug into, and their first slot.
 _CONVENTIONAL_BUSES = {"pci-bridge": 1, "pcie-to-pci-bridge": 1}
+
+
+def _pc_bridges_for_room(devices: etree._Element, endpoints: list[etree._Element],
+                         used: set[tuple[int, int, int]], reserved: set[int]) -> None:
+    """On pc, libvirt adds pci-bridges (31 slots each, taking a root slot) until the devices
+    without an address fit (pci-bridge-many-disks)."""
+    def room() -> int:
+        bridges = [c for c in _controllers(devices, "pci") if c.get("model") == "pci-bridge"]
+        root = sum(1 for slot in range(0x20) if slot not in reserved
+                   and not any(u[0] == 0 and u[1] == slot for u in used))
+        unplaced = sum(1 for b in bridges if PciAddress.of(b) is None)
+        on_bridges = sum(31 - len({u[1] for u in used if u[0] == int(b.get("index", "0"))})
+                         for b in bridges)
+        return root - unplaced + on_bridges
+    while room() < len(endpoints):
+        index = max(int(c.get("index", "0")) for c in _controllers(devices, "pci")) + 1
+        _add_pci_bridge(devices, index)
 
 
 def _q35_bridges(devices: etree._Element, used: set[tuple[int, int, int]]) -> None:
@@ -819,6 +835,31 @@ def _virtio_serial_addresses(devices: etree._Element) -> None:
         taken.add((controller, free[0]))
 
 
+def _pc_bridges_named(devices: etree._Element, family: str) -> None:
+    """On pc, libvirt adds a pci-bridge for every bus index up to the highest a PCI address
+    or a PCI controller names that no controller makes (pci-autoadd-addr, -idx)."""
+    if family != "pc":
+        return
+    existing = {int(c.get("index", "0")) for c in _controllers(devices, "pci")}
+    named = {a.bus for d in devices if (a := PciAddress.of(d)) is not None}
+    for index in range(1, max(existing | named | {0}) + 1):
+        if index not in existing:
+            _add_pci_bridge(devices, index)
+
+
+def _add_pci_bridge(devices: etree._Element, index: int) -> etree._Element:
+    bridge = etree.Element("controller", type="pci", index=str(index), model="pci-bridge")
+    etree.SubElement(bridge, "model", name="pci-bridge")
+    etree.SubElement(bridge, "target", chassisNr=str(index))
+    pci = sorted(_controllers(devices, "pci"), key=lambda c: int(c.get("index", "0")))
+    before = [c for c in pci if int(c.get("index", "0")) < index]
+    if before:
+        before[-1].addnext(bridge)
+    else:
+        pci[0].addprevious(bridge)
+    return bridge
+
+
 def _check_pci_buses(devices: etree._Element) -> None:
     """Every device placed on a PCI bus other than the root's names a bus a PCI controller of
     the definition makes (libvirt would add pci-bridges for the missing ones)."""
@@ -831,8 +872,6 @@ def _check_pci_buses(devices: etree._Element) -> None:
                 f"type='pci' index='{address.bus}'> of the definition makes; libvirt would add "
                 "pci-bridges for it, which qsnap does not add by itself: list them")
 
-
-#: How many ports each USB controller model has (QEMU's defaults).
 
 def complete_machine(element: etree._Element) -> etree._Element:
     """A copy of a domain element completed as libvirt completes it (see the module docstring).
@@ -872,6 +911,7 @@ def complete_machine(element: etree._Element) -> etree._Element:
         _ensure_controller(devices, "pci", 0, "pci-root")
     _drive_addresses(devices, family)
     _implicit_devices(root, devices, family)
+    _pc_bridges_named(devices, family)
     _pci_addresses(devices, family)
     _smartcard_readers(devices)
     _usb_addresses(devices)
