@@ -269,7 +269,11 @@ def _compare(base: Path, repeat: int, libvirt: Libvirt) -> None:
 
 #: The guest of the start row: virt-install 4.1's Windows 11 (SPICE, QXL, sound, USB
 #: redirection, Hyper-V, UEFI), as a user without KVM has it.
-START_GUESTS = {"win11 (UEFI, SPICE)": "fixtures/demo/win11-virt-install.xml"}
+START_GUESTS = {"win11 (UEFI, SPICE)": "fixtures/demo/win11-virt-install.xml",
+                "win11 (UEFI, SPICE, TPM 2.0)": "fixtures/demo/win11-virt-install.xml"}
+#: virt-install's TPM for Windows 11 where libvirt has swtpm (the fixture was written against
+#: libvirt's test driver, which has none): both tools then start an swtpm with the guest.
+TPM = "<tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm>"
 
 
 def virt_install_starts(base: Path, repeat: int, libvirt: Libvirt) -> None:
@@ -284,6 +288,8 @@ def virt_install_starts(base: Path, repeat: int, libvirt: Libvirt) -> None:
         xml = (repo / fixture).read_text().replace("/var/lib/qsnap-guests/win11.qcow2",
                                                    str(folder / "disk.qcow2"))
         xml = xml.replace("<name>win11</name>", f"<name>{name}</name>")
+        if "TPM" in label:
+            xml = xml.replace("</devices>", f"{TPM}</devices>")
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(folder / "disk.qcow2"),
                         "1G"], check=True)
         (folder / "guest.xml").write_text(xml)

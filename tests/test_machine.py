@@ -262,8 +262,8 @@ def _with(device: str) -> str:
      r"no hugetlbfs of 2048 KiB pages is mounted on this host \(mounted: none\)"),
     (VIRT_INSTALL.replace("<cpu mode='custom'>", "<cpu mode='custom' match='minimum'>"),
      r"<cpu match='minimum'>"),
-    (VIRT_INSTALL.replace("<devices>", "<clock offset='timezone' timezone='Europe/Paris'/>"
-                          "<devices>"), r"<clock offset='timezone'>"),
+    (VIRT_INSTALL.replace("<devices>", "<clock offset='timezone' timezone='../etc/x'/>"
+                          "<devices>"), r"timezone='../etc/x'>: not a time zone name"),
     (_with("<watchdog model='i6300esb' action='dump'><address type='pci' bus='0' slot='9'/>"
            "</watchdog>"), r"<watchdog action='dump'>"),
     (_with("<input type='mouse' bus='usb'><address type='usb' bus='0' port='5'/></input>"),

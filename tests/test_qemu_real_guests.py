@@ -525,8 +525,9 @@ DEVICE_OPTIONS = (
 async def test_device_options_start_and_save(tmp_path: Path) -> None:
     """libvirt's options of virtio disks (queues, notification, error policies, packed
     rings) and NICs (transmit mode, queue sizes, offloads), an entropy daemon's
-    socket with a rate limit, the CPU's L3 cache and physical address width, and
-    ``<qemu:commandline>`` arguments and environment reach QEMU; the guest's state survives
+    socket with a rate limit, the CPU's L3 cache and physical address width, a clock in a
+    named time zone (QEMU's TZ), and ``<qemu:commandline>`` arguments and environment reach
+    QEMU; the guest's state survives
     a save and restore with them."""
     require_qemu()
     folder = tmp_path / "g"
@@ -539,7 +540,8 @@ async def test_device_options_start_and_save(tmp_path: Path) -> None:
         "level='3' mode='emulate'/><maxphysaddr mode='emulate' bits='40'/></cpu>").replace(
         "</devices>", "</devices><qemu:commandline xmlns:qemu='http://libvirt.org/schemas/"
         "domain/qemu/1.0'><qemu:arg value='-global'/><qemu:arg value='kvm-pit.lost_tick_"
-        "policy=discard'/><qemu:env name='QSNAP_PASSED' value='yes'/></qemu:commandline>")
+        "policy=discard'/><qemu:env name='QSNAP_PASSED' value='yes'/></qemu:commandline>"
+    ).replace("<on_poweroff>", "<clock offset='timezone' timezone='Europe/Paris'/><on_poweroff>")
     engine = Engine(tmp_path / "state")
     await engine.define(xml)
     await engine.start("o")
@@ -562,7 +564,9 @@ async def test_device_options_start_and_save(tmp_path: Path) -> None:
         assert (folder / "egd.sock").is_socket()
         assert argv[argv.index("-cpu") + 1] == "qemu64,l3-cache=on,phys-bits=40"
         assert argv[-3:] == ["-global", "kvm-pit.lost_tick_policy=discard", ""]  # NUL-ended
-        assert b"QSNAP_PASSED=yes\0" in Path(f"/proc/{pid}/environ").read_bytes()
+        environment = Path(f"/proc/{pid}/environ").read_bytes()
+        assert b"QSNAP_PASSED=yes\0" in environment and b"TZ=Europe/Paris\0" in environment
+        assert argv[argv.index("-rtc") + 1].startswith("base=localtime")
         saved_at = GUEST.last_serial_counter(serial) or 0
         await engine.save("o", folder / "o.save")
         offset = serial.stat().st_size

@@ -28,7 +28,7 @@ from qsnap.launcher.devices import (
 )
 from qsnap.launcher.host_memory import HostMemory
 from qsnap.launcher.memory import guest_memory
-from qsnap.launcher.platform import platform
+from qsnap.launcher.platform import platform, timezone_of
 from qsnap.launcher.refusal import refuse, refuse_unknown_parts
 from qsnap.launcher.runtime import RuntimePaths
 from qsnap.launcher.tpm import read_tpm, tpm_args
@@ -291,6 +291,17 @@ def passthrough(root: etree._Element) -> tuple[list[str], dict[str, str]]:
                     raise NotSupportedError(f"<qemu:env name='{name}'>: not a variable name")
                 env[name] = item.get("value", "")
     return args, env
+
+
+def qemu_environment(root: etree._Element) -> dict[str, str]:
+    """What QEMU's environment gets from the definition, as libvirt sets it: ``TZ`` for a
+    clock in a named time zone, and ``<qemu:commandline>``'s variables."""
+    env: dict[str, str] = {}
+    zone = timezone_of(root.find("clock"))
+    if zone is not None:
+        env["TZ"] = zone
+    env.update(passthrough(root)[1])
+    return env
 
 
 def _iothread_args(root: etree._Element) -> tuple[list[str], set[str]]:

@@ -160,7 +160,24 @@ def _clock_base(clock: etree._Element, now: float) -> str:
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(moment))
     if offset == "absolute":
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(clock.get("start", "0"))))
-    raise refuse(f"<clock offset='{offset}'>", "use utc, localtime, variable or absolute")
+    if offset == "timezone":
+        timezone_of(clock)
+        return "localtime"  # the local time of the zone QEMU runs in (qemu_environment)
+    raise refuse(f"<clock offset='{offset}'>", "use utc, localtime, timezone, variable or "
+                 "absolute")
+
+
+def timezone_of(clock: etree._Element | None) -> str | None:
+    """``<clock offset='timezone' timezone='Europe/Paris'>``'s zone, for QEMU's ``TZ``."""
+    if clock is None or clock.get("offset") != "timezone":
+        return None
+    zone = clock.get("timezone", "")
+    if not zone or zone.startswith("/") or ".." in zone.split("/") or \
+            not all(part.replace("_", "").replace("-", "").replace("+", "").isalnum()
+                    for part in zone.split("/")):
+        raise NotSupportedError(f"<clock offset='timezone' timezone='{zone}'>: not a time "
+                                "zone name (like Europe/Paris)")
+    return zone
 
 
 def _clock(root: etree._Element, out: Platform, now: float) -> None:

@@ -22,7 +22,7 @@ from typing import Protocol
 
 from qsnap import children, images
 from qsnap.errors import ImageToolError, LaunchError, OperationInvalidError, QsnapError
-from qsnap.launcher.command import passthrough, qemu_command
+from qsnap.launcher.command import qemu_command, qemu_environment
 from qsnap.launcher.devices import taps
 from qsnap.launcher.foreign import (
     DiskImage,
@@ -93,7 +93,7 @@ async def start_qemu(domain: DomainDef, paths: RuntimePaths, accel: str, *,
     try:
         swtpm = await _start_swtpm(domain, paths, tpm_state)
         pid = await _run_daemonizing(argv, None, domain.name, paths,
-                                     passthrough(domain.element)[1])
+                                     qemu_environment(domain.element))
     except BaseException:
         # QEMU never connected to them, so they would not end by themselves.
         stop_daemons(shares)
