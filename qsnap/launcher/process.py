@@ -62,7 +62,7 @@ class Launcher(Protocol):
 
 class OwnCommandLine:
     """qsnap's own command line, built from the definition (:func:`start_qemu`); an emulated
-    TPM keeps its state in *tpm_state* (the domain's folder in the store)."""
+    TPM keeps its state in *tpm_state* (StateDir.tpm_state: by the domain's UUID)."""
 
     def __init__(self, tpm_state: Path | None = None) -> None:
         self.tpm_state = tpm_state
