@@ -305,7 +305,8 @@ def _with(device: str) -> str:
         (VIRT_INSTALL.replace("<apic/>", "<apic/><gic/>"), r"<features><gic>"),
     (VIRT_INSTALL.replace("<cpu mode='custom'><model>qemu64</model></cpu>",
                           "<cpu mode='host-model'/>"), r"host-model'> under TCG"),
-    (_with("<graphics type='spice' tlsPort='5901'/>"), r"<graphics type='spice' tlsPort=>"),
+    (_with("<graphics type='spice' tlsPort='5901' defaultMode='paranoid'/>"),
+     r"<graphics type='spice' defaultMode='paranoid'>: use secure, insecure or any"),
         (_with("<graphics type='sdl'/>"), r"<graphics type='sdl'>: only VNC and SPICE"),
     (VIRT_INSTALL.replace("<devices>", "<devices><controller type='pci' index='0' "
                           "model='pcie-root'/><controller type='pci' model='pci-bridge'/>"),

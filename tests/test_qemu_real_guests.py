@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ import qsnap
 from qsnap import CreateFlags, DeleteFlags, Engine, RevertFlags, snapshot_xml_from_args
 from qsnap.engine.memory import read_image
 from qsnap.launcher.command import qemu_command
+from qsnap.launcher.desktop import free_tcp_port
 from qsnap.launcher.machines import machine_aliases
 from qsnap.launcher.runtime import RuntimePaths
 from qsnap.model.domain import parse_domain
@@ -741,6 +743,51 @@ async def test_a_usb_stick_and_disk_identities_snapshot_and_revert(tmp_path: Pat
         await revert_resumes_where_taken(engine, "us", folder)
     finally:
         await engine.destroy("us")
+
+
+def _spice_certificates(folder: Path) -> None:
+    """A CA and a server certificate it signed, as SPICE's TLS wants them."""
+    folder.mkdir()
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+            "/CN=qsnap CA", "-keyout", "ca-key.pem", "-out", "ca-cert.pem")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout",
+            "server-key.pem", "-out", "server.csr")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca-cert.pem", "-CAkey", "ca-key.pem",
+            "-CAcreateserial", "-days", "2", "-out", "server-cert.pem")
+
+
+async def test_spice_with_tls_starts_and_without_certificates_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``<graphics type='spice' tlsPort=>``: with certificates in $QSNAP_SPICE_X509_DIR QEMU
+    serves SPICE over TLS on that port (the main channel only over TLS); without them the
+    start is refused before anything is made, naming the missing files."""
+    require_qemu()
+    folder = tmp_path / "g"
+    port = free_tcp_port("127.0.0.1", 15900)
+    xml = GUEST.make_guest("sp", 1, 128, folder).read_text().replace(
+        "<memballoon", f"<graphics type='spice' port='-1' autoport='no' tlsPort='{port}'>"
+        "<listen type='address' address='127.0.0.1'/><channel name='main' mode='secure'/>"
+        "</graphics><memballoon")
+    engine = Engine(tmp_path / "state")
+    await engine.define(xml)
+    monkeypatch.setenv("QSNAP_SPICE_X509_DIR", str(tmp_path / "certs"))
+    with pytest.raises(qsnap.NotSupportedError, match=r"SPICE's TLS needs ca-cert.pem, "
+                       r"server-cert.pem, server-key.pem in .*certs"):
+        await engine.start("sp")
+    assert await engine.domstate("sp") == "shut off"
+    _spice_certificates(tmp_path / "certs")
+    await engine.start("sp")
+    try:
+        argv = Path(f"/proc/{(await engine.guest_info('sp')).pid}/cmdline").read_text()
+        assert f"tls-port={port}," in argv and "tls-channel=main" in argv
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            pass  # QEMU listens on the TLS port
+    finally:
+        await engine.destroy("sp")
 
 
 #: Every format libvirt 11 writes, and the three qsnap writes.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import socket
 
 from lxml import etree
@@ -47,20 +48,44 @@ _SPICE_COMPRESSION = {"image": "image-compression", "jpeg": "jpeg-wan-compressio
                       "zlib": "zlib-glz-wan-compression", "playback": "playback-compression"}
 
 
+#: Where SPICE's TLS certificates are (ca-cert.pem, server-cert.pem, server-key.pem):
+#: $QSNAP_SPICE_X509_DIR, else libvirt's default (qemu.conf's spice_tls_x509_cert_dir).
+SPICE_X509_DEFAULT = "/etc/pki/libvirt-spice"
+SPICE_X509_FILES = ("ca-cert.pem", "server-cert.pem", "server-key.pem")
+
+
+def spice_x509_dir() -> str:
+    return os.environ.get("QSNAP_SPICE_X509_DIR") or SPICE_X509_DEFAULT
+
+
+def check_spice_certificates(root: etree._Element) -> None:
+    """A SPICE TLS port needs its certificates where QEMU will read them: refused before
+    anything starts when one is missing (QEMU would fail with "failed to load ...")."""
+    wanted = [g for g in root.iterfind("devices/graphics[@type='spice']")
+              if g.get("tlsPort") not in (None, "-1")]
+    if not wanted:
+        return
+    folder = spice_x509_dir()
+    missing = [name for name in SPICE_X509_FILES if not os.path.isfile(f"{folder}/{name}")]
+    if missing:
+        raise NotSupportedError(f"<graphics type='spice' tlsPort=>: SPICE's TLS needs "
+                                f"{', '.join(missing)} in {folder} ($QSNAP_SPICE_X509_DIR, "
+                                f"else libvirt's {SPICE_X509_DEFAULT})")
+
+
 def spice_args(node: etree._Element, out: DeviceArgs) -> None:
-    """``-spice`` for ``<graphics type='spice'>``: a plain TCP listener (TLS and passwords are
-    refused by name), with libvirt's compression, streaming and agent options."""
-    if node.get("tlsPort") not in (None, "-1"):
-        raise refuse("<graphics type='spice' tlsPort=>", "TLS is not supported by qsnap's "
-                     "launcher (tlsPort='-1' with autoport, virt-install's, asks for none)")
-    for attribute in ("passwd", "keymap", "defaultMode"):
+    """``-spice`` for ``<graphics type='spice'>``: a TCP listener, with TLS on ``tlsPort``
+    (certificates from :func:`spice_x509_dir`; which channels use it: ``<channel mode=>`` and
+    ``defaultMode``), or a unix socket, or none; with libvirt's compression, streaming and
+    agent options. Passwords are refused by name (libvirt sets them over QMP at start)."""
+    for attribute in ("passwd", "keymap"):
         if node.get(attribute) is not None:
             raise refuse(f"<graphics type='spice' {attribute}=>", "not supported by qsnap's "
                          "launcher")
     refuse_unknown_parts(node, "<graphics type='spice'>",
                          {"listen", "image", "jpeg", "zlib", "playback", "streaming",
-                          "clipboard", "filetransfer", "mouse"},
-                         {"port", "autoport", "listen", "tlsPort"})
+                          "clipboard", "filetransfer", "mouse", "channel"},
+                         {"port", "autoport", "listen", "tlsPort", "defaultMode"})
     listen = node.find("listen")
     kind = listen.get("type", "address") if listen is not None else "address"
     if kind == "none":
@@ -75,7 +100,14 @@ def spice_args(node: etree._Element, out: DeviceArgs) -> None:
         port = int(node.get("port", "-1"))
         if port < 0 or node.get("autoport") == "yes":
             port = out.free_port(host)
-        options = [f"port={port}", f"addr={escape_commas(host)}"]
+        options = [f"port={port}"]
+        tls = node.get("tlsPort")
+        if tls not in (None, "-1"):  # -1 with autoport (virt-install's): none, as libvirt
+            options.append(f"tls-port={int(tls or '0')}")
+        options.append(f"addr={escape_commas(host)}")
+        if tls not in (None, "-1"):
+            options.append(f"x509-dir={escape_commas(spice_x509_dir())}")
+            options += _spice_channel_modes(node)
     else:
         raise refuse(f"<graphics type='spice'><listen type='{kind}'>", "a libvirt network "
                      "needs libvirt's network driver; use type='address', 'socket' or 'none'")
@@ -97,6 +129,26 @@ def spice_args(node: etree._Element, out: DeviceArgs) -> None:
         options.append("disable-agent-file-xfer=on")
     options.append("seamless-migration=on")
     out.add("-spice", ",".join(options))
+
+
+def _spice_channel_modes(node: etree._Element) -> list[str]:
+    """Which SPICE channels must use TLS and which may not: ``defaultMode`` (any) and each
+    ``<channel name= mode=>``, as libvirt lists them."""
+    modes = {"secure": "tls-channel", "insecure": "plaintext-channel"}
+    options: list[str] = []
+    default = node.get("defaultMode", "any")
+    if default in modes:
+        options.append(f"{modes[default]}=default")
+    elif default != "any":
+        raise refuse(f"<graphics type='spice' defaultMode='{default}'>", "use secure, "
+                     "insecure or any")
+    for channel in node.findall("channel"):
+        mode = channel.get("mode", "any")
+        if mode in modes:
+            options.append(f"{modes[mode]}={channel.get('name')}")
+        elif mode != "any":
+            raise refuse(f"<graphics><channel mode='{mode}'>", "use secure, insecure or any")
+    return options
 
 
 def spice_channel_args(index: int, node: etree._Element, out: DeviceArgs) -> None:

@@ -23,6 +23,7 @@ from typing import Protocol
 from qsnap import children, images
 from qsnap.errors import ImageToolError, LaunchError, OperationInvalidError, QsnapError
 from qsnap.launcher.command import qemu_command, qemu_environment
+from qsnap.launcher.desktop import check_spice_certificates
 from qsnap.launcher.devices import taps
 from qsnap.launcher.foreign import (
     DiskImage,
@@ -69,6 +70,7 @@ class OwnCommandLine:
 
     def check(self, domain: DomainDef) -> None:
         qemu_command(domain, RuntimePaths(Path("/run/qsnap-check")), "tcg")
+        check_spice_certificates(domain.element)
 
     def __call__(self, domain: DomainDef, paths: RuntimePaths, accel: str, *,
                  incoming: bool = False, paused: bool = False) -> Awaitable[RuntimeInfo]:
@@ -86,6 +88,7 @@ async def start_qemu(domain: DomainDef, paths: RuntimePaths, accel: str, *,
     # The command line first: a definition it refuses leaves no NVRAM or runtime folder behind.
     argv = qemu_command(domain, paths, accel, emulator=emulator.strip(), incoming=incoming,
                         paused=paused, compat=os.environ.get("QSNAP_QEMU_COMPAT"))
+    check_spice_certificates(domain.element)
     await _prepare(paths)
     await create_nvram(domain)
     shares = await start_daemons(read_shares(domain.element, str(paths.folder)), domain.name)
