@@ -24,7 +24,6 @@ from qsnap.launcher.devices import (
     device_arg,
     placement,
     refuse_unknown,
-    usb_port,
 )
 from qsnap.launcher.host_memory import HostMemory
 from qsnap.launcher.memory import guest_memory
@@ -32,6 +31,7 @@ from qsnap.launcher.platform import platform, timezone_of
 from qsnap.launcher.refusal import refuse, refuse_unknown_parts
 from qsnap.launcher.runtime import RuntimePaths
 from qsnap.launcher.tpm import read_tpm, tpm_args
+from qsnap.launcher.usb import usb_port
 from qsnap.model.domain import DomainDef, parse_disk
 from qsnap.model.options import escape_commas
 from qsnap.plan.machine import complete_machine, machine_family, machine_type

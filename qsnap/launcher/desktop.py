@@ -23,11 +23,11 @@ from qsnap.launcher.devices import (
     channel_chardev,
     device_arg,
     placement,
-    usb_port,
     virtio_options,
     virtserial_port,
 )
 from qsnap.launcher.refusal import refuse, refuse_unknown_parts
+from qsnap.launcher.usb import usb_port
 from qsnap.model.options import escape_commas
 
 

@@ -22,25 +22,21 @@ from qsnap.launcher.desktop import (
 from qsnap.launcher.devices import (
     DeviceArgs,
     balloon_args,
-    ccid_args,
     channel_args,
     console_args,
     controller_args,
-    domain_key,
     filesystem_args,
     graphics_args,
-    hub_args,
-    input_args,
-    interface_args,
     iommu_args,
     panic_args,
     parallel_args,
     placement,
     rng_args,
     serial_args,
-    smartcard_args,
     video_args,
 )
+from qsnap.launcher.nic import domain_key, interface_args
+from qsnap.launcher.usb import ccid_args, hub_args, input_args, smartcard_args
 from qsnap.launcher.virtiofs import read_shares, share_args
 from qsnap.plan.machine import machine_family, machine_type
 

@@ -24,7 +24,6 @@ from qsnap import children, images
 from qsnap.errors import ImageToolError, LaunchError, OperationInvalidError, QsnapError
 from qsnap.launcher.command import qemu_command, qemu_environment
 from qsnap.launcher.desktop import check_spice_certificates
-from qsnap.launcher.devices import taps
 from qsnap.launcher.foreign import (
     DiskImage,
     ForeignCommand,
@@ -32,6 +31,7 @@ from qsnap.launcher.foreign import (
     RelaunchRequest,
     relaunch_argv,
 )
+from qsnap.launcher.nic import taps
 from qsnap.launcher.runtime import (
     RuntimeInfo,
     RuntimePaths,

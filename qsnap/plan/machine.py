@@ -30,11 +30,11 @@ from lxml import etree
 
 from qsnap.errors import NotSupportedError, XMLError
 from qsnap.model.domain import PciAddress
+from qsnap.plan.controllers import controllers, ensure_controller
+from qsnap.plan.usb_addresses import usb_addresses
 
 # Where a disk of each bus sits: how many units one controller has (virDomainDiskDefAssignAddress).
 _UNITS_PER_CONTROLLER = {"scsi": 7, "sata": 6}
-_AFTER_CONTROLLERS = ("interface", "serial", "console", "channel", "input", "graphics", "audio",
-                      "video", "memballoon", "rng")
 #: An ICH9 EHCI controller and its UHCI companions, and the function each takes in their slot.
 _USB2_MODELS = {"ich9-ehci1": 7, "ich9-uhci1": 0, "ich9-uhci2": 1, "ich9-uhci3": 2}
 #: The controllers whose PCI function the chipset itself provides.
@@ -136,35 +136,6 @@ def _sub(parent: etree._Element, tag: str, attrs: dict[str, str] | None = None,
     return node
 
 
-def _controllers(devices: etree._Element, kind: str) -> list[etree._Element]:
-    return [c for c in devices.findall("controller") if c.get("type") == kind]
-
-
-def _ensure_controller(devices: etree._Element, kind: str, index: int = 0,
-                       model: str | None = None) -> etree._Element:
-    for controller in _controllers(devices, kind):
-        if int(controller.get("index", "0")) == index:
-            controller.set("index", str(index))
-            if model and controller.get("model") is None:
-                controller.set("model", model)
-            return controller
-    attrs = {"type": kind, "index": str(index)}
-    if model:
-        attrs["model"] = model
-    node = etree.Element("controller", attrs)
-    # After the controllers already there: libvirt hands out PCI slots in that order.
-    existing = devices.findall("controller")
-    if existing:
-        existing[-1].addnext(node)
-    else:
-        later = [d for d in devices if d.tag in _AFTER_CONTROLLERS]
-        if later:
-            later[0].addprevious(node)
-        else:
-            devices.append(node)
-    return node
-
-
 def _controller_indexes(devices: etree._Element) -> None:
     """A controller without an index gets the first one its type has free, as in libvirt;
     an ICH9 UHCI companion the index of the EHCI controller before it (they are one USB
@@ -176,7 +147,7 @@ def _controller_indexes(devices: etree._Element) -> None:
             if model.startswith("ich9-uhci"):
                 controller.set("index", master)
                 continue
-            taken = {c.get("index") for c in _controllers(devices, controller.get("type", ""))}
+            taken = {c.get("index") for c in controllers(devices, controller.get("type", ""))}
             controller.set("index", str(next(i for i in range(1 << 16) if str(i) not in taken)))
         if model == "ich9-ehci1":
             master = controller.get("index", "0")
@@ -208,20 +179,20 @@ def _drive_addresses(devices: etree._Element, family: str) -> None:
             raise NotSupportedError(f"disk '{target.get('dev')}': IDE controllers are not "
                                     "supported on a q35 machine (use sata)")
         # A SCSI controller without a model is an LSI one, as libvirt's default on x86.
-        _ensure_controller(devices, bus, controller, "lsilogic" if bus == "scsi" else None)
+        ensure_controller(devices, bus, controller, "lsilogic" if bus == "scsi" else None)
 
 
 def _implicit_devices(root: etree._Element, devices: etree._Element, family: str) -> None:
     """What libvirt adds to every x86 definition (qemuDomainDefAddDefaultDevices and friends)."""
     if any((t := c.find("target")) is not None and t.get("type") == "virtio"
-           for c in devices.findall("console")) and not _controllers(devices, "virtio-serial"):
-        _ensure_controller(devices, "virtio-serial", 0)
+           for c in devices.findall("console")) and not controllers(devices, "virtio-serial"):
+        ensure_controller(devices, "virtio-serial", 0)
     for channel in _virtio_channels(devices):
         address = channel.find("address")
         # A channel the XML gives no controller is on controller 0, which libvirt adds even
         # beside others (virDomainDefMaybeAddVirtioSerialController).
         controller = address.get("controller") if address is not None else None
-        _ensure_controller(devices, "virtio-serial", int(controller or "0"))
+        ensure_controller(devices, "virtio-serial", int(controller or "0"))
     consoles = devices.findall("console")
     if not devices.findall("serial") and consoles:
         target = consoles[0].find("target")
@@ -356,12 +327,12 @@ def _pci_addresses(devices: etree._Element, family: str) -> None:
     for (kind, fam), (slot, function) in _CHIPSET_CONTROLLERS.items():
         if fam != family:
             continue
-        for controller in _controllers(devices, kind):
+        for controller in controllers(devices, kind):
             if int(controller.get("index", "0")) == 0 and PciAddress.of(controller) is None and (
                     kind != "usb" or controller.get("model") == "piix3-uhci"):
                 PciAddress(0, slot, function).write(controller)
     reserved_slots = {0x1F, _DMI_BRIDGE_SLOT} if family == "q35" and any(
-        c.get("model") == "dmi-to-pci-bridge" for c in _controllers(devices, "pci")) \
+        c.get("model") == "dmi-to-pci-bridge" for c in controllers(devices, "pci")) \
         else {0x1F} if family == "q35" else {0x01}
     reserved_slots.add(0)
     videos = [v for v in devices.findall("video")
@@ -393,7 +364,7 @@ def _pci_addresses(devices: etree._Element, family: str) -> None:
     endpoints = [d for d in _pci_endpoints(devices, family) if PciAddress.of(d) is None]
     if family == "pc":
         _pc_bridges_for_room(devices, endpoints, used, reserved_slots)
-        bridges = sorted(int(c.get("index", "0")) for c in _controllers(devices, "pci")
+        bridges = sorted(int(c.get("index", "0")) for c in controllers(devices, "pci")
                          if c.get("model") == "pci-bridge")
 
         def free_slot(device: etree._Element) -> tuple[int, int]:
@@ -409,7 +380,7 @@ def _pci_addresses(devices: etree._Element, family: str) -> None:
                         return bus, slot
             raise NotSupportedError(f"<{device.tag}>: no free PCI slot left for it")
 
-        placed_first = sorted((c for c in _controllers(devices, "pci")
+        placed_first = sorted((c for c in controllers(devices, "pci")
                                if c.get("model") == "pci-bridge" and PciAddress.of(c) is None),
                               key=lambda c: int(c.get("index", "0")))  # by index, as libvirt
         usb2_slots: dict[str, tuple[int, int]] = {}
@@ -437,7 +408,7 @@ def _pci_addresses(devices: etree._Element, family: str) -> None:
     new_ports = max(0, len(endpoints) - len(free_buses))
     if (endpoints or bridge_port is not None) and len(free_buses) <= len(endpoints):
         new_ports += 1  # one spare, for a device added later
-    anchor = _controllers(devices, "pci")[-1] if _controllers(devices, "pci") else None
+    anchor = controllers(devices, "pci")[-1] if controllers(devices, "pci") else None
     for _ in range(new_ports):
         port = etree.Element("controller", type="pci", index=str(next_index),
                              model="pcie-root-port")
@@ -473,7 +444,7 @@ def _pc_bridges_for_room(devices: etree._Element, endpoints: list[etree._Element
     """On pc, libvirt adds pci-bridges (31 slots each, taking a root slot) until the devices
     without an address fit (pci-bridge-many-disks)."""
     def room() -> int:
-        bridges = [c for c in _controllers(devices, "pci") if c.get("model") == "pci-bridge"]
+        bridges = [c for c in controllers(devices, "pci") if c.get("model") == "pci-bridge"]
         root = sum(1 for slot in range(0x20) if slot not in reserved
                    and not any(u[0] == 0 and u[1] == slot for u in used))
         unplaced = sum(1 for b in bridges if PciAddress.of(b) is None)
@@ -481,14 +452,14 @@ def _pc_bridges_for_room(devices: etree._Element, endpoints: list[etree._Element
                          for b in bridges)
         return root - unplaced + on_bridges
     while room() < len(endpoints):
-        index = max(int(c.get("index", "0")) for c in _controllers(devices, "pci")) + 1
+        index = max(int(c.get("index", "0")) for c in controllers(devices, "pci")) + 1
         _add_pci_bridge(devices, index)
 
 
 def _q35_bridges(devices: etree._Element, used: set[tuple[int, int, int]]) -> None:
     """A dmi-to-pci-bridge without an address takes its slot of the root bus (0x1e); a
     pci-bridge without one plugs into the first dmi-to-pci-bridge, as libvirt places them."""
-    dmi = [c for c in _controllers(devices, "pci") if c.get("model") == "dmi-to-pci-bridge"]
+    dmi = [c for c in controllers(devices, "pci") if c.get("model") == "dmi-to-pci-bridge"]
     for bridge in dmi:
         if PciAddress.of(bridge) is None:
             if (0, _DMI_BRIDGE_SLOT, 0) in used:
@@ -497,7 +468,7 @@ def _q35_bridges(devices: etree._Element, used: set[tuple[int, int, int]]) -> No
             PciAddress(0, _DMI_BRIDGE_SLOT, 0).write(bridge)
             used.add((0, _DMI_BRIDGE_SLOT, 0))
     dmi_buses = [int(c.get("index", "0")) for c in dmi]
-    for bridge in _controllers(devices, "pci"):
+    for bridge in controllers(devices, "pci"):
         if bridge.get("model") != "pci-bridge" or PciAddress.of(bridge) is not None:
             continue
         for bus in dmi_buses:
@@ -519,11 +490,11 @@ def _conventional_devices(devices: etree._Element, conventional: list[etree._Ele
     a new root port, and so does qsnap. Returns that new root port (placed with the others)."""
     if not conventional:
         return None
-    buses = sorted(int(c.get("index", "0")) for c in _controllers(devices, "pci")
+    buses = sorted(int(c.get("index", "0")) for c in controllers(devices, "pci")
                    if c.get("model") in _CONVENTIONAL_BUSES)
     added = None
     if not buses:
-        index = max([int(c.get("index", "0")) for c in _controllers(devices, "pci")],
+        index = max([int(c.get("index", "0")) for c in controllers(devices, "pci")],
                     default=0) + 1
         added = etree.Element("controller", type="pci", index=str(index),
                               model="pcie-root-port")
@@ -532,7 +503,7 @@ def _conventional_devices(devices: etree._Element, conventional: list[etree._Ele
         etree.SubElement(bridge, "model", name="pcie-pci-bridge")
         PciAddress(index, 0).write(bridge)
         used.add((index, 0, 0))
-        anchor = _controllers(devices, "pci")[-1]
+        anchor = controllers(devices, "pci")[-1]
         anchor.addnext(added)
         added.addnext(bridge)
         buses = [index + 1]
@@ -610,7 +581,7 @@ def _usb2_addresses(devices: etree._Element, family: str,
     comes among the controllers (:func:`_pci_addresses`). Companions start at ports 0, 2
     and 4 of the EHCI bus unless ``<master startport=>`` says otherwise."""
     groups: dict[str, list[etree._Element]] = {}
-    for controller in _controllers(devices, "usb"):
+    for controller in controllers(devices, "usb"):
         if controller.get("model") in _USB2_MODELS:
             groups.setdefault(controller.get("index", "0"), []).append(controller)
             if controller.get("model", "").startswith("ich9-uhci") and \
@@ -641,161 +612,6 @@ def _usb2_member_at(member: etree._Element, bus: int, slot: int,
     used.add((bus, slot, function))
 
 
-_USB_PORTS = {"piix3-uhci": 2, "piix4-uhci": 2, "ich9-ehci1": 6, "qemu-xhci": 4,
-              "nec-xhci": 4}
-#: Ports of a USB hub, as libvirt counts them (VIR_DOMAIN_USB_HUB_PORTS).
-USB_HUB_PORTS = 8
-
-
-class _UsbHub:
-    """A USB bus or hub: which of its ports are taken, and the hubs on them."""
-
-    def __init__(self, ports: int) -> None:
-        self.ports = ports
-        self.taken: set[int] = set()
-        self.hubs: dict[int, _UsbHub] = {}
-
-    def free_port(self) -> list[int] | None:
-        """The path to the first free port: this hub's own first, then (in port order)
-        each hub below it, as libvirt's virDomainUSBAddressFindFreePort searches."""
-        for port in range(1, self.ports + 1):
-            if port not in self.taken:
-                return [port]
-        for port in sorted(self.hubs):
-            below = self.hubs[port].free_port()
-            if below is not None:
-                return [port, *below]
-        return None
-
-    def count(self) -> int:
-        return self.ports + sum(h.count() for h in self.hubs.values())
-
-
-def _usb_users(devices: etree._Element) -> list[etree._Element]:
-    """The devices that take a USB port, in libvirt's order (virDomainUSBDeviceDefForeach):
-    hubs, USB disks, smartcard readers, input, sound, redirected ports."""
-    found = list(devices.findall("hub"))
-    found += [d for d in devices.findall("disk")
-              if (t := d.find("target")) is not None and t.get("bus") == "usb"]
-    found += [c for c in _controllers(devices, "ccid")]
-    found += [n for n in devices.findall("input") if n.get("bus") == "usb"]
-    found += [n for n in devices.findall("sound") if n.get("model") == "usb"]
-    found += [n for n in devices.findall("redirdev") if n.get("bus", "usb") == "usb"]
-    return found
-
-
-def _usb_buses(devices: etree._Element) -> dict[int, _UsbHub]:
-    """Each USB controller's bus (an ICH9 UHCI companion shares its EHCI's) by index."""
-    buses: dict[int, _UsbHub] = {}
-    for controller in _controllers(devices, "usb"):
-        model = controller.get("model", "")
-        if model in _USB_PORTS and int(controller.get("index", "0")) not in buses:
-            ports = int(controller.get("ports", str(_USB_PORTS[model])))
-            buses[int(controller.get("index", "0"))] = _UsbHub(ports)
-    return buses
-
-
-def _smartcard_readers(devices: etree._Element) -> None:
-    """Each smartcard sits in a slot of a CCID reader (``<controller type='ccid'>``, a USB
-    device): libvirt adds the reader it names, and gives a card without an address reader 0's
-    slot 0 (a reader has one slot)."""
-    for card in devices.findall("smartcard"):
-        address = card.find("address")
-        if address is None:
-            address = etree.SubElement(card, "address", type="ccid", controller="0", slot="0")
-        if address.get("type") != "ccid":
-            raise NotSupportedError(f"<smartcard><address type='{address.get('type')}'>: a "
-                                    "smartcard sits in a CCID reader (type='ccid')")
-        address.set("controller", address.get("controller", "0"))
-        address.set("slot", address.get("slot", "0"))
-        _ensure_controller(devices, "ccid", int(address.get("controller", "0")))
-
-
-def _usb_port_of(node: etree._Element) -> str:
-    address = node.find("address")
-    return address.get("port", "") if address is not None else ""
-
-
-def _usb_addresses(devices: etree._Element) -> None:
-    """USB addresses as libvirt gives them (qemuDomainAssignUSBAddresses): the ports the
-    definition names are taken (a hub there makes its 8 ports); hubs are added where the
-    devices outnumber the ports; then hubs without an address, then the other devices, take
-    the first free port, the first bus's first, a hub's own ports before those of hubs
-    below it. A port the definition names that no bus or hub has is refused."""
-    users = _usb_users(devices)
-    if not users:
-        return
-    for node in users:
-        address = node.find("address")
-        if address is not None and address.get("type", "usb") == "usb" and \
-                not address.get("port"):
-            # libvirt keeps such an address as written and picks the port only at start.
-            raise NotSupportedError(f"<{node.tag}><address type='usb'> without a port: "
-                                    "give the port, or leave the address out")
-    buses = _usb_buses(devices)
-    if not buses:
-        model = next((c.get("model") for c in _controllers(devices, "usb")), None)
-        raise NotSupportedError(f"<{users[0].tag}> needs a USB controller, and the domain has "
-                                + (f"model '{model}'" if model else "none"))
-    placed = [(n, a) for n in users if (a := n.find("address")) is not None
-              and a.get("type", "usb") == "usb" and _usb_port_of(n)]
-    # Hubs first, shallowest first, so the hub a port path goes through exists.
-    placed.sort(key=lambda item: (item[0].tag != "hub", item[1].get("port", "").count(".")))
-    for node, address in placed:
-        bus = int(address.get("bus", "0"))
-        path = address.get("port", "")
-        hub = buses.get(bus)
-        steps = path.split(".")
-        for step in steps[:-1]:
-            hub = hub.hubs.get(int(step)) if hub is not None and step.isdigit() else None
-        last = steps[-1]
-        if hub is None or not last.isdigit() or not 1 <= int(last) <= hub.ports:
-            raise NotSupportedError(f"<{node.tag}> on USB bus {bus} port {path}: no USB "
-                                    "controller or hub of the domain has that port")
-        if int(last) in hub.taken:
-            raise NotSupportedError(f"<{node.tag}> on USB bus {bus} port {path}: the port is "
-                                    "taken by another device")
-        hub.taken.add(int(last))
-        if node.tag == "hub":
-            hub.hubs[int(last)] = _UsbHub(USB_HUB_PORTS)
-    unplaced_hubs = [n for n in users if n.tag == "hub" and not _usb_port_of(n)]
-    available = sum(b.count() for b in buses.values()) + USB_HUB_PORTS * len(unplaced_hubs)
-    if len(users) > available:
-        # libvirt adds the hubs the devices need (qemuDomainUSBAddressAddHubs).
-        needed = -(-(len(users) - available + 1) // (USB_HUB_PORTS - 1))
-        hubs = devices.findall("hub")
-        anchor = hubs[-1] if hubs else None
-        for _ in range(needed):
-            added = etree.Element("hub", type="usb")
-            if anchor is not None:
-                anchor.addnext(added)
-            else:
-                devices.append(added)
-            anchor = added
-        users = _usb_users(devices)
-    for node in users:
-        if _usb_port_of(node):
-            continue
-        slot = node.find("address")
-        choice = next(((number, bus_hub, found) for number, bus_hub in sorted(buses.items())
-                       if (found := bus_hub.free_port()) is not None), None)
-        if choice is None:
-            raise NotSupportedError(f"<{node.tag}>: no free USB port left on the domain's "
-                                    "controllers and hubs")
-        bus, root, free = choice
-        hub = root
-        for number in free[:-1]:
-            hub = hub.hubs[number]
-        hub.taken.add(free[-1])
-        if node.tag == "hub":
-            hub.hubs[free[-1]] = _UsbHub(USB_HUB_PORTS)
-        if slot is None:
-            slot = etree.SubElement(node, "address")
-        slot.set("type", "usb")
-        slot.set("bus", str(bus))
-        slot.set("port", ".".join(str(p) for p in free))
-
-
 def _virtio_channels(devices: etree._Element) -> list[etree._Element]:
     return [c for c in devices.findall("channel")
             if (t := c.find("target")) is not None and t.get("type") == "virtio"]
@@ -812,7 +628,7 @@ def _virtio_serial_addresses(devices: etree._Element) -> None:
         if address is not None and address.get("port") is not None:
             taken.add((int(address.get("controller", "0")), int(address.get("port", "0"))))
     limits = {int(c.get("index", "0")): int(c.get("ports", "31"))
-              for c in _controllers(devices, "virtio-serial")}
+              for c in controllers(devices, "virtio-serial")}
     for channel in channels:
         address = channel.find("address")
         if address is not None and address.get("port") is not None:
@@ -840,7 +656,7 @@ def _pc_bridges_named(devices: etree._Element, family: str) -> None:
     or a PCI controller names that no controller makes (pci-autoadd-addr, -idx)."""
     if family != "pc":
         return
-    existing = {int(c.get("index", "0")) for c in _controllers(devices, "pci")}
+    existing = {int(c.get("index", "0")) for c in controllers(devices, "pci")}
     named = {a.bus for d in devices if (a := PciAddress.of(d)) is not None}
     for index in range(1, max(existing | named | {0}) + 1):
         if index not in existing:
@@ -851,7 +667,7 @@ def _add_pci_bridge(devices: etree._Element, index: int) -> etree._Element:
     bridge = etree.Element("controller", type="pci", index=str(index), model="pci-bridge")
     etree.SubElement(bridge, "model", name="pci-bridge")
     etree.SubElement(bridge, "target", chassisNr=str(index))
-    pci = sorted(_controllers(devices, "pci"), key=lambda c: int(c.get("index", "0")))
+    pci = sorted(controllers(devices, "pci"), key=lambda c: int(c.get("index", "0")))
     before = [c for c in pci if int(c.get("index", "0")) < index]
     if before:
         before[-1].addnext(bridge)
@@ -863,7 +679,7 @@ def _add_pci_bridge(devices: etree._Element, index: int) -> etree._Element:
 def _check_pci_buses(devices: etree._Element) -> None:
     """Every device placed on a PCI bus other than the root's names a bus a PCI controller of
     the definition makes (libvirt would add pci-bridges for the missing ones)."""
-    buses = {int(c.get("index", "0")) for c in _controllers(devices, "pci")} | {0}
+    buses = {int(c.get("index", "0")) for c in controllers(devices, "pci")} | {0}
     for device in devices:
         address = PciAddress.of(device)
         if address is not None and address.bus not in buses:
@@ -887,34 +703,33 @@ def complete_machine(element: etree._Element) -> etree._Element:
     _controller_indexes(devices)
     _libvirt_order(devices)
     usb_default = "qemu-xhci" if family == "q35" else "piix3-uhci"
-    if not _controllers(devices, "usb") and machine_type(root) != "isapc":
-        _ensure_controller(devices, "usb", 0, usb_default)
-    for controller in _controllers(devices, "scsi"):
+    if not controllers(devices, "usb") and machine_type(root) != "isapc":
+        ensure_controller(devices, "usb", 0, usb_default)
+    for controller in controllers(devices, "scsi"):
         if controller.get("model") is None:
             controller.set("model", "lsilogic")  # libvirt's default SCSI controller on x86
-    for controller in _controllers(devices, "usb"):
+    for controller in controllers(devices, "usb"):
         if controller.get("model") is None:
             # A listed controller without a model is piix3-uhci on either machine
             # (qemuDomainDefaultUSBControllerModel); only one libvirt adds itself is qemu-xhci.
             controller.set("model", "piix3-uhci")
     root_model = "pcie-root" if family == "q35" else "pci-root"
-    for controller in _controllers(devices, "pci"):
+    for controller in controllers(devices, "pci"):
         if controller.get("index") == "0" and controller.get("model") not in (None, root_model):
             raise XMLError(f"<controller type='pci' index='0' model="
                            f"'{controller.get('model')}'>: PCI controller 0 is the machine's "
                            f"root, model '{root_model}' (list it first, or give the others "
                            "indexes from 1)")
     if family == "q35":
-        _ensure_controller(devices, "sata", 0)
-        _ensure_controller(devices, "pci", 0, "pcie-root")
+        ensure_controller(devices, "sata", 0)
+        ensure_controller(devices, "pci", 0, "pcie-root")
     elif machine_type(root) != "isapc":
-        _ensure_controller(devices, "pci", 0, "pci-root")
+        ensure_controller(devices, "pci", 0, "pci-root")
     _drive_addresses(devices, family)
     _implicit_devices(root, devices, family)
     _pc_bridges_named(devices, family)
     _pci_addresses(devices, family)
-    _smartcard_readers(devices)
-    _usb_addresses(devices)
+    usb_addresses(devices)
     _check_pci_buses(devices)
     _multifunction(devices)
     _virtio_serial_addresses(devices)
