@@ -283,6 +283,15 @@ def _with(device: str) -> str:
     (_with("<filesystem type='mount'><driver type='virtiofs'/><source dir='/s'/>"
            "<target dir='t'/><idmap><uid start='0' target='1' count='1'/></idmap>"
            "</filesystem>"), r"<driver type='virtiofs'>: <idmap>: not supported"),
+    (_with("<filesystem type='mount'><driver type='virtiofs' cache='x'/><source dir='/s'/>"
+           "<target dir='t'/></filesystem>").replace(
+        "<vcpu>2</vcpu>", "<vcpu>2</vcpu><memoryBacking><access mode='shared'/>"
+        "</memoryBacking>"), r"<driver type='virtiofs'>: attribute cache=: not supported"),
+    (_with("<filesystem type='mount'><driver type='virtiofs'/><source dir='/a,b'/>"
+           "<target dir='t'/></filesystem>").replace(
+        "<vcpu>2</vcpu>", "<vcpu>2</vcpu><memoryBacking><access mode='shared'/>"
+        "</memoryBacking>"), r"<source dir='/a,b'>: virtiofsd reads the folder from a "
+     r"comma-separated option"),
     (_with("<graphics type='spice' passwd='x'/>"), r"<graphics type='spice' passwd=>"),
     (_with("<interface type='network'><source network='default'/><model type='virtio'/>"
            "</interface>"), r"<interface type='network'> #2: libvirt virtual networks"),

@@ -26,6 +26,7 @@ from pathlib import Path
 from lxml import etree
 
 from qsnap.errors import LaunchError, NotSupportedError
+from qsnap.launcher.devices import VIRTIO_OPTIONS, virtio_keys
 from qsnap.launcher.refusal import refuse, refuse_unknown_parts
 from qsnap.model.options import escape_commas
 
@@ -103,6 +104,7 @@ def read_shares(root: etree._Element, runtime_folder: str) -> list[Share]:
         what = "<filesystem><driver type='virtiofs'>"
         refuse_unknown_parts(node, what, {"driver", "binary", "source", "target", "address",
                                           "boot", "readonly"}, {"accessmode"})
+        refuse_unknown_parts(driver, what, set(), {"type", "queue", *VIRTIO_OPTIONS})
         if node.get("accessmode", "passthrough") != "passthrough":
             raise refuse(f"{what} accessmode='{node.get('accessmode')}'", "virtiofsd passes "
                          "the host's owners through (accessmode='passthrough')")
@@ -122,6 +124,10 @@ def read_shares(root: etree._Element, runtime_folder: str) -> list[Share]:
             continue
         if source is None or not source.get("dir"):
             raise NotSupportedError(f"{what} needs <source dir=...> or <source socket=...>")
+        if "," in source.get("dir", ""):
+            raise NotSupportedError(f"{what}: <source dir='{source.get('dir')}'>: virtiofsd "
+                                    "reads the folder from a comma-separated option; rename "
+                                    "it or share a folder above it")
         binary = node.find("binary")
         socket = f"{runtime_folder}/fs{index}-fs.sock"
         daemon = [_binary(binary), f"--socket-path={socket}", "-o",
@@ -138,6 +144,7 @@ def share_args(share: Share, node: etree._Element, placed: dict[str, object]) ->
     if driver is not None and driver.get("queue"):
         device["queue-size"] = int(driver.get("queue", "0"))
     device["tag"] = share.tag
+    device.update(virtio_keys(driver))
     boot = node.find("boot")
     if boot is not None:
         device["bootindex"] = int(boot.get("order", "0"))
