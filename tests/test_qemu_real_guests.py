@@ -18,6 +18,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import tree_picture
@@ -502,12 +503,7 @@ async def test_more_device_classes_start_and_save(tmp_path: Path, machine: str) 
             expected |= {"ide-hd", "rtl8139", "piix3-usb-uhci"}
         assert expected <= drivers, expected - drivers
         assert argv[argv.index("-smp") + 1] == "2,sockets=1,dies=1,cores=2,threads=1"
-        saved_at = GUEST.last_serial_counter(serial) or 0
-        await engine.save("g", folder / "g.save")
-        offset = serial.stat().st_size
-        await engine.restore(folder / "g.save")
-        await wait_for_counter(serial, saved_at + 5)
-        assert saved_at - 5 <= _counters_since(serial, offset)[0] <= saved_at + 5
+        await save_restore_resumes(engine, "g", folder)
     finally:
         await engine.destroy("g")
 
@@ -569,12 +565,7 @@ async def test_device_options_start_and_save(tmp_path: Path) -> None:
         environment = Path(f"/proc/{pid}/environ").read_bytes()
         assert b"QSNAP_PASSED=yes\0" in environment and b"TZ=Europe/Paris\0" in environment
         assert argv[argv.index("-rtc") + 1].startswith("base=localtime")
-        saved_at = GUEST.last_serial_counter(serial) or 0
-        await engine.save("o", folder / "o.save")
-        offset = serial.stat().st_size
-        await engine.restore(folder / "o.save")
-        await wait_for_counter(serial, saved_at + 5)
-        assert saved_at - 5 <= _counters_since(serial, offset)[0] <= saved_at + 5
+        await save_restore_resumes(engine, "o", folder)
         pid = (await engine.guest_info("o")).pid
         assert b"QSNAP_PASSED=yes\0" in Path(f"/proc/{pid}/environ").read_bytes()
     finally:
@@ -605,20 +596,12 @@ async def test_usb_hubs_and_smartcards_start_and_save(tmp_path: Path) -> None:
     serial = folder / "serial.log"
     try:
         await wait_for_counter(serial, 5, timeout=60)
-        pid = (await engine.guest_info("u")).pid
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-        placed = {(d["driver"], d.get("port")) for d in (json.loads(a) for a in argv
-                                                          if a.startswith('{"driver"'))}
+        placed = {(d["driver"], d.get("port")) for d in await running_devices(engine, "u")}
         # libvirt's order: hubs, readers, then input devices.
         assert {("usb-hub", "1"), ("usb-ccid", "2"), ("usb-mouse", "1.1"),
                 ("usb-kbd", "1.2"), ("usb-tablet", "1.3"),
                 ("ccid-card-passthru", None)} <= placed
-        saved_at = GUEST.last_serial_counter(serial) or 0
-        await engine.save("u", folder / "u.save")
-        offset = serial.stat().st_size
-        await engine.restore(folder / "u.save")
-        await wait_for_counter(serial, saved_at + 5)
-        assert saved_at - 5 <= _counters_since(serial, offset)[0] <= saved_at + 5
+        await save_restore_resumes(engine, "u", folder)
     finally:
         await engine.destroy("u")
 
@@ -664,12 +647,7 @@ async def test_an_iommu_and_virtio_channels_start_and_save(tmp_path: Path) -> No
         assert (runtime / "channel1.sock").is_socket()  # the channel's socket, made by QEMU
         redir = next(d for d in devices if d["driver"] == "usb-redir")
         assert (redir["filter"], redir["bootindex"]) == ("0x08:-1:-1:0x0200:1|-1:-1:-1:-1:0", 9)
-        saved_at = GUEST.last_serial_counter(serial) or 0
-        await engine.save("io", folder / "io.save")
-        offset = serial.stat().st_size
-        await engine.restore(folder / "io.save")
-        await wait_for_counter(serial, saved_at + 5)
-        assert saved_at - 5 <= _counters_since(serial, offset)[0] <= saved_at + 5
+        await save_restore_resumes(engine, "io", folder)
     finally:
         await engine.destroy("io")
 
@@ -727,9 +705,7 @@ async def test_a_usb_stick_and_disk_identities_snapshot_and_revert(tmp_path: Pat
     await engine.define(xml)
     await engine.start("us")
     try:
-        argv = Path(f"/proc/{(await engine.guest_info('us')).pid}/cmdline").read_text()
-        devices = {d["id"]: d for d in (json.loads(a) for a in argv.split("\0")
-                                        if a.startswith('{"driver"')) if "id" in d}
+        devices = {d["id"]: d for d in await running_devices(engine, "us") if "id" in d}
         assert {k: devices["sdb"][k] for k in ("driver", "bus", "port", "removable")} == \
             {"driver": "usb-storage", "bus": "usb.0", "port": "1", "removable": True}
         assert {k: devices["hdb"][k] for k in ("wwn", "serial", "cyls", "bios-chs-trans",
@@ -862,6 +838,25 @@ async def test_every_save_image_format_moves_between_libvirt_11_and_qsnap(
             await engine.destroy(name)
 
 
+async def save_restore_resumes(engine: Engine, domain: str, folder: Path) -> None:
+    """A save of the running guest (``folder/DOMAIN.save``) and its restore, which counts on
+    from where it was saved."""
+    serial = folder / "serial.log"
+    saved_at = GUEST.last_serial_counter(serial) or 0
+    await engine.save(domain, folder / f"{domain}.save")
+    offset = serial.stat().st_size
+    await engine.restore(folder / f"{domain}.save")
+    await wait_for_counter(serial, saved_at + 5)
+    assert saved_at - 5 <= _counters_since(serial, offset)[0] <= saved_at + 5
+
+
+async def running_devices(engine: Engine, domain: str) -> list[dict[str, Any]]:
+    """The ``-device`` properties (JSON form) of the domain's running QEMU."""
+    pid = (await engine.guest_info(domain)).pid
+    return [json.loads(a) for a in Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+            if a.startswith('{"driver"')]
+
+
 async def revert_resumes_where_taken(engine: Engine, domain: str, folder: Path) -> None:
     """A running guest's external full-system snapshot (``m1``), and a revert to it that
     resumes the guest's counter where the snapshot was taken."""
@@ -968,13 +963,7 @@ async def test_a_guest_with_a_memory_module_snapshots_and_saves(tmp_path: Path) 
         dimm = next(json.loads(a) for a in argv if a.startswith('{"driver": "pc-dimm"'))
         assert (dimm["memdev"], dimm["node"], dimm["slot"]) == ("memdimm0", 0, 0)
         await revert_resumes_where_taken(engine, "dm", folder)
-        serial = folder / "serial.log"
-        saved_at = GUEST.last_serial_counter(serial) or 0
-        await engine.save("dm", folder / "dm.save")
-        offset = serial.stat().st_size
-        await engine.restore(folder / "dm.save")
-        await wait_for_counter(serial, saved_at + 5)
-        assert saved_at - 5 <= _counters_since(serial, offset)[0] <= saved_at + 5
+        await save_restore_resumes(engine, "dm", folder)
     finally:
         await engine.destroy("dm")
 

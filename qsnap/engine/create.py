@@ -377,8 +377,7 @@ async def _run(ctx: Context, monitor: Monitor | None, xml: str | bytes | None,
             state = await state_from(monitor)  # the guest pauses: a rollback resumes it
         internal = [("", image) for image in plan.internal_images]
 
-    tpm_file = permanent_state(definition.element, ctx.tpm_state) \
-        if definition.emulated_tpm and ctx.tpm_state is not None else None
+    tpm_file = permanent_state(definition.element, ctx.tpm_state)
 
     def record() -> CreateWork:  # file checks, metadata and intent: one worker-thread trip
         check_new_files(plan.overlays, plan.snapshot, definition)

@@ -347,11 +347,10 @@ class Engine:
             if names and not snapshots_metadata:
                 raise OperationInvalidError(
                     f"cannot delete inactive domain with {len(names)} snapshots")
-            backend = folder.definition.element.find("devices/tpm/backend[@type='emulator']")
+            definition = folder.definition
             tpm_state = self._tpm_state(folder)
             self.state.remove_folder(folder)
-            if backend is not None and backend.get("persistent_state") != "yes":
-                # libvirt removes an emulated TPM's state with its domain, unless asked not to.
+            if definition.emulated_tpm and not definition.tpm_state_outlives_undefine:
                 import shutil
 
                 shutil.rmtree(tpm_state, ignore_errors=True)

@@ -302,8 +302,6 @@ async def _tpm(ctx: Context, plan: RevertPlan) -> None:
     """The emulated TPM's permanent state as the snapshot found it (its kept copy), once the
     old guest's swtpm has ended; a memory snapshot's stream then sets the rest. A snapshot
     that kept none (taken before qsnap kept them) leaves the TPM as it is, as libvirt does."""
-    if not plan.domain.emulated_tpm or ctx.tpm_state is None:
-        return
     target = permanent_state(plan.domain.element, ctx.tpm_state)
     if target is None or not target.parent.is_dir():
         return  # never started: its first start makes it

@@ -29,17 +29,18 @@ def _reconnect(source: etree._Element | None) -> str:
     return ",reconnect=0"
 
 
-def chardev(node: etree._Element, chardev_id: str, host_device: str = "serial") -> str:
+def chardev(node: etree._Element, chardev_id: str, host_device: str = "serial",
+            also: frozenset[str] = frozenset()) -> str:
     """``-chardev``'s value for the character device *node* (``<serial>``, ``<parallel>``,
     ``<console>``); *host_device* is QEMU's backend for ``type='dev'`` (``serial`` or
-    ``parallel``)."""
+    ``parallel``); *also* names children the caller reads itself (a ``<boot>``)."""
     kind = node.get("type", "pty")
     what = f"<{node.tag} type='{kind}'>"
     source = node.find("source")
     path = escape_commas(source.get("path", "")) if source is not None else ""
     for child in node:
-        if isinstance(child.tag, str) and child.tag not in ("source", "target", "address",
-                                                            "alias", "protocol"):
+        if isinstance(child.tag, str) and child.tag not in {"source", "target", "address",
+                                                            "alias", "protocol", *also}:
             raise refuse(f"{what}: <{child.tag}>", "not supported by qsnap's launcher")
     if kind in ("pty", "null"):
         return f"{kind},id={chardev_id}"

@@ -9,7 +9,6 @@ is refused by name.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import socket
@@ -167,15 +166,11 @@ def redirdev_args(index: int, node: etree._Element, usb_filter: str | None,
     if node.get("bus", "usb") != "usb":
         raise refuse(f"<redirdev bus='{node.get('bus')}'>", "only USB redirection exists")
     boot = node.find("boot")
-    if boot is not None:
-        node = copy.deepcopy(node)  # the chardev reads the rest
-        for order in node.findall("boot"):
-            node.remove(order)
     if node.get("type") == "spicevmc":
-        refuse_unknown_parts(node, "<redirdev>", {"address"}, {"bus"})
+        refuse_unknown_parts(node, "<redirdev>", {"address", "boot"}, {"bus"})
         out.add("-chardev", f"spicevmc,id=charredir{index},name=usbredir")
     else:
-        out.add("-chardev", chardev(node, f"charredir{index}"))
+        out.add("-chardev", chardev(node, f"charredir{index}", also=frozenset({"boot"})))
     device: dict[str, object] = {"driver": "usb-redir", "chardev": f"charredir{index}",
                                  "id": f"redir{index}"}
     if usb_filter is not None:

@@ -321,9 +321,12 @@ def _model_and_features(root: etree._Element, accel: str, out: Platform) -> str 
 
 
 def _cache_and_address_bits(cpu: etree._Element, mode: str) -> list[str]:
-    """``<cache>`` and ``<maxphysaddr>`` as libvirt's CPU flags (qemuBuildCpuModelArgStr):
-    an emulated L3 cache, the host's cache description, or neither; the guest's physical
-    address width, given or the host's (with a limit)."""
+    """``<cache>`` and ``<maxphysaddr>`` as libvirt's CPU flags (qemuBuildCpuModelArgStr)."""
+    return _cache_flags(cpu, mode) + _address_bits(cpu, mode)
+
+
+def _cache_flags(cpu: etree._Element, mode: str) -> list[str]:
+    """An emulated L3 cache, the host's cache description, or neither."""
     flags: list[str] = []
     cache = cpu.find("cache")
     if cache is not None:
@@ -350,6 +353,12 @@ def _cache_and_address_bits(cpu: etree._Element, mode: str) -> list[str]:
             flags.append("host-cache-info=off")
         if l3_off:
             flags.append("l3-cache=off")
+    return flags
+
+
+def _address_bits(cpu: etree._Element, mode: str) -> list[str]:
+    """The guest's physical address width: given, or the host's (with a limit)."""
+    flags: list[str] = []
     phys = cpu.find("maxphysaddr")
     if phys is not None:
         if phys.get("mode") == "emulate":

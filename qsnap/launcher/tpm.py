@@ -117,12 +117,13 @@ def read_tpm(root: etree._Element) -> Tpm | None:
                debug=int(debug) if debug is not None else None)
 
 
-def permanent_state(element: etree._Element, state: Path) -> Path | None:
-    """The permanent-state file of the emulated TPM of the domain *element*, or None if it
-    has none."""
+def permanent_state(element: etree._Element, state: Path | None) -> Path | None:
+    """The permanent-state file of the emulated TPM of the domain *element* under *state*,
+    or None if it has none (or no state folder was given: an attached QEMU's)."""
     tpm = read_tpm(element)
-    return tpm.permanent_state(state) if tpm is not None and tpm.backend == "emulator" \
-        else None
+    if tpm is None or tpm.backend != "emulator" or state is None:
+        return None
+    return tpm.permanent_state(state)
 
 
 def control_socket(tpm: Tpm, runtime: RuntimePaths) -> str:

@@ -85,6 +85,13 @@ class DomainDef:
         return self.element.find("devices/tpm/backend[@type='emulator']") is not None
 
     @property
+    def tpm_state_outlives_undefine(self) -> bool:
+        """libvirt removes an emulated TPM's state with its domain unless
+        ``persistent_state='yes'`` asks to keep it."""
+        return self.element.find(
+            "devices/tpm/backend[@type='emulator'][@persistent_state='yes']") is not None
+
+    @property
     def memory_bytes(self) -> int:
         """The guest's RAM in bytes (QEMU's default of 128 MiB when the definition has none),
         rounded up to whole MiB as libvirt aligns it on x86 (219100 KiB is 214 MiB)."""
