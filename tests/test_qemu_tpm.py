@@ -93,9 +93,12 @@ async def test_tpm_state_follows_snapshots_and_saves(tmp_path: Path) -> None:
                                                   else "running")
             assert _digest(permall) == made, snapshot
             if snapshot == "d1":
+                # A boot changes the permanent state itself (TPM2_Startup counts resets),
+                # so after this start only the emulator is checked.
                 await engine.start("t")
+            else:
+                assert _digest(permall) == made, snapshot
             assert len(_emulators(marker)) == 1
-            assert _digest(permall) == made, snapshot
 
         await engine.save("t", folder / "t.save")
         assert await _gone(marker)

@@ -95,6 +95,12 @@ async def start_qemu(domain: DomainDef, paths: RuntimePaths, accel: str, *,
     swtpm = None
     try:
         swtpm = await _start_swtpm(domain, paths, tpm_state)
+        if swtpm is not None or shares:
+            # Made again after the daemons' start (a TPM's first one takes a second): a
+            # port chosen for SPICE's autoport is then still free when QEMU binds it.
+            argv = qemu_command(domain, paths, accel, emulator=emulator.strip(),
+                                incoming=incoming, paused=paused,
+                                compat=os.environ.get("QSNAP_QEMU_COMPAT"))
         pid = await _run_daemonizing(argv, None, domain.name, paths,
                                      qemu_environment(domain.element))
     except BaseException:
