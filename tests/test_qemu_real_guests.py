@@ -8,6 +8,7 @@ devices as ``virsh domxml-to-native``, and save images that move both ways betwe
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import re
@@ -873,9 +874,20 @@ async def revert_resumes_where_taken(engine: Engine, domain: str, folder: Path) 
 
 @pytest.fixture
 def huge_pages(tmp_path: Path) -> Iterator[Path]:
-    """A hugetlbfs of 2 MiB pages with 160 MiB reserved, for the test's duration."""
+    """A hugetlbfs of 2 MiB pages with 160 MiB reserved, for the test's duration.
+
+    The host's page pool is one for every suite: CI runs the suites side by side, and a
+    second suite's guest taking its pages (or giving the pool back) in the middle would make
+    this test's counts wrong, so the fixture holds a host-wide lock while it runs."""
     if os.geteuid() != 0:
         pytest.fail("huge pages need root (mount, nr_hugepages): run the tests as root")
+    with open("/tmp/qsnap-tests-huge-pages.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield from _reserved_huge_pages(tmp_path)
+
+
+def _reserved_huge_pages(tmp_path: Path) -> Iterator[Path]:
+    """Mount a hugetlbfs and reserve 80 more pages of 2 MiB; give both back afterwards."""
     count = Path("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")
     before = count.read_text().strip()
     mount = tmp_path / "hugepages"
