@@ -92,6 +92,17 @@ class OperationAbortedError(OperationFailedError):
     """The operation was stopped on request (``domjobabort``) and settled as a failed one."""
 
 
+class JobFailedError(OperationFailedError):
+    """A QEMU job ended in an error (or before its work was done); ``reason`` is QEMU's own
+    text, ``job_id`` the job's. The job was dismissed."""
+
+    def __init__(self, message: str, *, job_id: str, reason: str, domain: str | None = None,
+                 snapshot: str | None = None, path: str | None = None) -> None:
+        super().__init__(message, domain=domain, snapshot=snapshot, path=path)
+        self.job_id = job_id
+        self.reason = reason
+
+
 class GuestExitedError(OperationFailedError):
     """The guest's QEMU exited while an operation needed it (e.g. while it loaded a saved
     state); the operation was undone."""

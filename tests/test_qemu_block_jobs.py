@@ -283,9 +283,9 @@ async def test_a_crash_during_a_pivot_is_finished_by_the_next_command(tmp_path: 
     assert info is not None
     async with await Monitor.connect(info.qmp) as monitor:
         chains = await monitor.block_chains()
-        jobs = await monitor.jobs()
+        jobs = await monitor.jobs.all()
     if (state / "domains" / "g" / "intent.json").exists():  # the job runs on, ready: finish it
-        assert [j["status"] for j in jobs] == ["ready"]
+        assert [j.status for j in jobs] == ["ready"]
         ok(await in_thread(state, "blockjob", "g", "vda", "--pivot"))
         disks = await domain_disks(engine)
         async with await Monitor.connect(info.qmp) as monitor:

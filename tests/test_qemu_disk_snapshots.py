@@ -477,15 +477,15 @@ async def test_monitor_runs_generic_jobs_through_events(running: Guest) -> None:
     async with await Monitor.connect(info.qmp) as monitor:
         await monitor.execute("blockdev-add", {"driver": "file", "filename": str(target),
                                                "node-name": "job-file"})
-        await monitor.run_job("blockdev-create", {"options": {
-            "driver": "qcow2", "file": "job-file", "size": 1 << 20}}, monitor.job_id("create"))
+        await monitor.jobs.run("blockdev-create", {"options": {
+            "driver": "qcow2", "file": "job-file", "size": 1 << 20}}, monitor.jobs.unique_id("create"))
         assert await monitor.execute("query-jobs") == []
         # Accepted as a command; the job itself concludes with this error.
         with pytest.raises(qsnap.QsnapError, match="QEMU refused blockdev-create: Image size "
                                                    "must be a multiple of 512 bytes"):
-            await monitor.run_job("blockdev-create", {"options": {
+            await monitor.jobs.run("blockdev-create", {"options": {
                 "driver": "qcow2", "file": "job-file", "size": 1000,
-                "cluster-size": 3}}, monitor.job_id("bad"))
+                "cluster-size": 3}}, monitor.jobs.unique_id("bad"))
         assert await monitor.execute("query-jobs") == []
         await monitor.execute("blockdev-del", {"node-name": "job-file"})
     details = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(target)],

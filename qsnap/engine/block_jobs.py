@@ -34,13 +34,14 @@ import asyncio
 import contextlib
 import os
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from qsnap import images
 from qsnap.engine.context import Context
 from qsnap.errors import (
     DomainNotRunningError,
     InvalidArgumentError,
+    JobFailedError,
     MonitorTimeoutError,
     OperationFailedError,
     OperationInvalidError,
@@ -51,6 +52,7 @@ from qsnap.logs import logger
 from qsnap.model.domain import parse_domain
 from qsnap.model.snapshot import format_snapshot, parse_snapshot
 from qsnap.monitor import Monitor
+from qsnap.monitor.jobs import FOREVER, CommitJob, JobPurpose, JobStatus, job_id
 from qsnap.plan.block_jobs import CommitPlan, find_disk, plan_commit, plan_pull
 from qsnap.plan.external_delete import renamed_definition, renamed_snapshot
 from qsnap.progress import ProgressMeter
@@ -59,18 +61,6 @@ from qsnap.store.atomic import unlink_if_present
 from qsnap.store.intent import IntentRecord, clear_intent, read_intent, write_intent
 
 log = logger("qsnap")
-
-#: The statuses a job waits in for someone's decision or for QEMU.
-_UNDER_WAY = frozenset({"created", "running", "paused", "ready", "standby", "waiting"})
-
-
-def commit_job_id(target: str) -> str:
-    return f"qsnap-blockcommit-{target}"
-
-
-def pull_job_id(target: str) -> str:
-    return f"qsnap-blockpull-{target}"
-
 
 @dataclass(frozen=True)
 class BlockJobInfo:
@@ -121,8 +111,8 @@ async def _running_monitor(ctx: Context) -> Monitor:
 
 
 async def _refuse_busy(monitor: Monitor, target: str) -> None:
-    for job in await monitor.block_jobs():
-        if job.get("device", "").endswith(f"-{target}"):
+    for job in await monitor.jobs.block_jobs():
+        if job.id.endswith(f"-{target}"):
             raise OperationInvalidError(f"disk '{target}' already in active block job")
 
 
@@ -159,9 +149,9 @@ async def start_commit(ctx: Context, disk: str, *, base: str | None, top: str | 
         await asyncio.to_thread(write_intent, folder.path, work.record())
         crash_point("blockcommit: intent recorded")
         try:
-            await monitor.start_commit(work.job_id, plan.nodes[0], plan.nodes[plan.base],
-                                       None if plan.active else plan.nodes[plan.top],
-                                       speed=bandwidth)
+            await monitor.jobs.commit_of(work.job_id).start(
+                plan.nodes[0], plan.nodes[plan.base],
+                None if plan.active else plan.nodes[plan.top], speed=bandwidth)
         except QsnapError:
             await asyncio.to_thread(clear_intent, folder.path)
             raise
@@ -178,8 +168,8 @@ def _work(plan: CommitPlan, folder: DomainFolder, snapshots: dict[str, Any],
           delete: bool) -> CommitWork:
     definition = renamed_definition(folder.definition, plan.renames) if plan.active else None
     put = [renamed_snapshot(s, plan.renames) for s in snapshots.values()]
-    return CommitWork(plan.target, commit_job_id(plan.target), plan.top_file, plan.base_file,
-                      plan.active, list(plan.merged_away), delete,
+    return CommitWork(plan.target, job_id(JobPurpose.BLOCKCOMMIT, plan.target),
+                      plan.top_file, plan.base_file, plan.active, list(plan.merged_away), delete,
                       definition.to_xml() if definition is not None else None,
                       [format_snapshot(s, active=False) for s in put if s is not None])
 
@@ -187,67 +177,73 @@ def _work(plan: CommitPlan, folder: DomainFolder, snapshots: dict[str, Any],
 # -- carrying it on -------------------------------------------------------------------------
 
 class CommitRun:
-    """Carries a recorded commit on from wherever it is (the run, ``blockjob``, recovery)."""
+    """Carries a recorded commit on from wherever it is (the run, ``blockjob``, recovery);
+    the job's own steps are :class:`qsnap.monitor.jobs.CommitJob`'s, the record's here."""
 
     def __init__(self, ctx: Context, work: CommitWork, monitor: Monitor | None) -> None:
         self.ctx = ctx
         self.work = work
         self.monitor = monitor
 
+    @property
+    def job(self) -> CommitJob:
+        assert self.monitor is not None
+        return self.monitor.jobs.commit_of(self.work.job_id)
+
     async def _record(self) -> None:
         await asyncio.to_thread(write_intent, self.ctx.folder.path, self.work.record())
+
+    async def _failed(self, exc: JobFailedError) -> NoReturn:
+        """The job ended before base was decided: nothing changed; the record goes."""
+        await asyncio.to_thread(clear_intent, self.ctx.folder.path)
+        raise OperationFailedError(f"block commit of disk '{self.work.target}' failed: "
+                                   f"{exc.reason}") from None
 
     async def wait_copied(self, meter: ProgressMeter | None, timeout: float | None) -> bool:
         """Wait until the copy is done (active: ``ready``; else ``pending``); False when
         *timeout* seconds passed first (the job runs on)."""
-        assert self.monitor is not None
         try:
-            job = await self.monitor.wait_job(self.work.job_id, frozenset({"ready", "pending"}),
-                                              progress=meter, timeout=timeout or 30 * 86400.0)
+            job = await self.job.wait_copied(progress=meter, timeout=timeout)
         except MonitorTimeoutError:
             return False
-        await self._fail_if_failed(job)
+        except JobFailedError as exc:
+            await self._failed(exc)
         if meter is not None:
-            meter(job.get("total-progress", 0), job.get("total-progress", 0))
+            meter(job.total, job.total)
         return True
-
-    async def _fail_if_failed(self, job: dict[str, Any]) -> None:
-        if job["status"] == "concluded":
-            assert self.monitor is not None
-            await self.monitor.dismiss_job(self.work.job_id)
-            await asyncio.to_thread(clear_intent, self.ctx.folder.path)
-            raise OperationFailedError(f"block commit of disk '{self.work.target}' failed: "
-                                       f"{job.get('error') or 'the job ended early'}")
 
     async def pivot(self) -> None:
         """Complete an active commit and switch the guest onto base."""
-        assert self.monitor is not None and self.work.active
-        job = await self.monitor.job(self.work.job_id)
-        if job is None or job["status"] not in ("ready", "pending"):
+        assert self.work.active
+        job = await self.job.state()
+        if job is None or job.status not in (JobStatus.READY, JobStatus.PENDING):
             raise OperationInvalidError(f"block job '{self.work.target}' not ready for pivot "
                                         "yet")
-        if job["status"] == "ready":
+        if job.status is JobStatus.READY:
             self.work.pivot = True
             await self._record()
-            await self.monitor.complete_job(self.work.job_id)
+            await self.job.complete()
             crash_point("blockcommit: completing")
         await self.finish()
+
+    async def _decide(self) -> None:
+        self.work.decided = True
+        await self._record()
+        crash_point("blockcommit: pending, decided")
 
     async def finish(self) -> None:
         """From ``pending`` (or later): mark, finalize, save the metadata, remove files."""
         assert self.monitor is not None
-        job = await self.monitor.wait_job(self.work.job_id, frozenset({"pending"}))
-        if job["status"] == "concluded" and not self.work.decided:
-            await self._fail_if_failed(job)
-        if not self.work.decided:
-            self.work.decided = True
-            await self._record()
-            crash_point("blockcommit: pending, decided")
-        if job["status"] == "pending":
-            await self.monitor.finalize_job(self.work.job_id)
-            job = await self.monitor.wait_job(self.work.job_id, frozenset())
+        try:
+            await self.job.finish(None if self.work.decided else self._decide)
+        except JobFailedError as exc:
+            if not self.work.decided:
+                await self._failed(exc)
+            # Failed at its finalize, after base was decided: concluded as decided (as it
+            # always was here; whether QEMU pivoted is not looked at).
+            log.warning("block commit of disk '%s' reported at its end: %s",
+                        self.work.target, exc.reason)
         crash_point("blockcommit: finalized")
-        await self.monitor.dismiss_job(self.work.job_id)
         with contextlib.suppress(QsnapError):
             await self.monitor.drop_detached_nodes()
         await self.conclude()
@@ -269,17 +265,13 @@ class CommitRun:
         """Stop the job (an active commit that is ``ready`` ends cleanly, the guest staying
         on its top image); nothing in the metadata changes."""
         assert self.monitor is not None
-        job = await self.monitor.job(self.work.job_id)
-        if job is not None and job["status"] == "pending":
+        job = await self.job.state()
+        if job is not None and job.status is JobStatus.PENDING:
             # Already copied and held: cancelling now would still be clean, but the work is
             # done, so finish it as decided (the guest's writes are all in base).
             await self.finish()
             return
-        if job is not None and job["status"] != "concluded":
-            await self.monitor.cancel_job(self.work.job_id)
-            await self.monitor.wait_job(self.work.job_id, frozenset())
-        if job is not None:
-            await self.monitor.dismiss_job(self.work.job_id)
+        await self.job.abort()
         with contextlib.suppress(QsnapError):
             await self.monitor.drop_detached_nodes()
         await asyncio.to_thread(clear_intent, self.ctx.folder.path)
@@ -330,13 +322,9 @@ async def block_job(ctx: Context, disk: str, action: str) -> BlockJobInfo | None
         if action == "info":
             return await _job_info(monitor, target, work)
         if work is None:
-            pull = await monitor.job(pull_job_id(target))
+            pull = await monitor.jobs.get(job_id(JobPurpose.BLOCKPULL, target))
             if action == "abort" and pull is not None:
-                if pull["status"] in _UNDER_WAY:
-                    await monitor.cancel_job(pull["id"])
-                    await monitor.wait_job(pull["id"], frozenset())
-                with contextlib.suppress(QsnapError):
-                    await monitor.dismiss_job(pull["id"])
+                await monitor.jobs.abort(pull.id)
                 record = await asyncio.to_thread(read_intent, ctx.folder.path)
                 if record is not None and record["kind"] == PullWork.KIND:
                     await asyncio.to_thread(clear_intent, ctx.folder.path)
@@ -354,15 +342,15 @@ async def block_job(ctx: Context, disk: str, action: str) -> BlockJobInfo | None
 
 async def _job_info(monitor: Monitor, target: str, work: CommitWork | None
                     ) -> BlockJobInfo | None:
-    for job in await monitor.block_jobs():
-        if job.get("device") not in (commit_job_id(target), pull_job_id(target)):
+    ours = (job_id(JobPurpose.BLOCKCOMMIT, target), job_id(JobPurpose.BLOCKPULL, target))
+    for job in await monitor.jobs.block_jobs():
+        if job.id not in ours:
             continue
         kind = {"commit": "Block Commit", "stream": "Block Pull", "mirror": "Block Copy",
-                "backup": "Backup"}.get(job.get("type", ""), "Unknown job")
+                "backup": "Backup"}.get(job.type, "Unknown job")
         if work is not None and work.active and kind == "Block Commit":
             kind = "Active Block Commit"
-        return BlockJobInfo(target, kind, int(job.get("offset", 0)), int(job.get("len", 0)),
-                            bool(job.get("ready")))
+        return BlockJobInfo(target, kind, job.done, job.total, job.status is JobStatus.READY)
     return None
 
 
@@ -379,14 +367,14 @@ async def run_pull(ctx: Context, disk: str, *, base: str | None, wait: bool,
                 else f"domain '{ctx.domain}' has another block job under way (disk "
                      f"'{recorded.get('target')}')", domain=ctx.domain)
         plan = plan_pull(ctx.folder.definition, disk, await monitor.block_chains(), base=base)
-        job_id = pull_job_id(plan.target)
+        pull_id = job_id(JobPurpose.BLOCKPULL, plan.target)
         await _refuse_busy(monitor, plan.target)
-        work = PullWork(plan.target, job_id)
+        work = PullWork(plan.target, pull_id)
         if wait:
             await asyncio.to_thread(write_intent, ctx.folder.path, work.record())
             crash_point("blockpull: intent recorded")
         try:
-            await monitor.start_stream(job_id, plan.nodes[0],
+            await monitor.jobs.start_stream(pull_id, plan.nodes[0],
                                        None if plan.base is None else plan.nodes[plan.base],
                                        auto_dismiss=not wait, speed=bandwidth)
         except QsnapError:
@@ -397,20 +385,17 @@ async def run_pull(ctx: Context, disk: str, *, base: str | None, wait: bool,
             return "started"
         crash_point("blockpull: job started")
         try:
-            job = await monitor.wait_job(job_id, frozenset(), progress=meter,
-                                         timeout=timeout or 30 * 86400.0)
+            job = await monitor.jobs.wait(pull_id, progress=meter, timeout=timeout or FOREVER)
         except MonitorTimeoutError:
-            await monitor.cancel_job(job_id)
-            await monitor.wait_job(job_id, frozenset())
-            await monitor.dismiss_job(job_id)
+            await monitor.jobs.abort(pull_id)
             await asyncio.to_thread(clear_intent, ctx.folder.path)
             return "aborted"
         crash_point("blockpull: job concluded")
-        await monitor.dismiss_job(job_id)
+        await monitor.jobs.dismiss(pull_id)
         await asyncio.to_thread(clear_intent, ctx.folder.path)
-        if job.get("error"):
+        if job.error:
             raise OperationFailedError(f"block pull of disk '{plan.target}' failed: "
-                                       f"{job['error']}")
+                                       f"{job.error}")
         if meter is not None:
             meter(1, 1)
         with contextlib.suppress(QsnapError):
@@ -420,26 +405,15 @@ async def run_pull(ctx: Context, disk: str, *, base: str | None, wait: bool,
 
 # -- recovery -------------------------------------------------------------------------------
 
-async def dismiss_concluded(monitor: Monitor) -> list[str]:
-    """Dismiss every job of qsnap's that QEMU holds concluded (a waiter was killed); their
-    ids. Sent before any other command of a recovery (see the module docstring)."""
-    dismissed = []
-    for job in await monitor.jobs():
-        if job["id"].startswith("qsnap-") and job["status"] == "concluded":
-            await monitor.dismiss_job(job["id"])
-            dismissed.append(job["id"])
-    return dismissed
-
-
 async def _settle_pull(ctx: Context, work: PullWork) -> str | None:
     if ctx.running is None:
         return f"block pull of disk '{work.target}' ended with the guest"
     async with await Monitor.connect(ctx.running.qmp) as monitor:
-        job = await monitor.job(work.job_id)
-        if job is not None and job["status"] in _UNDER_WAY:
+        job = await monitor.jobs.get(work.job_id)
+        if job is not None and job.under_way:
             return None
-        await dismiss_concluded(monitor)
-    error = f": {job['error']}" if job is not None and job.get("error") else ""
+        await monitor.jobs.dismiss_concluded()
+    error = f": {job.error}" if job is not None and job.error else ""
     return f"block pull of disk '{work.target}' had ended{error}; its job was dismissed"
 
 
@@ -466,19 +440,19 @@ async def settle(ctx: Context, record: dict[str, Any]) -> str | None:
                 f"'{work.top_file}'")
     async with await Monitor.connect(ctx.running.qmp) as monitor:
         run = CommitRun(ctx, work, monitor)
-        job = await monitor.job(work.job_id)
+        job = await run.job.state()
         if job is None:
             if work.decided:
                 await run.conclude()
                 return f"block commit of disk '{work.target}' finished"
             await asyncio.to_thread(clear_intent, ctx.folder.path)
             return f"block commit of disk '{work.target}' had ended; nothing changed"
-        if job["status"] in _UNDER_WAY:
+        if job.under_way:
             return None
-        if job["status"] == "concluded" and not work.decided:
-            await monitor.dismiss_job(work.job_id)
+        if job.concluded and not work.decided:
+            await monitor.jobs.dismiss(work.job_id)
             await asyncio.to_thread(clear_intent, ctx.folder.path)
             return (f"block commit of disk '{work.target}' ended without a pivot"
-                    + (f": {job['error']}" if job.get("error") else ""))
+                    + (f": {job.error}" if job.error else ""))
         await run.finish()
         return f"block commit of disk '{work.target}' finished"

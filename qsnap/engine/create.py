@@ -216,7 +216,7 @@ async def _settle_live(work: CreateWork, monitor: Monitor) -> bool:
         # so it is waited for instead (it ends on its own, at disk speed).
         await monitor.end_migration(cancel=work.strategy != "background")
     if work.internal:
-        await monitor.settle_jobs("snapshot-save")
+        await monitor.jobs.settle("snapshot-save")
         return await _settle_live_tags(work, monitor)
     from qsnap.engine.full_snapshot import finish_merge_backs, merge_back
     from qsnap.engine.memory import image_is_complete

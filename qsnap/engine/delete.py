@@ -31,13 +31,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from qsnap import images
 from qsnap.engine.context import Context
-from qsnap.errors import OperationIncompleteError, OperationInvalidError, QsnapError
+from qsnap.errors import (
+    JobFailedError,
+    OperationIncompleteError,
+    OperationInvalidError,
+    QsnapError,
+)
 from qsnap.faults import crash_point
 from qsnap.launcher.runtime import RuntimeInfo
 from qsnap.logs import logger
@@ -45,6 +52,7 @@ from qsnap.model.domain import DomainDef, parse_domain
 from qsnap.model.image_graph import ImageGraph
 from qsnap.model.snapshot import SnapshotDef, format_snapshot, parse_snapshot
 from qsnap.monitor import Monitor
+from qsnap.monitor.jobs import CommitJob, JobPurpose, JobStatus
 from qsnap.plan.delete import (
     InternalRemoval,
     MetadataDeletePlan,
@@ -65,6 +73,8 @@ from qsnap.store.atomic import unlink_if_present
 from qsnap.store.intent import IntentRecord, clear_intent, write_intent
 
 log = logger("qsnap")
+
+T = TypeVar("T")
 
 
 
@@ -127,7 +137,7 @@ async def check_external(plan: ExternalDeletePlan, graph: ImageGraph,
     """What would make a merge fail part-way, found before it starts."""
     if running is not None and any(m.live for m in plan.merges):
         async with await Monitor.connect(running.qmp) as monitor:
-            if await monitor.jobs():
+            if await monitor.jobs.all():
                 raise OperationInvalidError("cannot delete external snapshots when there is "
                                             "another active block job")
     needs: dict[int, int] = {}
@@ -298,61 +308,48 @@ class DeleteRun:
         async with await Monitor.connect(self.running.qmp) as monitor:
             chains = self.chains if self.chains is not None else await monitor.block_chains()
             # A recovery takes over the jobs a crash left; a run has checked there were none.
-            leftover = {j["id"]: j for j in await monitor.jobs()} if self.chains is None else {}
-            jobs: dict[str, Merge] = {}
+            leftover = ({job.id for job in await monitor.jobs.all()} if self.chains is None
+                        else set())
+            commits: list[tuple[CommitJob, Merge]] = []
             for merge, done in zip(list(work.merges), list(work.merged), strict=True):
-                job_id = f"qsnap-commit-{merge.target}"
+                commit = monitor.jobs.commit(JobPurpose.DELETE, merge.target)
                 if done:
                     # Marked at pending, then a crash before the finalize: QEMU still holds
                     # the disk's I/O for it.
-                    if job_id in leftover:
-                        await self._finalize(monitor, leftover[job_id], merge)
+                    if commit.id in leftover:
+                        await _worded(commit.finish(None), "finishing block job", merge)
                     continue
                 chain = chains.get(merge.target, [])
-                if job_id not in leftover:
+                if commit.id not in leftover:
                     if merge.top not in [f for _, f in chain]:
                         if merge.live:
                             await self._mark_merged(merge)  # QEMU finished it before a crash
                         continue
                     node = {f: n for n, f in chain}
                     self.changed = True
-                    await monitor.start_commit(job_id, chain[0][0], node[merge.base],
-                                               None if merge.active else node[merge.top])
+                    await commit.start(chain[0][0], node[merge.base],
+                                       None if merge.active else node[merge.top])
                     crash_point(f"delete: commit of {merge.target} started")
                 self.changed = True  # started now or by the run a crash interrupted
-                jobs[job_id] = merge
-            for job_id, merge in jobs.items():
-                job = await monitor.wait_job(job_id, frozenset({"ready", "pending"}),
-                                             progress=self._meter(merge))
-                await _check_job(monitor, job, f"block commit failed while deleting disk "
-                                 f"'{merge.target}' snapshot")
-                if job["status"] == "ready":  # an active commit: copy what is left
-                    await monitor.complete_job(job_id)
+                commits.append((commit, merge))
+            for commit, merge in commits:
+                job = await _worded(commit.wait_copied(progress=self._meter(merge)),
+                                    "block commit", merge)
+                if job.status is JobStatus.READY:  # an active commit: copy what is left
+                    await commit.complete()
             crash_point("delete: commits completing")
-            for job_id, merge in jobs.items():
-                job = await monitor.wait_job(job_id, frozenset({"pending"}))
-                await _check_job(monitor, job, f"finishing block job failed while deleting "
-                                 f"disk '{merge.target}' snapshot")
+            for commit, merge in commits:
                 # Pending: base holds every write the guest made through top, and QEMU holds
                 # new ones until the finalize. From here base is the image to keep, pivoted
                 # or not, so a crash must not merge top into it again.
-                await self._mark_merged(merge)
-                crash_point(f"delete: commit of {merge.target} pending")
-                await self._finalize(monitor, job, merge)
+                await _worded(commit.finish(functools.partial(self._mark_pending, merge)),
+                              "finishing block job", merge)
             crash_point("delete: commits done")
             await monitor.drop_detached_nodes()
 
-    @staticmethod
-    async def _finalize(monitor: Monitor, job: dict[str, Any], merge: Merge) -> None:
-        """Finish commit *job* (its ``query-jobs`` entry) whose merge is marked done: pivot
-        (active commit) or rewrite the backing file above it, then dismiss it."""
-        job_id = job["id"]
-        if job["status"] == "pending":
-            await monitor.finalize_job(job_id)
-        job = await monitor.wait_job(job_id, frozenset())
-        await _check_job(monitor, job, f"finishing block job failed while deleting disk "
-                         f"'{merge.target}' snapshot")
-        await monitor.dismiss_job(job_id)
+    async def _mark_pending(self, merge: Merge) -> None:
+        await self._mark_merged(merge)
+        crash_point(f"delete: commit of {merge.target} pending")
 
     async def _merge_offline(self) -> None:
         """qemu-img for merges the running guest does not have open (or any, when stopped)."""
@@ -388,11 +385,13 @@ class DeleteRun:
                 crash_point(f"delete: children of {os.path.basename(merge.top)} rebased")
 
 
-async def _check_job(monitor: Monitor, job: dict[str, Any], what: str) -> None:
-    """When *job* ended in an error: dismiss it, and raise *what* with QEMU's reason."""
-    if job["status"] == "concluded" and job.get("error"):
-        await monitor.dismiss_job(job["id"])
-        raise OperationInvalidError(f"{what}: '{job['error']}'")
+async def _worded(step: Awaitable[T], what: str, merge: Merge) -> T:
+    """Run a commit job's *step*; its failure in the delete's words (libvirt's)."""
+    try:
+        return await step
+    except JobFailedError as exc:
+        raise OperationInvalidError(f"{what} failed while deleting disk '{merge.target}' "
+                                    f"snapshot: '{exc.reason}'") from None
 
 
 def _allocated(path: str) -> int:

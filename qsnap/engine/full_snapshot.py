@@ -20,14 +20,18 @@ from pathlib import Path
 
 from qsnap.engine.disk_snapshot import check_tops, switch_overlays
 from qsnap.engine.memory import write_image
-from qsnap.errors import AlreadyExistsError, QsnapError
+from qsnap.errors import AlreadyExistsError, JobFailedError, OperationFailedError, QsnapError
+from qsnap.logs import logger
 from qsnap.model.capture import Capture
 from qsnap.model.domain import DomainDef
 from qsnap.monitor import BlockDevice, Monitor
+from qsnap.monitor.jobs import JobPurpose
 from qsnap.plan.disk_snapshot import Overlay
 from qsnap.plan.full_snapshot import FullSnapshotPlan
 from qsnap.plan.save import choose_image_format
 from qsnap.progress import ProgressCallback
+
+log = logger("qsnap")
 
 
 async def take_full_snapshot(plan: FullSnapshotPlan, domain: DomainDef, monitor: Monitor,
@@ -165,19 +169,13 @@ async def _background(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDe
 async def finish_merge_backs(monitor: Monitor) -> None:
     """Finish the merge-back jobs a crash left behind (:func:`merge_back` was undoing a
     failed snapshot): each runs on to its pivot. One left at ``pending`` holds its disk's
-    I/O until it is finalized."""
-    for job in await monitor.jobs():
-        if job.get("type") != "commit" or not str(job["id"]).startswith("qsnap-undo-"):
-            continue
-        if job["status"] not in ("ready", "pending", "concluded"):
-            job = await monitor.wait_job(job["id"], frozenset({"ready", "pending"}))
-        if job["status"] == "ready":
-            await monitor.complete_job(job["id"])
-            job = await monitor.wait_job(job["id"], frozenset({"pending"}))
-        if job["status"] == "pending":
-            await monitor.finalize_job(job["id"])
-            await monitor.wait_job(job["id"], frozenset())
-        await monitor.dismiss_job(job["id"])
+    I/O until it is finalized. One that failed leaves its disk on the overlay, which the
+    caller then finds in the chain."""
+    for commit in await monitor.jobs.leftover_commits(JobPurpose.UNDO):
+        try:
+            await commit.run_to_end()
+        except JobFailedError as exc:
+            log.warning("a merge-back left by a crash failed: %s", exc.reason)
     await monitor.drop_detached_nodes()
 
 
@@ -187,18 +185,14 @@ async def merge_back(monitor: Monitor, overlays: list[Overlay]) -> None:
     chains = await monitor.block_chains()
     for overlay in overlays:
         chain = chains[overlay.target]
-        job_id = monitor.job_id("undo")
-        await monitor.start_commit(job_id, chain[0][0], chain[1][0], None)
-        job = await monitor.wait_job(job_id, frozenset({"ready"}))
-        if job["status"] == "ready":
-            await monitor.complete_job(job_id)
-            job = await monitor.wait_job(job_id, frozenset({"pending"}))
-        if job["status"] == "pending":  # copied: pivot onto the image below
-            await monitor.finalize_job(job_id)
-            job = await monitor.wait_job(job_id, frozenset())
-        await monitor.dismiss_job(job_id)
-        if job.get("error"):
-            raise QsnapError(f"merging overlay '{overlay.path}' back after the failed snapshot "
-                             f"failed: {job['error']}; disk '{overlay.target}' stays on it")
+        commit = monitor.jobs.commit(JobPurpose.UNDO, overlay.target)
+        await commit.start(chain[0][0], chain[1][0], None)
+        try:
+            await commit.run_to_end()
+        except JobFailedError as exc:
+            raise OperationFailedError(
+                f"merging overlay '{overlay.path}' back after the failed snapshot failed: "
+                f"{exc.reason}; disk '{overlay.target}' stays on it", path=overlay.path) \
+                from None
         await monitor.drop_detached_nodes()
         Path(overlay.path).unlink(missing_ok=True)

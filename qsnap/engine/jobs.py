@@ -21,6 +21,7 @@ from qsnap.errors import OperationAbortedError, QsnapError
 from qsnap.launcher.runtime import RuntimePaths, read_runtime
 from qsnap.logs import logger
 from qsnap.monitor import Monitor
+from qsnap.monitor.jobs import JobPurpose, JobStatus
 from qsnap.procfs import start_time
 from qsnap.progress import Progress, ProgressCallback
 from qsnap.store import job_board
@@ -148,7 +149,7 @@ async def cancel_qemu_work(paths: RuntimePaths) -> None:
             await monitor.quit()
             return
         await monitor.cancel_migration()
-        for job in await monitor.jobs():
-            if job["id"].startswith(("qsnap-blockcommit-", "qsnap-blockpull-")) and \
-                    job["status"] not in ("concluded", "null", "pending", "aborting"):
-                await monitor.cancel_job(job["id"])
+        for job in await monitor.jobs.all():
+            if (job.is_for(JobPurpose.BLOCKCOMMIT) or job.is_for(JobPurpose.BLOCKPULL)) \
+                    and (job.under_way or job.status is JobStatus.UNDEFINED):
+                await monitor.jobs.cancel(job.id)

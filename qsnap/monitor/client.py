@@ -35,6 +35,7 @@ from qsnap.logs import logger
 from qsnap.model.capabilities import QemuCapabilities, StreamSupport
 from qsnap.model.domain import NVRAM_TARGET
 from qsnap.monitor.channel import StreamChannel
+from qsnap.monitor.jobs import Jobs
 from qsnap.procfs import start_time
 from qsnap.timeouts import call_timeout
 
@@ -298,7 +299,8 @@ class Monitor:
         self._client = client
         self._owned = owned
         self._capabilities: QemuCapabilities | None = None
-        self._job_ids = 0
+        #: QEMU's jobs through this connection (typed; the block-commit sequence).
+        self.jobs = Jobs(self)
 
     @classmethod
     async def connect(cls, socket_path: str, timeout: float | None = None, *,
@@ -367,6 +369,11 @@ class Monitor:
                 frozenset(e["name"] for e in schema if e.get("meta-type") == "command"),
                 frozenset(e["name"] for e in schema if e.get("meta-type") == "event"))
         return self._capabilities
+
+    @property
+    def open(self) -> bool:
+        """Whether the connection is up (QEMU has not closed it)."""
+        return bool(self._client.runstate == Runstate.RUNNING)
 
     async def close(self) -> None:
         if self._owned:
@@ -463,54 +470,6 @@ class Monitor:
             chains[name] = chain
         return chains
 
-    # -- block jobs ---------------------------------------------------------------------------
-
-    async def start_commit(self, job_id: str, device: str, base_node: str,
-                           top_node: str | None, *, speed: int = 0) -> None:
-        """Start merging the chain above *base_node* (up to *top_node*) into it.
-
-        Without *top_node* this is an active commit: the job turns ``ready`` once the image
-        the guest writes to is mirrored into the base, and after :meth:`complete_job` it
-        copies what is left and stops at ``pending``, holding the disk's I/O, until
-        :meth:`finalize_job` pivots the guest onto the base. With it, an intermediate commit
-        that stops at ``pending`` until :meth:`finalize_job`, which rewrites the backing file
-        of the image above *top_node*. The job is never finalized or dismissed automatically,
-        so the caller can record each step and always read the outcome.
-        """
-        arguments: dict[str, object] = {"job-id": job_id, "device": device,
-                                        "base-node": base_node, "auto-dismiss": False,
-                                        "auto-finalize": False}
-        if top_node is not None:
-            arguments["top-node"] = top_node
-        if speed:
-            arguments["speed"] = speed
-        await self.execute("block-commit", arguments)
-
-    async def start_stream(self, job_id: str, device: str, base_node: str | None, *,
-                           auto_dismiss: bool, speed: int = 0) -> None:
-        """Start pulling the data of the images below *device*'s top (down to *base_node*,
-        the whole chain without it) into the top image (``block-stream``). QEMU rewrites the
-        top's backing file when it finishes; the images below stay as they were. With
-        *auto_dismiss* off the concluded job stays for the caller to read and dismiss."""
-        arguments: dict[str, object] = {"job-id": job_id, "device": device,
-                                        "auto-dismiss": auto_dismiss}
-        if base_node is not None:
-            arguments["base-node"] = base_node
-        if speed:
-            arguments["speed"] = speed  # bytes per second
-        await self.execute("block-stream", arguments)
-
-    async def block_jobs(self) -> list[dict[str, Any]]:
-        """``query-block-jobs``: each block job's ``device`` (its id), ``type``, ``len``,
-        ``offset`` and ``ready``."""
-        jobs: list[dict[str, Any]] = await self.execute("query-block-jobs")
-        return jobs
-
-    async def cancel_job(self, job_id: str) -> None:
-        """``job-cancel``. A mirror (or active commit) that is ``ready`` ends cleanly without
-        switching the guest to its target; any other job stops where it is."""
-        await self.execute("job-cancel", {"id": job_id})
-
     async def drop_detached_nodes(self) -> list[str]:
         """Delete the named nodes that no disk's chain uses any more; returns their names.
 
@@ -534,57 +493,6 @@ class Monitor:
                 continue
             dropped.append(node["node-name"])
         return dropped
-
-    async def jobs(self) -> list[dict[str, Any]]:
-        jobs: list[dict[str, Any]] = await self.execute("query-jobs")
-        return jobs
-
-    async def job(self, job_id: str) -> dict[str, Any] | None:
-        return next((j for j in await self.jobs() if j["id"] == job_id), None)
-
-    async def wait_job(self, job_id: str, statuses: frozenset[str], *,
-                       progress: Callable[[int, int], None] | None = None,
-                       timeout: float = 3600.0, interval: float = 0.25) -> dict[str, Any]:
-        """Wait until job *job_id* reaches one of *statuses* or concludes; return its
-        ``query-jobs`` entry. *progress* gets (bytes done, bytes in all) about every
-        *interval* seconds; status changes wake the wait at once."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        async with self.events("JOB_STATUS_CHANGE") as listener:
-            while True:
-                job = await self.job(job_id)
-                if job is None:
-                    raise MonitorError("query-jobs", "GenericError",
-                                       f"job '{job_id}' no longer exists")
-                if progress is not None:
-                    progress(job.get("current-progress", 0), job.get("total-progress", 0))
-                if job["status"] in statuses or job["status"] == "concluded":
-                    return job
-                left = deadline - asyncio.get_running_loop().time()
-                if left <= 0:
-                    raise MonitorTimeoutError(f"QEMU job '{job_id}' did not reach "
-                                              f"{'/'.join(sorted(statuses))} within "
-                                              f"{timeout:g} s")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(listener.get(), min(interval, left))
-
-    async def settle_jobs(self, job_type: str) -> list[dict[str, Any]]:
-        """Wait for every job of *job_type* (one a crashed qsnap started) to conclude, dismiss
-        them, and return their last ``query-jobs`` entries."""
-        ended = []
-        for job in await self.jobs():
-            if job.get("type") == job_type:
-                ended.append(await self.wait_job(job["id"], frozenset()))
-                await self.dismiss_job(job["id"])
-        return ended
-
-    async def complete_job(self, job_id: str) -> None:
-        await self.execute("job-complete", {"id": job_id})
-
-    async def finalize_job(self, job_id: str) -> None:
-        await self.execute("job-finalize", {"id": job_id})
-
-    async def dismiss_job(self, job_id: str) -> None:
-        await self.execute("job-dismiss", {"id": job_id})
 
     # -- the guest's run state ----------------------------------------------------------------
 
@@ -706,16 +614,16 @@ class Monitor:
 
     async def save_internal(self, tag: str, vmstate: str, devices: list[str]) -> None:
         """savevm as a job: every device's state, and the memory in *vmstate*."""
-        await self.run_job("snapshot-save", {"tag": tag, "vmstate": vmstate,
-                                             "devices": devices}, self.job_id("save"))
+        await self.jobs.run("snapshot-save", {"tag": tag, "vmstate": vmstate,
+                                             "devices": devices}, self.jobs.unique_id("save"))
 
     async def load_internal(self, tag: str, vmstate: str, devices: list[str]) -> None:
-        await self.run_job("snapshot-load", {"tag": tag, "vmstate": vmstate,
-                                             "devices": devices}, self.job_id("load"))
+        await self.jobs.run("snapshot-load", {"tag": tag, "vmstate": vmstate,
+                                             "devices": devices}, self.jobs.unique_id("load"))
 
     async def delete_internal(self, tag: str, devices: list[str]) -> None:
-        await self.run_job("snapshot-delete", {"tag": tag, "devices": devices},
-                           self.job_id("delete"))
+        await self.jobs.run("snapshot-delete", {"tag": tag, "devices": devices},
+                           self.jobs.unique_id("delete"))
 
     def peer_pid(self) -> int | None:
         """The pid of the process on the other end of the QMP socket (SO_PEERCRED)."""
@@ -1021,38 +929,3 @@ class Monitor:
         with self._client.listen(listener):
             yield listener
 
-    def job_id(self, prefix: str) -> str:
-        self._job_ids += 1
-        return f"qsnap-{prefix}-{os.getpid()}-{self._job_ids}"
-
-    async def run_job(self, command: str, arguments: Mapping[str, object], job_id: str, *,
-                      timeout: float = 600.0) -> None:
-        """Start a generic QMP job, wait until it concludes, dismiss it, raise if it failed."""
-        async with self.events("JOB_STATUS_CHANGE") as listener:
-            await self.execute(command, {**arguments, "job-id": job_id})
-            crash_point(f"{command}: started")
-            try:
-                await asyncio.wait_for(self._wait_concluded(listener, job_id), timeout)
-            except TimeoutError:
-                with contextlib.suppress(QsnapError):
-                    await self.execute("job-cancel", {"id": job_id})
-                raise MonitorTimeoutError(f"QEMU job {command} did not finish within "
-                                          f"{timeout:g} s; it was cancelled") from None
-        jobs = await self.execute("query-jobs")
-        error = next((j.get("error") for j in jobs if j["id"] == job_id), None)
-        await self.execute("job-dismiss", {"id": job_id})
-        if error:
-            raise MonitorError(command, "GenericError", error)
-
-    async def _wait_concluded(self, listener: EventListener, job_id: str) -> None:
-        while True:
-            if self._client.runstate != Runstate.RUNNING:
-                raise MonitorClosedError(f"QEMU closed its monitor during job '{job_id}' (it "
-                                         "exited or was killed)")
-            try:
-                event: Any = await asyncio.wait_for(listener.get(), 0.25)
-            except TimeoutError:
-                continue
-            data = event.get("data", {})
-            if data.get("id") == job_id and data.get("status") == "concluded":
-                return
