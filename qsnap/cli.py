@@ -330,11 +330,12 @@ def cmd_list(run: _Runner, args: Args, out: _Output) -> None:
 
 
 def _create_flags(args: Args, redefine: bool = False, current: bool = False) -> CreateFlags:
+    from qsnap.model.capture import LIVE_STRATEGIES
     from qsnap.plan.flags import CreateFlags
 
-    if args.live_strategy not in (None, "background", "precopy", "paused"):
+    if args.live_strategy is not None and args.live_strategy not in LIVE_STRATEGIES:
         raise UsageError(f"invalid --live-strategy '{args.live_strategy}': expected "
-                         "background, precopy or paused")
+                         f"{', '.join(LIVE_STRATEGIES[:-1])} or {LIVE_STRATEGIES[-1]}")
     return CreateFlags(redefine=redefine, current=current, no_metadata=args.no_metadata,
                        halt=args.halt, disk_only=args.disk_only,
                        reuse_external=args.reuse_external, quiesce=args.quiesce,

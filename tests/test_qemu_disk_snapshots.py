@@ -478,7 +478,8 @@ async def test_monitor_runs_generic_jobs_through_events(running: Guest) -> None:
         await monitor.execute("blockdev-add", {"driver": "file", "filename": str(target),
                                                "node-name": "job-file"})
         await monitor.jobs.run("blockdev-create", {"options": {
-            "driver": "qcow2", "file": "job-file", "size": 1 << 20}}, monitor.jobs.unique_id("create"))
+            "driver": "qcow2", "file": "job-file", "size": 1 << 20}},
+            monitor.jobs.unique_id("create"))
         assert await monitor.execute("query-jobs") == []
         # Accepted as a command; the job itself concludes with this error.
         with pytest.raises(qsnap.QsnapError, match="QEMU refused blockdev-create: Image size "

@@ -38,6 +38,7 @@ from typing import Any, ClassVar, NoReturn
 
 from qsnap import images
 from qsnap.engine.context import Context
+from qsnap.engine.kinds import OperationKind
 from qsnap.errors import (
     DomainNotRunningError,
     InvalidArgumentError,
@@ -90,7 +91,8 @@ class CommitWork(IntentRecord):
     pivot: bool = False
     #: At pending, before the finalize: base is the image to keep.
     decided: bool = False
-    KIND: ClassVar[str] = "blockcommit"
+    KIND: ClassVar[str] = OperationKind.BLOCKCOMMIT
+    LASTING: ClassVar[bool] = True
 
 
 @dataclass
@@ -99,7 +101,8 @@ class PullWork(IntentRecord):
 
     target: str
     job_id: str
-    KIND: ClassVar[str] = "blockpull"
+    KIND: ClassVar[str] = OperationKind.BLOCKPULL
+    LASTING: ClassVar[bool] = True
 
 
 # -- starting -------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from qsnap import images
 from qsnap.engine.context import Context
 from qsnap.engine.disk_snapshot import check_overlay_files, take_disk_snapshot
 from qsnap.engine.guests import state_from, stop
+from qsnap.engine.kinds import OperationKind
 from qsnap.errors import (
     AlreadyExistsError,
     InvalidArgumentError,
@@ -47,6 +48,7 @@ from qsnap.faults import crash_point
 from qsnap.launcher.runtime import RuntimeInfo, RuntimePaths, crash_words, read_crash
 from qsnap.launcher.tpm import permanent_state
 from qsnap.logs import logger
+from qsnap.model.capture import CaptureStrategy
 from qsnap.model.domain import NVRAM_TARGET, DomainDef, parse_domain_element
 from qsnap.model.names import check_new_file_path, default_snapshot_name
 from qsnap.model.snapshot import SnapshotDef, parse_snapshot
@@ -99,15 +101,15 @@ class CreateWork(IntentRecord):
     overlays: list[dict[str, Any]] = field(default_factory=list)
     internal: list[list[str]] = field(default_factory=list)
     memory_file: str | None = None
-    strategy: str | None = None
+    strategy: CaptureStrategy | None = None
     existed: list[str] = field(default_factory=list)
     leave_paused: bool = False  # a ``manual`` disk: the finished snapshot leaves it paused
-    KIND: ClassVar[str] = "create"
+    KIND: ClassVar[str] = OperationKind.CREATE
 
     @classmethod
     def build(cls, snapshot: SnapshotDef, metadata: Batch, *, running: bool,
               overlays: list[Overlay], internal: list[tuple[str, str]], halt: bool,
-              was_running: bool, strategy: str | None = None,
+              was_running: bool, strategy: CaptureStrategy | None = None,
               leave_paused: bool = False) -> CreateWork:
         return cls(snapshot.name or "", metadata.to_record(),
                    "running" if running else "offline", halt,
@@ -344,7 +346,7 @@ async def _run(ctx: Context, monitor: Monitor | None, xml: str | bytes | None,
         current = None
     regular_files = regular_disk_files(definition, request)
     plan: DiskSnapshotPlan | FullSnapshotPlan
-    strategy: str | None = None
+    strategy: CaptureStrategy | None = None
     # Only a full-system snapshot may pause the guest, so only its settling may have to
     # resume it; a disk-only one does not ask QEMU for the run state (a round trip).
     state = "shut off"

@@ -39,6 +39,7 @@ from typing import Any, ClassVar, TypeVar
 
 from qsnap import images
 from qsnap.engine.context import Context
+from qsnap.engine.kinds import OperationKind
 from qsnap.errors import (
     JobFailedError,
     OperationIncompleteError,
@@ -180,7 +181,7 @@ class DeleteWork(IntentRecord):
     current_changes: bool = False
     definition: str | None = None
     paused: bool = False
-    KIND: ClassVar[str] = "delete"
+    KIND: ClassVar[str] = OperationKind.DELETE
 
     @classmethod
     def build(cls, snapshot: str, internal: list[InternalRemoval], plan: ExternalDeletePlan,
@@ -190,16 +191,6 @@ class DeleteWork(IntentRecord):
                    list(plan.remove_files),
                    [format_snapshot(s, active=False) for s in put], drop, current,
                    current_changes, definition.to_xml() if definition is not None else None)
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any]) -> DeleteWork:
-        data = {k: v for k, v in record.items() if k != "kind"}
-        data["internal"] = [InternalRemoval(r["name"], [tuple(d) for d in r["disks"]],
-                                            [tuple(d) for d in r.get("offline", [])])
-                            for r in data["internal"]]
-        data["merges"] = [Merge(**{**m, "between": tuple(m["between"]),
-                                   "rebase": tuple(m["rebase"])}) for m in data["merges"]]
-        return cls(**data)
 
 
 # -- carrying it out ------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from qsnap.engine.disk_snapshot import check_tops, switch_overlays
 from qsnap.engine.memory import write_image
 from qsnap.errors import AlreadyExistsError, JobFailedError, OperationFailedError, QsnapError
 from qsnap.logs import logger
-from qsnap.model.capture import Capture
+from qsnap.model.capture import Capture, CaptureStrategy
 from qsnap.model.domain import DomainDef
 from qsnap.monitor import BlockDevice, Monitor
 from qsnap.monitor.jobs import JobPurpose
@@ -35,7 +35,7 @@ log = logger("qsnap")
 
 
 async def take_full_snapshot(plan: FullSnapshotPlan, domain: DomainDef, monitor: Monitor,
-                             strategy: str, progress: ProgressCallback | None = None,
+                             strategy: CaptureStrategy, progress: ProgressCallback | None = None,
                              checkpoint: Callable[[], None] | None = None) -> Capture:
     """Take the snapshot through *monitor* (connected to the guest's QEMU); returns how its
     memory was captured and how long the guest paused (measured from QEMU's own STOP/RESUME
@@ -97,7 +97,7 @@ async def _internal(monitor: Monitor, plan: FullSnapshotPlan) -> None:
 
 
 async def _external(monitor: Monitor, plan: FullSnapshotPlan, domain: DomainDef,
-                    strategy: str, progress: ProgressCallback | None,
+                    strategy: CaptureStrategy, progress: ProgressCallback | None,
                     devices: dict[str, BlockDevice],
                     checkpoint: Callable[[], None] | None) -> None:
     # The files were checked before the intent was recorded (create.check_new_files);

@@ -6,20 +6,45 @@ once that succeeded, so a failure here is met again by the next command."""
 from __future__ import annotations
 
 import asyncio
-import importlib
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
 from qsnap.engine.context import Context
+from qsnap.engine.kinds import OperationKind
 from qsnap.errors import OperationIncompleteError, OperationInvalidError, QsnapError
-from qsnap.store.intent import INTENT_NAME, clear_intent, read_intent
+from qsnap.store.intent import INTENT_NAME, clear_intent, lasts, read_intent
 
-#: The module that settles each kind of record (the one that wrote it, walking the same steps
-#: as its run; its ``settle``). Imported only when a record of its kind is found, so that a
-#: command does not load every operation's code (each module's ``*Work.KIND`` is its key).
-HANDLERS = {"create": "qsnap.engine.create", "revert": "qsnap.engine.revert",
-            "save": "qsnap.engine.save", "restore": "qsnap.engine.restore",
-            "delete": "qsnap.engine.delete", "blockcommit": "qsnap.engine.block_jobs",
-            "blockpull": "qsnap.engine.block_jobs"}
+
+class Settle(Protocol):
+    """An operation's ``settle``: carry its record on; a line saying what was done, or None
+    while QEMU still runs its job (the record then stays)."""
+
+    def __call__(self, ctx: Context, record: dict[str, Any]) -> Awaitable[str | None]: ...
+
+
+def settler(kind: OperationKind) -> Settle:
+    """The ``settle`` of the module that writes records of *kind*, walking the same steps
+    as its run. Imported only when a record of its kind is found, so that a command does
+    not load every operation's code."""
+    match kind:
+        case OperationKind.CREATE:
+            from qsnap.engine import create
+            return create.settle
+        case OperationKind.REVERT:
+            from qsnap.engine import revert
+            return revert.settle
+        case OperationKind.SAVE:
+            from qsnap.engine import save
+            return save.settle
+        case OperationKind.RESTORE:
+            from qsnap.engine import restore
+            return restore.settle
+        case OperationKind.DELETE:
+            from qsnap.engine import delete
+            return delete.settle
+        case OperationKind.BLOCKCOMMIT | OperationKind.BLOCKPULL:
+            from qsnap.engine import block_jobs
+            return block_jobs.settle
 
 
 async def finish_interrupted(ctx: Context) -> str | None:
@@ -30,13 +55,13 @@ async def finish_interrupted(ctx: Context) -> str | None:
     record = await asyncio.to_thread(read_intent, folder.path)
     if record is None:
         return None
-    module = HANDLERS.get(record["kind"])
-    if module is None:
-        raise OperationInvalidError(f"domain '{folder.name}': unknown interrupted operation "
-                                    f"'{record['kind']}' in {folder.path}/intent.json")
-    settle: Any = importlib.import_module(module).settle
     try:
-        line: str | None = await settle(ctx, record)
+        settle = settler(OperationKind(record["kind"]))
+    except ValueError:
+        raise OperationInvalidError(f"domain '{folder.name}': unknown interrupted operation "
+                                    f"'{record['kind']}' in {folder.path}/intent.json") from None
+    try:
+        line = await settle(ctx, record)
     except (QsnapError, OSError, KeyError, TypeError, ValueError) as exc:  # a damaged record
         raise OperationIncompleteError(
             f"domain '{folder.name}': settling the interrupted {record['kind']} failed: "
@@ -54,11 +79,8 @@ def still_under_way(ctx: Context) -> str | None:
     block commit or pull whose waiter was killed, or that nobody waits for): "nothing to
     recover" would hide it."""
     record = read_intent(ctx.folder.path)
-    if record is None:
+    if record is None or not lasts(record):
         return None
-    module = HANDLERS.get(record["kind"])
-    describe: Any = getattr(importlib.import_module(module), "under_way", None) \
-        if module else None
-    if describe is None:
-        return None
-    return f"domain '{ctx.domain}': {describe(record)}".replace("DOMAIN", ctx.domain)
+    from qsnap.engine.block_jobs import under_way
+
+    return f"domain '{ctx.domain}': {under_way(record)}".replace("DOMAIN", ctx.domain)

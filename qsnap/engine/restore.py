@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from qsnap.engine.context import Context
 from qsnap.engine.guests import stop
+from qsnap.engine.kinds import OperationKind
 from qsnap.engine.memory import check_whole, load_failure, load_image
 from qsnap.errors import DomainRunningError, MonitorClosedError
 from qsnap.faults import crash_point
@@ -40,7 +41,7 @@ class RestoreWork(IntentRecord):
     image: str
     run: bool
     managed: bool = False
-    KIND: ClassVar[str] = "restore"
+    KIND: ClassVar[str] = OperationKind.RESTORE
 
 
 async def run(ctx: Context, domain: DomainDef, source: Path, image: SaveImage,

@@ -36,6 +36,7 @@ from qsnap import images
 from qsnap.engine.context import Context
 from qsnap.engine.disk_snapshot import check_overlay_files
 from qsnap.engine.guests import stop
+from qsnap.engine.kinds import OperationKind
 from qsnap.engine.memory import check_whole, load_failure, load_image, read_image
 from qsnap.errors import (
     InvalidArgumentError,
@@ -193,7 +194,7 @@ class RevertWork(IntentRecord):
     put: str | None = None
     definition: str | None = None
     discarded: list[str] = field(default_factory=list)
-    KIND: ClassVar[str] = "revert"
+    KIND: ClassVar[str] = OperationKind.REVERT
 
     def plan(self, snap: SnapshotDef) -> RevertPlan:
         return plan_revert(snap, parse_domain(self.before), RevertFlags(**self.flags),

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 from qsnap.engine.context import Context
 from qsnap.engine.guests import stop
+from qsnap.engine.kinds import OperationKind
 from qsnap.engine.memory import image_is_complete, write_image
 from qsnap.errors import (
     AlreadyExistsError,
@@ -45,7 +46,7 @@ class SaveWork(IntentRecord):
 
     image: str
     was_running: bool
-    KIND: ClassVar[str] = "save"
+    KIND: ClassVar[str] = OperationKind.SAVE
 
 
 async def run(ctx: Context, target: Path, *, running: bool | None,

@@ -9,20 +9,32 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from enum import StrEnum
 
 from lxml import etree
 
 ELEMENT = "qsnapCapture"
 
-#: background: QEMU's background-snapshot (the START moment, guest running while RAM is
-#: written); precopy: RAM copied while the guest runs, paused for the rest (the END moment);
-#: paused: paused for the whole save; internal: QEMU's snapshot-save job (paused throughout).
-STRATEGIES = ("background", "precopy", "paused", "internal")
+class CaptureStrategy(StrEnum):
+    """How a full-system snapshot's memory is captured."""
+
+    #: QEMU's background-snapshot: the START moment, the guest running while RAM is written.
+    BACKGROUND = "background"
+    #: RAM copied while the guest runs, then paused for the rest: the END moment.
+    PRECOPY = "precopy"
+    #: Paused for the whole save (libvirt's default).
+    PAUSED = "paused"
+    #: QEMU's snapshot-save job (paused throughout).
+    INTERNAL = "internal"
+
+
+#: The strategies a user may ask for (``--live-strategy``); internal follows from the XML.
+LIVE_STRATEGIES = (CaptureStrategy.BACKGROUND, CaptureStrategy.PRECOPY, CaptureStrategy.PAUSED)
 
 
 @dataclass(frozen=True)
 class Capture:
-    strategy: str
+    strategy: CaptureStrategy
     pause: float  # seconds the guest's vCPUs were stopped, by QEMU's event timestamps
     #: The external memory file's size once complete: a revert checks the file still has it.
     memory_bytes: int | None = None
@@ -46,7 +58,7 @@ def with_capture(cookie: etree._Element | None, capture: Capture) -> etree._Elem
 def capture_of(cookie: etree._Element | None) -> Capture | None:
     """The note in a snapshot's cookie, if qsnap wrote one (and it reads back)."""
     node = cookie.find(ELEMENT) if cookie is not None else None
-    if node is None or node.get("strategy") not in STRATEGIES:
+    if node is None or node.get("strategy") not in set(CaptureStrategy):
         return None
     try:
         pause = int(node.get("pauseMicroseconds", "")) / 1e6
@@ -54,4 +66,4 @@ def capture_of(cookie: etree._Element | None) -> Capture | None:
         memory_bytes = int(size) if size is not None else None
     except ValueError:
         return None
-    return Capture(node.get("strategy", ""), pause, memory_bytes)
+    return Capture(CaptureStrategy(node.get("strategy", "")), pause, memory_bytes)

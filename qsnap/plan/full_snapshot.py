@@ -14,6 +14,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from qsnap.errors import InvalidArgumentError, NotSupportedError
+from qsnap.model.capture import LIVE_STRATEGIES, CaptureStrategy
 from qsnap.model.domain import NVRAM_TARGET, DomainDef, with_disk_images
 from qsnap.model.snapshot import SnapshotDef
 from qsnap.plan.disk_snapshot import (
@@ -93,7 +94,7 @@ def background_wanted(*, external: bool, live: bool, requested: str | None) -> b
 
 
 def choose_capture(*, external: bool, live: bool, requested: str | None, running: bool,
-                   background_refusal: str | None) -> str:
+                   background_refusal: str | None) -> CaptureStrategy:
     """How to capture the memory (see :mod:`qsnap.model.capture`).
 
     Internal snapshots always use QEMU's snapshot-save job. External ones: without ``--live``
@@ -104,21 +105,21 @@ def choose_capture(*, external: bool, live: bool, requested: str | None, running
     A paused guest stays paused, so it is saved paused. *background_refusal* (why a
     background snapshot is impossible, or None) matters only when :func:`background_wanted`.
     """
-    if requested is not None and requested not in ("background", "precopy", "paused"):
-        raise InvalidArgumentError(f"unknown live strategy '{requested}': use background, "
-                                   "precopy or paused")
+    if requested is not None and requested not in LIVE_STRATEGIES:
+        raise InvalidArgumentError(f"unknown live strategy '{requested}': use "
+                                   f"{', '.join(LIVE_STRATEGIES[:-1])} or {LIVE_STRATEGIES[-1]}")
     if not external:
         if requested is not None:
             raise InvalidArgumentError("a live strategy applies to external memory snapshots "
                                        "only (internal ones are taken by QEMU's snapshot-save)")
-        return "internal"
-    if requested in ("background", "precopy") and not live:
+        return CaptureStrategy.INTERNAL
+    if requested in (CaptureStrategy.BACKGROUND, CaptureStrategy.PRECOPY) and not live:
         raise InvalidArgumentError(f"live strategy '{requested}' requires --live")
     if not live or not running:
-        return "paused"
-    if requested == "background" and background_refusal is not None:
+        return CaptureStrategy.PAUSED
+    if requested == CaptureStrategy.BACKGROUND and background_refusal is not None:
         raise NotSupportedError(f"background snapshots are not available here: "
                                 f"{background_refusal}")
     if requested is not None:
-        return requested
-    return "background" if background_refusal is None else "precopy"
+        return CaptureStrategy(requested)
+    return CaptureStrategy.BACKGROUND if background_refusal is None else CaptureStrategy.PRECOPY
