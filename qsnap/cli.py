@@ -340,7 +340,7 @@ def _create_flags(args: Args, redefine: bool = False, current: bool = False) -> 
                        halt=args.halt, disk_only=args.disk_only,
                        reuse_external=args.reuse_external, quiesce=args.quiesce,
                        atomic=args.atomic, live=args.live, validate=args.validate,
-                       crash_consistent=args.crash_consistent).check()
+                       crash_consistent=args.crash_consistent)
 
 
 async def cmd_snapshot_create(engine: Engine, args: Args, out: _Output) -> None:
@@ -394,7 +394,7 @@ def _list_filter(args: Args) -> ListFilter:
         disk_only=args.disk_only, internal=args.internal, external=args.external,
         topological=args.topological, start=args.from_, from_current=args.current,
         descendants=args.descendants or (args.tree and bool(args.from_ or args.current)),
-    ).check()
+    )
 
 
 @_reading
@@ -474,7 +474,7 @@ async def cmd_snapshot_revert(engine: Engine, args: Args, out: _Output) -> None:
     from qsnap.plan.flags import RevertFlags
 
     flags = RevertFlags(running=args.running, paused=args.paused, force=args.force,
-                        reset_nvram=args.reset_nvram).check()
+                        reset_nvram=args.reset_nvram)
     name = await engine.revert(args.domain, snapshot, flags, progress=out.progress)
     out.end_progress()
     out.extra(f"Domain snapshot {name} reverted\n")
@@ -484,7 +484,7 @@ async def cmd_snapshot_delete(engine: Engine, args: Args, out: _Output) -> None:
     from qsnap.plan.flags import DeleteFlags
 
     flags = DeleteFlags(children=args.children, children_only=args.children_only,
-                        metadata_only=args.metadata).check()
+                        metadata_only=args.metadata)
     plan = await engine.delete(args.domain, _snapshot_arg(args), flags, progress=out.progress)
     out.end_progress()
     out.extra(f"Domain snapshot {plan.target} children deleted\n" if flags.children_only

@@ -326,112 +326,146 @@ async def run(ctx: Context, xml: str | bytes | None, flags: CreateFlags,
         return await _run(ctx, monitor, xml, flags, live_strategy)
 
 
-async def _run(ctx: Context, monitor: Monitor | None, xml: str | bytes | None,
-               flags: CreateFlags, live_strategy: str | None) -> str:
-    folder, paths, info, progress = ctx.folder, ctx.paths, ctx.running, ctx.progress
-    domain = folder.name
+@dataclass(frozen=True)
+class _Decision:
+    """What a create decided before its first change: the plan, how the memory is captured,
+    the guest's run state (for the settling to resume it), the internal snapshots' images
+    and the TPM state file to keep."""
+
+    definition: DomainDef
+    plan: DiskSnapshotPlan | FullSnapshotPlan
+    strategy: CaptureStrategy | None
+    state: str
+    internal: list[tuple[str, str]]
+    tpm_file: Path | None
+
+
+async def _decide(ctx: Context, monitor: Monitor | None, xml: str | bytes | None,
+                  flags: CreateFlags, live_strategy: str | None) -> _Decision:
+    """Gather the facts and plan (the rules are :mod:`qsnap.plan`'s). QEMU is asked only what
+    the plan needs: the run state for a full-system snapshot or one that pauses the guest,
+    the background-snapshot probe where one is wanted."""
+    folder, info = ctx.folder, ctx.running
     active = info is not None
     if not active and not flags.redefine:
-        check_not_crashed(domain, crash_words(read_crash(paths)), flags)
+        check_not_crashed(folder.name, crash_words(read_crash(ctx.paths)), flags)
     request = parse_snapshot(xml if xml is not None else "<domainsnapshot/>",
-                             validate=flags.validate,
-                             offline=flags.disk_only or not active)
+                             validate=flags.validate, offline=flags.disk_only or not active)
     definition = folder.definition
     now = int(time.time())
     name = request.name if request.name is not None else default_snapshot_name(now)
-    check_create_request(request.copy(name=name), flags, domain,
+    check_create_request(request.copy(name=name), flags, folder.name,
                          name_taken=folder.has_snapshot(name))
     current = folder.read_current()
     if current is not None and not folder.has_snapshot(current):
         current = None
     regular_files = regular_disk_files(definition, request)
-    plan: DiskSnapshotPlan | FullSnapshotPlan
-    strategy: CaptureStrategy | None = None
-    # Only a full-system snapshot may pause the guest, so only its settling may have to
-    # resume it; a disk-only one does not ask QEMU for the run state (a round trip).
-    state = "shut off"
+    tpm_file = permanent_state(definition.element, ctx.tpm_state)
     if monitor is not None and not flags.disk_only:
         state = await state_from(monitor)
-        plan = plan_full_snapshot(request, definition, flags, state=state,
-                                  current=current, now=now, regular_files=regular_files)
-        refusal = None
-        if background_wanted(external=plan.external, live=flags.live,
-                             requested=live_strategy):
-            from qsnap.engine.full_snapshot import background_refusal
-
-            refusal = await background_refusal(monitor, definition,
-                                               plan.snapshot.memory_file or "")
-        strategy = choose_capture(
-            external=plan.external, live=flags.live, requested=live_strategy,
-            running=state == "running", background_refusal=refusal)
-        check_migratable(domain, await monitor.migration_blockers()
-                         + device_blockers(definition), "take a memory snapshot")
+        full = plan_full_snapshot(request, definition, flags, state=state, current=current,
+                                  now=now, regular_files=regular_files)
+        strategy = await _capture(monitor, full, definition, flags, live_strategy, state)
         sources = {d.target: d.source or "" for d in definition.disks}
         sources[NVRAM_TARGET] = definition.nvram or ""
-        internal = [(t, sources[t]) for t in plan.internal_disks]
-    else:
-        if live_strategy is not None:
-            raise InvalidArgumentError("a live strategy applies to full-system "
-                                       "snapshots of a running guest only")
-        plan = plan_disk_snapshot(request, definition, flags, active=active,
-                                  current=current, now=now, regular_files=regular_files)
-        if plan.leave_paused and monitor is not None:
-            state = await state_from(monitor)  # the guest pauses: a rollback resumes it
-        internal = [("", image) for image in plan.internal_images]
+        return _Decision(definition, full, strategy, state,
+                         [(t, sources[t]) for t in full.internal_disks], tpm_file)
+    if live_strategy is not None:
+        raise InvalidArgumentError("a live strategy applies to full-system snapshots of a "
+                                   "running guest only")
+    plan = plan_disk_snapshot(request, definition, flags, active=active, current=current,
+                              now=now, regular_files=regular_files)
+    # Only a snapshot that pauses the guest may have to resume it when settled; a disk-only
+    # one does not ask QEMU for the run state otherwise (a round trip).
+    state = await state_from(monitor) if plan.leave_paused and monitor is not None else \
+        "shut off"
+    return _Decision(definition, plan, None, state,
+                     [("", image) for image in plan.internal_images], tpm_file)
 
-    tpm_file = permanent_state(definition.element, ctx.tpm_state)
 
-    def record() -> CreateWork:  # file checks, metadata and intent: one worker-thread trip
-        check_new_files(plan.overlays, plan.snapshot, definition)
-        if definition.nvram and plan.snapshot.is_external and not flags.no_metadata:
-            # The firmware's variables as the snapshot finds them, for its revert.
-            folder.keep_state(NVRAM_COPIES, plan.snapshot.name or "", definition.nvram)
-        if tpm_file is not None and not flags.no_metadata:
-            # The TPM's permanent state as the snapshot finds it (internal or external:
-            # only a memory snapshot's stream has it otherwise).
-            folder.keep_state(TPM_COPIES, plan.snapshot.name or "", tpm_file)
-        metadata = CreateWork.plan_metadata(folder, plan.snapshot, plan.domain_after,
-                                            keep=not flags.no_metadata)
-        work = CreateWork.build(
-            plan.snapshot, metadata, running=info is not None, overlays=plan.overlays,
-            internal=internal, halt=flags.halt, was_running=state == "running",
-            strategy=strategy, leave_paused=plan.leave_paused)
-        write_intent(folder.path, work.record())
-        return work
+async def _capture(monitor: Monitor, plan: FullSnapshotPlan, definition: DomainDef,
+                   flags: CreateFlags, live_strategy: str | None,
+                   state: str) -> CaptureStrategy:
+    """How a full-system snapshot's memory is captured; refused where QEMU cannot save it."""
+    refusal = None
+    if background_wanted(external=plan.external, live=flags.live, requested=live_strategy):
+        from qsnap.engine.full_snapshot import background_refusal
 
+        refusal = await background_refusal(monitor, definition,
+                                           plan.snapshot.memory_file or "")
+    strategy = choose_capture(external=plan.external, live=flags.live,
+                              requested=live_strategy, running=state == "running",
+                              background_refusal=refusal)
+    check_migratable(definition.name, await monitor.migration_blockers()
+                     + device_blockers(definition), "take a memory snapshot")
+    return strategy
+
+
+def _record(ctx: Context, decision: _Decision, flags: CreateFlags) -> CreateWork:
+    """The file checks, the kept firmware and TPM states, the metadata planned and the
+    intent recorded: one worker-thread trip, before the first image changes."""
+    folder, plan, definition = ctx.folder, decision.plan, decision.definition
+    check_new_files(plan.overlays, plan.snapshot, definition)
+    if definition.nvram and plan.snapshot.is_external and not flags.no_metadata:
+        # The firmware's variables as the snapshot finds them, for its revert.
+        folder.keep_state(NVRAM_COPIES, plan.snapshot.name or "", definition.nvram)
+    if decision.tpm_file is not None and not flags.no_metadata:
+        # The TPM's permanent state as the snapshot finds it (internal or external: only a
+        # memory snapshot's stream has it otherwise).
+        folder.keep_state(TPM_COPIES, plan.snapshot.name or "", decision.tpm_file)
+    metadata = CreateWork.plan_metadata(folder, plan.snapshot, plan.domain_after,
+                                        keep=not flags.no_metadata)
+    work = CreateWork.build(
+        plan.snapshot, metadata, running=ctx.running is not None, overlays=plan.overlays,
+        internal=decision.internal, halt=flags.halt, was_running=decision.state == "running",
+        strategy=decision.strategy, leave_paused=plan.leave_paused)
+    write_intent(folder.path, work.record())
+    return work
+
+
+async def _take(ctx: Context, monitor: Monitor | None, decision: _Decision,
+                flags: CreateFlags) -> SnapshotDef:
+    """Make the snapshot's images (and memory); the snapshot as it is to be stored."""
+    plan, definition = decision.plan, decision.definition
+    if isinstance(plan, FullSnapshotPlan):
+        # Here, not at the top: a disk-only snapshot needs none of the memory-stream code.
+        from qsnap.engine.full_snapshot import take_full_snapshot
+        from qsnap.model.capture import with_capture
+
+        assert monitor is not None and decision.strategy is not None
+        capture = await take_full_snapshot(plan, definition, monitor, decision.strategy,
+                                           ctx.progress, ctx.checkpoint)
+        return plan.snapshot.copy(cookie=with_capture(plan.snapshot.cookie, capture))
+    if definition.nvram in plan.internal_images:
+        from qsnap.launcher.process import create_nvram
+
+        await create_nvram(definition)  # never started: none yet to take the tag
+    agent = None
+    if flags.quiesce:
+        from qsnap.launcher.command import agent_socket
+
+        agent = agent_socket(definition, ctx.paths)
+    await take_disk_snapshot(plan, monitor, agent)
+    return plan.snapshot
+
+
+async def _run(ctx: Context, monitor: Monitor | None, xml: str | bytes | None,
+               flags: CreateFlags, live_strategy: str | None) -> str:
+    folder = ctx.folder
+    decision = await _decide(ctx, monitor, xml, flags, live_strategy)
     try:
-        work = await asyncio.to_thread(record)
+        work = await asyncio.to_thread(_record, ctx, decision, flags)
     except OSError as exc:
         raise OperationInvalidError(
-            f"cannot record the snapshot '{plan.snapshot.name}' in {folder.path}: "
+            f"cannot record the snapshot '{decision.plan.snapshot.name}' in {folder.path}: "
             f"{exc.strerror or exc}; nothing was changed") from None
     crash_point("create: intent recorded")
     in_place = False
     try:
-        snapshot = plan.snapshot
-        if isinstance(plan, FullSnapshotPlan):
-            # Here, not at the top: a disk-only snapshot needs none of the memory-stream code.
-            from qsnap.engine.full_snapshot import take_full_snapshot
-            from qsnap.model.capture import with_capture
-
-            assert monitor is not None and strategy is not None
-            capture = await take_full_snapshot(plan, definition, monitor, strategy, progress,
-                                               ctx.checkpoint)
-            snapshot = snapshot.copy(cookie=with_capture(snapshot.cookie, capture))
-        else:
-            if definition.nvram in plan.internal_images:
-                from qsnap.launcher.process import create_nvram
-
-                await create_nvram(definition)  # never started: none yet to take the tag
-            agent = None
-            if flags.quiesce:
-                from qsnap.launcher.command import agent_socket
-
-                agent = agent_socket(definition, paths)
-            await take_disk_snapshot(plan, monitor, agent)
+        snapshot = await _take(ctx, monitor, decision, flags)
         crash_point("create: images in place")
         in_place = True
-        await store_snapshot(work, folder, paths, info, snapshot, clear=True)
+        await store_snapshot(work, folder, ctx.paths, ctx.running, snapshot, clear=True)
         return work.snapshot
     except BaseException as exc:
         if in_place and isinstance(exc, OSError):  # the state folder is full, say

@@ -20,15 +20,16 @@ import asyncio
 import contextlib
 import functools
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from qemu.qmp import QMPClient
 
+from qsnap.engine.bounded import public_operation
 from qsnap.engine.context import Context
 from qsnap.engine.guest import Guest, GuestInfo
-from qsnap.engine.guests import state_of, stop
+from qsnap.engine.guests import state_of
 from qsnap.engine.reader import (
     Reader,
     block_info,
@@ -45,48 +46,20 @@ from qsnap.engine.reader import (
 )
 from qsnap.engine.recovery import finish_interrupted
 from qsnap.engine.results import BlockInfo, DomainDetails, DomainInfo, SnapshotInfo
-from qsnap.errors import (
-    AlreadyExistsError,
-    CorruptMetadataError,
-    DomainNotRunningError,
-    DomainRunningError,
-    InvalidArgumentError,
-    NoDomainError,
-    NotSupportedError,
-    OperationInvalidError,
-    QsnapError,
-)
-from qsnap.launcher.runtime import (
-    RuntimeInfo,
-    RuntimePaths,
-    read_runtime,
-    runtime_paths,
-    write_runtime,
-)
+from qsnap.errors import InvalidArgumentError, NoDomainError, QsnapError
+from qsnap.launcher.runtime import RuntimeInfo, RuntimePaths, read_runtime, runtime_paths
 from qsnap.logs import logger
-from qsnap.model.domain import (
-    DomainDef,
-    DomainDisk,
-    RunningDisk,
-    domain_from_qemu,
-    parse_domain,
-    parse_domain_element,
-    same_uuid,
-    with_disk_images,
-    with_generation_id,
-    with_uuid,
-)
+from qsnap.model.domain import DomainDisk, parse_domain, same_uuid, with_generation_id
 from qsnap.model.names import absolute_file, check_domain_name, check_snapshot_name
 from qsnap.model.snapshot import SnapshotDef, parse_snapshot
 from qsnap.model.tree import SnapshotSummary, SnapshotTree
-from qsnap.monitor import Monitor, one_connection_per_qemu, share_connection
+from qsnap.monitor import share_connection
 from qsnap.plan.flags import CreateFlags, DeleteFlags, ListFilter, RevertFlags
 from qsnap.plan.save import check_parallel_channels, image_definition
 from qsnap.procfs import generation_id
 from qsnap.progress import ProgressCallback, ProgressMeter
-from qsnap.store import KEEP, DomainFolder, StateDir, resolve_state_dir
+from qsnap.store import DomainFolder, StateDir, resolve_state_dir
 from qsnap.store.intent import has_intent
-from qsnap.timeouts import bounded, operation
 
 if TYPE_CHECKING:
     from qsnap.engine.block_jobs import BlockJobInfo
@@ -94,46 +67,12 @@ if TYPE_CHECKING:
     from qsnap.launcher.process import Launcher
     from qsnap.plan.delete import MetadataDeletePlan
 
-# What only some operations use (starting QEMU, definitions, deletes) is imported by the
-# methods that use it: each command loads the modules of its own operation only.
+# Each operation's module (qsnap.engine.create, .power, .domains, ...) is imported by the
+# method that dispatches to it: a command loads the modules of its own operation only.
 
 log = logger("qsnap")
 T = TypeVar("T")
-P = ParamSpec("P")
-
-
-def _bounded(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    """Every public operation: its ``timeout=`` keyword bounds its waits
-    (:mod:`qsnap.timeouts`), and it talks to each QEMU over one connection at most. An error
-    it raises names the domain and snapshot the call was about where the code that raised it
-    did not (an embedder branches on ``exc.domain`` and ``exc.snapshot``, issue 28)."""
-    code = method.__code__
-    names = code.co_varnames[:code.co_argcount]
-    where: dict[str, int] = {key: names.index(key) for key in ("domain", "snapshot")
-                             if key in names}
-
-    def subject(key: str, args: tuple[object, ...], kwargs: dict[str, object]) -> object:
-        if key in kwargs:
-            return kwargs[key]
-        index = where.get(key)
-        return args[index] if index is not None and index < len(args) else None
-
-    @functools.wraps(method)
-    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
-        timeout = kwargs.get("timeout")
-        try:
-            with bounded(timeout if isinstance(timeout, int | float) else None), \
-                    operation(method.__name__):
-                async with one_connection_per_qemu():
-                    return await method(*args, **kwargs)
-        except QsnapError as exc:
-            for key in where:
-                value = subject(key, args, kwargs)
-                if getattr(exc, key) is None and isinstance(value, str):
-                    setattr(exc, key, value)
-            raise
-
-    return call
+_bounded = public_operation
 
 
 class Engine:
@@ -227,26 +166,10 @@ class Engine:
         return self.state.tpm_state(folder.definition.uuid or folder.name)
 
     def _launcher(self, folder: DomainFolder) -> Launcher:
-        """How *folder*'s domain starts: from its definition, or (attached) as its QEMU was
-        started, through the embedder's hook if one is registered. A damaged record stops
-        only what would start QEMU (its error names the file); snapshots and deletes of the
-        running guest go on."""
-        from qsnap.launcher.foreign import ForeignCommand
-        from qsnap.launcher.process import OwnCommandLine, foreign_launcher
+        from qsnap.engine.launchers import launcher_for
 
-        recorded = folder.read_launch()
-        if recorded is None:
-            return OwnCommandLine(self._tpm_state(folder))
-        try:
-            command = ForeignCommand.from_json(recorded)
-        except (ValueError, KeyError, TypeError) as exc:
-            error = CorruptMetadataError(
-                f"'{folder.path / 'launch.json'}' is corrupt ({exc}), so the attached QEMU "
-                f"cannot be started again; 'qsnap attach {folder.name} --qmp SOCKET' records "
-                "it anew", domain=folder.name, path=str(folder.path / "launch.json"))
-
-            return _Refusal(error)
-        return foreign_launcher(command, self._hooks.get(folder.name, self._relaunch))
+        return launcher_for(folder, self._tpm_state(folder),
+                            self._hooks.get(folder.name, self._relaunch))
 
     def _job(self, folder: DomainFolder, operation: str, progress: ProgressCallback | None,
              *, abortable: bool = True, details: dict[str, object] | None = None
@@ -266,66 +189,16 @@ class Engine:
 
     @_bounded
     async def define(self, xml: str | bytes, *, timeout: float | None = None) -> str:
-        """Define (or update) a domain from libvirt domain XML; returns its name.
+        """Define (or update) a domain from libvirt domain XML, completed as libvirt
+        completes it at define; returns its name. A definition without a UUID gets a new
+        one; an existing domain keeps its UUID, and a UUID another domain uses is refused."""
+        from qsnap.engine import domains
 
-        A definition without a UUID gets a new one; an existing domain keeps its UUID, and a
-        UUID that another domain already uses is refused.
-        """
         domain = parse_domain(xml)
         check_domain_name(domain.name)
-        domain = await self._resolved(domain)
-
-        import uuid as uuidlib
-
-        def work(folder: DomainFolder) -> str:
-            nonlocal domain
-            if folder.exists() and folder.transient:
-                if self._runtime(domain.name)[1] is None:
-                    self.state.remove_folder(folder)  # it stopped: gone, defined anew
-                else:
-                    folder.set_transient(False)
-            if folder.exists():
-                existing = folder.definition
-                if domain.uuid is None:
-                    domain = with_uuid(domain, existing.uuid or str(uuidlib.uuid4()))
-                elif existing.uuid and not same_uuid(existing.uuid, domain.uuid):
-                    raise AlreadyExistsError(
-                        f"domain '{domain.name}' already exists with uuid {existing.uuid}")
-            else:
-                if domain.uuid is None:
-                    domain = with_uuid(domain, str(uuidlib.uuid4()))
-                self._refuse_duplicate_uuid(domain)
-            folder.write_definition(domain)
-            return domain.name
-
-        return await self._defining(domain.name, work)
-
-    async def _resolved(self, domain: DomainDef) -> DomainDef:
-        """*domain* with what libvirt fixes at define (:mod:`qsnap.plan.domain_define`)."""
-        import uuid as uuidlib
-
-        from qsnap.launcher.firmware import read_descriptors
-        from qsnap.launcher.machines import machine_aliases
-        from qsnap.plan.domain_define import DefineFacts, new_mac_address, resolve_definition
-
-        emulator = (domain.element.findtext("devices/emulator") or "qemu-system-x86_64").strip()
-        aliases, firmware = await asyncio.gather(asyncio.to_thread(machine_aliases, emulator),
-                                                 asyncio.to_thread(read_descriptors))
-        # Not libvirt's NAME_VARS.fd: a name may be 251 bytes, the longest a file name
-        # leaves for a ".xml" suffix.
-        nvram = self.state.folder(domain.name).path / "VARS.fd"
-        facts = DefineFacts(machine_aliases=aliases, firmware=firmware, nvram_path=str(nvram),
-                            new_mac=new_mac_address, new_guid=lambda: str(uuidlib.uuid4()))
-        return parse_domain_element(resolve_definition(domain.element, facts))
-
-    def _refuse_duplicate_uuid(self, domain: DomainDef) -> None:
-        for other in self.state.domain_names():
-            if other == domain.name:
-                continue
-            other_uuid = self.state.folder(other).definition.uuid
-            if other_uuid and domain.uuid and same_uuid(other_uuid, domain.uuid):
-                raise AlreadyExistsError(
-                    f"domain '{other}' is already defined with uuid {domain.uuid}")
+        domain = await domains.resolved(self.state, domain)
+        return await self._defining(domain.name, functools.partial(
+            domains.store_definition, self.state, domain=domain))
 
     @_bounded
     async def undefine(self, domain: str, *, snapshots_metadata: bool = False,
@@ -336,26 +209,10 @@ class Engine:
         A running domain stays, transient, as in libvirt: every command works on it until
         its guest stops, and then it is gone (its snapshot metadata with it). ``define``
         makes it persistent again."""
+        from qsnap.engine import domains
 
-        def work(folder: DomainFolder) -> None:
-            names = folder.snapshot_names()
-            if self._runtime(domain)[1] is not None:
-                if snapshots_metadata and names:
-                    folder.save(drop=names, current=None)
-                folder.set_transient(True)
-                return
-            if names and not snapshots_metadata:
-                raise OperationInvalidError(
-                    f"cannot delete inactive domain with {len(names)} snapshots")
-            definition = folder.definition
-            tpm_state = self._tpm_state(folder)
-            self.state.remove_folder(folder)
-            if definition.emulated_tpm and not definition.tpm_state_outlives_undefine:
-                import shutil
-
-                shutil.rmtree(tpm_state, ignore_errors=True)
-
-        await self._run(domain, work)
+        await self._run(domain, functools.partial(domains.remove_definition, self.state,
+                                                  snapshots_metadata=snapshots_metadata))
 
     def _checked(self, folder: DomainFolder) -> None:
         """The definition is read (and parsed, once) here, off the loop; a transient domain
@@ -379,33 +236,14 @@ class Engine:
                     progress: ProgressCallback | None = None,
                     timeout: float | None = None) -> Guest:
         """Start the domain's QEMU (virsh start); returns its :class:`Guest` handle (how to
-        reach it, accelerator included).
-        A managed save image is resumed instead (*progress* hears it load), and removed once
-        the guest runs from it. *reset_nvram* makes a UEFI guest's NVRAM anew from its
-        template first (virsh start --reset-nvram)."""
-        from qsnap.launcher.accel import choose_accel
-        from qsnap.launcher.process import create_nvram
+        reach it, accelerator included). A managed save image is resumed instead (*progress*
+        hears it load), and removed once the guest runs from it. *reset_nvram* makes a UEFI
+        guest's NVRAM anew from its template first (virsh start --reset-nvram)."""
+        from qsnap.engine import power
 
         async with self._session(domain) as folder:
-            paths, info = self._runtime(domain)
-            if info is not None:
-                raise DomainRunningError(f"domain '{domain}' is already running "
-                                         f"(QEMU pid {info.pid})", domain=domain)
-            managed = folder.managed_save
-            if managed.exists():
-                from qsnap.engine import restore as restore_op
-                from qsnap.engine.memory import read_image
-
-                image = await asyncio.to_thread(read_image, managed)
-                saved = parse_domain(image.domain_xml, f"managed save image '{managed}'")
-                return Guest(self, domain, await restore_op.run(
-                    self._context(folder, progress), saved, managed, image, None,
-                    managed=True))
-            definition = folder.definition
-            if reset_nvram:
-                await create_nvram(definition, reset=True)
-            return Guest(self, domain, await self._launcher(folder)(
-                definition, paths, choose_accel(definition.type)))
+            info = await power.start(self._context(folder, progress), reset_nvram=reset_nvram)
+            return Guest(self, domain, info)
 
     @staticmethod
     def share_connection(qmp: str, connection: QMPClient) -> None:
@@ -449,12 +287,10 @@ class Engine:
     @_bounded
     async def destroy(self, domain: str, *, timeout: float | None = None) -> None:
         """Stop the domain's QEMU at once (virsh destroy): ``quit``, else SIGTERM, SIGKILL."""
+        from qsnap.engine import power
+
         async with self._session(domain) as folder:
-            paths, info = self._runtime(domain)
-            if info is None:
-                raise DomainNotRunningError(f"domain '{domain}' is not running", domain=domain)
-            await stop(paths, info)
-            if folder.transient:  # it stopped: a transient domain is gone with it
+            if await power.destroy(self._context(folder)):  # a transient domain goes with it
                 await asyncio.to_thread(self.state.remove_folder, folder)
 
     @_bounded
@@ -476,54 +312,14 @@ class Engine:
         *connection*: the embedder's own QMP connection to this QEMU, kept open by it; qsnap
         uses it instead of connecting (see :meth:`share_connection`).
         """
-        import uuid as uuidlib
-
-        from qsnap.launcher.foreign import ForeignCommand, read_process_command
+        from qsnap.engine import domains
 
         check_domain_name(domain)
         if connection is not None:
             self.share_connection(qmp, connection)
-        async with await Monitor.connect(os.path.abspath(qmp)) as monitor:
-            facts = await monitor.describe()
-            pid = monitor.peer_pid()
-        uuid, kvm, memory, vcpus = facts.uuid, facts.kvm, facts.memory, facts.vcpus
-        if pid is None:
-            raise OperationInvalidError(f"cannot tell which process serves {qmp}")
-        running = [RunningDisk(name, d.file, d.format, d.read_only)
-                   for name, d in facts.disks.items()]
-        info = RuntimeInfo(pid=pid, qmp=os.path.abspath(qmp), accel="kvm" if kvm else "tcg",
-                           owner="attached")
-        argv, cwd = read_process_command(pid)
-        command = ForeignCommand(argv, cwd, info.qmp, {d.target: d.path for d in running},
-                                 info.accel)
-
-        def work(folder: DomainFolder) -> RuntimeInfo:
-            if folder.exists():
-                definition = folder.definition
-                if uuid and definition.uuid and not same_uuid(uuid, definition.uuid):
-                    raise InvalidArgumentError(f"QEMU at {qmp} runs uuid {uuid}, but domain "
-                                               f"'{domain}' has uuid {definition.uuid}")
-                by_target = {d.target: d for d in running}
-                missing = [d.target for d in definition.disks if d.target not in by_target]
-                if missing:
-                    raise InvalidArgumentError(
-                        f"QEMU at {qmp} has no disk {', '.join(missing)} of domain '{domain}'")
-                updated = with_disk_images(definition, {
-                    d.target: (by_target[d.target].path, by_target[d.target].format)
-                    for d in definition.disks})
-            else:
-                updated = domain_from_qemu(domain, uuid or str(uuidlib.uuid4()), memory,
-                                           vcpus, kvm, running)
-                self._refuse_duplicate_uuid(updated)
-            if self._runtime(domain)[1] is not None:
-                raise DomainRunningError(f"domain '{domain}' is already running",
-                                         domain=domain)
-            folder.write_definition(updated)
-            folder.write_launch(command.to_json())
-            write_runtime(runtime_paths(self.state_dir, domain), info)
-            return info
-
-        attached = await self._defining(domain, work)
+        adoption = await domains.describe_foreign(domain, qmp)
+        attached = await self._defining(domain, functools.partial(domains.adopt, self.state,
+                                                                  adoption=adoption))
         if relaunch is not None:
             self._hooks[domain] = relaunch
         return Guest(self, domain, attached)
@@ -618,14 +414,10 @@ class Engine:
     async def shutdown(self, domain: str, *, timeout: float | None = None) -> None:
         """Ask the guest to power off (ACPI power button), as virsh shutdown does; returns at
         once, and the guest decides when (or whether) it stops."""
-        async with self._session(domain), await self._running_monitor(domain) as monitor:
-            await monitor.powerdown()
+        from qsnap.engine import power
 
-    async def _running_monitor(self, domain: str) -> Monitor:
-        info = self._runtime(domain)[1]
-        if info is None:
-            raise DomainNotRunningError(f"domain '{domain}' is not running", domain=domain)
-        return await Monitor.connect(info.qmp)
+        async with self._session(domain) as folder:
+            await power.shutdown(self._context(folder))
 
     @_bounded
     async def disks(self, domain: str, *, timeout: float | None = None) -> list[DomainDisk]:
@@ -662,21 +454,18 @@ class Engine:
     @_bounded
     async def suspend(self, domain: str, *, timeout: float | None = None) -> None:
         """virsh suspend: stop the guest's vCPUs (a paused guest stays paused)."""
-        async with self._session(domain), await self._running_monitor(domain) as monitor:
-            if await monitor.status() != "paused":
-                await monitor.pause()
+        from qsnap.engine import power
+
+        async with self._session(domain) as folder:
+            await power.suspend(self._context(folder))
 
     @_bounded
     async def resume(self, domain: str, *, timeout: float | None = None) -> None:
         """virsh resume: run a paused guest's vCPUs again."""
-        async with self._session(domain), await self._running_monitor(domain) as monitor:
-            status = await monitor.status()
-            if status == "running":
-                raise OperationInvalidError("domain is already running", domain=domain)
-            if status not in ("paused", "postmigrate"):
-                raise OperationInvalidError(f"domain '{domain}' cannot be resumed from "
-                                            f"QEMU's state '{status}'", domain=domain)
-            await monitor.resume()
+        from qsnap.engine import power
+
+        async with self._session(domain) as folder:
+            await power.resume(self._context(folder))
 
     @_bounded
     async def reboot(self, domain: str, *, mode: str | None = None,
@@ -687,38 +476,10 @@ class Engine:
         does, here without a daemon: this call waits for it; ``reset`` resets the machine
         at once (virsh reset). By default the agent is tried where the definition has its
         channel, and ACPI is used where it has none or refuses (as libvirt does)."""
-        from qsnap.launcher.command import agent_socket
+        from qsnap.engine import power
 
         async with self._session(domain) as folder:
-            paths, info = self._runtime(domain)
-            if info is None:
-                raise DomainNotRunningError(f"domain '{domain}' is not running", domain=domain)
-            agent = agent_socket(folder.definition, paths)
-            chosen = mode or ("agent" if agent else "acpi")
-            if chosen == "agent":
-                from qsnap.errors import GuestAgentError
-                from qsnap.monitor.agent import GuestAgent
-
-                if agent is None:
-                    raise OperationInvalidError("QEMU guest agent is not configured",
-                                                domain=domain)
-                try:
-                    async with await GuestAgent.connect(agent) as channel:
-                        await channel.shutdown("reboot")
-                    return
-                except GuestAgentError as exc:
-                    if mode is not None:
-                        raise
-                    log.warning("%s; rebooting through ACPI instead", exc)
-                    chosen = "acpi"  # as libvirt does when the agent was not asked for
-            if chosen not in ("acpi", "reset"):
-                raise InvalidArgumentError(f"unsupported reboot mode '{chosen}': qsnap "
-                                           "offers agent, acpi and reset")
-            async with await Monitor.connect(info.qmp) as monitor:
-                if chosen == "acpi":
-                    await monitor.power_cycle(wait)
-                else:
-                    await monitor.reset()
+            await power.reboot(self._context(folder), mode, wait)
 
     @_bounded
     async def block_commit(self, domain: str, disk: str, *, base: str | None = None,
@@ -806,7 +567,6 @@ class Engine:
         paused (``info`` shows it). *live_strategy* ("background", "precopy" or "paused")
         overrides the choice :func:`~qsnap.plan.full_snapshot.choose_capture` makes.
         *progress* hears how an external memory file is written."""
-        flags.check()
         if flags.redefine:
             if xml is None:
                 raise InvalidArgumentError("--redefine requires an XML description of the "
@@ -834,53 +594,14 @@ class Engine:
         follow it, its NVRAM copy moves, it stays current if it was, and the old name goes,
         all in one journaled change (:meth:`rename_snapshot`). Without it, a new name is a
         clone, which keeps a copy of the NVRAM copy."""
+        from qsnap.engine import metadata
+
         flags = CreateFlags(redefine=True, current=current, disk_only=disk_only,
-                            validate=validate).check()
+                            validate=validate)
         snap = parse_snapshot(xml, redefine=True, validate=validate)
-        if rename and edited_from is None:
-            raise InvalidArgumentError("a rename needs the name of the snapshot it renames")
-
-        from qsnap.engine import create as create_op
-        from qsnap.plan.redefine import (
-            check_unchanged,
-            names_its_data,
-            plan_redefine,
-            plan_rename,
-        )
-
-        def work(folder: DomainFolder) -> str:
-            tree = folder.lazy_tree()
-            if edited_from is not None and expected is not None:
-                stored = (snapshot_xml(folder, snapshot=edited_from, secure=True)
-                          if edited_from in tree else None)
-                check_unchanged(edited_from, expected, stored)
-            regular = create_op.regular_disk_files(folder.definition, snap)
-            if rename and edited_from is not None and snap.name != edited_from:
-                old = folder.read_snapshot(edited_from)
-                children = [folder.read_snapshot(c.name) for c in folder.load_tree()
-                            if c.parent == edited_from]
-                moved = plan_rename(snap, folder.definition, tree, old, children, flags,
-                                    regular)
-                folder.save(put=[moved.snapshot, *moved.children], drop=[moved.old],
-                            current=moved.snapshot.name if moved.make_current else KEEP,
-                            renamed=(moved.old, moved.snapshot.name or ""))
-                return moved.snapshot.name or ""
-            existing = (folder.read_snapshot(snap.name)
-                        if snap.name is not None and snap.name in tree else None)
-            plan = plan_redefine(snap, folder.definition, tree, existing, flags,
-                                 regular_files=regular)
-            if edited_from is not None and snap.name != edited_from:  # a clone
-                if names_its_data(folder.read_snapshot(edited_from)):
-                    raise NotSupportedError(
-                        f"snapshot '{edited_from}' is internal: a copy under another name would "
-                        f"name a tag '{snap.name}' its disk images do not hold",
-                        snapshot=edited_from)
-                folder.copy_kept(edited_from, plan.snapshot.name or "")
-            folder.save(put=[plan.snapshot],
-                        current=plan.snapshot.name if plan.make_current else KEEP)
-            return plan.snapshot.name or ""
-
-        return await self._run(domain, work)
+        return await self._run(domain, functools.partial(
+            metadata.redefine, snap=snap, flags=flags, edited_from=edited_from,
+            expected=expected, rename=rename))
 
     @_bounded
     async def rename_snapshot(self, domain: str, snapshot: str, new_name: str, *,
@@ -904,7 +625,7 @@ class Engine:
                         flt: ListFilter = ListFilter(), *,
                         timeout: float | None = None) -> list[SnapshotSummary]:
         """virDomainListAllSnapshots / virDomainSnapshotListAllChildren with their filters."""
-        return await self._run(domain, functools.partial(snapshot_list, flt=flt.check()),
+        return await self._run(domain, functools.partial(snapshot_list, flt=flt),
                                reading=True)
 
     @_bounded
@@ -942,10 +663,9 @@ class Engine:
                           timeout: float | None = None) -> None:
         """Make an existing snapshot current without reverting to it."""
 
-        def work(folder: DomainFolder) -> None:
-            folder.save(current=resolve(folder, snapshot))
+        from qsnap.engine import metadata
 
-        await self._run(domain, work)
+        await self._run(domain, functools.partial(metadata.set_current, snapshot=snapshot))
 
     @_bounded
     async def parent(self, domain: str, snapshot: str | None, *,
@@ -964,7 +684,6 @@ class Engine:
         *progress* hears a memory file load."""
         from qsnap.engine import revert as revert_op
 
-        flags.check()
         async with self._session(domain) as folder, \
                 self._job(folder, "Snapshot revert", progress, abortable=False) as progress:
             name = resolve(folder, snapshot)
@@ -985,23 +704,14 @@ class Engine:
         A crash part-way is finished by the next command on the domain.
         """
         from qsnap.engine import delete as delete_op
-        from qsnap.plan.delete import plan_delete_metadata
+        from qsnap.engine import metadata
 
-        flags.check()
         async with self._session(domain) as folder:
             name = resolve(folder, snapshot)
-            if flags.metadata_only and not (flags.children or flags.children_only):
-                unreadable = await asyncio.to_thread(_drop_unreadable_snapshot, folder, name)
-                if unreadable is not None:
-                    return unreadable
-            tree = await asyncio.to_thread(load_tree, folder)
-            plan = plan_delete_metadata(tree, name, flags)
-            moved = {child: folder.read_snapshot(child).copy(parent=parent)
-                     for child, parent in plan.reparent.items()}
             if flags.metadata_only:
-                await asyncio.to_thread(folder.save, put=list(moved.values()), drop=plan.remove,
-                                        current=plan.current if plan.current_changes else KEEP)
-                return plan
+                return await asyncio.to_thread(metadata.delete_metadata_only, folder, name,
+                                               flags)
+            plan, moved = await asyncio.to_thread(metadata.plan_delete, folder, name, flags)
             async with self._job(folder, "Snapshot delete", progress,
                                  abortable=False) as progress:
                 await delete_op.run(self._context(folder, progress), name, plan, moved)
@@ -1017,37 +727,3 @@ class Engine:
         async with self._session(domain, recovered=lines) as folder:
             waiting = await asyncio.to_thread(still_under_way, self._context(folder))
         return lines + ([waiting] if waiting else [])
-
-
-class _Refusal:
-    """A launcher that refuses every start with *error* (a damaged launch record)."""
-
-    def __init__(self, error: QsnapError) -> None:
-        self.error = error
-
-    def check(self, domain: DomainDef) -> None:
-        raise self.error
-
-    async def __call__(self, domain: DomainDef, paths: RuntimePaths, accel: str, *,
-                       incoming: bool = False, paused: bool = False) -> RuntimeInfo:
-        raise self.error
-
-
-def _drop_unreadable_snapshot(folder: DomainFolder, name: str) -> MetadataDeletePlan | None:
-    """``snapshot-delete --metadata`` of a snapshot whose own file cannot be read (edited
-    into garbage): the way out the error message names. Its file goes; its children, whose
-    new parent would be its unreadable parent, become roots; it stops being current. None
-    when the file reads fine (the ordinary path then applies)."""
-    from qsnap.plan.delete import plan_drop_unreadable
-
-    try:
-        folder.read_snapshot(name)
-        return None
-    except CorruptMetadataError as exc:
-        log.warning("%s; removing it, as asked", exc)
-    others = {n: folder.read_snapshot(n) for n in folder.snapshot_names() if n != name}
-    plan = plan_drop_unreadable(name, {n: s.parent for n, s in others.items()},
-                                folder.read_current())
-    folder.save(put=[others[child].copy(parent=None) for child in plan.reparent],
-                drop=plan.remove, current=plan.current if plan.current_changes else KEEP)
-    return plan

@@ -9,17 +9,16 @@ reverts and restores that start a new QEMU; :meth:`Guest.info` always reads the 
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from qsnap.launcher.runtime import RuntimeInfo
 from qsnap.model.snapshot import SnapshotDef
 from qsnap.model.tree import SnapshotSummary
+from qsnap.plan.delete import MetadataDeletePlan
 from qsnap.plan.flags import CreateFlags, DeleteFlags, ListFilter, RevertFlags
 from qsnap.progress import ProgressCallback
-
-if TYPE_CHECKING:
-    from qsnap.engine.engine import Engine
 
 
 @dataclass(frozen=True)
@@ -39,11 +38,58 @@ class GuestInfo:
     reason: str | None = None
 
 
+class GuestOperations(Protocol):
+    """The engine's operations a :class:`Guest` forwards, with the engine's own signatures:
+    :class:`qsnap.Engine` is checked against it wherever it makes a Guest, so the two cannot
+    drift apart. (The methods are coroutines; the
+    engine's decorator types them as returning awaitables.)"""
+
+    def guest_info(self, domain: str, *, timeout: float | None = None) -> Awaitable[GuestInfo]: ...
+
+    def guest_state(self, domain: str, *, timeout: float | None = None) -> Awaitable[str]: ...
+
+    def create(self, domain: str, xml: str | bytes | None = None,
+                     flags: CreateFlags = CreateFlags(), *, live_strategy: str | None = None,
+                     progress: ProgressCallback | None = None,
+                     timeout: float | None = None) -> Awaitable[str]: ...
+
+    def revert(self, domain: str, snapshot: str | None,
+                     flags: RevertFlags = RevertFlags(), *,
+                     progress: ProgressCallback | None = None,
+                     timeout: float | None = None) -> Awaitable[str]: ...
+
+    def delete(self, domain: str, snapshot: str | None,
+                     flags: DeleteFlags = DeleteFlags(), *,
+                     progress: ProgressCallback | None = None,
+                     timeout: float | None = None) -> Awaitable[MetadataDeletePlan]: ...
+
+    def snapshots(self, domain: str, flt: ListFilter = ListFilter(), *,
+                        timeout: float | None = None) -> Awaitable[list[SnapshotSummary]]: ...
+
+    def get(self, domain: str, snapshot: str | None, *,
+                  timeout: float | None = None) -> Awaitable[SnapshotDef]: ...
+
+    def save(self, domain: str, path: str | os.PathLike[str], *,
+                   running: bool | None = None, xml: str | None = None,
+                   image_format: str | None = None, parallel_channels: int | None = None,
+                   progress: ProgressCallback | None = None,
+                   timeout: float | None = None) -> Awaitable[None]: ...
+
+    def start(self, domain: str, *, reset_nvram: bool = False,
+                    progress: ProgressCallback | None = None,
+                    timeout: float | None = None) -> Awaitable[Guest]: ...
+
+    def shutdown(self, domain: str, *, timeout: float | None = None) -> Awaitable[None]: ...
+
+    def destroy(self, domain: str, *, timeout: float | None = None) -> Awaitable[None]: ...
+
+
 class Guest:
     """One domain's guest (see the module docstring). ``pid``, ``qmp``, ``accel`` and
     ``owner`` are as they were when the handle was made; :meth:`info` reads them anew."""
 
-    def __init__(self, engine: Engine, name: str, info: RuntimeInfo | None = None) -> None:
+    def __init__(self, engine: GuestOperations, name: str,
+                 info: RuntimeInfo | None = None) -> None:
         self.engine = engine
         self.name = name
         self.pid = info.pid if info else None
@@ -72,14 +118,16 @@ class Guest:
 
     async def revert(self, snapshot: str | None, flags: RevertFlags = RevertFlags(), *,
                      progress: ProgressCallback | None = None,
-                     timeout: float | None = None) -> None:
-        await self.engine.revert(self.name, snapshot, flags, progress=progress,
+                     timeout: float | None = None) -> str:
+        """:meth:`Engine.revert`; returns the snapshot's name."""
+        return await self.engine.revert(self.name, snapshot, flags, progress=progress,
                                  timeout=timeout)
 
     async def delete(self, snapshot: str | None, flags: DeleteFlags = DeleteFlags(), *,
                      progress: ProgressCallback | None = None,
-                     timeout: float | None = None) -> None:
-        await self.engine.delete(self.name, snapshot, flags, progress=progress,
+                     timeout: float | None = None) -> MetadataDeletePlan:
+        """:meth:`Engine.delete`; returns what was removed and who became current."""
+        return await self.engine.delete(self.name, snapshot, flags, progress=progress,
                                  timeout=timeout)
 
     async def snapshots(self, flt: ListFilter = ListFilter(), *,

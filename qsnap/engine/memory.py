@@ -53,6 +53,18 @@ def default_channels() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
+def _create_new(path: Path) -> int:
+    """Open *path* for writing, made now: an existing file is never overwritten."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        raise AlreadyExistsError(f"refusing to overwrite existing file '{path}'",
+                                 path=str(path)) from None
+    except OSError as exc:
+        raise InvalidArgumentError(f"cannot create '{path}': {exc.strerror}",
+                                   path=str(path)) from None
+
+
 async def write_image(monitor: Monitor, path: Path, domain_xml: str, was_running: bool, *,
                       background: bool = False,
                       at_start: Callable[[], Awaitable[None]] | None = None,
@@ -71,14 +83,7 @@ async def write_image(monitor: Monitor, path: Path, domain_xml: str, was_running
     if background and image_format != "raw":
         raise ValueError("a background snapshot writes a raw stream (QEMU's background "
                          "snapshot refuses multifd)")
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except FileExistsError:
-        raise AlreadyExistsError(f"refusing to overwrite existing file '{path}'",
-                                 path=str(path)) from None
-    except OSError as exc:
-        raise InvalidArgumentError(f"cannot create '{path}': {exc.strerror}",
-                                   path=str(path)) from None
+    fd = _create_new(path)
     try:
         header = save_image.encode(domain_xml, None, was_running, partial=True, align=ALIGN,
                                    image_format=image_format)

@@ -243,7 +243,7 @@ class Reader:
         from qsnap.plan.flags import ListFilter
 
         return self.read(domain, functools.partial(
-            snapshot_list, flt=(flt or ListFilter()).check(), warn=self.warn))
+            snapshot_list, flt=flt or ListFilter(), warn=self.warn))
 
     def tree(self, domain: str) -> SnapshotTree:
         return self.read(domain, functools.partial(load_tree, warn=self.warn))

@@ -27,17 +27,27 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from qemu.qmp import EventListener
 
 from qsnap.errors import JobFailedError, MonitorClosedError, MonitorError, MonitorTimeoutError
 from qsnap.faults import crash_point
 
-if TYPE_CHECKING:
-    from qsnap.monitor.client import Monitor
+
+class Connection(Protocol):
+    """What the jobs need of a monitor connection (:class:`qsnap.monitor.client.Monitor`)."""
+
+    @property
+    def open(self) -> bool: ...
+
+    async def execute(self, command: str, arguments: Mapping[str, object] | None = None, *,
+                      timeout: float | None = None) -> Any: ...
+
+    def events(self, *names: str) -> AbstractAsyncContextManager[EventListener]: ...
 
 #: How long a wait with no deadline of the caller's waits: a month.
 FOREVER = 30 * 86400.0
@@ -123,7 +133,7 @@ class Job:
 class Jobs:
     """QEMU's jobs through one monitor: listing, waiting, and the single-step commands."""
 
-    def __init__(self, monitor: Monitor) -> None:
+    def __init__(self, monitor: Connection) -> None:
         self._monitor = monitor
         self._numbered = 0
 

@@ -12,7 +12,6 @@ def check_create_request(snap: SnapshotDef, flags: CreateFlags, domain: str,
                          name_taken: bool) -> None:
     """Refuse a bad name, or one already used (libvirt checks this only when metadata is kept,
     since ``--no-metadata`` snapshots never enter the list)."""
-    flags.check()
     if snap.name is None:
         return  # the creation time names it, and creation times of one domain never repeat
     if not flags.no_metadata:

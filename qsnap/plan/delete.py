@@ -32,7 +32,6 @@ def plan_delete_metadata(tree: SnapshotTree, name: str, flags: DeleteFlags) -> M
     """libvirt's metadata rules: children move up to the deleted snapshot's parent; with
     ``children``/``children_only`` the subtree goes; a removed current passes to the nearest
     surviving ancestor (the snapshot itself with ``children_only``, else its parent)."""
-    flags.check()
     tree.get(name)
     parent = tree.parent(name)
     subtree = tree.descendants(name) if (flags.children or flags.children_only) else []

@@ -65,7 +65,6 @@ def plan_disk_snapshot(request: SnapshotDef, domain: DomainDef, flags: CreateFla
                        active: bool, current: str | None, now: int,
                        regular_files: Collection[str]) -> DiskSnapshotPlan:
     """Validate a disk snapshot request and return everything needed to carry it out."""
-    flags.check()
     if flags.live and active:
         raise InvalidArgumentError("live snapshot creation is supported only during full "
                                    "system snapshots")

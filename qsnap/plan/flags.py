@@ -32,6 +32,11 @@ class CreateFlags:
     crash_consistent: bool = False
 
     def check(self) -> CreateFlags:
+        """The flags themselves: they were checked when made (kept for callers of earlier
+        releases, which checked them by hand)."""
+        return self
+
+    def __post_init__(self) -> None:
         """Refuse combinations libvirt refuses, before anything is read or changed."""
         if self.current and not self.redefine:
             raise InvalidArgumentError("--current requires --redefine")
@@ -40,7 +45,6 @@ class CreateFlags:
                     ("redefine", self.redefine, "live", self.live)])
         if self.quiesce and not self.disk_only:
             raise InvalidArgumentError("--quiesce requires --disk-only")
-        return self
 
 
 @dataclass(frozen=True)
@@ -52,8 +56,12 @@ class DeleteFlags:
     metadata_only: bool = False
 
     def check(self) -> DeleteFlags:
-        _exclusive([("children", self.children, "children-only", self.children_only)])
+        """The flags themselves: they were checked when made (kept for callers of earlier
+        releases, which checked them by hand)."""
         return self
+
+    def __post_init__(self) -> None:
+        _exclusive([("children", self.children, "children-only", self.children_only)])
 
 
 @dataclass(frozen=True)
@@ -66,8 +74,12 @@ class RevertFlags:
     reset_nvram: bool = False
 
     def check(self) -> RevertFlags:
-        _exclusive([("running", self.running, "paused", self.paused)])
+        """The flags themselves: they were checked when made (kept for callers of earlier
+        releases, which checked them by hand)."""
         return self
+
+    def __post_init__(self) -> None:
+        _exclusive([("running", self.running, "paused", self.paused)])
 
 
 @dataclass(frozen=True)
@@ -94,10 +106,14 @@ class ListFilter:
     descendants: bool = False
 
     def check(self) -> ListFilter:
+        """The flags themselves: they were checked when made (kept for callers of earlier
+        releases, which checked them by hand)."""
+        return self
+
+    def __post_init__(self) -> None:
         starting = self.start is not None or self.from_current
         _exclusive([("from", self.start is not None, "current", self.from_current),
                     ("roots", self.roots, "from", self.start is not None),
                     ("roots", self.roots, "current", self.from_current)])
         if self.descendants and not starting:
             raise InvalidArgumentError("--descendants requires either --from or --current")
-        return self

@@ -50,7 +50,6 @@ def plan_full_snapshot(request: SnapshotDef, domain: DomainDef, flags: CreateFla
                        state: str, current: str | None, now: int,
                        regular_files: Collection[str]) -> FullSnapshotPlan:
     """Validate a full-system snapshot request for a running (or paused) guest."""
-    flags.check()
     external = request.memory == "external"
     if flags.live and not external:
         raise InvalidArgumentError("live snapshot creation is supported only during full "

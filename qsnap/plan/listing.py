@@ -35,7 +35,6 @@ def select_snapshots(tree: SnapshotTree, flt: ListFilter) -> list[SnapshotSummar
     A starting point (``start`` or ``from_current``) limits the list to its children, or to all
     its descendants with ``descendants``; the starting point itself is not listed.
     """
-    flt.check()
     start = flt.start
     if flt.from_current:
         if tree.current is None:

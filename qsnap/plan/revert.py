@@ -80,7 +80,6 @@ def snapshot_domain(snap: SnapshotDef, current: DomainDef, flags: RevertFlags) -
 
 def plan_revert(snap: SnapshotDef, current: DomainDef, flags: RevertFlags, *,
                 now: int) -> RevertPlan:
-    flags.check()
     name = snap.name or ""
     state = snap.state or ""
     if state == "pmsuspended":

@@ -1,0 +1,84 @@
+"""The package's shape, as issue 30 asked for it: no import cycle inside qsnap (counting the
+imports inside functions and those for type checkers), and no function in engine/ over 60
+lines (an operation's steps are named functions, not one long body)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "qsnap"
+
+
+def _modules() -> dict[str, Path]:
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        modules[name.removesuffix(".__init__")] = path
+    return modules
+
+
+def _imports(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """Each module's qsnap modules, by every import statement in it (a package counts as
+    its __init__; ``from pkg import name`` as pkg.name where that is a module)."""
+
+    def resolve(name: str) -> str:
+        while name not in modules and "." in name:
+            name = name.rsplit(".", 1)[0]
+        return name
+
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets = [f"{node.module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            for target in targets:
+                if target.startswith("qsnap."):
+                    found = resolve(target)
+                    if found != name and found in modules:
+                        graph[name].add(found)
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle, as the modules along it, or None."""
+    state: dict[str, int] = {}
+    trail: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        trail.append(node)
+        for after in sorted(graph[node]):
+            if state.get(after) == 1:
+                return [*trail[trail.index(after):], after]
+            if after not in state and (found := visit(after)):
+                return found
+        state[node] = 2
+        trail.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_the_package_has_no_import_cycle() -> None:
+    assert _cycle(_imports(_modules())) is None
+
+
+def test_the_cycle_finder_finds_one() -> None:
+    """The check above can fail: a made-up graph with a cycle is reported."""
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+
+
+def test_no_function_in_the_engine_is_over_60_lines() -> None:
+    long = [f"{path.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for path in (PACKAGE / "engine").rglob("*.py")
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+            and node.end_lineno is not None and node.end_lineno - node.lineno + 1 > 60]
+    assert long == []
