@@ -34,6 +34,32 @@ QEMU_COMPAT = "deprecated-input=reject,deprecated-output=hide"
 os.environ["QSNAP_QEMU_COMPAT"] = QEMU_COMPAT
 
 
+#: Test modules that start QEMU (beside every tests/test_qemu_*.py).
+_QEMU_MODULES = frozenset({"test_examples", "test_fixtures_and_demo",
+                           "test_libvirt_block_commands", "test_libvirt_side_by_side"})
+#: Modules of the kill-at-every-step walks.
+_CRASH_MODULES = frozenset({"test_qemu_crashes", "test_qemu_delete_crashes"})
+#: Fixtures that run libvirt (the reference): a test using one is marked ``libvirt``.
+_LIBVIRT_FIXTURES = frozenset({"libvirtd", "libvirt_11"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by what it needs (pyproject.toml registers the markers), so that
+    ``pytest -m "not qemu and not libvirt"`` is the quick inner loop: ``qemu`` starts QEMU,
+    ``crash`` kills qsnap at every step boundary of an operation, ``libvirt`` runs libvirt
+    (virsh or libvirtd)."""
+    for item in items:
+        module = item.module.__name__ if isinstance(item, pytest.Function) else ""
+        if module.startswith("test_qemu_") or module in _QEMU_MODULES:
+            item.add_marker(pytest.mark.qemu)
+        if module in _CRASH_MODULES or "killed" in item.name or "crash" in item.name:
+            item.add_marker(pytest.mark.crash)
+        if _LIBVIRT_FIXTURES & set(getattr(item, "fixturenames", ())) or \
+                (module.startswith("test_libvirt_") and module != "test_libvirt_domain_cases") \
+                or module == "test_virsh_syntax":
+            item.add_marker(pytest.mark.libvirt)
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     import shutil
     import subprocess

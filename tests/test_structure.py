@@ -82,3 +82,32 @@ def test_no_function_in_the_engine_is_over_60_lines() -> None:
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
             and node.end_lineno is not None and node.end_lineno - node.lineno + 1 > 60]
     assert long == []
+
+
+#: Modules every layer may use: no qsnap imports of their own beyond errors.
+UTILITIES = {"errors", "lazy", "logs", "faults", "procfs", "timeouts", "children", "progress"}
+
+#: What each layer may import besides the utilities (docs/architecture.md draws it): data
+#: flows one way, model -> plan -> monitor / store / images / launcher -> engine -> cli.
+LAYERS = {
+    "model": set(),
+    "plan": {"model"},
+    "monitor": {"model"},
+    "store": {"model"},
+    "images": {"model"},
+    "launcher": {"model", "plan", "monitor", "images"},
+    "engine": {"model", "plan", "monitor", "store", "images", "launcher"},
+    "cli": {"engine", "model", "plan", "store", "cli_args", "cli_output"},
+}
+
+
+def test_each_layer_imports_only_the_layers_below_it() -> None:
+    def layer(module: str) -> str:
+        return module.split(".")[1] if "." in module else "qsnap"
+
+    wrong = sorted(f"{source} -> {target}"
+                   for source, targets in _imports(_modules()).items()
+                   for target in targets
+                   if layer(source) in LAYERS and layer(target) != layer(source)
+                   and layer(target) not in LAYERS[layer(source)] | UTILITIES)
+    assert wrong == []
