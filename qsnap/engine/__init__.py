@@ -5,31 +5,14 @@
 from qsnap.lazy import lazy_exports
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see qsnap.lazy)
-if TYPE_CHECKING:
-    from qsnap.engine.block_jobs import BlockJobInfo
-    from qsnap.engine.engine import Engine
-    from qsnap.engine.guest import Guest, GuestInfo
-    from qsnap.engine.results import BlockInfo, DomainDetails, DomainInfo, SnapshotInfo
+if TYPE_CHECKING:  # the exports, each named once (lazy_exports reads these lines)
+    from qsnap.engine.block_jobs import BlockJobInfo as BlockJobInfo
+    from qsnap.engine.engine import Engine as Engine
+    from qsnap.engine.guest import Guest as Guest
+    from qsnap.engine.guest import GuestInfo as GuestInfo
+    from qsnap.engine.results import BlockInfo as BlockInfo
+    from qsnap.engine.results import DomainDetails as DomainDetails
+    from qsnap.engine.results import DomainInfo as DomainInfo
+    from qsnap.engine.results import SnapshotInfo as SnapshotInfo
 
-__all__ = [
-    "BlockInfo",
-    "BlockJobInfo",
-    "DomainDetails",
-    "DomainInfo",
-    "Engine",
-    "Guest",
-    "GuestInfo",
-    "SnapshotInfo",
-]
-
-if not TYPE_CHECKING:
-    __getattr__, __dir__ = lazy_exports(__name__, {
-        "BlockInfo": "qsnap.engine.results",
-        "BlockJobInfo": "qsnap.engine.block_jobs",
-        "DomainDetails": "qsnap.engine.results",
-        "DomainInfo": "qsnap.engine.results",
-        "Engine": "qsnap.engine.engine",
-        "SnapshotInfo": "qsnap.engine.results",
-        "Guest": "qsnap.engine.guest",
-        "GuestInfo": "qsnap.engine.guest",
-    })
+__getattr__, __dir__, __all__ = lazy_exports(__name__, __file__)

@@ -4,48 +4,17 @@
 from qsnap.lazy import lazy_exports
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see qsnap.lazy)
-if TYPE_CHECKING:
-    from qsnap.model.domain import (
-        DomainDef,
-        DomainDisk,
-        parse_domain,
-        parse_domain_element,
-    )
-    from qsnap.model.snapshot import (
-        DiskSource,
-        Host,
-        Seclabel,
-        SnapshotDef,
-        SnapshotDisk,
-        format_snapshot,
-        parse_snapshot,
-    )
+if TYPE_CHECKING:  # the exports, each named once (lazy_exports reads these lines)
+    from qsnap.model.domain import DomainDef as DomainDef
+    from qsnap.model.domain import DomainDisk as DomainDisk
+    from qsnap.model.domain import parse_domain as parse_domain
+    from qsnap.model.domain import parse_domain_element as parse_domain_element
+    from qsnap.model.snapshot import DiskSource as DiskSource
+    from qsnap.model.snapshot import Host as Host
+    from qsnap.model.snapshot import Seclabel as Seclabel
+    from qsnap.model.snapshot import SnapshotDef as SnapshotDef
+    from qsnap.model.snapshot import SnapshotDisk as SnapshotDisk
+    from qsnap.model.snapshot import format_snapshot as format_snapshot
+    from qsnap.model.snapshot import parse_snapshot as parse_snapshot
 
-__all__ = [
-    "DiskSource",
-    "DomainDef",
-    "DomainDisk",
-    "Host",
-    "Seclabel",
-    "SnapshotDef",
-    "SnapshotDisk",
-    "format_snapshot",
-    "parse_domain",
-    "parse_domain_element",
-    "parse_snapshot",
-]
-
-if not TYPE_CHECKING:
-    __getattr__, __dir__ = lazy_exports(__name__, {
-        "DomainDef": "qsnap.model.domain",
-        "DomainDisk": "qsnap.model.domain",
-        "parse_domain": "qsnap.model.domain",
-        "parse_domain_element": "qsnap.model.domain",
-        "DiskSource": "qsnap.model.snapshot",
-        "Host": "qsnap.model.snapshot",
-        "Seclabel": "qsnap.model.snapshot",
-        "SnapshotDef": "qsnap.model.snapshot",
-        "SnapshotDisk": "qsnap.model.snapshot",
-        "format_snapshot": "qsnap.model.snapshot",
-        "parse_snapshot": "qsnap.model.snapshot",
-    })
+__getattr__, __dir__, __all__ = lazy_exports(__name__, __file__)

@@ -4,51 +4,18 @@
 from qsnap.lazy import lazy_exports
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see qsnap.lazy)
-if TYPE_CHECKING:
-    from qsnap.errors import (
-        MonitorClosedError,
-        MonitorError,
-        MonitorTimeoutError,
-    )
-    from qsnap.monitor.channel import StreamChannel
-    from qsnap.monitor.client import (
-        BlockDevice,
-        Monitor,
-        OverlaySwitch,
-        PauseClock,
-        forget_connection,
-        one_connection_per_qemu,
-        share_connection,
-        unshare_connection,
-    )
+if TYPE_CHECKING:  # the exports, each named once (lazy_exports reads these lines)
+    from qsnap.errors import MonitorClosedError as MonitorClosedError
+    from qsnap.errors import MonitorError as MonitorError
+    from qsnap.errors import MonitorTimeoutError as MonitorTimeoutError
+    from qsnap.monitor.channel import StreamChannel as StreamChannel
+    from qsnap.monitor.client import BlockDevice as BlockDevice
+    from qsnap.monitor.client import Monitor as Monitor
+    from qsnap.monitor.client import OverlaySwitch as OverlaySwitch
+    from qsnap.monitor.client import PauseClock as PauseClock
+    from qsnap.monitor.client import forget_connection as forget_connection
+    from qsnap.monitor.client import one_connection_per_qemu as one_connection_per_qemu
+    from qsnap.monitor.client import share_connection as share_connection
+    from qsnap.monitor.client import unshare_connection as unshare_connection
 
-__all__ = [
-    "BlockDevice",
-    "Monitor",
-    "MonitorClosedError",
-    "MonitorError",
-    "MonitorTimeoutError",
-    "OverlaySwitch",
-    "PauseClock",
-    "StreamChannel",
-    "forget_connection",
-    "one_connection_per_qemu",
-    "share_connection",
-    "unshare_connection",
-]
-
-if not TYPE_CHECKING:
-    __getattr__, __dir__ = lazy_exports(__name__, {
-        "MonitorClosedError": "qsnap.errors",
-        "MonitorError": "qsnap.errors",
-        "MonitorTimeoutError": "qsnap.errors",
-        "StreamChannel": "qsnap.monitor.channel",
-        "BlockDevice": "qsnap.monitor.client",
-        "Monitor": "qsnap.monitor.client",
-        "OverlaySwitch": "qsnap.monitor.client",
-        "PauseClock": "qsnap.monitor.client",
-        "forget_connection": "qsnap.monitor.client",
-        "one_connection_per_qemu": "qsnap.monitor.client",
-        "share_connection": "qsnap.monitor.client",
-        "unshare_connection": "qsnap.monitor.client",
-    })
+__getattr__, __dir__, __all__ = lazy_exports(__name__, __file__)
