@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # the exports, each named once (lazy_exports reads these line
     from qsnap.errors import OperationInvalidError as OperationInvalidError
     from qsnap.errors import QsnapError as QsnapError
     from qsnap.errors import SaveImageError as SaveImageError
+    from qsnap.errors import UsageError as UsageError
     from qsnap.errors import XMLError as XMLError
     from qsnap.launcher.foreign import DiskImage as DiskImage
     from qsnap.launcher.foreign import RelaunchHook as RelaunchHook

@@ -22,6 +22,10 @@ class QsnapError(Exception):
         self.path = path
 
 
+class UsageError(QsnapError):
+    """The command line itself is wrong (virsh's own message, printed as it is)."""
+
+
 class XMLError(QsnapError):
     """The XML is malformed, or has an element, attribute or value qsnap does not accept."""
 

@@ -411,7 +411,7 @@ class _Terminal(io.StringIO):
 
 
 def test_progress_is_one_line_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    from qsnap.cli import _Output
+    from qsnap.cli.runner import Output as _Output
     report = Progress("merge vda: g-vda.s3 into g-vda.s2", 12 << 20, 40 << 20, 0.4)
     terminal = _Terminal()
     monkeypatch.setattr("sys.stderr", terminal)
@@ -433,7 +433,7 @@ def test_progress_is_one_line_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch
 
 def test_progress_json_is_one_object_per_report_anywhere(monkeypatch: pytest.MonkeyPatch
                                                           ) -> None:
-    from qsnap.cli import _Output
+    from qsnap.cli.runner import Output as _Output
     piped = io.StringIO()
     monkeypatch.setattr("sys.stderr", piped)
     out = _Output(quiet=True, progress_json=True)  # --quiet silences messages, not events
@@ -453,9 +453,9 @@ def test_recover_with_nothing_to_do(cli: Cli, libvirt_tree: dict[str, Path]) -> 
 
 
 def test_virsh_grammar_without_a_state_folder() -> None:
-    """The pure parser (qsnap.cli_args) on the forms virsh accepts and the ones it refuses."""
-    from qsnap.cli import COMMANDS
-    from qsnap.cli_args import UsageError, parse_command
+    """The pure parser (qsnap.cli.args) on the forms virsh accepts and the ones it refuses."""
+    from qsnap.cli.args import UsageError, parse_command
+    from qsnap.cli.table import COMMANDS
     create_as = COMMANDS["snapshot-create-as"]
     args = parse_command(create_as, ["--print-xml", "g", "s1", "desc", "vda,file=/a",
                                      "--diskspec", "vdb", "--", "--odd"])

@@ -97,7 +97,7 @@ LAYERS = {
     "images": {"model"},
     "launcher": {"model", "plan", "monitor", "images"},
     "engine": {"model", "plan", "monitor", "store", "images", "launcher"},
-    "cli": {"engine", "model", "plan", "store", "cli_args", "cli_output"},
+    "cli": {"engine", "model", "plan", "store"},
 }
 
 

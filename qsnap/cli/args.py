@@ -14,11 +14,7 @@ from __future__ import annotations
 from enum import Enum
 from types import SimpleNamespace
 
-from qsnap.errors import QsnapError
-
-
-class UsageError(QsnapError):
-    """The command line itself is wrong (virsh's own message, printed as it is)."""
+from qsnap.errors import UsageError as UsageError  # raised here; callers import it from either
 
 
 class Kind(Enum):
