@@ -49,6 +49,7 @@ def test_a_record_of_the_previous_release_reads_field_for_field(path: Path) -> N
     again = json.loads(json.dumps(work.record()))
     assert again.pop("version") == RECORD_VERSION
     assert again.pop("lasting") == lasts(record)
+    assert ("blockjob {domain}" in again.pop("refusal", "")) == lasts(record)
     assert again == record
 
 

@@ -94,6 +94,9 @@ class CommitWork(IntentRecord):
     KIND: ClassVar[str] = OperationKind.BLOCKCOMMIT
     LASTING: ClassVar[bool] = True
 
+    def refusal(self) -> str:
+        return _refusal(self.KIND, self.target)
+
 
 @dataclass
 class PullWork(IntentRecord):
@@ -103,6 +106,15 @@ class PullWork(IntentRecord):
     job_id: str
     KIND: ClassVar[str] = OperationKind.BLOCKPULL
     LASTING: ClassVar[bool] = True
+
+    def refusal(self) -> str:
+        return _refusal(self.KIND, self.target)
+
+
+def _refusal(kind: str, target: str) -> str:
+    """What another operation meets while a block job's record lasts (IntentRecord.refusal)."""
+    return (f"disk '{target}' is in a block job ({kind}); finish it with "
+            f"'blockjob {{domain}} {target} --pivot' or '--abort' first")
 
 
 # -- starting -------------------------------------------------------------------------------

@@ -43,11 +43,19 @@ class IntentRecord:
     KIND: ClassVar[str]
     LASTING: ClassVar[bool] = False
 
+    def refusal(self) -> str | None:
+        """What a lasting record says to an operation it refuses ("{domain}" stands for the
+        domain's name): how to end it, in the words of the code that wrote it."""
+        return None
+
     def record(self) -> dict[str, Any]:
         from dataclasses import asdict
 
-        return {"kind": self.KIND, "version": RECORD_VERSION, "lasting": self.LASTING,
-                **asdict(self)}  # type: ignore[call-overload]
+        envelope = {"kind": self.KIND, "version": RECORD_VERSION, "lasting": self.LASTING}
+        refusal = self.refusal()
+        if refusal is not None:
+            envelope["refusal"] = refusal
+        return {**envelope, **asdict(self)}  # type: ignore[call-overload]
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Self:
@@ -64,7 +72,7 @@ class IntentRecord:
 
 
 #: The keys every record has beside its operation's own fields.
-_ENVELOPE = frozenset({"kind", "version", "lasting"})
+_ENVELOPE = frozenset({"kind", "version", "lasting", "refusal"})
 
 #: Kinds whose records of version 1 (which carried no ``lasting``) lasted.
 _LASTING_IN_VERSION_1 = frozenset({"blockcommit", "blockpull"})
@@ -157,10 +165,12 @@ def write_intent(folder: Path, record: dict[str, Any]) -> None:
         if isinstance(existing, dict) and lasts(existing):
             from qsnap.errors import OperationInvalidError
 
-            target = existing.get("target", "?")
+            refusal = existing.get("refusal")
             raise OperationInvalidError(
-                f"disk '{target}' is in a block job ({existing.get('kind')}) that QEMU still "
-                "runs; it must end (pivot or abort) before another operation starts")
+                str(refusal).replace("{domain}", folder.name) if refusal else
+                f"domain '{folder.name}' has a {existing.get('kind')} under way in QEMU "
+                f"(disk '{existing.get('target', '?')}'); it must end before another "
+                "operation starts")
     atomic_write(folder / INTENT_NAME, json.dumps(record, indent=1).encode("utf-8"))
 
 
