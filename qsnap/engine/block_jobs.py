@@ -50,6 +50,7 @@ from qsnap.errors import (
 )
 from qsnap.faults import crash_point
 from qsnap.logs import logger
+from qsnap.model.block_jobs import BlockJobAction, JobOutcome
 from qsnap.model.domain import parse_domain
 from qsnap.model.snapshot import format_snapshot, parse_snapshot
 from qsnap.monitor import Monitor
@@ -295,29 +296,29 @@ class CommitRun:
 async def run_commit(ctx: Context, disk: str, *, base: str | None, top: str | None,
                      active: bool, shallow: bool, delete: bool, wait: bool, pivot: bool,
                      keep_overlay: bool, timeout: float | None,
-                     meter: ProgressMeter | None, bandwidth: int = 0) -> str:
+                     meter: ProgressMeter | None, bandwidth: int = 0) -> JobOutcome:
     """virsh blockcommit. Returns what happened: ``started`` (no wait), ``synchronized``
     (an active commit left ready), ``pivoted``, ``kept`` (--keep-overlay), ``committed``,
     or ``aborted`` (--timeout passed: the job was cancelled, nothing changed)."""
     work = await start_commit(ctx, disk, base=base, top=top, active=active, shallow=shallow,
                               delete=delete, bandwidth=bandwidth)
     if not wait:
-        return "started"
+        return JobOutcome.STARTED
     async with await _running_monitor(ctx) as monitor:
         run = CommitRun(ctx, work, monitor)
         if not await run.wait_copied(meter, timeout):
             await run.cancel()
-            return "aborted"
+            return JobOutcome.ABORTED
         if not work.active:
             await run.finish()
-            return "committed"
+            return JobOutcome.COMMITTED
         if pivot:
             await run.pivot()
-            return "pivoted"
+            return JobOutcome.PIVOTED
         if keep_overlay:
             await run.cancel()
-            return "kept"
-        return "synchronized"
+            return JobOutcome.KEPT
+        return JobOutcome.SYNCHRONIZED
 
 
 async def _recorded(ctx: Context, target: str) -> CommitWork | None:
@@ -328,17 +329,22 @@ async def _recorded(ctx: Context, target: str) -> CommitWork | None:
     return work if work.target == target else None
 
 
-async def block_job(ctx: Context, disk: str, action: str) -> BlockJobInfo | None:
-    """virsh blockjob: *action* is ``info`` (the disk's job, None without one), ``abort``
+async def block_job(ctx: Context, disk: str, asked: str) -> BlockJobInfo | None:
+    """virsh blockjob: *asked* is ``info`` (the disk's job, None without one), ``abort``
     or ``pivot``."""
+    try:
+        action = BlockJobAction(asked)
+    except ValueError:
+        raise InvalidArgumentError(f"unknown blockjob action '{asked}': use "
+                                   f"{', '.join(BlockJobAction)}") from None
     target = find_disk(ctx.folder.definition, disk).target
     async with await _running_monitor(ctx) as monitor:
         work = await _recorded(ctx, target)
-        if action == "info":
+        if action is BlockJobAction.INFO:
             return await _job_info(monitor, target, work)
         if work is None:
             pull = await monitor.jobs.get(job_id(JobPurpose.BLOCKPULL, target))
-            if action == "abort" and pull is not None:
+            if action is BlockJobAction.ABORT and pull is not None:
                 await monitor.jobs.abort(pull.id)
                 record = await asyncio.to_thread(read_intent, ctx.folder.path)
                 if record is not None and record["kind"] == PullWork.KIND:
@@ -346,7 +352,7 @@ async def block_job(ctx: Context, disk: str, action: str) -> BlockJobInfo | None
                 return None
             raise InvalidArgumentError(f"disk {target} does not have an active block job")
         run = CommitRun(ctx, work, monitor)
-        if action == "pivot":
+        if action is BlockJobAction.PIVOT:
             if not work.active:
                 raise OperationInvalidError(f"block job '{target}' not ready for pivot yet")
             await run.pivot()
@@ -371,7 +377,7 @@ async def _job_info(monitor: Monitor, target: str, work: CommitWork | None
 
 async def run_pull(ctx: Context, disk: str, *, base: str | None, wait: bool,
                    timeout: float | None, meter: ProgressMeter | None,
-                   bandwidth: int = 0) -> str:
+                   bandwidth: int = 0) -> JobOutcome:
     """virsh blockpull; returns ``started``, ``pulled`` or ``aborted`` (--timeout)."""
     async with await _running_monitor(ctx) as monitor:
         recorded = read_intent(ctx.folder.path)
@@ -397,14 +403,14 @@ async def run_pull(ctx: Context, disk: str, *, base: str | None, wait: bool,
                 await asyncio.to_thread(clear_intent, ctx.folder.path)
             raise
         if not wait:
-            return "started"
+            return JobOutcome.STARTED
         crash_point("blockpull: job started")
         try:
             job = await monitor.jobs.wait(pull_id, progress=meter, timeout=timeout or FOREVER)
         except MonitorTimeoutError:
             await monitor.jobs.abort(pull_id)
             await asyncio.to_thread(clear_intent, ctx.folder.path)
-            return "aborted"
+            return JobOutcome.ABORTED
         crash_point("blockpull: job concluded")
         await monitor.jobs.dismiss(pull_id)
         await asyncio.to_thread(clear_intent, ctx.folder.path)
@@ -415,7 +421,7 @@ async def run_pull(ctx: Context, disk: str, *, base: str | None, wait: bool,
             meter(1, 1)
         with contextlib.suppress(QsnapError):
             await monitor.drop_detached_nodes()
-        return "pulled"
+        return JobOutcome.PULLED
 
 
 # -- recovery -------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ from qsnap.engine.results import BlockInfo, DomainDetails, DomainInfo, SnapshotI
 from qsnap.errors import InvalidArgumentError, NoDomainError, QsnapError
 from qsnap.launcher.runtime import RuntimeInfo, RuntimePaths, read_runtime, runtime_paths
 from qsnap.logs import logger
+from qsnap.model.block_jobs import JobOutcome
 from qsnap.model.domain import DomainDisk, parse_domain, same_uuid, with_generation_id
 from qsnap.model.names import absolute_file, check_domain_name, check_snapshot_name
 from qsnap.model.snapshot import SnapshotDef, parse_snapshot
@@ -488,7 +489,7 @@ class Engine:
                            pivot: bool = False, keep_overlay: bool = False,
                            wait_timeout: float | None = None, bandwidth: int = 0,
                            progress: ProgressCallback | None = None,
-                           timeout: float | None = None) -> str:
+                           timeout: float | None = None) -> JobOutcome:
         """virDomainBlockCommit (and virsh's waiting): merge *top* (default: the image the
         guest writes to, which needs *active*) down into *base* (default: the bottom of the
         chain) on the running guest, at most *bandwidth* bytes per second (0: as fast as
@@ -513,7 +514,7 @@ class Engine:
     async def block_pull(self, domain: str, disk: str, *, base: str | None = None,
                          wait: bool = False, wait_timeout: float | None = None,
                          bandwidth: int = 0, progress: ProgressCallback | None = None,
-                         timeout: float | None = None) -> str:
+                         timeout: float | None = None) -> JobOutcome:
         """virDomainBlockPull / BlockRebase: copy the backing images' data (down to *base*)
         into the guest's top image; ``started``, ``pulled`` or ``aborted``."""
         from qsnap.engine import block_jobs

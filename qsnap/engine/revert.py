@@ -29,6 +29,7 @@ import os
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -179,6 +180,14 @@ async def check_revert_images(plan: RevertPlan) -> None:
                                         f"'{image}' holds no internal snapshot of that name")
 
 
+class RevertPhase(StrEnum):
+    """Where a revert is (see the module docstring): the old QEMU may still run, or the new
+    one holds the snapshot's state."""
+
+    BEGUN = "begun"
+    STARTED = "started"
+
+
 @dataclass
 class RevertWork(IntentRecord):
     """A revert to ``snapshot`` planned at ``now`` (which names its overlays) from the
@@ -190,7 +199,7 @@ class RevertWork(IntentRecord):
     now: int
     before: str
     old_pid: int | None
-    phase: str = "begun"
+    phase: RevertPhase = RevertPhase.BEGUN
     put: str | None = None
     definition: str | None = None
     discarded: list[str] = field(default_factory=list)
@@ -202,7 +211,7 @@ class RevertWork(IntentRecord):
 
     def started(self, updated: SnapshotDef | None, plan: RevertPlan,
                 discarded: list[str]) -> None:
-        self.phase = "started"
+        self.phase = RevertPhase.STARTED
         self.put = format_snapshot(updated, active=False) if updated is not None else None
         self.definition = plan.domain.to_xml()
         self.discarded = discarded
@@ -268,7 +277,7 @@ async def settle(ctx: Context, record: dict[str, Any]) -> str:
     """Finish an interrupted revert (see the module docstring); a line saying what was done."""
     work = RevertWork.from_record(record)
     name = f"domain '{ctx.domain}': the revert to snapshot '{work.snapshot}'"
-    if work.phase == "started":
+    if work.phase is RevertPhase.STARTED:
         await _finish(ctx, work, work.plan(ctx.folder.read_snapshot(work.snapshot)),
                       gone_is_fine=True)
         return f"{name} was finished (the guest had been started from it)"
