@@ -117,10 +117,12 @@ async def test_a_recovery_takes_over_a_job_already_past_its_finalize() -> None:
     assert monitor.sent == ["job-dismiss"]
 
 
-def test_no_code_above_the_monitor_reads_a_raw_job_entry() -> None:
-    """QEMU's job keys and queries are read in qsnap/monitor only (issue 30)."""
+def test_no_code_above_the_monitor_sends_qmp_or_reads_a_raw_job_entry() -> None:
+    """QMP commands are sent, and QEMU's job keys read, in qsnap/monitor only (issue 30):
+    the engine sees typed results (Job, BlockDevice, QemuFacts)."""
     raw = re.compile(r"[\"'](query-(block-)?jobs|(current|total)-progress|"
-                     r"job-(dismiss|finalize|complete|cancel))[\"']|\[[\"']status[\"']\]")
+                     r"job-(dismiss|finalize|complete|cancel))[\"']|\[[\"']status[\"']\]|"
+                     r"\.execute\(")
     offenders = [f"{path.relative_to(PACKAGE)}:{n}" for path in PACKAGE.rglob("*.py")
                  if path.parent.name != "monitor"
                  for n, line in enumerate(path.read_text().splitlines(), 1)
