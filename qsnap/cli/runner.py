@@ -141,7 +141,7 @@ class Runner:
                 return f"warning: {record.getMessage()}"
 
         async def main() -> T:
-            return await call(Engine(self.state.root))
+            return await call(Engine(self.state.root, preload=False))
 
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(WarningFormatter())

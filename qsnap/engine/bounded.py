@@ -15,7 +15,8 @@ P = ParamSpec("P")
 
 
 def public_operation(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    """Its ``timeout=`` keyword bounds its waits (:mod:`qsnap.timeouts`), and it talks to
+    """It first awaits its engine's ``ready()`` (the imports, off the event loop). Its
+    ``timeout=`` keyword bounds its waits (:mod:`qsnap.timeouts`), and it talks to
     each QEMU over one connection at most. An error it raises names the domain and snapshot
     the call was about where the code that raised it did not (an embedder branches on
     ``exc.domain`` and ``exc.snapshot``, issue 28)."""
@@ -33,6 +34,9 @@ def public_operation(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable
     @functools.wraps(method)
     async def call(*args: P.args, **kwargs: P.kwargs) -> T:
         timeout = kwargs.get("timeout")
+        ready = getattr(args[0], "ready", None) if args else None
+        if ready is not None:  # the engine's modules, imported off the loop (Engine.ready)
+            await ready()
         try:
             with bounded(timeout if isinstance(timeout, int | float) else None), \
                     operation(method.__name__):

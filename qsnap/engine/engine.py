@@ -30,6 +30,7 @@ from qsnap.engine.bounded import public_operation
 from qsnap.engine.context import Context
 from qsnap.engine.guest import Guest, GuestInfo
 from qsnap.engine.guests import state_of
+from qsnap.engine.preload import preload
 from qsnap.engine.reader import (
     Reader,
     block_info,
@@ -83,9 +84,10 @@ class Engine:
     """
 
     def __init__(self, state_dir: str | os.PathLike[str] | None = None, *,
-                 relaunch: RelaunchHook | None = None) -> None:
+                 relaunch: RelaunchHook | None = None, preload: bool = True) -> None:
         self.state = StateDir(resolve_state_dir(state_dir))
         self.reader = Reader(self.state)
+        self._preload = preload
         #: Starts attached domains again (revert, restore, start); per domain by ``attach``.
         self._relaunch = relaunch
         self._hooks: dict[str, RelaunchHook] = {}
@@ -93,6 +95,16 @@ class Engine:
     @property
     def state_dir(self) -> Path:
         return self.state.root
+
+    async def ready(self, *, timeout: float | None = None) -> None:
+        """Import what the operations use in a worker thread (once per process), so that no
+        operation's first use holds the caller's event loop for its imports
+        (:mod:`qsnap.engine.preload`). Every operation awaits it first; an embedder may
+        await it at start-up. With ``Engine(preload=False)`` (the command line's: one
+        operation per process) each operation imports only what it uses, on first use.
+        (*timeout* is taken as by every method; imports are not waited for by time.)"""
+        if self._preload:
+            await preload()
 
     # -- plumbing ---------------------------------------------------------------------------
 
