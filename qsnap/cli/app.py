@@ -20,16 +20,12 @@ from qsnap.cli.args import (
 from qsnap.cli.dialect import virsh_message
 from qsnap.cli.runner import READING, Args, Output, Runner
 from qsnap.cli.table import COMMANDS, usage
-from qsnap.errors import (
-    QsnapError,
-)
+from qsnap.errors import QsnapError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see qsnap.lazy)
 if TYPE_CHECKING:
-    from typing import Any, TypeVar
+    from typing import Any
 
-
-    T = TypeVar("T")
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``qsnap`` command; returns the exit status.

@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
-from qsnap.cli.args import (
-    UsageError,
-)
+from qsnap.cli.args import UsageError
 from qsnap.cli.runner import Args, Output, Runner, exclusive, reading
 from qsnap.errors import (
     DomainNotRunningError,
@@ -16,12 +14,9 @@ from qsnap.errors import (
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see qsnap.lazy)
 if TYPE_CHECKING:
-    from typing import TypeVar
-
     from qsnap.engine import Engine
     from qsnap.progress import Progress
 
-    T = TypeVar("T")
 
 def _wait_timeout(args: Args) -> float | None:
     if args.timeout is None:

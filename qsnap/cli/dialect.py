@@ -3,9 +3,7 @@ when a domain operation fails."""
 
 from __future__ import annotations
 
-from qsnap.cli.args import (
-    UsageError,
-)
+from qsnap.cli.args import UsageError
 from qsnap.cli.runner import Args
 from qsnap.errors import (
     AlreadyExistsError,
@@ -22,13 +20,6 @@ from qsnap.errors import (
     QsnapError,
     XMLError,
 )
-
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see qsnap.lazy)
-if TYPE_CHECKING:
-    from typing import TypeVar
-
-
-    T = TypeVar("T")
 
 # -- errors in libvirt's words ---------------------------------------------------------------------
 

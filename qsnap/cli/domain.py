@@ -6,18 +6,13 @@ from __future__ import annotations
 import os
 
 from qsnap.cli import output as cli_output
-from qsnap.cli.args import (
-    UsageError,
-)
+from qsnap.cli.args import UsageError
 from qsnap.cli.runner import Args, Output, Runner, exclusive, read_file, reading
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see qsnap.lazy)
 if TYPE_CHECKING:
-    from typing import TypeVar
-
     from qsnap.engine import Engine
 
-    T = TypeVar("T")
 
 async def cmd_define(engine: Engine, args: Args, out: Output) -> None:
     name = await engine.define(read_file(args.file))

@@ -5,12 +5,6 @@ from __future__ import annotations
 from qsnap.cli import output as cli_output
 from qsnap.cli.runner import Args, Output, Runner, reading
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see qsnap.lazy)
-if TYPE_CHECKING:
-    from typing import TypeVar
-
-
-    T = TypeVar("T")
 
 @reading
 def cmd_domjobinfo(run: Runner, args: Args, out: Output) -> None:

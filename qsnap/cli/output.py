@@ -138,7 +138,6 @@ def json_text(value: Any, extra: Callable[[Any], dict[str, Any]] | None = None) 
     """``--json`` output: a dataclass (or a list of them) as an indented JSON object (array),
     each object with *extra*'s keys added."""
     from dataclasses import asdict
-
     def one(item: Any) -> dict[str, Any]:
         return {**asdict(item), **(extra(item) if extra else {})}
 

@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
     from qsnap.engine import Engine
     from qsnap.progress import Progress
-
     T = TypeVar("T")
 
 MAX_XML_FILE = 10 * 1024 * 1024  # virsh's limit for XML files

@@ -19,17 +19,13 @@ from qsnap.errors import (
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see qsnap.lazy)
 if TYPE_CHECKING:
-    from typing import TypeVar
-
     from qsnap.engine import Engine
     from qsnap.plan.flags import CreateFlags, ListFilter
 
-    T = TypeVar("T")
 
 def _create_flags(args: Args, redefine: bool = False, current: bool = False) -> CreateFlags:
     from qsnap.model.capture import LIVE_STRATEGIES
     from qsnap.plan.flags import CreateFlags
-
     if args.live_strategy is not None and args.live_strategy not in LIVE_STRATEGIES:
         raise UsageError(f"invalid --live-strategy '{args.live_strategy}': expected "
                          f"{', '.join(LIVE_STRATEGIES[:-1])} or {LIVE_STRATEGIES[-1]}")
@@ -60,7 +56,6 @@ async def cmd_snapshot_create(engine: Engine, args: Args, out: Output) -> None:
 
 async def cmd_snapshot_create_as(engine: Engine, args: Args, out: Output) -> None:
     from qsnap.plan.create_as import snapshot_xml_from_args
-
     flags = _create_flags(args)
     xml = snapshot_xml_from_args(args.name, args.description, args.memspec, args.diskspec,
                                  disk_only=args.disk_only)
@@ -76,7 +71,6 @@ async def cmd_snapshot_create_as(engine: Engine, args: Args, out: Output) -> Non
 
 def _list_filter(args: Args) -> ListFilter:
     from qsnap.plan.flags import ListFilter
-
     exclusive(args, ("tree", "name"), ("parent", "roots"), ("parent", "tree"),
                ("roots", "tree"), ("roots", "from"), ("roots", "current"))
     for option in ("leaves", "no-leaves", "inactive", "active", "disk-only", "internal",
@@ -169,7 +163,6 @@ def cmd_snapshot_parent(run: Runner, args: Args, out: Output) -> None:
 async def cmd_snapshot_revert(engine: Engine, args: Args, out: Output) -> None:
     snapshot = snapshot_arg(args)
     from qsnap.plan.flags import RevertFlags
-
     flags = RevertFlags(running=args.running, paused=args.paused, force=args.force,
                         reset_nvram=args.reset_nvram)
     name = await engine.revert(args.domain, snapshot, flags, progress=out.progress)
@@ -179,7 +172,6 @@ async def cmd_snapshot_revert(engine: Engine, args: Args, out: Output) -> None:
 
 async def cmd_snapshot_delete(engine: Engine, args: Args, out: Output) -> None:
     from qsnap.plan.flags import DeleteFlags
-
     flags = DeleteFlags(children=args.children, children_only=args.children_only,
                         metadata_only=args.metadata)
     plan = await engine.delete(args.domain, snapshot_arg(args), flags, progress=out.progress)
@@ -194,7 +186,6 @@ async def cmd_snapshot_edit(engine: Engine, args: Args, out: Output) -> None:
     if name is None and not args.current:
         raise UsageError("--snapshotname or --current is required")
     from qsnap.model.snapshot import parse_snapshot
-
     original = await engine.get_xml(args.domain, name, secure=True)
     old = parse_snapshot(original, redefine=True)
     edited = _edit_text(original, f"{args.domain}-{old.name}")

@@ -11,13 +11,6 @@ from qsnap.cli.args import (
     value,
 )
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see qsnap.lazy)
-if TYPE_CHECKING:
-    from typing import TypeVar
-
-
-    T = TypeVar("T")
-
 # -- the command table ---------------------------------------------------------------------------
 
 _DOMAIN = value("domain", "domain name", required=True)
