@@ -115,3 +115,17 @@ async def test_a_damaged_create_intent_is_named_and_kept(tmp_path: Path,
         await engine.redefine("vm", snap_xml("other"))
     assert intent.read_bytes() == before
     assert [s.name for s in await engine.snapshots("vm")] == ["root"]  # reads go on
+
+
+async def test_an_unknown_blockjob_action_is_refused_by_name(tmp_path: Path) -> None:
+    """blockjob's action is one of info, abort and pivot; anything else was read as abort
+    (a recorded commit was cancelled). It is refused before any job or QEMU is looked at,
+    and the domain's folder is as it was."""
+    engine = Engine(tmp_path)
+    await engine.define(domain_xml("vm", "5" * 32))
+    folder = tmp_path / "domains" / "vm"
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    with pytest.raises(qsnap.InvalidArgumentError,
+                       match=r"unknown blockjob action 'cancel': use info, abort, pivot"):
+        await engine.block_job("vm", "vda", "cancel")
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before

@@ -74,7 +74,6 @@ if TYPE_CHECKING:
 
 log = logger("qsnap")
 T = TypeVar("T")
-_bounded = public_operation
 
 
 class Engine:
@@ -200,7 +199,7 @@ class Engine:
 
     # -- domains ----------------------------------------------------------------------------
 
-    @_bounded
+    @public_operation
     async def define(self, xml: str | bytes, *, timeout: float | None = None) -> str:
         """Define (or update) a domain from libvirt domain XML, completed as libvirt
         completes it at define; returns its name. A definition without a UUID gets a new
@@ -213,7 +212,7 @@ class Engine:
         return await self._defining(domain.name, functools.partial(
             domains.store_definition, self.state, domain=domain))
 
-    @_bounded
+    @public_operation
     async def undefine(self, domain: str, *, snapshots_metadata: bool = False,
                        timeout: float | None = None) -> None:
         """Remove a domain's definition; with *snapshots_metadata* also its snapshot metadata
@@ -233,7 +232,7 @@ class Engine:
         _ = folder.definition
         self.reader.gone_if_transient(folder)
 
-    @_bounded
+    @public_operation
     async def domains(self, *, timeout: float | None = None) -> list[DomainInfo]:
         """Every defined domain with its UUID and state (virsh list --all). States are asked
         through :func:`state_of`, which uses a connection an embedder shares (the reader's
@@ -244,7 +243,7 @@ class Engine:
 
     # -- running guests ---------------------------------------------------------------------
 
-    @_bounded
+    @public_operation
     async def start(self, domain: str, *, reset_nvram: bool = False,
                     progress: ProgressCallback | None = None,
                     timeout: float | None = None) -> Guest:
@@ -271,7 +270,7 @@ class Engine:
         """A handle on *domain*'s guest (:class:`Guest`); it checks nothing until used."""
         return Guest(self, domain)
 
-    @_bounded
+    @public_operation
     async def guest_info(self, domain: str, *, timeout: float | None = None) -> GuestInfo:
         """The guest as it is now: state, and its QEMU's pid, QMP socket and accelerator."""
         from qsnap.launcher.runtime import read_crash
@@ -285,7 +284,7 @@ class Engine:
                              "crashed" if crashed else None)
         return GuestInfo(domain, state, info.pid, info.qmp, info.accel, info.owner)
 
-    @_bounded
+    @public_operation
     async def guest_state(self, domain: str, *, timeout: float | None = None) -> str:
         """The guest's state (virsh domstate) without waiting for the domain's lock, which a
         long operation may hold for minutes: QEMU is asked beside it (through the same
@@ -297,7 +296,7 @@ class Engine:
                               timeout=5.0 if timeout is None else timeout)
 
 
-    @_bounded
+    @public_operation
     async def destroy(self, domain: str, *, timeout: float | None = None) -> None:
         """Stop the domain's QEMU at once (virsh destroy): ``quit``, else SIGTERM, SIGKILL."""
         from qsnap.engine import power
@@ -306,7 +305,7 @@ class Engine:
             if await power.destroy(self._context(folder)):  # a transient domain goes with it
                 await asyncio.to_thread(self.state.remove_folder, folder)
 
-    @_bounded
+    @public_operation
     async def attach(self, domain: str, qmp: str, *,
                      relaunch: RelaunchHook | None = None,
                      connection: QMPClient | None = None,
@@ -339,7 +338,7 @@ class Engine:
 
     # -- memory: save and restore ------------------------------------------------------------
 
-    @_bounded
+    @public_operation
     async def save(self, domain: str, path: str | os.PathLike[str], *,
                    running: bool | None = None, xml: str | None = None,
                    image_format: str | None = None, parallel_channels: int | None = None,
@@ -363,7 +362,7 @@ class Engine:
             await save_op.run(self._context(folder, progress), target, running=running, xml=xml,
                               image_format=image_format, channels=parallel_channels)
 
-    @_bounded
+    @public_operation
     async def managedsave(self, domain: str, *, running: bool | None = None,
                           image_format: str | None = None,
                           parallel_channels: int | None = None,
@@ -374,7 +373,7 @@ class Engine:
                         image_format=image_format, parallel_channels=parallel_channels,
                         progress=progress)
 
-    @_bounded
+    @public_operation
     async def managedsave_remove(self, domain: str, *, timeout: float | None = None) -> bool:
         """virDomainManagedSaveRemove: discard the managed save image, so that ``start``
         boots the domain afresh; False when there was none."""
@@ -382,7 +381,7 @@ class Engine:
 
         return await self._run(domain, lambda folder: unlink_if_present(folder.managed_save))
 
-    @_bounded
+    @public_operation
     async def restore(self, path: str | os.PathLike[str], *, running: bool | None = None,
                       xml: str | None = None, parallel_channels: int | None = None,
                       progress: ProgressCallback | None = None,
@@ -414,7 +413,7 @@ class Engine:
                                         running, channels=parallel_channels)
         return Guest(self, domain.name, info)
 
-    @_bounded
+    @public_operation
     async def save_image_xml(self, path: str | os.PathLike[str], *, secure: bool = False,
                              timeout: float | None = None) -> str:
         """virDomainSaveImageGetXMLDesc: the domain definition inside a save image."""
@@ -423,7 +422,7 @@ class Engine:
         image = await asyncio.to_thread(read_image, absolute_file("the save image", path))
         return parse_domain(image.domain_xml, f"save image '{path}'").to_xml(secure=secure)
 
-    @_bounded
+    @public_operation
     async def shutdown(self, domain: str, *, timeout: float | None = None) -> None:
         """Ask the guest to power off (ACPI power button), as virsh shutdown does; returns at
         once, and the guest decides when (or whether) it stops."""
@@ -432,20 +431,20 @@ class Engine:
         async with self._session(domain) as folder:
             await power.shutdown(self._context(folder))
 
-    @_bounded
+    @public_operation
     async def disks(self, domain: str, *, timeout: float | None = None) -> list[DomainDisk]:
         """virsh domblklist: the domain's disks, naming the images the guest uses now."""
         return await self._run(domain, lambda folder: list(folder.definition.disks),
                                reading=True)
 
-    @_bounded
+    @public_operation
     async def domain_details(self, domain: str, *,
                              timeout: float | None = None) -> DomainDetails:
         """virsh dominfo."""
         return await self._run(domain, lambda folder: domain_details(
             folder, self._runtime(domain)[1]), reading=True)
 
-    @_bounded
+    @public_operation
     async def block_info(self, domain: str, disk: str | None = None, *,
                          timeout: float | None = None) -> list[BlockInfo]:
         """virsh domblkinfo: sizes of *disk* (every disk with an image when None)."""
@@ -464,7 +463,7 @@ class Engine:
         seconds, 60 by default)."""
         await asyncio.to_thread(self.reader.abort_job, domain, timeout or 60.0)
 
-    @_bounded
+    @public_operation
     async def suspend(self, domain: str, *, timeout: float | None = None) -> None:
         """virsh suspend: stop the guest's vCPUs (a paused guest stays paused)."""
         from qsnap.engine import power
@@ -472,7 +471,7 @@ class Engine:
         async with self._session(domain) as folder:
             await power.suspend(self._context(folder))
 
-    @_bounded
+    @public_operation
     async def resume(self, domain: str, *, timeout: float | None = None) -> None:
         """virsh resume: run a paused guest's vCPUs again."""
         from qsnap.engine import power
@@ -480,7 +479,7 @@ class Engine:
         async with self._session(domain) as folder:
             await power.resume(self._context(folder))
 
-    @_bounded
+    @public_operation
     async def reboot(self, domain: str, *, mode: str | None = None,
                      wait: float = 120.0, timeout: float | None = None) -> None:
         """virsh reboot. *mode* ``agent`` has the guest agent reboot the guest, and returns at
@@ -494,7 +493,7 @@ class Engine:
         async with self._session(domain) as folder:
             await power.reboot(self._context(folder), mode, wait)
 
-    @_bounded
+    @public_operation
     async def block_commit(self, domain: str, disk: str, *, base: str | None = None,
                            top: str | None = None, active: bool = False,
                            shallow: bool = False, delete: bool = False, wait: bool = False,
@@ -522,7 +521,7 @@ class Engine:
                 keep_overlay=keep_overlay, timeout=wait_timeout,
                 meter=ProgressMeter("Block commit", progress), bandwidth=bandwidth)
 
-    @_bounded
+    @public_operation
     async def block_pull(self, domain: str, disk: str, *, base: str | None = None,
                          wait: bool = False, wait_timeout: float | None = None,
                          bandwidth: int = 0, progress: ProgressCallback | None = None,
@@ -539,7 +538,7 @@ class Engine:
                 wait=wait or wait_timeout is not None, timeout=wait_timeout,
                 meter=ProgressMeter("Block pull", progress), bandwidth=bandwidth)
 
-    @_bounded
+    @public_operation
     async def block_job(self, domain: str, disk: str, action: str = "info", *,
                         timeout: float | None = None) -> BlockJobInfo | None:
         """virsh blockjob: ``info`` (the disk's job, or None), ``abort`` or ``pivot``."""
@@ -548,13 +547,13 @@ class Engine:
         async with self._session(domain) as folder:
             return await block_jobs.block_job(self._context(folder), disk, action)
 
-    @_bounded
+    @public_operation
     async def domstate(self, domain: str, *, timeout: float | None = None) -> str:
         """virsh domstate: running, paused or shut off."""
         async with self._session(domain):
             return await state_of(self._runtime(domain)[1])
 
-    @_bounded
+    @public_operation
     async def domain_xml(self, domain: str, *, secure: bool = False,
                          timeout: float | None = None) -> str:
         """The definition; while the guest runs, with the generation ID it runs with (a
@@ -567,7 +566,7 @@ class Engine:
 
     # -- creating ---------------------------------------------------------------------------
 
-    @_bounded
+    @public_operation
     async def create(self, domain: str, xml: str | bytes | None = None,
                      flags: CreateFlags = CreateFlags(), *,
                      live_strategy: str | None = None,
@@ -593,7 +592,7 @@ class Engine:
             return await create_op.run(self._context(folder, progress), xml, flags,
                                        live_strategy)
 
-    @_bounded
+    @public_operation
     async def redefine(self, domain: str, xml: str | bytes, *, current: bool = False,
                        disk_only: bool = False, validate: bool = False,
                        edited_from: str | None = None, expected: str | None = None,
@@ -616,7 +615,7 @@ class Engine:
             metadata.redefine, snap=snap, flags=flags, edited_from=edited_from,
             expected=expected, rename=rename))
 
-    @_bounded
+    @public_operation
     async def rename_snapshot(self, domain: str, snapshot: str, new_name: str, *,
                               timeout: float | None = None) -> None:
         """Rename *snapshot* to *new_name* (snapshot-edit --rename, without an editor): its
@@ -633,7 +632,7 @@ class Engine:
 
     # -- reading ----------------------------------------------------------------------------
 
-    @_bounded
+    @public_operation
     async def snapshots(self, domain: str,
                         flt: ListFilter = ListFilter(), *,
                         timeout: float | None = None) -> list[SnapshotSummary]:
@@ -641,37 +640,37 @@ class Engine:
         return await self._run(domain, functools.partial(snapshot_list, flt=flt),
                                reading=True)
 
-    @_bounded
+    @public_operation
     async def tree(self, domain: str, *, timeout: float | None = None) -> SnapshotTree:
         """The whole snapshot tree, for drawing or walking."""
         return await self._run(domain, load_tree, reading=True)
 
-    @_bounded
+    @public_operation
     async def get_xml(self, domain: str, snapshot: str | None, *, secure: bool = False,
                       timeout: float | None = None) -> str:
         """virDomainSnapshotGetXMLDesc; *secure* includes passwords (``--security-info``)."""
         return await self._run(domain, functools.partial(snapshot_xml, snapshot=snapshot,
                                                          secure=secure), reading=True)
 
-    @_bounded
+    @public_operation
     async def get(self, domain: str, snapshot: str | None, *,
                   timeout: float | None = None) -> SnapshotDef:
         """The parsed definition of a snapshot."""
         return await self._run(domain, functools.partial(snapshot_definition,
                                                          snapshot=snapshot), reading=True)
 
-    @_bounded
+    @public_operation
     async def info(self, domain: str, snapshot: str | None, *,
                    timeout: float | None = None) -> SnapshotInfo:
         return await self._run(domain, functools.partial(snapshot_info, snapshot=snapshot),
                                reading=True)
 
-    @_bounded
+    @public_operation
     async def current(self, domain: str, *, timeout: float | None = None) -> str | None:
         """The current snapshot's name, or None."""
         return await self._run(domain, current_snapshot, reading=True)
 
-    @_bounded
+    @public_operation
     async def set_current(self, domain: str, snapshot: str, *,
                           timeout: float | None = None) -> None:
         """Make an existing snapshot current without reverting to it."""
@@ -680,7 +679,7 @@ class Engine:
 
         await self._run(domain, functools.partial(metadata.set_current, snapshot=snapshot))
 
-    @_bounded
+    @public_operation
     async def parent(self, domain: str, snapshot: str | None, *,
                      timeout: float | None = None) -> str | None:
         return await self._run(domain, functools.partial(snapshot_parent, snapshot=snapshot),
@@ -688,7 +687,7 @@ class Engine:
 
     # -- changing state ---------------------------------------------------------------------
 
-    @_bounded
+    @public_operation
     async def revert(self, domain: str, snapshot: str | None,
                      flags: RevertFlags = RevertFlags(), *,
                      progress: ProgressCallback | None = None,
@@ -703,7 +702,7 @@ class Engine:
             await revert_op.run(self._context(folder, progress), name, flags)
             return name
 
-    @_bounded
+    @public_operation
     async def delete(self, domain: str, snapshot: str | None,
                      flags: DeleteFlags = DeleteFlags(), *,
                      progress: ProgressCallback | None = None,
@@ -730,7 +729,7 @@ class Engine:
                 await delete_op.run(self._context(folder, progress), name, plan, moved)
             return plan
 
-    @_bounded
+    @public_operation
     async def recover(self, domain: str, *, timeout: float | None = None) -> list[str]:
         """Finish whatever a crash left half-done on *domain* (``qsnap recover``); returns a
         line per thing recovered (every other command does this first, too)."""
